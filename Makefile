@@ -1,0 +1,28 @@
+# Two commands do everything on a fresh machine with Python 3.11:
+#   make demo   create .venv, install with the pinned constraints, run the factory on built-in data
+#   make test   same set-up, run the tests
+PYTHON ?= python3
+VENV ?= .venv
+# Set TORCH_INDEX=https://download.pytorch.org/whl/cpu where no CPU torch wheel is on hand locally.
+TORCH_INDEX ?=
+PIP = $(VENV)/bin/python -m pip
+STAMP = $(VENV)/.installed
+
+.PHONY: demo test bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -c constraints.txt $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/tailforge demo
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest -q
+
+bench: $(STAMP)
+	$(VENV)/bin/python benchmarks/bench_ingest.py
+
+clean:
+	rm -rf $(VENV) .tailforge

@@ -1,0 +1,214 @@
+"""The ``tailforge`` command.
+
+    tailforge ingest nih|chexpert|mimic|folder TABLE IMAGES_DIR [--out URI] [--split-csv CSV] [--size N]
+    tailforge phantom [--n N] [--size S] [--seed K] [--vocab nih|chexpert] [--out URI]
+    tailforge info URI [--json]
+    tailforge demo
+
+Errors that a user can fix (a missing column, a missing file, an incompatible dataset) print
+one line saying what to do and exit with status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from contextlib import contextmanager
+from typing import Iterator
+
+from flows.settings import default_dataset_uri, tailforge_home
+
+USER_ERRORS = (ValueError, FileNotFoundError, PermissionError)
+
+
+def _add_common_ingest(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("table", help="the source's label table (CSV)")
+    parser.add_argument("images", help="folder (or s3:// URI) the table's image paths are relative to")
+    parser.add_argument("--out", help="dataset URI: a folder or s3://bucket/prefix "
+                        "(default: $TAILFORGE_HOME/datasets/<source>)")
+    parser.add_argument("--split-csv", help="CSV with an image column and 'split' (train/val/test) that overrides splits")
+    parser.add_argument("--size", type=int, default=64, help="output side in pixels (default 64)")
+    parser.add_argument("--tail", help="comma-separated tail classes; default: below the median train frequency")
+    parser.add_argument("--shard-rows", type=int, default=1024, help="rows per Parquet shard (default 1024)")
+    parser.add_argument("--workers", type=int, default=4, help="decoding threads (default 4)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tailforge", description="Tail-class chest X-ray data factory.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    ingest = commands.add_parser("ingest", help="ingest a real dataset into Parquet shards")
+    kinds = ingest.add_subparsers(dest="kind", required=True)
+    nih = kinds.add_parser("nih", help="NIH ChestX-ray14: Data_Entry_2017*.csv (+ BBox_List_2017.csv beside it)")
+    _add_common_ingest(nih)
+    nih.add_argument("--bbox-table", help="NIH BBox_List_2017.csv (default: found beside TABLE)")
+    for name, text in (("chexpert", "CheXpert train.csv/valid.csv (IMAGES: the folder holding CheXpert-v1.0*/)"),
+                       ("mimic", "MIMIC-CXR-JPG *-chexpert.csv (IMAGES: the folder holding files/)")):
+        sub = kinds.add_parser(name, help=text)
+        _add_common_ingest(sub)
+        sub.add_argument("--views", choices=["frontal", "lateral", "all"], default="frontal")
+        sub.add_argument("--uncertain", choices=["ignore", "ones", "zeros"], default="ignore",
+                         help="uncertain (-1) labels become NaN (ignore), 1 or 0")
+        sub.add_argument("--blank", choices=["ignore", "zeros"], default="ignore",
+                         help="blank labels become NaN (ignore) or 0")
+        if name == "mimic":
+            sub.add_argument("--split-table", help="*-split.csv (default: found beside TABLE)")
+            sub.add_argument("--metadata-table", help="*-metadata.csv (default: found beside TABLE)")
+    folder = kinds.add_parser("folder", help="a folder of images and a CSV: path column + '|'-separated labels")
+    _add_common_ingest(folder)
+    folder.add_argument("--vocab", choices=["nih", "chexpert"], default="nih")
+    folder.add_argument("--path-column", default="Image Index")
+    folder.add_argument("--label-column", default="Finding Labels")
+    folder.add_argument("--patient-column")
+    folder.add_argument("--split-column")
+
+    phantom = commands.add_parser("phantom", help="write the built-in synthetic chest phantom as a dataset")
+    phantom.add_argument("--n", type=int, default=500, help="images (default 500)")
+    phantom.add_argument("--size", type=int, default=64, help="side in pixels (default 64)")
+    phantom.add_argument("--seed", type=int, default=0)
+    phantom.add_argument("--vocab", choices=["nih", "chexpert"], default="nih")
+    phantom.add_argument("--out", help="dataset URI (default: $TAILFORGE_HOME/datasets/phantom)")
+    phantom.add_argument("--tail", help="comma-separated tail classes; default: below the median train frequency")
+    phantom.add_argument("--shard-rows", type=int, default=1024)
+    phantom.add_argument("--json", action="store_true")
+
+    info = commands.add_parser("info", help="rows, splits, per-class counts, head/tail and quarantine of a dataset")
+    info.add_argument("uri")
+    info.add_argument("--json", action="store_true")
+
+    demo = commands.add_parser("demo", help="run the factory on the built-in phantom data")
+    demo.add_argument("--n", type=int, default=600, help="phantom images (default 600)")
+    return parser
+
+
+@contextmanager
+def _progress(label: str, enabled: bool) -> Iterator:
+    """A rich progress bar on a terminal; silent when printing JSON or not on a terminal."""
+    if not enabled or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    with Progress(label, BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True) as bar:
+        task = bar.add_task(label, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
+def _tail(text: str | None) -> tuple[str, ...] | None:
+    return tuple(t.strip() for t in text.split(",") if t.strip()) if text else None
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from tasks import sources
+    from tasks.ingest import IngestOptions, ingest
+
+    if args.kind == "nih":
+        source = sources.read_nih(args.table, args.bbox_table)
+    elif args.kind == "chexpert":
+        source = sources.read_chexpert(args.table, args.views, args.uncertain, args.blank)
+    elif args.kind == "mimic":
+        source = sources.read_mimic(args.table, args.split_table, args.metadata_table, args.views,
+                                    args.uncertain, args.blank)
+    else:
+        source = sources.read_folder(args.table, args.vocab, args.path_column, args.label_column,
+                                     args.patient_column, args.split_column)
+    if args.split_csv:
+        sources.apply_split_csv(source, args.split_csv)
+    out = args.out or default_dataset_uri(args.kind)
+    options = IngestOptions(size=args.size, shard_rows=args.shard_rows, workers=args.workers,
+                            explicit_tail=_tail(args.tail), name=args.kind)
+    with _progress(f"ingest {args.kind}", not args.json) as progress:
+        report = ingest(source, args.images, out, options, progress)
+    return _print_report(report, args.json)
+
+
+def cmd_phantom(args: argparse.Namespace) -> int:
+    from tasks.ingest import ingest_phantom
+
+    out = args.out or default_dataset_uri("phantom")
+    with _progress("phantom", not args.json) as progress:
+        report = ingest_phantom(out, args.n, args.size, args.seed, args.vocab, args.shard_rows,
+                                _tail(args.tail), progress)
+    return _print_report(report, args.json)
+
+
+def _print_report(report, as_json: bool) -> int:
+    if as_json:
+        print(json.dumps(report.to_json(), indent=2))
+        return 0
+    bad = sum(report.quarantined.values())
+    print(f"{report.dataset_uri}: {report.rows_written} rows written in {report.shards_written} shard(s), "
+          f"{report.already_present} already present, {bad} quarantined ({report.seconds:.1f} s)")
+    for code, n in sorted(report.quarantined.items(), key=lambda kv: -kv[1]):
+        print(f"  quarantined {code}: {n}")
+    for reason, n in report.filtered.items():
+        print(f"  left out ({reason}): {n}")
+    if bad:
+        print(f"  see the reasons: tailforge info {report.dataset_uri}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from tasks.dataset import summarize
+
+    summary = summarize(args.uri)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print_summary(summary)
+    return 0
+
+
+def print_summary(summary: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(f"[bold]{summary['name']}[/] at {summary['uri']}: {summary['rows']} images "
+                  f"({summary['vocabulary']}, {summary['image_size']} px), "
+                  f"splits {summary['splits']}, {summary['quarantined']} quarantined")
+    splits = [s for s in ("train", "val", "test") if s in summary["splits"]]
+    table = Table("class", "group", *splits, "all")
+    tail = set(summary["tail"])
+    for name, counts in summary["classes"].items():
+        table.add_row(name, "tail" if name in tail else "head", *[str(counts.get(s, 0)) for s in splits],
+                      str(counts["all"]))
+    table.add_row("(normal)", "", *[str(summary["normal"].get(s, 0)) for s in splits], str(summary["normal"]["all"]))
+    console.print(table)
+    console.print(f"head/tail rule: {summary['head_tail_rule']}")
+    for code, n in summary["quarantine_reasons"].items():
+        console.print(f"quarantined {code}: {n}")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Until the factory flows exist: make the phantom dataset and summarise it."""
+    from tasks.dataset import summarize
+    from tasks.ingest import ingest_phantom
+
+    home = tailforge_home()
+    out = str(home / "datasets" / "demo-phantom")
+    print(f"tailforge demo: state in {home}")
+    with _progress("phantom", True) as progress:
+        report = ingest_phantom(out, args.n, 64, 0, "nih", 1024, None, progress)
+    _print_report(report, False)
+    print_summary(summarize(out))
+    print(f"\ninspect it again: tailforge info {out}\nwipe all local state: rm -rf {home}")
+    return 0
+
+
+COMMANDS = {"ingest": cmd_ingest, "phantom": cmd_phantom, "info": cmd_info, "demo": cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except USER_ERRORS as exc:
+        print(f"tailforge {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

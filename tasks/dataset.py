@@ -1,0 +1,239 @@
+"""The dataset contract (design doc, section 4): row schema, dataset.json, shard writer, summary.
+
+A dataset is a folder URI holding ``dataset.json``, ``samples/part-*.parquet`` (one row per
+image, the image embedded as PNG bytes) and ``quarantine/part-*.parquet`` (rows that could
+not be ingested or generated, each with its reason).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from tasks import store
+from tasks.labels import HeadTailSplit, head_tail_split, positive_counts, vocabulary
+
+SCHEMA_VERSION = 1
+MANIFEST = "dataset.json"
+SAMPLES = "samples"
+QUARANTINE = "quarantine"
+
+BOX = pa.struct([("label", pa.string()), ("x", pa.float32()), ("y", pa.float32()),
+                 ("w", pa.float32()), ("h", pa.float32())])
+LESION_MASK = pa.struct([("label", pa.string()), ("mask", pa.binary())])
+
+SAMPLE_FIELDS = [
+    pa.field("sample_id", pa.string(), nullable=False),  # sha256 of pixels (real) / of parent+recipe (generated)
+    pa.field("image", pa.binary(), nullable=False),  # PNG, 8- or 16-bit grayscale
+    pa.field("height", pa.int32()),
+    pa.field("width", pa.int32()),
+    pa.field("bit_depth", pa.int8()),
+    pa.field("labels", pa.list_(pa.float32())),  # aligned to dataset.json "labels": 1 / 0 / NaN
+    pa.field("split", pa.string()),  # train | val | test
+    pa.field("patient_id", pa.string()),  # the source's own pseudonymous id
+    pa.field("view", pa.string()),
+    pa.field("source_uri", pa.string()),  # path relative to the source's image root
+    pa.field("origin", pa.string()),  # real | phantom | inpainted
+    pa.field("boxes", pa.list_(BOX)),  # source bounding boxes, fractions of the side
+    pa.field("lesion_masks", pa.list_(LESION_MASK)),  # ground truth (phantom only)
+    pa.field("parent_id", pa.string()),
+    pa.field("removed_labels", pa.list_(pa.string())),
+    pa.field("kept_labels", pa.list_(pa.string())),
+    pa.field("mask", pa.binary()),
+    pa.field("decision_id", pa.string()),
+    pa.field("generator_id", pa.string()),
+    pa.field("classifier_id", pa.string()),
+    pa.field("seed", pa.int64()),
+    pa.field("quality", pa.float32()),
+    pa.field("accepted", pa.bool_()),
+    pa.field("run_id", pa.string()),
+    pa.field("created_at", pa.timestamp("us", tz="UTC")),
+]
+QUARANTINE_SCHEMA = pa.schema([
+    pa.field("quarantine_id", pa.string(), nullable=False),
+    pa.field("row", pa.int64()),  # data row in the source table (0-based)
+    pa.field("source_uri", pa.string()),
+    pa.field("patient_id", pa.string()),
+    pa.field("raw_labels", pa.string()),
+    pa.field("reason_code", pa.string()),  # short kind, for counting
+    pa.field("reason", pa.string()),  # what is wrong, for a person
+    pa.field("stage", pa.string()),  # ingest | phantom | augment
+    pa.field("run_id", pa.string()),
+    pa.field("created_at", pa.timestamp("us", tz="UTC")),
+])
+
+
+def sample_schema(extra_columns: list[str] = ()) -> pa.Schema:
+    names = {f.name for f in SAMPLE_FIELDS}
+    clashes = [c for c in extra_columns if c in names]
+    if clashes:
+        raise ValueError(f"extra columns {clashes} clash with the sample contract; rename them")
+    return pa.schema(SAMPLE_FIELDS + [pa.field(c, pa.string()) for c in extra_columns])
+
+
+def new_run_id() -> str:
+    """The Prefect flow run id inside a flow run, else a fresh uuid4."""
+    try:
+        from prefect.runtime import flow_run
+
+        run_id = flow_run.get_id()
+        if run_id:
+            return str(run_id)
+    except ImportError:
+        pass
+    return str(uuid.uuid4())
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+@dataclass
+class ShardWriter:
+    """Collects rows and writes them as content-named shards of ``shard_rows`` rows."""
+
+    dataset_uri: str
+    schema: pa.Schema
+    shard_rows: int = 1024
+    run_id: str = field(default_factory=new_run_id)
+    written: int = 0
+    shards: list[str] = field(default_factory=list)
+    quarantined: Counter = field(default_factory=Counter)  # by reason code, repeats included
+    known_quarantine: set[str] = field(default_factory=set)  # ids already recorded: not written again
+    _rows: list[dict] = field(default_factory=list)
+    _bad: list[dict] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.shard_rows < 1:
+            raise ValueError("shard_rows must be at least 1")
+        self.created_at = utcnow()
+
+    def add(self, row: dict) -> None:
+        self._rows.append({"run_id": self.run_id, "created_at": self.created_at, **row})
+        if len(self._rows) >= self.shard_rows:
+            self.flush()
+
+    def quarantine(self, *, reason_code: str, reason: str, stage: str, row: int | None = None,
+                   source_uri: str | None = None, patient_id: str | None = None,
+                   raw_labels: str | None = None) -> None:
+        key = f"{stage}|{row}|{source_uri}|{reason_code}"
+        self.quarantined[reason_code] += 1
+        if key in self.known_quarantine:
+            return
+        self.known_quarantine.add(key)
+        self._bad.append({"quarantine_id": key, "row": row, "source_uri": source_uri,
+                          "patient_id": patient_id, "raw_labels": raw_labels, "reason_code": reason_code,
+                          "reason": reason, "stage": stage, "run_id": self.run_id,
+                          "created_at": self.created_at})
+
+    def flush(self) -> None:
+        if self._rows:
+            table = pa.Table.from_pylist(self._rows, schema=self.schema)
+            uri, _ = store.write_shard(store.join(self.dataset_uri, SAMPLES), table, "sample_id")
+            self.shards.append(uri)
+            self.written += len(self._rows)
+            self._rows = []
+
+    def close(self) -> None:
+        self.flush()
+        if self._bad:
+            table = pa.Table.from_pylist(self._bad, schema=QUARANTINE_SCHEMA)
+            store.write_shard(store.join(self.dataset_uri, QUARANTINE), table, "quarantine_id")
+            self._bad = []
+
+
+def existing_rows(dataset_uri: str, columns: list[str]) -> pa.Table | None:
+    return store.read_shards(store.join(dataset_uri, SAMPLES), columns=columns)
+
+
+def existing_quarantine_ids(dataset_uri: str) -> set[str]:
+    table = store.read_shards(store.join(dataset_uri, QUARANTINE), columns=["quarantine_id"])
+    return set(table.column("quarantine_id").to_pylist()) if table is not None else set()
+
+
+def read_manifest(dataset_uri: str) -> dict:
+    uri = store.join(dataset_uri, MANIFEST)
+    if not store.exists(uri):
+        raise FileNotFoundError(f"no dataset at {dataset_uri}: {MANIFEST} is missing "
+                                f"(make one with `tailforge ingest ...` or `tailforge phantom`)")
+    return store.read_json(uri)
+
+
+def label_matrix(table: pa.Table, n_labels: int) -> np.ndarray:
+    """(N, K) float32 from a ``labels`` list column."""
+    flat = table.column("labels").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    return np.asarray(flat, dtype=np.float32).reshape(-1, n_labels)
+
+
+def finish_manifest(dataset_uri: str, *, name: str, vocab_name: str, image_size: int, source: dict,
+                    run_id: str, explicit_tail: list[str] | None = None, extra_columns: list[str] = (),
+                    extra: dict | None = None) -> dict:
+    """Recompute the head/tail split over all rows and write dataset.json atomically."""
+    vocab = vocabulary(vocab_name)
+    rows = existing_rows(dataset_uri, ["labels", "split"])
+    if rows is None or rows.num_rows == 0:
+        counts = {f: 0 for f in vocab.findings}
+    else:
+        train = rows.filter(pa.compute.equal(rows.column("split"), "train"))
+        counts = positive_counts(label_matrix(train, len(vocab)), vocab)
+    split: HeadTailSplit = head_tail_split(counts, vocab, explicit_tail)
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "name": name,
+        "vocabulary": vocab.name,
+        "labels": list(vocab.findings),
+        "normal_label": vocab.normal_label,
+        "image_size": image_size,
+        "head_tail": split.to_json(),
+        "source": source,
+        "extra_columns": list(extra_columns),
+        "run_id": run_id,
+        "updated_at": utcnow().isoformat(),
+        **(extra or {}),
+    }
+    store.write_json(store.join(dataset_uri, MANIFEST), manifest)
+    return manifest
+
+
+def summarize(dataset_uri: str) -> dict:
+    """Rows, per-split and per-class counts, head/tail classes and quarantine counts."""
+    manifest = read_manifest(dataset_uri)
+    findings = manifest["labels"]
+    rows = existing_rows(dataset_uri, ["labels", "split", "origin"])
+    splits: Counter = Counter()
+    per_class = {f: Counter() for f in findings}
+    normal: Counter = Counter()
+    origins: Counter = Counter()
+    if rows is not None:
+        labels = label_matrix(rows, len(findings))
+        split_column = np.asarray(rows.column("split").to_pylist(), dtype=object)
+        splits.update(split_column.tolist())
+        origins.update(rows.column("origin").to_pylist())
+        for split in splits:
+            chosen = labels[split_column == split]
+            for f, n in zip(findings, (chosen == 1.0).sum(axis=0)):
+                per_class[f][split] = int(n)
+            normal[split] = int((chosen == 0.0).all(axis=1).sum())
+    bad = store.read_shards(store.join(dataset_uri, QUARANTINE), columns=["reason_code"])
+    reasons = Counter(bad.column("reason_code").to_pylist()) if bad is not None else Counter()
+    return {
+        "uri": dataset_uri,
+        "name": manifest["name"],
+        "vocabulary": manifest["vocabulary"],
+        "image_size": manifest["image_size"],
+        "rows": int(sum(splits.values())),
+        "splits": dict(sorted(splits.items())),
+        "origins": dict(origins),
+        "classes": {f: {**dict(per_class[f]), "all": int(sum(per_class[f].values()))} for f in findings},
+        "normal": {**dict(normal), "all": int(sum(normal.values()))},
+        "head": manifest["head_tail"]["head"],
+        "tail": manifest["head_tail"]["tail"],
+        "head_tail_rule": manifest["head_tail"]["rule"],
+        "quarantined": int(sum(reasons.values())),
+        "quarantine_reasons": dict(reasons.most_common()),
+    }

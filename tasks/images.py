@@ -1,0 +1,175 @@
+"""Decode PNG / JPEG / DICOM into one-channel arrays, resize by one documented rule, encode PNG.
+
+Every failure is an ``ImageError`` with a short ``code`` (for counting) and a message saying
+what is wrong, so the ingest can quarantine the row and go on.
+
+Resize rule: the longer side is centre-cropped to a square, then the square is resampled to
+``size`` x ``size`` with a Lanczos filter in float32 and rounded back to the source bit depth
+(8 or 16). Chest films are near-square; the crop trims the film's margins (neck, abdomen),
+never the lungs' width on a portrait film.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+DEFAULT_MAX_PIXELS = 64_000_000  # 8000 x 8000: larger than any radiograph
+DICOM_MAGIC_OFFSET = 128
+
+
+class ImageError(Exception):
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    pixels: np.ndarray  # (H, W) uint8 or uint16
+    original_height: int
+    original_width: int
+
+    @property
+    def bit_depth(self) -> int:
+        return 16 if self.pixels.dtype == np.uint16 else 8
+
+
+def is_dicom(data: bytes) -> bool:
+    return data[DICOM_MAGIC_OFFSET:DICOM_MAGIC_OFFSET + 4] == b"DICM"
+
+
+def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+    """Bytes of a PNG, JPEG (or any Pillow format) or DICOM file -> one channel."""
+    if len(data) == 0:
+        raise ImageError("zero_byte", "the file is empty (0 bytes)")
+    if is_dicom(data):
+        return _decode_dicom(data, max_pixels)
+    return _decode_pillow(data, max_pixels)
+
+
+def _decode_pillow(data: bytes, max_pixels: int) -> DecodedImage:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageError("decompression_bomb",
+                                 f"{width}x{height} pixels exceeds the limit of {max_pixels:,}")
+            image.load()
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError("decompression_bomb", str(exc)) from exc
+    except UnidentifiedImageError as exc:
+        raise ImageError("not_an_image", "not a PNG, JPEG, DICOM or other readable image") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        text = str(exc)
+        code = "truncated" if "truncated" in text or "broken" in text else "unreadable"
+        raise ImageError(code, f"cannot decode image: {text}") from exc
+    return DecodedImage(_to_one_channel(image), height, width)
+
+
+def _to_one_channel(image: Image.Image) -> np.ndarray:
+    """L / RGB / RGBA / LA / P / I;16 / I / F -> (H, W) uint8 or uint16.
+
+    Alpha is dropped (an X-ray has no transparency; compositing would darken the film),
+    colour becomes luminance (ITU-R 601-2, Pillow's rule), 16-bit stays 16-bit.
+    """
+    mode = image.mode
+    if mode in ("1", "L", "P", "RGB", "RGBA", "LA", "CMYK", "YCbCr", "PA", "La", "RGBa"):
+        if mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+            image = image.convert("RGB") if mode in ("RGBA", "PA", "RGBa") else image.getchannel(0)
+        return np.asarray(image.convert("L"), dtype=np.uint8)
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        array = np.asarray(image)
+        if array.dtype.kind == "f" or array.min() < 0 or array.max() > 65535:
+            return _scale_to(array.astype(np.float64), np.uint16)
+        return array.astype(np.uint16)
+    raise ImageError("unsupported_mode", f"unsupported image mode {mode!r}")
+
+
+def _decode_dicom(data: bytes, max_pixels: int) -> DecodedImage:
+    import pydicom
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data))
+        rows, cols = int(ds.Rows), int(ds.Columns)
+    except Exception as exc:  # pydicom raises many types on bad files
+        raise ImageError("unreadable", f"cannot read DICOM: {exc}") from exc
+    if rows * cols > max_pixels:
+        raise ImageError("decompression_bomb", f"{cols}x{rows} pixels exceeds the limit of {max_pixels:,}")
+    try:
+        raw = ds.pixel_array
+    except Exception as exc:
+        raise ImageError("unreadable", f"cannot decode DICOM pixel data "
+                         f"(transfer syntax {ds.file_meta.get('TransferSyntaxUID', '?')}): {exc}") from exc
+    if raw.ndim != 2:
+        raise ImageError("unsupported_mode", f"DICOM pixel array has shape {raw.shape}; expected one frame, one channel")
+    values = apply_voi_lut(apply_modality_lut(raw, ds), ds).astype(np.float64)
+    if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+        values = values.max() + values.min() - values  # MONOCHROME1: low values are white
+    bits = int(ds.get("BitsStored", 8))
+    target = np.uint16 if bits > 8 else np.uint8
+    return DecodedImage(_scale_to(values, target), rows, cols)
+
+
+def _scale_to(values: np.ndarray, dtype) -> np.ndarray:
+    low, high = float(values.min()), float(values.max())
+    top = np.iinfo(dtype).max
+    if high <= low:
+        return np.zeros(values.shape, dtype=dtype)
+    return np.round((values - low) * (top / (high - low))).astype(dtype)
+
+
+def resize_square(pixels: np.ndarray, size: int) -> np.ndarray:
+    """Centre-crop to a square, Lanczos-resample to ``size``, keep dtype (module docstring)."""
+    height, width = pixels.shape
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    square = pixels[top:top + side, left:left + side]
+    if side == size:
+        return np.ascontiguousarray(square)
+    resized = Image.fromarray(square.astype(np.float32)).resize((size, size), Image.LANCZOS)
+    top_value = np.iinfo(pixels.dtype).max
+    return np.clip(np.round(np.asarray(resized)), 0, top_value).astype(pixels.dtype)
+
+
+def encode_png(pixels: np.ndarray) -> bytes:
+    """(H, W) uint8 -> 8-bit grayscale PNG; uint16 -> 16-bit grayscale PNG."""
+    if pixels.dtype not in (np.uint8, np.uint16) or pixels.ndim != 2:
+        raise ValueError(f"encode_png takes a 2-D uint8 or uint16 array, got {pixels.dtype} {pixels.shape}")
+    image = Image.fromarray(np.ascontiguousarray(pixels))  # uint8 -> "L", uint16 -> "I;16"
+    sink = io.BytesIO()
+    image.save(sink, format="PNG", optimize=False, compress_level=6)
+    return sink.getvalue()
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    """A PNG written by ``encode_png`` -> (H, W) uint8 or uint16."""
+    image = Image.open(io.BytesIO(data))
+    array = np.asarray(image)
+    return array.astype(np.uint16) if image.mode.startswith("I") else array.astype(np.uint8)
+
+
+def content_id(pixels: np.ndarray) -> str:
+    """sha256 of the pixel content (dtype, shape and values): the stable id of a real image."""
+    digest = hashlib.sha256(f"{pixels.dtype.str}{pixels.shape}".encode())
+    digest.update(np.ascontiguousarray(pixels).tobytes())
+    return digest.hexdigest()
+
+
+def encode_mask(mask: np.ndarray) -> bytes:
+    """Boolean (H, W) mask -> 8-bit PNG, 255 inside (the project's convention: 1 = region)."""
+    return encode_png(np.where(np.asarray(mask, dtype=bool), 255, 0).astype(np.uint8))
+
+
+def decode_mask(data: bytes) -> np.ndarray:
+    return decode_png(data) > 127

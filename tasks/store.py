@@ -1,0 +1,151 @@
+"""Storage: fsspec URIs (local paths by default, ``s3://`` through s3fs), atomic writes, shards.
+
+Endpoints and credentials come from configuration or the environment, never from code:
+``TAILFORGE_S3_ENDPOINT_URL`` (or the AWS SDK's ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``)
+names an S3-compatible endpoint such as MinIO; keys come from the standard AWS chain
+(``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``, profiles, instance roles).
+
+Writes are atomic: locally a temporary name in the same folder and ``os.replace``; on S3 one
+PUT of the whole object. Shards are named by what they contain, so writing one twice gives
+the same object and a reader never sees half a shard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import posixpath
+import uuid
+from typing import Any, Iterable, Mapping
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SHARD_PREFIX = "part-"
+
+
+def storage_options_from_env(env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """s3fs options from the environment; empty for plain AWS defaults."""
+    env = os.environ if env is None else env
+    endpoint = (env.get("TAILFORGE_S3_ENDPOINT_URL") or env.get("AWS_ENDPOINT_URL_S3")
+                or env.get("AWS_ENDPOINT_URL"))
+    options: dict[str, Any] = {"use_listings_cache": False}
+    if endpoint:
+        options["client_kwargs"] = {"endpoint_url": endpoint}
+    return options
+
+
+def is_remote(uri: str) -> bool:
+    return "://" in uri and not uri.startswith("file://")
+
+
+def filesystem(uri: str, storage_options: Mapping[str, Any] | None = None):
+    """``(fs, path)`` for a URI; local paths are made absolute."""
+    if not is_remote(uri):
+        path = os.path.abspath(uri.removeprefix("file://"))
+        return fsspec.filesystem("file"), path
+    protocol = uri.split("://", 1)[0]
+    options = dict(storage_options_from_env() if storage_options is None else storage_options)
+    if protocol != "s3":
+        options = {k: v for k, v in options.items() if k not in ("client_kwargs", "use_listings_cache")}
+    fs, path = fsspec.core.url_to_fs(uri, **options)
+    return fs, path
+
+
+def join(uri: str, *parts: str) -> str:
+    if is_remote(uri):
+        return "/".join([uri.rstrip("/"), *[p.strip("/") for p in parts]])
+    return os.path.join(uri, *parts)
+
+
+def _full_uri(fs, path: str, like: str) -> str:
+    if not is_remote(like):
+        return path
+    return f"{like.split('://', 1)[0]}://{path}"
+
+
+def exists(uri: str) -> bool:
+    fs, path = filesystem(uri)
+    return fs.exists(path)
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = filesystem(uri)
+    return fs.cat_file(path)
+
+
+def write_bytes_atomic(uri: str, data: bytes) -> None:
+    """Write the whole object or nothing: temp file + rename locally, one PUT on S3."""
+    fs, path = filesystem(uri)
+    if is_remote(uri):
+        fs.pipe_file(path, data)
+        return
+    folder, name = os.path.split(path)
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json(uri: str, obj: Any) -> None:
+    write_bytes_atomic(uri, (json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode())
+
+
+def read_json(uri: str) -> Any:
+    return json.loads(read_bytes(uri))
+
+
+def list_shards(folder_uri: str) -> list[str]:
+    """Completed shards in a folder (temporary files never match), sorted by name."""
+    fs, path = filesystem(folder_uri)
+    if not fs.exists(path):
+        return []
+    found = fs.glob(posixpath.join(path, f"{SHARD_PREFIX}*.parquet") if is_remote(folder_uri)
+                    else os.path.join(path, f"{SHARD_PREFIX}*.parquet"))
+    return sorted(_full_uri(fs, p, folder_uri) for p in found)
+
+
+def shard_name(keys: Iterable[str]) -> str:
+    """Name a shard by the sorted keys of its rows: same content, same name."""
+    digest = hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()[:20]
+    return f"{SHARD_PREFIX}{digest}.parquet"
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression="zstd", row_group_size=256)
+    return sink.getvalue()
+
+
+def write_shard(folder_uri: str, table: pa.Table, key_column: str) -> tuple[str, bool]:
+    """Write ``table`` as one shard named by its keys. Returns (uri, written); an existing
+    shard of the same name already holds these rows and is left as it is (idempotent)."""
+    uri = join(folder_uri, shard_name(table.column(key_column).to_pylist()))
+    if exists(uri):
+        return uri, False
+    write_bytes_atomic(uri, parquet_bytes(table))
+    return uri, True
+
+
+def read_shards(folder_uri: str, columns: list[str] | None = None) -> pa.Table | None:
+    """All shards of a folder as one table (None when there are none)."""
+    shards = list_shards(folder_uri)
+    if not shards:
+        return None
+    fs, _ = filesystem(folder_uri)
+    tables = []
+    for uri in shards:
+        _, path = filesystem(uri)
+        with fs.open(path, "rb") as fh:
+            tables.append(pq.read_table(fh, columns=columns))
+    return pa.concat_tables(tables, promote_options="default")
