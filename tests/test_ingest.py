@@ -322,3 +322,25 @@ def test_shards_are_valid_parquet_with_the_contract_columns(broken_corpus, tmp_p
             "removed_labels", "kept_labels", "mask", "decision_id", "generator_id", "classifier_id", "seed",
             "quality", "accepted", "run_id", "created_at"} <= columns
     assert not [p for p in Path(out).rglob("*") if ".tmp-" in p.name]
+
+
+def test_phantom_dataset_keeps_ground_truth_masks_and_is_reproducible(tmp_path):
+    from tasks.images import decode_mask
+    from tasks.ingest import ingest_phantom
+
+    first, second = str(tmp_path / "a"), str(tmp_path / "b")
+    assert ingest_phantom(first, 40, size=64, seed=3, shard_rows=16).rows_written == 40
+    ingest_phantom(second, 40, size=64, seed=3, shard_rows=16)
+    rows = existing_rows(first, None).to_pylist()
+    assert sorted(r["sample_id"] for r in rows) == sorted(existing_rows(second, ["sample_id"]).column("sample_id").to_pylist())
+    assert [Path(u).name for u in store.list_shards(store.join(first, SAMPLES))] == \
+        [Path(u).name for u in store.list_shards(store.join(second, SAMPLES))]
+    nih = vocabulary("nih")
+    for r in rows:
+        present = nih.positives(r["labels"])
+        masks = {m["label"]: decode_mask(m["mask"]) for m in (r["lesion_masks"] or [])}
+        assert sorted(masks) == sorted(present) and all(m.shape == (64, 64) and m.any() for m in masks.values())
+        assert r["origin"] == "phantom" and r["seed"] == 3
+    assert ingest_phantom(first, 60, size=64, seed=3).rows_written == 20  # a longer stream adds only the new tail
+    with pytest.raises(ValueError, match="Choose another --out"):
+        ingest_phantom(first, 10, size=32, seed=3)

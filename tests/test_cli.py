@@ -1,0 +1,63 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flows.cli import main
+from imagefiles import png_bytes
+from test_ingest import NIH_HEADER, _pattern, _write_csv
+
+
+@pytest.fixture
+def small_nih(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    rows = []
+    for i in range(8):
+        (images / f"{i}.png").write_bytes(png_bytes(_pattern(i)))
+        rows.append([f"{i}.png", ["Mass", "Effusion", "No Finding", "Hernia|Mass"][i % 4], 0, i, 40, "M", "PA"])
+    rows.append(["missing.png", "Mass", 0, 99, 40, "M", "PA"])
+    return _write_csv(tmp_path / "Data_Entry_2017.csv", NIH_HEADER, rows), images
+
+
+def test_ingest_then_info_json(small_nih, tmp_path, capsys):
+    table, images = small_nih
+    out = str(tmp_path / "ds")
+    assert main(["ingest", "nih", str(table), str(images), "--out", out, "--size", "32", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["rows_written"] == 8 and report["quarantined"] == {"missing_file": 1}
+    assert main(["info", out, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["rows"] == 8 and info["quarantined"] == 1 and info["classes"]["Mass"]["all"] == 4
+    assert set(info["head"]) | set(info["tail"]) == set(info["classes"])
+
+
+def test_ingest_defaults_to_tailforge_home(small_nih, tailforge_home, capsys):
+    table, images = small_nih
+    assert main(["ingest", "nih", str(table), str(images), "--tail", "Hernia"]) == 0
+    assert (tailforge_home / "datasets" / "nih" / "dataset.json").exists()
+    assert main(["info", str(tailforge_home / "datasets" / "nih")]) == 0
+    text = capsys.readouterr().out
+    assert "missing_file" in text and "Hernia" in text
+
+
+def test_user_errors_are_one_line_with_status_2(tmp_path, capsys):
+    bad = _write_csv(tmp_path / "t.csv", ["Image Index"], [["a.png"]])
+    assert main(["ingest", "nih", str(bad), str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "Finding Labels" in err and "Traceback" not in err
+    assert main(["info", str(tmp_path / "nothing")]) == 2
+    assert "tailforge phantom" in capsys.readouterr().err
+
+
+def test_console_script_is_installed(small_nih, tmp_path):
+    table, images = small_nih
+    exe = Path(sys.executable).with_name("tailforge")
+    out = str(tmp_path / "ds")
+    done = subprocess.run([str(exe), "ingest", "folder", str(table), str(images), "--out", out,
+                           "--path-column", "Image Index", "--patient-column", "Patient ID", "--json"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["rows_written"] == 8

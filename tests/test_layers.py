@@ -1,0 +1,39 @@
+"""Layering rules of the design doc: models/ free of Prefect and storage; torchvision guard."""
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FORBIDDEN_IN_MODELS = {"prefect", "fsspec", "s3fs", "boto3", "duckdb", "pyarrow", "anthropic", "flows", "tasks"}
+
+
+def _imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_models_import_no_orchestration_storage_or_network():
+    files = list((ROOT / "models").rglob("*.py"))
+    assert files
+    offenders = {str(f.relative_to(ROOT)): sorted(_imports(f) & FORBIDDEN_IN_MODELS) for f in files}
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_tasks_never_import_flows():
+    offenders = [str(f.relative_to(ROOT)) for f in (ROOT / "tasks").rglob("*.py") if "flows" in _imports(f)]
+    assert offenders == []
+
+
+def test_torchvision_guard_lets_timm_and_grad_cam_import():
+    import models  # noqa: F401  (runs the guard)
+    import pytorch_grad_cam  # noqa: F401
+    import timm
+    import torch
+
+    net = timm.create_model("resnet18", pretrained=False, in_chans=1, num_classes=3)
+    assert net(torch.zeros(2, 1, 32, 32)).shape == (2, 3)
