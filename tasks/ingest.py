@@ -202,7 +202,7 @@ def _describe(root: str) -> str:
 def ingest_phantom(out_uri: str, n: int, size: int = 64, seed: int = 0, vocab: str = "nih",
                    shard_rows: int = 1024, explicit_tail: tuple[str, ...] | None = None,
                    progress: Progress | None = None) -> IngestReport:
-    """Write ``n`` built-in phantom images (tasks/phantom.py) as a dataset, masks included."""
+    """Write ``n`` built-in phantom images (tasks/phantom/) as a dataset, masks included."""
     from tasks.images import encode_mask
     from tasks.labels import vocabulary
     from tasks.phantom import phantom_images

@@ -1,4 +1,4 @@
-"""The built-in synthetic chest phantom (tasks/phantom.py)."""
+"""The built-in synthetic chest phantom (tasks/phantom/)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,131 @@
+"""The public entry points: the stream of phantom images and ``render``, which draws one patient
+with its findings, ground-truth masks and film grain."""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+
+from tasks.labels import Vocabulary
+from tasks.phantom.anatomy import _MODIFIERS, _Anatomy, _draw_anatomy
+from tasks.phantom.checks import _check_int, _check_labels, _check_size, _resolve_vocab
+from tasks.phantom.lesions import _LESIONS, LESION_KIND
+from tasks.phantom.prevalence import _label_model, sample_labels
+from tasks.phantom.scene import _Scene
+
+MASK_THRESHOLD = 0.02  # brightness change (0..1 scale, ~5 grey levels) that puts a pixel in a mask
+SPLIT_SHARES: tuple[tuple[str, float], ...] = (("train", 0.7), ("val", 0.1), ("test", 0.2))
+
+
+@dataclass(frozen=True)
+class PhantomImage:
+    index: int  # position in the stream, 0..n-1
+    patient_id: str  # f"phantom-{seed}-{index:06d}" (one image per synthetic patient)
+    split: str  # "train" | "val" | "test"
+    image: np.ndarray  # (size, size) uint8, one channel, frontal PA view
+    labels: np.ndarray  # (K,) float32 0/1 aligned to vocab.findings
+    lesion_masks: dict[str, np.ndarray]  # present finding -> (size, size) bool mask
+
+
+# ----------------------------------------------------------------------------------------------
+# public entry points
+
+
+def phantom_images(
+    n: int, size: int = 64, seed: int = 0, vocab: str | Vocabulary = "nih"
+) -> Iterator[PhantomImage]:
+    """Stream ``n`` phantom images; image ``i`` depends only on ``(seed, i)``, ``size``, ``vocab``.
+
+    Arguments are checked here (not at the first ``next``): ValueError on a bad one.
+    """
+    n = _check_int("n", n, lo=0)
+    size = _check_size(size)
+    seed = _check_int("seed", seed, lo=0)
+    voc = _resolve_vocab(vocab)
+    _label_model(voc)  # calibrate now so the first image is not the slow one
+    return _stream(n, size, seed, voc)
+
+
+def _stream(n: int, size: int, seed: int, voc: Vocabulary) -> Iterator[PhantomImage]:
+    for i in range(n):
+        rng = np.random.default_rng([seed, i])
+        labels = sample_labels(rng, voc)
+        split = _draw_split(rng)
+        image, masks = render(labels, voc, size, rng)
+        yield PhantomImage(
+            index=i,
+            patient_id=f"phantom-{seed}-{i:06d}",
+            split=split,
+            image=image,
+            labels=labels,
+            lesion_masks=masks,
+        )
+
+
+def render(
+    labels: np.ndarray, vocab: Vocabulary, size: int, rng: np.random.Generator
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Draw one patient with the findings in ``labels``: ``(uint8 image, {finding: bool mask})``.
+
+    The generator's draws do not depend on ``labels`` (anatomy first, then one seed per finding
+    and one for noise), so the same generator state renders the same patient with or without
+    any finding: the two images differ only where that finding lies.
+    """
+    vocab = _resolve_vocab(vocab)
+    size = _check_size(size)
+    labels = _check_labels(labels, vocab)
+
+    base = _draw_anatomy(rng)
+    lesion_seed, noise_seed = (int(s) for s in rng.integers(0, 2**63 - 1, size=2))
+    present = [f for f, value in zip(vocab.findings, labels) if value == 1.0]
+
+    def lesion_rng(finding: str) -> np.random.Generator:
+        return np.random.default_rng([lesion_seed, zlib.crc32(finding.encode("utf-8"))])
+
+    modifiers = [f for f in present if LESION_KIND[f] in _MODIFIERS]
+
+    def modified(skip: str | None) -> _Anatomy:
+        anat = base
+        for f in modifiers:
+            if f != skip:
+                anat = _MODIFIERS[LESION_KIND[f]](anat, lesion_rng(f))
+        return anat
+
+    scene = _Scene(size, modified(None))
+    deltas: dict[str, np.ndarray] = {}
+    for f in present:
+        if f in modifiers:
+            deltas[f] = scene.density - _Scene(size, modified(f)).density
+    total = scene.density.copy()
+    for f in present:
+        if f not in modifiers:
+            deltas[f] = _LESIONS[LESION_KIND[f]](scene, lesion_rng(f)).astype(np.float32, copy=False)
+            total += deltas[f]
+
+    bright = scene.brightness(total)
+    masks: dict[str, np.ndarray] = {}
+    for f in present:
+        change = np.abs(bright - scene.brightness(total - deltas[f]))
+        mask = change > MASK_THRESHOLD
+        if not mask.any() and change.max() > 0:  # tiny films: keep the most changed pixel
+            mask = change >= change.max()
+        masks[f] = mask
+
+    noise_rng = np.random.default_rng(noise_seed)
+    grain = noise_rng.standard_normal((size, size), dtype=np.float32)
+    image = bright + scene.anat.noise * grain
+    image = np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
+    return image, masks
+
+
+def _draw_split(rng: np.random.Generator) -> str:
+    u = rng.random()
+    acc = 0.0
+    for name, share in SPLIT_SHARES:
+        acc += share
+        if u < acc:
+            return name
+    return SPLIT_SHARES[-1][0]
