@@ -3,6 +3,8 @@
     tailforge ingest nih|chexpert|mimic|folder TABLE IMAGES_DIR [--out URI] [--split-csv CSV] [--size N]
     tailforge phantom [--n N] [--size S] [--seed K] [--vocab nih|chexpert] [--out URI]
     tailforge info URI [--json]
+    tailforge plan DATASET_URI [--judge rules|anthropic] [--json] [--export URI]
+    tailforge decisions [--json] [--export URI]
     tailforge demo
 
 Errors that a user can fix (a missing column, a missing file, an incompatible dataset) print
@@ -19,7 +21,7 @@ from typing import Iterator
 
 from flows.settings import default_dataset_uri, tailforge_home
 
-USER_ERRORS = (ValueError, FileNotFoundError, PermissionError)
+USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, RuntimeError)
 
 
 def _add_common_ingest(parser: argparse.ArgumentParser) -> None:
@@ -77,6 +79,26 @@ def build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="rows, splits, per-class counts, head/tail and quarantine of a dataset")
     info.add_argument("uri")
     info.add_argument("--json", action="store_true")
+
+    plan = commands.add_parser("plan", help="head/tail split, label sets, LKG decisions and candidate images")
+    plan.add_argument("uri", help="dataset URI")
+    plan.add_argument("--judge", choices=["rules", "anthropic"], default="rules",
+                      help="rules: the offline clinical table (default); anthropic: the Messages API, "
+                           "rules as fallback")
+    plan.add_argument("--model", default=None, help="Anthropic model name (default: $TAILFORGE_LLM_MODEL "
+                      "or claude-sonnet-5-5)")
+    plan.add_argument("--prompt-version", default=None, help="bump to make new decisions (default lkg-v1)")
+    plan.add_argument("--api-key-secret", help="Prefect Secret block holding the key (default: $ANTHROPIC_API_KEY)")
+    plan.add_argument("--llm-timeout", type=float, default=30.0, help="seconds per LLM request (default 30)")
+    plan.add_argument("--llm-retries", type=int, default=2, help="retries on timeout, 429 and 5xx (default 2)")
+    plan.add_argument("--cache", help="decision cache (default: $TAILFORGE_HOME/decisions.duckdb)")
+    plan.add_argument("--export", help="write the decisions this plan used as Parquet under this folder URI")
+    plan.add_argument("--json", action="store_true")
+
+    decisions = commands.add_parser("decisions", help="list the cached LKG decisions")
+    decisions.add_argument("--cache", help="decision cache (default: $TAILFORGE_HOME/decisions.duckdb)")
+    decisions.add_argument("--export", help="write all decisions as Parquet under this folder URI")
+    decisions.add_argument("--json", action="store_true")
 
     demo = commands.add_parser("demo", help="run the factory on the built-in phantom data")
     demo.add_argument("--n", type=int, default=600, help="phantom images (default 600)")
@@ -182,6 +204,73 @@ def print_summary(summary: dict) -> None:
         console.print(f"quarantined {code}: {n}")
 
 
+def _cache_path(args: argparse.Namespace) -> str:
+    return args.cache or str(tailforge_home() / "decisions.duckdb")
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    import os
+
+    from tasks.knowledge import AnthropicJudge, LLMSettings, export_decisions, plan
+
+    llm = None
+    if args.judge == "anthropic":
+        settings = LLMSettings(model=args.model or os.environ.get("TAILFORGE_LLM_MODEL") or LLMSettings.model,
+                               prompt_version=args.prompt_version or LLMSettings.prompt_version,
+                               timeout_s=args.llm_timeout, max_retries=args.llm_retries,
+                               api_key_secret=args.api_key_secret)
+        llm = AnthropicJudge(settings)
+    report, used = plan(args.uri, _cache_path(args), llm)
+    exported = export_decisions(used, args.export) if args.export else None
+    if args.json:
+        print(json.dumps({**report.to_json(), "exported": exported}, indent=2, default=str))
+        return 0
+    print_plan(report)
+    if exported:
+        print(f"decisions written to {exported}")
+    return 0
+
+
+def print_plan(report) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(f"[bold]plan[/] for {report.dataset_uri} ({report.vocabulary}), judge {report.judge} "
+                  f"({report.model}, prompt {report.prompt_version})")
+    console.print(f"head: {', '.join(report.head)}\ntail: {', '.join(report.tail)}  [{report.head_tail_rule}]")
+    console.print(f"{report.train_images} train images, {report.candidate_images} hold a head and a tail finding, "
+                  f"in {len(report.label_sets)} distinct label sets; {report.images_to_generate} would be inpainted")
+    console.print(f"decisions: {report.cache_hits} cached, {report.cache_misses} new, {report.llm_calls} LLM calls"
+                  + (f", fallbacks {report.fallbacks}" if report.fallbacks else "") + f" ({report.seconds:.2f} s)")
+    table = Table("tail class", "new samples")
+    for name, n in report.new_samples_per_tail.items():
+        table.add_row(name, str(n))
+    console.print(table)
+    sets = Table("images", "head present", "tail present", "keep", "remove", "source")
+    for s in report.label_sets[:10]:
+        sets.add_row(str(s.images), ", ".join(s.head), ", ".join(s.tail), ", ".join(s.keep) or "-",
+                     ", ".join(s.remove) or "-", s.source)
+    console.print(sets)
+
+
+def cmd_decisions(args: argparse.Namespace) -> int:
+    from tasks.knowledge import DecisionCache, export_decisions
+
+    with DecisionCache(_cache_path(args), read_only=True) as cache:
+        decisions = cache.all()
+    if args.export:
+        print(f"{len(decisions)} decisions written to {export_decisions(decisions, args.export)}")
+    if args.json:
+        print(json.dumps([d.to_row() for d in decisions], indent=2, default=str))
+    elif not args.export:
+        for d in decisions:
+            print(f"{d.decision_id[:12]} {d.source:8s} {d.judge}/{d.model}/{d.prompt_version} "
+                  f"head={','.join(d.head)} tail={','.join(d.tail)} keep={','.join(d.keep) or '-'} "
+                  f"remove={','.join(d.remove) or '-'}" + (f" error={d.error}" if d.error else ""))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Until the factory flows exist: make the phantom dataset and summarise it."""
     from tasks.dataset import summarize
@@ -198,7 +287,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"ingest": cmd_ingest, "phantom": cmd_phantom, "info": cmd_info, "demo": cmd_demo}
+COMMANDS = {"ingest": cmd_ingest, "phantom": cmd_phantom, "info": cmd_info, "plan": cmd_plan,
+            "decisions": cmd_decisions, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,150 @@
+"""The Anthropic judge: the Messages API with forced tool use and a versioned prompt.
+
+The client honours the SDK's standard environment (``ANTHROPIC_API_KEY``,
+``ANTHROPIC_BASE_URL``), so calls can go through a gateway or proxy. The prompt holds label
+names and the vocabulary only: never a patient id, path, image, report text or date. The
+answer is validated; anything but a list of present head findings is an invalid answer.
+Every failure is a ``JudgeError`` with a short ``kind``; its message never holds the key.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import anthropic
+
+from tasks.knowledge.decision import Question
+
+PROMPT_VERSION = "lkg-v1"
+TOOL_NAME = "record_entanglement"
+DEFAULT_MODEL = "claude-sonnet-5-5"  # current in anthropic 2.12; 4-5 reaches end of life on 2026-11-30
+SYSTEM_PROMPT = (
+    "You are a thoracic radiologist advising a data pipeline. The pipeline erases some findings from "
+    "frontal chest radiographs by repainting their region with healthy lung. A radiograph is a "
+    "projection, so one finding can lie over another: erasing it would also erase or alter the other. "
+    "You get the findings present on one radiograph, split into HEAD findings (candidates for "
+    "erasing) and TAIL findings (which must survive). Name the head findings that are entangled with "
+    "any tail finding on a frontal view (they overlap in projection or are part of the same process), "
+    "and give a one-sentence reason. Answer only by calling the tool."
+)
+
+
+class JudgeError(Exception):
+    """A failed LLM judgement; ``kind`` is one of ERROR_KINDS."""
+
+    def __init__(self, kind: str, detail: str = ""):
+        super().__init__(f"{kind}: {detail}" if detail else kind)
+        self.kind = kind
+
+
+ERROR_KINDS = ("timeout", "rate_limit", "server_error", "connection", "api_error", "malformed",
+               "invalid_answer", "refusal")
+
+
+class ConfigError(ValueError):
+    """The judge cannot be set up (no key); raised before any work."""
+
+
+@dataclass(frozen=True)
+class LLMSettings:
+    model: str = DEFAULT_MODEL  # the Messages API model name
+    prompt_version: str = PROMPT_VERSION  # bump to make new decisions; old ones stay cached
+    timeout_s: float = 30.0  # per request
+    max_retries: int = 2  # the SDK retries timeouts, 429 and 5xx with exponential backoff
+    max_tokens: int = 400
+    api_key_secret: str | None = None  # a Prefect Secret block holding the key, else ANTHROPIC_API_KEY
+
+
+def resolve_api_key(settings: LLMSettings) -> str:
+    """The key from a Prefect Secret block (when named) or the environment. Never printed."""
+    if settings.api_key_secret:
+        from prefect.blocks.system import Secret
+
+        return Secret.load(settings.api_key_secret).get()
+    key = os.environ.get("ANTHROPIC_API_KEY")
+    if not key:
+        raise ConfigError("the anthropic judge needs a key: set ANTHROPIC_API_KEY or name a Prefect "
+                          "Secret block with --api-key-secret")
+    return key
+
+
+def tool_schema(question: Question) -> dict:
+    return {
+        "name": TOOL_NAME,
+        "description": "Record which head findings are entangled with the tail findings.",
+        "input_schema": {
+            "type": "object",
+            "properties": {
+                "keep": {"type": "array", "items": {"type": "string", "enum": list(question.head)},
+                         "description": "head findings entangled with a tail finding (may be empty)"},
+                "rationale": {"type": "string", "description": "one sentence"},
+            },
+            "required": ["keep", "rationale"],
+        },
+    }
+
+
+def request_body(question: Question, vocabulary: list[str], settings: LLMSettings) -> dict[str, Any]:
+    """The exact Messages API arguments: label names and the vocabulary, nothing else."""
+    text = (f"Vocabulary: {', '.join(vocabulary)}.\n"
+            f"HEAD findings present: {', '.join(question.head)}.\n"
+            f"TAIL findings present: {', '.join(question.tail)}.\n"
+            "Which head findings are entangled with a tail finding?")
+    return {"model": settings.model, "max_tokens": settings.max_tokens, "system": SYSTEM_PROMPT,
+            "messages": [{"role": "user", "content": text}], "tools": [tool_schema(question)],
+            "tool_choice": {"type": "tool", "name": TOOL_NAME}}
+
+
+class AnthropicJudge:
+    name = "anthropic"
+
+    def __init__(self, settings: LLMSettings = LLMSettings(), client: anthropic.Anthropic | None = None):
+        self.settings = settings
+        self.client = client or anthropic.Anthropic(api_key=resolve_api_key(settings),
+                                                    timeout=settings.timeout_s, max_retries=settings.max_retries)
+
+    @property
+    def model(self) -> str:
+        return self.settings.model
+
+    @property
+    def prompt_version(self) -> str:
+        return self.settings.prompt_version
+
+    def ask(self, question: Question, vocabulary: list[str]) -> tuple[list[str], str]:
+        """(keep, rationale) for one question, or JudgeError."""
+        try:
+            message = self.client.messages.create(**request_body(question, vocabulary, self.settings))
+        except anthropic.APITimeoutError as exc:
+            raise JudgeError("timeout") from exc
+        except anthropic.RateLimitError as exc:
+            raise JudgeError("rate_limit") from exc
+        except anthropic.APIStatusError as exc:
+            kind = "server_error" if exc.status_code >= 500 else "api_error"
+            raise JudgeError(kind, f"HTTP {exc.status_code}") from exc
+        except anthropic.APIConnectionError as exc:
+            raise JudgeError("connection") from exc
+        except (anthropic.APIResponseValidationError, ValueError) as exc:
+            raise JudgeError("malformed", type(exc).__name__) from exc
+        return validate_answer(message, question)
+
+
+def validate_answer(message: Any, question: Question) -> tuple[list[str], str]:
+    if getattr(message, "stop_reason", None) == "refusal":
+        raise JudgeError("refusal")
+    blocks = [b for b in (getattr(message, "content", None) or [])
+              if getattr(b, "type", None) == "tool_use" and getattr(b, "name", None) == TOOL_NAME]
+    if not blocks or not isinstance(blocks[0].input, dict):
+        raise JudgeError("malformed", "no tool call in the answer")
+    answer = blocks[0].input
+    keep, rationale = answer.get("keep"), answer.get("rationale")
+    if not isinstance(keep, list) or not all(isinstance(k, str) for k in keep):
+        raise JudgeError("invalid_answer", "keep is not a list of names")
+    unknown = sorted(set(keep) - set(question.head))
+    if unknown or len(set(keep)) != len(keep):
+        raise JudgeError("invalid_answer", f"not present head findings: {unknown}" if unknown else "repeated names")
+    if not isinstance(rationale, str) or not rationale.strip():
+        raise JudgeError("invalid_answer", "no rationale")
+    return keep, rationale.strip()[:500]
