@@ -1,0 +1,101 @@
+"""Multi-label losses over logits (N, K) and labels (N, K) with NaN = unknown.
+
+Unknown entries contribute nothing: each loss is the mean over the known entries only. A batch
+with no known entry gives a zero loss that is still attached to the graph (backward runs and
+yields zero gradients), so a training loop needs no special case for it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _known(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mask of known entries, labels with unknown entries zero-filled), both (N, K)."""
+    if logits.shape != labels.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} must have the same (N, K) shape")
+    labels = labels.to(logits.dtype)
+    mask = ~torch.isnan(labels)  # (N, K)
+    return mask, torch.where(mask, labels, torch.zeros_like(labels))
+
+
+def masked_mean(elementwise: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``elementwise`` (N, K) over ``mask`` (N, K); 0 (with a graph) when the mask is empty."""
+    total = torch.where(mask, elementwise, torch.zeros_like(elementwise)).sum()
+    return total / mask.sum().clamp(min=1)
+
+
+class MaskedBCE(nn.Module):
+    """Binary cross-entropy with logits, averaged over known entries."""
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        mask, y = _known(logits, labels)
+        return masked_mean(F.binary_cross_entropy_with_logits(logits, y, reduction="none"), mask)
+
+
+class FocalLoss(nn.Module):
+    """Focal loss (Lin et al., "Focal Loss for Dense Object Detection", eq. 5):
+    FL(p_t) = -alpha_t (1 - p_t)^gamma log(p_t). gamma=0, alpha=None is plain BCE."""
+
+    def __init__(self, gamma: float = 2.0, alpha: float | None = 0.25):
+        super().__init__()
+        if gamma < 0:
+            raise ValueError(f"focal gamma must be >= 0, got {gamma}")
+        if alpha is not None and not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"focal alpha must be in [0, 1] or None, got {alpha}")
+        self.gamma, self.alpha = float(gamma), alpha
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        mask, y = _known(logits, labels)
+        ce = F.binary_cross_entropy_with_logits(logits, y, reduction="none")  # -log(p_t), (N, K)
+        loss = ce
+        if self.gamma:
+            p = torch.sigmoid(logits)
+            p_t = p * y + (1 - p) * (1 - y)
+            loss = loss * (1 - p_t).clamp(min=1e-12).pow(self.gamma)  # clamp: finite grads for gamma < 1
+        if self.alpha is not None:
+            loss = loss * (self.alpha * y + (1 - self.alpha) * (1 - y))
+        return masked_mean(loss, mask)
+
+
+class AsymmetricLoss(nn.Module):
+    """Asymmetric loss (Ridnik et al., "Asymmetric Loss For Multi-Label Classification", eq. 7):
+    L+ = (1 - p)^gamma_pos log(p),  L- = p_m^gamma_neg log(1 - p_m),  p_m = max(p - clip, 0)
+    (the probability margin discards very easy negatives). gamma_neg=gamma_pos=clip=0 is BCE."""
+
+    def __init__(self, gamma_neg: float = 4.0, gamma_pos: float = 0.0, clip: float = 0.05, eps: float = 1e-8):
+        super().__init__()
+        if gamma_neg < 0 or gamma_pos < 0 or not 0.0 <= clip < 1.0:
+            raise ValueError(f"ASL needs gamma_neg, gamma_pos >= 0 and clip in [0, 1), got "
+                             f"{gamma_neg}, {gamma_pos}, {clip}")
+        self.gamma_neg, self.gamma_pos, self.clip, self.eps = float(gamma_neg), float(gamma_pos), float(clip), eps
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        mask, y = _known(logits, labels)
+        p = torch.sigmoid(logits)  # (N, K)
+        log_p = F.logsigmoid(logits)  # stable log(p)
+        if self.clip > 0:
+            p_m = (p - self.clip).clamp(min=0)
+            log_not_p_m = torch.log((1 - p_m).clamp(min=self.eps))
+        else:
+            p_m, log_not_p_m = p, F.logsigmoid(-logits)  # stable log(1 - p)
+        pos = log_p * (1 - p).clamp(min=self.eps).pow(self.gamma_pos) if self.gamma_pos else log_p
+        neg = log_not_p_m * p_m.clamp(min=self.eps).pow(self.gamma_neg) if self.gamma_neg else log_not_p_m
+        return masked_mean(-(y * pos + (1 - y) * neg), mask)
+
+
+LOSSES: dict[str, type[nn.Module]] = {"bce": MaskedBCE, "focal": FocalLoss, "asl": AsymmetricLoss}
+
+
+def make_loss(name: str, **kwargs: Any) -> nn.Module:
+    """A NaN-masked multi-label loss by name: "bce" (default), "focal" or "asl"."""
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; choose one of {sorted(LOSSES)}")
+    try:
+        return LOSSES[name](**kwargs)
+    except TypeError as err:
+        raise ValueError(f"bad arguments for loss {name!r}: {err}") from err

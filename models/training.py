@@ -1,0 +1,261 @@
+"""Training utilities shared by the classifier and the diffusion model, and the classifier's loop.
+
+Data arrives as in-memory tensors (the tasks layer reads Parquet and hands them over):
+images (N, 1, H, W) float in [0, 1], labels (N, K) float with 1 / 0 / NaN (unknown).
+For the PIL schedule a caller passes ``epoch_data(n) -> (images, labels)``: the training set of
+epoch n (the original data plus a growing prefix of the generated samples).
+
+Augmentation is deliberately mild and never flips: a chest film's left and right are anatomy
+(heart on the left, the aortic knob, situs), and findings such as cardiomegaly depend on it.
+It uses small translations (border pixels extend) and brightness/contrast jitter, the
+variation between radiographs of the same patient.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.losses import make_loss
+
+Batch = tuple[torch.Tensor, torch.Tensor]  # images (N, 1, H, W), labels (N, K)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices). CPU runs are then repeatable."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class EMA:
+    """Exponential moving average of a model's floating-point parameters.
+
+    The decay warms up as min(max_decay, (1 + step) / (10 + step)): a fixed 0.999 over a short run
+    keeps a large share of the random initialisation (design doc section 6; 0.999^1500 ~ 0.22).
+    Buffers (e.g. BatchNorm statistics) are copied, not averaged.
+    """
+
+    def __init__(self, model: nn.Module, max_decay: float = 0.999):
+        if not 0.0 <= max_decay < 1.0:
+            raise ValueError(f"max_decay must be in [0, 1), got {max_decay}")
+        self.max_decay = float(max_decay)
+        self.step = 0  # updates done so far
+        self.shadow = {k: p.detach().clone() for k, p in model.named_parameters() if p.dtype.is_floating_point}
+        self.buffers = {k: b.detach().clone() for k, b in model.named_buffers()}
+
+    @property
+    def decay(self) -> float:
+        """The decay the next update will use."""
+        return min(self.max_decay, (1 + self.step) / (10 + self.step))
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        decay = self.decay
+        params = dict(model.named_parameters())
+        if set(params) & set(self.shadow) != set(self.shadow):
+            raise ValueError("EMA.update got a model without the parameters it was created from")
+        for name, avg in self.shadow.items():
+            avg.lerp_(params[name].detach().to(avg.device, avg.dtype), 1.0 - decay)
+        for name, buf in model.named_buffers():
+            if name in self.buffers:
+                self.buffers[name].copy_(buf)
+        self.step += 1
+
+    @torch.no_grad()
+    def copy_to(self, model: nn.Module) -> None:
+        """Write the averaged parameters (and the latest buffers) into ``model``."""
+        params, buffers = dict(model.named_parameters()), dict(model.named_buffers())
+        for name, avg in self.shadow.items():
+            params[name].copy_(avg)
+        for name, buf in self.buffers.items():
+            buffers[name].copy_(buf)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "max_decay": self.max_decay,
+                "shadow": {k: v.clone() for k, v in self.shadow.items()},
+                "buffers": {k: v.clone() for k, v in self.buffers.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if set(state["shadow"]) != set(self.shadow):
+            raise ValueError("EMA state does not match this model's parameters")
+        self.step, self.max_decay = int(state["step"]), float(state["max_decay"])
+        for name, value in state["shadow"].items():
+            self.shadow[name].copy_(value)
+        for name, value in state.get("buffers", {}).items():
+            if name in self.buffers:
+                self.buffers[name].copy_(value)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 10  # passes over the (per-epoch) training set
+    batch_size: int = 32  # images per optimisation step
+    lr: float = 1e-3  # AdamW peak learning rate
+    weight_decay: float = 1e-4  # AdamW decoupled weight decay
+    lr_schedule: str = "cosine"  # "cosine" (per epoch, to 0 after the last) or "constant"
+    loss: str = "bce"  # "bce" | "focal" | "asl" (models/losses.py)
+    loss_kwargs: dict[str, Any] = field(default_factory=dict, hash=False)  # e.g. {"gamma": 2.0}
+    seed: int = 0  # seeds init-independent randomness: shuffling, augmentation, dropout
+    augment: bool = False  # small shifts + intensity jitter; never flips (see module doc)
+    max_shift: float = 0.05  # largest translation, as a share of the image side
+    intensity_jitter: float = 0.1  # largest relative brightness/contrast change
+    grad_clip: float | None = 1.0  # max global grad norm; None = no clipping
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
+        if self.lr <= 0 or self.weight_decay < 0:
+            raise ValueError(f"lr must be > 0 and weight_decay >= 0, got {self.lr}, {self.weight_decay}")
+        if self.lr_schedule not in ("cosine", "constant"):
+            raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}")
+        if not 0 <= self.max_shift < 0.5 or not 0 <= self.intensity_jitter < 1:
+            raise ValueError(f"max_shift must be in [0, 0.5) and intensity_jitter in [0, 1), "
+                             f"got {self.max_shift}, {self.intensity_jitter}")
+        make_loss(self.loss, **self.loss_kwargs)  # unknown loss or bad kwargs fail here
+
+    def lr_at(self, epoch: int) -> float:
+        if self.lr_schedule == "constant":
+            return self.lr
+        return self.lr * 0.5 * (1 + math.cos(math.pi * epoch / self.epochs))
+
+
+def _check_data(images: torch.Tensor, labels: torch.Tensor, what: str) -> None:
+    if not (isinstance(images, torch.Tensor) and isinstance(labels, torch.Tensor)):
+        raise ValueError(f"{what}: images and labels must be torch tensors")
+    if images.ndim != 4 or images.shape[1] != 1:
+        raise ValueError(f"{what}: images must be (N, 1, H, W), got {tuple(images.shape)}")
+    if labels.ndim != 2 or labels.shape[0] != images.shape[0]:
+        raise ValueError(f"{what}: labels must be (N, K) with N = {images.shape[0]}, got {tuple(labels.shape)}")
+    if images.shape[0] == 0:
+        raise ValueError(f"{what}: no images")
+    if not images.is_floating_point() or images.min() < 0 or images.max() > 1 or not torch.isfinite(images).all():
+        raise ValueError(f"{what}: images must be finite floats in [0, 1] (divide 8-bit pixels by 255)")
+    known = labels[~torch.isnan(labels)]
+    if not ((known == 0) | (known == 1)).all():
+        raise ValueError(f"{what}: labels must be 1, 0 or NaN (unknown)")
+
+
+def augment_batch(images: torch.Tensor, config: TrainConfig, generator: torch.Generator) -> torch.Tensor:
+    """Random small translations and brightness/contrast jitter, no flips: (B, 1, H, W) -> same."""
+    b = images.shape[0]
+    rand = torch.rand(b, 4, generator=generator).to(images.device) * 2 - 1  # (B, 4) in [-1, 1)
+    theta = torch.zeros(b, 2, 3, device=images.device, dtype=images.dtype)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1
+    theta[:, :, 2] = rand[:, :2] * 2 * config.max_shift  # grid units: the side spans 2
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    out = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    contrast = (1 + config.intensity_jitter * rand[:, 2]).view(b, 1, 1, 1)
+    brightness = (config.intensity_jitter * 0.5 * rand[:, 3]).view(b, 1, 1, 1)
+    mean = out.mean(dim=(2, 3), keepdim=True)
+    return ((out - mean) * contrast + mean + brightness).clamp(0, 1)
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def _mean_loss(model: nn.Module, loss_fn: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+               batch_size: int) -> float:
+    """Loss over a whole set, weighting each batch by its known labels (eval mode)."""
+    device, total, weight = _device(model), 0.0, 0
+    for start in range(0, images.shape[0], batch_size):
+        x = images[start:start + batch_size].to(device)
+        y = labels[start:start + batch_size].to(device)
+        known = int((~torch.isnan(y)).sum())
+        total += float(loss_fn(model(x), y)) * known
+        weight += known
+    return total / weight if weight else 0.0
+
+
+def fit_classifier(model: nn.Module, images: torch.Tensor | None, labels: torch.Tensor | None,
+                   config: TrainConfig, val: Batch | None = None,
+                   progress: Callable[[dict[str, Any]], None] | None = None,
+                   epoch_data: Callable[[int], Batch] | None = None) -> dict[str, list]:
+    """Train ``model`` in place with AdamW on a NaN-masked multi-label loss; return the history.
+
+    images (N, 1, H, W) in [0, 1], labels (N, K) 1/0/NaN; or ``epoch_data(n)`` giving the
+    training set of epoch n (then images/labels may be None). ``val`` = (images, labels) adds
+    a val loss per epoch. ``progress`` gets each epoch's history row as a dict.
+    Deterministic on CPU for a fixed ``config.seed`` and the same initial weights.
+    """
+    if epoch_data is None:
+        if images is None or labels is None:
+            raise ValueError("give images and labels, or epoch_data(n) -> (images, labels)")
+        _check_data(images, labels, "training data")
+    if val is not None:
+        _check_data(val[0], val[1], "val data")
+    seed_everything(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    loss_fn = make_loss(config.loss, **config.loss_kwargs)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
+                                  lr=config.lr, weight_decay=config.weight_decay)
+    device = _device(model)
+    history: dict[str, list] = {"epoch": [], "n_train": [], "lr": [], "train_loss": [], "val_loss": [], "seconds": []}
+
+    for epoch in range(config.epochs):
+        started = time.perf_counter()
+        if epoch_data is not None:
+            images, labels = epoch_data(epoch)
+            _check_data(images, labels, f"epoch_data({epoch})")
+        lr = config.lr_at(epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        model.train()
+        order = torch.randperm(images.shape[0], generator=generator)
+        total, weight = 0.0, 0
+        for start in range(0, order.numel(), config.batch_size):
+            idx = order[start:start + config.batch_size]
+            if idx.numel() == 1 and config.batch_size > 1 and order.numel() > 1:
+                continue  # a lone last image breaks BatchNorm statistics; it is seen next epoch
+            x, y = images[idx], labels[idx]
+            if config.augment:
+                x = augment_batch(x, config, generator)
+            x, y = x.to(device), y.to(device)
+            logits = model(x)  # (B, K)
+            if logits.shape != y.shape:
+                raise ValueError(f"the model gives {tuple(logits.shape)} logits for labels {tuple(y.shape)}: "
+                                 f"num_classes must match the label vocabulary")
+            loss = loss_fn(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            known = int((~torch.isnan(y)).sum())
+            total += float(loss.detach()) * known
+            weight += known
+        model.eval()
+        row = {"epoch": epoch, "n_train": int(images.shape[0]), "lr": lr,
+               "train_loss": total / weight if weight else 0.0,
+               "val_loss": _mean_loss(model, loss_fn, val[0], val[1], config.batch_size) if val is not None else None,
+               "seconds": time.perf_counter() - started}
+        for key, value in row.items():
+            history[key].append(value)
+        if progress is not None:
+            progress(row)
+    return history
+
+
+@torch.no_grad()
+def predict_probs(model: nn.Module, images: torch.Tensor, batch_size: int = 64) -> np.ndarray:
+    """Sigmoid probabilities (N, K) as float32 NumPy, in eval mode; the model's mode is restored."""
+    if images.ndim != 4 or images.shape[1] != 1:
+        raise ValueError(f"images must be (N, 1, H, W), got {tuple(images.shape)}")
+    was_training, device = model.training, _device(model)
+    model.eval()
+    try:
+        out = [torch.sigmoid(model(images[s:s + batch_size].to(device))).float().cpu()
+               for s in range(0, images.shape[0], batch_size)]
+    finally:
+        model.train(was_training)
+    return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)

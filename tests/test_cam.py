@@ -1,0 +1,79 @@
+"""Grad-CAM maps and masks: batched = single, methods x models x sizes, mask rules."""
+
+import numpy as np
+import pytest
+import torch
+
+import models  # noqa: F401
+import timm
+from models.cam import MaskConfig, cam_maps, default_target_layer, map_to_mask, otsu_threshold, removal_masks, union_mask
+
+
+def _net(name, size, **kw):
+    torch.manual_seed(0)
+    extra = {"img_size": size} if name.startswith("vit") else {}
+    return timm.create_model(name, pretrained=False, in_chans=1, num_classes=3, **extra, **kw).eval()
+
+
+@pytest.mark.parametrize("size,expected", [(64, "layer2"), (128, "layer3"), (256, "layer4")])
+def test_default_target_layer_keeps_maps_at_least_8_wide(size, expected):
+    assert default_target_layer(_net("resnet18", size), size)[0] == expected
+
+
+@pytest.mark.parametrize("name", ["resnet18", "efficientnet_b0", "vit_tiny_patch16_224"])
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "layercam", "eigencam"])
+@pytest.mark.parametrize("size", [64, 96])
+def test_cam_maps_for_methods_models_and_sizes(name, method, size):
+    net = _net(name, size)
+    images = torch.rand(3, 1, size, size, generator=torch.Generator().manual_seed(1))
+    maps = cam_maps(net, images, [0, 1, 2], method)
+    assert maps.shape == (3, size, size) and np.isfinite(maps).all()
+    assert maps.min() >= 0 and maps.max() <= 1 + 1e-5
+
+
+@pytest.mark.parametrize("name", ["resnet18", "vit_tiny_patch16_224"])
+def test_batched_cam_equals_single_image_cam(name):
+    net = _net(name, 64)
+    images = torch.rand(4, 1, 64, 64, generator=torch.Generator().manual_seed(2))
+    classes = [0, 2, 1, 0]
+    batched = cam_maps(net, images, classes)
+    single = np.stack([cam_maps(net, images[i:i + 1], [c])[0] for i, c in enumerate(classes)])
+    assert np.allclose(batched, single, atol=1e-4)
+
+
+def _blob(cy, cx, size=64, sigma=4.0):
+    yy, xx = np.mgrid[0:size, 0:size]
+    return np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * sigma**2)).astype(np.float32)
+
+
+def test_map_to_mask_threshold_otsu_and_dilation():
+    cam = _blob(20, 30)
+    tight = map_to_mask(cam, MaskConfig(threshold=0.5, dilate_px=0))
+    assert tight[20, 30] and not tight[0, 0] and not tight[20, 45]
+    grown = map_to_mask(cam, MaskConfig(threshold=0.5, dilate_px=3))
+    assert grown.sum() > tight.sum() and (grown | tight).sum() == grown.sum()
+    bimodal = np.concatenate([np.full(500, 0.1), np.full(500, 0.8)])
+    assert 0.1 < otsu_threshold(bimodal) < 0.8
+    otsu = map_to_mask(cam, MaskConfig(method="otsu", dilate_px=0))
+    assert otsu[20, 30] and not otsu[0, 0]
+    assert not map_to_mask(np.zeros((8, 8), np.float32), MaskConfig()).any()
+
+
+def test_union_and_area_outcomes():
+    config = MaskConfig(threshold=0.5, dilate_px=0, min_area=0.005, max_area=0.35)
+    two = union_mask([_blob(15, 15), _blob(45, 45)], (64, 64), config)
+    assert two.outcome == "ok" and two.mask[15, 15] and two.mask[45, 45]
+    assert union_mask([np.zeros((64, 64), np.float32)], (64, 64), config).outcome == "empty"
+    huge = union_mask([_blob(32, 32, sigma=40.0)], (64, 64), config)
+    assert huge.outcome == "too_large" and not huge.mask.any() and huge.area > 0.35
+    assert union_mask([], (64, 64), config).outcome == "empty"
+
+
+def test_removal_masks_batch_one_call_per_pair():
+    net = _net("resnet18", 64)
+    images = torch.rand(3, 1, 64, 64, generator=torch.Generator().manual_seed(3))
+    results = removal_masks(net, images, [[0], [], [1, 2]], config=MaskConfig(max_area=1.0))
+    assert [r.mask.shape for r in results] == [(64, 64)] * 3
+    assert results[1].outcome == "empty" and not results[1].mask.any()
+    with pytest.raises(ValueError, match="one list"):
+        removal_masks(net, images, [[0]])

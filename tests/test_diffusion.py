@@ -1,0 +1,158 @@
+"""The normal DiT, the RePaint-style inpainting loop and the PIL schedule (tiny, CPU)."""
+
+import numpy as np
+import pytest
+import torch
+
+from models.dit import (DiTConfig, DiTTrainConfig, build_dit, build_scheduler, diffusion_loss, load_dit,
+                        predict_noise, sample, save_dit, train_dit)
+from models.inpaint import (InpaintConfig, ddim_step, ddim_timesteps, feather_weights, inpaint, jump_schedule,
+                            noised_known)
+from models.schedule import epoch_indices, fixed_order, pil_prefix, pil_share
+
+TINY = DiTConfig(image_size=16, patch_size=4, depth=2, num_heads=2, head_dim=8, num_train_timesteps=100)
+
+
+def _tiny_model(seed=0):
+    torch.manual_seed(seed)
+    return build_dit(TINY), build_scheduler(TINY)
+
+
+def test_forward_has_no_nan_and_backward_reaches_every_parameter():
+    model, scheduler = _tiny_model()
+    x0 = torch.rand(3, 1, 16, 16) * 2 - 1
+    loss = diffusion_loss(model, scheduler, x0, torch.Generator().manual_seed(0))
+    assert torch.isfinite(loss)
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert missing == []
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_config_is_validated():
+    with pytest.raises(ValueError, match="multiple of patch_size"):
+        DiTConfig(image_size=30, patch_size=4)
+
+
+def test_ddim_step_inverts_the_forward_noising_with_the_true_noise():
+    _, scheduler = _tiny_model()
+    x0 = torch.rand(2, 1, 16, 16) * 1.6 - 0.8
+    eps = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+    for t in (5, 50, 90):  # at t = 99 the cosine schedule leaves ab ~ 1e-5: float error dominates
+        ab = scheduler.alphas_cumprod[t]
+        xt = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+        assert torch.allclose(ddim_step(scheduler, xt, eps, t, -1), x0, atol=1e-4)
+        t_prev = t // 2  # one deterministic step lands exactly on the forward chain at t_prev
+        ab_prev = scheduler.alphas_cumprod[t_prev]
+        assert torch.allclose(ddim_step(scheduler, xt, eps, t, t_prev), ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * eps,
+                              atol=1e-4)
+
+
+def test_timesteps_and_jump_schedule():
+    _, scheduler = _tiny_model()
+    times = ddim_timesteps(scheduler, 10)
+    assert times[0] == 99 and times[-1] == 0 and times == sorted(times, reverse=True) and len(times) == 10
+    moves = jump_schedule(10, 5, 2)
+    down = [m for m in moves if m[1] > m[0]]
+    up = [m for m in moves if m[1] < m[0]]
+    assert len(down) == 20 and len(up) == 10  # each block denoised twice, with one jump back
+    position = 0
+    for a, b in moves:
+        assert a == position and abs(a - b) == 1
+        position = b
+    assert position == 10
+    assert jump_schedule(10, 5, 1) == [(i, i + 1) for i in range(10)]
+
+
+def test_training_lowers_the_loss_and_is_seeded():
+    images = torch.zeros(16, 1, 16, 16)
+    images[:, :, 4:12, 4:12] = 0.8  # a bright square on black: easy to learn
+    train = DiTTrainConfig(steps=60, batch_size=8, lr=2e-3, warmup_steps=5, seed=3)
+    model, ema, history = train_dit(images, TINY, train)
+    losses = history["loss"]
+    assert np.mean(losses[-15:]) < 0.7 * np.mean(losses[:15])
+    model2, _, history2 = train_dit(images, TINY, train)
+    assert history2["loss"] == losses
+    with pytest.raises(ValueError, match="expected"):
+        train_dit(torch.zeros(4, 1, 8, 8), TINY, train)
+
+
+def test_checkpoint_round_trip_carries_its_config():
+    model, scheduler = _tiny_model()
+    data = save_dit(model, TINY, {"train_shards": ["abc"]})
+    loaded, config, extra = load_dit(data)
+    assert config == TINY and extra == {"train_shards": ["abc"]}
+    x, t = torch.randn(2, 1, 16, 16), torch.tensor([3, 70])
+    with torch.no_grad():
+        assert torch.equal(predict_noise(model.eval(), x, t), predict_noise(loaded, x, t))
+
+
+def test_sampling_is_seeded_and_in_range():
+    model, scheduler = _tiny_model()
+    a = sample(model.eval(), scheduler, 2, 16, steps=2, generator=torch.Generator().manual_seed(5))
+    b = sample(model, scheduler, 2, 16, steps=2, generator=torch.Generator().manual_seed(5))
+    assert a.shape == (2, 1, 16, 16) and torch.equal(a, b) and 0 <= a.min() and a.max() <= 1
+
+
+def _mask():
+    mask = torch.zeros(2, 1, 16, 16)
+    mask[:, :, 4:10, 5:12] = 1.0
+    return mask
+
+
+@pytest.mark.parametrize("feather", [0, 2])
+def test_inpainting_keeps_unmasked_pixels_bit_exact(feather):
+    model, scheduler = _tiny_model()
+    images = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(2))
+    mask = _mask()
+    config = InpaintConfig(steps=4, jump_length=2, resample=2, feather_px=feather)
+    out = inpaint(model.eval(), scheduler, images, mask, config, torch.Generator().manual_seed(0))
+    assert out.shape == images.shape and torch.equal(out[mask == 0], images[mask == 0])
+    assert (out[mask == 1] - images[mask == 1]).abs().mean() > 0.05  # the region was regenerated
+    again = inpaint(model, scheduler, images, mask, config, torch.Generator().manual_seed(0))
+    other = inpaint(model, scheduler, images, mask, config, torch.Generator().manual_seed(1))
+    assert torch.equal(out, again) and not torch.equal(out, other)
+
+
+def test_checked_output_slices():
+    """diffusers-style regression check: a fixed tiny model and seed give these values.
+    (An untrained model's noise estimates push most inpainted pixels to the clamp.)"""
+    model, scheduler = _tiny_model(seed=0)
+    x = torch.linspace(-1, 1, 256).reshape(1, 1, 16, 16)
+    with torch.no_grad():
+        eps = predict_noise(model.eval(), x, torch.tensor([40]))
+    assert torch.allclose(eps[0, 0, 8, 4:8], torch.tensor([-0.0603, 0.3212, 0.5122, -0.3474]), atol=1e-3)
+    images = torch.linspace(0, 1, 256).reshape(1, 1, 16, 16).repeat(2, 1, 1, 1)
+    out = inpaint(model, scheduler, images, _mask(), InpaintConfig(steps=2, jump_length=1, resample=2),
+                  torch.Generator().manual_seed(0))
+    assert torch.allclose(out[0, 0, 5, 5:9], torch.tensor([1.0, 0.9945, 0.9835, 0.9939]), atol=1e-3)
+    assert abs(float(out[_mask() == 1].mean()) - 0.5688) < 1e-3
+
+
+def test_known_region_noising_matches_the_forward_process():
+    _, scheduler = _tiny_model()
+    x0 = torch.zeros(4000, 1, 1, 1) + 0.5
+    noisy = noised_known(scheduler, x0, 50, torch.Generator().manual_seed(0))
+    ab = float(scheduler.alphas_cumprod[50])
+    assert abs(float(noisy.mean()) - ab**0.5 * 0.5) < 0.05 and abs(float(noisy.std()) - (1 - ab) ** 0.5) < 0.05
+    assert torch.equal(noised_known(scheduler, x0, -1, None), x0)
+
+
+def test_feather_weights_stay_inside_the_mask():
+    mask = _mask()
+    weight = feather_weights(mask, 2)
+    assert torch.equal(weight[mask == 0], torch.zeros_like(weight[mask == 0]))
+    assert weight[0, 0, 4, 5] == 0.5 and weight[0, 0, 6, 8] == 1.0
+    assert torch.equal(feather_weights(mask, 0), mask)
+
+
+def test_pil_schedule():
+    assert pil_share(0, 0.3) == 0.0 and 0.25 < pil_share(1, 0.3) < 0.26
+    shares = [pil_share(n, 0.5) for n in range(20)]
+    assert shares == sorted(shares) and shares[-1] > 0.99
+    assert [pil_prefix(n, 0.5, 100) for n in (0, 1, 2)] == [0, 39, 63]
+    assert np.array_equal(fixed_order(50, 7), fixed_order(50, 7)) and not np.array_equal(fixed_order(50, 7), fixed_order(50, 8))
+    early, late = epoch_indices(1, 0.5, 50, 7), epoch_indices(4, 0.5, 50, 7)
+    assert np.array_equal(late[: len(early)], early)  # a growing prefix of one fixed order
+    with pytest.raises(ValueError):
+        pil_share(-1, 0.5)
