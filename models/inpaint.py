@@ -16,6 +16,7 @@ into the original over a few pixels *inside* the mask; outside it nothing change
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +37,19 @@ class InpaintConfig:
             raise ValueError("feather_px must be >= 0")
 
 
+Generators = Union[torch.Generator, Sequence[torch.Generator], None]
+
+
+def randn(shape: torch.Size, generator: Generators) -> torch.Tensor:
+    """Standard normal noise; with one generator per row, each row depends only on its own
+    generator, so an image's result does not depend on the batch it was in."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.randn(shape, generator=generator)
+    if len(generator) != shape[0]:
+        raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}")
+    return torch.stack([torch.randn(shape[1:], generator=g) for g in generator])
+
+
 def ddim_timesteps(scheduler, steps: int) -> list[int]:
     """``steps`` training timesteps, high to low, evenly spaced (always ending at 0)."""
     total = scheduler.config.num_train_timesteps
@@ -48,7 +62,7 @@ def _alpha_bar(scheduler, t: int) -> torch.Tensor:
 
 
 def ddim_step(scheduler, x: torch.Tensor, eps: torch.Tensor, t: int, t_prev: int, eta: float = 0.0,
-              generator: torch.Generator | None = None) -> torch.Tensor:
+              generator: Generators = None) -> torch.Tensor:
     """x_t -> x_{t_prev} (DDIM, Song et al. eq. 12); t_prev = -1 returns the x0 estimate."""
     ab, ab_prev = _alpha_bar(scheduler, t), _alpha_bar(scheduler, t_prev)
     x0 = ((x - (1 - ab).sqrt() * eps) / ab.sqrt()).clamp(-1, 1)  # predicted x0
@@ -56,22 +70,22 @@ def ddim_step(scheduler, x: torch.Tensor, eps: torch.Tensor, t: int, t_prev: int
         return x0
     sigma = eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)).sqrt()
     direction = (1 - ab_prev - sigma**2).clamp(min=0).sqrt() * eps
-    noise = torch.randn(x.shape, generator=generator) if eta > 0 else 0.0
+    noise = randn(x.shape, generator) if eta > 0 else 0.0
     return ab_prev.sqrt() * x0 + direction + sigma * noise
 
 
-def renoise(scheduler, x: torch.Tensor, t_from: int, t_to: int, generator: torch.Generator | None) -> torch.Tensor:
+def renoise(scheduler, x: torch.Tensor, t_from: int, t_to: int, generator: Generators) -> torch.Tensor:
     """Forward chain q(x_{t_to} | x_{t_from}) for t_to > t_from (RePaint's jump back)."""
     ratio = _alpha_bar(scheduler, t_to) / _alpha_bar(scheduler, t_from)
-    return ratio.sqrt() * x + (1 - ratio).sqrt() * torch.randn(x.shape, generator=generator)
+    return ratio.sqrt() * x + (1 - ratio).sqrt() * randn(x.shape, generator)
 
 
-def noised_known(scheduler, x0: torch.Tensor, t: int, generator: torch.Generator | None) -> torch.Tensor:
+def noised_known(scheduler, x0: torch.Tensor, t: int, generator: Generators) -> torch.Tensor:
     """The known image at noise level t (RePaint eq. 8); t = -1 is the clean image."""
     if t < 0:
         return x0
     ab = _alpha_bar(scheduler, t)
-    return ab.sqrt() * x0 + (1 - ab).sqrt() * torch.randn(x0.shape, generator=generator)
+    return ab.sqrt() * x0 + (1 - ab).sqrt() * randn(x0.shape, generator)
 
 
 def jump_schedule(n_steps: int, jump_length: int, resample: int) -> list[tuple[int, int]]:
@@ -101,9 +115,10 @@ def feather_weights(mask: torch.Tensor, feather_px: int) -> torch.Tensor:
 
 @torch.no_grad()
 def inpaint(model, scheduler, images: torch.Tensor, mask: torch.Tensor, config: InpaintConfig = InpaintConfig(),
-            generator: torch.Generator | None = None) -> torch.Tensor:
+            generator: Generators = None) -> torch.Tensor:
     """Regenerate the masked region of (N, 1, H, W) images in [0, 1]; returns [0, 1], with
-    every pixel where ``mask`` is 0 equal to the input exactly."""
+    every pixel where ``mask`` is 0 equal to the input exactly. ``generator`` is one
+    generator, or one per image (then each result is independent of its batch-mates)."""
     from models.dit import predict_noise, to_model_range, to_unit_range
 
     if images.shape != mask.shape or images.ndim != 4 or images.shape[1] != 1:
@@ -111,7 +126,7 @@ def inpaint(model, scheduler, images: torch.Tensor, mask: torch.Tensor, config: 
     mask = (mask > 0.5).to(images.dtype)
     x0 = to_model_range(images)
     times = ddim_timesteps(scheduler, config.steps) + [-1]  # index k -> timestep; last = clean
-    x = torch.randn(x0.shape, generator=generator)
+    x = randn(x0.shape, generator)
     n = images.shape[0]
     for i, j in jump_schedule(len(times) - 1, config.jump_length, config.resample):
         t, t_next = times[i], times[j]

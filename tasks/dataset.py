@@ -120,8 +120,8 @@ class ShardWriter:
 
     def quarantine(self, *, reason_code: str, reason: str, stage: str, row: int | None = None,
                    source_uri: str | None = None, patient_id: str | None = None,
-                   raw_labels: str | None = None) -> None:
-        key = f"{stage}|{row}|{source_uri}|{reason_code}"
+                   raw_labels: str | None = None, key: str | None = None) -> None:
+        key = key or f"{stage}|{row}|{source_uri}|{reason_code}"
         self.quarantined[reason_code] += 1
         if key in self.known_quarantine:
             return
@@ -140,11 +140,12 @@ class ShardWriter:
             self._rows = []
 
     def close(self) -> None:
-        self.flush()
+        """Quarantine first, samples last: a samples shard marks its batch as complete."""
         if self._bad:
             table = pa.Table.from_pylist(self._bad, schema=QUARANTINE_SCHEMA)
             store.write_shard(store.join(self.dataset_uri, QUARANTINE), table, "quarantine_id")
             self._bad = []
+        self.flush()
 
 
 def existing_rows(dataset_uri: str, columns: list[str]) -> pa.Table | None:

@@ -7,9 +7,11 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import torch
 
-from tasks.dataset import existing_rows, label_matrix, read_manifest
+from tasks import store
+from tasks.dataset import SAMPLES, existing_rows, label_matrix, read_manifest
 from tasks.images import decode_mask, decode_png
 
 
@@ -32,11 +34,12 @@ def pixels_to_unit(pixels: np.ndarray) -> np.ndarray:
 
 def load_tensors(dataset_uri: str, splits: tuple[str, ...] | None = None, normal_only: bool = False,
                  columns: tuple[str, ...] = (), where: pa.compute.Expression | None = None,
-                 limit: int | None = None) -> TensorSet:
-    """Decode the images (and labels) of the chosen rows, in shard order."""
+                 limit: int | None = None, shards: list[str] | None = None) -> TensorSet:
+    """Decode the images (and labels) of the chosen rows, in shard order. ``shards`` limits
+    the read to those shard URIs; ``columns`` may include "image" to keep the PNG bytes."""
     findings = read_manifest(dataset_uri)["labels"]
     wanted = ["sample_id", "image", "labels", "split", *[c for c in columns if c not in ("sample_id", "image", "labels", "split")]]
-    table = existing_rows(dataset_uri, wanted)
+    table = existing_rows(dataset_uri, wanted) if shards is None else read_shard_list(shards, wanted)
     if table is None:
         raise ValueError(f"{dataset_uri} has no samples")
     if splits:
@@ -51,8 +54,23 @@ def load_tensors(dataset_uri: str, splits: tuple[str, ...] | None = None, normal
         table, labels = table.slice(0, limit), labels[:limit]
     images = np.stack([pixels_to_unit(decode_png(b)) for b in table.column("image").to_pylist()]) \
         if table.num_rows else np.zeros((0, 1, 1), np.float32)
-    return TensorSet(torch.from_numpy(images[:, None]), torch.from_numpy(labels),
-                     table.column("sample_id").to_pylist(), list(findings), table.drop_columns(["image"]))
+    kept = table if "image" in columns else table.drop_columns(["image"])
+    return TensorSet(torch.from_numpy(images[:, None]), torch.from_numpy(np.array(labels, dtype=np.float32)),
+                     table.column("sample_id").to_pylist(), list(findings), kept)
+
+
+def read_shard_list(shards: list[str], columns: list[str]) -> pa.Table | None:
+    tables = []
+    for uri in shards:
+        fs, path = store.filesystem(uri)
+        with fs.open(path, "rb") as fh:
+            tables.append(pq.read_table(fh, columns=columns))
+    return pa.concat_tables(tables, promote_options="default") if tables else None
+
+
+def rows_by_shard(dataset_uri: str, columns: list[str]) -> list[tuple[str, pa.Table]]:
+    """(shard URI, its rows) for every sample shard of a dataset."""
+    return [(uri, read_shard_list([uri], columns)) for uri in store.list_shards(store.join(dataset_uri, SAMPLES))]
 
 
 def lesion_masks(table: pa.Table) -> list[dict[str, np.ndarray]]:

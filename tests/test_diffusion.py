@@ -114,6 +114,20 @@ def test_inpainting_keeps_unmasked_pixels_bit_exact(feather):
     assert torch.equal(out, again) and not torch.equal(out, other)
 
 
+def test_per_image_generators_make_results_independent_of_the_batch():
+    model, scheduler = _tiny_model()
+    images = torch.rand(3, 1, 16, 16, generator=torch.Generator().manual_seed(4))
+    mask = torch.zeros(3, 1, 16, 16)
+    mask[:, :, 3:9, 3:9] = 1
+    config = InpaintConfig(steps=3, jump_length=2, resample=2)
+    gens = lambda seeds: [torch.Generator().manual_seed(s) for s in seeds]  # noqa: E731
+    together = inpaint(model.eval(), scheduler, images, mask, config, gens([10, 11, 12]))
+    alone = inpaint(model, scheduler, images[1:2], mask[1:2], config, gens([11]))
+    assert torch.allclose(together[1:2], alone, atol=1e-5)
+    with pytest.raises(ValueError, match="generators"):
+        inpaint(model, scheduler, images, mask, config, gens([1]))
+
+
 def test_checked_output_slices():
     """diffusers-style regression check: a fixed tiny model and seed give these values.
     (An untrained model's noise estimates push most inpainted pixels to the clamp.)"""

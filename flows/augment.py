@@ -1,0 +1,95 @@
+"""Augment flow: plan -> candidates with deterministic ids -> skip what exists -> one task per
+batch under the global ``gpu`` concurrency limit -> manifest, decisions export, summary."""
+
+from __future__ import annotations
+
+import time
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.concurrency.sync import concurrency
+
+from flows.settings import KnowledgeSettings
+from tasks import augment as work
+from tasks import store
+from tasks.dataset import finish_manifest, new_run_id, read_manifest
+from tasks.knowledge import AnthropicJudge, LLMSettings, export_decisions, plan
+
+
+def judge_from(settings: KnowledgeSettings) -> AnthropicJudge | None:
+    if settings.judge == "rules":
+        return None
+    if settings.judge != "anthropic":
+        raise ValueError(f"unknown judge {settings.judge!r}; use rules or anthropic")
+    defaults = LLMSettings()
+    return AnthropicJudge(LLMSettings(model=settings.model or defaults.model,
+                                      prompt_version=settings.prompt_version or defaults.prompt_version,
+                                      timeout_s=settings.llm_timeout, max_retries=settings.llm_retries,
+                                      api_key_secret=settings.api_key_secret))
+
+
+@task(task_run_name="plan")
+def plan_task(dataset_uri: str, cache_path: str, knowledge: KnowledgeSettings) -> tuple[dict, list]:
+    """Decisions are made here, before the fan-out: the DuckDB cache has one writer."""
+    report, decisions = plan(dataset_uri, cache_path, judge_from(knowledge))
+    summary = {k: v for k, v in report.to_json().items() if k != "label_sets"}
+    summary["label_sets"] = len(report.label_sets)
+    return summary, decisions
+
+
+@task(retries=2, retry_delay_seconds=5, task_run_name="augment-batch-{index}")
+def augment_batch(index: int, dataset_uri: str, out_uri: str, batch: list[work.Candidate], classifier: dict,
+                  generator: dict, settings: dict, run_id: str) -> dict:
+    """One batch of images; GPU-bound, so it holds one slot of the global ``gpu`` limit."""
+    with concurrency("gpu", occupy=1):
+        return work.run_batch(dataset_uri, out_uri, batch, classifier, generator,
+                              work.AugmentSettings.from_dict(settings), run_id)
+
+
+@flow(name="augment", log_prints=True)
+def augment_flow(dataset_uri: str, out_uri: str, classifier: dict, generator: dict,
+                 knowledge: KnowledgeSettings = KnowledgeSettings(), settings: dict | None = None,
+                 cache_path: str | None = None) -> dict:
+    """Generate tail-class samples for every planned candidate not already in ``out_uri``."""
+    logger = get_run_logger()
+    started = time.perf_counter()
+    options = work.AugmentSettings.from_dict(settings or {})
+    manifest = read_manifest(dataset_uri)
+    run_id = new_run_id()
+    plan_summary, decisions = plan_task(dataset_uri, cache_path or "decisions.duckdb", knowledge)
+    recipe = work.recipe_id(options, classifier["id"], generator["id"])
+    head, tail = manifest["head_tail"]["head"], manifest["head_tail"]["tail"]
+    candidates = work.build_candidates(dataset_uri, manifest["labels"], head, tail, decisions, recipe,
+                                       options.max_images)
+    done = work.done_ids(out_uri)
+    all_batches = work.batches(candidates, options.batch_size)
+    todo = [(i, b) for i, b in enumerate(all_batches) if not all(c.output_id in done for c in b)]
+    logger.info(f"{len(candidates)} candidates in {len(all_batches)} batches; {len(todo)} to run, "
+                f"{len(all_batches) - len(todo)} already done")
+    progress_id = create_progress_artifact(0.0, key="augment-progress", description="batches finished (%)")
+    futures = [augment_batch.submit(i, dataset_uri, out_uri, b, classifier, generator, options.to_dict(), run_id)
+               for i, b in todo]
+    results = []
+    for finished, future in enumerate(futures, start=1):
+        results.append(future.result())
+        update_progress_artifact(progress_id, 100.0 * finished / len(futures))
+    if not todo:
+        update_progress_artifact(progress_id, 100.0)
+    decisions_uri = export_decisions(decisions, store.join(out_uri, "decisions"))
+    finish_manifest(out_uri, name=f"augmented-{manifest['name']}", vocab_name=manifest["vocabulary"],
+                    image_size=manifest["image_size"], run_id=run_id, explicit_tail=tail,
+                    source={"kind": "augment", "parent": dataset_uri, "classifier_id": classifier["id"],
+                            "generator_id": generator["id"], "recipe": recipe, "judge": knowledge.judge},
+                    extra={"augment_settings": options.to_dict()})
+    wall = time.perf_counter() - started
+    model_seconds = sum(r["model_seconds"] for r in results)
+    quarantined: dict[str, int] = {}
+    for r in results:
+        for code, n in r["quarantined"].items():
+            quarantined[code] = quarantined.get(code, 0) + n
+    return {"run_id": run_id, "out_uri": out_uri, "plan": plan_summary, "candidates": len(candidates),
+            "batches": len(all_batches), "batches_run": len(todo), "written": sum(r["written"] for r in results),
+            "accepted": sum(r["accepted"] for r in results), "quarantined": quarantined,
+            "decisions_uri": decisions_uri, "wall_seconds": round(wall, 2), "model_seconds": round(model_seconds, 2),
+            # with the gpu limit at 1, batches run one at a time and this is the non-model share
+            "orchestration_share": round(max(0.0, 1 - model_seconds / wall), 3) if results and wall > 0 else None}

@@ -1,0 +1,79 @@
+"""The nightly parent flow: ingest what is new -> pretrain (or reuse) -> plan and augment ->
+PIL fine-tune with controls -> report. Parameters come from one YAML file (``tailforge run``)."""
+
+from __future__ import annotations
+
+import time
+
+from prefect import flow, get_run_logger, task
+
+from flows.augment import augment_flow
+from flows.finetune import finetune_flow, report_task
+from flows.pretrain import pretrain_flow
+from flows.settings import DatasetSettings, FactorySettings, finetune_settings, load_settings, settings_from_dict
+from tasks import sources, store
+from tasks.dataset import read_manifest, summarize
+from tasks.ingest import IngestOptions, ingest, ingest_phantom
+
+
+@task(retries=1, retry_delay_seconds=10, task_run_name="ingest-{settings.source}")
+def ingest_task(settings: DatasetSettings, uri: str) -> dict:
+    """Add what is new to the dataset (re-runs skip rows already there)."""
+    if settings.source == "existing":
+        read_manifest(uri)  # fails clearly when absent
+        return {"dataset_uri": uri, "rows_written": 0}
+    if settings.source == "phantom":
+        report = ingest_phantom(uri, settings.n, settings.size, settings.seed, settings.vocab,
+                                explicit_tail=settings.tail)
+        return report.to_json()
+    if not settings.table or not settings.images:
+        raise ValueError(f"dataset source {settings.source!r} needs 'table' and 'images'")
+    readers = {"nih": lambda: sources.read_nih(settings.table),
+               "chexpert": lambda: sources.read_chexpert(settings.table),
+               "mimic": lambda: sources.read_mimic(settings.table),
+               "folder": lambda: sources.read_folder(settings.table, settings.vocab)}
+    if settings.source not in readers:
+        raise ValueError(f"unknown dataset source {settings.source!r}; use {sorted(readers)}, phantom or existing")
+    source = readers[settings.source]()
+    if settings.split_csv:
+        sources.apply_split_csv(source, settings.split_csv)
+    return ingest(source, settings.images, uri, IngestOptions(size=settings.size, explicit_tail=settings.tail,
+                                                              name=settings.source)).to_json()
+
+
+@flow(name="factory", log_prints=True)
+def factory_flow(config_path: str | None = None, overrides: dict | None = None) -> dict:
+    """Run the whole factory. ``config_path`` is a YAML file; ``overrides`` (same shape) wins."""
+    logger = get_run_logger()
+    started = time.perf_counter()
+    settings = _settings(config_path, overrides)
+    dataset_uri, output = settings.dataset_uri(), settings.output_uri()
+    ingested = ingest_task(settings.dataset, dataset_uri)
+    logger.info(f"dataset {dataset_uri}: {ingested.get('rows_written', 0)} new rows")
+    models = pretrain_flow(dataset_uri, settings.models_uri(), settings.classifier, settings.generator)
+    augmented_uri = store.join(output, "augmented")
+    augmented = augment_flow(dataset_uri, augmented_uri, models["classifier"], models["generator"],
+                             settings.knowledge, settings.augment, settings.cache_path())
+    tuned = finetune_flow(dataset_uri, augmented_uri, models["classifier"]["uri"], finetune_settings(settings))
+    summary = {"dataset": dataset_uri, "images": summarize(dataset_uri)["rows"], "augmented": augmented_uri,
+               "candidates": augmented["candidates"], "generated": augmented["written"],
+               "accepted": augmented["accepted"], "quarantined": augmented["quarantined"],
+               "llm_calls": augmented["plan"]["llm_calls"], "classifier": models["classifier"]["id"][:16],
+               "generator": models["generator"]["id"][:16],
+               "augment_orchestration_share": augmented["orchestration_share"]}
+    written = report_task(store.join(output, "report"), tuned, augmented_uri, dataset_uri, summary)
+    return {"settings": settings.to_dict(), "dataset_uri": dataset_uri, "output_uri": output,
+            "models": models, "augment": augmented, "finetune": tuned, "report": written["uris"],
+            "table": written["rows"], "seconds": round(time.perf_counter() - started, 1)}
+
+
+def _settings(config_path: str | None, overrides: dict | None) -> FactorySettings:
+    if config_path is None:
+        return settings_from_dict(overrides or {})
+    base = load_settings(config_path).to_dict()
+    for section, values in (overrides or {}).items():
+        if isinstance(values, dict) and isinstance(base.get(section), dict):
+            base[section] = {**base[section], **values}
+        else:
+            base[section] = values
+    return settings_from_dict(base)

@@ -1,0 +1,40 @@
+"""Fine-tune flow (PIL and the paper's controls) and the report, published as Prefect artifacts."""
+
+from __future__ import annotations
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.concurrency.sync import concurrency
+
+from tasks import finetune as work
+from tasks import report
+
+
+@task(task_run_name="finetune-{setting}")
+def finetune_setting(setting: str, dataset_uri: str, augmented_uri: str | None, classifier_uri: str,
+                     settings: work.FinetuneSettings) -> dict:
+    one = work.FinetuneSettings(**{**settings.__dict__, "settings": (setting,)})
+    with concurrency("gpu", occupy=1):
+        return work.finetune(dataset_uri, augmented_uri, classifier_uri, one)["results"][setting]
+
+
+@task(task_run_name="report")
+def report_task(report_uri: str, result: dict, augmented_uri: str | None, dataset_uri: str, summary: dict) -> dict:
+    written = report.write_report(report_uri, result, augmented_uri, dataset_uri, summary)
+    if written["rows"]:
+        create_table_artifact(written["rows"], key="factory-metrics",
+                              description="macro / head / tail means per fine-tune setting (test split)")
+    create_markdown_artifact(written["markdown"], key="factory-report", description="factory run summary")
+    return written
+
+
+@flow(name="finetune", log_prints=True)
+def finetune_flow(dataset_uri: str, augmented_uri: str | None, classifier_uri: str,
+                  settings: work.FinetuneSettings = work.FinetuneSettings()) -> dict:
+    """Every setting from the same pretrained classifier, then metrics per setting."""
+    futures = {name: finetune_setting.submit(name, dataset_uri, augmented_uri, classifier_uri, settings)
+               for name in settings.settings}
+    generated = work.load_generated(augmented_uri, settings.accepted_only)
+    return {"settings": settings.__dict__, "dataset": dataset_uri, "augmented": augmented_uri,
+            "classifier": classifier_uri, "generated": len(generated) if generated is not None else 0,
+            "results": {name: f.result() for name, f in futures.items()}}

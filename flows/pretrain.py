@@ -1,0 +1,61 @@
+"""Pretraining flow: the classifier on the training split, the normal DiT on normal images."""
+
+from __future__ import annotations
+
+from prefect import flow, task
+from prefect.concurrency.sync import concurrency
+
+from flows.settings import ClassifierSettings, GeneratorSettings
+from models.classifier import ClassifierConfig
+from models.dit import DiTConfig, DiTTrainConfig
+from models.training import TrainConfig
+from tasks import pretrain, store
+
+
+@task(retries=1, retry_delay_seconds=10, task_run_name="train-classifier")
+def train_classifier_task(dataset_uri: str, models_uri: str, settings: ClassifierSettings, num_classes: int,
+                          image_size: int) -> dict:
+    if settings.checkpoint:
+        return reuse("classifier", settings.checkpoint)
+    config = ClassifierConfig(backbone=settings.backbone, num_classes=num_classes, image_size=image_size)
+    train = TrainConfig(epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr, seed=settings.seed)
+    with concurrency("gpu", occupy=1):
+        handle = pretrain.train_classifier(dataset_uri, models_uri, config, train)
+    return {"kind": "classifier", "id": handle["id"], "uri": handle["uri"],
+            "test_macro": handle["metrics"]["means"]["macro"] if handle["metrics"] else None}
+
+
+@task(retries=1, retry_delay_seconds=10, task_run_name="train-normal-dit")
+def train_generator_task(normals: list[str], models_uri: str, settings: GeneratorSettings, image_size: int) -> dict:
+    if settings.checkpoint:
+        return reuse("dit", settings.checkpoint)
+    config = DiTConfig(image_size=image_size, patch_size=settings.patch_size, depth=settings.depth,
+                       num_heads=settings.num_heads, head_dim=settings.head_dim)
+    train = DiTTrainConfig(steps=settings.steps, batch_size=settings.batch_size, lr=settings.lr, seed=settings.seed,
+                           warmup_steps=min(200, max(1, settings.steps // 10)))
+    with concurrency("gpu", occupy=1):
+        handle = pretrain.train_normal_dit(normals, models_uri, config, train, adult_only=settings.adult_only)
+    return {"kind": "dit", "id": handle["id"], "uri": handle["uri"], "history": handle["history"]}
+
+
+def reuse(kind: str, uri: str) -> dict:
+    """A checkpoint the user named: its id is the sha256 of its bytes."""
+    from models.classifier import checkpoint_id
+
+    if not store.exists(uri):
+        raise FileNotFoundError(f"{kind} checkpoint {uri} does not exist")
+    return {"kind": kind, "id": checkpoint_id(store.read_bytes(uri)), "uri": uri, "reused": True}
+
+
+@flow(name="pretrain", log_prints=True)
+def pretrain_flow(dataset_uri: str, models_uri: str, classifier: ClassifierSettings = ClassifierSettings(),
+                  generator: GeneratorSettings = GeneratorSettings()) -> dict:
+    """Train (or reuse) both models; returns their checkpoint handles."""
+    from tasks.dataset import read_manifest
+
+    manifest = read_manifest(dataset_uri)
+    normals = list(generator.normals) or [dataset_uri]
+    classifier_future = train_classifier_task.submit(dataset_uri, models_uri, classifier, len(manifest["labels"]),
+                                                     manifest["image_size"])
+    generator_future = train_generator_task.submit(normals, models_uri, generator, manifest["image_size"])
+    return {"classifier": classifier_future.result(), "generator": generator_future.result()}

@@ -1,0 +1,209 @@
+"""Augmentation: candidates with deterministic output ids, and the per-batch work
+(CAM masks for the head classes to remove -> inpaint with the normal DiT -> quality score ->
+one Parquet shard).
+
+Resume and idempotency: an output id is sha256(parent id, decision id, recipe), the recipe
+being the checkpoints and every setting that changes pixels. Batches have a fixed membership
+(candidates sorted by output id, cut into chunks), each image its own seed, and a batch writes
+its quarantine rows first and its samples shard last (atomically). A batch is done when all
+its ids are in the output; a rerun skips it, and a killed batch is redone whole with the same
+result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from models.cam import MaskConfig, removal_masks
+from models.classifier import load_checkpoint
+from models.dit import build_scheduler, load_dit
+from models.inpaint import InpaintConfig, inpaint
+from models.quality import QualityScorer
+from models.training import predict_probs
+from tasks import store
+from tasks.dataset import QUARANTINE, SAMPLES, ShardWriter, label_matrix, sample_schema
+from tasks.images import decode_png, encode_mask, encode_png
+from tasks.knowledge.decision import Decision
+from tasks.tensors import load_tensors, rows_by_shard
+
+
+@dataclass(frozen=True)
+class AugmentSettings:
+    batch_size: int = 64  # images per task (32-128: Prefect costs ~10 ms per task)
+    cam_method: str = "gradcam"
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    inpaint: InpaintConfig = field(default_factory=InpaintConfig)
+    quality_max_z: float = 3.0  # robust z of the NN distance to real images; above -> accepted = False
+    seed: int = 0  # mixed into every image's seed
+    max_images: int | None = None  # cap on candidates (smallest output ids first); None = all
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "AugmentSettings":
+        data = dict(data)
+        data["mask"] = MaskConfig(**data.get("mask", {}))
+        data["inpaint"] = InpaintConfig(**data.get("inpaint", {}))
+        return cls(**data)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    output_id: str
+    parent_id: str
+    parent_shard: str  # URI of the shard holding the parent: a batch reads only its shards
+    remove: tuple[str, ...]
+    keep: tuple[str, ...]
+    decision_id: str
+    seed: int
+
+
+def recipe_id(settings: AugmentSettings, classifier_id: str, generator_id: str) -> str:
+    """Everything that changes a generated image's pixels, hashed."""
+    recipe = {"classifier": classifier_id, "generator": generator_id, "cam": settings.cam_method,
+              "mask": asdict(settings.mask), "inpaint": asdict(settings.inpaint), "seed": settings.seed}
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
+
+
+def build_candidates(dataset_uri: str, findings: list[str], head: list[str], tail: list[str],
+                     decisions: list[Decision], recipe: str, max_images: int | None = None) -> list[Candidate]:
+    """Train images with a head and a tail finding whose decision removes something."""
+    by_question = {(d.head, d.tail): d for d in decisions}
+    head_set, tail_set = set(head), set(tail)
+    out = []
+    for shard, rows in rows_by_shard(dataset_uri, ["sample_id", "labels", "split"]):
+        rows = rows.filter(pc.equal(rows.column("split"), "train"))
+        present = label_matrix(rows, len(findings)) == 1.0  # (N, K)
+        for sample_id, flags in zip(rows.column("sample_id").to_pylist(), present):
+            names = [f for f, on in zip(findings, flags) if on]
+            question = (tuple(sorted(n for n in names if n in head_set)),
+                        tuple(sorted(n for n in names if n in tail_set)))
+            decision = by_question.get(question)
+            if decision is None or not decision.remove:
+                continue
+            output_id = hashlib.sha256(f"{sample_id}\n{decision.decision_id}\n{recipe}".encode()).hexdigest()
+            out.append(Candidate(output_id, sample_id, shard, decision.remove, decision.keep, decision.decision_id,
+                                 int(output_id[:8], 16)))
+    out.sort(key=lambda c: c.output_id)
+    return out[:max_images] if max_images is not None else out
+
+
+def batches(candidates: list[Candidate], batch_size: int) -> list[list[Candidate]]:
+    return [candidates[i:i + batch_size] for i in range(0, len(candidates), batch_size)]
+
+
+def done_ids(out_uri: str) -> set[str]:
+    """Output ids already written: samples or quarantine rows."""
+    ids: set[str] = set()
+    samples = store.read_shards(store.join(out_uri, SAMPLES), columns=["sample_id"])
+    bad = store.read_shards(store.join(out_uri, QUARANTINE), columns=["quarantine_id"])
+    if samples is not None:
+        ids.update(samples.column("sample_id").to_pylist())
+    if bad is not None:
+        ids.update(bad.column("quarantine_id").to_pylist())
+    return ids
+
+
+@lru_cache(maxsize=4)
+def _classifier(uri: str):
+    model, config, card = load_checkpoint(store.read_bytes(uri))
+    return model.eval(), card
+
+
+@lru_cache(maxsize=4)
+def _generator(uri: str):
+    model, config, _ = load_dit(store.read_bytes(uri))
+    return model.eval(), build_scheduler(config), config
+
+
+@lru_cache(maxsize=4)
+def _quality(dataset_uri: str, max_z: float) -> QualityScorer:
+    """Scorer over the dataset's real normal training images (at most 512)."""
+    normals = load_tensors(dataset_uri, splits=("train",), normal_only=True, limit=512)
+    return QualityScorer(normals.images, max_z=max_z)
+
+
+def run_batch(dataset_uri: str, out_uri: str, batch: list[Candidate], classifier: dict, generator: dict,
+              settings: AugmentSettings, run_id: str) -> dict:
+    """Generate one batch and write it; returns counts and timings (a handle, no pixels)."""
+    started = time.perf_counter()
+    wanted = pa.array([c.parent_id for c in batch])
+    parents = load_tensors(dataset_uri, where=pc.is_in(pc.field("sample_id"), wanted),
+                           columns=("patient_id", "source_uri", "image"),
+                           shards=sorted({c.parent_shard for c in batch}))
+    index = {sid: i for i, sid in enumerate(parents.sample_ids)}
+    missing = [c for c in batch if c.parent_id not in index]
+    batch = [c for c in batch if c.parent_id in index]
+    rows = [index[c.parent_id] for c in batch]
+    images = parents.images[rows]  # (B, 1, S, S)
+    findings = parents.findings
+    model_started = time.perf_counter()
+    net, card = _classifier(classifier["uri"])
+    masks = removal_masks(net, images, [[findings.index(r) for r in c.remove] for c in batch],
+                          settings.cam_method, settings.mask)
+    ok = [i for i, m in enumerate(masks) if m.outcome == "ok"]
+    generated = images.clone()
+    if ok:
+        dit, scheduler, _ = _generator(generator["uri"])
+        mask_tensor = torch.from_numpy(np.stack([masks[i].mask for i in ok])[:, None].astype(np.float32))
+        generated[ok] = inpaint(dit, scheduler, images[ok], mask_tensor, settings.inpaint,
+                                [torch.Generator().manual_seed(batch[i].seed) for i in ok])
+    scores = _quality(dataset_uri, settings.quality_max_z).score(generated[ok]) if ok else np.zeros(0)
+    probs_before = predict_probs(net, images[ok]) if ok else None
+    probs_after = predict_probs(net, generated[ok]) if ok else None
+    model_seconds = time.perf_counter() - model_started
+
+    writer = ShardWriter(out_uri, sample_schema(), shard_rows=len(batch) + 1, run_id=run_id)
+    for c in missing:
+        writer.quarantine(reason_code="missing_parent", reason=f"parent {c.parent_id[:12]} is not in {dataset_uri}",
+                          stage="augment", key=c.output_id)
+    for i, c in enumerate(batch):
+        if masks[i].outcome != "ok":
+            writer.quarantine(reason_code=f"mask_{masks[i].outcome}", stage="augment", key=c.output_id,
+                              reason=f"CAM mask for {', '.join(c.remove)} is {masks[i].outcome} "
+                                     f"(area {masks[i].area:.3f})",
+                              patient_id=parents.table.column("patient_id")[rows[i]].as_py(),
+                              source_uri=parents.table.column("source_uri")[rows[i]].as_py())
+    labels = parents.labels[rows].numpy()
+    for j, i in enumerate(ok):
+        c = batch[i]
+        original = decode_png(parents.table.column("image")[rows[i]].as_py())
+        writer.add(_generated_row(c, generated[i, 0], masks[i].mask, original, labels[i], findings, parents, rows[i],
+                                  classifier["id"], generator["id"], float(scores[j]),
+                                  bool(scores[j] <= settings.quality_max_z),
+                                  probs_before[j], probs_after[j]))
+    writer.close()
+    removed_drop = [float(probs_before[j][findings.index(r)] - probs_after[j][findings.index(r)])
+                    for j, i in enumerate(ok) for r in batch[i].remove] if ok else []
+    return {"written": writer.written, "quarantined": dict(writer.quarantined), "images": len(batch) + len(missing),
+            "accepted": int(sum(1 for s in scores if s <= settings.quality_max_z)),
+            "model_seconds": round(model_seconds, 3), "seconds": round(time.perf_counter() - started, 3),
+            "removed_prob_drop_mean": float(np.mean(removed_drop)) if removed_drop else None}
+
+
+def _generated_row(c: Candidate, pixels01: torch.Tensor, mask: np.ndarray, original: np.ndarray,
+                   parent_labels: np.ndarray, findings: list[str], parents, row: int, classifier_id: str,
+                   generator_id: str, quality: float, accepted: bool, before: np.ndarray, after: np.ndarray) -> dict:
+    top = np.iinfo(original.dtype).max
+    new = np.round(pixels01.numpy() * top).astype(original.dtype)
+    new = np.where(mask, new, original)  # outside the mask: the parent's stored pixels, bit for bit
+    labels = parent_labels.copy()
+    for name in c.remove:
+        labels[findings.index(name)] = 0.0
+    return {"sample_id": c.output_id, "image": encode_png(new), "height": new.shape[0], "width": new.shape[1],
+            "bit_depth": 16 if new.dtype == np.uint16 else 8, "labels": [float(v) for v in labels],
+            "split": "train", "patient_id": parents.table.column("patient_id")[row].as_py(),
+            "source_uri": parents.table.column("source_uri")[row].as_py(), "origin": "inpainted",
+            "parent_id": c.parent_id, "removed_labels": list(c.remove), "kept_labels": list(c.keep),
+            "mask": encode_mask(mask), "decision_id": c.decision_id, "generator_id": generator_id,
+            "classifier_id": classifier_id, "seed": c.seed, "quality": quality, "accepted": accepted}

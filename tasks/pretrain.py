@@ -1,0 +1,126 @@
+"""Pretraining: the classifier on a dataset's training split, the normal DiT on normal images.
+
+Both write a self-describing checkpoint named by its sha256 under a models URI, plus a JSON
+card beside it (config, data shards, history summary), and return a small handle dict: the
+flows pass handles, never tensors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import asdict
+from typing import Callable
+
+import numpy as np
+import pyarrow.compute as pc
+import torch
+from PIL import Image
+
+from models.classifier import ClassifierCard, ClassifierConfig, build_classifier, checkpoint_id, save_checkpoint
+from models.dit import DiTConfig, DiTTrainConfig, build_scheduler, sample, save_dit, train_dit
+from models.metrics import evaluate, tune_thresholds
+from models.training import TrainConfig, fit_classifier, predict_probs, seed_everything
+from tasks import store
+from tasks.dataset import SAMPLES, read_manifest
+from tasks.tensors import load_tensors
+
+
+def shard_hashes(dataset_uri: str) -> list[str]:
+    """sha256 of each sample shard's name (names are content hashes): the data a model saw."""
+    return [hashlib.sha256(uri.rsplit("/", 1)[-1].encode()).hexdigest()[:16]
+            for uri in store.list_shards(store.join(dataset_uri, SAMPLES))]
+
+
+def _write_checkpoint(models_uri: str, kind: str, data: bytes, card: dict) -> dict:
+    model_id = checkpoint_id(data)
+    uri = store.join(models_uri, f"{kind}-{model_id[:16]}.pt")
+    if not store.exists(uri):
+        store.write_bytes_atomic(uri, data)
+    store.write_json(store.join(models_uri, f"{kind}-{model_id[:16]}.json"), {"id": model_id, "kind": kind, **card})
+    return {"kind": kind, "id": model_id, "uri": uri}
+
+
+def train_classifier(dataset_uri: str, models_uri: str, config: ClassifierConfig, train: TrainConfig,
+                     progress: Callable | None = None) -> dict:
+    """Fit on the train split, tune thresholds on val, score test; returns the checkpoint handle."""
+    manifest = read_manifest(dataset_uri)
+    data = load_tensors(dataset_uri, splits=("train",))
+    val = load_tensors(dataset_uri, splits=("val",))
+    test = load_tensors(dataset_uri, splits=("test",))
+    seed_everything(train.seed)
+    model = build_classifier(config)
+    history = fit_classifier(model, data.images, data.labels, train,
+                             val=(val.images, val.labels) if len(val) else None, progress=progress)
+    thresholds = tune_thresholds(predict_probs(model, val.images), val.labels.numpy()) if len(val) else None
+    head, tail = manifest["head_tail"]["head"], manifest["head_tail"]["tail"]
+    metrics = evaluate(predict_probs(model, test.images), test.labels.numpy(), data.findings, head, tail,
+                       thresholds=thresholds, bootstrap=200, seed=train.seed) if len(test) else {}
+    card = ClassifierCard(labels=list(data.findings), head=list(head), tail=list(tail),
+                          thresholds=[float(t) for t in thresholds] if thresholds is not None else [],
+                          train_shards_sha256=shard_hashes(dataset_uri), seed=train.seed,
+                          metrics={"test_macro": metrics["means"]["macro"]} if metrics else {})
+    handle = _write_checkpoint(models_uri, "classifier", save_checkpoint(model, config, card), {
+        "config": asdict(config), "train": asdict(train), "dataset": dataset_uri, "train_images": len(data),
+        "history": {k: history[k] for k in ("train_loss", "val_loss") if k in history}})
+    return {**handle, "metrics": metrics}
+
+
+def load_normals(dataset_uris: list[str], image_size: int, adult_only: bool = True,
+                 splits: tuple[str, ...] | None = ("train",)) -> tuple[torch.Tensor, list[str]]:
+    """Normal images (all findings 0) of one or more datasets; pediatric rows left out when
+    the dataset records an ``age_group`` and ``adult_only`` is set."""
+    images, shards = [], []
+    for uri in dataset_uris:
+        manifest = read_manifest(uri)
+        if manifest["image_size"] != image_size:
+            raise ValueError(f"{uri} is {manifest['image_size']} px; the DiT is configured for {image_size} px")
+        has_age = "age_group" in manifest.get("extra_columns", [])
+        where = pc.field("age_group") == "adult" if adult_only and has_age else None
+        part = load_tensors(uri, splits=splits, normal_only=True, columns=("age_group",) if has_age else (),
+                            where=where)
+        images.append(part.images)
+        shards += shard_hashes(uri)
+    return torch.cat(images), shards
+
+
+def train_normal_dit(dataset_uris: list[str], models_uri: str, config: DiTConfig, train: DiTTrainConfig,
+                     adult_only: bool = True, splits: tuple[str, ...] | None = ("train",),
+                     progress: Callable | None = None) -> dict:
+    """Train the DiT on normals only (train split by default, so val/test stay held out);
+    returns the checkpoint handle (EMA weights)."""
+    images, shards = load_normals(dataset_uris, config.image_size, adult_only, splits)
+    model, ema, history = train_dit(images, config, train, progress)
+    ema.copy_to(model)
+    data = save_dit(model, config, {"train_shards_sha256": shards, "train_images": int(images.shape[0]),
+                                    "steps": train.steps, "seed": train.seed})
+    losses = history["loss"]
+    window = max(1, len(losses) // 10)
+    summary = {"first_loss": float(np.mean(losses[:window])), "last_loss": float(np.mean(losses[-window:])),
+               "seconds": history["seconds"], "parameters": history["parameters"]}
+    handle = _write_checkpoint(models_uri, "dit", data, {
+        "config": asdict(config), "train": asdict(train), "datasets": dataset_uris,
+        "train_images": int(images.shape[0]), "history": summary})
+    return {**handle, "history": summary, "loss": losses}
+
+
+def grid_png(images01: torch.Tensor, columns: int = 8) -> bytes:
+    """(N, 1, S, S) in [0, 1] -> one PNG contact sheet."""
+    n, _, size, _ = images01.shape
+    rows = (n + columns - 1) // columns
+    sheet = np.zeros((rows * size, columns * size), dtype=np.uint8)
+    for i, image in enumerate((images01[:, 0].clamp(0, 1).numpy() * 255).round().astype(np.uint8)):
+        r, c = divmod(i, columns)
+        sheet[r * size:(r + 1) * size, c * size:(c + 1) * size] = image
+    buffer = io.BytesIO()
+    Image.fromarray(sheet).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def sample_grid(model, config: DiTConfig, n: int = 16, steps: int = 50, seed: int = 0) -> torch.Tensor:
+    return sample(model, build_scheduler(config), n, config.image_size, steps, torch.Generator().manual_seed(seed))
+
+
+def card_json(handle: dict) -> str:
+    return json.dumps({k: v for k, v in handle.items() if k != "loss"}, indent=2, default=str)
