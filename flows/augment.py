@@ -12,8 +12,9 @@ from prefect.concurrency.sync import concurrency
 from flows.settings import KnowledgeSettings
 from tasks import augment as work
 from tasks import store
-from tasks.dataset import finish_manifest, new_run_id, read_manifest
+from tasks.dataset import finish_manifest, new_run_id, read_manifest, utcnow
 from tasks.knowledge import AnthropicJudge, LLMSettings, export_decisions, plan
+from tasks.runs import write_run_record
 
 
 def judge_from(settings: KnowledgeSettings) -> AnthropicJudge | None:
@@ -56,6 +57,10 @@ def augment_flow(dataset_uri: str, out_uri: str, classifier: dict, generator: di
     options = work.AugmentSettings.from_dict(settings or {})
     manifest = read_manifest(dataset_uri)
     run_id = new_run_id()
+    started_at = utcnow()
+    parameters = {"dataset_uri": dataset_uri, "out_uri": out_uri, "classifier": classifier["id"],
+                  "generator": generator["id"], "knowledge": knowledge.__dict__, "settings": options.to_dict()}
+    write_run_record(out_uri, run_id, "augment", parameters, "running", started_at)
     plan_summary, decisions = plan_task(dataset_uri, cache_path or "decisions.duckdb", knowledge)
     recipe = work.recipe_id(options, classifier["id"], generator["id"])
     head, tail = manifest["head_tail"]["head"], manifest["head_tail"]["tail"]
@@ -87,6 +92,10 @@ def augment_flow(dataset_uri: str, out_uri: str, classifier: dict, generator: di
     for r in results:
         for code, n in r["quarantined"].items():
             quarantined[code] = quarantined.get(code, 0) + n
+    write_run_record(out_uri, run_id, "augment", parameters, "completed", started_at, {
+        "candidates": len(candidates), "batches_run": len(todo), "written": sum(r["written"] for r in results),
+        "accepted": sum(r["accepted"] for r in results), "quarantined": quarantined,
+        "llm_calls": plan_summary["llm_calls"], "fallbacks": plan_summary["fallbacks"]})
     return {"run_id": run_id, "out_uri": out_uri, "plan": plan_summary, "candidates": len(candidates),
             "batches": len(all_batches), "batches_run": len(todo), "written": sum(r["written"] for r in results),
             "accepted": sum(r["accepted"] for r in results), "quarantined": quarantined,

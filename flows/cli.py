@@ -5,7 +5,11 @@
     tailforge info URI [--json]
     tailforge plan DATASET_URI [--judge rules|anthropic] [--json] [--export URI]
     tailforge decisions [--json] [--export URI]
-    tailforge demo
+    tailforge lineage SAMPLE_ID [--root URI] [--json]
+    tailforge query "SQL" [--root URI] [--json|--csv]
+    tailforge runs [--root URI]
+    tailforge run CONFIG.yaml [--local-server]
+    tailforge demo [--stop]
 
 Errors that a user can fix (a missing column, a missing file, an incompatible dataset) print
 one line saying what to do and exit with status 2; no traceback.
@@ -21,7 +25,7 @@ from typing import Iterator
 
 from flows.settings import default_dataset_uri, tailforge_home
 
-USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, RuntimeError)
+USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, RuntimeError, LookupError)
 
 
 def _add_common_ingest(parser: argparse.ArgumentParser) -> None:
@@ -100,8 +104,34 @@ def build_parser() -> argparse.ArgumentParser:
     decisions.add_argument("--export", help="write all decisions as Parquet under this folder URI")
     decisions.add_argument("--json", action="store_true")
 
-    demo = commands.add_parser("demo", help="run the factory on the built-in phantom data")
-    demo.add_argument("--n", type=int, default=600, help="phantom images (default 600)")
+    lineage = commands.add_parser("lineage", help="where a sample came from: its chain back to the real image")
+    lineage.add_argument("sample_id", help="a sample id (at least 8 leading characters)")
+    lineage.add_argument("--root", help="catalog root: everything under it is searched (default: $TAILFORGE_HOME)")
+    lineage.add_argument("--json", action="store_true")
+
+    query = commands.add_parser("query", help="read-only SQL over the catalog views: "
+                                "samples, quarantine, decisions, runs, checkpoints")
+    query.add_argument("sql")
+    query.add_argument("--root", help="catalog root (default: $TAILFORGE_HOME)")
+    output = query.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true")
+    output.add_argument("--csv", action="store_true")
+    query.add_argument("--limit", type=int, default=10_000, help="rows at most (default 10000)")
+
+    runs = commands.add_parser("runs", help="recent flow runs and their counts")
+    runs.add_argument("--root", help="catalog root (default: $TAILFORGE_HOME)")
+    runs.add_argument("--limit", type=int, default=20)
+    runs.add_argument("--json", action="store_true")
+
+    run = commands.add_parser("run", help="run the whole factory from one YAML file (see flows/demo.yaml)")
+    run.add_argument("config", help="settings YAML")
+    run.add_argument("--local-server", action="store_true",
+                     help="start/reuse the local Prefect server under $TAILFORGE_HOME when PREFECT_API_URL is unset")
+    run.add_argument("--json", action="store_true")
+
+    demo = commands.add_parser("demo", help="start a local Prefect server and run the factory on the phantom")
+    demo.add_argument("--n", type=int, default=None, help="phantom images (default: flows/demo.yaml)")
+    demo.add_argument("--stop", action="store_true", help="stop the demo's Prefect server")
     return parser
 
 
@@ -271,24 +301,174 @@ def cmd_decisions(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    """Until the factory flows exist: make the phantom dataset and summarise it."""
-    from tasks.dataset import summarize
-    from tasks.ingest import ingest_phantom
+def _catalog(args: argparse.Namespace):
+    from tasks.catalog import open_catalog
 
-    home = tailforge_home()
-    out = str(home / "datasets" / "demo-phantom")
-    print(f"tailforge demo: state in {home}")
-    with _progress("phantom", True) as progress:
-        report = ingest_phantom(out, args.n, 64, 0, "nih", 1024, None, progress)
-    _print_report(report, False)
-    print_summary(summarize(out))
-    print(f"\ninspect it again: tailforge info {out}\nwipe all local state: rm -rf {home}")
+    return open_catalog(args.root or str(tailforge_home()))
+
+
+def cmd_lineage(args: argparse.Namespace) -> int:
+    from tasks.lineage import lineage
+
+    with _catalog(args) as catalog:
+        result = lineage(catalog, args.sample_id)
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+        return 0
+    summary = result["summary"]
+    print(f"{summary['sample_id']} ({summary['origin']}), {summary['depth']} step(s) from its real source "
+          f"{summary['source']}")
+    if "labels_before" in summary:
+        print(f"labels: {', '.join(summary['labels_before']) or 'none'} -> {', '.join(summary['labels_after']) or 'none'}")
+    for step in result["chain"]:
+        print(f"- {step['sample_id'][:16]} {step.get('origin', '?')} in {step.get('dataset')} (run {step.get('run_id')})")
+        if step.get("origin") == "inpainted":
+            d = step.get("decision") or {}
+            print(f"    removed {step['removed_labels']}, kept {step['kept_labels']}; decision {d.get('source')} "
+                  f"({d.get('judge')}/{d.get('model')}): {d.get('rationale')}")
+            print(f"    mask {step['mask']}, seed {step['seed']}, quality {step['quality']:.2f}, "
+                  f"accepted {step['accepted']}")
+            print(f"    classifier {step['classifier'].get('id', '')[:16]}, generator {step['generator'].get('id', '')[:16]}")
+        elif step.get("source_path"):
+            print(f"    source {step['source_path']}")
+        if step.get("run_link"):
+            print(f"    {step['run_link']}")
     return 0
 
 
+def cmd_query(args: argparse.Namespace) -> int:
+    import csv
+
+    from tasks.catalog import query
+
+    with _catalog(args) as catalog:
+        columns, rows = query(catalog, args.sql, args.limit)
+    if args.json:
+        print(json.dumps([dict(zip(columns, r)) for r in rows], indent=2, default=str))
+    elif args.csv:
+        writer = csv.writer(sys.stdout)
+        writer.writerow(columns)
+        writer.writerows(rows)
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(*columns)
+        for r in rows:
+            table.add_row(*["" if v is None else str(v) for v in r])
+        Console().print(table)
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from tasks.catalog import query
+
+    with _catalog(args) as catalog:
+        columns, rows = query(catalog, "SELECT run_id, flow, status, started_at, ended_at, counts FROM runs "
+                                       f"ORDER BY started_at DESC LIMIT {int(args.limit)}")
+    records = [dict(zip(columns, r)) for r in rows]
+    if args.json:
+        print(json.dumps(records, indent=2, default=str))
+    else:
+        for r in records:
+            print(f"{r['started_at']}  {r['flow']:8s} {r['status']:9s} {r['run_id']}  {json.dumps(r['counts'], default=str)}")
+    return 0
+
+
+def _use_prefect_server(start_local: bool) -> str:
+    """PREFECT_API_URL when set; else the demo's local server (started if needed)."""
+    import os
+
+    from flows import server
+
+    url = os.environ.get("PREFECT_API_URL")
+    if not url:
+        if not start_local:
+            return ""
+        print(f"starting a local Prefect server (state in {server.prefect_home()}) ...", flush=True)
+        url = server.start()
+        os.environ["PREFECT_API_URL"] = url
+        os.environ.setdefault("PREFECT_HOME", str(server.prefect_home()))
+    return url
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from flows.settings import load_settings
+
+    load_settings(args.config)  # fail on a bad file before any server or flow starts
+    url = _use_prefect_server(start_local=args.local_server)
+    from flows.factory import factory_flow
+
+    result = factory_flow(config_path=args.config)
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        print_run(result, url)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Start (or reuse) a local Prefect server, run the factory on the phantom, leave it up."""
+    import time
+    from importlib import resources
+
+    from flows import server
+
+    if args.stop:
+        print("stopped the demo's Prefect server" if server.stop() else "no demo server was running")
+        return 0
+    print(f"tailforge demo: all state in {tailforge_home()}")
+    started = time.perf_counter()
+    url = _use_prefect_server(start_local=True)
+    server.ensure_gpu_limit(1)
+    from flows.factory import factory_flow
+
+    config = str(resources.files("flows").joinpath("demo.yaml"))
+    result = factory_flow(config_path=config, overrides={"dataset": {"n": args.n}} if args.n else None)
+    print_run(result, url)
+    print(f"\ndemo wall time: {time.perf_counter() - started:.0f} s")
+    print("the Prefect server keeps running for you; stop it with: tailforge demo --stop")
+    return 0
+
+
+def print_run(result: dict, api_url: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from tasks.report import dumps, lineage_example
+
+    console = Console()
+    augment = result["augment"]
+    console.print(f"\n[bold]factory run finished[/] in {result['seconds']} s")
+    console.print(f"dataset:    {result['dataset_uri']}")
+    console.print(f"generated:  {augment['out_uri']}  ({augment['written']} written, {augment['accepted']} accepted, "
+                  f"quarantined {augment['quarantined'] or 0}; {augment['plan']['llm_calls']} LLM calls)")
+    for name, uri in result["report"].items():
+        console.print(f"{name + ':':11s} {uri}")
+    if api_url:
+        console.print(f"Prefect UI: {api_url.removesuffix('/api')}  (flow runs, task runs, artifacts)")
+    results = result["finetune"]["results"]
+    if results:
+        classes = list(next(iter(results.values()))["metrics"]["classes"])
+        tail = set(augment["plan"]["tail"])
+        table = Table("class", "group", *[f"F1 {s}" for s in results],
+                      title="per-class F1 on test (val-tuned thresholds)")
+        for c in classes:
+            cells = []
+            for s in results:
+                value = results[s]["metrics"]["classes"][c].get("f1_tuned")
+                cells.append("-" if value is None else f"{value:.3f}")
+            table.add_row(c, "tail" if c in tail else "head", *cells)
+        console.print(table)
+    example = lineage_example(augment["out_uri"], result["dataset_uri"])
+    if example:
+        console.print("one generated sample and where it came from:")
+        console.print(dumps(example))
+
+
 COMMANDS = {"ingest": cmd_ingest, "phantom": cmd_phantom, "info": cmd_info, "plan": cmd_plan,
-            "decisions": cmd_decisions, "demo": cmd_demo}
+            "decisions": cmd_decisions, "lineage": cmd_lineage, "query": cmd_query, "runs": cmd_runs,
+            "run": cmd_run, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

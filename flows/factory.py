@@ -12,8 +12,9 @@ from flows.finetune import finetune_flow, report_task
 from flows.pretrain import pretrain_flow
 from flows.settings import DatasetSettings, FactorySettings, finetune_settings, load_settings, settings_from_dict
 from tasks import sources, store
-from tasks.dataset import read_manifest, summarize
+from tasks.dataset import new_run_id, read_manifest, summarize, utcnow
 from tasks.ingest import IngestOptions, ingest, ingest_phantom
+from tasks.runs import write_run_record
 
 
 @task(retries=1, retry_delay_seconds=10, task_run_name="ingest-{settings.source}")
@@ -48,6 +49,8 @@ def factory_flow(config_path: str | None = None, overrides: dict | None = None) 
     started = time.perf_counter()
     settings = _settings(config_path, overrides)
     dataset_uri, output = settings.dataset_uri(), settings.output_uri()
+    run_id, started_at = new_run_id(), utcnow()
+    write_run_record(output, run_id, "factory", settings.to_dict(), "running", started_at)
     ingested = ingest_task(settings.dataset, dataset_uri)
     logger.info(f"dataset {dataset_uri}: {ingested.get('rows_written', 0)} new rows")
     models = pretrain_flow(dataset_uri, settings.models_uri(), settings.classifier, settings.generator)
@@ -62,7 +65,8 @@ def factory_flow(config_path: str | None = None, overrides: dict | None = None) 
                "generator": models["generator"]["id"][:16],
                "augment_orchestration_share": augmented["orchestration_share"]}
     written = report_task(store.join(output, "report"), tuned, augmented_uri, dataset_uri, summary)
-    return {"settings": settings.to_dict(), "dataset_uri": dataset_uri, "output_uri": output,
+    write_run_record(output, run_id, "factory", settings.to_dict(), "completed", started_at, summary)
+    return {"run_id": run_id, "settings": settings.to_dict(), "dataset_uri": dataset_uri, "output_uri": output,
             "models": models, "augment": augmented, "finetune": tuned, "report": written["uris"],
             "table": written["rows"], "seconds": round(time.perf_counter() - started, 1)}
 

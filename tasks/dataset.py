@@ -133,6 +133,8 @@ class ShardWriter:
 
     def flush(self) -> None:
         if self._rows:
+            # sorted ids give each row group a narrow id range: lookups skip the others
+            self._rows.sort(key=lambda r: r["sample_id"])
             table = pa.Table.from_pylist(self._rows, schema=self.schema)
             uri, _ = store.write_shard(store.join(self.dataset_uri, SAMPLES), table, "sample_id")
             self.shards.append(uri)

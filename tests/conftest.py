@@ -66,3 +66,12 @@ def s3_bucket(s3_endpoint, request) -> str:
     name = "tf-" + request.node.name.lower().replace("_", "-").replace("[", "-").replace("]", "")[:40]
     boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(Bucket=name)
     return f"s3://{name}"
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory):
+    """One temporary Prefect server for the whole session (~20 s to start)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

@@ -1,0 +1,116 @@
+"""Lineage: from a generated sample back to its real source image.
+
+Answers "where did this sample come from?": the chain of parents down to the real image and
+its source path, labels before and after (by name), removed and kept classes, the LKG decision
+with its rationale and source, the mask's extent, the checkpoints that made it, its seed and
+its run (with the Prefect UI link when a server address is configured).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from tasks import store
+from tasks.catalog import Catalog, QueryRefused
+from tasks.images import decode_mask
+
+ROW_COLUMNS = ("dataset", "sample_id", "labels", "split", "patient_id", "source_uri", "origin", "parent_id",
+               "removed_labels", "kept_labels", "mask", "decision_id", "generator_id", "classifier_id", "seed",
+               "quality", "accepted", "run_id", "created_at")
+MAX_DEPTH = 16
+
+
+def _row(catalog: Catalog, sample_id: str) -> dict | None:
+    key = sample_id.strip().lower()
+    if len(key) < 8:
+        raise QueryRefused("give at least 8 characters of the sample id")
+    cursor = catalog.con.execute(
+        f"SELECT {', '.join(ROW_COLUMNS)} FROM samples WHERE sample_id >= ? AND sample_id < ? LIMIT 2",
+        [key, key + "g"])  # prefix match; 'g' sorts after every hex digit
+    rows = cursor.fetchall()
+    if len(rows) > 1 and rows[0][1] != key:
+        raise QueryRefused(f"{sample_id!r} matches more than one sample; give more characters")
+    return dict(zip(ROW_COLUMNS, rows[0])) if rows else None
+
+
+def _manifest(dataset_uri: str, cache: dict) -> dict:
+    if dataset_uri not in cache:
+        cache[dataset_uri] = store.read_json(store.join(dataset_uri, "dataset.json"))
+    return cache[dataset_uri]
+
+
+def _named(labels, names: list[str]) -> dict:
+    out = {}
+    for name, value in zip(names, labels or []):
+        out[name] = None if value is None or np.isnan(value) else int(value)
+    return out
+
+
+def _mask_summary(data: bytes | None) -> dict | None:
+    if not data:
+        return None
+    mask = decode_mask(data)
+    ys, xs = np.nonzero(mask)
+    return {"area": round(float(mask.mean()), 4), "pixels": int(mask.sum()),
+            "bbox_xywh": [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
+            if len(xs) else None}
+
+
+def _one(catalog: Catalog, sql: str, key) -> dict | None:
+    cursor = catalog.con.execute(sql, [key])
+    row = cursor.fetchone()
+    return dict(zip([d[0] for d in cursor.description], row)) if row else None
+
+
+def ui_link(run_id: str | None) -> str | None:
+    base = os.environ.get("PREFECT_UI_URL") or (os.environ.get("PREFECT_API_URL") or "").removesuffix("/api")
+    return f"{base.rstrip('/')}/runs/flow-run/{run_id}" if base and run_id else None
+
+
+def lineage(catalog: Catalog, sample_id: str) -> dict:
+    """The chain from ``sample_id`` to its real source; raises LookupError when unknown."""
+    manifests: dict = {}
+    row = _row(catalog, sample_id)
+    if row is None:
+        raise LookupError(f"no sample {sample_id!r} under {catalog.root}")
+    chain = []
+    while row is not None and len(chain) < MAX_DEPTH:
+        manifest = _manifest(row["dataset"], manifests)
+        names = manifest["labels"]
+        step = {"sample_id": row["sample_id"], "dataset": row["dataset"], "origin": row["origin"],
+                "split": row["split"], "patient_id": row["patient_id"], "labels": _named(row["labels"], names),
+                "run_id": row["run_id"], "created_at": str(row["created_at"]), "run_link": ui_link(row["run_id"])}
+        if row["origin"] == "inpainted":
+            decision = _one(catalog, "SELECT decision_id, judge, model, prompt_version, head, tail, keep, remove, "
+                                     "rationale, source, error FROM decisions WHERE decision_id = ?", row["decision_id"])
+            step.update({
+                "parent_id": row["parent_id"], "removed_labels": row["removed_labels"],
+                "kept_labels": row["kept_labels"], "mask": _mask_summary(row["mask"]), "seed": row["seed"],
+                "quality": row["quality"], "accepted": row["accepted"], "decision": decision,
+                "classifier": _one(catalog, "SELECT * FROM checkpoints WHERE id = ?", row["classifier_id"])
+                or {"id": row["classifier_id"]},
+                "generator": _one(catalog, "SELECT * FROM checkpoints WHERE id = ?", row["generator_id"])
+                or {"id": row["generator_id"]},
+                "run": _one(catalog, "SELECT * FROM runs WHERE run_id = ?", row["run_id"])})
+        else:
+            root = manifest.get("source", {}).get("images_root")
+            step["source_uri"] = row["source_uri"]
+            step["source_path"] = store.join(root, row["source_uri"]) if root and row["source_uri"] and \
+                "://" not in row["source_uri"] else row["source_uri"]
+        chain.append(step)
+        if not row["parent_id"]:
+            break
+        parent = _row(catalog, row["parent_id"])
+        if parent is None:
+            chain.append({"sample_id": row["parent_id"], "missing": f"parent not found under {catalog.root}"})
+        row = parent
+    first = chain[0]
+    real = next((s for s in reversed(chain) if s.get("origin") not in (None, "inpainted")), None)
+    summary = {"sample_id": first["sample_id"], "origin": first["origin"], "depth": len(chain) - 1,
+               "source": real.get("source_path") if real else None}
+    if real and first is not real:
+        summary["labels_before"] = [n for n, v in real["labels"].items() if v == 1]
+        summary["labels_after"] = [n for n, v in first["labels"].items() if v == 1]
+    return {"summary": summary, "chain": chain}

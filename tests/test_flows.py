@@ -1,0 +1,146 @@
+"""The factory on Prefect, on tiny phantom data: every flow completes and returns what it
+promised; a rerun writes nothing and makes no LLM calls; an interrupted augment, resumed,
+equals an uninterrupted one."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from fake_anthropic import FakeAnthropic
+from flows.augment import augment_flow
+from flows.factory import factory_flow
+from flows.settings import KnowledgeSettings
+from tasks import augment as work
+from tasks import store
+from tasks.dataset import QUARANTINE, SAMPLES, existing_rows, read_manifest
+from tasks.knowledge import plan
+
+TINY = {
+    "name": "tiny",
+    "dataset": {"source": "phantom", "n": 400, "size": 32, "seed": 2},
+    "classifier": {"epochs": 2, "batch_size": 64},
+    "generator": {"patch_size": 8, "depth": 2, "num_heads": 2, "head_dim": 16, "steps": 20, "batch_size": 16},
+    # EigenCAM does not need a trained classifier's gradients, so masks exist at this size
+    "augment": {"batch_size": 8, "cam_method": "eigencam", "mask": {"max_area": 0.6},
+                "inpaint": {"steps": 3, "jump_length": 3, "resample": 1}, "quality_max_z": 1000.0},
+    "finetune": {"epochs": 2, "bootstrap": 20},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(prefect_server, tmp_path_factory):
+    home = tmp_path_factory.mktemp("factory-home")
+    saved = os.environ.get("TAILFORGE_HOME")
+    os.environ["TAILFORGE_HOME"] = str(home)
+    try:
+        yield factory_flow(overrides=TINY), home
+    finally:
+        if saved is None:
+            os.environ.pop("TAILFORGE_HOME", None)
+        else:
+            os.environ["TAILFORGE_HOME"] = saved
+
+
+def test_factory_returns_everything_it_promised(tiny_run):
+    result, home = tiny_run
+    assert result["dataset_uri"].startswith(str(home))
+    assert {result["models"]["classifier"]["kind"], result["models"]["generator"]["kind"]} == {"classifier", "dit"}
+    augment = result["augment"]
+    assert augment["candidates"] > 0 and augment["written"] > 0 and augment["batches_run"] == augment["batches"]
+    assert augment["written"] + sum(augment["quarantined"].values()) == augment["candidates"]
+    assert set(result["finetune"]["results"]) == {"baseline", "augmented", "pil"}
+    assert result["finetune"]["generated"] == augment["accepted"] > 0
+    for uri in result["report"].values():
+        assert Path(uri).stat().st_size > 0
+    rows = existing_rows(augment["out_uri"], None).to_pylist()
+    parents = {r["sample_id"]: r for r in existing_rows(result["dataset_uri"], None).to_pylist()}
+    for row in rows:
+        parent = parents[row["parent_id"]]
+        assert row["origin"] == "inpainted" and row["split"] == "train" and row["removed_labels"]
+        assert row["classifier_id"] == result["models"]["classifier"]["id"]
+        assert row["generator_id"] == result["models"]["generator"]["id"]
+        assert row["run_id"] == augment["run_id"] and row["decision_id"]
+        removed = [read_manifest(result["dataset_uri"])["labels"].index(n) for n in row["removed_labels"]]
+        assert all(row["labels"][k] == 0.0 and parent["labels"][k] == 1.0 for k in removed)
+    decisions = store.list_shards(store.join(augment["out_uri"], "decisions"))
+    assert len(decisions) == 1
+
+
+def test_artifacts_are_published(tiny_run):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        keys = {a.key for a in client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["factory-metrics", "factory-report",
+                                                                        "augment-progress"])))}
+    assert keys == {"factory-metrics", "factory-report", "augment-progress"}
+
+
+def _outputs(uri):
+    rows = existing_rows(uri, ["sample_id", "image", "mask", "labels"])
+    bad = store.read_shards(store.join(uri, QUARANTINE), columns=["quarantine_id"])
+    return (sorted((r["sample_id"], r["image"], r["mask"]) for r in rows.to_pylist()),
+            sorted(bad.column("quarantine_id").to_pylist()) if bad is not None else [])
+
+
+def test_rerun_writes_nothing(tiny_run):
+    result, _ = tiny_run
+    out = result["augment"]["out_uri"]
+    before = sorted(Path(out).rglob("part-*.parquet"))
+    again = augment_flow(result["dataset_uri"], out, result["models"]["classifier"], result["models"]["generator"],
+                         KnowledgeSettings(cache=None), TINY["augment"], str(Path(out).parent / "cache.duckdb"))
+    assert again["batches_run"] == 0 and again["written"] == 0
+    assert sorted(Path(out).rglob("part-*.parquet")) == before
+
+
+def test_interrupted_augment_resumes_to_the_same_samples(tiny_run, tmp_path):
+    result, _ = tiny_run
+    dataset, models = result["dataset_uri"], result["models"]
+    settings = work.AugmentSettings.from_dict(TINY["augment"])
+    cache = str(tmp_path / "d.duckdb")
+    # the state a killed run leaves: the first batch complete, the second with only its
+    # quarantine rows, and a temporary file of a shard that was being written
+    _, decisions = plan(dataset, cache)
+    manifest = read_manifest(dataset)
+    candidates = work.build_candidates(dataset, manifest["labels"], manifest["head_tail"]["head"],
+                                       manifest["head_tail"]["tail"], decisions,
+                                       work.recipe_id(settings, models["classifier"]["id"], models["generator"]["id"]))
+    chunks = work.batches(candidates, settings.batch_size)
+    assert len(chunks) >= 3
+    resumed = str(tmp_path / "resumed")
+    work.run_batch(dataset, resumed, chunks[0], models["classifier"], models["generator"], settings, "killed-run")
+    partial = work.run_batch(dataset, str(tmp_path / "scratch"), chunks[1], models["classifier"],
+                             models["generator"], settings, "killed-run")
+    for shard in (tmp_path / "scratch" / QUARANTINE).glob("part-*.parquet"):
+        target = Path(resumed) / QUARANTINE / shard.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(shard.read_bytes())
+    (Path(resumed) / SAMPLES / ".part-0000.parquet.tmp-123-abcd").write_bytes(b"half a shard")
+    assert partial["images"] == len(chunks[1])
+
+    finished = augment_flow(dataset, resumed, models["classifier"], models["generator"], KnowledgeSettings(),
+                            TINY["augment"], cache)
+    assert finished["batches_run"] == len(chunks) - 1  # the complete first batch was skipped
+    uninterrupted = augment_flow(dataset, str(tmp_path / "straight"), models["classifier"], models["generator"],
+                                 KnowledgeSettings(), TINY["augment"], cache)
+    assert _outputs(resumed) == _outputs(str(tmp_path / "straight"))
+    ids = existing_rows(resumed, ["sample_id"]).column("sample_id").to_pylist()
+    assert len(ids) == len(set(ids)) == uninterrupted["written"]
+
+
+def test_llm_judge_rerun_makes_no_calls(tiny_run, tmp_path, monkeypatch):
+    result, _ = tiny_run
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-flows")
+    with FakeAnthropic("ok") as fake:
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", fake.url)
+        knowledge = KnowledgeSettings(judge="anthropic", llm_timeout=2.0, llm_retries=0)
+        args = (result["dataset_uri"], str(tmp_path / "llm"), result["models"]["classifier"],
+                result["models"]["generator"], knowledge, TINY["augment"], str(tmp_path / "llm.duckdb"))
+        first = augment_flow(*args)
+        calls = len(fake.message_requests)
+        second = augment_flow(*args)
+    assert first["plan"]["llm_calls"] == calls > 0
+    assert second["plan"]["llm_calls"] == 0 and len(fake.message_requests) == calls
+    assert second["written"] == 0

@@ -1,0 +1,80 @@
+"""Settings YAML, and the deployment / container files that cannot run here (no Docker engine):
+parsed and checked against the code they name."""
+
+import importlib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flows.settings import load_settings, settings_from_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_demo_and_nightly_settings_load():
+    demo = load_settings(str(ROOT / "flows" / "demo.yaml"))
+    assert demo.dataset.source == "phantom" and demo.knowledge.judge == "rules"
+    nightly = load_settings(str(ROOT / "infra" / "nightly.yaml"))
+    assert nightly.generator.normals == ("s3://tailforge/datasets/normals128",)
+    assert nightly.knowledge.api_key_secret == "anthropic-api-key"
+
+
+@pytest.mark.parametrize("data,message", [
+    ({"datset": {}}, "unknown section"),
+    ({"dataset": {"sise": 64}}, "sise"),
+    ({"augment": {"batchsize": 3}}, "bad augment"),
+    ({"augment": {"mask": {"threshold": 2.0}}}, "threshold"),
+    ({"finetune": {"settings": ["nope"]}}, "unknown fine-tune"),
+])
+def test_bad_settings_name_what_is_wrong(data, message):
+    with pytest.raises(ValueError, match=message):
+        settings_from_dict(data)
+
+
+def test_settings_default_under_tailforge_home(tailforge_home):
+    settings = settings_from_dict({"name": "x"})
+    for uri in (settings.output_uri(), settings.models_uri(), settings.dataset_uri(), settings.cache_path()):
+        assert uri.startswith(str(tailforge_home))
+
+
+def test_deployments_name_real_flows_pools_and_a_schedule():
+    spec = yaml.safe_load((ROOT / "infra" / "prefect.yaml").read_text())
+    assert spec["prefect-version"] == importlib.import_module("prefect").__version__
+    by_name = {d["name"]: d for d in spec["deployments"]}
+    assert set(by_name) == {"nightly", "pretrain", "augment"}
+    for deployment in by_name.values():
+        path, function = deployment["entrypoint"].split(":")
+        module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
+        assert hasattr(getattr(module, function), "fn")  # a Prefect flow
+        assert deployment["work_pool"]["name"] in ("cpu", "gpu")
+    (schedule,) = by_name["nightly"]["schedules"]
+    assert len(schedule["cron"].split()) == 5 and schedule["timezone"]
+    assert "schedules" not in by_name["pretrain"] and "schedules" not in by_name["augment"]
+    assert (ROOT / by_name["nightly"]["parameters"]["config_path"]).exists()
+    text = (ROOT / "infra" / "prefect.yaml").read_text().lower()
+    assert "secret_access_key" not in text and "sk-ant" not in text
+
+
+def test_compose_has_the_services_and_no_literal_secrets():
+    spec = yaml.safe_load((ROOT / "infra" / "compose.yaml").read_text())
+    assert {"postgres", "prefect-server", "minio", "cpu-worker", "gpu-worker", "setup"} <= set(spec["services"])
+    gpu = spec["services"]["gpu-worker"]
+    assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    assert "postgresql+asyncpg" in spec["services"]["prefect-server"]["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"]
+    for name, service in spec["services"].items():
+        for key, value in (service.get("environment") or {}).items():
+            if any(word in key for word in ("PASSWORD", "SECRET", "API_KEY", "ACCESS_KEY")):
+                assert str(value).startswith("${"), f"{name}.{key} must come from the environment"
+        image = service.get("image", "")
+        assert ":latest" not in image and (":" in image or "build" in service), name
+
+
+@pytest.mark.parametrize("name", ["Dockerfile.cpu", "Dockerfile.gpu"])
+def test_dockerfiles_pin_their_base_and_use_the_constraints(name):
+    text = (ROOT / "docker" / name).read_text()
+    base = next(line.split()[1] for line in text.splitlines() if line.startswith("FROM "))
+    assert ":" in base and "latest" not in base
+    assert "-c constraints.txt" in text and "torch==2.13.0" in text
+    for path in ("constraints.txt", "pyproject.toml", "flows", "tasks", "models"):
+        assert path in text
