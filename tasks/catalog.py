@@ -60,6 +60,7 @@ def open_catalog(root: str) -> Catalog:
         raise FileNotFoundError(f"no catalog root at {root}")
     root = root.rstrip("/") if store.is_remote(root) else os.path.abspath(root)
     con = duckdb.connect(":memory:")
+    con.execute("SET parquet_metadata_cache = true")  # footers parsed once per catalog, not per query
     if store.is_remote(root):
         con.register_filesystem(store.filesystem(root)[0])
     manifests = _find(root, "**/dataset.json")
