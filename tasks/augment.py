@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
@@ -114,6 +115,12 @@ def done_ids(out_uri: str) -> set[str]:
     return ids
 
 
+# Models are cached per process and shared by task threads; Grad-CAM hooks the model it runs
+# on, so two batches must not use one model at once. On one accelerator the global ``gpu``
+# limit serialises batches anyway; this lock makes it so within a process whatever the limit.
+_MODEL_LOCK = threading.Lock()
+
+
 @lru_cache(maxsize=4)
 def _classifier(uri: str):
     model, config, card = load_checkpoint(store.read_bytes(uri))
@@ -147,21 +154,12 @@ def run_batch(dataset_uri: str, out_uri: str, batch: list[Candidate], classifier
     rows = [index[c.parent_id] for c in batch]
     images = parents.images[rows]  # (B, 1, S, S)
     findings = parents.findings
-    model_started = time.perf_counter()
-    net, card = _classifier(classifier["uri"])
-    masks = removal_masks(net, images, [[findings.index(r) for r in c.remove] for c in batch],
-                          settings.cam_method, settings.mask)
+    with _MODEL_LOCK:
+        model_started = time.perf_counter()
+        masks, generated, scores, probs_before, probs_after = _generate(
+            dataset_uri, images, findings, batch, classifier, generator, settings)
+        model_seconds = time.perf_counter() - model_started
     ok = [i for i, m in enumerate(masks) if m.outcome == "ok"]
-    generated = images.clone()
-    if ok:
-        dit, scheduler, _ = _generator(generator["uri"])
-        mask_tensor = torch.from_numpy(np.stack([masks[i].mask for i in ok])[:, None].astype(np.float32))
-        generated[ok] = inpaint(dit, scheduler, images[ok], mask_tensor, settings.inpaint,
-                                [torch.Generator().manual_seed(batch[i].seed) for i in ok])
-    scores = _quality(dataset_uri, settings.quality_max_z).score(generated[ok]) if ok else np.zeros(0)
-    probs_before = predict_probs(net, images[ok]) if ok else None
-    probs_after = predict_probs(net, generated[ok]) if ok else None
-    model_seconds = time.perf_counter() - model_started
 
     writer = ShardWriter(out_uri, sample_schema(), shard_rows=len(batch) + 1, run_id=run_id)
     for c in missing:
@@ -178,7 +176,7 @@ def run_batch(dataset_uri: str, out_uri: str, batch: list[Candidate], classifier
     for j, i in enumerate(ok):
         c = batch[i]
         original = decode_png(parents.table.column("image")[rows[i]].as_py())
-        writer.add(_generated_row(c, generated[i, 0], masks[i].mask, original, labels[i], findings, parents, rows[i],
+        writer.add(_generated_row(c, generated[j, 0], masks[i].mask, original, labels[i], findings, parents, rows[i],
                                   classifier["id"], generator["id"], float(scores[j]),
                                   bool(scores[j] <= settings.quality_max_z),
                                   probs_before[j], probs_after[j]))
@@ -189,6 +187,24 @@ def run_batch(dataset_uri: str, out_uri: str, batch: list[Candidate], classifier
             "accepted": int(sum(1 for s in scores if s <= settings.quality_max_z)),
             "model_seconds": round(model_seconds, 3), "seconds": round(time.perf_counter() - started, 3),
             "removed_prob_drop_mean": float(np.mean(removed_drop)) if removed_drop else None}
+
+
+def _generate(dataset_uri: str, images: torch.Tensor, findings: list[str], batch: list[Candidate],
+              classifier: dict, generator: dict, settings: AugmentSettings):
+    """CAM masks -> inpainting -> quality score and classifier probabilities (the model work)."""
+    net, _ = _classifier(classifier["uri"])
+    masks = removal_masks(net, images, [[findings.index(r) for r in c.remove] for c in batch],
+                          settings.cam_method, settings.mask)
+    ok = [i for i, m in enumerate(masks) if m.outcome == "ok"]
+    generated = images.clone()
+    if not ok:
+        return masks, generated[ok], np.zeros(0), None, None
+    dit, scheduler, _ = _generator(generator["uri"])
+    mask_tensor = torch.from_numpy(np.stack([masks[i].mask for i in ok])[:, None].astype(np.float32))
+    generated = inpaint(dit, scheduler, images[ok], mask_tensor, settings.inpaint,
+                        [torch.Generator().manual_seed(batch[i].seed) for i in ok])  # (len(ok), 1, S, S)
+    scores = _quality(dataset_uri, settings.quality_max_z).score(generated)
+    return masks, generated, scores, predict_probs(net, images[ok]), predict_probs(net, generated)
 
 
 def _generated_row(c: Candidate, pixels01: torch.Tensor, mask: np.ndarray, original: np.ndarray,

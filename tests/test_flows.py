@@ -98,7 +98,8 @@ def test_rerun_writes_nothing(tiny_run):
 def test_interrupted_augment_resumes_to_the_same_samples(tiny_run, tmp_path):
     result, _ = tiny_run
     dataset, models = result["dataset_uri"], result["models"]
-    settings = work.AugmentSettings.from_dict(TINY["augment"])
+    options = {**TINY["augment"], "batch_size": 4}  # batch size is not part of an output's id
+    settings = work.AugmentSettings.from_dict(options)
     cache = str(tmp_path / "d.duckdb")
     # the state a killed run leaves: the first batch complete, the second with only its
     # quarantine rows, and a temporary file of a shard that was being written
@@ -121,10 +122,10 @@ def test_interrupted_augment_resumes_to_the_same_samples(tiny_run, tmp_path):
     assert partial["images"] == len(chunks[1])
 
     finished = augment_flow(dataset, resumed, models["classifier"], models["generator"], KnowledgeSettings(),
-                            TINY["augment"], cache)
+                            options, cache)
     assert finished["batches_run"] == len(chunks) - 1  # the complete first batch was skipped
     uninterrupted = augment_flow(dataset, str(tmp_path / "straight"), models["classifier"], models["generator"],
-                                 KnowledgeSettings(), TINY["augment"], cache)
+                                 KnowledgeSettings(), options, cache)
     assert _outputs(resumed) == _outputs(str(tmp_path / "straight"))
     ids = existing_rows(resumed, ["sample_id"]).column("sample_id").to_pylist()
     assert len(ids) == len(set(ids)) == uninterrupted["written"]
