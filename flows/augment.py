@@ -9,7 +9,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.concurrency.sync import concurrency
 
-from flows.settings import KnowledgeSettings
+from flows.settings import KnowledgeSettings, tailforge_home
 from tasks import augment as work
 from tasks import store
 from tasks.dataset import finish_manifest, new_run_id, read_manifest, utcnow
@@ -61,7 +61,8 @@ def augment_flow(dataset_uri: str, out_uri: str, classifier: dict, generator: di
     parameters = {"dataset_uri": dataset_uri, "out_uri": out_uri, "classifier": classifier["id"],
                   "generator": generator["id"], "knowledge": knowledge.__dict__, "settings": options.to_dict()}
     write_run_record(out_uri, run_id, "augment", parameters, "running", started_at)
-    plan_summary, decisions = plan_task(dataset_uri, cache_path or "decisions.duckdb", knowledge)
+    plan_summary, decisions = plan_task(dataset_uri, cache_path or str(tailforge_home() / "decisions.duckdb"),
+                                        knowledge)
     recipe = work.recipe_id(options, classifier["id"], generator["id"])
     head, tail = manifest["head_tail"]["head"], manifest["head_tail"]["tail"]
     candidates = work.build_candidates(dataset_uri, manifest["labels"], head, tail, decisions, recipe,

@@ -32,9 +32,10 @@ def report_task(report_uri: str, result: dict, augmented_uri: str | None, datase
 def finetune_flow(dataset_uri: str, augmented_uri: str | None, classifier_uri: str,
                   settings: work.FinetuneSettings = work.FinetuneSettings()) -> dict:
     """Every setting from the same pretrained classifier, then metrics per setting."""
-    futures = {name: finetune_setting.submit(name, dataset_uri, augmented_uri, classifier_uri, settings)
+    # sequential: each setting seeds torch's process-wide RNG (see flows/pretrain.py)
+    results = {name: finetune_setting(name, dataset_uri, augmented_uri, classifier_uri, settings)
                for name in settings.settings}
     generated = work.load_generated(augmented_uri, settings.accepted_only)
     return {"settings": settings.__dict__, "dataset": dataset_uri, "augmented": augmented_uri,
             "classifier": classifier_uri, "generated": len(generated) if generated is not None else 0,
-            "results": {name: f.result() for name, f in futures.items()}}
+            "results": results}

@@ -55,7 +55,9 @@ def pretrain_flow(dataset_uri: str, models_uri: str, classifier: ClassifierSetti
 
     manifest = read_manifest(dataset_uri)
     normals = list(generator.normals) or [dataset_uri]
-    classifier_future = train_classifier_task.submit(dataset_uri, models_uri, classifier, len(manifest["labels"]),
-                                                     manifest["image_size"])
-    generator_future = train_generator_task.submit(normals, models_uri, generator, manifest["image_size"])
-    return {"classifier": classifier_future.result(), "generator": generator_future.result()}
+    # one after the other: training seeds torch's process-wide RNG, so threads would race on it;
+    # hosts with several GPUs run pretrain deployments on separate workers instead
+    classifier_handle = train_classifier_task(dataset_uri, models_uri, classifier, len(manifest["labels"]),
+                                              manifest["image_size"])
+    generator_handle = train_generator_task(normals, models_uri, generator, manifest["image_size"])
+    return {"classifier": classifier_handle, "generator": generator_handle}

@@ -62,8 +62,13 @@ def build_scheduler(config: DiTConfig) -> DDPMScheduler:
 
 
 def predict_noise(model: DiTTransformer2DModel, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """epsilon_theta(x_t, t); ``x`` is (N, 1, H, W), ``t`` is (N,) long."""
+    """epsilon_theta(x_t, t); ``x`` is (N, 1, H, W), ``t`` is (N,) long. On CUDA the transformer
+    runs under bf16 autocast (attention is PyTorch's fused scaled_dot_product_attention, the
+    diffusers default); the sampler's arithmetic stays in float32."""
     labels = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)  # one class: normal
+    if x.is_cuda:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            return model(x, timestep=t.to(x.device), class_labels=labels).sample.float()
     return model(x, timestep=t, class_labels=labels).sample  # (N, 1, H, W)
 
 
