@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import asdict
 import sys
 import time
 from pathlib import Path
@@ -64,14 +65,15 @@ def clean_render(index: int, labels: np.ndarray, size: int) -> np.ndarray:
     return render(labels, vocab, 64 if size is None else size, rng)[0]
 
 
-def localisation(model, images, masks_per_image, labels, findings, head) -> dict:
+def localisation(model, images, masks_per_image, labels, findings, head, method: str = "gradcam",
+                 layer=None) -> dict:
     """Pointing game (CAM argmax inside the lesion, 2 px tolerance) and IoU of the CAM mask."""
     rows, classes, truths = [], [], []
     for i, truth in enumerate(masks_per_image):
         for name, mask in truth.items():
             if name in head:
                 rows.append(i), classes.append(findings.index(name)), truths.append((name, mask))
-    maps, seconds = timed(lambda: cam_maps(model, images[rows], classes))
+    maps, seconds = timed(lambda: cam_maps(model, images[rows], classes, method, layer))
     per_class: dict[str, dict] = {}
     for cam, (name, truth) in zip(maps, truths):
         tolerant = torch.nn.functional.max_pool2d(torch.from_numpy(truth).float()[None, None], 5, 1, 2)[0, 0].numpy() > 0
@@ -197,6 +199,18 @@ def nih_inpainting(classifier_uri: str, dit_uri: str, dataset: str) -> tuple[dic
             "tail_class_prob_drop_mean": round(float(np.mean(drop_tail)), 4)}, grid_png(grid, columns=1)
 
 
+def trained_before(models_uri: str, kind: str, dataset: str, train: dict) -> dict | None:
+    """A checkpoint this script already trained with the same data and settings (cards beside
+    the checkpoints record both), so a rerun skips the training."""
+    for card_uri in sorted(Path(models_uri).glob(f"{kind}-*.json")) if Path(models_uri).exists() else []:
+        card = json.loads(card_uri.read_text())
+        same_data = card.get("dataset") == dataset or card.get("datasets") == [dataset]
+        if same_data and card.get("train") == train:
+            return {"kind": kind, "id": card["id"], "uri": str(card_uri.with_suffix(".pt")), "reused": True,
+                    "history": card.get("history")}
+    return None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--phantom-n", type=int, default=3000)
@@ -213,9 +227,11 @@ def main() -> None:
     phantom = str(home / f"phantom64-{args.phantom_n}-s{SEED}")
     ingest_phantom(phantom, args.phantom_n, size=64, seed=SEED)
     train_images = len(load_tensors(phantom, splits=("train",), limit=None))
-    clf, seconds = timed(lambda: train_classifier(phantom, models_uri, ClassifierConfig("resnet18", 14, 64),
-                                                  TrainConfig(epochs=args.epochs, batch_size=64, seed=0)))
-    results["phantom_classifier"] = {"test_macro": clf["metrics"]["means"]["macro"], "train_images": train_images,
+    clf_train = TrainConfig(epochs=args.epochs, batch_size=64, seed=0)
+    clf, seconds = timed(lambda: trained_before(models_uri, "classifier", phantom, asdict(clf_train))
+                         or train_classifier(phantom, models_uri, ClassifierConfig("resnet18", 14, 64), clf_train))
+    results["phantom_classifier"] = {"test_macro": clf.get("metrics", {}).get("means", {}).get("macro"),
+                                     "train_images": train_images,
                                      "train_images_per_s": round(train_images * args.epochs / seconds, 1)}
     model, _, card = load_checkpoint(store.read_bytes(clf["uri"]))
     test = load_tensors(phantom, splits=("test",), columns=("lesion_masks",))
@@ -224,8 +240,9 @@ def main() -> None:
     print(json.dumps(results["phantom_cam"]["_all"]), flush=True)
 
     normals_config = DiTConfig(image_size=64, patch_size=4, depth=4, num_heads=4, head_dim=32)
-    dit, seconds = timed(lambda: train_normal_dit([phantom], models_uri, normals_config,
-                                                  DiTTrainConfig(steps=args.dit_steps, batch_size=32, warmup_steps=100)))
+    dit_train = DiTTrainConfig(steps=args.dit_steps, batch_size=32, warmup_steps=100)
+    dit, seconds = timed(lambda: trained_before(models_uri, "dit", phantom, dit_train.__dict__)
+                         or train_normal_dit([phantom], models_uri, normals_config, dit_train))
     results["phantom_dit"] = {"history": dit["history"], "steps": args.dit_steps, "seconds": round(seconds, 1)}
     results["phantom_inpainting"], grid = phantom_inpainting(clf["uri"], dit["uri"], phantom, 48)
     if grid:

@@ -106,13 +106,13 @@ def train_normal_dit(dataset_uris: list[str], models_uri: str, config: DiTConfig
 
 
 def grid_png(images01: torch.Tensor, columns: int = 8) -> bytes:
-    """(N, 1, S, S) in [0, 1] -> one PNG contact sheet."""
-    n, _, size, _ = images01.shape
+    """(N, 1, H, W) in [0, 1] -> one PNG contact sheet."""
+    n, _, height, width = images01.shape
     rows = (n + columns - 1) // columns
-    sheet = np.zeros((rows * size, columns * size), dtype=np.uint8)
+    sheet = np.zeros((rows * height, columns * width), dtype=np.uint8)
     for i, image in enumerate((images01[:, 0].clamp(0, 1).numpy() * 255).round().astype(np.uint8)):
         r, c = divmod(i, columns)
-        sheet[r * size:(r + 1) * size, c * size:(c + 1) * size] = image
+        sheet[r * height:(r + 1) * height, c * width:(c + 1) * width] = image
     buffer = io.BytesIO()
     Image.fromarray(sheet).save(buffer, format="PNG")
     return buffer.getvalue()

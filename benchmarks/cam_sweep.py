@@ -1,0 +1,49 @@
+"""Which CAM method and target layer localise head lesions best? Phantom ground truth.
+
+    python benchmarks/cam_sweep.py   (after bench_models.py has trained the phantom classifier)
+
+Reuses the phantom classifier of bench_models.py; sweeps GradCAM / GradCAM++ / LayerCAM /
+EigenCAM over ResNet stages layer1 (16x16 at 64 px), layer2 (8x8), layer3 (4x4). Writes
+benchmarks/results/cam_sweep.json.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.bench_models import SEED, localisation, trained_before  # noqa: E402
+from benchmarks.common import save  # noqa: E402
+from flows.settings import tailforge_home  # noqa: E402
+from models.classifier import load_checkpoint  # noqa: E402
+from models.training import TrainConfig  # noqa: E402
+from tasks import store  # noqa: E402
+from tasks.tensors import lesion_masks, load_tensors  # noqa: E402
+
+
+def main(n: int = 3000, epochs: int = 8) -> None:
+    phantom = str(tailforge_home() / "bench" / f"phantom64-{n}-s{SEED}")
+    handle = trained_before(str(tailforge_home() / "models"), "classifier", phantom,
+                            asdict(TrainConfig(epochs=epochs, batch_size=64, seed=0)))
+    if handle is None:
+        raise SystemExit("run benchmarks/bench_models.py first (it trains the phantom classifier)")
+    model, _, card = load_checkpoint(store.read_bytes(handle["uri"]))
+    test = load_tensors(phantom, splits=("test",), columns=("lesion_masks",))
+    truth = lesion_masks(test.table)
+    results = {}
+    for layer in ("layer1", "layer2", "layer3"):
+        for method in ("gradcam", "gradcam++", "layercam", "eigencam"):
+            out = localisation(model, test.images, truth, test.labels, card.labels, set(card.head), method,
+                               model.get_submodule(layer))
+            results[f"{method}@{layer}"] = out["_all"]
+            print(method, layer, json.dumps(out["_all"]), flush=True)
+    best = max(results, key=lambda k: results[k]["pointing_game"])
+    print(f"written: {save('cam_sweep', {'classifier': handle['id'], 'results': results, 'best_pointing': best})}")
+
+
+if __name__ == "__main__":
+    main()
