@@ -4,6 +4,7 @@ batch under the global ``gpu`` concurrency limit -> manifest, decisions export, 
 from __future__ import annotations
 
 import time
+from collections import deque
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
@@ -73,12 +74,22 @@ def augment_flow(dataset_uri: str, out_uri: str, classifier: dict, generator: di
     logger.info(f"{len(candidates)} candidates in {len(all_batches)} batches; {len(todo)} to run, "
                 f"{len(all_batches) - len(todo)} already done")
     progress_id = create_progress_artifact(0.0, key="augment-progress", description="batches finished (%)")
-    futures = [augment_batch.submit(i, dataset_uri, out_uri, b, classifier, generator, options.to_dict(), run_id)
-               for i, b in todo]
+    # at most `parallel` batches in flight: a submitted batch finds a free gpu slot at once
+    # instead of polling the server for one
+    in_flight: deque = deque()
     results = []
-    for finished, future in enumerate(futures, start=1):
-        results.append(future.result())
-        update_progress_artifact(progress_id, 100.0 * finished / len(futures))
+
+    def finish_one() -> None:
+        results.append(in_flight.popleft().result())
+        update_progress_artifact(progress_id, 100.0 * len(results) / len(todo))
+
+    for i, b in todo:
+        if len(in_flight) >= options.parallel:
+            finish_one()
+        in_flight.append(augment_batch.submit(i, dataset_uri, out_uri, b, classifier, generator,
+                                              options.to_dict(), run_id))
+    while in_flight:
+        finish_one()
     if not todo:
         update_progress_artifact(progress_id, 100.0)
     decisions_uri = export_decisions(decisions, store.join(out_uri, "decisions"))

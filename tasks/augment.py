@@ -46,6 +46,7 @@ class AugmentSettings:
     quality_max_z: float = 3.0  # robust z of the NN distance to real images; above -> accepted = False
     seed: int = 0  # mixed into every image's seed
     max_images: int | None = None  # cap on candidates (smallest output ids first); None = all
+    parallel: int = 1  # batches in flight at once: the gpu slots the pool has (waiting tasks poll the server)
 
     @classmethod
     def from_dict(cls, data: dict) -> "AugmentSettings":
