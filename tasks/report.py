@@ -29,7 +29,8 @@ def f1_chart_png(results: dict, metric: str = METRIC) -> bytes:
 
     settings = list(results)
     classes = list(next(iter(results.values()))["metrics"]["classes"])
-    tail = set(next(iter(results.values()))["metrics"]["means"].get("tail", {}).get("classes", []))
+    tail_means = next(iter(results.values()))["metrics"]["means"].get("tail", {})
+    tail = set(tail_means.get("classes", [])) | set(tail_means.get("excluded", {}))  # excluded: no positives
     width = 0.8 / max(1, len(settings))
     fig, ax = plt.subplots(figsize=(max(6, len(classes) * 0.7), 3.5))
     for k, name in enumerate(settings):

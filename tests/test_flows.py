@@ -145,3 +145,22 @@ def test_llm_judge_rerun_makes_no_calls(tiny_run, tmp_path, monkeypatch):
     assert first["plan"]["llm_calls"] == calls > 0
     assert second["plan"]["llm_calls"] == 0 and len(fake.message_requests) == calls
     assert second["written"] == 0
+
+
+def test_api_key_from_a_prefect_secret_block(prefect_server, tiny_run, tmp_path, monkeypatch):
+    from prefect.blocks.system import Secret
+
+    from tasks.knowledge import AnthropicJudge, LLMSettings, plan
+
+    result, _ = tiny_run
+    key = "sk-ant-test-from-a-secret-block"
+    Secret(value=key).save("tailforge-test-key", overwrite=True)
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    with FakeAnthropic("ok") as fake:
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", fake.url)
+        judge = AnthropicJudge(LLMSettings(api_key_secret="tailforge-test-key", max_retries=0))
+        report, _ = plan(result["dataset_uri"], tmp_path / "d.duckdb", judge)
+        sent = fake.message_requests[0]["headers"]
+    assert report.llm_calls > 0 and report.fallbacks == {}
+    assert key in (sent.get("x-api-key"), sent.get("authorization", "").removeprefix("Bearer "))
+    assert key not in (tmp_path / "d.duckdb").read_bytes().decode("latin-1")
