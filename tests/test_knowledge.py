@@ -22,7 +22,8 @@ from tasks.labels import vocabulary
 from test_ingest import _pattern, _write_csv
 
 API_KEY = "sk-ant-test-KEY-4f1e9c0d-do-not-leak"
-FAST = LLMSettings(timeout_s=0.3, max_retries=1)
+FAST = LLMSettings(timeout_s=5.0, max_retries=1)  # generous: a busy CI machine must not time out a good answer
+SHORT_TIMEOUT = LLMSettings(timeout_s=0.3, max_retries=1)  # for the timeout fault only (the server waits 0.8 s)
 
 
 # ---------------------------------------------------------------- the rules table
@@ -133,7 +134,7 @@ def test_llm_decisions_are_cached_and_a_rerun_makes_no_calls(hand_dataset, tmp_p
     assert all(d.source == "llm" and d.judge == "anthropic" and d.keep == d.head[:1] for d in used)
     rerun, _ = plan(hand_dataset, cache, AnthropicJudge(FAST))
     assert rerun.llm_calls == 0 and rerun.cache_hits == 5 and len(fake.message_requests) == 5
-    bumped, _ = plan(hand_dataset, cache, AnthropicJudge(LLMSettings(prompt_version="lkg-v2", timeout_s=0.3)))
+    bumped, _ = plan(hand_dataset, cache, AnthropicJudge(LLMSettings(prompt_version="lkg-v2", timeout_s=5.0)))
     assert bumped.llm_calls == 5 and bumped.cache_misses == 5
     with DecisionCache(cache, read_only=True) as c:
         assert sorted(d.prompt_version for d in c.all()) == ["lkg-v1"] * 5 + ["lkg-v2"] * 5
@@ -145,7 +146,7 @@ def test_llm_decisions_are_cached_and_a_rerun_makes_no_calls(hand_dataset, tmp_p
 def test_every_fault_falls_back_to_the_rules_and_is_retried_next_run(hand_dataset, tmp_path, llm_env, mode, kind):
     fake = llm_env(mode, delay_s=0.8)
     cache = tmp_path / "d.duckdb"
-    report, used = plan(hand_dataset, cache, AnthropicJudge(FAST))
+    report, used = plan(hand_dataset, cache, AnthropicJudge(SHORT_TIMEOUT if mode == "timeout" else FAST))
     assert report.fallbacks == {kind: 5} and report.llm_calls == 5
     assert all(d.source == "fallback" and d.error == kind and d.judge == "anthropic" for d in used)
     rules = {(d.head, d.tail): d for d in plan(hand_dataset, tmp_path / "rules.duckdb")[1]}
@@ -183,10 +184,10 @@ def test_the_api_key_never_leaks(hand_dataset, tmp_path, llm_env, caplog, capsys
     fake = llm_env("500")
     cache, export = tmp_path / "d.duckdb", str(tmp_path / "export")
     assert main(["plan", hand_dataset, "--judge", "anthropic", "--cache", str(cache), "--export", export,
-                 "--llm-timeout", "0.3", "--llm-retries", "0", "--json"]) == 0
+                 "--llm-timeout", "5", "--llm-retries", "0", "--json"]) == 0
     fake.mode = "ok"
     assert main(["plan", hand_dataset, "--judge", "anthropic", "--cache", str(cache), "--export", export,
-                 "--llm-timeout", "0.3", "--llm-retries", "0"]) == 0
+                 "--llm-timeout", "5", "--llm-retries", "0"]) == 0
     assert main(["decisions", "--cache", str(cache), "--json"]) == 0
     sent = fake.message_requests[0]["headers"]
     assert API_KEY in (sent.get("x-api-key"), sent.get("authorization", "").removeprefix("Bearer "))  # to the API...
