@@ -31,7 +31,7 @@ from models.inpaint import InpaintConfig, inpaint
 from models.quality import QualityScorer
 from models.training import predict_probs
 from tasks import store
-from tasks.dataset import QUARANTINE, SAMPLES, ShardWriter, label_matrix, sample_schema
+from tasks.dataset import SAMPLES, ShardWriter, existing_quarantine_ids, label_matrix, sample_schema
 from tasks.images import decode_png, encode_mask, encode_png
 from tasks.knowledge.decision import Decision
 from tasks.tensors import load_tensors, rows_by_shard
@@ -106,13 +106,10 @@ def batches(candidates: list[Candidate], batch_size: int) -> list[list[Candidate
 
 def done_ids(out_uri: str) -> set[str]:
     """Output ids already written: samples or quarantine rows."""
-    ids: set[str] = set()
+    ids = existing_quarantine_ids(out_uri)
     samples = store.read_shards(store.join(out_uri, SAMPLES), columns=["sample_id"])
-    bad = store.read_shards(store.join(out_uri, QUARANTINE), columns=["quarantine_id"])
     if samples is not None:
         ids.update(samples.column("sample_id").to_pylist())
-    if bad is not None:
-        ids.update(bad.column("quarantine_id").to_pylist())
     return ids
 
 

@@ -47,13 +47,6 @@ class Catalog:
         self.close()
 
 
-def _find(root: str, pattern: str) -> list[str]:
-    fs, path = store.filesystem(root)
-    found = fs.glob(f"{path.rstrip('/')}/{pattern}")
-    prefix = root.split("://", 1)[0] + "://" if store.is_remote(root) else ""
-    return sorted(prefix + p for p in found)
-
-
 def open_catalog(root: str) -> Catalog:
     """Build the views over everything under ``root`` and lock the connection down."""
     if not store.exists(root):
@@ -63,19 +56,19 @@ def open_catalog(root: str) -> Catalog:
     con.execute("SET parquet_metadata_cache = true")  # footers parsed once per catalog, not per query
     if store.is_remote(root):
         con.register_filesystem(store.filesystem(root)[0])
-    manifests = _find(root, "**/dataset.json")
+    manifests = store.glob(root, "**/dataset.json")
     datasets = [m.rsplit("/", 1)[0] for m in manifests]
     for view, kind in (("samples", "samples"), ("quarantine", "quarantine")):
-        files = [f for d in datasets for f in _find(d, f"{kind}/part-*.parquet")]
+        files = [f for d in datasets for f in store.glob(d, f"{kind}/part-*.parquet")]
         _view_over(con, view, files, datasets)
-    decision_files = _find(root, "**/decisions/part-*.parquet")
+    decision_files = store.glob(root, "**/decisions/part-*.parquet")
     if decision_files:
         con.execute(f"CREATE VIEW decisions AS SELECT DISTINCT ON (decision_id) * "
                     f"FROM read_parquet({_sql_list(decision_files)}, union_by_name = true)")
     else:
         con.execute("CREATE VIEW decisions AS SELECT NULL::VARCHAR AS decision_id WHERE false")
-    _json_view(con, "runs", _find(root, "**/runs/*.json"), "run_id")
-    _json_view(con, "checkpoints", [f for f in _find(root, "**/*.json")
+    _json_view(con, "runs", store.glob(root, "**/runs/*.json"), "run_id")
+    _json_view(con, "checkpoints", [f for f in store.glob(root, "**/*.json")
                                      if f.rsplit("/", 1)[-1].startswith(("classifier-", "dit-"))], "id")
     allowed = root.rstrip("/") + "/"
     con.execute(f"SET allowed_directories = {_sql_list([allowed])}")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 from dataclasses import asdict
 from typing import Callable
 
@@ -120,7 +119,3 @@ def grid_png(images01: torch.Tensor, columns: int = 8) -> bytes:
 
 def sample_grid(model, config: DiTConfig, n: int = 16, steps: int = 50, seed: int = 0) -> torch.Tensor:
     return sample(model, build_scheduler(config), n, config.image_size, steps, torch.Generator().manual_seed(seed))
-
-
-def card_json(handle: dict) -> str:
-    return json.dumps({k: v for k, v in handle.items() if k != "loss"}, indent=2, default=str)

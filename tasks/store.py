@@ -105,14 +105,18 @@ def read_json(uri: str) -> Any:
     return json.loads(read_bytes(uri))
 
 
-def list_shards(folder_uri: str) -> list[str]:
-    """Completed shards in a folder (temporary files never match), sorted by name."""
-    fs, path = filesystem(folder_uri)
+def glob(uri: str, pattern: str) -> list[str]:
+    """Full URIs under ``uri`` matching ``pattern`` (``**`` recurses), sorted."""
+    fs, path = filesystem(uri)
     if not fs.exists(path):
         return []
-    found = fs.glob(posixpath.join(path, f"{SHARD_PREFIX}*.parquet") if is_remote(folder_uri)
-                    else os.path.join(path, f"{SHARD_PREFIX}*.parquet"))
-    return sorted(_full_uri(fs, p, folder_uri) for p in found)
+    found = fs.glob(posixpath.join(path, pattern) if is_remote(uri) else os.path.join(path, pattern))
+    return sorted(_full_uri(fs, p, uri) for p in found)
+
+
+def list_shards(folder_uri: str) -> list[str]:
+    """Completed shards in a folder (temporary files never match), sorted by name."""
+    return glob(folder_uri, f"{SHARD_PREFIX}*.parquet")
 
 
 def shard_name(keys: Iterable[str]) -> str:
@@ -137,15 +141,16 @@ def write_shard(folder_uri: str, table: pa.Table, key_column: str) -> tuple[str,
     return uri, True
 
 
-def read_shards(folder_uri: str, columns: list[str] | None = None) -> pa.Table | None:
-    """All shards of a folder as one table (None when there are none)."""
-    shards = list_shards(folder_uri)
-    if not shards:
-        return None
-    fs, _ = filesystem(folder_uri)
+def read_parquet(uris: list[str], columns: list[str] | None = None) -> pa.Table | None:
+    """These Parquet files as one table (None for an empty list)."""
     tables = []
-    for uri in shards:
-        _, path = filesystem(uri)
+    for uri in uris:
+        fs, path = filesystem(uri)
         with fs.open(path, "rb") as fh:
             tables.append(pq.read_table(fh, columns=columns))
-    return pa.concat_tables(tables, promote_options="default")
+    return pa.concat_tables(tables, promote_options="default") if tables else None
+
+
+def read_shards(folder_uri: str, columns: list[str] | None = None) -> pa.Table | None:
+    """All shards of a folder as one table (None when there are none)."""
+    return read_parquet(list_shards(folder_uri), columns)

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import torch
 
 from tasks import store
@@ -39,7 +38,7 @@ def load_tensors(dataset_uri: str, splits: tuple[str, ...] | None = None, normal
     the read to those shard URIs; ``columns`` may include "image" to keep the PNG bytes."""
     findings = read_manifest(dataset_uri)["labels"]
     wanted = ["sample_id", "image", "labels", "split", *[c for c in columns if c not in ("sample_id", "image", "labels", "split")]]
-    table = existing_rows(dataset_uri, wanted) if shards is None else read_shard_list(shards, wanted)
+    table = existing_rows(dataset_uri, wanted) if shards is None else store.read_parquet(shards, wanted)
     if table is None:
         raise ValueError(f"{dataset_uri} has no samples")
     if splits:
@@ -59,18 +58,9 @@ def load_tensors(dataset_uri: str, splits: tuple[str, ...] | None = None, normal
                      table.column("sample_id").to_pylist(), list(findings), kept)
 
 
-def read_shard_list(shards: list[str], columns: list[str]) -> pa.Table | None:
-    tables = []
-    for uri in shards:
-        fs, path = store.filesystem(uri)
-        with fs.open(path, "rb") as fh:
-            tables.append(pq.read_table(fh, columns=columns))
-    return pa.concat_tables(tables, promote_options="default") if tables else None
-
-
 def rows_by_shard(dataset_uri: str, columns: list[str]) -> list[tuple[str, pa.Table]]:
     """(shard URI, its rows) for every sample shard of a dataset."""
-    return [(uri, read_shard_list([uri], columns)) for uri in store.list_shards(store.join(dataset_uri, SAMPLES))]
+    return [(uri, store.read_parquet([uri], columns)) for uri in store.list_shards(store.join(dataset_uri, SAMPLES))]
 
 
 def lesion_masks(table: pa.Table) -> list[dict[str, np.ndarray]]:
