@@ -14,15 +14,17 @@ from flows.settings import KnowledgeSettings, tailforge_home
 from tasks import augment as work
 from tasks import store
 from tasks.dataset import finish_manifest, new_run_id, read_manifest, utcnow
-from tasks.knowledge import AnthropicJudge, LLMSettings, export_decisions, plan
+from tasks.knowledge import AnthropicJudge, LLMSettings, NoGuidanceJudge, RulesJudge, export_decisions, plan
 from tasks.runs import write_run_record
 
 
-def judge_from(settings: KnowledgeSettings) -> AnthropicJudge | None:
+def judge_from(settings: KnowledgeSettings) -> AnthropicJudge | RulesJudge | NoGuidanceJudge:
     if settings.judge == "rules":
-        return None
+        return RulesJudge()
+    if settings.judge == "none":
+        return NoGuidanceJudge()
     if settings.judge != "anthropic":
-        raise ValueError(f"unknown judge {settings.judge!r}; use rules or anthropic")
+        raise ValueError(f"unknown judge {settings.judge!r}; use rules, anthropic or none")
     defaults = LLMSettings()
     return AnthropicJudge(LLMSettings(model=settings.model or defaults.model,
                                       prompt_version=settings.prompt_version or defaults.prompt_version,

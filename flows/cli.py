@@ -3,7 +3,7 @@
     tailforge ingest nih|chexpert|mimic|folder TABLE IMAGES_DIR [--out URI] [--split-csv CSV] [--size N]
     tailforge phantom [--n N] [--size S] [--seed K] [--vocab nih|chexpert] [--out URI]
     tailforge info URI [--json]
-    tailforge plan DATASET_URI [--judge rules|anthropic] [--json] [--export URI]
+    tailforge plan DATASET_URI [--judge rules|anthropic|none] [--json] [--export URI]
     tailforge decisions [--json] [--export URI]
     tailforge lineage SAMPLE_ID [--root URI] [--json]
     tailforge query "SQL" [--root URI] [--json|--csv]
@@ -86,9 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     plan = commands.add_parser("plan", help="head/tail split, label sets, LKG decisions and candidate images")
     plan.add_argument("uri", help="dataset URI")
-    plan.add_argument("--judge", choices=["rules", "anthropic"], default="rules",
+    plan.add_argument("--judge", choices=["rules", "anthropic", "none"], default="rules",
                       help="rules: the offline clinical table (default); anthropic: the Messages API, "
-                           "rules as fallback")
+                           "rules as fallback; none: no guidance, remove every head finding")
     plan.add_argument("--model", default=None, help="Anthropic model name (default: $TAILFORGE_LLM_MODEL "
                       "or claude-sonnet-5-5)")
     plan.add_argument("--prompt-version", default=None, help="bump to make new decisions (default lkg-v1)")
@@ -241,16 +241,16 @@ def _cache_path(args: argparse.Namespace) -> str:
 def cmd_plan(args: argparse.Namespace) -> int:
     import os
 
-    from tasks.knowledge import AnthropicJudge, LLMSettings, export_decisions, plan
+    from tasks.knowledge import AnthropicJudge, LLMSettings, NoGuidanceJudge, RulesJudge, export_decisions, plan
 
-    llm = None
+    judge = NoGuidanceJudge() if args.judge == "none" else RulesJudge()
     if args.judge == "anthropic":
         settings = LLMSettings(model=args.model or os.environ.get("TAILFORGE_LLM_MODEL") or LLMSettings.model,
                                prompt_version=args.prompt_version or LLMSettings.prompt_version,
                                timeout_s=args.llm_timeout, max_retries=args.llm_retries,
                                api_key_secret=args.api_key_secret)
-        llm = AnthropicJudge(settings)
-    report, used = plan(args.uri, _cache_path(args), llm)
+        judge = AnthropicJudge(settings)
+    report, used = plan(args.uri, _cache_path(args), judge)
     exported = export_decisions(used, args.export) if args.export else None
     if args.json:
         print(json.dumps({**report.to_json(), "exported": exported}, indent=2, default=str))

@@ -67,7 +67,7 @@ class GeneratorSettings:
 
 @dataclass(frozen=True)
 class KnowledgeSettings:
-    judge: str = "rules"  # rules | anthropic
+    judge: str = "rules"  # rules | anthropic | none (no guidance: remove every head finding)
     model: str | None = None  # Anthropic model (default: tasks/knowledge/llm.py)
     prompt_version: str | None = None
     api_key_secret: str | None = None  # Prefect Secret block name; else ANTHROPIC_API_KEY

@@ -10,6 +10,10 @@ Map -> mask: threshold relative to the map's maximum (or Otsu), dilate, union ov
 classes being removed, then check the area: too small is ``empty``, more than ``max_area``
 of the image is ``too_large`` (a mask over most of the chest would repaint the tail lesion
 too). Both are reported outcomes, not errors.
+
+``placement="random"`` is the control for the method: the same mask, shape and area, moved to
+a random place in the image (``relocate``), so a gain from inpainting CAM regions can be told
+apart from a gain from repainting any region of that size.
 """
 
 from __future__ import annotations
@@ -35,10 +39,13 @@ class MaskConfig:
     dilate_px: int = 2  # grow the mask by this many pixels (square structuring element)
     min_area: float = 0.005  # smaller union -> "empty" (fraction of the image)
     max_area: float = 0.35  # larger union -> "too_large"
+    placement: str = "cam"  # "cam": where the map is; "random": the same mask moved to a random place (control)
 
     def __post_init__(self) -> None:
         if self.method not in ("relative", "otsu"):
             raise ValueError("mask method must be 'relative' or 'otsu'")
+        if self.placement not in ("cam", "random"):
+            raise ValueError("mask placement must be 'cam' or 'random'")
         if not 0 < self.threshold < 1 or not 0 <= self.min_area < self.max_area <= 1 or self.dilate_px < 0:
             raise ValueError("need 0 < threshold < 1, 0 <= min_area < max_area <= 1, dilate_px >= 0")
 
@@ -144,3 +151,17 @@ def removal_masks(model: torch.nn.Module, images: torch.Tensor, remove: list[lis
     for row, cam in zip(rows, maps):
         per_image[row].append(cam)
     return [union_mask(m, shape, config) for m in per_image]
+
+
+def relocate(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The same mask (shape and pixel count) moved so its bounding box lies at a uniformly
+    random position inside the image."""
+    if not mask.any():
+        return mask.copy()
+    rows, cols = np.nonzero(mask)
+    crop = mask[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+    top = int(rng.integers(0, mask.shape[0] - crop.shape[0] + 1))
+    left = int(rng.integers(0, mask.shape[1] - crop.shape[1] + 1))
+    moved = np.zeros_like(mask)
+    moved[top:top + crop.shape[0], left:left + crop.shape[1]] = crop
+    return moved

@@ -251,3 +251,66 @@ def evaluate(probs, labels, class_names: Sequence[str], head: Sequence[str] = ()
         "bootstrap": {"resamples": int(bootstrap), "seed": int(seed), "interval": "95% percentile",
                       "unit": "image", "means": "a class undefined in a resample is skipped in that resample's mean"},
     }
+
+
+def compare_settings(runs: dict[str, list[tuple[np.ndarray, np.ndarray | None]]], labels, class_names: Sequence[str],
+                     head: Sequence[str] = (), tail: Sequence[str] = (), baseline: str | None = None,
+                     bootstrap: int = 1000, seed: int = 0) -> dict:
+    """Several settings, each trained with several seeds, scored on the same test images.
+
+    ``runs`` maps a setting to one (probs (N, K), val-tuned thresholds (K,) or None) per seed.
+    Each metric is the mean over the seeds. 95% intervals come from one bootstrap of the test
+    images shared by every setting and seed, so the gain of a setting over ``baseline`` (the
+    difference of the seed means) gets a paired interval. ``seed_sd`` is the spread over seeds
+    (sample standard deviation). Classes without test positives or negatives are left out of
+    the means, as in ``evaluate``.
+    """
+    if not runs or any(not seeds for seeds in runs.values()):
+        raise ValueError("give at least one seed's (probs, thresholds) for every setting")
+    if baseline is not None and baseline not in runs:
+        raise ValueError(f"baseline {baseline!r} is not one of the settings {sorted(runs)}")
+    y = _as_inputs(next(iter(runs.values()))[0][0], labels)[1]
+    n, k = y.shape
+    names = [str(c) for c in class_names]
+    if len(names) != k:
+        raise ValueError(f"class_names must have {k} names, got {len(names)}")
+    ok = [j for j in range(k) if (y[:, j] == 1).any() and (y[:, j] == 0).any()]
+    groups = {"macro": ok, "head": [j for j in ok if names[j] in set(head)],
+              "tail": [j for j in ok if names[j] in set(tail)]}
+    rng = np.random.default_rng(seed)
+    weights = np.vstack([np.ones((1, n)), rng.multinomial(n, np.full(n, 1.0 / n), size=bootstrap)])  # row 0: point
+
+    def scored(probs, thresholds) -> dict[str, np.ndarray]:  # metric -> (1 + B, K)
+        p = _as_inputs(probs, y)[0]
+        t = None if thresholds is None else _thresholds_vector(thresholds, k)
+        return _all_metrics(p, y, weights, t)
+
+    per_seed = {s: [scored(p, t) for p, t in seeds] for s, seeds in runs.items()}
+    mean = {s: {m: np.mean([r[m] for r in rs], axis=0) for m in METRICS} for s, rs in per_seed.items()}
+
+    def summary(values: np.ndarray, seeds: list[np.ndarray], base: np.ndarray | None) -> dict:
+        """values (1 + B,) seed means; seeds: (1 + B,) per seed; base: the baseline's (1 + B,)."""
+        out = {"value": _num(values[0]), "ci95": _interval(values[1:]) if bootstrap else None,
+               "seed_sd": _num(float(np.std([v[0] for v in seeds], ddof=1))) if len(seeds) > 1 else None}
+        if base is not None:
+            out["gain"] = _num(values[0] - base[0])
+            out["gain_ci95"] = _interval(values[1:] - base[1:]) if bootstrap else None
+        return out
+
+    result: dict = {}
+    for s in runs:
+        base = mean[baseline] if baseline is not None and s != baseline else None
+        classes = {names[j]: {m: summary(mean[s][m][:, j], [r[m][:, j] for r in per_seed[s]],
+                                         None if base is None else base[m][:, j]) for m in METRICS} for j in ok}
+        means = {}
+        for group, idx in groups.items():
+            means[group] = {m: summary(_row_nanmean(mean[s][m][:, idx]), [_row_nanmean(r[m][:, idx]) for r in per_seed[s]],
+                                       None if base is None else _row_nanmean(base[m][:, idx]))
+                            if idx and not (m == "f1_tuned" and runs[s][0][1] is None) else None for m in METRICS}
+        result[s] = {"seeds": len(runs[s]), "classes": classes, "means": means}
+    return {"settings": result, "baseline": baseline, "n_images": int(n),
+            "excluded": {names[j]: "no_positives" if not (y[:, j] == 1).any() else "no_negatives"
+                         for j in range(k) if j not in ok},
+            "groups": {g: [names[j] for j in idx] for g, idx in groups.items()},
+            "bootstrap": {"resamples": int(bootstrap), "seed": int(seed), "interval": "95% percentile",
+                          "unit": "test image, shared by every setting and seed (paired gains)"}}

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from models.cam import MaskConfig, removal_masks
+from models.cam import MaskConfig, MaskResult, relocate, removal_masks
 from models.classifier import load_checkpoint
 from models.dit import build_scheduler, load_dit
 from models.inpaint import InpaintConfig, inpaint
@@ -193,6 +193,9 @@ def _generate(dataset_uri: str, images: torch.Tensor, findings: list[str], batch
     net, _ = _classifier(classifier["uri"])
     masks = removal_masks(net, images, [[findings.index(r) for r in c.remove] for c in batch],
                           settings.cam_method, settings.mask)
+    if settings.mask.placement == "random":  # the control: same masks, random places (per-image seed)
+        masks = [MaskResult(relocate(m.mask, np.random.default_rng(c.seed)), m.outcome, m.area)
+                 for m, c in zip(masks, batch)]
     ok = [i for i, m in enumerate(masks) if m.outcome == "ok"]
     generated = images.clone()
     if not ok:

@@ -6,7 +6,8 @@ import torch
 
 import models  # noqa: F401
 import timm
-from models.cam import MaskConfig, cam_maps, default_target_layer, map_to_mask, otsu_threshold, removal_masks, union_mask
+from models.cam import (MaskConfig, cam_maps, default_target_layer, map_to_mask, otsu_threshold, relocate,
+                        removal_masks, union_mask)
 
 
 def _net(name, size, **kw):
@@ -77,3 +78,21 @@ def test_removal_masks_batch_one_call_per_pair():
     assert results[1].outcome == "empty" and not results[1].mask.any()
     with pytest.raises(ValueError, match="one list"):
         removal_masks(net, images, [[0]])
+
+
+def test_relocate_keeps_shape_and_area_and_is_seeded():
+    mask = np.zeros((32, 32), dtype=bool)
+    mask[3:9, 20:30] = True
+    mask[9, 22] = True  # not a plain rectangle
+    moved = [relocate(mask, np.random.default_rng(s)) for s in range(6)]
+    rows, cols = np.nonzero(mask)
+    crop = mask[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+    for m in moved:
+        assert m.sum() == mask.sum() and m.shape == mask.shape
+        r, c = np.nonzero(m)
+        assert np.array_equal(m[r.min():r.max() + 1, c.min():c.max() + 1], crop)
+    assert len({m.tobytes() for m in moved}) > 1  # different seeds, different places
+    assert np.array_equal(relocate(mask, np.random.default_rng(4)), moved[4])
+    assert not relocate(np.zeros((8, 8), dtype=bool), np.random.default_rng(0)).any()
+    with pytest.raises(ValueError, match="placement"):
+        MaskConfig(placement="anywhere")

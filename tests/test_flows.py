@@ -5,6 +5,7 @@ equals an uninterrupted one."""
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fake_anthropic import FakeAnthropic
@@ -14,6 +15,7 @@ from flows.settings import KnowledgeSettings
 from tasks import augment as work
 from tasks import store
 from tasks.dataset import QUARANTINE, SAMPLES, existing_rows, read_manifest
+from tasks.images import decode_mask, decode_png
 from tasks.knowledge import plan
 
 TINY = {
@@ -129,6 +131,35 @@ def test_interrupted_augment_resumes_to_the_same_samples(tiny_run, tmp_path):
     assert _outputs(resumed) == _outputs(str(tmp_path / "straight"))
     ids = existing_rows(resumed, ["sample_id"]).column("sample_id").to_pylist()
     assert len(ids) == len(set(ids)) == uninterrupted["written"]
+
+
+def test_random_placement_moves_the_same_masks(tiny_run, tmp_path):
+    """The control: every generated image gets its CAM mask's shape and area at another place."""
+    result, _ = tiny_run
+    dataset, models = result["dataset_uri"], result["models"]
+    _, decisions = plan(dataset, str(tmp_path / "d.duckdb"))
+    manifest = read_manifest(dataset)
+    written, parents_wanted = {}, None
+    for placement in ("cam", "random"):
+        settings = work.AugmentSettings.from_dict({**TINY["augment"], "mask": {**TINY["augment"]["mask"],
+                                                                               "placement": placement}})
+        recipe = work.recipe_id(settings, models["classifier"]["id"], models["generator"]["id"])
+        batch = work.build_candidates(dataset, manifest["labels"], manifest["head_tail"]["head"],
+                                      manifest["head_tail"]["tail"], decisions, recipe)
+        parents_wanted = parents_wanted or {c.parent_id for c in batch[:8]}  # the same parents both times
+        batch = [c for c in batch if c.parent_id in parents_wanted]
+        out = str(tmp_path / placement)
+        work.run_batch(dataset, out, batch, models["classifier"], models["generator"], settings, "r")
+        written[placement] = {r["parent_id"]: r for r in existing_rows(out, ["parent_id", "mask", "image"]).to_pylist()}
+    assert written["cam"].keys() == written["random"].keys() and written["cam"]
+    parents = {r["sample_id"]: decode_png(r["image"]) for r in existing_rows(dataset, ["sample_id", "image"]).to_pylist()}
+    moved = 0
+    for parent, row in written["random"].items():
+        cam_mask, random_mask = decode_mask(written["cam"][parent]["mask"]), decode_mask(row["mask"])
+        assert cam_mask.sum() == random_mask.sum()
+        moved += not np.array_equal(cam_mask, random_mask)
+        assert np.array_equal(decode_png(row["image"])[~random_mask], parents[parent][~random_mask])
+    assert moved >= len(written["random"]) // 2
 
 
 def test_llm_judge_rerun_makes_no_calls(tiny_run, tmp_path, monkeypatch):

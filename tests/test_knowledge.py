@@ -14,8 +14,8 @@ from flows.cli import main
 from imagefiles import png_bytes
 from tasks import sources
 from tasks.ingest import IngestOptions, ingest, ingest_phantom
-from tasks.knowledge import (AnthropicJudge, ConfigError, DecisionCache, LLMSettings, Question, RulesJudge,
-                             decision_key, export_decisions, plan)
+from tasks.knowledge import (AnthropicJudge, ConfigError, DecisionCache, LLMSettings, NoGuidanceJudge, Question,
+                             RulesJudge, decision_key, export_decisions, plan)
 from tasks.knowledge.llm import request_body
 from tasks.knowledge.rules import entangled, rules_table, shared_zones
 from tasks.labels import vocabulary
@@ -107,6 +107,15 @@ def test_planner_counts_on_a_hand_checked_table(hand_dataset, tmp_path):
     assert report.cache_misses == 5 and report.llm_calls == 0 and len(used) == 5
     again, _ = plan(hand_dataset, tmp_path / "d.duckdb")
     assert again.cache_hits == 5 and again.cache_misses == 0
+
+
+def test_no_guidance_removes_every_head_finding(hand_dataset, tmp_path):
+    rules = {(tuple(s.head), tuple(s.tail)): s for s in plan(hand_dataset, tmp_path / "d.duckdb")[0].label_sets}
+    report, used = plan(hand_dataset, tmp_path / "d.duckdb", NoGuidanceJudge())
+    assert report.judge == "none" and report.cache_misses == 5  # its own cache entries, beside the rules'
+    assert all(not d.keep and set(d.remove) == set(d.head) and d.judge == "none" for d in used)
+    assert report.images_to_generate == 6 and report.new_samples_per_tail == {"Mass": 5, "Hernia": 2}
+    assert {d.decision_id for d in used}.isdisjoint(s.decision_id for s in rules.values())
 
 
 # ---------------------------------------------------------------- the Anthropic judge against a fake server

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
-from models.metrics import (METRICS, auroc, average_precision, evaluate, f1_per_class, tune_thresholds,
-                            tune_thresholds_with_flags)
+from models.metrics import (METRICS, auroc, average_precision, compare_settings, evaluate, f1_per_class,
+                            tune_thresholds, tune_thresholds_with_flags)
 
 NAN = np.nan
 
@@ -157,3 +157,52 @@ def test_evaluate_rejects_bad_inputs():
         evaluate(probs[:, :1], labels, ["a", "b"])
     with pytest.raises(ValueError, match="2 distinct names"):
         evaluate(probs, labels, ["a"])
+
+
+# ---------------------------------------------------------------- settings x seeds, paired gains
+NAMES = [f"c{j}" for j in range(14)]
+
+
+def test_compare_one_seed_equals_evaluate():
+    probs, labels = _random_split(seed=3)
+    thresholds = tune_thresholds(*_random_split(seed=4))
+    single = evaluate(probs, labels, NAMES, NAMES[:7], NAMES[7:], thresholds=thresholds, bootstrap=0)
+    compared = compare_settings({"only": [(probs, thresholds)]}, labels, NAMES, NAMES[:7], NAMES[7:], bootstrap=50)
+    row = compared["settings"]["only"]
+    for m in METRICS:
+        assert row["means"]["macro"][m]["value"] == pytest.approx(single["means"]["macro"][m])
+        assert row["means"]["tail"][m]["value"] == pytest.approx(single["means"]["tail"][m])
+        assert row["classes"]["c5"][m]["value"] == pytest.approx(single["classes"]["c5"][m])
+        assert row["means"]["macro"][m]["seed_sd"] is None and "gain" not in row["means"]["macro"][m]
+    lo, hi = row["means"]["macro"]["auroc"]["ci95"]
+    assert lo <= row["means"]["macro"]["auroc"]["value"] <= hi
+
+
+def test_compare_means_over_seeds_and_pairs_the_gains():
+    probs, labels = _random_split(seed=5)
+    rng = np.random.default_rng(0)
+    noise = [np.clip(probs + rng.normal(0, 0.05, probs.shape), 0, 1) for _ in range(3)]
+    better = [np.clip(0.6 * np.nan_to_num(labels) + 0.4 * p, 0, 1) for p in noise]  # clearly more informative
+    runs = {"base": [(p, None) for p in noise], "same": [(p, None) for p in noise], "better": [(p, None) for p in better]}
+    out = compare_settings(runs, labels, NAMES, NAMES[:7], NAMES[7:], baseline="base", bootstrap=200)
+    per_seed = [evaluate(p, labels, NAMES, bootstrap=0)["means"]["macro"]["ap"] for p in noise]
+    base = out["settings"]["base"]["means"]["macro"]["ap"]
+    assert base["value"] == pytest.approx(np.mean(per_seed))
+    assert base["seed_sd"] == pytest.approx(np.std(per_seed, ddof=1))
+    same = out["settings"]["same"]["means"]["macro"]["ap"]
+    assert same["gain"] == 0 and same["gain_ci95"] == [0.0, 0.0]  # identical runs: the pairing cancels exactly
+    gain = out["settings"]["better"]["means"]["tail"]["auroc"]
+    assert gain["gain"] > 0.1 and gain["gain_ci95"][0] > 0  # a real improvement's interval excludes 0
+    assert out["settings"]["base"]["means"]["macro"]["f1_tuned"] is None  # no thresholds given
+
+
+def test_compare_leaves_out_undefined_classes_and_checks_inputs():
+    probs, labels = _random_split(seed=6)
+    labels[:, 0] = 0.0  # no positives
+    out = compare_settings({"a": [(probs, None)]}, labels, NAMES, bootstrap=10)
+    assert out["excluded"] == {"c0": "no_positives"} and "c0" not in out["settings"]["a"]["classes"]
+    assert "c0" not in out["groups"]["macro"]
+    with pytest.raises(ValueError, match="baseline"):
+        compare_settings({"a": [(probs, None)]}, labels, NAMES, baseline="b")
+    with pytest.raises(ValueError, match="at least one seed"):
+        compare_settings({"a": []}, labels, NAMES)

@@ -46,7 +46,7 @@ def decision_key(judge: str, model: str, prompt_version: str, question: Question
 class Decision:
     key: str  # decision_key(...) of the judge that was asked
     decision_id: str  # = key, except for a fallback (its own id, so lineage never changes meaning)
-    judge: str  # "rules" | "anthropic": the judge that was asked
+    judge: str  # "rules" | "anthropic" | "none": the judge that was asked
     model: str
     prompt_version: str
     head: tuple[str, ...]

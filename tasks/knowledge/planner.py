@@ -3,7 +3,7 @@
 Candidates are training images holding at least one tail and one head finding. Their
 distinct label sets are found with bit masks, so planning scales with the number of distinct
 sets, not images. Decisions come from the cache, else from the judge (the LLM with the rules as
-fallback, or the rules alone): LLM calls equal the distinct uncached label sets.
+fallback, the rules alone, or "none": remove every head finding): LLM calls equal the distinct uncached label sets.
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ from tasks.dataset import existing_rows, label_matrix, read_manifest
 from tasks.knowledge.cache import DecisionCache
 from tasks.knowledge.decision import Decision, Question, decision_key, make_decision
 from tasks.knowledge.llm import AnthropicJudge, JudgeError
-from tasks.knowledge.rules import RulesJudge
+from tasks.knowledge.rules import NoGuidanceJudge, RulesJudge
+
+Judge = AnthropicJudge | RulesJudge | NoGuidanceJudge
 
 
 @dataclass
@@ -80,11 +82,12 @@ def _question(code: int, findings: list[str], head: set[str], tail: set[str]) ->
     return Question.of([f for f in present if f in head], [f for f in present if f in tail])
 
 
-def decide(questions: list[Question], vocabulary: list[str], llm: AnthropicJudge | None,
-           cache: DecisionCache, report: PlanReport) -> dict[Question, Decision]:
-    """Decisions for these questions: cached ones first, then one judge call per miss."""
+def decide(questions: list[Question], vocabulary: list[str], judge: Judge, cache: DecisionCache,
+           report: PlanReport) -> dict[Question, Decision]:
+    """Decisions for these questions: cached ones first, then one judge call per miss (the LLM
+    falls back to the rules for a question it fails on)."""
     rules = RulesJudge()
-    judge = llm or rules
+    llm = judge if isinstance(judge, AnthropicJudge) else None
     keys = {q: decision_key(judge.name, judge.model, judge.prompt_version, q) for q in questions}
     cached = cache.lookup(list(keys.values()))
     out: dict[Question, Decision] = {}
@@ -95,7 +98,7 @@ def decide(questions: list[Question], vocabulary: list[str], llm: AnthropicJudge
             out[question] = cached[key]
             continue
         if llm is None:
-            decision = rules.decide(question)
+            decision = judge.decide(question)
         else:
             report.llm_calls += 1
             try:
@@ -114,14 +117,15 @@ def decide(questions: list[Question], vocabulary: list[str], llm: AnthropicJudge
     return out
 
 
-def plan(dataset_uri: str, cache_path: str | Path, llm: AnthropicJudge | None = None
+def plan(dataset_uri: str, cache_path: str | Path, judge: Judge | None = None
          ) -> tuple[PlanReport, list[Decision]]:
-    """Plan a dataset's augmentation; returns the report and the decisions it used."""
+    """Plan a dataset's augmentation with ``judge`` (default: the rules); returns the report
+    and the decisions it used."""
     started = time.perf_counter()
     manifest = read_manifest(dataset_uri)
     findings = list(manifest["labels"])
     head, tail = list(manifest["head_tail"]["head"]), list(manifest["head_tail"]["tail"])
-    judge = llm or RulesJudge()
+    judge = judge or RulesJudge()
     report = PlanReport(dataset_uri, manifest["vocabulary"], judge.name, judge.model, judge.prompt_version,
                         head, tail, manifest["head_tail"]["rule"])
     rows = existing_rows(dataset_uri, ["labels", "split"])
@@ -135,7 +139,7 @@ def plan(dataset_uri: str, cache_path: str | Path, llm: AnthropicJudge | None = 
         labels, is_train, [findings.index(h) for h in head], [findings.index(t) for t in tail])
     questions = [_question(int(c), findings, set(head), set(tail)) for c in codes]
     with DecisionCache(cache_path) as cache:
-        decisions = decide(questions, findings, llm, cache, report)
+        decisions = decide(questions, findings, judge, cache, report)
     per_tail: Counter = Counter()
     for question, n in zip(questions, counts.tolist()):
         d = decisions[question]

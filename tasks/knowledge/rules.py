@@ -1,4 +1,6 @@
-"""The offline rules judge: a curated table of where each finding projects on a frontal film.
+"""The offline judges. The rules judge: a curated table of where each finding projects on a
+frontal film. The no-guidance judge: removes every present head finding (the method without
+LKG, the paper's "+DM" ablation).
 
 Two findings are entangled when they share a zone (``tasks/data/entanglement.json``); each
 such pair carries a one-line clinical reason. A present head finding is kept when it is
@@ -62,3 +64,16 @@ class RulesJudge:
             reasons.append(f"remove {', '.join(removed)}: no zone shared with {', '.join(question.tail)}")
         judge, model, prompt_version = as_judge or (self.name, self.model, self.prompt_version)
         return make_decision(judge, model, prompt_version, question, keep, "; ".join(reasons), source, error)
+
+
+@dataclass(frozen=True)
+class NoGuidanceJudge:
+    """Keeps nothing: every present head finding is removed (no knowledge guidance)."""
+
+    name: str = "none"
+    model: str = "-"
+    prompt_version: str = "-"
+
+    def decide(self, question: Question) -> Decision:
+        return make_decision(self.name, self.model, self.prompt_version, question, (),
+                             f"remove {', '.join(question.head)}: no knowledge guidance", "rules")
