@@ -65,9 +65,12 @@ def load_generated(augmented_uri: str | None, accepted_only: bool) -> TensorSet 
     return generated if len(generated) else None
 
 
-def run_setting(setting: str, original: TensorSet, generated: TensorSet | None, classifier_uri: str,
-                val: TensorSet, test: TensorSet, head: list[str], tail: list[str],
-                settings: FinetuneSettings) -> FinetuneResult:
+def fit_setting(setting: str, original: TensorSet, generated: TensorSet | None, classifier_uri: str,
+                val: TensorSet, settings: FinetuneSettings) -> tuple[torch.nn.Module, list[int], dict]:
+    """Fine-tune the pretrained classifier under one setting; returns the model, the generated
+    samples used per epoch and the training history."""
+    if setting not in SETTINGS:
+        raise ValueError(f"unknown fine-tune setting {setting!r}; choose from {SETTINGS}")
     model, _, _ = load_checkpoint(store.read_bytes(classifier_uri))
     n_generated = len(generated) if generated is not None and setting != "baseline" else 0
     per_epoch: list[int] = []
@@ -86,6 +89,14 @@ def run_setting(setting: str, original: TensorSet, generated: TensorSet | None, 
 
     history = fit_classifier(model, None, None, settings.train_config(), val=(val.images, val.labels),
                              epoch_data=epoch_data)
+    return model, per_epoch, history
+
+
+def run_setting(setting: str, original: TensorSet, generated: TensorSet | None, classifier_uri: str,
+                val: TensorSet, test: TensorSet, head: list[str], tail: list[str],
+                settings: FinetuneSettings) -> FinetuneResult:
+    """Fine-tune under one setting, tune thresholds on val and score test."""
+    model, per_epoch, history = fit_setting(setting, original, generated, classifier_uri, val, settings)
     thresholds = tune_thresholds(predict_probs(model, val.images), val.labels.numpy())
     metrics = evaluate(predict_probs(model, test.images), test.labels.numpy(), test.findings, head, tail,
                        thresholds=thresholds, bootstrap=settings.bootstrap, seed=settings.seed)

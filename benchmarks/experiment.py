@@ -1,0 +1,209 @@
+"""The paper's experiment on real X-rays and on the phantom, and the factory's throughput: one command.
+
+    python benchmarks/experiment.py                       # everything (about 1 h 15 min on 2 cores)
+    python benchmarks/experiment.py --part nih1000 --seeds 0 1 2
+    python benchmarks/experiment.py --part phantom
+    python benchmarks/experiment.py --part throughput
+    python benchmarks/experiment.py --quick --out /tmp/x  # a small smoke run of the whole path
+
+Parts:
+- ``nih1000``: ../shared/data/nih1000 with its fixed split, the DiT trained on the real adult
+  normals of ../shared/data/normals (trained here first if no checkpoint with the same settings
+  exists: about 42 min), settings and seeds as in benchmarks/paper.py;
+- ``phantom``: the same on a phantom of ``--phantom-n`` images, plus what ground truth gives
+  (benchmarks/phantom_truth.py);
+- ``throughput``: benchmarks/throughput.py.
+
+Writes benchmarks/results/experiment_<part>.json (settings, seeds, split, data, per-seed test
+probabilities and thresholds, the comparison), .md (Table 2 layout and means with intervals)
+and .png (gains with paired 95% intervals), each with the commit and the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks import paper, phantom_truth, tables  # noqa: E402
+from benchmarks.bench_models import trained_before  # noqa: E402
+from benchmarks.common import RESULTS, SHARED_DATA, commit, machine  # noqa: E402
+from benchmarks.train_normal_dit import dataset as normals_dataset  # noqa: E402
+from flows.settings import tailforge_home  # noqa: E402
+from models.dit import DiTConfig, DiTTrainConfig  # noqa: E402
+from models.training import TrainConfig  # noqa: E402
+from tasks import sources  # noqa: E402
+from tasks.finetune import FinetuneSettings  # noqa: E402
+from tasks.ingest import ingest, ingest_phantom  # noqa: E402
+from tasks.knowledge import NoGuidanceJudge, RulesJudge, plan  # noqa: E402
+from tasks.pretrain import train_normal_dit  # noqa: E402
+
+PHANTOM_SEED = 21
+
+
+def generator(dataset: str, models_uri: str, config: DiTConfig, train: DiTTrainConfig) -> dict:
+    """The normal DiT trained on ``dataset``'s normals with these settings: reused, else trained."""
+    found = trained_before(models_uri, "dit", dataset, asdict(train))
+    if found:
+        return {k: found[k] for k in ("kind", "id", "uri")} | {"reused": True}
+    print(f"training the normal DiT on {dataset} ({train.steps} steps)", flush=True)
+    handle = train_normal_dit([dataset], models_uri, config, train)
+    return {k: handle[k] for k in ("kind", "id", "uri")} | {"reused": False, "history": handle["history"]}
+
+
+def nih1000(args, work: Path, models_uri: str) -> tuple[str, dict, paper.ExperimentConfig, dict]:
+    root = SHARED_DATA / "nih1000"
+    if not (root / "Data_Entry_2017_v2020.csv").exists():
+        raise SystemExit(f"{root} is missing: the nih1000 part needs ../shared/data/nih1000")
+    dataset = str(work / "nih1000")
+    source = sources.read_nih(str(root / "Data_Entry_2017_v2020.csv"))
+    sources.apply_split_csv(source, str(root / "split.csv"))
+    ingest(source, str(root / "images"), dataset)
+    dit = generator(normals_dataset("real", 64, 0), models_uri,
+                    DiTConfig(image_size=64, patch_size=4, depth=6, num_heads=4, head_dim=32),
+                    DiTTrainConfig(steps=args.dit_steps_real, batch_size=32, lr=3e-4, warmup_steps=200, seed=0))
+    config = paper.ExperimentConfig(seeds=tuple(args.seeds),
+                                    pretrain=TrainConfig(epochs=args.pretrain_epochs_nih, batch_size=32, augment=True),
+                                    finetune=FinetuneSettings(epochs=args.finetune_epochs, beta=0.5),
+                                    bootstrap=args.bootstrap)
+    data = {"source": "../shared/data/nih1000 (NIH ChestX-ray14 images, NIH labels, split.csv)",
+            "normals": "../shared/data/normals (adult rows) for the DiT"}
+    return dataset, dit, config, data
+
+
+def phantom(args, work: Path, models_uri: str) -> tuple[str, dict, paper.ExperimentConfig, dict]:
+    dataset = str(work.parent / f"phantom64-{args.phantom_n}-s{PHANTOM_SEED}")  # the one bench_models.py uses
+    ingest_phantom(dataset, args.phantom_n, size=64, seed=PHANTOM_SEED)
+    dit = generator(dataset, models_uri, DiTConfig(image_size=64, patch_size=4, depth=4, num_heads=4, head_dim=32),
+                    DiTTrainConfig(steps=args.dit_steps_phantom, batch_size=32, warmup_steps=100))
+    config = paper.ExperimentConfig(seeds=tuple(args.seeds),
+                                    pretrain=TrainConfig(epochs=args.pretrain_epochs_phantom, batch_size=32),
+                                    finetune=FinetuneSettings(epochs=args.finetune_epochs, beta=0.5),
+                                    bootstrap=args.bootstrap)
+    data = {"source": f"built-in phantom, {args.phantom_n} images at 64 px, seed {PHANTOM_SEED}",
+            "normals": "the phantom's own normal train images, for the DiT"}
+    return dataset, dit, config, data
+
+
+def ground_truth(result: dict, dataset: str, work: Path) -> dict:
+    """Phantom only: CAM localisation per seed, lesion outcomes per generated set, decisions' error."""
+    out: dict = {"cam_localisation": {}, "lesions": {}, "entanglement": {}}
+    for record in result["per_seed"]:
+        seed = record["seed"]
+        out["cam_localisation"][seed] = phantom_truth.cam_localisation(record["classifier"]["uri"], dataset)["_all"]
+        out["lesions"][seed] = {variant: phantom_truth.lesion_outcomes(dataset, str(work / f"seed{seed}" / variant),
+                                                                       result["tail"])
+                                for variant in record["generated"]}
+    for name, judge in (("rules", RulesJudge()), ("none", NoGuidanceJudge())):
+        _, decisions = plan(dataset, str(work / "decisions.duckdb"), judge)
+        out["entanglement"][name] = phantom_truth.entanglement_error(dataset, decisions, result["head"], result["tail"])
+    return out
+
+
+def markdown(part: str, result: dict, data: dict, seconds: float) -> str:
+    comparison, tail = result["comparison"], result["tail"]
+    lines = [f"# The paper's experiment: {part}", "",
+             f"Commit `{commit()}`, {machine()['cpu']} ({machine()['cores']} cores, no GPU), "
+             f"{seconds / 60:.0f} min. Command: `python benchmarks/experiment.py --part {part}`.", "",
+             f"- Data: {data['source']}; split train {result['split']['train']} / val {result['split']['val']} / "
+             f"test {result['split']['test']}. Generator: {data['normals']} (`{result['generator']['id'][:16]}`).",
+             f"- Head: {', '.join(result['head'])}. Tail (marked *): {', '.join(tail)}.",
+             f"- Seeds {list(result['config']['seeds'])}: each seed pretrains its own classifier, generates its own "
+             "sets and fine-tunes every setting. Values are seed means on the test split; thresholds were tuned on "
+             "val. Brackets: gain over the baseline.",
+             f"- Intervals: {comparison['bootstrap']['resamples']} bootstrap resamples of the test images, shared by "
+             "every setting and seed, so gains get paired intervals.",
+             f"- Left out of the means (no positives or no negatives in test): {comparison['excluded'] or 'none'}.",
+             "", "## Generated sets (per seed)", "",
+             "| seed | set | judge | masks | candidates | generated | accepted | quarantined |", "|---|---|---|---|---|---|---|---|"]
+    for record in result["per_seed"]:
+        for variant, g in record["generated"].items():
+            lines.append(f"| {record['seed']} | {variant} | {g['judge']} | {g['placement']} | {g['candidates']} | "
+                         f"{g['generated']} | {g['accepted']} | {g['candidates'] - g['generated']} |")
+    for metric, title in tables.METRIC_NAMES.items():
+        lines += ["", f"## {title}", "", tables.table2(comparison, tail, metric), "",
+                  tables.means_table(comparison, metric)]
+    truth = result.get("ground_truth")
+    if truth:
+        lines += ["", "## Ground truth (phantom)", "", "CAM localisation of head lesions on test images "
+                  "(pointing game: the map's maximum inside the lesion, 2 px tolerance):", "",
+                  "| seed | pairs | pointing game | IoU |", "|---|---|---|---|"]
+        for seed, c in truth["cam_localisation"].items():
+            lines.append(f"| {seed} | {c['n']} | {c['pointing_game']:.3f} | {c['iou_mean']:.3f} |")
+        lines += ["", "Lesions in the generated images (removed: the signal over the lesion fell to at most half; "
+                  "retained: a tail lesion kept at least half its signal):", "",
+                  "| seed | set | images | head lesions | removed | mask covers head lesion | tail lesions | "
+                  "tail retained | tail lesion inside mask |", "|---|---|---|---|---|---|---|---|---|"]
+        for seed, sets in truth["lesions"].items():
+            for variant, o in sets.items():
+                lines.append(f"| {seed} | {variant} | {o['images']} | {o.get('head_lesions', 0)} | "
+                             f"{o.get('head_removal_rate')} | {o.get('head_lesion_mask_coverage_mean')} | "
+                             f"{o.get('tail_lesions', 0)} | {o.get('tail_retention_rate')} | "
+                             f"{o.get('tail_lesion_share_inside_mask_mean')} |")
+        lines += ["", "Entanglement decisions against true overlap (train candidates, one row per present head "
+                  "finding; truth: its lesion, grown 2 px, touches a present tail lesion; predicted: kept):", "",
+                  "| judge | head findings | true overlaps | kept | precision | recall | error rate |",
+                  "|---|---|---|---|---|---|---|"]
+        for judge, e in truth["entanglement"].items():
+            lines.append(f"| {judge} | {e['pairs']} | {e['true_overlaps']} | {e['kept']} | {e['precision']} | "
+                         f"{e['recall']} | {e['error_rate']} |")
+    return "\n".join(lines) + "\n"
+
+
+def run_part(part: str, args, out_dir: Path) -> None:
+    started = time.perf_counter()
+    work = tailforge_home() / "bench" / "experiment"
+    models_uri = str(tailforge_home() / "models")
+    dataset, dit, config, data = (nih1000 if part == "nih1000" else phantom)(args, work, models_uri)
+    if args.quick:
+        config = replace(config, pretrain=replace(config.pretrain, epochs=1),
+                         finetune=replace(config.finetune, epochs=2),
+                         augment=replace(config.augment, max_images=16, inpaint=replace(config.augment.inpaint, steps=5)))
+    part_dir = work / (f"{part}-quick" if args.quick else part)
+    result = paper.run(dataset, dit, part_dir, models_uri, config, log=lambda m: print(f"[{part}] {m}", flush=True))
+    if part == "phantom":
+        result["ground_truth"] = ground_truth(result, dataset, part_dir)
+    seconds = time.perf_counter() - started
+    payload = {"commit": commit(), "machine": machine(), "part": part, "data": data, "seconds": round(seconds, 1),
+               "command": " ".join(["python benchmarks/experiment.py", *sys.argv[1:]]), **result}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"experiment_{part}.json").write_text(json.dumps(payload, indent=1) + "\n")
+    (out_dir / f"experiment_{part}.md").write_text(markdown(part, result, data, seconds))
+    (out_dir / f"experiment_{part}.png").write_bytes(
+        tables.gains_png(result["comparison"], f"{part}: gain over baseline (seed means, paired 95% CI)"))
+    print(f"[{part}] written: {out_dir}/experiment_{part}.{{json,md,png}} ({seconds / 60:.1f} min)", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=["nih1000", "phantom", "throughput", "all"], default="all")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--phantom-n", type=int, default=3000)
+    parser.add_argument("--pretrain-epochs-nih", type=int, default=15)
+    parser.add_argument("--pretrain-epochs-phantom", type=int, default=8)
+    parser.add_argument("--finetune-epochs", type=int, default=5)
+    parser.add_argument("--dit-steps-real", type=int, default=3000)
+    parser.add_argument("--dit-steps-phantom", type=int, default=800)
+    parser.add_argument("--bootstrap", type=int, default=1000)
+    parser.add_argument("--quick", action="store_true", help="tiny epochs and sets: checks the path, not the method")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results folder (default benchmarks/results)")
+    args = parser.parse_args()
+    if args.quick and args.out == RESULTS:
+        raise SystemExit("--quick results are not results: give --out DIR")
+    parts = ["nih1000", "phantom", "throughput"] if args.part == "all" else [args.part]
+    for part in parts:
+        if part == "throughput":
+            from benchmarks import throughput
+            throughput.main(quick=args.quick, out_dir=args.out)
+        else:
+            run_part(part, args, args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""The paper's experiment on one dataset: baseline, + inpainting, + PIL, + LKG, and the
+random-region control, each over several seeds, scored on the test split.
+
+Per seed: pretrain the classifier on the train split; generate three augmented sets with it
+and the normal DiT (through the factory's own plan / candidates / run_batch code, no Prefect):
+
+    variant       judge   mask placement
+    all-cam       none    cam      every head finding of a candidate inpainted (no LKG)
+    lkg-cam       rules   cam      entangled head findings kept (LKG, rules judge)
+    lkg-random    rules   random   the same masks moved to random places (control)
+
+then fine-tune the pretrained classifier once per setting:
+
+    setting       generated set   schedule
+    baseline      -               original train set only
+    +inpainting   all-cam         every generated sample each epoch
+    +PIL          all-cam         PIL's growing prefix
+    +LKG          lkg-cam         PIL
+    random-ctrl   lkg-random      PIL   (the full method with random regions)
+
+Thresholds are tuned on val; test is only scored. Checkpoints and generated sets are reused
+on a rerun with the same settings (``trained_before``, done output ids).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.bench_models import trained_before
+from models.cam import MaskConfig
+from models.classifier import ClassifierConfig
+from models.inpaint import InpaintConfig
+from models.metrics import compare_settings, tune_thresholds
+from models.training import TrainConfig, predict_probs, seed_everything
+from tasks import augment as work
+from tasks.dataset import finish_manifest, read_manifest
+from tasks.finetune import FinetuneSettings, fit_setting, load_generated
+from tasks.knowledge import NoGuidanceJudge, RulesJudge, plan
+from tasks.pretrain import train_classifier
+from tasks.tensors import load_tensors
+
+VARIANTS = {"all-cam": ("none", "cam"), "lkg-cam": ("rules", "cam"), "lkg-random": ("rules", "random")}
+SETTINGS = {"baseline": (None, "baseline"), "+inpainting": ("all-cam", "augmented"), "+PIL": ("all-cam", "pil"),
+            "+LKG": ("lkg-cam", "pil"), "random-ctrl": ("lkg-random", "pil")}
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    seeds: tuple[int, ...] = (0, 1, 2)
+    backbone: str = "resnet18"
+    pretrain: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=8, batch_size=32))
+    finetune: FinetuneSettings = field(default_factory=lambda: FinetuneSettings(epochs=5, beta=0.5))
+    augment: work.AugmentSettings = field(default_factory=lambda: work.AugmentSettings(
+        batch_size=64, mask=MaskConfig(threshold=0.5, dilate_px=2, max_area=0.35),
+        inpaint=InpaintConfig(steps=25, jump_length=5, resample=2)))
+    bootstrap: int = 1000
+    settings: tuple[str, ...] = tuple(SETTINGS)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def generate(dataset: str, out: str, classifier: dict, generator: dict, variant: str,
+             config: ExperimentConfig, cache: str) -> dict:
+    """One augmented set through the factory's code path; skips what a previous run wrote."""
+    judge_name, placement = VARIANTS[variant]
+    judge = NoGuidanceJudge() if judge_name == "none" else RulesJudge()
+    options = replace(config.augment, mask=replace(config.augment.mask, placement=placement))
+    manifest = read_manifest(dataset)
+    report, decisions = plan(dataset, cache, judge)
+    recipe = work.recipe_id(options, classifier["id"], generator["id"])
+    candidates = work.build_candidates(dataset, manifest["labels"], manifest["head_tail"]["head"],
+                                       manifest["head_tail"]["tail"], decisions, recipe, options.max_images)
+    done = work.done_ids(out)
+    started, totals = time.perf_counter(), {"written": 0, "accepted": 0, "model_seconds": 0.0, "quarantined": {}}
+    for batch in work.batches(candidates, options.batch_size):
+        if all(c.output_id in done for c in batch):
+            continue
+        result = work.run_batch(dataset, out, batch, classifier, generator, options, f"experiment-{variant}")
+        for key in ("written", "accepted", "model_seconds"):
+            totals[key] += result[key]
+        for code, n in result["quarantined"].items():
+            totals["quarantined"][code] = totals["quarantined"].get(code, 0) + n
+    finish_manifest(out, name=f"experiment-{variant}", vocab_name=manifest["vocabulary"],
+                    image_size=manifest["image_size"], run_id=f"experiment-{variant}",
+                    explicit_tail=manifest["head_tail"]["tail"],
+                    source={"kind": "augment", "parent": dataset, "classifier_id": classifier["id"],
+                            "generator_id": generator["id"], "recipe": recipe, "judge": judge_name},
+                    extra={"augment_settings": options.to_dict()})
+    generated = load_tensors(out, columns=("accepted",))
+    accepted = int(np.asarray(generated.table.column("accepted").to_pylist(), dtype=bool).sum()) if len(generated) else 0
+    return {"variant": variant, "judge": judge_name, "placement": placement, "candidates": len(candidates),
+            "images_to_generate": report.images_to_generate, "generated": len(generated), "accepted": accepted,
+            "new_this_run": totals, "seconds": round(time.perf_counter() - started, 1)}
+
+
+def run(dataset: str, generator: dict, work_dir: Path, models_uri: str, config: ExperimentConfig,
+        log=print) -> dict:
+    """Every seed and setting on ``dataset``; returns the results (JSON-ready) and the test
+    probabilities, for the tables."""
+    manifest = read_manifest(dataset)
+    findings, head, tail = manifest["labels"], manifest["head_tail"]["head"], manifest["head_tail"]["tail"]
+    original = load_tensors(dataset, splits=("train",))
+    val = load_tensors(dataset, splits=("val",))
+    test = load_tensors(dataset, splits=("test",))
+    runs: dict[str, list] = {s: [] for s in config.settings}
+    per_seed: list[dict] = []
+    for seed in config.seeds:
+        train = replace(config.pretrain, seed=seed)
+        started = time.perf_counter()
+        classifier = (trained_before(models_uri, "classifier", dataset, asdict(train))
+                      or train_classifier(dataset, models_uri, ClassifierConfig(config.backbone, len(findings),
+                                                                                manifest["image_size"]), train))
+        record = {"seed": seed, "classifier": {"id": classifier["id"], "uri": classifier["uri"],
+                                               "reused": bool(classifier.get("reused")),
+                                               "seconds": round(time.perf_counter() - started, 1)},
+                  "generated": {}, "finetune": {}}
+        log(f"seed {seed}: classifier {classifier['id'][:12]} ({record['classifier']['seconds']} s)")
+        sets = {}
+        for variant in sorted({SETTINGS[s][0] for s in config.settings} - {None}):
+            out = str(work_dir / f"seed{seed}" / variant)
+            record["generated"][variant] = generate(dataset, out, classifier, generator, variant, config,
+                                                    str(work_dir / "decisions.duckdb"))
+            sets[variant] = load_generated(out, config.finetune.accepted_only)
+            log(f"seed {seed}: {variant} {record['generated'][variant]}")
+        for setting in config.settings:
+            variant, schedule = SETTINGS[setting]
+            options = replace(config.finetune, seed=seed)
+            started = time.perf_counter()
+            seed_everything(seed)
+            model, per_epoch, history = fit_setting(schedule, original, sets.get(variant), classifier["uri"], val,
+                                                    options)
+            thresholds = tune_thresholds(predict_probs(model, val.images), val.labels.numpy())
+            probs = predict_probs(model, test.images)
+            runs[setting].append((probs, thresholds))
+            record["finetune"][setting] = {"generated_per_epoch": per_epoch, "thresholds": thresholds.tolist(),
+                                           "seconds": round(time.perf_counter() - started, 1),
+                                           "train_images_per_s": round(sum(len(original) + g for g in per_epoch)
+                                                                       / (time.perf_counter() - started), 1),
+                                           "test_probs": np.round(probs, 5).tolist()}
+            log(f"seed {seed}: {setting} fine-tuned in {record['finetune'][setting]['seconds']} s")
+        per_seed.append(record)
+    comparison = compare_settings(runs, test.labels.numpy(), findings, head, tail, baseline="baseline",
+                                  bootstrap=config.bootstrap, seed=0)
+    return {"dataset": dataset, "findings": findings, "head": head, "tail": tail,
+            "split": {"train": len(original), "val": len(val), "test": len(test)},
+            "test_sample_ids": test.sample_ids, "generator": generator, "config": config.to_json(),
+            "per_seed": per_seed, "comparison": comparison}

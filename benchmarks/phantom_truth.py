@@ -1,0 +1,131 @@
+"""What the phantom's ground truth says about a run: CAM localisation of head lesions, how
+many head lesions the inpainting removed, how many tail lesions it kept, and the entanglement
+decisions' error against true overlap.
+
+The phantom renders the same patient with any subset of its findings (tasks/phantom/stream.py:
+the generator's draws do not depend on the labels), so for a generated image whose parent had
+labels L and lost the head findings R, the ideal result is render(L - R) of that patient:
+- a removed head lesion counts as removed when the mean absolute difference from the ideal
+  over its ground-truth mask falls to at most half of what the parent had there;
+- a tail lesion t counts as kept when its signal over its mask, measured against
+  render(L - R - t), is at least half of the ideal's.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.compute as pc
+import torch
+
+from benchmarks.bench_models import localisation
+from models.classifier import load_checkpoint
+from tasks import store
+from tasks.dataset import existing_rows
+from tasks.images import decode_mask, decode_png
+from tasks.knowledge import Decision
+from tasks.labels import vocabulary
+from tasks.phantom import render, sample_labels
+from tasks.phantom.stream import _draw_split
+from tasks.tensors import lesion_masks, load_tensors
+
+HALF = 0.5
+
+
+def cam_localisation(classifier_uri: str, dataset: str) -> dict:
+    """Pointing game and IoU of the classifier's Grad-CAM for the head lesions of test images."""
+    model, _, card = load_checkpoint(store.read_bytes(classifier_uri))
+    test = load_tensors(dataset, splits=("test",), columns=("lesion_masks",))
+    return localisation(model, test.images, lesion_masks(test.table), test.labels, card.labels, set(card.head))
+
+
+def _replay(source_uri: str, labels: np.ndarray, vocab_name: str, size: int) -> np.ndarray:
+    """The phantom patient behind ``phantom://seed/index`` rendered with ``labels``, in [0, 1]."""
+    seed, index = (int(part) for part in source_uri.removeprefix("phantom://").split("/"))
+    vocab = vocabulary(vocab_name)
+    rng = np.random.default_rng([seed, index])
+    sample_labels(rng, vocab)
+    _draw_split(rng)
+    return render(labels, vocab, size, rng)[0].astype(np.float32) / 255
+
+
+def lesion_outcomes(dataset: str, generated: str, tail: list[str], vocab_name: str = "nih") -> dict:
+    """Head-lesion removal and tail-lesion retention over every generated image of ``generated``."""
+    rows = existing_rows(generated, ["parent_id", "image", "mask", "labels", "removed_labels"])
+    if rows is None:
+        return {"images": 0}
+    parents = load_tensors(dataset, where=pc.is_in(pc.field("sample_id"), rows.column("parent_id").unique()),
+                           columns=("lesion_masks", "source_uri"))
+    by_id = {sid: i for i, sid in enumerate(parents.sample_ids)}
+    truth = lesion_masks(parents.table)
+    findings = parents.findings
+    removed, coverage, kept, tail_in_mask = [], [], [], []
+    for row in rows.to_pylist():
+        i = by_id[row["parent_id"]]
+        original = parents.images[i, 0].numpy()
+        new = decode_png(row["image"]).astype(np.float32) / 255
+        mask = decode_mask(row["mask"])
+        after = np.asarray(row["labels"], dtype=np.float32)
+        source = parents.table.column("source_uri")[i].as_py()
+        ideal = _replay(source, np.nan_to_num(after), vocab_name, original.shape[-1])
+        for name in row["removed_labels"]:
+            lesion = truth[i].get(name)
+            if lesion is None or not lesion.any():
+                continue
+            before = float(np.abs(original - ideal)[lesion].mean())
+            if before <= 1e-3:  # the lesion draws nothing visible at this size
+                continue
+            removed.append(float(np.abs(new - ideal)[lesion].mean()) <= HALF * before)
+            coverage.append(float((lesion & mask).sum() / lesion.sum()))
+        for k in np.nonzero(after == 1.0)[0]:
+            name = findings[k]
+            lesion = truth[i].get(name) if name in tail else None
+            if lesion is None or not lesion.any():
+                continue
+            without = after.copy()
+            without[k] = 0.0
+            clean = _replay(source, np.nan_to_num(without), vocab_name, original.shape[-1])
+            reference = float(np.abs(ideal - clean)[lesion].mean())
+            if reference <= 1e-3:
+                continue
+            kept.append(float(np.abs(new - clean)[lesion].mean()) >= HALF * reference)
+            tail_in_mask.append(float((lesion & mask).sum() / lesion.sum()))
+    return {"images": rows.num_rows,
+            "head_lesions": len(removed), "head_removal_rate": _rate(removed),
+            "head_lesion_mask_coverage_mean": _mean(coverage),
+            "tail_lesions": len(kept), "tail_retention_rate": _rate(kept),
+            "tail_lesion_share_inside_mask_mean": _mean(tail_in_mask)}
+
+
+def entanglement_error(dataset: str, decisions: list[Decision], head: list[str], tail: list[str]) -> dict:
+    """For every train candidate and present head finding: truth = its ground-truth lesion
+    (dilated 2 px) touches a present tail lesion; predicted = the decision keeps it."""
+    by_question = {(d.head, d.tail): d for d in decisions}
+    data = load_tensors(dataset, splits=("train",), columns=("lesion_masks",))
+    truth_masks = lesion_masks(data.table)
+    predicted, truth = [], []
+    for masks, labels in zip(truth_masks, data.labels.numpy()):
+        present = [data.findings[k] for k in np.nonzero(labels == 1.0)[0]]
+        question = (tuple(sorted(n for n in present if n in head)), tuple(sorted(n for n in present if n in tail)))
+        decision = by_question.get(question)
+        if decision is None or not question[0] or not question[1]:
+            continue
+        for h in question[0]:
+            if h not in masks:
+                continue
+            grown = torch.nn.functional.max_pool2d(torch.from_numpy(masks[h]).float()[None, None], 5, 1, 2)[0, 0] > 0
+            truth.append(any(bool((grown.numpy() & masks[t]).any()) for t in question[1] if t in masks))
+            predicted.append(h in decision.keep)
+    p, t = np.array(predicted, dtype=bool), np.array(truth, dtype=bool)
+    tp, fp, fn, tn = int((p & t).sum()), int((p & ~t).sum()), int((~p & t).sum()), int((~p & ~t).sum())
+    return {"pairs": len(p), "true_overlaps": int(t.sum()), "kept": int(p.sum()),
+            "precision": round(tp / max(1, tp + fp), 3), "recall": round(tp / max(1, tp + fn), 3),
+            "error_rate": round((fp + fn) / max(1, len(p)), 3), "tp": tp, "fp": fp, "fn": fn, "tn": tn}
+
+
+def _rate(flags: list[bool]) -> float | None:
+    return round(float(np.mean(flags)), 3) if flags else None
+
+
+def _mean(values: list[float]) -> float | None:
+    return round(float(np.mean(values)), 3) if values else None
+
