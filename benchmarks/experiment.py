@@ -5,6 +5,7 @@
     python benchmarks/experiment.py --part phantom
     python benchmarks/experiment.py --part throughput
     python benchmarks/experiment.py --quick --out /tmp/x  # a small smoke run of the whole path
+    python benchmarks/experiment.py --rebuild             # tables and plots again from saved results
 
 Parts:
 - ``nih1000``: ../shared/data/nih1000 with its fixed split, the DiT trained on the real adult
@@ -28,6 +29,8 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -37,12 +40,14 @@ from benchmarks.common import RESULTS, SHARED_DATA, commit, machine  # noqa: E40
 from benchmarks.train_normal_dit import dataset as normals_dataset  # noqa: E402
 from flows.settings import tailforge_home  # noqa: E402
 from models.dit import DiTConfig, DiTTrainConfig  # noqa: E402
+from models.metrics import compare_settings  # noqa: E402
 from models.training import TrainConfig  # noqa: E402
 from tasks import sources  # noqa: E402
 from tasks.finetune import FinetuneSettings  # noqa: E402
 from tasks.ingest import ingest, ingest_phantom  # noqa: E402
 from tasks.knowledge import NoGuidanceJudge, RulesJudge, plan  # noqa: E402
 from tasks.pretrain import train_normal_dit  # noqa: E402
+from tasks.tensors import load_tensors  # noqa: E402
 
 PHANTOM_SEED = 21
 
@@ -109,8 +114,10 @@ def ground_truth(result: dict, dataset: str, work: Path) -> dict:
 def markdown(part: str, result: dict, data: dict, seconds: float) -> str:
     comparison, tail = result["comparison"], result["tail"]
     lines = [f"# The paper's experiment: {part}", "",
-             f"Commit `{commit()}`, {machine()['cpu']} ({machine()['cores']} cores, no GPU), "
-             f"{seconds / 60:.0f} min. Command: `python benchmarks/experiment.py --part {part}`.", "",
+             f"Commit `{result['commit']}`, {result['machine']['cpu']} ({result['machine']['cores']} cores, no GPU), "
+             f"{seconds / 60:.0f} min. Command: `python benchmarks/experiment.py --part {part}`."
+             + (f" Tables rebuilt from the saved probabilities (4 decimals) at commit `{result['summarised_at_commit']}` "
+                f"(`--rebuild`)." if result.get("summarised_at_commit") else ""), "",
              f"- Data: {data['source']}; split train {result['split']['train']} / val {result['split']['val']} / "
              f"test {result['split']['test']}. Generator: {data['normals']} (`{result['generator']['id'][:16]}`).",
              f"- Head: {', '.join(result['head'])}. Tail (marked *): {', '.join(tail)}.",
@@ -118,7 +125,11 @@ def markdown(part: str, result: dict, data: dict, seconds: float) -> str:
              "sets and fine-tunes every setting. Values are seed means on the test split; thresholds were tuned on "
              "val. Brackets: gain over the baseline.",
              f"- Intervals: {comparison['bootstrap']['resamples']} bootstrap resamples of the test images, shared by "
-             "every setting and seed, so gains get paired intervals.",
+             "every setting and seed, so gains get paired intervals. A group mean's interval uses the resamples in "
+             "which every class of the group has test positives and negatives "
+             f"({', '.join(f'{g} {n}' for g, n in comparison['bootstrap'].get('group_resamples_used', {}).items())}). "
+             "The intervals cover test-set sampling only; `seed SD` is the spread of a setting over seeds and "
+             "`gain seed SD` the spread of its per-seed gain (seed i against baseline seed i).",
              f"- Left out of the means (no positives or no negatives in test): {comparison['excluded'] or 'none'}.",
              "", "## Generated sets (per seed)", "",
              "| seed | set | judge | masks | candidates | generated | accepted | quarantined |", "|---|---|---|---|---|---|---|---|"]
@@ -156,6 +167,16 @@ def markdown(part: str, result: dict, data: dict, seconds: float) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_json(out_dir: Path, part: str, payload: dict) -> None:
+    """experiment_<part>.json (indented) and, apart and compact, every run's test probabilities
+    (experiment_<part>_probs.json: {seed: {setting: (N, K)}}, rows in test_sample_ids order)."""
+    probs = {str(r["seed"]): {s: [[round(v, 4) for v in row] for row in f.pop("test_probs")]
+                              for s, f in r["finetune"].items()} for r in payload["per_seed"]}
+    payload["test_probs_file"] = f"experiment_{part}_probs.json"
+    (out_dir / f"experiment_{part}_probs.json").write_text(json.dumps(probs, separators=(",", ":")) + "\n")
+    (out_dir / f"experiment_{part}.json").write_text(json.dumps(payload, indent=1) + "\n")
+
+
 def run_part(part: str, args, out_dir: Path) -> None:
     started = time.perf_counter()
     work = tailforge_home() / "bench" / "experiment"
@@ -173,11 +194,35 @@ def run_part(part: str, args, out_dir: Path) -> None:
     payload = {"commit": commit(), "machine": machine(), "part": part, "data": data, "seconds": round(seconds, 1),
                "command": " ".join(["python benchmarks/experiment.py", *sys.argv[1:]]), **result}
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"experiment_{part}.json").write_text(json.dumps(payload, indent=1) + "\n")
-    (out_dir / f"experiment_{part}.md").write_text(markdown(part, result, data, seconds))
+    write_json(out_dir, part, payload)
+    (out_dir / f"experiment_{part}.md").write_text(markdown(part, payload, data, seconds))
     (out_dir / f"experiment_{part}.png").write_bytes(
         tables.gains_png(result["comparison"], f"{part}: gain over baseline (seed means, paired 95% CI)"))
     print(f"[{part}] written: {out_dir}/experiment_{part}.{{json,md,png}} ({seconds / 60:.1f} min)", flush=True)
+
+
+def rebuild(part: str, out_dir: Path, bootstrap: int) -> None:
+    """Tables, plot and comparison again from a saved run (its thresholds and test probabilities):
+    for a change in how results are summarised, without training anything."""
+    payload = json.loads((out_dir / f"experiment_{part}.json").read_text())
+    probs = json.loads((out_dir / payload["test_probs_file"]).read_text())
+    test = load_tensors(payload["dataset"], splits=("test",))
+    order = {sid: i for i, sid in enumerate(test.sample_ids)}
+    labels = test.labels.numpy()[[order[sid] for sid in payload["test_sample_ids"]]]
+    runs = {s: [(np.asarray(probs[str(r["seed"])][s]), np.asarray(r["finetune"][s]["thresholds"]))
+                for r in payload["per_seed"]] for s in payload["per_seed"][0]["finetune"]}
+    payload["comparison"] = compare_settings(runs, labels, payload["findings"], payload["head"], payload["tail"],
+                                             baseline="baseline", bootstrap=bootstrap, seed=0)
+    payload["summarised_at_commit"] = commit()
+    for record in payload["per_seed"]:
+        for setting, entry in record["finetune"].items():
+            entry["test_probs"] = probs[str(record["seed"])][setting]
+    write_json(out_dir, part, payload)
+    data = payload["data"]
+    (out_dir / f"experiment_{part}.md").write_text(markdown(part, payload, data, payload["seconds"]))
+    (out_dir / f"experiment_{part}.png").write_bytes(
+        tables.gains_png(payload["comparison"], f"{part}: gain over baseline (seed means, paired 95% CI)"))
+    print(f"[{part}] rebuilt: {out_dir}/experiment_{part}.{{json,md,png}}", flush=True)
 
 
 def main() -> None:
@@ -193,7 +238,13 @@ def main() -> None:
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--quick", action="store_true", help="tiny epochs and sets: checks the path, not the method")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder (default benchmarks/results)")
+    parser.add_argument("--rebuild", action="store_true",
+                        help="redo the comparison, tables and plot from the saved results (no training)")
     args = parser.parse_args()
+    if args.rebuild:
+        for part in (["nih1000", "phantom"] if args.part == "all" else [args.part]):
+            rebuild(part, args.out, args.bootstrap)
+        return
     if args.quick and args.out == RESULTS:
         raise SystemExit("--quick results are not results: give --out DIR")
     parts = ["nih1000", "phantom", "throughput"] if args.part == "all" else [args.part]

@@ -141,7 +141,7 @@ def run(dataset: str, generator: dict, work_dir: Path, models_uri: str, config: 
                                            "seconds": round(time.perf_counter() - started, 1),
                                            "train_images_per_s": round(sum(len(original) + g for g in per_epoch)
                                                                        / (time.perf_counter() - started), 1),
-                                           "test_probs": np.round(probs, 5).tolist()}
+                                           "test_probs": np.round(probs.astype(np.float64), 4).tolist()}
             log(f"seed {seed}: {setting} fine-tuned in {record['finetune'][setting]['seconds']} s")
         per_seed.append(record)
     comparison = compare_settings(runs, test.labels.numpy(), findings, head, tail, baseline="baseline",

@@ -38,7 +38,8 @@ def _interval(ci: list[float] | None) -> str:
 
 def means_table(comparison: dict, metric: str) -> str:
     """Macro / head / tail means with 95% intervals, gains with paired intervals, seed SD."""
-    lines = ["| setting | group | mean | 95% CI | gain | gain 95% CI | seed SD |", "|---|---|---|---|---|---|---|"]
+    lines = ["| setting | group | mean | 95% CI | gain | gain 95% CI | seed SD | gain seed SD |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, row in comparison["settings"].items():
         for group in GROUPS:
             e = row["means"][group][metric]
@@ -46,8 +47,9 @@ def means_table(comparison: dict, metric: str) -> str:
                 continue
             gain = f"{e['gain']:+.3f}" if e.get("gain") is not None else "–"
             sd = f"{e['seed_sd']:.3f}" if e.get("seed_sd") is not None else "–"
+            gain_sd = f"{e['gain_seed_sd']:.3f}" if e.get("gain_seed_sd") is not None else "–"
             lines.append(f"| {name} | {group} | {e['value']:.3f} | {_interval(e['ci95'])} | {gain} | "
-                         f"{_interval(e.get('gain_ci95'))} | {sd} |")
+                         f"{_interval(e.get('gain_ci95'))} | {sd} | {gain_sd} |")
     return "\n".join(lines)
 
 

@@ -114,5 +114,6 @@ def augment_flow(dataset_uri: str, out_uri: str, classifier: dict, generator: di
             "batches": len(all_batches), "batches_run": len(todo), "written": sum(r["written"] for r in results),
             "accepted": sum(r["accepted"] for r in results), "quarantined": quarantined,
             "decisions_uri": decisions_uri, "wall_seconds": round(wall, 2), "model_seconds": round(model_seconds, 2),
+            "task_seconds": round(sum(r["seconds"] for r in results), 2),  # inside the batch tasks: model + I/O
             # with the gpu limit at 1, batches run one at a time and this is the non-model share
             "orchestration_share": round(max(0.0, 1 - model_seconds / wall), 3) if results and wall > 0 else None}

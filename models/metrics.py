@@ -263,7 +263,8 @@ def compare_settings(runs: dict[str, list[tuple[np.ndarray, np.ndarray | None]]]
     images shared by every setting and seed, so the gain of a setting over ``baseline`` (the
     difference of the seed means) gets a paired interval. ``seed_sd`` is the spread over seeds
     (sample standard deviation). Classes without test positives or negatives are left out of
-    the means, as in ``evaluate``.
+    the means, as in ``evaluate``. ``gain_seed_sd`` is the spread over seeds of the per-seed gain
+    (seed i of a setting against seed i of the baseline): the intervals do not include it.
     """
     if not runs or any(not seeds for seeds in runs.values()):
         raise ValueError("give at least one seed's (probs, thresholds) for every setting")
@@ -285,27 +286,44 @@ def compare_settings(runs: dict[str, list[tuple[np.ndarray, np.ndarray | None]]]
         t = None if thresholds is None else _thresholds_vector(thresholds, k)
         return _all_metrics(p, y, weights, t)
 
+    # a resample in which a class has no positives or no negatives cannot score it; a group mean's
+    # interval uses only the resamples where every class of the group is defined, so the mean is
+    # over the same classes in every resample (a mean that silently drops a rare class is biased)
+    defined = (weights @ (y == 1) > 0) & (weights @ (y == 0) > 0)  # (1 + B, K)
+    usable = {g: np.concatenate([[True], defined[1:, idx].all(axis=1)]) if idx else np.ones(1 + bootstrap, bool)
+              for g, idx in groups.items()}
     per_seed = {s: [scored(p, t) for p, t in seeds] for s, seeds in runs.items()}
     mean = {s: {m: np.mean([r[m] for r in rs], axis=0) for m in METRICS} for s, rs in per_seed.items()}
 
-    def summary(values: np.ndarray, seeds: list[np.ndarray], base: np.ndarray | None) -> dict:
-        """values (1 + B,) seed means; seeds: (1 + B,) per seed; base: the baseline's (1 + B,)."""
+    def summary(values: np.ndarray, seeds: list[np.ndarray], base: np.ndarray | None,
+                keep: np.ndarray | None = None, base_seeds: list[np.ndarray] | None = None) -> dict:
+        """values (1 + B,) seed means; seeds: (1 + B,) per seed; base, base_seeds: the baseline's;
+        keep (1 + B,): the resamples the interval may use."""
+        if keep is not None:
+            values, seeds = values[keep], [v[keep] for v in seeds]
+            base = None if base is None else base[keep]
         out = {"value": _num(values[0]), "ci95": _interval(values[1:]) if bootstrap else None,
                "seed_sd": _num(float(np.std([v[0] for v in seeds], ddof=1))) if len(seeds) > 1 else None}
         if base is not None:
             out["gain"] = _num(values[0] - base[0])
             out["gain_ci95"] = _interval(values[1:] - base[1:]) if bootstrap else None
+            if base_seeds is not None and len(seeds) == len(base_seeds) > 1:  # seed i against baseline seed i
+                out["gain_seed_sd"] = _num(float(np.std([v[0] - b[0] for v, b in zip(seeds, base_seeds)], ddof=1)))
         return out
 
     result: dict = {}
     for s in runs:
         base = mean[baseline] if baseline is not None and s != baseline else None
+        base_runs = per_seed[baseline] if base is not None else None
         classes = {names[j]: {m: summary(mean[s][m][:, j], [r[m][:, j] for r in per_seed[s]],
-                                         None if base is None else base[m][:, j]) for m in METRICS} for j in ok}
+                                         None if base is None else base[m][:, j], None,
+                                         None if base is None else [r[m][:, j] for r in base_runs])
+                              for m in METRICS} for j in ok}
         means = {}
         for group, idx in groups.items():
             means[group] = {m: summary(_row_nanmean(mean[s][m][:, idx]), [_row_nanmean(r[m][:, idx]) for r in per_seed[s]],
-                                       None if base is None else _row_nanmean(base[m][:, idx]))
+                                       None if base is None else _row_nanmean(base[m][:, idx]), usable[group],
+                                       None if base is None else [_row_nanmean(r[m][:, idx]) for r in base_runs])
                             if idx and not (m == "f1_tuned" and runs[s][0][1] is None) else None for m in METRICS}
         result[s] = {"seeds": len(runs[s]), "classes": classes, "means": means}
     return {"settings": result, "baseline": baseline, "n_images": int(n),
@@ -313,4 +331,6 @@ def compare_settings(runs: dict[str, list[tuple[np.ndarray, np.ndarray | None]]]
                          for j in range(k) if j not in ok},
             "groups": {g: [names[j] for j in idx] for g, idx in groups.items()},
             "bootstrap": {"resamples": int(bootstrap), "seed": int(seed), "interval": "95% percentile",
-                          "unit": "test image, shared by every setting and seed (paired gains)"}}
+                          "unit": "test image, shared by every setting and seed (paired gains)",
+                          "group_resamples_used": {g: int(keep[1:].sum()) for g, keep in usable.items()},
+                          "group_means": "resamples where a class of the group is undefined are left out"}}

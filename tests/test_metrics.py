@@ -191,6 +191,7 @@ def test_compare_means_over_seeds_and_pairs_the_gains():
     assert base["seed_sd"] == pytest.approx(np.std(per_seed, ddof=1))
     same = out["settings"]["same"]["means"]["macro"]["ap"]
     assert same["gain"] == 0 and same["gain_ci95"] == [0.0, 0.0]  # identical runs: the pairing cancels exactly
+    assert same["gain_seed_sd"] == 0.0
     gain = out["settings"]["better"]["means"]["tail"]["auroc"]
     assert gain["gain"] > 0.1 and gain["gain_ci95"][0] > 0  # a real improvement's interval excludes 0
     assert out["settings"]["base"]["means"]["macro"]["f1_tuned"] is None  # no thresholds given
@@ -206,3 +207,15 @@ def test_compare_leaves_out_undefined_classes_and_checks_inputs():
         compare_settings({"a": [(probs, None)]}, labels, NAMES, baseline="b")
     with pytest.raises(ValueError, match="at least one seed"):
         compare_settings({"a": []}, labels, NAMES)
+
+
+def test_compare_group_intervals_use_resamples_where_every_class_is_defined():
+    probs, labels = _random_split(n=120, seed=7)
+    labels[:, 1] = 0.0
+    labels[5, 1] = 1.0  # one positive: undefined in about a third of the resamples
+    out = compare_settings({"a": [(probs, None)]}, labels, NAMES, NAMES[:7], NAMES[7:], bootstrap=300)
+    used = out["bootstrap"]["group_resamples_used"]
+    assert 150 < used["head"] < 250 and used["tail"] == 300  # class 1 is head; tail classes are common
+    for group in ("macro", "head", "tail"):
+        e = out["settings"]["a"]["means"][group]["auroc"]
+        assert e["ci95"][0] <= e["value"] <= e["ci95"][1]

@@ -1,0 +1,85 @@
+"""The experiment's ground-truth measures (benchmarks/phantom_truth.py) on hand-made outcomes:
+a perfect removal, no removal, and a removal that also wipes the tail lesion."""
+
+import numpy as np
+import pytest
+
+from benchmarks.phantom_truth import _replay, entanglement_error, lesion_outcomes
+from tasks.dataset import ShardWriter, existing_rows, read_manifest, sample_schema
+from tasks.images import encode_mask, encode_png
+from tasks.ingest import ingest_phantom
+from tasks.knowledge import NoGuidanceJudge, RulesJudge, plan
+from tasks.tensors import lesion_masks, load_tensors
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory):
+    uri = str(tmp_path_factory.mktemp("truth") / "phantom")
+    ingest_phantom(uri, 300, size=32, seed=3)
+    return uri
+
+
+def _parents(phantom, limit=6):
+    """(row, removed head findings, tail findings) of images with a visible head and tail lesion."""
+    manifest = read_manifest(phantom)
+    head, tail = set(manifest["head_tail"]["head"]), set(manifest["head_tail"]["tail"])
+    data = load_tensors(phantom, columns=("lesion_masks", "source_uri"))
+    masks = lesion_masks(data.table)
+    chosen = []
+    for i, m in enumerate(masks):
+        heads = [n for n in m if n in head and m[n].sum() >= 4]
+        tails = [n for n in m if n in tail and m[n].sum() >= 4]
+        if heads and tails and not any((m[h] & m[t]).any() for h in heads for t in tails):
+            chosen.append((i, heads, tails))
+    return data, masks, chosen[:limit]
+
+
+def _write(phantom, out, outcome):
+    data, masks, chosen = _parents(phantom)
+    assert len(chosen) >= 3, "the phantom should hold images with separate head and tail lesions"
+    writer = ShardWriter(out, sample_schema())
+    for i, heads, tails in chosen:
+        source = data.table.column("source_uri")[i].as_py()
+        labels = data.labels[i].numpy().copy()
+        for h in heads:
+            labels[data.findings.index(h)] = 0.0
+        region = np.any([masks[i][h] for h in heads], axis=0)
+        image = data.images[i, 0].numpy()
+        if outcome in ("perfect", "tail_lost"):
+            image = _replay(source, np.nan_to_num(labels), "nih", 32)
+        if outcome == "tail_lost":
+            without = labels.copy()
+            for t in tails:
+                without[data.findings.index(t)] = 0.0
+            image = _replay(source, np.nan_to_num(without), "nih", 32)
+            region = region | np.any([masks[i][t] for t in tails], axis=0)
+        writer.add({"sample_id": f"{outcome}-{i}", "image": encode_png(np.round(image * 255).astype(np.uint8)),
+                    "labels": [float(v) for v in labels], "parent_id": data.sample_ids[i],
+                    "removed_labels": heads, "mask": encode_mask(region)})
+    writer.close()
+    return out
+
+
+@pytest.mark.parametrize("outcome,removed,retained", [("perfect", 1.0, 1.0), ("untouched", 0.0, 1.0),
+                                                      ("tail_lost", 1.0, 0.0)])
+def test_lesion_outcomes_on_known_results(phantom, tmp_path, outcome, removed, retained):
+    out = _write(phantom, str(tmp_path / outcome), outcome)
+    tail = read_manifest(phantom)["head_tail"]["tail"]
+    result = lesion_outcomes(phantom, out, tail)
+    assert result["images"] == existing_rows(out, ["sample_id"]).num_rows
+    assert result["head_lesions"] >= 3 and result["tail_lesions"] >= 3
+    assert result["head_removal_rate"] == removed and result["tail_retention_rate"] == retained
+    assert result["head_lesion_mask_coverage_mean"] == 1.0  # the masks were the lesions themselves
+
+
+def test_entanglement_error_counts_against_true_overlap(phantom, tmp_path):
+    manifest = read_manifest(phantom)
+    head, tail = manifest["head_tail"]["head"], manifest["head_tail"]["tail"]
+    _, none = plan(phantom, tmp_path / "d.duckdb", NoGuidanceJudge())
+    keep_nothing = entanglement_error(phantom, none, head, tail)
+    assert keep_nothing["kept"] == 0 and keep_nothing["recall"] == 0.0
+    assert keep_nothing["error_rate"] == round(keep_nothing["true_overlaps"] / keep_nothing["pairs"], 3)
+    _, rules = plan(phantom, tmp_path / "d.duckdb", RulesJudge())
+    by_rules = entanglement_error(phantom, rules, head, tail)
+    assert by_rules["pairs"] == keep_nothing["pairs"] > 0
+    assert by_rules["tp"] + by_rules["fp"] + by_rules["fn"] + by_rules["tn"] == by_rules["pairs"]
