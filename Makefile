@@ -25,7 +25,7 @@ bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/bench_ingest.py
 	$(VENV)/bin/python benchmarks/bench_plan.py --llm
 
-# the paper's experiment on nih1000 and the phantom, and the factory's throughput (about 1 h 15 min on 2 cores)
+# the paper's experiment on nih1000 and the phantom, and the factory's throughput (about an hour on 2 cores)
 experiment: $(STAMP)
 	$(VENV)/bin/python benchmarks/experiment.py
 

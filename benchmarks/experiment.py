@@ -1,6 +1,6 @@
 """The paper's experiment on real X-rays and on the phantom, and the factory's throughput: one command.
 
-    python benchmarks/experiment.py                       # everything (about 1 h 15 min on 2 cores)
+    python benchmarks/experiment.py                       # everything (about an hour on 2 cores)
     python benchmarks/experiment.py --part nih1000 --seeds 0 1 2
     python benchmarks/experiment.py --part phantom
     python benchmarks/experiment.py --part throughput

@@ -127,6 +127,56 @@ def augment_run(dataset: str, out: str, classifier: dict, generator: dict, batch
     return augment_flow(dataset, out, classifier, generator, KnowledgeSettings(judge="none"), settings, decisions)
 
 
+def task_cost(tasks: int = 15) -> dict:
+    """Milliseconds per Prefect task run that does nothing, without and with a slot of the
+    ``gpu`` global concurrency limit (run where PREFECT_API_URL names the server)."""
+    from prefect import flow, task
+    from prefect.concurrency.sync import concurrency
+
+    @task
+    def bare(i: int) -> int:
+        return i
+
+    @task
+    def with_slot(i: int) -> int:
+        with concurrency("gpu", occupy=1):
+            return i
+
+    @flow
+    def measure() -> dict:
+        out = {}
+        for name, fn in (("bare", bare), ("gpu_slot", with_slot), ("bare_after_slot", bare)):
+            started = time.perf_counter()
+            for i in range(tasks):
+                fn.submit(i).result()
+            out[f"{name}_ms_per_task"] = round(1000 * (time.perf_counter() - started) / tasks, 1)
+        return out
+
+    return {"tasks": tasks, **measure()}
+
+
+def _child(args: list[str], env: dict) -> dict:
+    ran = subprocess.run([sys.executable, __file__, *args], env=env, cwd=ROOT, capture_output=True, text=True)
+    if ran.returncode:
+        raise RuntimeError(f"{args[0]} failed:\n{ran.stderr[-3000:]}")
+    return json.loads(ran.stdout.strip().splitlines()[-1])
+
+
+def prefect_task_cost() -> dict:
+    """task_cost() against the local server (started here when none runs)."""
+    from flows import server
+
+    started_server = server.running_url() is None
+    env = {**os.environ, "PREFECT_API_URL": server.start(), "PREFECT_HOME": str(server.prefect_home())}
+    try:
+        subprocess.run([sys.executable, "-c", "from flows.server import ensure_gpu_limit; ensure_gpu_limit(1)"],
+                       env=env, check=True, cwd=ROOT)
+        return _child(["--task-cost"], env)
+    finally:
+        if started_server:
+            server.stop()
+
+
 def orchestration(work: Path, images: int, per_image: int, real_rate: float | None) -> dict:
     """The augment flow on a real Prefect server: ``images`` in batches of 64, ``per_image`` one per task."""
     from flows import server
@@ -149,11 +199,7 @@ def orchestration(work: Path, images: int, per_image: int, real_rate: float | No
         for name, batch_size, count in (("batched", 64, images), ("one_task_per_image", 1, per_image)):
             args = [big, str(work / f"augment-{name}"), json.dumps(classifier), json.dumps(generator),
                     str(batch_size), str(count), str(work / "decisions.duckdb")]
-            ran = subprocess.run([sys.executable, __file__, "--augment-run", *args], env=env, cwd=ROOT,
-                                 capture_output=True, text=True)
-            if ran.returncode:
-                raise RuntimeError(f"the {name} augment run failed:\n{ran.stderr[-3000:]}")
-            result = json.loads(ran.stdout.strip().splitlines()[-1])
+            result = _child(["--augment-run", *args], env)
             wall, model, inside = result["wall_seconds"], result["model_seconds"], result["task_seconds"]
             done = result["written"] + sum(result["quarantined"].values())
             entry = {"images": done, "tasks": result["batches_run"], "batch_size": batch_size,
@@ -213,7 +259,14 @@ def markdown(result: dict) -> str:
         lines.append(f"| {name} | {e['images']} | {e['tasks']} | {e['wall_s']} | {e['model_s']} | {e['prefect_s']} | "
                      f"{e['io_and_coding_s']} | {e['overhead_per_image_ms']} | {e['prefect_per_task_ms']} | "
                      f"{e['overhead_share_measured']} | {e.get('overhead_share_at_real_sampler', '–')} |")
-    lines += ["", f"One task per image costs {o.get('per_image_over_batched_overhead')}x the batched overhead per image.",
+    cost = result.get("prefect_task_cost")
+    lines += ["", f"One task per image costs {o.get('per_image_over_batched_overhead')}x the batched overhead per image."]
+    if cost:
+        lines += ["", f"Where the Prefect time goes ({cost['tasks']} empty tasks each, same server): a bare task run "
+                  f"{cost['bare_ms_per_task']} ms, one holding a `gpu` slot {cost['gpu_slot_ms_per_task']} ms, a bare "
+                  f"one after slots were used {cost['bare_after_slot_ms_per_task']} ms."
+                  + (f" (Measured at commit `{cost['commit']}`.)" if cost.get("commit") else "")]
+    lines += [
               "", "## LLM calls (fake Messages server; the plan of the 32 px phantom above)", "",
               "| candidate images | label sets | calls, first run | calls, rerun |", "|---|---|---|---|",
               f"| {o['llm']['candidate_images']} | {o['llm']['label_sets']} | {o['llm']['llm_calls_first_run']} | "
@@ -230,6 +283,7 @@ def main(quick: bool = False, out_dir: Path = RESULTS) -> dict:
         images, per_image = (200, 20) if quick else (10_000, 300)
         result = {"commit": commit(), "machine": machine(), "cuda": torch.cuda.is_available(),
                   "stages": stage_rates, "orchestration": orchestration(work, images, per_image, real_rate),
+                  "prefect_task_cost": prefect_task_cost(),
                   "seconds": round(time.perf_counter() - started, 1)}
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -241,6 +295,9 @@ def main(quick: bool = False, out_dir: Path = RESULTS) -> dict:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--task-cost"]:  # the child process of prefect_task_cost()
+        print(json.dumps(task_cost()))
+        sys.exit(0)
     if sys.argv[1:2] == ["--augment-run"]:  # the child process of orchestration()
         dataset, out, classifier, generator, batch_size, count, decisions = sys.argv[2:]
         print(json.dumps(augment_run(dataset, out, json.loads(classifier), json.loads(generator), int(batch_size),
@@ -249,5 +306,14 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--task-cost-only", action="store_true",
+                        help="measure only the Prefect per-task cost and add it to an existing throughput.json")
     cli = parser.parse_args()
-    main(cli.quick, cli.out)
+    if cli.task_cost_only:
+        saved = json.loads((cli.out / "throughput.json").read_text())
+        saved["prefect_task_cost"] = {**prefect_task_cost(), "commit": commit()}
+        (cli.out / "throughput.json").write_text(json.dumps(saved, indent=1) + "\n")
+        (cli.out / "throughput.md").write_text(markdown(saved))
+        print(json.dumps(saved["prefect_task_cost"]))
+    else:
+        main(cli.quick, cli.out)
