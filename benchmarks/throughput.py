@@ -242,7 +242,7 @@ def llm_calls(dataset: str, work: Path) -> dict:
 
 
 def markdown(result: dict) -> str:
-    lines = ["# Throughput", "", f"Commit `{result['commit']}`, {result['machine']['cpu']} "
+    lines = ["# Throughput", "", "![stages and overhead](throughput.png)", "", f"Commit `{result['commit']}`, {result['machine']['cpu']} "
              f"({result['machine']['cores']} cores, no GPU). Command: `python benchmarks/experiment.py --part throughput`. "
              "Absolute times describe this machine only; compare ratios.", "",
              "## Stages (median of repeats)", "", "| stage | images | images/s |", "|---|---|---|"]
@@ -274,6 +274,39 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot(result: dict) -> bytes:
+    """Per-stage images/s (log scale) and the overhead per image, batched against one task per image."""
+    import io
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.6), gridspec_kw={"width_ratios": [2, 1]})
+    names = list(result["stages"])
+    left.barh(names, [result["stages"][n]["images_per_s"] for n in names], color="C0")
+    left.set_xscale("log"), left.set_xlabel("images/s (median)"), left.invert_yaxis()
+    o = result["orchestration"]
+    runs = ["batched", "one_task_per_image"]
+    right.bar(runs, [o[r]["overhead_per_image_ms"] for r in runs], color=["C2", "C3"])
+    right.set_yscale("log"), right.set_ylabel("ms per image outside the model")
+    for x, r in enumerate(runs):
+        right.text(x, o[r]["overhead_per_image_ms"], f"{o[r]['overhead_per_image_ms']:.0f}", ha="center", va="bottom")
+    fig.suptitle(f"tailforge throughput, {result['machine']['cores']}-core CPU, commit {result['commit']}", fontsize=10)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def write(out_dir: Path, result: dict) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "throughput.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out_dir / "throughput.md").write_text(markdown(result))
+    (out_dir / "throughput.png").write_bytes(plot(result))
+
+
 def main(quick: bool = False, out_dir: Path = RESULTS) -> dict:
     work = Path(tempfile.mkdtemp(prefix="tailforge-throughput-"))
     try:
@@ -287,10 +320,8 @@ def main(quick: bool = False, out_dir: Path = RESULTS) -> dict:
                   "seconds": round(time.perf_counter() - started, 1)}
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "throughput.json").write_text(json.dumps(result, indent=1) + "\n")
-    (out_dir / "throughput.md").write_text(markdown(result))
-    print(f"[throughput] written: {out_dir}/throughput.{{json,md}}", flush=True)
+    write(out_dir, result)
+    print(f"[throughput] written: {out_dir}/throughput.{{json,md,png}}", flush=True)
     return result
 
 
@@ -312,8 +343,7 @@ if __name__ == "__main__":
     if cli.task_cost_only:
         saved = json.loads((cli.out / "throughput.json").read_text())
         saved["prefect_task_cost"] = {**prefect_task_cost(), "commit": commit()}
-        (cli.out / "throughput.json").write_text(json.dumps(saved, indent=1) + "\n")
-        (cli.out / "throughput.md").write_text(markdown(saved))
+        write(cli.out, saved)
         print(json.dumps(saved["prefect_task_cost"]))
     else:
         main(cli.quick, cli.out)
