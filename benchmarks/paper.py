@@ -37,7 +37,7 @@ from models.inpaint import InpaintConfig
 from models.metrics import compare_settings, tune_thresholds
 from models.training import TrainConfig, predict_probs, seed_everything
 from tasks import augment as work
-from tasks.dataset import finish_manifest, read_manifest
+from tasks.dataset import read_manifest
 from tasks.finetune import FinetuneSettings, fit_setting, load_generated
 from tasks.knowledge import NoGuidanceJudge, RulesJudge, plan
 from tasks.pretrain import train_classifier
@@ -76,26 +76,17 @@ def generate(dataset: str, out: str, classifier: dict, generator: dict, variant:
     candidates = work.build_candidates(dataset, manifest["labels"], manifest["head_tail"]["head"],
                                        manifest["head_tail"]["tail"], decisions, recipe, options.max_images)
     done = work.done_ids(out)
-    started, totals = time.perf_counter(), {"written": 0, "accepted": 0, "model_seconds": 0.0, "quarantined": {}}
-    for batch in work.batches(candidates, options.batch_size):
-        if all(c.output_id in done for c in batch):
-            continue
-        result = work.run_batch(dataset, out, batch, classifier, generator, options, f"experiment-{variant}")
-        for key in ("written", "accepted", "model_seconds"):
-            totals[key] += result[key]
-        for code, n in result["quarantined"].items():
-            totals["quarantined"][code] = totals["quarantined"].get(code, 0) + n
-    finish_manifest(out, name=f"experiment-{variant}", vocab_name=manifest["vocabulary"],
-                    image_size=manifest["image_size"], run_id=f"experiment-{variant}",
-                    explicit_tail=manifest["head_tail"]["tail"],
-                    source={"kind": "augment", "parent": dataset, "classifier_id": classifier["id"],
-                            "generator_id": generator["id"], "recipe": recipe, "judge": judge_name},
-                    extra={"augment_settings": options.to_dict()})
+    started, run_id = time.perf_counter(), f"experiment-{variant}"
+    results = [work.run_batch(dataset, out, batch, classifier, generator, options, run_id)
+               for batch in work.batches(candidates, options.batch_size)
+               if not all(c.output_id in done for c in batch)]
+    work.finish_output(out, dataset, manifest, classifier, generator, recipe, judge_name, options, run_id,
+                       name=f"experiment-{variant}")
     generated = load_tensors(out, columns=("accepted",))
     accepted = int(np.asarray(generated.table.column("accepted").to_pylist(), dtype=bool).sum()) if len(generated) else 0
     return {"variant": variant, "judge": judge_name, "placement": placement, "candidates": len(candidates),
             "images_to_generate": report.images_to_generate, "generated": len(generated), "accepted": accepted,
-            "new_this_run": totals, "seconds": round(time.perf_counter() - started, 1)}
+            "new_this_run": work.totals(results), "seconds": round(time.perf_counter() - started, 1)}
 
 
 def run(dataset: str, generator: dict, work_dir: Path, models_uri: str, config: ExperimentConfig,

@@ -13,7 +13,7 @@ from prefect.concurrency.sync import concurrency
 from flows.settings import KnowledgeSettings, tailforge_home
 from tasks import augment as work
 from tasks import store
-from tasks.dataset import finish_manifest, new_run_id, read_manifest, utcnow
+from tasks.dataset import new_run_id, read_manifest, utcnow
 from tasks.knowledge import AnthropicJudge, LLMSettings, NoGuidanceJudge, RulesJudge, export_decisions, plan
 from tasks.runs import write_run_record
 
@@ -95,24 +95,19 @@ def augment_flow(dataset_uri: str, out_uri: str, classifier: dict, generator: di
     if not todo:
         update_progress_artifact(progress_id, 100.0)
     decisions_uri = export_decisions(decisions, store.join(out_uri, "decisions"))
-    finish_manifest(out_uri, name=f"augmented-{manifest['name']}", vocab_name=manifest["vocabulary"],
-                    image_size=manifest["image_size"], run_id=run_id, explicit_tail=tail,
-                    source={"kind": "augment", "parent": dataset_uri, "classifier_id": classifier["id"],
-                            "generator_id": generator["id"], "recipe": recipe, "judge": knowledge.judge},
-                    extra={"augment_settings": options.to_dict()})
+    work.finish_output(out_uri, dataset_uri, manifest, classifier, generator, recipe, knowledge.judge, options,
+                       run_id, name=f"augmented-{manifest['name']}")
     wall = time.perf_counter() - started
-    model_seconds = sum(r["model_seconds"] for r in results)
-    quarantined: dict[str, int] = {}
-    for r in results:
-        for code, n in r["quarantined"].items():
-            quarantined[code] = quarantined.get(code, 0) + n
+    counts = work.totals(results)
+    model_seconds = counts["model_seconds"]
+    quarantined = counts["quarantined"]
     write_run_record(out_uri, run_id, "augment", parameters, "completed", started_at, {
-        "candidates": len(candidates), "batches_run": len(todo), "written": sum(r["written"] for r in results),
-        "accepted": sum(r["accepted"] for r in results), "quarantined": quarantined,
+        "candidates": len(candidates), "batches_run": len(todo), "written": counts["written"],
+        "accepted": counts["accepted"], "quarantined": quarantined,
         "llm_calls": plan_summary["llm_calls"], "fallbacks": plan_summary["fallbacks"]})
     return {"run_id": run_id, "out_uri": out_uri, "plan": plan_summary, "candidates": len(candidates),
-            "batches": len(all_batches), "batches_run": len(todo), "written": sum(r["written"] for r in results),
-            "accepted": sum(r["accepted"] for r in results), "quarantined": quarantined,
+            "batches": len(all_batches), "batches_run": len(todo), "written": counts["written"],
+            "accepted": counts["accepted"], "quarantined": quarantined,
             "decisions_uri": decisions_uri, "wall_seconds": round(wall, 2), "model_seconds": round(model_seconds, 2),
             "task_seconds": round(sum(r["seconds"] for r in results), 2),  # inside the batch tasks: model + I/O
             # with the gpu limit at 1, batches run one at a time and this is the non-model share

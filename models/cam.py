@@ -139,10 +139,13 @@ def union_mask(maps: list[np.ndarray], shape: tuple[int, int], config: MaskConfi
 
 def removal_masks(model: torch.nn.Module, images: torch.Tensor, remove: list[list[int]],
                   method: str = "gradcam", config: MaskConfig = MaskConfig(),
-                  target_layer: torch.nn.Module | None = None) -> list[MaskResult]:
-    """For each image, the union mask of its classes to remove; one batched CAM call."""
+                  target_layer: torch.nn.Module | None = None, seeds: list[int] | None = None) -> list[MaskResult]:
+    """For each image, the union mask of its classes to remove; one batched CAM call. With
+    ``config.placement == "random"`` each mask is moved by ``relocate`` with its image's seed."""
     if len(remove) != images.shape[0]:
         raise ValueError("give one list of classes to remove per image")
+    if config.placement == "random" and (seeds is None or len(seeds) != len(remove)):
+        raise ValueError("random mask placement needs one seed per image")
     rows = [i for i, classes in enumerate(remove) for _ in classes]
     classes = [c for cs in remove for c in cs]
     shape = tuple(images.shape[-2:])
@@ -150,7 +153,10 @@ def removal_masks(model: torch.nn.Module, images: torch.Tensor, remove: list[lis
     per_image: list[list[np.ndarray]] = [[] for _ in remove]
     for row, cam in zip(rows, maps):
         per_image[row].append(cam)
-    return [union_mask(m, shape, config) for m in per_image]
+    masks = [union_mask(m, shape, config) for m in per_image]
+    if config.placement == "random":
+        masks = [MaskResult(relocate(m.mask, np.random.default_rng(s)), m.outcome, m.area) for m, s in zip(masks, seeds)]
+    return masks
 
 
 def relocate(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -24,14 +24,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from models.cam import MaskConfig, MaskResult, relocate, removal_masks
+from models.cam import MaskConfig, removal_masks
 from models.classifier import load_checkpoint
 from models.dit import build_scheduler, load_dit
 from models.inpaint import InpaintConfig, inpaint
 from models.quality import QualityScorer
 from models.training import predict_probs
 from tasks import store
-from tasks.dataset import SAMPLES, ShardWriter, existing_quarantine_ids, label_matrix, sample_schema
+from tasks.dataset import SAMPLES, ShardWriter, existing_quarantine_ids, finish_manifest, label_matrix, sample_schema
 from tasks.images import decode_png, encode_mask, encode_png
 from tasks.knowledge.decision import Decision
 from tasks.tensors import load_tensors, rows_by_shard
@@ -113,6 +113,26 @@ def done_ids(out_uri: str) -> set[str]:
     return ids
 
 
+def finish_output(out_uri: str, dataset_uri: str, manifest: dict, classifier: dict, generator: dict, recipe: str,
+                  judge: str, settings: AugmentSettings, run_id: str, name: str) -> dict:
+    """Write the augmented dataset's manifest, recording where its rows came from."""
+    return finish_manifest(out_uri, name=name, vocab_name=manifest["vocabulary"], image_size=manifest["image_size"],
+                           run_id=run_id, explicit_tail=manifest["head_tail"]["tail"],
+                           source={"kind": "augment", "parent": dataset_uri, "classifier_id": classifier["id"],
+                                   "generator_id": generator["id"], "recipe": recipe, "judge": judge},
+                           extra={"augment_settings": settings.to_dict()})
+
+
+def totals(results: list[dict]) -> dict:
+    """Batch results summed: written, accepted, model seconds and quarantine rows by reason."""
+    quarantined: dict[str, int] = {}
+    for r in results:
+        for code, n in r["quarantined"].items():
+            quarantined[code] = quarantined.get(code, 0) + n
+    return {"written": sum(r["written"] for r in results), "accepted": sum(r["accepted"] for r in results),
+            "model_seconds": sum(r["model_seconds"] for r in results), "quarantined": quarantined}
+
+
 # Models are cached per process and shared by task threads; Grad-CAM hooks the model it runs
 # on, so two batches must not use one model at once. On one accelerator the global ``gpu``
 # limit serialises batches anyway; this lock makes it so within a process whatever the limit.
@@ -192,10 +212,7 @@ def _generate(dataset_uri: str, images: torch.Tensor, findings: list[str], batch
     """CAM masks -> inpainting -> quality score and classifier probabilities (the model work)."""
     net, _ = _classifier(classifier["uri"])
     masks = removal_masks(net, images, [[findings.index(r) for r in c.remove] for c in batch],
-                          settings.cam_method, settings.mask)
-    if settings.mask.placement == "random":  # the control: same masks, random places (per-image seed)
-        masks = [MaskResult(relocate(m.mask, np.random.default_rng(c.seed)), m.outcome, m.area)
-                 for m, c in zip(masks, batch)]
+                          settings.cam_method, settings.mask, seeds=[c.seed for c in batch])
     ok = [i for i, m in enumerate(masks) if m.outcome == "ok"]
     generated = images.clone()
     if not ok:

@@ -78,6 +78,12 @@ def test_removal_masks_batch_one_call_per_pair():
     assert results[1].outcome == "empty" and not results[1].mask.any()
     with pytest.raises(ValueError, match="one list"):
         removal_masks(net, images, [[0]])
+    moved = removal_masks(net, images, [[0], [], [1, 2]], config=MaskConfig(max_area=1.0, placement="random"),
+                          seeds=[5, 6, 7])
+    assert [m.mask.sum() for m in moved] == [r.mask.sum() for r in results]
+    assert [m.outcome for m in moved] == [r.outcome for r in results]
+    with pytest.raises(ValueError, match="one seed per image"):
+        removal_masks(net, images, [[0], [], [1]], config=MaskConfig(placement="random"))
 
 
 def test_relocate_keeps_shape_and_area_and_is_seeded():
