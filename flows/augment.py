@@ -7,7 +7,7 @@ import time
 from collections import deque
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.concurrency.sync import concurrency
 
 from flows.settings import KnowledgeSettings, tailforge_home
@@ -48,6 +48,15 @@ def augment_batch(index: int, dataset_uri: str, out_uri: str, batch: list[work.C
     with concurrency("gpu", occupy=1):
         return work.run_batch(dataset_uri, out_uri, batch, classifier, generator,
                               work.AugmentSettings.from_dict(settings), run_id)
+
+
+def acceptance_artifact(counts: dict) -> None:
+    """A table in the Prefect UI: per removed class, rows written, accepted and the rate."""
+    rows = [{"removed class": name, "written": w, "accepted": a, "acceptance": f"{a / w:.0%}" if w else "-"}
+            for name, (w, a) in counts["by_class"].items()]
+    rejected = ", ".join(f"{k} {n}" for k, n in counts["rejected"].items()) or "none"
+    create_table_artifact(rows, key="augment-acceptance",
+                          description=f"generated rows whose removal was verified; rejected: {rejected}")
 
 
 @flow(name="augment", log_prints=True)
@@ -100,15 +109,16 @@ def augment_flow(dataset_uri: str, out_uri: str, classifier: dict, generator: di
     wall = time.perf_counter() - started
     counts = work.totals(results)
     model_seconds = counts["model_seconds"]
+    acceptance_artifact(counts)
     quarantined = counts["quarantined"]
     write_run_record(out_uri, run_id, "augment", parameters, "completed", started_at, {
         "candidates": len(candidates), "batches_run": len(todo), "written": counts["written"],
-        "accepted": counts["accepted"], "quarantined": quarantined,
-        "llm_calls": plan_summary["llm_calls"], "fallbacks": plan_summary["fallbacks"]})
+        "accepted": counts["accepted"], "rejected": counts["rejected"], "by_class": counts["by_class"],
+        "quarantined": quarantined, "llm_calls": plan_summary["llm_calls"], "fallbacks": plan_summary["fallbacks"]})
     return {"run_id": run_id, "out_uri": out_uri, "plan": plan_summary, "candidates": len(candidates),
             "batches": len(all_batches), "batches_run": len(todo), "written": counts["written"],
-            "accepted": counts["accepted"], "quarantined": quarantined,
-            "decisions_uri": decisions_uri, "wall_seconds": round(wall, 2), "model_seconds": round(model_seconds, 2),
+            "accepted": counts["accepted"], "rejected": counts["rejected"], "by_class": counts["by_class"],
+            "quarantined": quarantined, "decisions_uri": decisions_uri, "wall_seconds": round(wall, 2), "model_seconds": round(model_seconds, 2),
             "task_seconds": round(sum(r["seconds"] for r in results), 2),  # inside the batch tasks: model + I/O
             # with the gpu limit at 1, batches run one at a time and this is the non-model share
             "orchestration_share": round(max(0.0, 1 - model_seconds / wall), 3) if results and wall > 0 else None}

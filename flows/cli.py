@@ -327,7 +327,7 @@ def cmd_lineage(args: argparse.Namespace) -> int:
             print(f"    removed {step['removed_labels']}, kept {step['kept_labels']}; decision {d.get('source')} "
                   f"({d.get('judge')}/{d.get('model')}): {d.get('rationale')}")
             print(f"    mask {step['mask']}, seed {step['seed']}, quality {step['quality']:.2f}, "
-                  f"accepted {step['accepted']}")
+                  f"accepted {step['accepted']} ({step.get('verdict') or 'no removal check recorded'})")
             print(f"    classifier {step['classifier'].get('id', '')[:16]}, generator {step['generator'].get('id', '')[:16]}")
         elif step.get("source_path"):
             print(f"    source {step['source_path']}")
@@ -443,6 +443,10 @@ def print_run(result: dict, api_url: str) -> None:
     console.print(f"dataset:    {result['dataset_uri']}")
     console.print(f"generated:  {augment['out_uri']}  ({augment['written']} written, {augment['accepted']} accepted, "
                   f"quarantined {augment['quarantined'] or 0}; {augment['plan']['llm_calls']} LLM calls)")
+    for name, (written, accepted) in augment.get("by_class", {}).items():
+        console.print(f"  removal verified for {name}: {accepted}/{written}")
+    if augment.get("rejected"):
+        console.print(f"  not accepted: {augment['rejected']}")
     for name, uri in result["report"].items():
         console.print(f"{name + ':':11s} {uri}")
     if api_url:

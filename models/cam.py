@@ -25,11 +25,12 @@ import torch
 import torch.nn.functional as F
 
 import models  # noqa: F401  (torchvision guard before pytorch_grad_cam)
-from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, LayerCAM
+from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-CAM_METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "layercam": LayerCAM, "eigencam": EigenCAM}
-OUTCOMES = ("ok", "empty", "too_large")
+CAM_METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "hirescam": HiResCAM, "layercam": LayerCAM,
+               "eigencam": EigenCAM}
+OUTCOMES = ("ok", "empty", "too_large", "not_detected")
 
 
 @dataclass(frozen=True)
@@ -51,9 +52,23 @@ class MaskConfig:
 
 
 @dataclass(frozen=True)
+class LocaliseConfig:
+    """How a class map is made from the classifier (measured in benchmarks/fidelity.py)."""
+    layers: tuple[str, ...] = ()  # target layers by name; () = the deepest stage >= 8 cells wide; several: mean
+    border: float = 0.0  # share of each side zeroed in the map (film edges, markers)
+    prior_weight: float = 1.0  # map x prior ** weight when the classifier card has a class location prior
+    gate: bool = True  # no mask for a class the classifier does not call (probability < its threshold)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.border < 0.5 or self.prior_weight < 0:
+            raise ValueError("need 0 <= border < 0.5 and prior_weight >= 0")
+        object.__setattr__(self, "layers", tuple(self.layers))
+
+
+@dataclass(frozen=True)
 class MaskResult:
     mask: np.ndarray  # (H, W) bool, True = regenerate; all False unless outcome == "ok"
-    outcome: str  # ok | empty | too_large
+    outcome: str  # ok | empty | too_large | not_detected (gated: the classifier does not call a class to remove)
     area: float  # fraction of the image the union covered
 
 
@@ -83,20 +98,72 @@ def _reshape_transform(model: torch.nn.Module, image_size: int):
     return None
 
 
+def receptive_centre(model: torch.nn.Module, layer: torch.nn.Module, image_size: int) -> tuple[float, float]:
+    """(offset, stride): feature cell k of a CNN ``layer`` is centred at input pixel offset + k * stride.
+
+    Measured, not assumed: the centroid of |d activation(cell) / d input| for the middle cell.
+    A padded ResNet centres cell k at k * stride; an unpadded stem (ConvNeXt) at
+    (k + 0.5) * stride - 0.5. pytorch-grad-cam's cv2.resize assumes the latter for every model,
+    which shifts ResNet maps stride / 2 down-right. (Transformers attend globally, so the
+    gradient centroid says little: ``cam_maps`` uses their patch geometry instead.)
+    """
+    captured: list[torch.Tensor] = []
+    handle = layer.register_forward_hook(lambda _m, _i, out: captured.append(out))
+    probe = torch.rand(1, 1, image_size, image_size, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+    try:
+        with torch.enable_grad():
+            model(probe)
+            act = captured[0]  # (1, C, h, w)
+            h, w = act.shape[-2:]
+            act[0, :, h // 2, w // 2].sum().backward()
+    finally:
+        handle.remove()
+        model.zero_grad(set_to_none=True)
+    weight = probe.grad[0, 0].abs().double()  # (S, S)
+    rows = (weight.sum(1) * torch.arange(image_size)).sum() / weight.sum()
+    stride = image_size / h
+    return float(rows) - (h // 2) * stride, stride
+
+
+def upsample_aligned(maps: np.ndarray, offset: float, stride: float, size: int) -> np.ndarray:
+    """(N, h, w) feature-resolution maps -> (N, size, size), cell k placed at pixel offset + k * stride
+    (bilinear between cell centres, edge values held beyond the outermost centres), each map
+    rescaled to max 1."""
+    small = torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32))[:, None]  # (N, 1, h, w)
+    h, w = small.shape[-2:]
+    cells = (torch.arange(size, dtype=torch.float32) - offset) / stride  # pixel -> cell coordinate
+    gy = 2 * cells / max(h - 1, 1) - 1 if h > 1 else torch.zeros(size)
+    gx = 2 * cells / max(w - 1, 1) - 1 if w > 1 else torch.zeros(size)
+    grid = torch.stack(torch.meshgrid(gx, gy, indexing="xy"), dim=-1)  # (size, size, 2): (x, y)
+    out = F.grid_sample(small, grid[None].expand(small.shape[0], -1, -1, -1), mode="bilinear",
+                        padding_mode="border", align_corners=True)[:, 0]  # (N, size, size)
+    top = out.flatten(1).max(dim=1).values.clamp(min=1e-7)[:, None, None]
+    return (out / top).numpy()
+
+
 def cam_maps(model: torch.nn.Module, images: torch.Tensor, classes: list[int], method: str = "gradcam",
              target_layer: torch.nn.Module | None = None) -> np.ndarray:
-    """(N, H, W) maps in [0, 1], one row per (image, class) pair; ``images`` is (N, 1, H, W)."""
+    """(N, H, W) maps in [0, 1], one row per (image, class) pair; ``images`` is (N, 1, H, W).
+    Maps are computed at the layer's resolution and placed on the image where the layer's cells
+    really look (``receptive_centre``), not where cv2.resize would put them."""
     if method not in CAM_METHODS:
         raise ValueError(f"unknown CAM method {method!r}; choose one of {sorted(CAM_METHODS)}")
     if len(classes) != images.shape[0]:
         raise ValueError("give one target class per image row")
     size = images.shape[-1]
     layer = target_layer if target_layer is not None else default_target_layer(model, size)[1]
+    reshape = _reshape_transform(model, size)
     model.eval()
-    with CAM_METHODS[method](model=model, target_layers=[layer],
-                             reshape_transform=_reshape_transform(model, size)) as cam:
-        maps = cam(input_tensor=images, targets=[ClassifierOutputTarget(int(c)) for c in classes])
-    return np.nan_to_num(np.asarray(maps, dtype=np.float32))  # (N, H, W)
+    with CAM_METHODS[method](model=model, target_layers=[layer], reshape_transform=reshape) as cam:
+        cam.get_target_width_height = lambda _input: None  # keep maps at the layer's resolution
+        small = cam(input_tensor=images, targets=[ClassifierOutputTarget(int(c)) for c in classes])  # (N, h, w)
+    small = np.nan_to_num(np.asarray(small, dtype=np.float32))
+    if reshape is not None:  # patch tokens: token k covers pixels k*p .. k*p + p - 1
+        stride = size / small.shape[-1]
+        offset = (stride - 1) / 2
+    else:
+        offset, stride = receptive_centre(model, layer, size)
+    return upsample_aligned(small, offset, stride, size)
 
 
 def otsu_threshold(values: np.ndarray, bins: int = 64) -> float:
@@ -137,23 +204,64 @@ def union_mask(maps: list[np.ndarray], shape: tuple[int, int], config: MaskConfi
     return MaskResult(union, "ok", area)
 
 
+def resize_prior(prior: np.ndarray, size: int) -> np.ndarray:
+    """A class location prior stored at any resolution -> (size, size), max 1."""
+    t = torch.as_tensor(np.asarray(prior, dtype=np.float32))[None, None]
+    out = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)[0, 0].clamp(min=0)
+    return (out / out.max().clamp(min=1e-7)).numpy()
+
+
+def class_maps(model: torch.nn.Module, images: torch.Tensor, classes: list[int], config: LocaliseConfig,
+               method: str = "gradcam", priors: dict[int, np.ndarray] | None = None) -> np.ndarray:
+    """(N, H, W) class maps in [0, 1]: CAM at each configured layer (aligned, averaged), the film's
+    border zeroed, times the class location prior ** prior_weight where ``priors`` has the class."""
+    size = images.shape[-1]
+    layers = [model.get_submodule(name) for name in config.layers] or [None]
+    maps = np.mean([cam_maps(model, images, classes, method, layer) for layer in layers], axis=0)  # (N, H, W)
+    if config.border > 0:
+        edge = int(round(config.border * size))
+        frame = np.zeros((size, size), np.float32)
+        frame[edge:size - edge, edge:size - edge] = 1.0
+        maps = maps * frame
+    if priors and config.prior_weight > 0:
+        resized = {c: resize_prior(p, size) ** config.prior_weight for c, p in priors.items()}
+        maps = np.stack([m * resized[c] if c in resized else m for m, c in zip(maps, classes)])
+    top = maps.reshape(len(maps), -1).max(axis=1).clip(min=1e-7)[:, None, None]
+    return (maps / top).astype(np.float32)
+
+
 def removal_masks(model: torch.nn.Module, images: torch.Tensor, remove: list[list[int]],
                   method: str = "gradcam", config: MaskConfig = MaskConfig(),
-                  target_layer: torch.nn.Module | None = None, seeds: list[int] | None = None) -> list[MaskResult]:
+                  target_layer: torch.nn.Module | None = None, seeds: list[int] | None = None,
+                  localise: LocaliseConfig | None = None, priors: dict[int, np.ndarray] | None = None,
+                  thresholds: list[float] | None = None) -> list[MaskResult]:
     """For each image, the union mask of its classes to remove; one batched CAM call. With
+    ``localise``, maps come from ``class_maps`` and, when it gates, a class whose probability is
+    below ``thresholds`` adds nothing (an image left with no class is ``not_detected``). With
     ``config.placement == "random"`` each mask is moved by ``relocate`` with its image's seed."""
     if len(remove) != images.shape[0]:
         raise ValueError("give one list of classes to remove per image")
     if config.placement == "random" and (seeds is None or len(seeds) != len(remove)):
         raise ValueError("random mask placement needs one seed per image")
-    rows = [i for i, classes in enumerate(remove) for _ in classes]
-    classes = [c for cs in remove for c in cs]
+    called = [list(cs) for cs in remove]
+    if localise is not None and localise.gate:
+        probs = torch.sigmoid(model.eval()(images).detach()).numpy() if len(images) else np.zeros((0, 0))
+        cut = thresholds or [0.5] * (probs.shape[1] if probs.size else 0)
+        called = [[c for c in cs if probs[i, c] >= cut[c]] for i, cs in enumerate(remove)]
+    rows = [i for i, classes in enumerate(called) for _ in classes]
+    classes = [c for cs in called for c in cs]
     shape = tuple(images.shape[-2:])
-    maps = cam_maps(model, images[rows], classes, method, target_layer) if rows else np.zeros((0, *shape))
+    if not rows:
+        maps = np.zeros((0, *shape))
+    elif localise is not None:
+        maps = class_maps(model, images[rows], classes, localise, method, priors)
+    else:
+        maps = cam_maps(model, images[rows], classes, method, target_layer)
     per_image: list[list[np.ndarray]] = [[] for _ in remove]
     for row, cam in zip(rows, maps):
         per_image[row].append(cam)
-    masks = [union_mask(m, shape, config) for m in per_image]
+    masks = [union_mask(m, shape, config) if m or not wanted else MaskResult(np.zeros(shape, bool), "not_detected", 0.0)
+             for m, wanted in zip(per_image, remove)]
     if config.placement == "random":
         masks = [MaskResult(relocate(m.mask, np.random.default_rng(s)), m.outcome, m.area) for m, s in zip(masks, seeds)]
     return masks

@@ -120,6 +120,8 @@ class ClassifierCard:
     train_shards_sha256: list[str] = field(default_factory=list)  # the shards the weights saw
     seed: int = 0  # the training seed
     metrics: dict[str, Any] = field(default_factory=dict)  # free-form, plain JSON-like values only
+    # class -> (s, s) mean training lesion mask (where the class usually lies), when the data had masks
+    location_prior: dict[str, list[list[float]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.labels = [str(x) for x in self.labels]
@@ -136,6 +138,9 @@ class ClassifierCard:
             raise ValueError(f"thresholds must be {len(self.labels)} probabilities (one per label), "
                              f"got {self.thresholds}")
         self.metrics = _to_plain(self.metrics, "card.metrics")
+        unknown_prior = sorted(set(self.location_prior) - set(self.labels))
+        if unknown_prior:
+            raise ValueError(f"location_prior names classes that are not in labels: {unknown_prior}")
 
 
 def _to_plain(value: Any, where: str) -> Any:

@@ -8,7 +8,11 @@ Probabilistic Models", Alg. 1): the known region is the input noised to the curr
 the two are joined by the mask, and the model takes one DDIM step (Song et al., eq. 12).
 Every ``jump_length`` steps the sample is pushed back up by the same number of steps with
 fresh noise (q(x_t | x_s), the forward chain) and denoised again, ``resample`` times, so the
-generated region can agree with its surroundings. At the end the known pixels are pasted back,
+generated region can agree with its surroundings. With ``init="harmonic"`` the sampler starts
+from the harmonic fill of the mask (models/fill.py) noised to the level ``strength`` of the
+schedule (SDEdit, Meng et al., "SDEdit: Guided Image Synthesis and Editing with Stochastic
+Differential Equations"): the fill fixes the region's mean, which is what removes a lesion's
+opacity, and the DiT adds the texture a smooth fill lacks. At the end the known pixels are pasted back,
 so unmasked pixels equal the input exactly. An optional feather blends the generated region
 into the original over a few pixels *inside* the mask; outside it nothing changes.
 """
@@ -29,10 +33,14 @@ class InpaintConfig:
     resample: int = 2  # RePaint: passes over each block (1 = plain masked DDIM)
     eta: float = 0.0  # DDIM stochasticity (0 = deterministic transitions)
     feather_px: int = 0  # width of the blend ramp inside the mask; 0 = hard edge
+    init: str = "noise"  # "noise": start from pure noise; "harmonic": from the harmonic fill, noised (SDEdit)
+    strength: float = 1.0  # with init "harmonic": the share of the schedule run (1 = from pure noise)
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.jump_length < 1 or self.resample < 1:
             raise ValueError("steps, jump_length and resample must be at least 1")
+        if self.init not in ("noise", "harmonic") or not 0 < self.strength <= 1:
+            raise ValueError("init must be 'noise' or 'harmonic', and 0 < strength <= 1")
         if self.feather_px < 0:
             raise ValueError("feather_px must be >= 0")
 
@@ -126,7 +134,14 @@ def inpaint(model, scheduler, images: torch.Tensor, mask: torch.Tensor, config: 
     mask = (mask > 0.5).to(images.dtype)
     x0 = to_model_range(images)
     times = ddim_timesteps(scheduler, config.steps) + [-1]  # index k -> timestep; last = clean
-    x = randn(x0.shape, generator)
+    if config.init == "harmonic":
+        from models.fill import harmonic_fill
+
+        limit = config.strength * (scheduler.config.num_train_timesteps - 1)
+        times = [t for t in times[:-1] if t <= limit] + [-1]
+        x = noised_known(scheduler, to_model_range(harmonic_fill(images, mask)), times[0], generator)
+    else:
+        x = randn(x0.shape, generator)
     n = images.shape[0]
     for i, j in jump_schedule(len(times) - 1, config.jump_length, config.resample):
         t, t_next = times[i], times[j]

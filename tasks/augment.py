@@ -1,6 +1,11 @@
 """Augmentation: candidates with deterministic output ids, and the per-batch work
-(CAM masks for the head classes to remove -> inpaint with the normal DiT -> quality score ->
-one Parquet shard).
+(CAM masks for the head classes to remove -> inpaint with the normal DiT -> quality score and
+removal check -> one Parquet shard).
+
+The removal check (``verdict``): a generated row is accepted only when the pretrained
+classifier no longer calls any removed class, still calls every tail class it called in the
+parent (within ``tail_margin``), and the image is in distribution. Rows that fail are kept with
+``accepted = false`` and the reason in ``verdict``; fine-tuning reads accepted rows by default.
 
 Resume and idempotency: an output id is sha256(parent id, decision id, recipe), the recipe
 being the checkpoints and every setting that changes pixels. Batches have a fixed membership
@@ -24,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from models.cam import MaskConfig, removal_masks
+from models.cam import LocaliseConfig, MaskConfig, removal_masks
 from models.classifier import load_checkpoint
 from models.dit import build_scheduler, load_dit
 from models.inpaint import InpaintConfig, inpaint
@@ -41,9 +46,11 @@ from tasks.tensors import load_tensors, rows_by_shard
 class AugmentSettings:
     batch_size: int = 64  # images per task (32-128: Prefect costs ~10 ms per task)
     cam_method: str = "gradcam"
+    localise: LocaliseConfig = field(default_factory=LocaliseConfig)  # layers, border, prior, gate
     mask: MaskConfig = field(default_factory=MaskConfig)
     inpaint: InpaintConfig = field(default_factory=InpaintConfig)
     quality_max_z: float = 3.0  # robust z of the NN distance to real images; above -> accepted = False
+    tail_margin: float = 0.1  # a kept tail class may fall below its threshold by at most this much
     seed: int = 0  # mixed into every image's seed
     max_images: int | None = None  # cap on candidates (smallest output ids first); None = all
     parallel: int = 1  # batches in flight at once: the gpu slots the pool has (waiting tasks poll the server)
@@ -52,6 +59,7 @@ class AugmentSettings:
     def from_dict(cls, data: dict) -> "AugmentSettings":
         data = dict(data)
         data["mask"] = MaskConfig(**data.get("mask", {}))
+        data["localise"] = LocaliseConfig(**data.get("localise", {}))
         data["inpaint"] = InpaintConfig(**data.get("inpaint", {}))
         return cls(**data)
 
@@ -73,7 +81,7 @@ class Candidate:
 def recipe_id(settings: AugmentSettings, classifier_id: str, generator_id: str) -> str:
     """Everything that changes a generated image's pixels, hashed."""
     recipe = {"classifier": classifier_id, "generator": generator_id, "cam": settings.cam_method,
-              "mask": asdict(settings.mask), "inpaint": asdict(settings.inpaint), "seed": settings.seed}
+              "localise": asdict(settings.localise), "mask": asdict(settings.mask), "inpaint": asdict(settings.inpaint), "seed": settings.seed}
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
 
 
@@ -124,13 +132,23 @@ def finish_output(out_uri: str, dataset_uri: str, manifest: dict, classifier: di
 
 
 def totals(results: list[dict]) -> dict:
-    """Batch results summed: written, accepted, model seconds and quarantine rows by reason."""
+    """Batch results summed: written, accepted, model seconds, quarantine rows and rejected rows
+    by reason, and [written, accepted] per removed class."""
     quarantined: dict[str, int] = {}
+    rejected: dict[str, int] = {}
+    by_class: dict[str, list[int]] = {}
     for r in results:
         for code, n in r["quarantined"].items():
             quarantined[code] = quarantined.get(code, 0) + n
+        for kind, n in r.get("rejected", {}).items():
+            rejected[kind] = rejected.get(kind, 0) + n
+        for name, (written, accepted) in r.get("by_class", {}).items():
+            entry = by_class.setdefault(name, [0, 0])
+            entry[0] += written
+            entry[1] += accepted
     return {"written": sum(r["written"] for r in results), "accepted": sum(r["accepted"] for r in results),
-            "model_seconds": sum(r["model_seconds"] for r in results), "quarantined": quarantined}
+            "model_seconds": sum(r["model_seconds"] for r in results), "quarantined": quarantined,
+            "rejected": rejected, "by_class": {k: by_class[k] for k in sorted(by_class)}}
 
 
 # Models are cached per process and shared by task threads; Grad-CAM hooks the model it runs
@@ -191,28 +209,73 @@ def run_batch(dataset_uri: str, out_uri: str, batch: list[Candidate], classifier
                               patient_id=parents.table.column("patient_id")[rows[i]].as_py(),
                               source_uri=parents.table.column("source_uri")[rows[i]].as_py())
     labels = parents.labels[rows].numpy()
+    card = _classifier(classifier["uri"])[1]
+    verdicts = []
     for j, i in enumerate(ok):
         c = batch[i]
+        tail = [findings[k] for k in np.nonzero(labels[i] == 1.0)[0] if findings[k] in card.tail]
+        verdicts.append(verdict(c.remove, tail, findings, probs_before[j], probs_after[j], card.thresholds,
+                                settings.tail_margin, float(scores[j]), settings.quality_max_z))
         original = decode_png(parents.table.column("image")[rows[i]].as_py())
         writer.add(_generated_row(c, generated[j, 0], masks[i].mask, original, labels[i], findings, parents, rows[i],
-                                  classifier["id"], generator["id"], float(scores[j]),
-                                  bool(scores[j] <= settings.quality_max_z),
-                                  probs_before[j], probs_after[j]))
+                                  classifier["id"], generator["id"], float(scores[j]), verdicts[-1]))
     writer.close()
     removed_drop = [float(probs_before[j][findings.index(r)] - probs_after[j][findings.index(r)])
                     for j, i in enumerate(ok) for r in batch[i].remove] if ok else []
     return {"written": writer.written, "quarantined": dict(writer.quarantined), "images": len(batch) + len(missing),
-            "accepted": int(sum(1 for s in scores if s <= settings.quality_max_z)),
+            "accepted": verdicts.count("ok"), "rejected": _reasons(verdicts),
+            "by_class": _by_class([batch[i].remove for i in ok], verdicts),
             "model_seconds": round(model_seconds, 3), "seconds": round(time.perf_counter() - started, 3),
             "removed_prob_drop_mean": float(np.mean(removed_drop)) if removed_drop else None}
+
+
+def verdict(remove: tuple[str, ...], tail: list[str], findings: list[str], before: np.ndarray, after: np.ndarray,
+            thresholds: list[float], tail_margin: float, quality: float, quality_max_z: float) -> str:
+    """"ok" when the removal is verified, else the first reason it is not: the classifier still
+    calls a removed class (probability >= its threshold), a tail class it called before falls
+    below min(threshold, before - margin), or the image is out of distribution."""
+    for name in remove:
+        k = findings.index(name)
+        if after[k] >= thresholds[k]:
+            return f"removal_unverified: {name} p={after[k]:.2f} >= {thresholds[k]:.2f}"
+    for name in tail:
+        k = findings.index(name)
+        if before[k] >= thresholds[k] and after[k] < min(thresholds[k], before[k] - tail_margin):
+            return f"tail_lost: {name} p={before[k]:.2f} -> {after[k]:.2f}"
+    if quality > quality_max_z:
+        return f"out_of_distribution: z={quality:.1f} > {quality_max_z:g}"
+    return "ok"
+
+
+def _by_class(removed: list[tuple[str, ...]], verdicts: list[str]) -> dict[str, list[int]]:
+    """Removed class -> [rows written, rows accepted]."""
+    out: dict[str, list[int]] = {}
+    for names, v in zip(removed, verdicts):
+        for name in names:
+            entry = out.setdefault(name, [0, 0])
+            entry[0] += 1
+            entry[1] += v == "ok"
+    return out
+
+
+def _reasons(verdicts: list[str]) -> dict[str, int]:
+    """Rejected rows by kind (the text before the colon)."""
+    out: dict[str, int] = {}
+    for v in verdicts:
+        if v != "ok":
+            kind = v.split(":", 1)[0]
+            out[kind] = out.get(kind, 0) + 1
+    return out
 
 
 def _generate(dataset_uri: str, images: torch.Tensor, findings: list[str], batch: list[Candidate],
               classifier: dict, generator: dict, settings: AugmentSettings):
     """CAM masks -> inpainting -> quality score and classifier probabilities (the model work)."""
-    net, _ = _classifier(classifier["uri"])
+    net, card = _classifier(classifier["uri"])
+    priors = {findings.index(name): np.asarray(p) for name, p in card.location_prior.items() if name in findings}
     masks = removal_masks(net, images, [[findings.index(r) for r in c.remove] for c in batch],
-                          settings.cam_method, settings.mask, seeds=[c.seed for c in batch])
+                          settings.cam_method, settings.mask, seeds=[c.seed for c in batch],
+                          localise=settings.localise, priors=priors, thresholds=card.thresholds)
     ok = [i for i, m in enumerate(masks) if m.outcome == "ok"]
     generated = images.clone()
     if not ok:
@@ -227,7 +290,7 @@ def _generate(dataset_uri: str, images: torch.Tensor, findings: list[str], batch
 
 def _generated_row(c: Candidate, pixels01: torch.Tensor, mask: np.ndarray, original: np.ndarray,
                    parent_labels: np.ndarray, findings: list[str], parents, row: int, classifier_id: str,
-                   generator_id: str, quality: float, accepted: bool, before: np.ndarray, after: np.ndarray) -> dict:
+                   generator_id: str, quality: float, verdict_: str) -> dict:
     top = np.iinfo(original.dtype).max
     new = np.round(pixels01.numpy() * top).astype(original.dtype)
     new = np.where(mask, new, original)  # outside the mask: the parent's stored pixels, bit for bit
@@ -240,4 +303,5 @@ def _generated_row(c: Candidate, pixels01: torch.Tensor, mask: np.ndarray, origi
             "source_uri": parents.table.column("source_uri")[row].as_py(), "origin": "inpainted",
             "parent_id": c.parent_id, "removed_labels": list(c.remove), "kept_labels": list(c.keep),
             "mask": encode_mask(mask), "decision_id": c.decision_id, "generator_id": generator_id,
-            "classifier_id": classifier_id, "seed": c.seed, "quality": quality, "accepted": accepted}
+            "classifier_id": classifier_id, "seed": c.seed, "quality": quality, "accepted": verdict_ == "ok",
+            "verdict": verdict_}

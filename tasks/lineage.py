@@ -19,6 +19,7 @@ from tasks.images import decode_mask
 ROW_COLUMNS = ("dataset", "sample_id", "labels", "split", "patient_id", "source_uri", "origin", "parent_id",
                "removed_labels", "kept_labels", "mask", "decision_id", "generator_id", "classifier_id", "seed",
                "quality", "accepted", "run_id", "created_at")
+OPTIONAL_COLUMNS = ("verdict",)
 MAX_DEPTH = 16
 
 
@@ -26,13 +27,15 @@ def _row(catalog: Catalog, sample_id: str) -> dict | None:
     key = sample_id.strip().lower()
     if len(key) < 8:
         raise QueryRefused("give at least 8 characters of the sample id")
+    present = {d[0] for d in catalog.con.execute("SELECT * FROM samples LIMIT 0").description}
+    columns = ROW_COLUMNS + tuple(c for c in OPTIONAL_COLUMNS if c in present)  # older shards lack the newer ones
     cursor = catalog.con.execute(
-        f"SELECT {', '.join(ROW_COLUMNS)} FROM samples WHERE sample_id >= ? AND sample_id < ? LIMIT 2",
+        f"SELECT {', '.join(columns)} FROM samples WHERE sample_id >= ? AND sample_id < ? LIMIT 2",
         [key, key + "g"])  # prefix match; 'g' sorts after every hex digit
     rows = cursor.fetchall()
     if len(rows) > 1 and rows[0][1] != key:
         raise QueryRefused(f"{sample_id!r} matches more than one sample; give more characters")
-    return dict(zip(ROW_COLUMNS, rows[0])) if rows else None
+    return dict(zip(columns, rows[0])) if rows else None
 
 
 def _manifest(dataset_uri: str, cache: dict) -> dict:
@@ -88,7 +91,8 @@ def lineage(catalog: Catalog, sample_id: str) -> dict:
             step.update({
                 "parent_id": row["parent_id"], "removed_labels": row["removed_labels"],
                 "kept_labels": row["kept_labels"], "mask": _mask_summary(row["mask"]), "seed": row["seed"],
-                "quality": row["quality"], "accepted": row["accepted"], "decision": decision,
+                "quality": row["quality"], "accepted": row["accepted"], "verdict": row.get("verdict"),
+                "decision": decision,
                 "classifier": _one(catalog, "SELECT * FROM checkpoints WHERE id = ?", row["classifier_id"])
                 or {"id": row["classifier_id"]},
                 "generator": _one(catalog, "SELECT * FROM checkpoints WHERE id = ?", row["generator_id"])

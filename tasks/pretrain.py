@@ -23,7 +23,7 @@ from models.metrics import evaluate, tune_thresholds
 from models.training import TrainConfig, fit_classifier, predict_probs, seed_everything
 from tasks import store
 from tasks.dataset import SAMPLES, read_manifest
-from tasks.tensors import load_tensors
+from tasks.tensors import lesion_masks, load_tensors
 
 
 def shard_hashes(dataset_uri: str) -> list[str]:
@@ -45,7 +45,7 @@ def train_classifier(dataset_uri: str, models_uri: str, config: ClassifierConfig
                      progress: Callable | None = None) -> dict:
     """Fit on the train split, tune thresholds on val, score test; returns the checkpoint handle."""
     manifest = read_manifest(dataset_uri)
-    data = load_tensors(dataset_uri, splits=("train",))
+    data = load_tensors(dataset_uri, splits=("train",), columns=("lesion_masks",))
     val = load_tensors(dataset_uri, splits=("val",))
     test = load_tensors(dataset_uri, splits=("test",))
     seed_everything(train.seed)
@@ -59,11 +59,27 @@ def train_classifier(dataset_uri: str, models_uri: str, config: ClassifierConfig
     card = ClassifierCard(labels=list(data.findings), head=list(head), tail=list(tail),
                           thresholds=[float(t) for t in thresholds] if thresholds is not None else [],
                           train_shards_sha256=shard_hashes(dataset_uri), seed=train.seed,
-                          metrics={"test_macro": metrics["means"]["macro"]} if metrics else {})
+                          metrics={"test_macro": metrics["means"]["macro"]} if metrics else {},
+                          location_prior=location_prior(data))
     handle = _write_checkpoint(models_uri, "classifier", save_checkpoint(model, config, card), {
         "config": asdict(config), "train": asdict(train), "dataset": dataset_uri, "train_images": len(data),
         "history": {k: history[k] for k in ("train_loss", "val_loss") if k in history}})
     return {**handle, "metrics": metrics}
+
+
+def location_prior(data, side: int = 32) -> dict[str, list[list[float]]]:
+    """Per class, the mean of its training lesion masks at ``side`` x ``side``: where the class
+    usually lies on the film, image-blind; empty when the data has no masks (real films). The
+    prior weights CAM maps (models.cam.class_maps)."""
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+    for truth in lesion_masks(data.table):
+        for name, mask in truth.items():
+            if mask.any():
+                small = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(mask).float()[None, None], side)[0, 0]
+                sums[name] = sums.get(name, 0) + small
+                counts[name] = counts.get(name, 0) + 1
+    return {name: (sums[name] / counts[name]).round(decimals=4).tolist() for name in sorted(sums)}
 
 
 def load_normals(dataset_uris: list[str], image_size: int, adult_only: bool = True,

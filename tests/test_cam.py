@@ -102,3 +102,79 @@ def test_relocate_keeps_shape_and_area_and_is_seeded():
     assert not relocate(np.zeros((8, 8), dtype=bool), np.random.default_rng(0)).any()
     with pytest.raises(ValueError, match="placement"):
         MaskConfig(placement="anywhere")
+
+
+class _StrideEight(torch.nn.Module):
+    """Three 3x3 stride-2 padded box filters (cell k of the last one sees input pixel 8k and its
+    neighbours, as in a ResNet), global average pool, one positive logit per class."""
+
+    def __init__(self):
+        super().__init__()
+        convs = [torch.nn.Conv2d(1, 1, 3, stride=2, padding=1, bias=False) for _ in range(3)]
+        for conv in convs:
+            torch.nn.init.constant_(conv.weight, 1 / 9)
+        self.features = torch.nn.Sequential(*convs)
+        self.head = torch.nn.Linear(1, 2)
+        torch.nn.init.constant_(self.head.weight, 1.0)
+        torch.nn.init.zeros_(self.head.bias)
+
+    def forward(self, x):
+        return self.head(self.features(x).mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("cell", [(3, 3), (2, 5), (6, 1)])
+def test_cam_peak_sits_where_the_cell_looks_not_half_a_stride_down_right(cell):
+    net = _StrideEight().eval()
+    image = torch.zeros(1, 1, 64, 64)
+    image[0, 0, cell[0] * 8, cell[1] * 8] = 1.0  # only feature cell `cell` sees this pixel
+    cam = cam_maps(net, image, [0], "gradcam", target_layer=net.features)[0]
+    peak = np.unravel_index(np.argmax(cam), cam.shape)
+    assert abs(peak[0] - cell[0] * 8) <= 1 and abs(peak[1] - cell[1] * 8) <= 1  # cv2.resize put it at 8k + 3.5
+
+
+def test_upsample_aligned_places_cell_centres():
+    from models.cam import upsample_aligned
+    small = np.zeros((1, 4, 4), np.float32)
+    small[0, 1, 2] = 1.0
+    out = upsample_aligned(small, offset=0.0, stride=16.0, size=64)[0]
+    assert np.unravel_index(np.argmax(out), out.shape) == (16, 32) and out.max() == pytest.approx(1.0)
+    assert out[16, 40] == pytest.approx(0.5)  # halfway to the next centre
+
+
+def test_class_maps_apply_border_and_prior():
+    from models.cam import LocaliseConfig, class_maps
+    net = _StrideEight().eval()
+    image = torch.zeros(2, 1, 64, 64)
+    image[:, 0, 1, 1] = 1.0  # a response at the film's corner
+    image[:, 0, 40, 24] = 0.5  # and a weaker one inside
+    plain = class_maps(net, image, [0, 0], LocaliseConfig(layers=("features",), prior_weight=0, gate=False), "gradcam")
+    assert np.unravel_index(np.argmax(plain[0]), (64, 64))[0] < 8  # the corner wins without help
+    bordered = class_maps(net, image, [0, 0], LocaliseConfig(layers=("features",), border=0.2, prior_weight=0,
+                                                             gate=False), "gradcam")
+    assert bordered[0, :13].max() == 0 and bordered[0, :, :13].max() == 0
+    assert np.unravel_index(np.argmax(bordered[0]), (64, 64)) == (40, 24)
+    prior = np.zeros((8, 8), np.float32)
+    prior[4:6, 2:4] = 1.0  # class 1 lies around (40, 24) on 64 px; class 0 has no prior
+    both = class_maps(net, image, [0, 1], LocaliseConfig(layers=("features",), gate=False), "gradcam",
+                      priors={1: prior})
+    assert np.allclose(both[0], plain[0])
+    assert abs(np.unravel_index(np.argmax(both[1]), (64, 64))[0] - 40) <= 4 and both[1].max() == pytest.approx(1.0)
+
+
+def test_gate_makes_no_mask_for_a_class_the_classifier_does_not_call():
+    from models.cam import LocaliseConfig
+    net = _StrideEight().eval()
+    images = torch.zeros(2, 1, 64, 64)
+    images[0, 0, 24:40, 24:40] = 1.0  # image 0 responds strongly, image 1 (blank) not at all
+    probs = torch.sigmoid(net(images)).detach().numpy()  # both classes share one logit here
+    cut = [float(probs[:, 0].mean())] * 2  # image 0 is called, image 1 is not
+    gated = LocaliseConfig(layers=("features",), prior_weight=0)
+    results = removal_masks(net, images, [[0, 1], [0]], config=MaskConfig(max_area=1.0), localise=gated,
+                            thresholds=cut)
+    assert results[0].outcome == "ok" and results[0].mask[32, 32]
+    assert results[1].outcome == "not_detected" and not results[1].mask.any()
+    ungated = removal_masks(net, images, [[0, 1], [0]], config=MaskConfig(max_area=1.0),
+                            localise=LocaliseConfig(layers=("features",), prior_weight=0, gate=False), thresholds=cut)
+    assert ungated[1].outcome != "not_detected"
+    with pytest.raises(ValueError):
+        LocaliseConfig(border=0.6)
