@@ -6,7 +6,7 @@
     tailforge plan DATASET_URI [--judge rules|anthropic|none] [--json] [--export URI]
     tailforge decisions [--json] [--export URI]
     tailforge lineage SAMPLE_ID [--root URI] [--json]
-    tailforge query "SQL" [--root URI] [--json|--csv]
+    tailforge query "SQL" [--root URI] [--json|--csv] [--timeout S]
     tailforge runs [--root URI]
     tailforge run CONFIG.yaml [--local-server]
     tailforge demo [--stop]
@@ -117,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--json", action="store_true")
     output.add_argument("--csv", action="store_true")
     query.add_argument("--limit", type=int, default=10_000, help="rows at most (default 10000)")
+    query.add_argument("--timeout", type=float, default=30.0,
+                       help="seconds the query may run before it is stopped (default 30; 0: no limit)")
 
     runs = commands.add_parser("runs", help="recent flow runs and their counts")
     runs.add_argument("--root", help="catalog root (default: $TAILFORGE_HOME)")
@@ -302,9 +304,9 @@ def cmd_decisions(args: argparse.Namespace) -> int:
 
 
 def _catalog(args: argparse.Namespace):
-    from tasks.catalog import open_catalog
+    from tasks.catalog import TIMEOUT_S, open_catalog
 
-    return open_catalog(args.root or str(tailforge_home()))
+    return open_catalog(args.root or str(tailforge_home()), timeout_s=getattr(args, "timeout", TIMEOUT_S))
 
 
 def cmd_lineage(args: argparse.Namespace) -> int:
