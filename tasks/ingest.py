@@ -1,19 +1,22 @@
 """Ingest: source records -> validated, one-channel, resized images in Parquet shards.
 
 Bad input never stops an ingest and never vanishes: each bad row becomes a quarantine row
-with a reason (missing file, path outside the image root, zero bytes, truncated, not an
-image, decompression bomb, unknown label, duplicate image or row) and the good rows land.
+with a reason (missing file, path outside the image root, not a regular file (FIFO, device,
+socket, dangling or looping symlink), zero bytes, truncated, corrupt, not an image, implausible
+size, decompression bomb, unknown label, duplicate image or row) and the good rows land.
 Ingesting into an existing dataset adds only what is new (rows whose source path is already
 there are skipped), so the nightly factory can re-run it.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import posixpath
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from stat import S_ISBLK, S_ISCHR, S_ISDIR, S_ISFIFO, S_ISREG, S_ISSOCK
 from typing import Callable, Iterator
 
 from tasks import store
@@ -23,6 +26,10 @@ from tasks.sources import SourceRecord, SourceTable, default_split
 
 Progress = Callable[[int, int], None]  # (done, total)
 DEFAULT_MAX_FILE_BYTES = 512 * 2**20
+DEFAULT_MAX_READ_S = 120.0  # per image file
+READ_CHUNK = 4 * 2**20
+FILE_KINDS = ((S_ISFIFO, "FIFO (named pipe)"), (S_ISCHR, "character device"), (S_ISBLK, "block device"),
+              (S_ISSOCK, "socket"))
 
 
 @dataclass(frozen=True)
@@ -32,6 +39,7 @@ class IngestOptions:
     workers: int = 4  # decoding threads (Pillow and zlib release the GIL)
     max_pixels: int = DEFAULT_MAX_PIXELS  # larger images are quarantined as decompression bombs
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
+    max_read_s: float = DEFAULT_MAX_READ_S  # per file; a slower read is quarantined as read_timeout
     name: str | None = None  # dataset name; default: the source kind
     explicit_tail: tuple[str, ...] | None = None  # overrides the below-median rule
 
@@ -66,13 +74,18 @@ class _Loaded:
 
 
 class _ImageRoot:
-    """Reads image files below one root (local folder or fsspec URI), refusing escapes."""
+    """Reads image files below one root (local folder or fsspec URI), refusing escapes.
 
-    def __init__(self, root: str, max_file_bytes: int):
+    Only regular files are opened: a FIFO would block the open until a writer came, a device
+    could stream forever; those, sockets and dangling or looping symlinks are quarantined as
+    ``not_regular_file`` (folders as ``not_an_image``). Reads are bounded in bytes and time."""
+
+    def __init__(self, root: str, max_file_bytes: int, max_read_s: float = DEFAULT_MAX_READ_S):
         self.remote = store.is_remote(root)
         self.fs, path = store.filesystem(root)
         self.root = path.rstrip("/") if self.remote else os.path.realpath(path)
         self.max_file_bytes = max_file_bytes
+        self.max_read_s = max_read_s
 
     def read(self, relative: str) -> bytes:
         if self.remote:
@@ -83,15 +96,68 @@ class _ImageRoot:
             inside = full.startswith(self.root + os.sep)
         if not inside:
             raise ImageError("path_escape", f"path {relative!r} points outside the image root")
+        return self._read_remote(full, relative) if self.remote else self._read_local(full, relative)
+
+    def _check_size(self, size: int | None) -> None:
+        if size is not None and size > self.max_file_bytes:
+            raise ImageError("too_large", f"file is {size:,} bytes; the limit is {self.max_file_bytes:,}")
+
+    def _read_remote(self, full: str, relative: str) -> bytes:
         try:
-            size = self.fs.size(full)
-            if size is not None and size > self.max_file_bytes:
-                raise ImageError("too_large", f"file is {size:,} bytes; the limit is {self.max_file_bytes:,}")
-            return self.fs.cat_file(full)
+            info = self.fs.info(full)
         except FileNotFoundError as exc:
             raise ImageError("missing_file", f"no file at {relative!r} under the image root") from exc
-        except IsADirectoryError as exc:
-            raise ImageError("not_an_image", f"{relative!r} is a folder") from exc
+        if info.get("type") == "directory":
+            raise ImageError("not_an_image", f"{relative!r} is a folder")
+        if info.get("type") != "file":
+            raise ImageError("not_regular_file", f"{relative!r} is a {info.get('type')!r} object, not a file")
+        self._check_size(info.get("size"))
+        return self.fs.cat_file(full)
+
+    def _read_local(self, full: str, relative: str) -> bytes:
+        _check_regular(self._stat(full, relative), relative)  # stat first: never open what is not a file
+        fd = os.open(full, os.O_RDONLY | os.O_NONBLOCK)  # O_NONBLOCK: a FIFO swapped in after the stat opens at once
+        try:
+            stat = os.fstat(fd)
+            _check_regular(stat, relative)  # the file actually opened
+            self._check_size(stat.st_size)
+            return self._read_bounded(fd, relative)
+        finally:
+            os.close(fd)
+
+    def _stat(self, full: str, relative: str) -> os.stat_result:
+        try:
+            return os.stat(full)
+        except FileNotFoundError as exc:
+            if os.path.lexists(os.path.join(self.root, relative)):
+                raise ImageError("not_regular_file", f"{relative!r} is a symlink to nothing") from exc
+            raise ImageError("missing_file", f"no file at {relative!r} under the image root") from exc
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise ImageError("not_regular_file", f"{relative!r} is a symlink loop") from exc
+            raise
+
+    def _read_bounded(self, fd: int, relative: str) -> bytes:
+        """At most max_file_bytes, within max_read_s (checked between chunks: a slow network file
+        system is cut off; a single read the kernel never returns from cannot be)."""
+        deadline = time.monotonic() + self.max_read_s
+        chunks, total = [], 0
+        while chunk := os.read(fd, READ_CHUNK):
+            chunks.append(chunk)
+            total += len(chunk)
+            self._check_size(total)  # a file that grew after the stat
+            if time.monotonic() > deadline:
+                raise ImageError("read_timeout", f"reading {relative!r} took over {self.max_read_s:g} s")
+        return b"".join(chunks)
+
+
+def _check_regular(stat: os.stat_result, relative: str) -> None:
+    if S_ISDIR(stat.st_mode):
+        raise ImageError("not_an_image", f"{relative!r} is a folder")
+    if not S_ISREG(stat.st_mode):
+        kind = next((name for test, name in FILE_KINDS if test(stat.st_mode)), "special file")
+        raise ImageError("not_regular_file", f"{relative!r} is a {kind}, not a regular file; "
+                         f"only regular image files are read")
 
 
 def _load(root: _ImageRoot, record: SourceRecord, options: IngestOptions) -> _Loaded | ImageError:
@@ -144,7 +210,7 @@ def ingest(source: SourceTable, images_root: str, out_uri: str,
         else:
             todo.append(record)
 
-    root = _ImageRoot(images_root, options.max_file_bytes)
+    root = _ImageRoot(images_root, options.max_file_bytes, options.max_read_s)
     first_seen: dict[str, str] = {}
     for done, (record, loaded) in enumerate(_decode_all(root, todo, options), start=1):
         if isinstance(loaded, ImageError):
