@@ -94,7 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--prompt-version", default=None, help="bump to make new decisions (default lkg-v1)")
     plan.add_argument("--api-key-secret", help="Prefect Secret block holding the key (default: $ANTHROPIC_API_KEY)")
     plan.add_argument("--llm-timeout", type=float, default=30.0, help="seconds per LLM request (default 30)")
-    plan.add_argument("--llm-retries", type=int, default=2, help="retries on timeout, 429 and 5xx (default 2)")
+    plan.add_argument("--llm-retries", type=int, default=2,
+                      help="retries on timeouts, connection errors, 408, 429, 529 and 5xx (default 2)")
+    plan.add_argument("--llm-budget", type=float, default=90.0,
+                      help="seconds per label set, all tries and waits together (default 90)")
     plan.add_argument("--cache", help="decision cache (default: $TAILFORGE_HOME/decisions.duckdb)")
     plan.add_argument("--export", help="write the decisions this plan used as Parquet under this folder URI")
     plan.add_argument("--json", action="store_true")
@@ -250,6 +253,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         settings = LLMSettings(model=args.model or os.environ.get("TAILFORGE_LLM_MODEL") or LLMSettings.model,
                                prompt_version=args.prompt_version or LLMSettings.prompt_version,
                                timeout_s=args.llm_timeout, max_retries=args.llm_retries,
+                               budget_s=args.llm_budget,
                                api_key_secret=args.api_key_secret)
         judge = AnthropicJudge(settings)
     report, used = plan(args.uri, _cache_path(args), judge)
