@@ -237,6 +237,11 @@ def print_summary(summary: dict) -> None:
     console.print(f"head/tail rule: {summary['head_tail_rule']}")
     for code, n in summary["quarantine_reasons"].items():
         console.print(f"quarantined {code}: {n}")
+    duplicates = summary.get("duplicate_ids") or {}
+    if duplicates:
+        console.print(f"[bold red]{len(duplicates)} sample ids are held more than once[/] "
+                      f"({sum(duplicates.values()) - len(duplicates)} extra rows; e.g. {next(iter(duplicates))[:16]}): "
+                      f"two writers ran at once. Re-ingest into a fresh --out to repair.")
 
 
 def _cache_path(args: argparse.Namespace) -> str:

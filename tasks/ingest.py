@@ -22,6 +22,7 @@ from typing import Callable, Iterator
 from tasks import store
 from tasks.dataset import ShardWriter, existing_quarantine_ids, existing_rows, finish_manifest, read_manifest, sample_schema
 from tasks.images import DEFAULT_MAX_PIXELS, ImageError, content_id, decode, encode_png, resize_square
+from tasks.locks import dataset_lock
 from tasks.sources import SourceRecord, SourceTable, default_split
 
 Progress = Callable[[int, int], None]  # (done, total)
@@ -185,7 +186,14 @@ def _check_compatible(out_uri: str, vocab_name: str, size: int) -> None:
 
 def ingest(source: SourceTable, images_root: str, out_uri: str,
            options: IngestOptions = IngestOptions(), progress: Progress | None = None) -> IngestReport:
-    """Decode, validate and write every record of ``source`` to the dataset at ``out_uri``."""
+    """Decode, validate and write every record of ``source`` to the dataset at ``out_uri``
+    (one writer at a time: tasks/locks.py)."""
+    with dataset_lock(out_uri, f"ingest {source.kind}"):
+        return _ingest(source, images_root, out_uri, options, progress)
+
+
+def _ingest(source: SourceTable, images_root: str, out_uri: str, options: IngestOptions,
+            progress: Progress | None) -> IngestReport:
     started = time.perf_counter()
     _check_compatible(out_uri, source.vocab.name, options.size)
     before = existing_rows(out_uri, ["sample_id", "source_uri"])
@@ -269,6 +277,12 @@ def ingest_phantom(out_uri: str, n: int, size: int = 64, seed: int = 0, vocab: s
                    shard_rows: int = 1024, explicit_tail: tuple[str, ...] | None = None,
                    progress: Progress | None = None) -> IngestReport:
     """Write ``n`` built-in phantom images (tasks/phantom/) as a dataset, masks included."""
+    with dataset_lock(out_uri, "phantom"):
+        return _ingest_phantom(out_uri, n, size, seed, vocab, shard_rows, explicit_tail, progress)
+
+
+def _ingest_phantom(out_uri: str, n: int, size: int, seed: int, vocab: str, shard_rows: int,
+                    explicit_tail: tuple[str, ...] | None, progress: Progress | None) -> IngestReport:
     from tasks.images import encode_mask
     from tasks.labels import vocabulary
     from tasks.phantom import phantom_images
