@@ -11,8 +11,9 @@
     tailforge run CONFIG.yaml [--local-server]
     tailforge demo [--stop]
 
-Errors that a user can fix (a missing column, a missing file, an incompatible dataset) print
-one line saying what to do and exit with status 2; no traceback.
+Errors that a user can fix (a missing column, a missing file, an incompatible dataset, a
+dataset another writer holds, an unreachable storage endpoint) print one line saying what to
+do and exit with status 2; no traceback.
 """
 
 from __future__ import annotations
@@ -482,12 +483,44 @@ COMMANDS = {"ingest": cmd_ingest, "phantom": cmd_phantom, "info": cmd_info, "pla
             "run": cmd_run, "demo": cmd_demo}
 
 
+def storage_errors() -> tuple[type[Exception], ...]:
+    """What an unreachable storage endpoint raises (botocore and aiohttp, under s3fs)."""
+    errors: list[type[Exception]] = []
+    try:
+        from botocore.exceptions import ConnectionError as BotoConnectionError  # endpoint, connect timeout
+        from botocore.exceptions import HTTPClientError  # read timeout, connection closed
+        errors += [BotoConnectionError, HTTPClientError]
+    except ImportError:
+        pass
+    try:
+        from aiohttp import ClientError
+        errors.append(ClientError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def storage_message(exc: Exception) -> str:
+    """One line: which endpoint could not be reached, and what to do."""
+    from tasks.store import storage_options_from_env
+
+    endpoint = (getattr(exc, "kwargs", None) or {}).get("endpoint_url") or \
+        storage_options_from_env().get("client_kwargs", {}).get("endpoint_url") or "the default AWS S3 endpoint"
+    reason = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+    return (f"cannot reach the storage endpoint {endpoint} ({reason}). Check that it is up and that "
+            f"TAILFORGE_S3_ENDPOINT_URL and the AWS credentials point at it, then run the same command "
+            f"again: finished shards are kept and a re-run adds only what is missing")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
     except USER_ERRORS as exc:
         print(f"tailforge {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except storage_errors() as exc:  # an S3 outage: one line, not a botocore traceback
+        print(f"tailforge {args.command}: error: {storage_message(exc)}", file=sys.stderr)
         return 2
 
 

@@ -150,11 +150,17 @@ def _take_lease(fs, path: str, dataset_uri: str, holder: dict) -> str:
         raise DatasetLocked(_refusal(dataset_uri, {}, f"s3://{path}")) from exc
 
 
+def _s3_errors() -> tuple[type[Exception], ...]:
+    from botocore.exceptions import BotoCoreError  # s3fs's client: present wherever s3:// works
+
+    return OSError, ValueError, BotoCoreError
+
+
 def _renew(fs, path: str, holder: dict, etag: str, stop: threading.Event) -> None:
     while not stop.wait(LEASE_S / 3):
         try:
             etag = fs.pipe_file(path, _lease_body(holder), IfMatch=etag)["ETag"]
-        except OSError as exc:
+        except _s3_errors() as exc:
             log.error("could not renew the lease s3://%s (%s); another writer may take the dataset", path, exc)
             return
 
@@ -163,7 +169,7 @@ def _drop_lease(fs, path: str, holder: dict) -> None:
     try:
         if json.loads(fs.cat_file(path)).get("token") == holder["token"]:
             fs.rm_file(path)
-    except (OSError, ValueError) as exc:
+    except _s3_errors() as exc:
         log.warning("could not remove the lease s3://%s (%s); it expires on its own", path, exc)
 
 
