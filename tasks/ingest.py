@@ -21,7 +21,8 @@ from typing import Callable, Iterator
 
 from tasks import store
 from tasks.dataset import ShardWriter, existing_quarantine_ids, existing_rows, finish_manifest, read_manifest, sample_schema
-from tasks.images import DEFAULT_MAX_PIXELS, ImageError, content_id, decode, encode_png, resize_square
+from tasks.images import (DEFAULT_MAX_ASPECT, DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, ImageError, check_plausible,
+                          content_id, decode, encode_png, resize_square)
 from tasks.locks import dataset_lock
 from tasks.sources import SourceRecord, SourceTable, default_split
 
@@ -40,6 +41,8 @@ class IngestOptions:
     workers: int = 4  # decoding threads (Pillow and zlib release the GIL)
     max_pixels: int = DEFAULT_MAX_PIXELS  # larger images are quarantined as decompression bombs
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
+    min_side: int = DEFAULT_MIN_SIDE  # smaller images are quarantined as implausible_size
+    max_aspect: float = DEFAULT_MAX_ASPECT  # so are longer strips (longer side / shorter side)
     max_read_s: float = DEFAULT_MAX_READ_S  # per file; a slower read is quarantined as read_timeout
     name: str | None = None  # dataset name; default: the source kind
     explicit_tail: tuple[str, ...] | None = None  # overrides the below-median rule
@@ -164,6 +167,7 @@ def _check_regular(stat: os.stat_result, relative: str) -> None:
 def _load(root: _ImageRoot, record: SourceRecord, options: IngestOptions) -> _Loaded | ImageError:
     try:
         decoded = decode(root.read(record.path), options.max_pixels)
+        check_plausible(decoded, options.min_side, options.max_aspect)
         pixels = resize_square(decoded.pixels, options.size)
     except ImageError as exc:
         return exc

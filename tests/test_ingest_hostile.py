@@ -102,3 +102,23 @@ def test_a_file_over_the_byte_limit_is_not_read(tmp_path):
     table = _table(tmp_path / "Data_Entry_2017.csv", ["sparse.png"])
     report = _ingest_or_fail(table, images, str(tmp_path / "ds"), [], max_file_bytes=2**20)
     assert report.quarantined == {"too_large": 1}
+
+
+def test_implausible_sizes_and_damaged_pngs_are_quarantined_with_their_reason(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    good = png_bytes(np.random.default_rng(5).integers(0, 256, (40, 40), dtype=np.uint8))
+    (images / "good.png").write_bytes(good)
+    (images / "dot.png").write_bytes(png_bytes(np.zeros((1, 1), np.uint8)))
+    (images / "strip.png").write_bytes(png_bytes(np.zeros((20, 2000), np.uint8)))
+    damaged = bytearray(good)
+    damaged[good.index(b"IDAT") + 6] ^= 0xFF
+    (images / "damaged.png").write_bytes(bytes(damaged))
+    table = _table(tmp_path / "Data_Entry_2017.csv", ["good.png", "dot.png", "strip.png", "damaged.png"])
+    out = str(tmp_path / "ds")
+    report = _ingest_or_fail(table, images, out, [])
+    assert report.rows_written == 1
+    bad = {r["source_uri"]: r for r in store.read_shards(store.join(out, QUARANTINE)).to_pylist()}
+    assert {k: v["reason_code"] for k, v in bad.items()} == {
+        "dot.png": "implausible_size", "strip.png": "implausible_size", "damaged.png": "corrupt"}
+    assert "1x1" in bad["dot.png"]["reason"] and "100.0:1" in bad["strip.png"]["reason"]
