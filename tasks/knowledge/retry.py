@@ -99,8 +99,8 @@ def _wait_or_give_up(failure: Failure, retry: int, policy: RetryPolicy, left: fl
     if not failure.retryable:
         raise GiveUp(failure, "not retryable")
     if failure.retry_after is not None and failure.retry_after > policy.max_wait_s:
-        raise GiveUp(failure, f"the server asks to wait {failure.retry_after:g} s, over the {policy.max_wait_s:g} s cap",
-                     blocked_s=failure.retry_after)
+        raise GiveUp(failure, f"the server asks to wait {failure.retry_after:g} s, "
+                              f"over the {policy.max_wait_s:g} s cap", blocked_s=failure.retry_after)
     if retry == policy.max_retries:
         return  # the loop ends: no wait after the last attempt
     wait = failure.retry_after if failure.retry_after is not None else policy.backoff(retry, rng)
