@@ -6,13 +6,14 @@
     tailforge plan DATASET_URI [--judge rules|anthropic|none] [--json] [--export URI]
     tailforge decisions [--json] [--export URI]
     tailforge lineage SAMPLE_ID [--root URI] [--json]
-    tailforge query "SQL" [--root URI] [--json|--csv]
+    tailforge query "SQL" [--root URI] [--json|--csv] [--timeout S]
     tailforge runs [--root URI]
     tailforge run CONFIG.yaml [--local-server]
     tailforge demo [--stop]
 
-Errors that a user can fix (a missing column, a missing file, an incompatible dataset) print
-one line saying what to do and exit with status 2; no traceback.
+Errors that a user can fix (a missing column, a missing file, an incompatible dataset, a
+dataset another writer holds, an unreachable storage endpoint) print one line saying what to
+do and exit with status 2; no traceback.
 """
 
 from __future__ import annotations
@@ -94,7 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--prompt-version", default=None, help="bump to make new decisions (default lkg-v1)")
     plan.add_argument("--api-key-secret", help="Prefect Secret block holding the key (default: $ANTHROPIC_API_KEY)")
     plan.add_argument("--llm-timeout", type=float, default=30.0, help="seconds per LLM request (default 30)")
-    plan.add_argument("--llm-retries", type=int, default=2, help="retries on timeout, 429 and 5xx (default 2)")
+    plan.add_argument("--llm-retries", type=int, default=2,
+                      help="retries on timeouts, connection errors, 408, 429, 529 and 5xx (default 2)")
+    plan.add_argument("--llm-budget", type=float, default=90.0,
+                      help="seconds per label set, all tries and waits together (default 90)")
     plan.add_argument("--cache", help="decision cache (default: $TAILFORGE_HOME/decisions.duckdb)")
     plan.add_argument("--export", help="write the decisions this plan used as Parquet under this folder URI")
     plan.add_argument("--json", action="store_true")
@@ -117,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--json", action="store_true")
     output.add_argument("--csv", action="store_true")
     query.add_argument("--limit", type=int, default=10_000, help="rows at most (default 10000)")
+    query.add_argument("--timeout", type=float, default=30.0,
+                       help="seconds the query may run before it is stopped (default 30; 0: no limit)")
 
     runs = commands.add_parser("runs", help="recent flow runs and their counts")
     runs.add_argument("--root", help="catalog root (default: $TAILFORGE_HOME)")
@@ -232,6 +238,11 @@ def print_summary(summary: dict) -> None:
     console.print(f"head/tail rule: {summary['head_tail_rule']}")
     for code, n in summary["quarantine_reasons"].items():
         console.print(f"quarantined {code}: {n}")
+    duplicates = summary.get("duplicate_ids") or {}
+    if duplicates:
+        console.print(f"[bold red]{len(duplicates)} sample ids are held more than once[/] "
+                      f"({sum(duplicates.values()) - len(duplicates)} extra rows; e.g. {next(iter(duplicates))[:16]}): "
+                      f"two writers ran at once. Re-ingest into a fresh --out to repair.")
 
 
 def _cache_path(args: argparse.Namespace) -> str:
@@ -248,6 +259,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         settings = LLMSettings(model=args.model or os.environ.get("TAILFORGE_LLM_MODEL") or LLMSettings.model,
                                prompt_version=args.prompt_version or LLMSettings.prompt_version,
                                timeout_s=args.llm_timeout, max_retries=args.llm_retries,
+                               budget_s=args.llm_budget,
                                api_key_secret=args.api_key_secret)
         judge = AnthropicJudge(settings)
     report, used = plan(args.uri, _cache_path(args), judge)
@@ -302,9 +314,9 @@ def cmd_decisions(args: argparse.Namespace) -> int:
 
 
 def _catalog(args: argparse.Namespace):
-    from tasks.catalog import open_catalog
+    from tasks.catalog import TIMEOUT_S, open_catalog
 
-    return open_catalog(args.root or str(tailforge_home()))
+    return open_catalog(args.root or str(tailforge_home()), timeout_s=getattr(args, "timeout", TIMEOUT_S))
 
 
 def cmd_lineage(args: argparse.Namespace) -> int:
@@ -475,12 +487,44 @@ COMMANDS = {"ingest": cmd_ingest, "phantom": cmd_phantom, "info": cmd_info, "pla
             "run": cmd_run, "demo": cmd_demo}
 
 
+def storage_errors() -> tuple[type[Exception], ...]:
+    """What an unreachable storage endpoint raises (botocore and aiohttp, under s3fs)."""
+    errors: list[type[Exception]] = []
+    try:
+        from botocore.exceptions import ConnectionError as BotoConnectionError  # endpoint, connect timeout
+        from botocore.exceptions import HTTPClientError  # read timeout, connection closed
+        errors += [BotoConnectionError, HTTPClientError]
+    except ImportError:
+        pass
+    try:
+        from aiohttp import ClientError
+        errors.append(ClientError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def storage_message(exc: Exception) -> str:
+    """One line: which endpoint could not be reached, and what to do."""
+    from tasks.store import storage_options_from_env
+
+    endpoint = (getattr(exc, "kwargs", None) or {}).get("endpoint_url") or \
+        storage_options_from_env().get("client_kwargs", {}).get("endpoint_url") or "the default AWS S3 endpoint"
+    reason = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+    return (f"cannot reach the storage endpoint {endpoint} ({reason}). Check that it is up and that "
+            f"TAILFORGE_S3_ENDPOINT_URL and the AWS credentials point at it, then run the same command "
+            f"again: finished shards are kept and a re-run adds only what is missing")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
     except USER_ERRORS as exc:
         print(f"tailforge {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except storage_errors() as exc:  # an S3 outage: one line, not a botocore traceback
+        print(f"tailforge {args.command}: error: {storage_message(exc)}", file=sys.stderr)
         return 2
 
 

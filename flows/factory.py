@@ -45,12 +45,23 @@ def ingest_task(settings: DatasetSettings, uri: str) -> dict:
 @flow(name="factory", log_prints=True)
 def factory_flow(config_path: str | None = None, overrides: dict | None = None) -> dict:
     """Run the whole factory. ``config_path`` is a YAML file; ``overrides`` (same shape) wins."""
-    logger = get_run_logger()
     started = time.perf_counter()
     settings = _settings(config_path, overrides)
     dataset_uri, output = settings.dataset_uri(), settings.output_uri()
     run_id, started_at = new_run_id(), utcnow()
     write_run_record(output, run_id, "factory", settings.to_dict(), "running", started_at)
+    try:
+        return _run_factory(settings, dataset_uri, output, run_id, started_at, started)
+    except Exception as exc:
+        # the run record says what happened instead of "running" forever; the error goes on to Prefect
+        write_run_record(output, run_id, "factory", settings.to_dict(), "failed", started_at,
+                         {"error": f"{type(exc).__name__}: {exc}"[:500]})
+        raise
+
+
+def _run_factory(settings: FactorySettings, dataset_uri: str, output: str, run_id: str, started_at,
+                 started: float) -> dict:
+    logger = get_run_logger()
     ingested = ingest_task(settings.dataset, dataset_uri)
     logger.info(f"dataset {dataset_uri}: {ingested.get('rows_written', 0)} new rows")
     models = pretrain_flow(dataset_uri, settings.models_uri(), settings.classifier, settings.generator)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.concurrency.sync import concurrency
 
@@ -32,10 +32,13 @@ def report_task(report_uri: str, result: dict, augmented_uri: str | None, datase
 def finetune_flow(dataset_uri: str, augmented_uri: str | None, classifier_uri: str,
                   settings: work.FinetuneSettings = work.FinetuneSettings()) -> dict:
     """Every setting from the same pretrained classifier, then metrics per setting."""
-    # sequential: each setting seeds torch's process-wide RNG (see flows/pretrain.py)
-    results = {name: finetune_setting(name, dataset_uri, augmented_uri, classifier_uri, settings)
-               for name in settings.settings}
     generated = work.load_generated(augmented_uri, settings.accepted_only)
+    n_generated = len(generated) if generated is not None else 0
+    run, skipped = work.settings_to_run(settings.settings, n_generated)
+    if skipped:
+        get_run_logger().warning(work.NO_GENERATED)
+    # sequential: each setting seeds torch's process-wide RNG (see flows/pretrain.py)
+    results = {name: finetune_setting(name, dataset_uri, augmented_uri, classifier_uri, settings) for name in run}
     return {"settings": settings.__dict__, "dataset": dataset_uri, "augmented": augmented_uri,
-            "classifier": classifier_uri, "generated": len(generated) if generated is not None else 0,
-            "results": results}
+            "classifier": classifier_uri, "generated": n_generated, "results": results,
+            "skipped": skipped, "warnings": [work.NO_GENERATED] if skipped else []}

@@ -5,9 +5,10 @@ Views: ``samples`` and ``quarantine`` (every dataset's shards, with a ``dataset`
 (model cards). Local roots and ``s3://`` roots (s3fs registered with DuckDB; the httpfs
 extension cannot be installed offline).
 
-Read-only queries: one SELECT statement only, and file access fenced to the root
-(``allowed_directories`` with external access off and the configuration locked), so a query
-that would write, attach, install or read outside the root is refused.
+Read-only queries (``tasks.query_fence``): each query is parsed by DuckDB and must be one plain
+SELECT tree; the connection reads files only through a read-only file system fenced to the root
+(DuckDB's local file system disabled, temp directory off, external access off, configuration
+locked); every query runs under a time limit, memory and threads are capped.
 """
 
 from __future__ import annotations
@@ -19,16 +20,26 @@ import duckdb
 
 from tasks import store
 from tasks.dataset import QUARANTINE_SCHEMA, sample_schema
+from tasks.query_fence import (PROTOCOL, FenceError, QueryTimeout, ReadOnlyFileSystem, check_select, fenced_url,
+                               original_prefix, run_with_time_limit)
 
 VIEWS = ("samples", "quarantine", "decisions", "runs", "checkpoints")
+TIMEOUT_S = 30.0  # default wall-clock limit per query
+MEMORY_LIMIT = "2GB"  # DuckDB memory_limit for the catalog connection
+THREADS = 2
+PROTOCOL_RE = PROTOCOL + "://"
 
 
 class QueryRefused(ValueError):
     """A query the read-only catalog will not run; the message says why."""
 
 
+def _sql_str(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
 def _sql_list(paths: list[str]) -> str:
-    return "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in paths) + "]"
+    return "[" + ", ".join(_sql_str(p) for p in paths) + "]"
 
 
 @dataclass
@@ -36,6 +47,7 @@ class Catalog:
     root: str
     con: duckdb.DuckDBPyConnection
     datasets: list[str]
+    timeout_s: float | None = TIMEOUT_S
 
     def close(self) -> None:
         self.con.close()
@@ -47,21 +59,26 @@ class Catalog:
         self.close()
 
 
-def open_catalog(root: str) -> Catalog:
-    """Build the views over everything under ``root`` and lock the connection down."""
+def open_catalog(root: str, timeout_s: float | None = TIMEOUT_S, memory_limit: str = MEMORY_LIMIT,
+                 threads: int = THREADS) -> Catalog:
+    """Build the views over everything under ``root`` and lock the connection down.
+
+    Files are read through ``ReadOnlyFileSystem`` under its own protocol (views name fenced
+    URLs; the ``dataset`` column is mapped back to the user's URI)."""
     if not store.exists(root):
         raise FileNotFoundError(f"no catalog root at {root}")
     root = root.rstrip("/") if store.is_remote(root) else os.path.abspath(root)
     con = duckdb.connect(":memory:")
     con.execute("SET parquet_metadata_cache = true")  # footers parsed once per catalog, not per query
-    if store.is_remote(root):
-        con.register_filesystem(store.filesystem(root)[0])
+    inner, inner_root = store.filesystem(root)
+    con.register_filesystem(ReadOnlyFileSystem(inner, inner_root, local=not store.is_remote(root)))
     manifests = store.glob(root, "**/dataset.json")
     datasets = [m.rsplit("/", 1)[0] for m in manifests]
+    prefix = original_prefix(root)
     for view, kind in (("samples", "samples"), ("quarantine", "quarantine")):
         files = [f for d in datasets for f in store.glob(d, f"{kind}/part-*.parquet")]
-        _view_over(con, view, files, datasets)
-    decision_files = store.glob(root, "**/decisions/part-*.parquet")
+        _view_over(con, view, [fenced_url(f) for f in files], prefix)
+    decision_files = [fenced_url(f) for f in store.glob(root, "**/decisions/part-*.parquet")]
     if decision_files:
         con.execute(f"CREATE VIEW decisions AS SELECT DISTINCT ON (decision_id) * "
                     f"FROM read_parquet({_sql_list(decision_files)}, union_by_name = true)")
@@ -70,48 +87,61 @@ def open_catalog(root: str) -> Catalog:
     _json_view(con, "runs", store.glob(root, "**/runs/*.json"), "run_id")
     _json_view(con, "checkpoints", [f for f in store.glob(root, "**/*.json")
                                      if f.rsplit("/", 1)[-1].startswith(("classifier-", "dit-"))], "id")
-    allowed = root.rstrip("/") + "/"
-    con.execute(f"SET allowed_directories = {_sql_list([allowed])}")
+    _lock_down(con, fenced_url(root), memory_limit, threads)
+    return Catalog(root, con, datasets, timeout_s)
+
+
+def _lock_down(con, fenced_root: str, memory_limit: str, threads: int) -> None:
+    """The fence (layer 2 of tasks.query_fence), then caps, then the lock: no query can undo them."""
+    con.execute("SET temp_directory = ''")  # no spilling: a temp dir would be an allowed directory
+    con.execute(f"SET allowed_directories = {_sql_list([fenced_root.rstrip('/') + '/'])}")
+    con.execute("SET disabled_filesystems = 'LocalFileSystem'")  # local files only via the read-only wrapper
     con.execute("SET enable_external_access = false")
     con.execute("SET autoinstall_known_extensions = false")
+    con.execute("SET autoload_known_extensions = false")
+    con.execute(f"SET memory_limit = {_sql_str(memory_limit)}")
+    con.execute(f"SET threads = {int(threads)}")
     con.execute("SET lock_configuration = true")
-    return Catalog(root, con, datasets)
 
 
-def _view_over(con, view: str, files: list[str], datasets: list[str]) -> None:
+def _view_over(con, view: str, files: list[str], prefix: str) -> None:
     if not files:  # an empty view that still has the contract's columns
         schema = sample_schema() if view == "samples" else QUARANTINE_SCHEMA
         con.register(f"empty_{view}", schema.empty_table())
         con.execute(f"CREATE VIEW {view} AS SELECT NULL::VARCHAR AS dataset, * FROM empty_{view}")
         return
-    # the dataset a row belongs to is the folder above samples/ or quarantine/
-    con.execute(f"CREATE VIEW {view} AS SELECT regexp_replace(filename, '/[^/]+/[^/]+$', '') AS dataset, * "
+    # the dataset a row belongs to is the folder above samples/ or quarantine/, named as the user named it
+    folder = "regexp_replace(filename, '/[^/]+/[^/]+$', '')"
+    con.execute(f"CREATE VIEW {view} AS SELECT regexp_replace({folder}, {_sql_str('^' + PROTOCOL_RE)}, "
+                f"{_sql_str(prefix)}) AS dataset, * "
                 f"EXCLUDE (filename) FROM read_parquet({_sql_list(files)}, union_by_name = true, filename = true)")
 
 
 def _json_view(con, view: str, files: list[str], key: str) -> None:
     if files:
-        con.execute(f"CREATE VIEW {view} AS SELECT * FROM read_json_auto({_sql_list(files)}, union_by_name = true)")
+        con.execute(f"CREATE VIEW {view} AS SELECT * FROM read_json_auto("
+                    f"{_sql_list([fenced_url(f) for f in files])}, union_by_name = true)")
     else:
         con.execute(f"CREATE VIEW {view} AS SELECT NULL::VARCHAR AS {key} WHERE false")
 
 
-def query(catalog: Catalog, sql: str, limit: int | None = 10_000) -> tuple[list[str], list[tuple]]:
-    """Run one read-only SELECT; returns (column names, rows)."""
+def query(catalog: Catalog, sql: str, limit: int | None = 10_000,
+          timeout_s: float | None = None) -> tuple[list[str], list[tuple]]:
+    """Run one read-only SELECT (checked, fenced, time-limited); returns (column names, rows).
+
+    ``timeout_s`` defaults to the catalog's; 0 or None there means no limit."""
     try:
-        statements = duckdb.extract_statements(sql)
-    except duckdb.Error as exc:
-        raise QueryRefused(f"cannot parse the query: {exc}") from exc
-    if len(statements) != 1:
-        raise QueryRefused(f"give exactly one statement (got {len(statements)})")
-    if statements[0].type != duckdb.StatementType.SELECT:
-        raise QueryRefused(f"only SELECT queries are allowed here (this is {statements[0].type.name}); "
-                           f"the catalog is read-only")
+        check_select(sql)
+    except FenceError as exc:
+        raise QueryRefused(str(exc)) from exc
+    seconds = catalog.timeout_s if timeout_s is None else timeout_s
     try:
-        relation = catalog.con.execute(sql)
-        rows = relation.fetchmany(limit) if limit else relation.fetchall()
+        return run_with_time_limit(catalog.con, sql, limit, seconds)
+    except QueryTimeout as exc:
+        raise QueryRefused(f"query {exc}") from exc
     except duckdb.PermissionException as exc:
         raise QueryRefused(f"refused: the query reaches outside {catalog.root} ({exc})") from exc
+    except duckdb.OutOfMemoryException as exc:
+        raise QueryRefused(f"query needs more than the catalog's memory limit; narrow it ({exc})") from exc
     except duckdb.Error as exc:
         raise QueryRefused(f"query failed: {exc}") from exc
-    return [d[0] for d in relation.description], rows

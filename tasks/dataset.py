@@ -208,7 +208,7 @@ def summarize(dataset_uri: str) -> dict:
     """Rows, per-split and per-class counts, head/tail classes and quarantine counts."""
     manifest = read_manifest(dataset_uri)
     findings = manifest["labels"]
-    rows = existing_rows(dataset_uri, ["labels", "split", "origin"])
+    rows = existing_rows(dataset_uri, ["sample_id", "labels", "split", "origin"])
     splits: Counter = Counter()
     per_class = {f: Counter() for f in findings}
     normal: Counter = Counter()
@@ -240,4 +240,13 @@ def summarize(dataset_uri: str) -> dict:
         "head_tail_rule": manifest["head_tail"]["rule"],
         "quarantined": int(sum(reasons.values())),
         "quarantine_reasons": dict(reasons.most_common()),
+        "duplicate_ids": duplicate_ids(rows),
     }
+
+
+def duplicate_ids(rows: pa.Table | None) -> dict[str, int]:
+    """sample_id -> copies, for ids held more than once (two writers at once; should be empty)."""
+    if rows is None:
+        return {}
+    counts = pa.compute.value_counts(rows.column("sample_id")).to_pylist()
+    return {c["values"]: c["counts"] for c in counts if c["counts"] > 1}

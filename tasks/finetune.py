@@ -11,6 +11,7 @@ is tuned on the test split.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass, field
 
 import pyarrow.compute as pc
@@ -21,10 +22,13 @@ from models.metrics import evaluate, tune_thresholds
 from models.schedule import epoch_indices, pil_prefix
 from models.training import TrainConfig, fit_classifier, predict_probs
 from tasks import store
-from tasks.dataset import read_manifest
+from tasks.dataset import SAMPLES, read_manifest
 from tasks.tensors import TensorSet, load_tensors
 
 SETTINGS = ("baseline", "augmented", "pil")
+NO_GENERATED = ("no generated samples to add (the augment produced none, or none passed the quality check): "
+                "only the baseline was fine-tuned; look at the augment's quarantine reasons")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -58,11 +62,22 @@ class FinetuneResult:
 
 
 def load_generated(augmented_uri: str | None, accepted_only: bool) -> TensorSet | None:
+    """The generated samples to add, or None when there are none (no dataset, no shards, none accepted)."""
     if not augmented_uri or not store.exists(store.join(augmented_uri, "dataset.json")):
         return None
+    if not store.list_shards(store.join(augmented_uri, SAMPLES)):
+        return None  # an augment that wrote 0 samples still writes its manifest
     where = pc.field("accepted") == True if accepted_only else None  # noqa: E712 (arrow expression)
     generated = load_tensors(augmented_uri, where=where, columns=("accepted",))
     return generated if len(generated) else None
+
+
+def settings_to_run(requested: tuple[str, ...], n_generated: int) -> tuple[tuple[str, ...], dict[str, str]]:
+    """The settings worth running and, for the others, why not. Without generated samples
+    ``augmented`` and ``pil`` would be the baseline again: only the baseline runs."""
+    if n_generated:
+        return tuple(requested), {}
+    return ("baseline",), {s: NO_GENERATED for s in requested if s != "baseline"}
 
 
 def fit_setting(setting: str, original: TensorSet, generated: TensorSet | None, classifier_uri: str,
@@ -115,11 +130,13 @@ def finetune(dataset_uri: str, augmented_uri: str | None, classifier_uri: str,
     if not len(val) or not len(test):
         raise ValueError(f"{dataset_uri} needs val and test images to fine-tune and evaluate")
     generated = load_generated(augmented_uri, settings.accepted_only)
+    n_generated = len(generated) if generated is not None else 0
+    run, skipped = settings_to_run(settings.settings, n_generated)
+    if skipped:
+        log.warning("fine-tune of %s: %s", dataset_uri, NO_GENERATED)
     results = {name: asdict(run_setting(name, original, generated, classifier_uri, val, test, head, tail, settings))
-               for name in settings.settings}
+               for name in run}
     return {"settings": asdict(settings), "dataset": dataset_uri, "augmented": augmented_uri,
-            "classifier": classifier_uri, "original_train": len(original),
-            "generated": len(generated) if generated is not None else 0,
-            "pil_prefix_per_epoch": [pil_prefix(n, settings.beta, len(generated) if generated is not None else 0)
-                                     for n in range(settings.epochs)],
-            "results": results}
+            "classifier": classifier_uri, "original_train": len(original), "generated": n_generated,
+            "pil_prefix_per_epoch": [pil_prefix(n, settings.beta, n_generated) for n in range(settings.epochs)],
+            "results": results, "skipped": skipped, "warnings": [NO_GENERATED] if skipped else []}

@@ -13,14 +13,20 @@ from __future__ import annotations
 
 import hashlib
 import io
+import struct
 import warnings
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 64_000_000  # 8000 x 8000: larger than any radiograph
+DEFAULT_MIN_SIDE = 16  # pixels; a radiograph is hundreds of pixels a side, a 1x1 file is not one
+DEFAULT_MAX_ASPECT = 4.0  # longer side / shorter side; films are near-square (a 20000x20 strip is not one)
 DICOM_MAGIC_OFFSET = 128
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+EXIF_ORIENTATION = 0x0112
 
 
 class ImageError(Exception):
@@ -63,17 +69,63 @@ def _decode_pillow(data: bytes, max_pixels: int) -> DecodedImage:
                 raise ImageError("decompression_bomb",
                                  f"{width}x{height} pixels exceeds the limit of {max_pixels:,}")
             image.load()
+            image = _upright(image)
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageError("decompression_bomb", str(exc)) from exc
     except UnidentifiedImageError as exc:
+        if data.startswith(PNG_SIGNATURE):  # a PNG whose header chunk is damaged
+            raise ImageError(_png_damage(data, ""), f"damaged PNG: {exc}") from exc
         raise ImageError("not_an_image", "not a PNG, JPEG, DICOM or other readable image") from exc
     except (OSError, SyntaxError, ValueError) as exc:
-        text = str(exc)
-        code = "truncated" if "truncated" in text or "broken" in text else "unreadable"
-        raise ImageError(code, f"cannot decode image: {text}") from exc
-    return DecodedImage(_to_one_channel(image), height, width)
+        raise ImageError(_damage(data, str(exc)), f"cannot decode image: {exc}") from exc
+    return DecodedImage(_to_one_channel(image), image.height, image.width)
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation tag (JPEGs from cameras and phones), as a viewer would."""
+    if image.getexif().get(EXIF_ORIENTATION, 1) in (2, 3, 4, 5, 6, 7, 8):
+        return ImageOps.exif_transpose(image)
+    return image
+
+
+def _damage(data: bytes, text: str) -> str:
+    """truncated (the file ends early), corrupt (its bytes are damaged) or unreadable."""
+    if data.startswith(PNG_SIGNATURE):
+        return _png_damage(data, text)
+    if "truncated" in text:
+        return "truncated"
+    return "corrupt" if "broken" in text or "corrupt" in text or "invalid" in text.lower() else "unreadable"
+
+
+def _png_damage(data: bytes, text: str) -> str:
+    """Walk a PNG's chunks (PNG spec 5.3: length, type, data, CRC-32 over type and data)."""
+    offset = len(PNG_SIGNATURE)
+    while offset + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[offset:offset + 8])
+        end = offset + 8 + length + 4
+        if end > len(data):
+            return "truncated"
+        (crc,) = struct.unpack(">I", data[end - 4:end])
+        if zlib.crc32(data[offset + 4:end - 4]) != crc:
+            return "corrupt"
+        if kind == b"IEND":  # every chunk whole and checksummed, yet undecodable
+            return "truncated" if "truncated" in text else "corrupt"
+        offset = end
+    return "truncated"  # no IEND
+
+
+def check_plausible(image: DecodedImage, min_side: int = DEFAULT_MIN_SIDE,
+                    max_aspect: float = DEFAULT_MAX_ASPECT) -> None:
+    """Refuse sizes no chest film has, before one reaches training as a normal image."""
+    short, long = sorted((image.original_height, image.original_width))
+    if short < min_side:
+        raise ImageError("implausible_size", f"{image.original_width}x{image.original_height} pixels: a side under "
+                         f"{min_side} px is not a radiograph")
+    if long / short > max_aspect:
+        raise ImageError("implausible_size", f"{image.original_width}x{image.original_height} pixels: an aspect "
+                         f"ratio of {long / short:.1f}:1 (over {max_aspect:g}:1) is not a chest film")
 
 
 def _to_one_channel(image: Image.Image) -> np.ndarray:

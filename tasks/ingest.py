@@ -1,28 +1,37 @@
 """Ingest: source records -> validated, one-channel, resized images in Parquet shards.
 
 Bad input never stops an ingest and never vanishes: each bad row becomes a quarantine row
-with a reason (missing file, path outside the image root, zero bytes, truncated, not an
-image, decompression bomb, unknown label, duplicate image or row) and the good rows land.
+with a reason (missing file, path outside the image root, not a regular file (FIFO, device,
+socket, dangling or looping symlink), zero bytes, truncated, corrupt, not an image, implausible
+size, decompression bomb, unknown label, duplicate image or row) and the good rows land.
 Ingesting into an existing dataset adds only what is new (rows whose source path is already
 there are skipped), so the nightly factory can re-run it.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import posixpath
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from stat import S_ISBLK, S_ISCHR, S_ISDIR, S_ISFIFO, S_ISREG, S_ISSOCK
 from typing import Callable, Iterator
 
 from tasks import store
 from tasks.dataset import ShardWriter, existing_quarantine_ids, existing_rows, finish_manifest, read_manifest, sample_schema
-from tasks.images import DEFAULT_MAX_PIXELS, ImageError, content_id, decode, encode_png, resize_square
+from tasks.images import (DEFAULT_MAX_ASPECT, DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, ImageError, check_plausible,
+                          content_id, decode, encode_png, resize_square)
+from tasks.locks import dataset_lock
 from tasks.sources import SourceRecord, SourceTable, default_split
 
 Progress = Callable[[int, int], None]  # (done, total)
 DEFAULT_MAX_FILE_BYTES = 512 * 2**20
+DEFAULT_MAX_READ_S = 120.0  # per image file
+READ_CHUNK = 4 * 2**20
+FILE_KINDS = ((S_ISFIFO, "FIFO (named pipe)"), (S_ISCHR, "character device"), (S_ISBLK, "block device"),
+              (S_ISSOCK, "socket"))
 
 
 @dataclass(frozen=True)
@@ -32,6 +41,9 @@ class IngestOptions:
     workers: int = 4  # decoding threads (Pillow and zlib release the GIL)
     max_pixels: int = DEFAULT_MAX_PIXELS  # larger images are quarantined as decompression bombs
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
+    min_side: int = DEFAULT_MIN_SIDE  # smaller images are quarantined as implausible_size
+    max_aspect: float = DEFAULT_MAX_ASPECT  # so are longer strips (longer side / shorter side)
+    max_read_s: float = DEFAULT_MAX_READ_S  # per file; a slower read is quarantined as read_timeout
     name: str | None = None  # dataset name; default: the source kind
     explicit_tail: tuple[str, ...] | None = None  # overrides the below-median rule
 
@@ -66,13 +78,18 @@ class _Loaded:
 
 
 class _ImageRoot:
-    """Reads image files below one root (local folder or fsspec URI), refusing escapes."""
+    """Reads image files below one root (local folder or fsspec URI), refusing escapes.
 
-    def __init__(self, root: str, max_file_bytes: int):
+    Only regular files are opened: a FIFO would block the open until a writer came, a device
+    could stream forever; those, sockets and dangling or looping symlinks are quarantined as
+    ``not_regular_file`` (folders as ``not_an_image``). Reads are bounded in bytes and time."""
+
+    def __init__(self, root: str, max_file_bytes: int, max_read_s: float = DEFAULT_MAX_READ_S):
         self.remote = store.is_remote(root)
         self.fs, path = store.filesystem(root)
         self.root = path.rstrip("/") if self.remote else os.path.realpath(path)
         self.max_file_bytes = max_file_bytes
+        self.max_read_s = max_read_s
 
     def read(self, relative: str) -> bytes:
         if self.remote:
@@ -83,20 +100,74 @@ class _ImageRoot:
             inside = full.startswith(self.root + os.sep)
         if not inside:
             raise ImageError("path_escape", f"path {relative!r} points outside the image root")
+        return self._read_remote(full, relative) if self.remote else self._read_local(full, relative)
+
+    def _check_size(self, size: int | None) -> None:
+        if size is not None and size > self.max_file_bytes:
+            raise ImageError("too_large", f"file is {size:,} bytes; the limit is {self.max_file_bytes:,}")
+
+    def _read_remote(self, full: str, relative: str) -> bytes:
         try:
-            size = self.fs.size(full)
-            if size is not None and size > self.max_file_bytes:
-                raise ImageError("too_large", f"file is {size:,} bytes; the limit is {self.max_file_bytes:,}")
-            return self.fs.cat_file(full)
+            info = self.fs.info(full)
         except FileNotFoundError as exc:
             raise ImageError("missing_file", f"no file at {relative!r} under the image root") from exc
-        except IsADirectoryError as exc:
-            raise ImageError("not_an_image", f"{relative!r} is a folder") from exc
+        if info.get("type") == "directory":
+            raise ImageError("not_an_image", f"{relative!r} is a folder")
+        if info.get("type") != "file":
+            raise ImageError("not_regular_file", f"{relative!r} is a {info.get('type')!r} object, not a file")
+        self._check_size(info.get("size"))
+        return self.fs.cat_file(full)
+
+    def _read_local(self, full: str, relative: str) -> bytes:
+        _check_regular(self._stat(full, relative), relative)  # stat first: never open what is not a file
+        fd = os.open(full, os.O_RDONLY | os.O_NONBLOCK)  # O_NONBLOCK: a FIFO swapped in after the stat opens at once
+        try:
+            stat = os.fstat(fd)
+            _check_regular(stat, relative)  # the file actually opened
+            self._check_size(stat.st_size)
+            return self._read_bounded(fd, relative)
+        finally:
+            os.close(fd)
+
+    def _stat(self, full: str, relative: str) -> os.stat_result:
+        try:
+            return os.stat(full)
+        except FileNotFoundError as exc:
+            if os.path.lexists(os.path.join(self.root, relative)):
+                raise ImageError("not_regular_file", f"{relative!r} is a symlink to nothing") from exc
+            raise ImageError("missing_file", f"no file at {relative!r} under the image root") from exc
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise ImageError("not_regular_file", f"{relative!r} is a symlink loop") from exc
+            raise
+
+    def _read_bounded(self, fd: int, relative: str) -> bytes:
+        """At most max_file_bytes, within max_read_s (checked between chunks: a slow network file
+        system is cut off; a single read the kernel never returns from cannot be)."""
+        deadline = time.monotonic() + self.max_read_s
+        chunks, total = [], 0
+        while chunk := os.read(fd, READ_CHUNK):
+            chunks.append(chunk)
+            total += len(chunk)
+            self._check_size(total)  # a file that grew after the stat
+            if time.monotonic() > deadline:
+                raise ImageError("read_timeout", f"reading {relative!r} took over {self.max_read_s:g} s")
+        return b"".join(chunks)
+
+
+def _check_regular(stat: os.stat_result, relative: str) -> None:
+    if S_ISDIR(stat.st_mode):
+        raise ImageError("not_an_image", f"{relative!r} is a folder")
+    if not S_ISREG(stat.st_mode):
+        kind = next((name for test, name in FILE_KINDS if test(stat.st_mode)), "special file")
+        raise ImageError("not_regular_file", f"{relative!r} is a {kind}, not a regular file; "
+                         f"only regular image files are read")
 
 
 def _load(root: _ImageRoot, record: SourceRecord, options: IngestOptions) -> _Loaded | ImageError:
     try:
         decoded = decode(root.read(record.path), options.max_pixels)
+        check_plausible(decoded, options.min_side, options.max_aspect)
         pixels = resize_square(decoded.pixels, options.size)
     except ImageError as exc:
         return exc
@@ -119,7 +190,14 @@ def _check_compatible(out_uri: str, vocab_name: str, size: int) -> None:
 
 def ingest(source: SourceTable, images_root: str, out_uri: str,
            options: IngestOptions = IngestOptions(), progress: Progress | None = None) -> IngestReport:
-    """Decode, validate and write every record of ``source`` to the dataset at ``out_uri``."""
+    """Decode, validate and write every record of ``source`` to the dataset at ``out_uri``
+    (one writer at a time: tasks/locks.py)."""
+    with dataset_lock(out_uri, f"ingest {source.kind}"):
+        return _ingest(source, images_root, out_uri, options, progress)
+
+
+def _ingest(source: SourceTable, images_root: str, out_uri: str, options: IngestOptions,
+            progress: Progress | None) -> IngestReport:
     started = time.perf_counter()
     _check_compatible(out_uri, source.vocab.name, options.size)
     before = existing_rows(out_uri, ["sample_id", "source_uri"])
@@ -144,7 +222,7 @@ def ingest(source: SourceTable, images_root: str, out_uri: str,
         else:
             todo.append(record)
 
-    root = _ImageRoot(images_root, options.max_file_bytes)
+    root = _ImageRoot(images_root, options.max_file_bytes, options.max_read_s)
     first_seen: dict[str, str] = {}
     for done, (record, loaded) in enumerate(_decode_all(root, todo, options), start=1):
         if isinstance(loaded, ImageError):
@@ -203,6 +281,12 @@ def ingest_phantom(out_uri: str, n: int, size: int = 64, seed: int = 0, vocab: s
                    shard_rows: int = 1024, explicit_tail: tuple[str, ...] | None = None,
                    progress: Progress | None = None) -> IngestReport:
     """Write ``n`` built-in phantom images (tasks/phantom/) as a dataset, masks included."""
+    with dataset_lock(out_uri, "phantom"):
+        return _ingest_phantom(out_uri, n, size, seed, vocab, shard_rows, explicit_tail, progress)
+
+
+def _ingest_phantom(out_uri: str, n: int, size: int, seed: int, vocab: str, shard_rows: int,
+                    explicit_tail: tuple[str, ...] | None, progress: Progress | None) -> IngestReport:
     from tasks.images import encode_mask
     from tasks.labels import vocabulary
     from tasks.phantom import phantom_images

@@ -86,8 +86,12 @@ def table_rows(results: dict) -> list[dict]:
     return rows
 
 
-def markdown(summary: dict, rows: list[dict]) -> str:
+def markdown(summary: dict, rows: list[dict], warnings: list[str] = ()) -> str:
     lines = ["# tailforge factory run", ""]
+    for warning in warnings:
+        lines.append(f"> **Warning**: {warning}")
+    if warnings:
+        lines.append("")
     for key, value in summary.items():
         lines.append(f"- **{key}**: {value}")
     if rows:
@@ -114,9 +118,10 @@ def write_report(report_uri: str, finetune_result: dict, augmented_uri: str | No
         written["samples"] = store.join(report_uri, "samples.png")
         store.write_bytes_atomic(written["samples"], grid)
     rows = table_rows(finetune_result.get("results", {}))
+    text = markdown(summary, rows, finetune_result.get("warnings", []))
     written["markdown"] = store.join(report_uri, "report.md")
-    store.write_bytes_atomic(written["markdown"], markdown(summary, rows).encode())
-    return {"uris": written, "rows": rows, "markdown": markdown(summary, rows)}
+    store.write_bytes_atomic(written["markdown"], text.encode())
+    return {"uris": written, "rows": rows, "markdown": text}
 
 
 def lineage_example(augmented_uri: str, dataset_uri: str) -> dict | None:

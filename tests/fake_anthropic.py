@@ -1,8 +1,9 @@
 """A fake Anthropic Messages API on 127.0.0.1 that returns real Messages JSON.
 
 Modes: ok (a tool_use answer keeping the first head finding offered), timeout (answers too
-late), 429, 500, malformed (not JSON), notool (a text block only), invalid (keeps a finding
-that was not offered), refusal (stop_reason "refusal"). Every request is recorded.
+late), 429, 500, 529 (overloaded), 429-day (429 with ``Retry-After: 86400``, as a real rate
+limit can say), malformed (not JSON), notool (a text block only), invalid (keeps a finding that
+was not offered), refusal (stop_reason "refusal"). Every request is recorded.
 """
 
 from __future__ import annotations
@@ -78,6 +79,11 @@ class FakeAnthropic:
                 {**tool_use, "input": {"keep": [], "rationale": "late"}}]}, {}
         if self.mode == "429":
             return 429, {"type": "error", "error": {"type": "rate_limit_error", "message": "slow down"}}, fast_retry
+        if self.mode == "429-day":
+            return 429, {"type": "error", "error": {"type": "rate_limit_error", "message": "come back tomorrow"}}, \
+                {"retry-after": "86400"}
+        if self.mode == "529":
+            return 529, {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}, fast_retry
         if self.mode == "500":
             return 500, {"type": "error", "error": {"type": "api_error", "message": "boom"}}, fast_retry
         if self.mode == "malformed":

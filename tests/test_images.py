@@ -102,3 +102,64 @@ def test_png_round_trip_and_content_id():
     assert content_id(a) != content_id(a.astype(np.uint16))
     mask = a > 100
     assert np.array_equal(decode_mask(encode_mask(mask)), mask)
+
+
+# ---------------------------------------------------------------- issue 12, low items
+def _with_bad_crc(png: bytes, chunk: bytes) -> bytes:
+    """The PNG with the CRC of its first ``chunk`` chunk flipped (the chunk's data intact)."""
+    start = png.index(chunk) - 4
+    length = int.from_bytes(png[start:start + 4], "big")
+    crc_at = start + 8 + length
+    return png[:crc_at] + bytes(b ^ 0xFF for b in png[crc_at:crc_at + 4]) + png[crc_at + 4:]
+
+
+def test_png_with_a_bad_crc_is_corrupt_not_truncated():
+    png = png_bytes(gradient().astype(np.uint8))
+    with pytest.raises(ImageError) as caught:
+        decode(_with_bad_crc(png, b"IHDR"))
+    assert caught.value.code == "corrupt"
+    try:  # Pillow does not check IDAT CRCs: intact pixels decode, and if it ever does, the code is corrupt
+        assert (decode(_with_bad_crc(png, b"IDAT")).pixels == decode(png).pixels).all()
+    except ImageError as exc:
+        assert exc.code == "corrupt"
+    flipped = bytearray(png)
+    flipped[png.index(b"IDAT") + 6] ^= 0xFF  # damaged data: its CRC no longer matches
+    with pytest.raises(ImageError) as caught:
+        decode(bytes(flipped))
+    assert caught.value.code == "corrupt"
+    with pytest.raises(ImageError) as caught:
+        decode(png[:150])
+    assert caught.value.code == "truncated"
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (20, 2000), (400, 50), (8, 8)])
+def test_implausible_sizes_are_refused(shape):
+    from tasks.images import check_plausible
+
+    with pytest.raises(ImageError) as caught:
+        check_plausible(decode(png_bytes(np.full(shape, 128, np.uint8))))
+    assert caught.value.code == "implausible_size"
+
+
+def test_plausible_sizes_pass():
+    from tasks.images import check_plausible
+
+    for shape in ((48, 40), (2048, 2500), (64, 200)):
+        check_plausible(decode(png_bytes(np.full(shape, 128, np.uint8))))
+
+
+def test_exif_orientation_is_applied():
+    import io
+
+    from PIL import Image
+
+    stored = np.zeros((40, 60), np.uint8)
+    stored[:, :30] = 255  # left half white as stored
+    image = Image.fromarray(stored)
+    exif = image.getexif()
+    exif[0x0112] = 6  # display rotated 90 degrees clockwise
+    sink = io.BytesIO()
+    image.save(sink, format="JPEG", exif=exif.tobytes(), quality=95)
+    decoded = decode(sink.getvalue())
+    assert decoded.pixels.shape == (60, 40) and (decoded.original_height, decoded.original_width) == (60, 40)
+    assert decoded.pixels[:30].mean() > 200 and decoded.pixels[30:].mean() < 50  # white half now on top

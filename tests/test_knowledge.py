@@ -5,6 +5,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,8 @@ from flows.cli import main
 from imagefiles import png_bytes
 from tasks import sources
 from tasks.ingest import IngestOptions, ingest, ingest_phantom
-from tasks.knowledge import (AnthropicJudge, ConfigError, DecisionCache, LLMSettings, NoGuidanceJudge, Question,
-                             RulesJudge, decision_key, export_decisions, plan)
+from tasks.knowledge import (AnthropicJudge, ConfigError, DecisionCache, JudgeError, LLMSettings, NoGuidanceJudge,
+                             Question, RulesJudge, decision_key, export_decisions, plan)
 from tasks.knowledge.llm import request_body
 from tasks.knowledge.rules import entangled, rules_table, shared_zones
 from tasks.labels import vocabulary
@@ -150,7 +151,7 @@ def test_llm_decisions_are_cached_and_a_rerun_makes_no_calls(hand_dataset, tmp_p
 
 
 @pytest.mark.parametrize("mode,kind", [("timeout", "timeout"), ("429", "rate_limit"), ("500", "server_error"),
-                                       ("malformed", "malformed"), ("notool", "malformed"),
+                                       ("529", "overloaded"), ("malformed", "malformed"), ("notool", "malformed"),
                                        ("invalid", "invalid_answer"), ("refusal", "refusal")])
 def test_every_fault_falls_back_to_the_rules_and_is_retried_next_run(hand_dataset, tmp_path, llm_env, mode, kind):
     fake = llm_env(mode, delay_s=0.8)
@@ -161,7 +162,7 @@ def test_every_fault_falls_back_to_the_rules_and_is_retried_next_run(hand_datase
     rules = {(d.head, d.tail): d for d in plan(hand_dataset, tmp_path / "rules.duckdb")[1]}
     assert all(d.keep == rules[(d.head, d.tail)].keep for d in used)  # the rules' answer
     assert all(d.decision_id != d.key for d in used)  # its own id: lineage never changes meaning
-    if mode in ("429", "500", "timeout"):
+    if mode in ("429", "500", "529", "timeout"):
         assert len(fake.message_requests) == 10  # one retry each (max_retries=1)
     fake.mode = "ok"
     healed, used2 = plan(hand_dataset, cache, AnthropicJudge(FAST))
@@ -271,3 +272,63 @@ def test_plan_on_nih1000_with_rules_and_with_the_fake_llm(nih1000, tmp_path, llm
     fake = llm_env("ok")
     llm, _ = plan(out, tmp_path / "llm.duckdb", AnthropicJudge(FAST))
     assert llm.llm_calls == 44 == len(fake.message_requests) and llm.candidate_images == 73
+
+
+# ---------------------------------------------------------------- bounded waits (issue 12, defect 3)
+def test_a_retry_after_of_a_day_is_not_waited_for(hand_dataset, tmp_path, llm_env):
+    fake = llm_env("429-day")
+    started = time.monotonic()
+    report, used = plan(hand_dataset, tmp_path / "d.duckdb", AnthropicJudge(LLMSettings(timeout_s=5.0)))
+    assert time.monotonic() - started < 15
+    assert report.fallbacks == {"rate_limit": 5} and all(d.error == "rate_limit" for d in used)
+    assert len(fake.message_requests) == 1  # the server asked to be left alone: it is not asked again
+
+
+def test_cli_plan_on_a_day_long_rate_limit_finishes_and_falls_back(hand_dataset, tmp_path, llm_env, capsys):
+    llm_env("429-day")
+    started = time.monotonic()
+    assert main(["plan", hand_dataset, "--judge", "anthropic", "--cache", str(tmp_path / "d.duckdb"), "--json"]) == 0
+    assert time.monotonic() - started < 15
+    assert json.loads(capsys.readouterr().out)["fallbacks"] == {"rate_limit": 5}
+
+
+def test_the_sdk_never_retries_on_its_own(llm_env):
+    fake = llm_env("529")
+    import anthropic
+
+    judge = AnthropicJudge(LLMSettings(max_retries=0), client=anthropic.Anthropic(base_url=fake.url, api_key=API_KEY,
+                                                                                   max_retries=5))
+    with pytest.raises(JudgeError) as caught:
+        judge.ask(Question.of(["Effusion"], ["Mass"]), list(vocabulary("nih").findings))
+    assert caught.value.kind == "overloaded" and len(fake.message_requests) == 1
+
+
+def test_decisions_are_kept_as_they_arrive(hand_dataset, tmp_path, llm_env):
+    llm_env("ok")
+
+    class KilledAfterTwo(AnthropicJudge):
+        def ask(self, question, vocabulary):
+            self.calls = getattr(self, "calls", 0) + 1
+            if self.calls == 3:
+                raise KeyboardInterrupt  # stands in for a kill in the middle of a plan
+            return super().ask(question, vocabulary)
+
+    cache = tmp_path / "d.duckdb"
+    with pytest.raises(KeyboardInterrupt):
+        plan(hand_dataset, cache, KilledAfterTwo(FAST))
+    with DecisionCache(cache, read_only=True) as c:
+        assert [d.source for d in c.all()] == ["llm", "llm"]
+    report, _ = plan(hand_dataset, cache, AnthropicJudge(FAST))
+    assert report.cache_hits == 2 and report.llm_calls == 3
+
+
+def test_a_second_fallback_records_its_own_error_kind(hand_dataset, tmp_path, llm_env):
+    fake = llm_env("500")
+    cache = tmp_path / "d.duckdb"
+    plan(hand_dataset, cache, AnthropicJudge(FAST))
+    fake.mode = "429"
+    _, used = plan(hand_dataset, cache, AnthropicJudge(FAST))
+    assert {d.error for d in used} == {"rate_limit"}
+    with DecisionCache(cache, read_only=True) as c:
+        kinds = sorted(d.error for d in c.all())
+    assert kinds == ["rate_limit"] * 5 + ["server_error"] * 5

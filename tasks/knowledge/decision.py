@@ -75,7 +75,9 @@ def make_decision(judge: str, model: str, prompt_version: str, question: Questio
                   source: str, error: str | None = None) -> Decision:
     keep_set = set(keep)
     key = decision_key(judge, model, prompt_version, question)
-    decision_id = key if source != "fallback" else hashlib.sha256(f"{key}\nfallback".encode()).hexdigest()
+    # a fallback has its own id per error kind: lineage never changes meaning, and a later fallback
+    # for another reason is recorded beside the first (the cache keeps the first write of an id)
+    decision_id = key if source != "fallback" else hashlib.sha256(f"{key}\nfallback\n{error}".encode()).hexdigest()
     return Decision(key=key, decision_id=decision_id, judge=judge, model=model, prompt_version=prompt_version,
                     head=question.head, tail=question.tail,
                     keep=tuple(h for h in question.head if h in keep_set),

@@ -5,17 +5,22 @@ The client honours the SDK's standard environment (``ANTHROPIC_API_KEY``,
 names and the vocabulary only: never a patient id, path, image, report text or date. The
 answer is validated; anything but a list of present head findings is an invalid answer.
 Every failure is a ``JudgeError`` with a short ``kind``; its message never holds the key.
+The SDK's retries are off (it would sleep for any Retry-After, a day included): the project's
+bounded policy in ``tasks/knowledge/retry.py`` retries instead, and a server that asks to be
+left alone for longer than the cap is not asked again until then (answered as ``rate_limit``).
 """
 
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import anthropic
 
 from tasks.knowledge.decision import Question
+from tasks.knowledge.retry import RETRYABLE_STATUS, Failure, GiveUp, RetryPolicy, call_with_retries, retry_after_s
 
 PROMPT_VERSION = "lkg-v1"
 TOOL_NAME = "record_entanglement"
@@ -39,8 +44,8 @@ class JudgeError(Exception):
         self.kind = kind
 
 
-ERROR_KINDS = ("timeout", "rate_limit", "server_error", "connection", "api_error", "malformed",
-               "invalid_answer", "refusal")
+ERROR_KINDS = ("timeout", "rate_limit", "overloaded", "server_error", "connection", "api_error", "malformed",
+               "invalid_answer", "refusal")  # overloaded: HTTP 529
 
 
 class ConfigError(ValueError):
@@ -52,7 +57,9 @@ class LLMSettings:
     model: str = DEFAULT_MODEL  # the Messages API model name
     prompt_version: str = PROMPT_VERSION  # bump to make new decisions; old ones stay cached
     timeout_s: float = 30.0  # per request
-    max_retries: int = 2  # the SDK retries timeouts, 429 and 5xx with exponential backoff
+    max_retries: int = 2  # retries on timeouts, connection errors, 408, 429, 529, 5xx (tasks/knowledge/retry.py)
+    max_wait_s: float = 10.0  # the longest wait between tries; a longer Retry-After is not waited for
+    budget_s: float = 90.0  # wall clock per question, all tries and waits
     max_tokens: int = 400
     api_key_secret: str | None = None  # a Prefect Secret block holding the key, else ANTHROPIC_API_KEY
 
@@ -102,8 +109,13 @@ class AnthropicJudge:
 
     def __init__(self, settings: LLMSettings = LLMSettings(), client: anthropic.Anthropic | None = None):
         self.settings = settings
-        self.client = client or anthropic.Anthropic(api_key=resolve_api_key(settings),
-                                                    timeout=settings.timeout_s, max_retries=settings.max_retries)
+        self.policy = RetryPolicy(max_retries=settings.max_retries, max_wait_s=settings.max_wait_s,
+                                  budget_s=settings.budget_s)
+        # max_retries=0: the SDK would sleep for any Retry-After; retries are ours (self.policy)
+        self.client = (client.with_options(max_retries=0) if client else
+                       anthropic.Anthropic(api_key=resolve_api_key(settings), timeout=settings.timeout_s,
+                                           max_retries=0))
+        self.blocked_until = 0.0  # monotonic time before which the server asked not to be called
 
     @property
     def model(self) -> str:
@@ -114,21 +126,35 @@ class AnthropicJudge:
         return self.settings.prompt_version
 
     def ask(self, question: Question, vocabulary: list[str]) -> tuple[list[str], str]:
-        """(keep, rationale) for one question, or JudgeError."""
+        """(keep, rationale) for one question, or JudgeError; bounded by the retry policy."""
+        waiting = self.blocked_until - time.monotonic()
+        if waiting > 0:
+            raise JudgeError("rate_limit", f"the API asked not to be called for another {waiting:.0f} s")
+        body = request_body(question, vocabulary, self.settings)
         try:
-            message = self.client.messages.create(**request_body(question, vocabulary, self.settings))
-        except anthropic.APITimeoutError as exc:
-            raise JudgeError("timeout") from exc
-        except anthropic.RateLimitError as exc:
-            raise JudgeError("rate_limit") from exc
-        except anthropic.APIStatusError as exc:
-            kind = "server_error" if exc.status_code >= 500 else "api_error"
-            raise JudgeError(kind, f"HTTP {exc.status_code}") from exc
-        except anthropic.APIConnectionError as exc:
-            raise JudgeError("connection") from exc
-        except (anthropic.APIResponseValidationError, ValueError) as exc:
-            raise JudgeError("malformed", type(exc).__name__) from exc
+            message = call_with_retries(lambda timeout: self.client.messages.create(**body, timeout=timeout),
+                                        (anthropic.APIError, ValueError), classify, self.policy,
+                                        self.settings.timeout_s)
+        except GiveUp as exc:
+            if exc.blocked_s:
+                self.blocked_until = time.monotonic() + exc.blocked_s
+            raise JudgeError(exc.failure.kind, "; ".join(filter(None, (exc.failure.detail, str(exc))))) from exc
         return validate_answer(message, question)
+
+
+def classify(exc: Exception) -> Failure:
+    """An SDK exception as a Failure: its kind, whether to retry, the server's Retry-After."""
+    if isinstance(exc, anthropic.APITimeoutError):
+        return Failure("timeout", True)
+    if isinstance(exc, anthropic.APIConnectionError):
+        return Failure("connection", True)
+    if isinstance(exc, anthropic.APIStatusError):
+        status = exc.status_code
+        kind = {429: "rate_limit", 529: "overloaded", 408: "timeout"}.get(
+            status, "server_error" if status >= 500 else "api_error")
+        return Failure(kind, status in RETRYABLE_STATUS or status >= 500, retry_after_s(exc.response.headers),
+                       f"HTTP {status}")
+    return Failure("malformed", False, None, type(exc).__name__)  # APIResponseValidationError, bad JSON
 
 
 def validate_answer(message: Any, question: Question) -> tuple[list[str], str]:

@@ -109,7 +109,10 @@ def decide(questions: list[Question], vocabulary: list[str], judge: Judge, cache
                 decision = rules.decide(question, source="fallback", error=exc.kind,
                                         as_judge=(llm.name, llm.model, llm.prompt_version))
         out[question] = decision
-        fresh.append(decision)
+        if llm is None:
+            fresh.append(decision)
+        else:
+            cache.store([decision])  # each LLM answer is kept as it arrives: a killed plan loses none
     cache.store(fresh)
     report.cache_hits, report.cache_misses = len(cached), len(keys) - len(cached)
     report.decisions_needed = report.cache_misses

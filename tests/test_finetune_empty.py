@@ -1,0 +1,52 @@
+"""An augment that produced 0 samples (issue 12, defect 5): fine-tune runs the baseline only,
+and the report says why, instead of failing with "... has no samples"."""
+
+import logging
+
+import pytest
+
+from models.classifier import ClassifierConfig
+from models.training import TrainConfig
+from tasks import finetune as work
+from tasks import store
+from tasks.dataset import finish_manifest, read_manifest
+from tasks.ingest import ingest_phantom
+from tasks.pretrain import train_classifier
+from tasks.report import write_report
+
+
+@pytest.fixture(scope="module")
+def empty_run(tmp_path_factory):
+    """A phantom dataset, a tiny classifier, and an augment output with a manifest and no samples."""
+    root = tmp_path_factory.mktemp("empty-augment")
+    dataset, augmented = str(root / "ph"), str(root / "run" / "augmented")
+    ingest_phantom(dataset, 120, size=32, seed=2)
+    classifier = train_classifier(dataset, str(root / "models"), ClassifierConfig("resnet18", 14, 32),
+                                  TrainConfig(epochs=1))
+    manifest = read_manifest(dataset)
+    finish_manifest(augmented, name="augmented", vocab_name="nih", image_size=32, source={"kind": "augment"},
+                    run_id="run-empty", explicit_tail=manifest["head_tail"]["tail"])
+    return {"root": root, "dataset": dataset, "augmented": augmented, "classifier": classifier}
+
+
+def test_settings_to_run_without_generated_samples():
+    assert work.settings_to_run(("baseline", "augmented", "pil"), 12) == (("baseline", "augmented", "pil"), {})
+    run, skipped = work.settings_to_run(("baseline", "augmented", "pil"), 0)
+    assert run == ("baseline",) and set(skipped) == {"augmented", "pil"}
+    assert work.settings_to_run(("pil",), 0)[0] == ("baseline",)
+
+
+def test_empty_augment_gives_a_baseline_only_finetune_and_a_report_that_says_so(empty_run, caplog):
+    assert work.load_generated(empty_run["augmented"], accepted_only=True) is None
+    settings = work.FinetuneSettings(epochs=1, bootstrap=10)
+    with caplog.at_level(logging.WARNING, logger="tasks.finetune"):
+        result = work.finetune(empty_run["dataset"], empty_run["augmented"], empty_run["classifier"]["uri"], settings)
+    assert set(result["results"]) == {"baseline"} and result["generated"] == 0
+    assert set(result["skipped"]) == {"augmented", "pil"} and result["warnings"] == [work.NO_GENERATED]
+    assert "only the baseline" in caplog.text
+
+    report_uri = str(empty_run["root"] / "run" / "report")
+    written = write_report(report_uri, result, empty_run["augmented"], empty_run["dataset"], {"generated": 0})
+    assert "**Warning**: no generated samples" in written["markdown"]
+    assert [r["setting"] for r in written["rows"]] == ["baseline"]
+    assert store.exists(written["uris"]["f1_chart"]) and "samples" not in written["uris"]

@@ -1,0 +1,251 @@
+"""The read-only fence of `tailforge query` (issue 12, defect 1): probes that try to write or read
+outside the root, each refused with nothing changed under the root, the outside folder or the
+working directory (DuckDB's default temp folder is ``<cwd>/.tmp``)."""
+
+import hashlib
+import os
+import time
+
+import duckdb
+import pytest
+
+from flows.cli import main
+from tasks import store
+from tasks.catalog import QueryRefused, open_catalog, query
+from tasks.dataset import utcnow
+from tasks.ingest import ingest_phantom
+from tasks.query_fence import ReadOnlyFileSystem, check_select, fenced_url, FenceError
+from tasks.runs import write_run_record
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A catalog root with one phantom dataset and a run record, a folder outside it with secrets,
+    a symlink from inside the root to that folder, and a working directory with a .tmp folder."""
+    base = tmp_path_factory.mktemp("fence")
+    root, outside, cwd = base / "root", base / "outside", base / "cwd"
+    dataset = root / "datasets" / "ph"
+    ingest_phantom(str(dataset), 24, size=32, seed=3)
+    write_run_record(str(dataset), "run-0001", "ingest", {}, "completed", utcnow(), {"written": 24})
+    outside.mkdir()
+    (outside / "secret.txt").write_text("top secret\n")
+    duckdb.execute(f"COPY (SELECT 42 AS secret) TO '{outside / 'secret.parquet'}' (FORMAT parquet)")
+    os.symlink(outside, root / "link")
+    (cwd / ".tmp").mkdir(parents=True)
+    (cwd / ".tmp" / "x.csv").write_text("a\n1\n")
+    shard = store.list_shards(str(dataset / "samples"))[0]
+    return {"root": str(root), "outside": str(outside), "cwd": str(cwd), "shard": shard,
+            "manifest": str(dataset / "dataset.json"), "tmp": str(cwd / ".tmp")}
+
+
+def _snapshot(*folders: str) -> dict:
+    """Every file (and folder) under these folders with its size, mtime and content hash."""
+    seen = {}
+    for folder in folders:
+        for dirpath, dirnames, filenames in os.walk(folder):
+            seen[dirpath] = "dir"
+            for name in filenames:
+                path = os.path.join(dirpath, name)
+                st = os.stat(path)
+                with open(path, "rb") as fh:
+                    seen[path] = (st.st_size, st.st_mtime_ns, hashlib.sha256(fh.read()).hexdigest())
+    return seen
+
+
+@pytest.fixture
+def unchanged(world, monkeypatch):
+    """Run in the probe's working directory; afterwards nothing under root, outside or cwd changed."""
+    monkeypatch.chdir(world["cwd"])
+    before = _snapshot(world["root"], world["outside"], world["cwd"])
+    yield
+    assert _snapshot(world["root"], world["outside"], world["cwd"]) == before
+
+
+PROBES = {
+    # writes, plain and hidden in a SELECT tree
+    "copy": "COPY (SELECT 1) TO '{root}/x.csv'",
+    "copy_into_shard": "COPY (SELECT 'gone' AS a) TO '{shard}' (FORMAT parquet)",
+    "cte_copy_into_shard": "WITH x AS (COPY (SELECT 'gone' AS a) TO '{shard}' (FORMAT parquet)) SELECT 1",
+    "cte_copy_into_manifest": "WITH x AS (COPY (SELECT 1 AS a) TO '{manifest}' (FORMAT json)) SELECT 1",
+    "cte_copy_no_tmp_file": "WITH x AS (COPY (SELECT 1 AS a) TO '{shard}' (FORMAT parquet, USE_TMP_FILE false)) "
+                            "SELECT 1",
+    "cte_copy_into_temp": "WITH x AS (COPY (SELECT 1 AS a) TO '{tmp}/y.csv') SELECT 1",
+    "cte_copy_into_root": "WITH x AS (COPY (SELECT 1 AS a) TO '{root}/new.parquet' (FORMAT parquet)) SELECT 1",
+    "cte_copy_fenced_url": "WITH x AS (COPY (SELECT 1 AS a) TO 'tailforge-ro://{root}/n.csv') SELECT 1",
+    "nested_cte_copy": "WITH a AS (WITH b AS (COPY (SELECT 1 AS a) TO '{shard}' (FORMAT parquet)) SELECT 1) "
+                       "SELECT * FROM a",
+    "subquery_copy": "SELECT (WITH x AS (COPY (SELECT 1 AS a) TO '{root}/s.csv') SELECT 1)",
+    "union_copy": "SELECT 1 UNION ALL (WITH x AS (COPY (SELECT 1 AS a) TO '{root}/u.csv') SELECT 2)",
+    "insert": "INSERT INTO samples SELECT * FROM samples",
+    "update": "UPDATE samples SET split = 'x'",
+    "delete": "DELETE FROM samples",
+    "create_table": "CREATE TABLE t AS SELECT 1",
+    "create_macro": "CREATE MACRO m() AS 1",
+    "create_secret": "CREATE SECRET s (TYPE s3, KEY_ID 'a', SECRET 'b')",
+    "drop": "DROP VIEW samples",
+    "attach": "ATTACH '{root}/other.duckdb' AS other",
+    "detach": "DETACH memory",
+    "install": "INSTALL httpfs",
+    "load": "LOAD httpfs",
+    "set": "SET enable_external_access = true",
+    "set_temp": "SET temp_directory = '{root}'",
+    "reset": "RESET allowed_directories",
+    "pragma": "PRAGMA version",
+    "call": "CALL pragma_version()",
+    "export": "EXPORT DATABASE '{root}/export'",
+    "import": "IMPORT DATABASE '{root}'",
+    "vacuum": "VACUUM",
+    "checkpoint": "CHECKPOINT",
+    "explain_analyze": "EXPLAIN ANALYZE SELECT 1",
+    "two_selects": "SELECT 1; SELECT 2",
+    "select_then_copy": "SELECT 1; COPY (SELECT 1) TO '{root}/z.csv'",
+    "hidden_after_line_comment": "-- just a select\nSELECT 1; /* and */ DROP VIEW samples",
+    "hidden_in_block_comment": "/* SELECT 1 */ COPY (SELECT 1) TO '{root}/c.csv'",
+    # reads outside the root, or through a file path at all
+    "read_csv_etc": "SELECT * FROM read_csv('/etc/passwd')",
+    "read_text_etc": "SELECT * FROM read_text('/etc/passwd')",
+    "read_blob_etc": "SELECT * FROM read_blob('/etc/passwd')",
+    "glob_etc": "SELECT * FROM glob('/etc/*')",
+    "replacement_scan_etc": "SELECT * FROM '/etc/passwd'",
+    "read_parquet_outside": "SELECT * FROM read_parquet('{outside}/secret.parquet')",
+    "read_csv_temp": "SELECT * FROM read_csv('{tmp}/x.csv')",
+    "dotdot_escape": "SELECT * FROM read_text('{root}/../outside/secret.txt')",
+    "fenced_dotdot_escape": "SELECT * FROM read_text('tailforge-ro://{root}/../outside/secret.txt')",
+    "symlink_escape": "SELECT * FROM read_text('{root}/link/secret.txt')",
+    "symlink_replacement_scan": "SELECT * FROM '{root}/link/secret.parquet'",
+    "read_inside_root_by_path": "SELECT * FROM read_text('{manifest}')",
+    "query_function": "SELECT * FROM query('SELECT 1')",
+    "getenv": "SELECT getenv('HOME')",
+    "settings_table": "SELECT * FROM duckdb_settings()",
+}
+
+
+@pytest.mark.parametrize("name", sorted(PROBES))
+def test_probe_is_refused_and_nothing_changes(world, unchanged, name):
+    sql = PROBES[name].format(**world)
+    with open_catalog(world["root"]) as catalog:
+        with pytest.raises(QueryRefused):
+            query(catalog, sql)
+        # the catalog is still whole after the probe
+        assert query(catalog, "SELECT count(*) FROM samples")[1] == [(24,)]
+
+
+def test_probe_count():
+    assert len(PROBES) >= 30
+
+
+RAW_WRITES = {  # layer 2 on its own: the statements the check refuses, run on the connection directly
+    "copy_into_shard": "COPY (SELECT 'gone' AS a) TO '{shard}' (FORMAT parquet, USE_TMP_FILE false)",
+    "cte_copy_into_manifest": "WITH x AS (COPY (SELECT 1 AS a) TO '{manifest}' (FORMAT json)) SELECT 1",
+    "fenced_copy_into_shard": "COPY (SELECT 'gone' AS a) TO 'tailforge-ro://{shard}' (FORMAT parquet, "
+                              "USE_TMP_FILE false)",
+    "fenced_copy_into_root": "COPY (SELECT 1 AS a) TO 'tailforge-ro://{root}/new.csv'",
+    "copy_into_temp": "COPY (SELECT 1 AS a) TO '{tmp}/y.csv'",
+    "copy_into_relative_temp": "COPY (SELECT 1 AS a) TO '.tmp/z.csv'",
+    "export": "EXPORT DATABASE 'tailforge-ro://{root}/export'",
+    "unlock": "SET lock_configuration = false",
+    "external_access": "SET enable_external_access = true",
+    "fenced_read_outside": "SELECT * FROM read_text('tailforge-ro://{outside}/secret.txt')",
+    "fenced_symlink_read": "SELECT content FROM read_text('tailforge-ro://{root}/link/secret.txt')",
+}
+
+
+@pytest.mark.parametrize("name", sorted(RAW_WRITES))
+def test_connection_cannot_write_even_without_the_check(world, unchanged, name):
+    sql = RAW_WRITES[name].format(**world)
+    with open_catalog(world["root"]) as catalog:
+        try:
+            rows = catalog.con.execute(sql).fetchall()
+        except duckdb.Error:
+            return
+    assert not any("secret" in str(r) for r in rows), rows  # a read that ran found nothing outside the root
+
+
+def test_temp_directory_is_off_and_not_allowed(world, unchanged):
+    with open_catalog(world["root"]) as catalog:
+        temp, allowed = catalog.con.execute(
+            "SELECT current_setting('temp_directory'), current_setting('allowed_directories')").fetchone()
+    assert temp == "" and allowed == [fenced_url(world["root"]) + "/"]
+
+
+def test_read_only_file_system_refuses_writes_and_escapes(world):
+    fs = ReadOnlyFileSystem(store.filesystem(world["root"])[0], world["root"], local=True)
+    with pytest.raises(PermissionError):
+        fs.open(fenced_url(world["shard"]), "wb")
+    for write in (fs.rm, fs.mkdir, fs.touch):
+        with pytest.raises(PermissionError):
+            write(fenced_url(world["root"] + "/new"))
+    for escape in ("/link/secret.txt", "/../outside/secret.txt"):
+        with pytest.raises(PermissionError):
+            fs.open(fenced_url(world["root"] + escape), "rb")
+    with fs.open(fenced_url(world["manifest"]), "rb") as fh:
+        assert fh.read(1) == b"{"
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT origin, split, count(*) AS n FROM samples GROUP BY ALL",
+    "WITH s AS (SELECT * FROM samples) SELECT count(*) FROM s JOIN runs ON true",
+    "WITH RECURSIVE t(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM t WHERE n < 3) SELECT max(n) FROM t",
+    "SELECT r.range FROM range(3) r UNION SELECT unnest([7, 8])",
+    "DESCRIBE samples",
+    "FROM quarantine SELECT count(*)",
+])
+def test_legitimate_selects_run(world, unchanged, sql):
+    check_select(sql)
+    with open_catalog(world["root"]) as catalog:
+        columns, rows = query(catalog, sql)
+    assert columns and rows
+
+
+def test_dataset_column_names_the_users_uri(world, unchanged):
+    with open_catalog(world["root"]) as catalog:
+        _, rows = query(catalog, "SELECT DISTINCT dataset FROM samples")
+    assert rows == [(os.path.join(world["root"], "datasets", "ph"),)]
+
+
+def test_cross_join_is_stopped_by_the_time_limit(world, unchanged):
+    sql = "SELECT count(*) FROM range(100000) a, range(100000) b, range(100000) c"
+    with open_catalog(world["root"], timeout_s=1.0) as catalog:
+        started = time.monotonic()
+        with pytest.raises(QueryRefused, match="1 s time limit"):
+            query(catalog, sql)
+        assert time.monotonic() - started < 10
+        assert query(catalog, "SELECT 1")[1] == [(1,)]  # the connection is usable after the interrupt
+
+
+def test_cli_refuses_in_one_line_with_rc_2(world, unchanged, capsys):
+    sql = PROBES["cte_copy_into_shard"].format(**world)
+    assert main(["query", sql, "--root", world["root"]]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "read-only" in err
+    assert main(["query", "SELECT count(*) FROM range(100000) a, range(100000) b, range(100000) c",
+                 "--root", world["root"], "--timeout", "0.5"]) == 2
+    assert "time limit" in capsys.readouterr().err
+    assert main(["query", "SELECT count(*) AS n FROM samples", "--root", world["root"], "--csv"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["n", "24"]
+
+
+def test_check_names_what_it_refuses():
+    with pytest.raises(FenceError, match="COPY inside the query"):
+        check_select("WITH x AS (COPY (SELECT 1) TO '/tmp/a.csv') SELECT 1")
+    with pytest.raises(FenceError, match="read_csv"):
+        check_select("SELECT * FROM read_csv('/etc/passwd')")
+
+
+def test_s3_root_cannot_be_written(world, s3_bucket):
+    fs, _ = store.filesystem(s3_bucket)
+    fs.put(world["root"] + "/datasets/", s3_bucket[5:] + "/root/datasets/", recursive=True)
+    root = f"{s3_bucket}/root"
+    shard = store.list_shards(f"{root}/datasets/ph/samples")[0]
+    before = {p: fs.info(p)["ETag"] for p in fs.find(s3_bucket[5:])}
+    with open_catalog(root) as catalog:
+        assert query(catalog, "SELECT count(*) FROM samples")[1] == [(24,)]
+        for sql in (f"WITH x AS (COPY (SELECT 1 AS a) TO '{shard}' (FORMAT parquet)) SELECT 1",
+                    f"COPY (SELECT 1 AS a) TO '{root}/new.csv'"):
+            with pytest.raises(QueryRefused):
+                query(catalog, sql)
+        for sql in (f"COPY (SELECT 1 AS a) TO '{shard}' (FORMAT parquet)",
+                    f"COPY (SELECT 1 AS a) TO '{fenced_url(shard)}' (FORMAT parquet, USE_TMP_FILE false)"):
+            with pytest.raises(duckdb.Error):
+                catalog.con.execute(sql)
+    assert {p: fs.info(p)["ETag"] for p in fs.find(s3_bucket[5:])} == before

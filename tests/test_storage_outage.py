@@ -1,0 +1,39 @@
+"""An S3 outage in the middle of the work (issue 12, defect 6): one line naming the endpoint
+and what to do, status 2, and the data already written intact."""
+
+import pytest
+
+from flows.cli import main
+from tasks import store
+
+
+@pytest.fixture
+def doomed_s3(monkeypatch):
+    """A moto S3 server of this test's own, which the test stops."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1", "TAILFORGE_S3_ENDPOINT_URL": endpoint}.items():
+        monkeypatch.setenv(key, value)
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="outage")
+    yield endpoint, server
+    server.stop()
+
+
+def test_an_s3_outage_is_one_line_with_status_2(doomed_s3, capsys):
+    endpoint, server = doomed_s3
+    uri = "s3://outage/datasets/ph"
+    assert main(["phantom", "--n", "20", "--size", "32", "--out", uri, "--json"]) == 0
+    shards = store.list_shards(store.join(uri, "samples"))
+    capsys.readouterr()
+    server.stop()
+    assert main(["phantom", "--n", "40", "--size", "32", "--out", uri]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert endpoint in err and "run the same command again" in err and "Traceback" not in err
+    assert shards  # written before the outage
