@@ -42,7 +42,7 @@ from benchmarks.bench_models import trained_before  # noqa: E402
 from benchmarks.common import RESULTS, commit, machine, save  # noqa: E402
 from benchmarks.phantom_truth import _replay  # noqa: E402
 from flows.settings import tailforge_home  # noqa: E402
-from models.cam import LocaliseConfig, MaskConfig, class_maps, relocate, removal_masks  # noqa: E402
+from models.cam import LocaliseConfig, MaskConfig, class_maps, raw_maps, refine, relocate, removal_masks  # noqa: E402
 from models.classifier import ClassifierConfig, load_checkpoint  # noqa: E402
 from models.dit import DiTConfig, DiTTrainConfig, build_scheduler, load_dit, sample  # noqa: E402
 from models.fill import harmonic_fill, paste_fill  # noqa: E402
@@ -113,6 +113,8 @@ LOCALISERS = {  # label -> (CAM method, LocaliseConfig); "product" is the produc
     "gradcam + border 4%": ("gradcam", LocaliseConfig(border=0.04, **NO_PRIOR)),
     "gradcam layer1 x prior": ("gradcam", LocaliseConfig(layers=("layer1",), gate=False)),
     "gradcam x prior": ("gradcam", LocaliseConfig(gate=False)),
+    "infill": ("infill", LocaliseConfig(**NO_PRIOR)),
+    "infill x prior": ("infill", LocaliseConfig(gate=False)),
     "product": (PRODUCT.cam_method, PRODUCT.localise),
 }
 
@@ -137,10 +139,15 @@ def localisation(model, card, test, train) -> dict:
            "random_point": fm.random_point_pointing([(name, m) for _, name, m, _ in lesions])}
     uniform = np.ones(images.shape[-2:], np.float32)
     variants = {"class location prior": np.stack([prior.get(name, uniform) for _, name, *_ in lesions])}
+    raw: dict[tuple, np.ndarray] = {}  # one raw map per (method, layers, window): refinements reuse it
     for label, (method, config) in LOCALISERS.items():
-        started = time.perf_counter()
-        variants[label] = class_maps(model, images, classes, config, method, priors)
-        out.setdefault("seconds", {})[label] = round(time.perf_counter() - started, 2)
+        key = (method, config.layers, config.window, config.stride)
+        if key not in raw:
+            started = time.perf_counter()
+            raw[key] = raw_maps(model, images, classes, config, method)
+            out.setdefault("seconds_per_lesion", {})[method + " " + ",".join(config.layers)] = round(
+                (time.perf_counter() - started) / max(1, len(lesions)), 4)
+        variants[label] = refine(raw[key], classes, config, priors)
     for label, maps in variants.items():
         keep = called if label == "product" and PRODUCT.localise.gate else np.ones(len(lesions), bool)
         rows = [(name, fm.localisation_row(cam, _mask(cam), m, every))
@@ -203,11 +210,12 @@ def outcomes(test, card, judge, judge_card, chosen, masks, results, size) -> dic
     truth = lesion_masks(test.table)
     findings = card.labels
     thresholds = np.array(judge_card.thresholds)
-    head_rows, tail_rows = [], []
+    head_rows, tail_rows, unmasked = [], [], 0
     before = predict_probs(judge, test.images[[i for i, _ in chosen]])
     after = predict_probs(judge, results) if len(results) else None
     for j, (i, names) in enumerate(chosen):
-        if masks[j] is None:
+        if masks[j] is None:  # the product makes no sample for this image: its lesions stay unremoved
+            unmasked += len(names)
             continue
         labels = np.nan_to_num(test.labels[i].numpy()).copy()
         source = test.table.column("source_uri")[i].as_py()
@@ -239,6 +247,8 @@ def outcomes(test, card, judge, judge_card, chosen, masks, results, size) -> dic
             "removal_signed": fm.rate([r["signed"] for r in head_rows]),
             "removal_judge": fm.rate([r["judge"] for r in head_rows]),
             "removal_absolute": fm.rate([r["absolute"] for r in head_rows]),
+            "removal_signed_end_to_end": fm.rate([r["signed"] for r in head_rows] + [False] * unmasked),
+            "head_lesions_without_mask": unmasked,
             "coverage_mean": fm.rate([r["coverage"] for r in head_rows]),
             "per_class_signed": {c: fm.rate([r["signed"] for r in head_rows if r["class"] == c])
                                  for c in sorted({r["class"] for r in head_rows})},
@@ -312,8 +322,9 @@ def run_size(size: int, args) -> dict:
     result["removal"] = removal
     free = sample(dit, scheduler, 128, size, steps=50, generator=torch.Generator().manual_seed(0))
     held_out = normals.images[:256]
+    half = len(held_out) // 2  # the floor: two halves of real held-out normals
     result["generator"] = {"free_samples_vs_held_out_normals": distances(judge, free, held_out),
-                           "held_out_normals_split_halves": distances(judge, held_out[:128], held_out[128:256])}
+                           "held_out_normals_split_halves": distances(judge, held_out[:half], held_out[half:])}
     ideal = torch.stack([torch.from_numpy(_ideal(test, card, i, names, size))[None] for i, names in chosen])
     for fill in ("dit", "dit-noise-start", "dit-harmonic-start", "harmonic", "paste"):
         result["generator"][f"oracle/{fill}_vs_lesion_free_renders"] = distances(judge, filled_by[("oracle", fill)], ideal)
@@ -372,17 +383,21 @@ def markdown(r: dict) -> str:
         cells = [str(s[c] if label == "random_point" else s.get(c, {}).get("pointing_game")) for c in classes]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += ["", f"CAM mask outcomes on the removal set: {r['cam_mask_outcomes']} "
-                  "(the product quarantines empty and too-large masks; those images make no sample).", "",
+                  "(not_detected: the classifier does not call a class to remove, so the gate makes no mask; the product "
+                  "quarantines such images, and empty or too-large masks, and makes no sample from them).", "",
               "## Removal and retention", "",
               "Removal `signed`: the lesion's mean signed contrast against the lesion-free render of the same "
               "patient falls to at most half; `judge`: an independent classifier (other phantom seed) that called "
               "the class before no longer does; `absolute`: the old criterion (mean |difference| halves). "
               "Retention: a tail lesion keeps at least half its signed contrast / the judge still calls it.", "",
-              "| masks / fill | head lesions | removal signed | removal judge | removal absolute | lesion covered "
-              "| tail lesions | retention signed | retention judge |", "|---|---|---|---|---|---|---|---|---|"]
+              "Rates are over the lesions of images that got a mask; `end to end` also counts the lesions of "
+              "images the product made no sample from as not removed.", "",
+              "| masks / fill | head lesions | removal signed | end to end | removal judge | removal absolute "
+              "| lesion covered | tail lesions | retention signed | retention judge |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for key, o in r["removal"].items():
-        lines.append(f"| {key} | {o['head_lesions']} | {o['removal_signed']} | {o['removal_judge']} | "
-                     f"{o['removal_absolute']} | {o['coverage_mean']} | {o['tail_lesions']} | "
+        lines.append(f"| {key} | {o['head_lesions']} | {o['removal_signed']} | {o['removal_signed_end_to_end']} | "
+                     f"{o['removal_judge']} | {o['removal_absolute']} | {o['coverage_mean']} | {o['tail_lesions']} | "
                      f"{o['retention_signed']} | {o['retention_judge']} |")
     lines += ["", "## Generator fidelity (judge-classifier features)", "", "| comparison | FID | KID | n |",
               "|---|---|---|---|"]

@@ -1,15 +1,23 @@
-"""Grad-CAM maps for the head classes to remove, and maps -> binary inpainting masks.
+"""Class maps for the head classes to remove, and maps -> binary inpainting masks.
 
-Maps come from pytorch-grad-cam (Selvaraju et al., "Grad-CAM"; GradCAM++, LayerCAM and
-EigenCAM selectable), batched with one target class per row. Target layer: the deepest
-stage in timm's ``feature_info`` whose map is at least ``min_side`` pixels wide at the input
-size (at 64 px a ResNet's last stage is 2x2; this picks layer2, 8x8). Vision transformers
-get a reshape transform from tokens to a grid.
+Maps (``class_maps``, configured by ``LocaliseConfig``):
+- Grad-CAM family from pytorch-grad-cam (Selvaraju et al., "Grad-CAM"; HiResCAM, GradCAM++,
+  LayerCAM, EigenCAM), batched with one target class per row, at one or more layers. The
+  default layer is the deepest stage in timm's ``feature_info`` at least ``min_side`` cells
+  wide. Maps are computed at the layer's resolution and placed where the layer's cells really
+  look (``receptive_centre``): pytorch-grad-cam's cv2.resize shifts a ResNet's maps half a
+  stride down-right. Vision transformers get a reshape transform from tokens to a grid.
+- ``infill`` (models/occlusion.py): where does filling the film in take the class away?
+  Measured on the phantom (benchmarks/results/fidelity_*.md) it localises head lesions far
+  better than any Grad-CAM variant here, so it is the product's default.
+Then: the film's border optionally zeroed, the map weighted by the class location prior the
+classifier card carries (the mean training lesion mask, when the data had masks), and a gate:
+no mask for a class the classifier does not call (CheXlocalize's practice), ``not_detected``.
 
 Map -> mask: threshold relative to the map's maximum (or Otsu), dilate, union over the
 classes being removed, then check the area: too small is ``empty``, more than ``max_area``
 of the image is ``too_large`` (a mask over most of the chest would repaint the tail lesion
-too). Both are reported outcomes, not errors.
+too). These are reported outcomes, not errors.
 
 ``placement="random"`` is the control for the method: the same mask, shape and area, moved to
 a random place in the image (``relocate``), so a gain from inpainting CAM regions can be told
@@ -30,6 +38,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 CAM_METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "hirescam": HiResCAM, "layercam": LayerCAM,
                "eigencam": EigenCAM}
+MAP_METHODS = (*CAM_METHODS, "infill")  # infill: counterfactual occlusion maps (models/occlusion.py)
 OUTCOMES = ("ok", "empty", "too_large", "not_detected")
 
 
@@ -58,10 +67,14 @@ class LocaliseConfig:
     border: float = 0.0  # share of each side zeroed in the map (film edges, markers)
     prior_weight: float = 1.0  # map x prior ** weight when the classifier card has a class location prior
     gate: bool = True  # no mask for a class the classifier does not call (probability < its threshold)
+    window: float = 0.25  # method "infill": window side as a share of the image side
+    stride: float = 0.5  # method "infill": window step as a share of the window side
 
     def __post_init__(self) -> None:
         if not 0 <= self.border < 0.5 or self.prior_weight < 0:
             raise ValueError("need 0 <= border < 0.5 and prior_weight >= 0")
+        if not 0 < self.window <= 1 or not 0 < self.stride <= 1:
+            raise ValueError("need 0 < window <= 1 and 0 < stride <= 1")
         object.__setattr__(self, "layers", tuple(self.layers))
 
 
@@ -211,13 +224,24 @@ def resize_prior(prior: np.ndarray, size: int) -> np.ndarray:
     return (out / out.max().clamp(min=1e-7)).numpy()
 
 
-def class_maps(model: torch.nn.Module, images: torch.Tensor, classes: list[int], config: LocaliseConfig,
-               method: str = "gradcam", priors: dict[int, np.ndarray] | None = None) -> np.ndarray:
-    """(N, H, W) class maps in [0, 1]: CAM at each configured layer (aligned, averaged), the film's
-    border zeroed, times the class location prior ** prior_weight where ``priors`` has the class."""
-    size = images.shape[-1]
+def raw_maps(model: torch.nn.Module, images: torch.Tensor, classes: list[int], config: LocaliseConfig,
+             method: str = "gradcam") -> np.ndarray:
+    """(N, H, W) maps in [0, 1] before border, prior and gate: CAM at each configured layer
+    (aligned, averaged), or the infill map (``method="infill"``)."""
+    if method not in MAP_METHODS:
+        raise ValueError(f"unknown map method {method!r}; choose one of {list(MAP_METHODS)}")
+    if method == "infill":
+        from models.occlusion import infill_maps
+        return infill_maps(model, images, classes, config.window, config.stride)
     layers = [model.get_submodule(name) for name in config.layers] or [None]
-    maps = np.mean([cam_maps(model, images, classes, method, layer) for layer in layers], axis=0)  # (N, H, W)
+    return np.mean([cam_maps(model, images, classes, method, layer) for layer in layers], axis=0)
+
+
+def refine(maps: np.ndarray, classes: list[int], config: LocaliseConfig,
+           priors: dict[int, np.ndarray] | None = None) -> np.ndarray:
+    """The film's border zeroed, then each map times its class location prior ** prior_weight
+    (where ``priors`` has the class); each map rescaled to max 1."""
+    size = maps.shape[-1]
     if config.border > 0:
         edge = int(round(config.border * size))
         frame = np.zeros((size, size), np.float32)
@@ -228,6 +252,12 @@ def class_maps(model: torch.nn.Module, images: torch.Tensor, classes: list[int],
         maps = np.stack([m * resized[c] if c in resized else m for m, c in zip(maps, classes)])
     top = maps.reshape(len(maps), -1).max(axis=1).clip(min=1e-7)[:, None, None]
     return (maps / top).astype(np.float32)
+
+
+def class_maps(model: torch.nn.Module, images: torch.Tensor, classes: list[int], config: LocaliseConfig,
+               method: str = "gradcam", priors: dict[int, np.ndarray] | None = None) -> np.ndarray:
+    """(N, H, W) class maps in [0, 1]: ``raw_maps``, then ``refine``."""
+    return refine(raw_maps(model, images, classes, config, method), classes, config, priors)
 
 
 def removal_masks(model: torch.nn.Module, images: torch.Tensor, remove: list[list[int]],

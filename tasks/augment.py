@@ -45,12 +45,13 @@ from tasks.tensors import load_tensors, rows_by_shard
 @dataclass(frozen=True)
 class AugmentSettings:
     batch_size: int = 64  # images per task (32-128: Prefect costs ~10 ms per task)
-    cam_method: str = "gradcam"
+    cam_method: str = "infill"  # class maps: "infill" (counterfactual occlusion) or a Grad-CAM variant
     localise: LocaliseConfig = field(default_factory=LocaliseConfig)  # layers, border, prior, gate
     mask: MaskConfig = field(default_factory=MaskConfig)
     inpaint: InpaintConfig = field(default_factory=InpaintConfig)
     quality_max_z: float = 3.0  # robust z of the NN distance to real images; above -> accepted = False
     tail_margin: float = 0.1  # a kept tail class may fall below its threshold by at most this much
+    verify_removal: bool = True  # accept only rows whose removal the classifier confirms; False: quality alone
     seed: int = 0  # mixed into every image's seed
     max_images: int | None = None  # cap on candidates (smallest output ids first); None = all
     parallel: int = 1  # batches in flight at once: the gpu slots the pool has (waiting tasks poll the server)
@@ -214,8 +215,9 @@ def run_batch(dataset_uri: str, out_uri: str, batch: list[Candidate], classifier
     for j, i in enumerate(ok):
         c = batch[i]
         tail = [findings[k] for k in np.nonzero(labels[i] == 1.0)[0] if findings[k] in card.tail]
-        verdicts.append(verdict(c.remove, tail, findings, probs_before[j], probs_after[j], card.thresholds,
-                                settings.tail_margin, float(scores[j]), settings.quality_max_z))
+        verdicts.append(verdict(c.remove if settings.verify_removal else (),
+                                tail if settings.verify_removal else [], findings, probs_before[j], probs_after[j],
+                                card.thresholds, settings.tail_margin, float(scores[j]), settings.quality_max_z))
         original = decode_png(parents.table.column("image")[rows[i]].as_py())
         writer.add(_generated_row(c, generated[j, 0], masks[i].mask, original, labels[i], findings, parents, rows[i],
                                   classifier["id"], generator["id"], float(scores[j]), verdicts[-1]))

@@ -26,8 +26,8 @@ from tasks.dataset import SAMPLES, read_manifest
 from tasks.tensors import TensorSet, load_tensors
 
 SETTINGS = ("baseline", "augmented", "pil")
-NO_GENERATED = ("no generated samples to add (the augment produced none, or none passed the quality check): "
-                "only the baseline was fine-tuned; look at the augment's quarantine reasons")
+NO_GENERATED = ("no generated samples to add (the augment produced none, or none passed the quality and removal "
+                "checks): only the baseline was fine-tuned; look at the augment's quarantine reasons and verdicts")
 log = logging.getLogger(__name__)
 
 
@@ -39,7 +39,7 @@ class FinetuneSettings:
     lr: float = 3e-4
     seed: int = 0
     settings: tuple[str, ...] = SETTINGS  # which of baseline / augmented / pil to run
-    accepted_only: bool = True  # use generated samples whose quality check passed
+    accepted_only: bool = True  # use generated samples that passed the quality and removal checks (accepted)
     bootstrap: int = 500
 
     def __post_init__(self) -> None:

@@ -23,8 +23,10 @@ TINY = {
     "dataset": {"source": "phantom", "n": 400, "size": 32, "seed": 2},
     "classifier": {"epochs": 2, "batch_size": 64},
     "generator": {"patch_size": 8, "depth": 2, "num_heads": 2, "head_dim": 16, "steps": 20, "batch_size": 16},
-    # EigenCAM does not need a trained classifier's gradients, so masks exist at this size
+    # EigenCAM does not need a trained classifier's gradients, so masks exist at this size; a
+    # 2-epoch classifier at 32 px calls little, so neither the gate nor the removal check applies
     "augment": {"batch_size": 8, "cam_method": "eigencam", "mask": {"max_area": 0.6},
+                "localise": {"gate": False}, "verify_removal": False,
                 "inpaint": {"steps": 3, "jump_length": 3, "resample": 1}, "quality_max_z": 1000.0},
     "finetune": {"epochs": 2, "bootstrap": 20},
 }
@@ -63,6 +65,7 @@ def test_factory_returns_everything_it_promised(tiny_run):
         assert row["classifier_id"] == result["models"]["classifier"]["id"]
         assert row["generator_id"] == result["models"]["generator"]["id"]
         assert row["run_id"] == augment["run_id"] and row["decision_id"]
+        assert row["accepted"] == (row["verdict"] == "ok")
         removed = [read_manifest(result["dataset_uri"])["labels"].index(n) for n in row["removed_labels"]]
         assert all(row["labels"][k] == 0.0 and parent["labels"][k] == 1.0 for k in removed)
     decisions = store.list_shards(store.join(augment["out_uri"], "decisions"))
@@ -76,8 +79,8 @@ def test_artifacts_are_published(tiny_run):
     with get_client(sync_client=True) as client:
         keys = {a.key for a in client.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["factory-metrics", "factory-report",
-                                                                        "augment-progress"])))}
-    assert keys == {"factory-metrics", "factory-report", "augment-progress"}
+                                                                        "augment-progress", "augment-acceptance"])))}
+    assert keys == {"factory-metrics", "factory-report", "augment-progress", "augment-acceptance"}
 
 
 def _outputs(uri):

@@ -1,0 +1,89 @@
+"""Class maps by counterfactual infill: where does filling in the film take the class away?
+
+A window slides over the image; each time, the window is filled in from its surroundings (a
+smooth infill, as a lesion-free film would look there) and the classifier scores the result. A
+window's evidence for class c is the drop in c's probability; a pixel's map value is the mean
+drop over the windows that cover it. This is occlusion sensitivity (Zeiler & Fergus,
+"Visualizing and Understanding Convolutional Networks") with an infill instead of a grey patch,
+after FIDO (Chang et al., "Explaining Image Classifiers by Counterfactual Generation", ICLR
+2019): a grey patch is itself an out-of-distribution object, an infill asks the question the
+factory cares about, "would the classifier still see the lesion if this region were normal?".
+
+The infill is normalised convolution (Knutsson & Westin, "Normalized and Differential
+Convolution", 1993) at a quarter of the resolution: the known pixels, blurred, divided by the
+blurred known-pixel weight, then upsampled. It needs no model and runs batched.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def _gaussian(sigma: float) -> torch.Tensor:
+    radius = max(1, int(math.ceil(3 * sigma)))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernel = torch.exp(-x**2 / (2 * sigma**2))
+    return kernel / kernel.sum()
+
+
+def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (B, 1, h, w) with replicated edges."""
+    k = _gaussian(sigma)
+    r = len(k) // 2
+    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
+    return F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1))
+
+
+def smooth_infill(images: torch.Tensor, masks: torch.Tensor, sigma_frac: float = 0.06) -> torch.Tensor:
+    """(B, 1, S, S) images with the region where ``masks`` is 1 filled from its surroundings."""
+    size = images.shape[-1]
+    factor = 4 if size >= 32 else 1
+    known = 1.0 - masks
+    low_img = F.avg_pool2d(images * known, factor)  # (B, 1, S/4, S/4)
+    low_w = F.avg_pool2d(known, factor)
+    sigma = max(0.5, sigma_frac * size / factor)
+    fill = _blur(low_img, sigma) / _blur(low_w, sigma).clamp(min=1e-4)
+    fill = F.interpolate(fill, size=images.shape[-2:], mode="bilinear", align_corners=False)
+    return images * known + fill * masks
+
+
+def windows(size: int, window: float, stride: float) -> list[tuple[int, int, int]]:
+    """(top, left, side) of square windows ``window`` x size wide, every ``stride`` x window."""
+    side = max(2, int(round(window * size)))
+    step = max(1, int(round(stride * side)))
+    starts = list(range(0, size - side + 1, step))
+    if starts[-1] != size - side:
+        starts.append(size - side)
+    return [(top, left, side) for top in starts for left in starts]
+
+
+@torch.no_grad()
+def infill_maps(model: torch.nn.Module, images: torch.Tensor, classes: list[int], window: float = 0.25,
+                stride: float = 0.5, batch: int = 256) -> np.ndarray:
+    """(N, S, S) maps in [0, 1]: per pixel, the mean drop of the class probability over the
+    infilled windows that cover it (negative drops count as 0)."""
+    if len(classes) != images.shape[0]:
+        raise ValueError("give one target class per image row")
+    model.eval()
+    size = images.shape[-1]
+    boxes = windows(size, window, stride)
+    masks = torch.zeros(len(boxes), 1, size, size)
+    for k, (top, left, side) in enumerate(boxes):
+        masks[k, :, top:top + side, left:left + side] = 1.0
+    cover = masks.sum(dim=0)[0].clamp(min=1.0)  # (S, S) windows per pixel
+    out = np.zeros((len(classes), size, size), np.float32)
+    for n, c in enumerate(classes):
+        base = torch.sigmoid(model(images[n:n + 1]))[0, c]
+        drops = []
+        for start in range(0, len(boxes), batch):
+            m = masks[start:start + batch]
+            filled = smooth_infill(images[n:n + 1].expand(len(m), -1, -1, -1), m)
+            drops.append((base - torch.sigmoid(model(filled))[:, c]).clamp(min=0))
+        drop = torch.cat(drops)  # (W,)
+        heat = (drop.view(-1, 1, 1, 1) * masks).sum(dim=0)[0] / cover  # (S, S)
+        out[n] = (heat / heat.max().clamp(min=1e-7)).numpy()
+    return out
