@@ -8,7 +8,7 @@ TORCH_INDEX ?=
 PIP = $(VENV)/bin/python -m pip
 STAMP = $(VENV)/.installed
 
-.PHONY: demo test bench experiment clean
+.PHONY: demo test bench experiment fidelity clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ bench: $(STAMP)
 # the paper's experiment on nih1000 and the phantom, and the factory's throughput (about an hour on 2 cores)
 experiment: $(STAMP)
 	$(VENV)/bin/python benchmarks/experiment.py
+
+# sample fidelity on phantom ground truth at 64 and 128 px (about an hour on 2 cores, with training)
+fidelity: $(STAMP)
+	$(VENV)/bin/python benchmarks/fidelity.py
 
 clean:
 	rm -rf $(VENV) .tailforge
