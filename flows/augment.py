@@ -58,7 +58,9 @@ def gpu_wait_message(limit: int, active: int) -> str | None:
 
 
 def log_gpu_wait(logger) -> None:
-    """One INFO line before a batch asks for a slot that is not free (nothing when no limit exists)."""
+    """One INFO line before a batch asks for a slot that is not free (nothing when no limit exists).
+    A failed look-up is not the batch's failure: the slot is still asked for."""
+    import httpx
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
 
@@ -66,6 +68,9 @@ def log_gpu_wait(logger) -> None:
         try:
             limit = client.read_global_concurrency_limit_by_name("gpu")
         except ObjectNotFound:
+            return
+        except httpx.HTTPError as exc:
+            logger.debug(f"could not read the `gpu` limit ({exc}); asking for a slot anyway")
             return
     message = gpu_wait_message(limit.limit, limit.active_slots) if limit.active else None
     if message:
