@@ -8,7 +8,7 @@ TORCH_INDEX ?=
 PIP = $(VENV)/bin/python -m pip
 STAMP = $(VENV)/.installed
 
-.PHONY: demo test bench experiment clean
+.PHONY: demo test bench experiment reliability clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ bench: $(STAMP)
 # the paper's experiment on nih1000 and the phantom, and the factory's throughput (about an hour on 2 cores)
 experiment: $(STAMP)
 	$(VENV)/bin/python benchmarks/experiment.py
+
+# kill -9 and resume, hostile inputs, the query fence, LLM faults, concurrent writers, a killed gpu slot
+# holder on a real Prefect server (about 5 minutes on 2 cores; --no-prefect skips the server)
+reliability: $(STAMP)
+	$(VENV)/bin/python benchmarks/reliability.py
 
 clean:
 	rm -rf $(VENV) .tailforge

@@ -33,7 +33,8 @@ def test_the_server_takes_the_short_lease_and_a_full_limit_is_announced(prefect_
             with concurrency("gpu", occupy=1, lease_duration=GPU_LEASE_S):
                 log_gpu_wait(logger)
         assert [r.getMessage()[:44] for r in caplog.records] == ["waiting for a `gpu` slot (limit 1, 1 held by"]
-        with pytest.raises(ConcurrencySlotAcquisitionError, match="422"):  # why not shorter: the server refuses a lease under 60 s
+        # why not shorter: the server refuses a lease under 60 s
+        with pytest.raises(ConcurrencySlotAcquisitionError, match="422"):
             with concurrency("gpu", occupy=1, lease_duration=GPU_LEASE_S - 1):
                 pass
     finally:

@@ -37,7 +37,8 @@ def test_a_killed_run_is_marked_crashed_by_the_next_run(tmp_path, capsys):
 
     write_run_record(out, "next-run", "augment", {}, "running", utcnow())
     killed = _record(out, "killed-run")
-    assert killed["status"] == "crashed" and f"process {child.pid} on {socket.gethostname()}" in killed["counts"]["error"]
+    assert killed["status"] == "crashed"
+    assert f"process {child.pid} on {socket.gethostname()}" in killed["counts"]["error"]
     assert "next-run" in killed["counts"]["error"]
     assert _record(out, "alive-run")["status"] == "running" and _record(out, "next-run")["status"] == "running"
     assert main(["runs", "--root", str(tmp_path), "--json"]) == 0
