@@ -8,7 +8,7 @@ TORCH_INDEX ?=
 PIP = $(VENV)/bin/python -m pip
 STAMP = $(VENV)/.installed
 
-.PHONY: demo test bench experiment fidelity clean
+.PHONY: demo test bench experiment fidelity reliability clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ experiment: $(STAMP)
 # sample fidelity on phantom ground truth at 64 and 128 px (about an hour on 2 cores, with training)
 fidelity: $(STAMP)
 	$(VENV)/bin/python benchmarks/fidelity.py
+
+# kill -9 and resume, hostile inputs, the query fence, LLM faults, concurrent writers, a killed gpu slot
+# holder on a real Prefect server (about 5 minutes on 2 cores; --no-prefect skips the server)
+reliability: $(STAMP)
+	$(VENV)/bin/python benchmarks/reliability.py
 
 clean:
 	rm -rf $(VENV) .tailforge

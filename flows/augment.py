@@ -41,11 +41,48 @@ def plan_task(dataset_uri: str, cache_path: str, knowledge: KnowledgeSettings) -
     return summary, decisions
 
 
+# The `gpu` slot's lease (issue 12, defect 5). Prefect renews it from a thread in the holder every
+# 0.75 of the term (prefect/concurrency/_leases.py, _RENEWAL_FRACTION), so a long batch keeps its slot;
+# a killed holder stops renewing and the server's repossessor (every 15 s) frees the slot once the
+# term ends. 60 s is the shortest term the server accepts (lease_duration ge=60 in
+# prefect/server/api/concurrency_limits_v2.py); Prefect's default is 300 s.
+GPU_LEASE_S = 60.0
+
+
+def gpu_wait_message(limit: int, active: int) -> str | None:
+    """What a batch waits for when every `gpu` slot is taken; None when one is free."""
+    if active < limit:
+        return None
+    return (f"waiting for a `gpu` slot (limit {limit}, {active} held by running batches or by a killed "
+            f"run, whose slot frees within ~{GPU_LEASE_S + 15:.0f} s as its {GPU_LEASE_S:.0f} s lease lapses)")
+
+
+def log_gpu_wait(logger) -> None:
+    """One INFO line before a batch asks for a slot that is not free (nothing when no limit exists).
+    A failed look-up is not the batch's failure: the slot is still asked for."""
+    import httpx
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            limit = client.read_global_concurrency_limit_by_name("gpu")
+        except ObjectNotFound:
+            return
+        except httpx.HTTPError as exc:
+            logger.debug(f"could not read the `gpu` limit ({exc}); asking for a slot anyway")
+            return
+    message = gpu_wait_message(limit.limit, limit.active_slots) if limit.active else None
+    if message:
+        logger.info(message)
+
+
 @task(retries=2, retry_delay_seconds=5, task_run_name="augment-batch-{index}")
 def augment_batch(index: int, dataset_uri: str, out_uri: str, batch: list[work.Candidate], classifier: dict,
                   generator: dict, settings: dict, run_id: str) -> dict:
     """One batch of images; GPU-bound, so it holds one slot of the global ``gpu`` limit."""
-    with concurrency("gpu", occupy=1):
+    log_gpu_wait(get_run_logger())
+    with concurrency("gpu", occupy=1, lease_duration=GPU_LEASE_S):
         return work.run_batch(dataset_uri, out_uri, batch, classifier, generator,
                               work.AugmentSettings.from_dict(settings), run_id)
 

@@ -92,6 +92,8 @@ class _ImageRoot:
         self.max_read_s = max_read_s
 
     def read(self, relative: str) -> bytes:
+        if "\0" in relative:  # os calls raise ValueError on it, which stopped the whole ingest
+            raise ImageError("missing_file", f"path {relative!r} holds a NUL byte; no file has such a name")
         if self.remote:
             full = posixpath.normpath(posixpath.join(self.root, relative))
             inside = full.startswith(self.root + "/") and not relative.startswith("/")

@@ -17,8 +17,10 @@ message naming the holder.
   longer than the term without renewing can lose its lease; S3-compatible stores without
   conditional writes refuse the PUT, and the error says so.
 
-Taking the lock also removes temporary files (``.*.tmp-*``) a killed writer left in the
-dataset folder, when older than ``STALE_TEMP_S``.
+Taking the lock also removes temporary files (``.*.tmp-<pid>-*``) a killed writer left in the
+dataset folder: those whose writer process no longer runs on this host, and any older than
+``STALE_TEMP_S``. Every writer of the dataset holds the lock and the new holder has not written
+yet, so no live writer's file is touched.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -40,6 +43,7 @@ LOCK_NAME = ".tailforge.lock"
 LEASE_NAME = ".tailforge.lease"
 LEASE_S = 900.0  # an S3 lease's term; renewed every third of it
 STALE_TEMP_S = 3600.0  # temporary files older than this are a killed writer's leftovers
+TEMP_PID = re.compile(r"\.tmp-(\d+)-[0-9a-f]+$")  # store.write_bytes_atomic's ".<name>.tmp-<pid>-<id>"
 log = logging.getLogger(__name__)
 
 
@@ -174,19 +178,34 @@ def _drop_lease(fs, path: str, holder: dict) -> None:
 
 
 def clean_stale_temps(dataset_uri: str, older_than_s: float = STALE_TEMP_S) -> list[str]:
-    """Remove ``.<name>.tmp-<pid>-<id>`` files (store.write_bytes_atomic) older than ``older_than_s``."""
+    """Remove ``.<name>.tmp-<pid>-<id>`` files (store.write_bytes_atomic) whose writer is gone or
+    that are older than ``older_than_s``. Call it only while holding the dataset's lock."""
     folder = store.filesystem(dataset_uri)[1]
     cutoff, removed = time.time() - older_than_s, []
     for dirpath, _, filenames in os.walk(folder):
         for name in filenames:
             path = os.path.join(dirpath, name)
-            if name.startswith(".") and ".tmp-" in name and _mtime(path) < cutoff:
+            if name.startswith(".") and ".tmp-" in name and (_writer_gone(name) or _mtime(path) < cutoff):
                 with suppress(FileNotFoundError):
                     os.unlink(path)
                 removed.append(path)
     if removed:
         log.warning("removed %d temporary file(s) a killed writer left in %s", len(removed), dataset_uri)
     return removed
+
+
+def _writer_gone(name: str) -> bool:
+    """The process named in a temporary file's name no longer runs on this host."""
+    match = TEMP_PID.search(name)
+    if not match:
+        return False
+    try:
+        os.kill(int(match.group(1)), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
 
 
 def _mtime(path: str) -> float:

@@ -1,7 +1,14 @@
-"""Run records: one JSON per flow run under ``<output>/runs/``, read by the catalog's runs view."""
+"""Run records: one JSON per flow run under ``<output>/runs/``, read by the catalog's runs view.
+
+A record names the process that writes it (pid, host, the process's start time). A run that is
+killed never writes its final record; the next run that writes into the same output marks such
+a record ``crashed`` when its process is gone (issue 12, low items: killed runs stayed
+"running" forever). Only records of this host can be checked; others are left as they are."""
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 from pathlib import Path
 
@@ -29,11 +36,60 @@ def _clean(value):
     return value
 
 
+def process_start(pid: int) -> int | None:
+    """When the process started, in clock ticks since boot (proc(5), /proc/PID/stat field 22);
+    None where there is no /proc. Tells a live process from a later one that reuses its pid."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return int(fh.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def write_run_record(out_uri: str, run_id: str, flow: str, parameters: dict, status: str, started_at,
                      counts: dict | None = None) -> str:
+    """Write (or overwrite) a run's record; a new "running" record first marks crashed runs."""
+    if status == "running":
+        mark_crashed_runs(out_uri, run_id)
     uri = store.join(out_uri, "runs", f"{run_id}.json")
     store.write_json(uri, {"run_id": run_id, "flow": flow, "status": status, "parameters": _clean(parameters),
                            "git_commit": git_commit(), "started_at": started_at.isoformat(),
                            "ended_at": utcnow().isoformat() if status != "running" else None,
-                           "counts": counts or {}})
+                           "counts": counts or {}, "pid": os.getpid(), "host": socket.gethostname(),
+                           "process_start": process_start(os.getpid())})
     return uri
+
+
+def process_gone(record: dict) -> bool:
+    """True when the record's process is known to have ended: same host, and its pid is free or
+    now belongs to a process that started later. Records of other hosts or without a pid: False."""
+    pid, host = record.get("pid"), record.get("host")
+    if not pid or host != socket.gethostname():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        pass
+    started, now = record.get("process_start"), process_start(pid)
+    return started is not None and now is not None and now != started
+
+
+def mark_crashed_runs(out_uri: str, current_run_id: str) -> list[str]:
+    """Mark "running" records of ``out_uri`` whose process is gone as "crashed", with the reason.
+    Returns their run ids."""
+    crashed = []
+    for uri in store.glob(out_uri, "runs/*.json"):
+        try:
+            record = store.read_json(uri)
+        except (ValueError, FileNotFoundError):
+            continue  # not a record (or removed meanwhile): nothing to mark
+        if record.get("status") != "running" or record.get("run_id") == current_run_id or not process_gone(record):
+            continue
+        reason = (f"process {record['pid']} on {record['host']} ended without finishing the run "
+                  f"(killed or lost); noticed at {utcnow().isoformat()} by run {current_run_id}")
+        store.write_json(uri, {**record, "status": "crashed", "counts": {**(record.get("counts") or {}),
+                                                                         "error": reason}})
+        crashed.append(record.get("run_id"))
+    return crashed

@@ -67,6 +67,55 @@ def _read_csv(path: str, required: list[str], what: str) -> pd.DataFrame:
     return frame
 
 
+# a quoted cell can hold outer whitespace only where a quote meets a space or tab
+_QUOTE_MEETS_SPACE = re.compile(r'"[ \t]|[ \t]"')
+_CELL = re.compile(r'"((?:[^"]|"")*)"|[^,\r\n"]*')  # RFC 4180: a quoted cell, or a plain one
+
+
+def _path_cells(table: str, frame: pd.DataFrame, column: str) -> list[str]:
+    """An image path column as written: plain cells stripped (stray spaces around commas), quoted
+    cells kept whole, since the quotes delimit the value (``"a.png "`` names a file whose name
+    ends in a space; stripping it made the file look missing)."""
+    quoted = _quoted_cells(table, list(frame.columns).index(column), len(frame))
+    return [cell if q else cell.strip() for cell, q in zip(frame[column], quoted)]
+
+
+def _quoted_cells(table: str, column: int, rows: int) -> list[bool]:
+    """Per data row, whether its cell in ``column`` was quoted. All False when no quoted cell can
+    hold outer whitespace, or where the file does not split into cells as RFC 4180 says (pandas
+    read it more leniently; those cells are stripped, as before)."""
+    import fsspec
+
+    with fsspec.open(table, "rt", compression="infer", encoding="utf-8-sig", newline="") as fh:
+        text = fh.read()
+    records = _split_records(text) if _QUOTE_MEETS_SPACE.search(text) else None
+    if records is None or len(records) != rows + 1:
+        return [False] * rows
+    return [len(r) > column and r[column] for r in records[1:]]
+
+
+def _split_records(text: str) -> list[list[bool]] | None:
+    """The records of a CSV text as lists of "was this cell quoted"; blank lines are skipped
+    (pandas does); None at a quote inside a plain cell or text after a closing quote."""
+    records, record, pos, line_start = [], [], 0, 0
+    while True:
+        match = _CELL.match(text, pos)  # matches (maybe empty) at every position, the end included
+        record.append(match.group(1) is not None)
+        pos = match.end()
+        if pos < len(text) and text[pos] == ",":
+            pos += 1
+            continue
+        if pos < len(text) and text[pos] not in "\r\n":
+            return None
+        if pos > line_start:
+            records.append(record)
+        record = []
+        pos += 2 if text.startswith("\r\n", pos) else 1
+        line_start = pos
+        if pos >= len(text):
+            return records
+
+
 def _labels(parse, raw: str):
     try:
         return parse(raw), None
@@ -84,12 +133,12 @@ def read_nih(table: str, bbox_table: str | None = None) -> SourceTable:
     boxes = _read_nih_boxes(bbox_table, vocab) if bbox_table else {}
     views = frame["View Position"] if "View Position" in frame.columns else [None] * len(frame)
     records = []
-    for i, (name, raw, patient, view) in enumerate(zip(frame["Image Index"], frame["Finding Labels"],
-                                                       frame["Patient ID"], views)):
+    for i, (name, raw, patient, view) in enumerate(zip(_path_cells(table, frame, "Image Index"),
+                                                       frame["Finding Labels"], frame["Patient ID"], views)):
         labels, error = _labels(lambda r: parse_label_list(r, vocab), raw)
-        records.append(SourceRecord(row=i, path=name.strip(), patient_id=patient.strip() or None,
+        records.append(SourceRecord(row=i, path=name, patient_id=patient.strip() or None,
                                     labels=labels, raw_labels=raw, label_error=error,
-                                    view=(view or None), boxes=boxes.get(name.strip(), [])))
+                                    view=(view or None), boxes=boxes.get(name, [])))
     return SourceTable("nih", vocab, records, {"kind": "nih", "table": os.path.basename(table),
                                                "bbox_table": bbox_table and os.path.basename(bbox_table)})
 
@@ -127,6 +176,7 @@ def read_chexpert(table: str, views: str = "frontal", uncertain: str = "ignore",
     vocab = vocabulary("chexpert")
     frame = _read_csv(table, ["Path", *vocab.findings, vocab.normal_label], "CheXpert table")
     records, filtered = [], {}
+    paths = _path_cells(table, frame, "Path")
     for i, cells in enumerate(frame.to_dict("records")):
         orientation = cells.get("Frontal/Lateral", "").strip().lower()
         if views != "all" and orientation and orientation != views:
@@ -135,7 +185,7 @@ def read_chexpert(table: str, views: str = "frontal", uncertain: str = "ignore",
         match = _CHEXPERT_PATIENT.search(cells["Path"])
         labels, error = _labels(lambda c: chexpert_vector(c, vocab, UncertainPolicy(uncertain),
                                                           BlankPolicy(blank)), cells)
-        records.append(SourceRecord(row=i, path=cells["Path"].strip(),
+        records.append(SourceRecord(row=i, path=paths[i],
                                     patient_id=match.group(1) if match else None,
                                     labels=labels, raw_labels=_raw(cells, vocab), label_error=error,
                                     view=cells.get("AP/PA") or orientation or None))
@@ -204,10 +254,11 @@ def read_folder(table: str, vocab: str = "nih", path_column: str = "Image Index"
     used = set(required)
     extra_columns = {c: _snake(c) for c in frame.columns if c not in used}
     records = []
+    paths = _path_cells(table, frame, path_column)
     for i, cells in enumerate(frame.to_dict("records")):
         labels, error = _labels(lambda r: parse_label_list(r, vocabulary_), cells[label_column])
         split = cells[split_column] if split_column else None
-        record = SourceRecord(row=i, path=cells[path_column].strip(),
+        record = SourceRecord(row=i, path=paths[i],
                               patient_id=(cells[patient_column].strip() or None) if patient_column else None,
                               labels=labels, raw_labels=cells[label_column], label_error=error,
                               extra={v: cells[k] for k, v in extra_columns.items()})

@@ -83,3 +83,16 @@ def test_entanglement_error_counts_against_true_overlap(phantom, tmp_path):
     by_rules = entanglement_error(phantom, rules, head, tail)
     assert by_rules["pairs"] == keep_nothing["pairs"] > 0
     assert by_rules["tp"] + by_rules["fp"] + by_rules["fn"] + by_rules["tn"] == by_rules["pairs"]
+
+
+def test_reliability_hostile_section_and_its_report(tmp_path):
+    """One piece of benchmarks/reliability.py, small: the hostile corpus gets every reason."""
+    from benchmarks.reliability import markdown, parse, totals
+    from benchmarks.reliability_sections import section_hostile
+
+    result = section_hostile(parse(["--size", "32"]), tmp_path)
+    assert result["hostile_kinds"] >= 30 and result["hangs"] == result["crashes"] == result["leaks"] == 0
+    assert result["survived"] == result["trials"], [d for d in result["details"] if not d["ok"]]
+    payload = {"commit": "x", "machine": {"cores": 2}, "seconds": 1.0, "sections": {"hostile": result},
+               "settings": {"argv": [], "n": 0, "size": 32, "shard_rows": 32}, "totals": totals({"hostile": result})}
+    assert "| hostile | " in markdown(payload)

@@ -279,6 +279,26 @@ def test_folder_reader_keeps_extra_columns(tmp_path):
     assert read_manifest(out)["extra_columns"] == ["source", "age_group"]
 
 
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+def test_quoted_path_keeps_its_spaces_and_a_plain_one_is_stripped(tmp_path, newline):
+    """Issue 12, low items: a file name ending in a space, quoted in the table, is found."""
+    images = tmp_path / "images"
+    images.mkdir()
+    names = ["spaced.png ", " lead.png", "plain.png", "comma, quoted.png"]
+    for i, name in enumerate(names):
+        (images / name).write_bytes(png_bytes(_pattern(20 + i)))
+    lines = [",".join(NIH_HEADER), '"spaced.png ",Mass,0,1,50,M,PA', '" lead.png",Mass,0,2,50,M,PA',
+             " plain.png ,Mass,0,3,50,M,PA", "", '"comma, quoted.png",Mass,0,4,50,M,PA', "gone.png  ,Mass,0,5,50,M,PA"]
+    table = tmp_path / "Data_Entry_2017.csv"
+    table.write_bytes(newline.join(lines).encode())
+    source = sources.read_nih(str(table))
+    assert [r.path for r in source.records] == [*names, "gone.png"]
+    out = str(tmp_path / "ds")
+    report = ingest(source, str(images), out, IngestOptions(size=32))
+    assert report.rows_written == 4 and report.quarantined == {"missing_file": 1}
+    assert sorted(r["source_uri"] for r in existing_rows(out, ["source_uri"]).to_pylist()) == sorted(names)
+
+
 def test_round_trip_on_s3(broken_corpus, s3_bucket, tmp_path):
     table, images, expected, good = broken_corpus
     uri = f"{s3_bucket}/datasets/nih"

@@ -122,3 +122,15 @@ def test_implausible_sizes_and_damaged_pngs_are_quarantined_with_their_reason(tm
     assert {k: v["reason_code"] for k, v in bad.items()} == {
         "dot.png": "implausible_size", "strip.png": "implausible_size", "damaged.png": "corrupt"}
     assert "1x1" in bad["dot.png"]["reason"] and "100.0:1" in bad["strip.png"]["reason"]
+
+
+def test_a_path_with_a_nul_byte_is_quarantined_not_fatal(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "good.png").write_bytes(png_bytes(np.random.default_rng(7).integers(0, 256, (40, 40), dtype=np.uint8)))
+    table = _table(tmp_path / "Data_Entry_2017.csv", ["bad\0name.png", "good.png"])
+    out = str(tmp_path / "ds")
+    report = _ingest_or_fail(table, images, out, [])
+    assert report.rows_written == 1 and report.quarantined == {"missing_file": 1}
+    (bad,) = store.read_shards(store.join(out, QUARANTINE)).to_pylist()
+    assert "NUL byte" in bad["reason"]

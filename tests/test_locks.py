@@ -82,17 +82,26 @@ def test_the_same_process_cannot_hold_it_twice(tmp_path):
 def test_stale_temporary_files_are_removed_on_the_next_write(tmp_path):
     out = tmp_path / "ds"
     ingest_phantom(str(out), 20, size=32)
-    old = out / SAMPLES / ".part-0123.parquet.tmp-4242-deadbeef"
-    old_manifest = out / ".dataset.json.tmp-4242-cafef00d"
-    fresh = out / SAMPLES / ".part-4567.parquet.tmp-4343-0badf00d"
-    for path in (old, old_manifest, fresh):
+    dead = _a_dead_pid()
+    old = out / SAMPLES / f".part-0123.parquet.tmp-{os.getpid()}-deadbeef"
+    old_manifest = out / f".dataset.json.tmp-{os.getpid()}-cafef00d"
+    fresh = out / SAMPLES / f".part-4567.parquet.tmp-{os.getpid()}-0badf00d"
+    killed = out / SAMPLES / f".part-89ab.parquet.tmp-{dead}-0badcafe"
+    for path in (old, old_manifest, fresh, killed):
         path.write_bytes(b"half a shard")
     two_hours_ago = time.time() - 7200
     for path in (old, old_manifest):
         os.utime(path, (two_hours_ago, two_hours_ago))
     ingest_phantom(str(out), 30, size=32)
     assert not old.exists() and not old_manifest.exists()
-    assert fresh.exists()  # may belong to a writer that is still running
+    assert not killed.exists()  # fresh, but its writer is gone: the lock's holder can tell
+    assert fresh.exists()  # its writer (this process) still runs
+
+
+def _a_dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
 
 
 def test_info_reports_duplicate_sample_ids(tmp_path, capsys):

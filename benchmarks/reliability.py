@@ -1,0 +1,237 @@
+"""Reliability suite (issue 12): kill -9 of ingest and resume, a hostile ingest corpus, the query
+fence probes, LLM fault modes, two writers into one dataset, and a killed holder of the `gpu`
+slot on a real Prefect server; on loopback and small data.
+
+    python benchmarks/reliability.py [--n 300] [--size 32] [--kills 12] [--concurrent 4] [--no-prefect]
+
+Writes benchmarks/results/reliability.{json,md}: per section trials, survived, lost, duplicated,
+crashes, hangs and leaks. Each section runs in its own process under a time limit (a section
+that runs past it counts as a hang and is killed with everything it started), and every command
+a section starts has a limit too, so the suite always ends by itself. Not part of `make test`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "tests")]  # tests/: the fence probes and the fake Anthropic server
+
+from benchmarks.common import RESULTS, save  # noqa: E402
+from benchmarks.reliability_sections import COUNTS, add, tally  # noqa: E402
+
+SECTION_LIMIT_S = {"ingest_kill": 600, "hostile": 300, "fence": 300, "llm": 480, "concurrent": 400,
+                   "gpu_lease": 600}
+
+
+def section(name: str):
+    from benchmarks import reliability_lease, reliability_sections
+
+    if name == "gpu_lease":
+        return reliability_lease.section_gpu_lease
+    return getattr(reliability_sections, f"section_{name}")
+
+
+def run_section(name: str, args: argparse.Namespace, work: Path) -> dict:
+    """Run one section in a child process (its own session), killed at its time limit."""
+    work.mkdir(parents=True)
+    result_file, log_file = work / "result.json", work / "log.txt"
+    command = [sys.executable, str(Path(__file__).resolve()), "--section", name, "--section-out", str(result_file),
+               *_passthrough(args)]
+    env = {**os.environ, "TAILFORGE_HOME": str(work / "home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    started = time.monotonic()
+    with open(log_file, "w") as log:
+        child = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
+        try:
+            child.wait(timeout=SECTION_LIMIT_S[name])
+        except subprocess.TimeoutExpired:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+    seconds = round(time.monotonic() - started, 1)
+    _stop_prefect_server(work / "home")
+    if result_file.exists():
+        return {**json.loads(result_file.read_text()), "seconds": seconds}
+    tail = log_file.read_text().strip().splitlines()[-5:]
+    hung = child.returncode == -signal.SIGKILL
+    return {**tally(trials=1, crashes=not hung, hangs=hung), "seconds": seconds,
+            "error": (f"ran past {SECTION_LIMIT_S[name]} s" if hung else f"exited {child.returncode}"), "log": tail}
+
+
+def _stop_prefect_server(home: Path) -> None:
+    """A server a killed section started (flows/server.py keeps its pid under the home)."""
+    pid_file = home / "prefect" / "server.pid"
+    if pid_file.exists():
+        try:
+            os.killpg(int(pid_file.read_text().strip()), signal.SIGKILL)
+        except (ProcessLookupError, ValueError):
+            pass
+
+
+def _passthrough(args: argparse.Namespace) -> list[str]:
+    return ["--n", str(args.n), "--size", str(args.size), "--shard-rows", str(args.shard_rows),
+            "--kills", str(args.kills), "--concurrent", str(args.concurrent), "--seed", str(args.seed),
+            "--llm-n", str(args.llm_n), "--llm-bound", str(args.llm_bound), "--lease-hold", str(args.lease_hold)]
+
+
+def totals(results: dict) -> dict:
+    total = tally()
+    for result in results.values():
+        add(total, result)
+    return total
+
+
+def markdown(payload: dict) -> str:
+    s, sections = payload["settings"], payload["sections"]
+    lines = ["# Reliability suite", "",
+             f"Commit {payload['commit']}, {payload['machine']['cores']} cores, {payload['seconds']:.0f} s. "
+             f"`python benchmarks/reliability.py {' '.join(s['argv'])}` (phantom/ingest n={s['n']} at {s['size']} px, "
+             f"shards of {s['shard_rows']} rows). Loopback only; small data.", "",
+             "| section | " + " | ".join(COUNTS) + " | seconds |", "|---|" + "---:|" * (len(COUNTS) + 1)]
+    for name, r in sections.items():
+        lines.append(f"| {name} | " + " | ".join(str(r[k]) for k in COUNTS) + f" | {r.get('seconds', '')} |")
+    t = payload["totals"]
+    lines.append("| **all** | " + " | ".join(f"**{t[k]}**" for k in COUNTS) + " | |")
+    lines += ["", "lost: rows missing or with other bytes than an uninterrupted run; leaks: temporary files or "
+              "lock records left after a finished run, DICOM patient tags in outputs, files written through the "
+              "query fence, the API key outside the request.", ""]
+    for name, r in sections.items():
+        lines += [f"## {name}", "", *DETAILS.get(name, _error_lines)(r), ""]
+    return "\n".join(lines)
+
+
+def _error_lines(r: dict) -> list[str]:
+    return [f"error: {r['error']}", "", "```", *r.get("log", []), "```"] if "error" in r else []
+
+
+def _kill_lines(r: dict) -> list[str]:
+    if "details" not in r:
+        return _error_lines(r)
+    lines = [f"Uninterrupted runs: {r['reference_rows']} rows in {r['reference_shards']} shards, "
+             f"{r['reference_s']} s. {r['killed_mid_run']} of "
+             f"{r['trials']} writers were killed mid-run (the others had finished), {r['killed_mid_write']} with part "
+             f"of the dataset written (some shards, or a temporary file).", "",
+             "Kill points: `delay N` N s after the start, `shards N` once N shards exist, `temp N` the moment a "
+             "temporary file is seen once N shards exist (a shard being written, or the manifest after the last "
+             "shard).", "",
+             "| kind | kill point | killed after s | rows at kill | temps at kill | resume rc | rows | lost "
+             "| duplicated | leftovers |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for t in r["details"]:
+        point = f"{t['point']} {t['value']:g}"
+        lines.append(f"| {t['kind']} | {point} | {t['killed_after_s']} | {t['at_kill']['rows']} | "
+                     f"{t['at_kill']['temps']} | "
+                     f"{t['resume_rc']} | {t['rows']} | {t['lost']} | {t['duplicated']} | {t['leftovers']} |")
+    return lines
+
+
+def _hostile_lines(r: dict) -> list[str]:
+    if "details" not in r:
+        return _error_lines(r)
+    lines = [f"{r['trials']} kinds ({r['hostile_kinds']} hostile) in one `ingest nih` (rc {r['ingest_rc']}, "
+             f"{r['ingest_s']} s); DICOM patient tags in outputs: {r['patient_tags_in_outputs']}.", "",
+             "| path in the table | expected | got |", "|---|---|---|"]
+    for d in r["details"]:
+        shown = repr(d["kind"]) if len(d["kind"]) < 40 else repr(d["kind"][:12] + "…" + d["kind"][-8:])
+        lines.append(f"| `{shown}` | {d['expected']} | {', '.join(d['got']) or '-'}{'' if d['ok'] else ' ✗'} |")
+    return lines
+
+
+def _fence_lines(r: dict) -> list[str]:
+    if "details" not in r:
+        return _error_lines(r)
+    failed = [d["probe"] for d in r["details"] if not (d["refused"] and not d["wrote"] and d["catalog_whole"])]
+    return [f"{r['trials']} probes ({sum(d['layer'] == 'query' for d in r['details'])} through `query`, "
+            f"{sum(d['layer'] == 'connection' for d in r['details'])} on the locked connection alone): "
+            f"{r['refused']} refused (or, on the connection, read nothing outside the root), "
+            f"{r['writes_through_fence']} wrote anything under the root, outside it or in "
+            f"the working directory. Not held: {', '.join(failed) or 'none'}."]
+
+
+def _llm_lines(r: dict) -> list[str]:
+    if "details" not in r:
+        return _error_lines(r)
+    lines = [f"`plan --judge anthropic --llm-timeout 1 --llm-retries 1 --llm-budget 20`, bound {r['bound_s']} s each.",
+             "", "| mode | rc | seconds | label sets | requests | fallbacks | as expected |",
+             "|---|---:|---:|---:|---:|---|---|"]
+    for d in r["details"]:
+        lines.append(f"| {d['mode']} | {d['rc']} | {d['seconds']} | {d['label_sets']} | {d['requests']} | "
+                     f"{d['fallbacks'] or '-'} | {'yes' if d['ok'] else 'no'} |")
+    return lines
+
+
+def _concurrent_lines(r: dict) -> list[str]:
+    if "details" not in r:
+        return _error_lines(r)
+    lines = ["| kind | exit statuses | refused naming the holder | rows | unique ids | expected |",
+             "|---|---|---:|---:|---:|---:|"]
+    for d in r["details"]:
+        lines.append(f"| {d['kind']} | {d['rcs']} | {d['refused_with_holder']} | {d['rows']} | {d['unique']} | "
+                     f"{d['expected']} |")
+    return lines
+
+
+def _lease_lines(r: dict) -> list[str]:
+    if "lease_s" not in r:
+        return _error_lines(r)
+    return [f"Lease {r['lease_s']:.0f} s (Prefect's default: {r['prefect_default_lease_s']} s). Alive for "
+            f"{r['held_alive_s']:.0f} s, the holder kept its slot: {r['slot_kept_while_alive']} (renewed). After "
+            f"SIGKILL the slot was free in {r['freed_after_kill_s']} s (bound {r['bound_s']:.0f} s). A batch "
+            f"waiting meanwhile logs: \"{r['wait_log_line']}\"."]
+
+
+DETAILS = {"ingest_kill": _kill_lines, "hostile": _hostile_lines, "fence": _fence_lines, "llm": _llm_lines,
+           "concurrent": _concurrent_lines, "gpu_lease": _lease_lines}
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=300, help="images per phantom/ingest writer (default 300)")
+    parser.add_argument("--size", type=int, default=32, help="image side in pixels (default 32)")
+    parser.add_argument("--shard-rows", type=int, default=32, help="rows per shard: small, many shard writes")
+    parser.add_argument("--kills", type=int, default=12, help="kill -9 trials of ingest (default 12, at least 5)")
+    parser.add_argument("--concurrent", type=int, default=4, help="trials of two writers at once (default 4)")
+    parser.add_argument("--seed", type=int, default=0, help="kill points and phantom seed")
+    parser.add_argument("--llm-n", type=int, default=120, help="phantom images for the LLM dataset (5 label sets)")
+    parser.add_argument("--llm-bound", type=float, default=60.0, help="wall-clock bound per LLM fault run, s")
+    parser.add_argument("--lease-hold", type=float, default=80.0, help="s the live holder keeps the gpu slot")
+    parser.add_argument("--no-prefect", action="store_true", help="skip the gpu slot section (needs a Prefect server)")
+    parser.add_argument("--only", nargs="+", choices=list(SECTION_LIMIT_S), help="run only these sections")
+    parser.add_argument("--section", choices=list(SECTION_LIMIT_S), help=argparse.SUPPRESS)
+    parser.add_argument("--section-out", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    if args.section:  # inside a section's child process
+        with tempfile.TemporaryDirectory(prefix=f"tf-{args.section}-") as work:
+            result = section(args.section)(args, Path(work))
+        Path(args.section_out).write_text(json.dumps(result, default=str))
+        return 0
+    names = args.only or [n for n in SECTION_LIMIT_S if not (args.no_prefect and n == "gpu_lease")]
+    started, results = time.monotonic(), {}
+    with tempfile.TemporaryDirectory(prefix="tf-reliability-") as base:
+        for name in names:
+            print(f"reliability: {name} ...", flush=True)
+            results[name] = run_section(name, args, Path(base) / name)
+            print(f"  {name}: " + ", ".join(f"{k} {results[name][k]}" for k in COUNTS), flush=True)
+    settings = {k: v for k, v in vars(args).items() if k not in ("section", "section_out")}
+    payload = {"settings": {**settings, "argv": sys.argv[1:] if argv is None else argv}, "totals": totals(results),
+               "sections": results, "seconds": round(time.monotonic() - started, 1)}
+    path = save("reliability", payload)
+    (RESULTS / "reliability.md").write_text(markdown(json.loads(path.read_text())) + "\n")
+    counts = ", ".join(f"{k} {v}" for k, v in payload["totals"].items())
+    print(f"wrote {path} and {RESULTS / 'reliability.md'}: {counts}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""Run records of killed runs (issue 12, low items): the next run into the same output marks
+them crashed when their process is gone; live ones and other hosts' are left alone."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from flows.cli import main
+from tasks import store
+from tasks.dataset import utcnow
+from tasks.runs import process_gone, process_start, write_run_record
+
+REPO = Path(__file__).resolve().parents[1]
+START_AND_HANG = ("import sys, time; sys.path.insert(0, {repo!r}); from tasks.runs import write_run_record\n"
+                  "from tasks.dataset import utcnow\n"
+                  "write_run_record({out!r}, 'killed-run', 'augment', {{}}, 'running', utcnow())\n"
+                  "print('running', flush=True); time.sleep(120)")
+
+
+def _record(out: str, run_id: str) -> dict:
+    return store.read_json(store.join(out, "runs", f"{run_id}.json"))
+
+
+def test_a_killed_run_is_marked_crashed_by_the_next_run(tmp_path, capsys):
+    out = str(tmp_path / "runs" / "nightly")
+    child = subprocess.Popen([sys.executable, "-c", START_AND_HANG.format(repo=str(REPO), out=out)],
+                             stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "running"
+    write_run_record(out, "alive-run", "factory", {}, "running", utcnow())  # this process: alive
+    assert _record(out, "killed-run")["status"] == "running"  # its process still runs
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+
+    write_run_record(out, "next-run", "augment", {}, "running", utcnow())
+    killed = _record(out, "killed-run")
+    assert killed["status"] == "crashed"
+    assert f"process {child.pid} on {socket.gethostname()}" in killed["counts"]["error"]
+    assert "next-run" in killed["counts"]["error"]
+    assert _record(out, "alive-run")["status"] == "running" and _record(out, "next-run")["status"] == "running"
+    assert main(["runs", "--root", str(tmp_path), "--json"]) == 0
+    shown = {r["run_id"]: r["status"] for r in json.loads(capsys.readouterr().out)}
+    assert shown == {"killed-run": "crashed", "alive-run": "running", "next-run": "running"}
+
+
+def test_other_hosts_old_records_and_reused_pids():
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "process_start": process_start(os.getpid())}
+    assert not process_gone(me)
+    assert not process_gone({**me, "host": "another-host"})  # cannot be checked from here
+    assert not process_gone({"run_id": "old"})  # a record from before pids were written
+    assert process_gone({**me, "process_start": me["process_start"] - 1})  # same pid, a later process
