@@ -26,7 +26,10 @@ from tasks.query_fence import (PROTOCOL, FenceError, QueryTimeout, ReadOnlyFileS
 VIEWS = ("samples", "quarantine", "decisions", "runs", "checkpoints")
 TIMEOUT_S = 30.0  # default wall-clock limit per query
 MEMORY_LIMIT = "2GB"  # DuckDB memory_limit for the catalog connection
-THREADS = 2
+# one thread: DuckDB reads a Python (fsspec) file as seek() then read(), two calls that another
+# thread reading the same handle can interleave; with 2 threads a parquet read failed now and then
+# ("ZSTD Decompression failure" in tests/test_catalog.py). The reads hold the GIL anyway.
+THREADS = 1
 PROTOCOL_RE = PROTOCOL + "://"
 
 
