@@ -295,7 +295,7 @@ def run_size(size: int, args) -> dict:
     ds = prep["main"]["dataset"]
     test = load_tensors(ds, splits=("test",), columns=("lesion_masks", "source_uri"))
     train = load_tensors(ds, splits=("train",), columns=("lesion_masks",))
-    result = {"size": size, "prepared": prep, "product": {"cam_method": PRODUCT.cam_method,
+    result = {"size": size, "args": {"n": args.n, "images": args.images, "dit_steps": args.dit_steps}, "prepared": prep, "product": {"cam_method": PRODUCT.cam_method,
               "localise": asdict(PRODUCT.localise), "mask": asdict(PRODUCT.mask), "inpaint": asdict(PRODUCT.inpaint)},
               "head": card.head, "tail": card.tail}
     result["localisation"] = localisation(model, card, test, train)
@@ -366,7 +366,8 @@ def markdown(r: dict) -> str:
     loc = r["localisation"]
     lines = [f"# Sample fidelity on the phantom at {r['size']} px", "",
              f"Commit `{commit()}`; machine: {machine()['cpu']}, {machine()['cores']} cores, no GPU. "
-             f"Command: `python benchmarks/fidelity.py --sizes {r['size']}`. {r['seconds']} s.", "",
+             f"Command: `python benchmarks/fidelity.py --sizes {r['size']} --n {r['args']['n']} "
+             f"--images {r['args']['images']} --dit-steps {r['args']['dit_steps']}`. {r['seconds']} s.", "",
              f"Head classes: {', '.join(r['head'])}. {loc['lesions']} visible head lesions in the test split.", "",
              "## Localisation (head lesions, test split)", "",
              "| map | pointing game | IoU | lesion covered | mask outside lesions |", "|---|---|---|---|---|",
