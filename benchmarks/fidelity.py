@@ -42,7 +42,7 @@ from benchmarks.bench_models import trained_before  # noqa: E402
 from benchmarks.common import RESULTS, commit, machine, save  # noqa: E402
 from benchmarks.phantom_truth import _replay  # noqa: E402
 from flows.settings import tailforge_home  # noqa: E402
-from models.cam import LocaliseConfig, MaskConfig, class_maps, raw_maps, refine, relocate, removal_masks  # noqa: E402
+from models.cam import LocaliseConfig, class_maps, map_to_mask, raw_maps, refine, relocate, removal_masks  # noqa: E402
 from models.classifier import ClassifierConfig, load_checkpoint  # noqa: E402
 from models.dit import DiTConfig, DiTTrainConfig, build_scheduler, load_dit, sample  # noqa: E402
 from models.fill import harmonic_fill, paste_fill  # noqa: E402
@@ -51,7 +51,7 @@ from models.training import TrainConfig, predict_probs  # noqa: E402
 from tasks import store  # noqa: E402
 from tasks.augment import AugmentSettings  # noqa: E402
 from tasks.ingest import ingest_phantom  # noqa: E402
-from tasks.pretrain import train_classifier, train_normal_dit  # noqa: E402
+from tasks.pretrain import card_location_prior, location_prior, train_classifier, train_normal_dit  # noqa: E402
 from tasks.tensors import lesion_masks, load_tensors  # noqa: E402
 
 SEED, JUDGE_SEED = 21, 22
@@ -81,27 +81,15 @@ def prepare(size: int, n: int, dit_steps: int) -> dict:
     return out
 
 
-def head_lesions(test, head: list[str]) -> list[tuple[int, str, np.ndarray, np.ndarray]]:
+def head_lesions(truths: list[dict], head: list[str], shape) -> list[tuple[int, str, np.ndarray, np.ndarray]]:
     """(image row, class, lesion mask, all lesions of the image) for every visible head lesion."""
     out = []
-    for i, truth in enumerate(lesion_masks(test.table)):
-        every = np.zeros(test.images.shape[-2:], dtype=bool)
+    for i, truth in enumerate(truths):
+        every = np.zeros(shape, dtype=bool)
         for m in truth.values():
             every |= m
         out += [(i, name, m, every) for name, m in truth.items() if name in head and m.any()]
     return out
-
-
-def class_prior(train, head: list[str]) -> dict[str, np.ndarray]:
-    """Mean training lesion mask per head class: where the class usually is, image-blind."""
-    sums: dict[str, np.ndarray] = {}
-    counts: dict[str, int] = {}
-    for truth in lesion_masks(train.table):
-        for name, m in truth.items():
-            if name in head and m.any():
-                sums[name] = sums.get(name, 0) + m.astype(np.float32)
-                counts[name] = counts.get(name, 0) + 1
-    return {name: sums[name] / counts[name] for name in sums}
 
 
 NO_PRIOR = dict(prior_weight=0.0, gate=False)
@@ -122,17 +110,16 @@ LOCALISERS = {  # label -> (CAM method, LocaliseConfig); "product" is the produc
 def priors_of(card, train) -> dict[int, np.ndarray]:
     """The card's class location priors (as the product reads them); for a card trained before
     cards carried them, the same function the product's pretraining uses."""
-    from tasks.pretrain import location_prior
-    table = card.location_prior or location_prior(train)
+    table = card.location_prior or card_location_prior(train)
     return {card.labels.index(name): np.asarray(p) for name, p in table.items() if name in card.labels}
 
 
-def localisation(model, card, test, train) -> dict:
-    lesions = head_lesions(test, card.head)
+def localisation(model, card, test, train, truth: list[dict]) -> dict:
+    lesions = head_lesions(truth, card.head, test.images.shape[-2:])
     images = test.images[[i for i, *_ in lesions]]
     classes = [card.labels.index(name) for _, name, *_ in lesions]
     priors = priors_of(card, train)
-    prior = class_prior(train, card.head)
+    prior = location_prior(train, side=test.images.shape[-1])  # the floor: full resolution, unrounded
     probs = predict_probs(model, images)
     called = np.array([probs[j, c] >= card.thresholds[c] for j, c in enumerate(classes)])
     out = {"lesions": len(lesions), "called_share": round(float(called.mean()), 3),
@@ -159,28 +146,26 @@ def localisation(model, card, test, train) -> dict:
 
 
 def _mask(cam: np.ndarray) -> np.ndarray:
-    from models.cam import map_to_mask
     return map_to_mask(cam, PRODUCT.mask)
 
 
-def removal_set(test, card, limit: int) -> list[tuple[int, list[str]]]:
+def removal_set(truths: list[dict], card, limit: int) -> list[tuple[int, list[str]]]:
     """Test images with a visible head lesion: (row, the present head classes to remove)."""
     out = []
-    for i, truth in enumerate(lesion_masks(test.table)):
+    for i, truth in enumerate(truths):
         remove = sorted(name for name, m in truth.items() if name in card.head and m.any())
         if remove:
             out.append((i, remove))
     return out[:limit]
 
 
-def mask_sources(model, card, test, chosen, seeds, priors) -> dict[str, list[np.ndarray | None]]:
+def mask_sources(model, card, test, truth, chosen, seeds, priors) -> dict[str, list[np.ndarray | None]]:
     """Per image: the product's CAM mask (None when the product would quarantine it), the oracle
     mask and the random control."""
     images = test.images[[i for i, _ in chosen]]
     remove = [[card.labels.index(n) for n in names] for _, names in chosen]
     cam = removal_masks(model, images, remove, PRODUCT.cam_method, PRODUCT.mask, localise=PRODUCT.localise,
                         priors=priors, thresholds=card.thresholds)
-    truth = lesion_masks(test.table)
     oracle = []
     for i, names in chosen:
         union = np.zeros(images.shape[-2:], dtype=bool)
@@ -205,25 +190,38 @@ def fills(images: torch.Tensor, masks: torch.Tensor, dit, scheduler, donors: tor
             "paste": paste_fill(images, masks, donors)}
 
 
-def outcomes(test, card, judge, judge_card, chosen, masks, results, size) -> dict:
-    """Removal (signed, judge, absolute) of each head lesion and retention of each tail lesion."""
-    truth = lesion_masks(test.table)
+def references(test, card, chosen, truth, size: int) -> list[tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """Per chosen image: the ideal (its render without the removed head findings) and, for each
+    visible tail lesion, the ideal rendered without that tail finding too."""
+    out = []
+    for i, names in chosen:
+        source = test.table.column("source_uri")[i].as_py()
+        kept = np.nan_to_num(test.labels[i].numpy()).copy()
+        for name in names:
+            kept[card.labels.index(name)] = 0.0
+        cleans = {}
+        for k in np.nonzero(kept == 1.0)[0]:
+            name = card.labels[k]
+            if name in card.tail and name in truth[i] and truth[i][name].any():
+                without = kept.copy()
+                without[k] = 0.0
+                cleans[name] = _replay(source, without, "nih", size)
+        out.append((_replay(source, kept, "nih", size), cleans))
+    return out
+
+
+def outcomes(test, card, judge_card, chosen, truth, refs, before, after, masks, results) -> dict:
+    """Removal (signed, judge, absolute) of each head lesion and retention of each tail lesion;
+    ``before`` / ``after`` are the judge's probabilities on the chosen images and on ``results``."""
     findings = card.labels
     thresholds = np.array(judge_card.thresholds)
     head_rows, tail_rows, unmasked = [], [], 0
-    before = predict_probs(judge, test.images[[i for i, _ in chosen]])
-    after = predict_probs(judge, results) if len(results) else None
     for j, (i, names) in enumerate(chosen):
         if masks[j] is None:  # the product makes no sample for this image: its lesions stay unremoved
             unmasked += len(names)
             continue
-        labels = np.nan_to_num(test.labels[i].numpy()).copy()
-        source = test.table.column("source_uri")[i].as_py()
         original, new = test.images[i, 0].numpy(), results[j, 0].numpy()
-        kept = labels.copy()
-        for name in names:
-            kept[findings.index(name)] = 0.0
-        ideal = _replay(source, kept, "nih", size)
+        ideal, cleans = refs[j]
         for name in names:
             r = fm.removal(original, new, ideal, truth[i][name])
             if r is None:
@@ -232,16 +230,10 @@ def outcomes(test, card, judge, judge_card, chosen, masks, results, size) -> dic
             called = before[j, k] >= thresholds[k]
             head_rows.append({**r, "class": name, "judge": bool(after[j, k] < thresholds[k]) if called else None,
                               "coverage": float((masks[j] & truth[i][name]).sum() / truth[i][name].sum())})
-        for k in np.nonzero(kept == 1.0)[0]:
-            name = findings[k]
-            if name not in card.tail or name not in truth[i] or not truth[i][name].any():
-                continue
-            without = kept.copy()
-            without[k] = 0.0
-            clean = _replay(source, without, "nih", size)
-            kept_signal = fm.retention(new, ideal, clean, truth[i][name])
+        for name, clean in cleans.items():
+            k = findings.index(name)
             called = before[j, k] >= thresholds[k]
-            tail_rows.append({"class": name, "signed": kept_signal,
+            tail_rows.append({"class": name, "signed": fm.retention(new, ideal, clean, truth[i][name]),
                               "judge": bool(after[j, k] >= thresholds[k]) if called else None})
     return {"head_lesions": len(head_rows),
             "removal_signed": fm.rate([r["signed"] for r in head_rows]),
@@ -295,27 +287,33 @@ def run_size(size: int, args) -> dict:
     ds = prep["main"]["dataset"]
     test = load_tensors(ds, splits=("test",), columns=("lesion_masks", "source_uri"))
     train = load_tensors(ds, splits=("train",), columns=("lesion_masks",))
-    result = {"size": size, "args": {"n": args.n, "images": args.images, "dit_steps": args.dit_steps}, "prepared": prep, "product": {"cam_method": PRODUCT.cam_method,
-              "localise": asdict(PRODUCT.localise), "mask": asdict(PRODUCT.mask), "inpaint": asdict(PRODUCT.inpaint)},
-              "head": card.head, "tail": card.tail}
-    result["localisation"] = localisation(model, card, test, train)
+    result = {"size": size, "args": {"n": args.n, "images": args.images, "dit_steps": args.dit_steps},
+              "prepared": prep, "head": card.head, "tail": card.tail,
+              "product": {"cam_method": PRODUCT.cam_method, "localise": asdict(PRODUCT.localise),
+                          "mask": asdict(PRODUCT.mask), "inpaint": asdict(PRODUCT.inpaint)}}
+    truth = lesion_masks(test.table)  # decoded once for every measure below
+    result["localisation"] = localisation(model, card, test, train, truth)
     print(json.dumps({k: v.get("_all", v) if isinstance(v, dict) else v for k, v in result["localisation"].items()}),
           flush=True)
 
-    chosen = removal_set(test, card, args.images)
+    chosen = removal_set(truth, card, args.images)
     seeds = [1000 + i for i, _ in chosen]
     priors = priors_of(card, train)
-    masks = mask_sources(model, card, test, chosen, seeds, priors)
+    masks = mask_sources(model, card, test, truth, chosen, seeds, priors)
+    refs = references(test, card, chosen, truth, size)
     result["cam_mask_outcomes"] = {o: masks["_outcomes"].count(o) for o in set(masks["_outcomes"])}
     normals = load_tensors(ds, splits=("val", "test"), normal_only=True)
     images = test.images[[i for i, _ in chosen]]
+    before = predict_probs(judge, images)
     donors = normals.images[torch.arange(len(chosen)) % len(normals)]
     removal, filled_by = {}, {}
     for source in ("cam", "oracle", "random"):
         usable = [m if m is not None else np.zeros(images.shape[-2:], bool) for m in masks[source]]
         mask_t = torch.from_numpy(np.stack(usable)[:, None].astype(np.float32))
         for fill, results in fills(images, mask_t, dit, scheduler, donors, seeds).items():
-            removal[f"{source}/{fill}"] = outcomes(test, card, judge, judge_card, chosen, masks[source], results, size)
+            after = predict_probs(judge, results)
+            removal[f"{source}/{fill}"] = outcomes(test, card, judge_card, chosen, truth, refs, before, after,
+                                                   masks[source], results)
             filled_by[(source, fill)] = results
             print(source, fill, json.dumps({k: v for k, v in removal[f"{source}/{fill}"].items()
                                             if not isinstance(v, dict)}), flush=True)
@@ -325,7 +323,7 @@ def run_size(size: int, args) -> dict:
     half = len(held_out) // 2  # the floor: two halves of real held-out normals
     result["generator"] = {"free_samples_vs_held_out_normals": distances(judge, free, held_out),
                            "held_out_normals_split_halves": distances(judge, held_out[:half], held_out[half:])}
-    ideal = torch.stack([torch.from_numpy(_ideal(test, card, i, names, size))[None] for i, names in chosen])
+    ideal = torch.stack([torch.from_numpy(reference)[None] for reference, _ in refs])
     for fill in ("dit", "dit-noise-start", "dit-harmonic-start", "harmonic", "paste"):
         result["generator"][f"oracle/{fill}_vs_lesion_free_renders"] = distances(judge, filled_by[("oracle", fill)], ideal)
     result["seconds"] = round(time.perf_counter() - started, 1)
@@ -333,13 +331,6 @@ def run_size(size: int, args) -> dict:
     (RESULTS / f"dit_{size}_samples.png").write_bytes(grid([[overlay(x[0].numpy(), None) for x in free[r:r + 8]]
                                                            for r in range(0, 32, 8)]))
     return result
-
-
-def _ideal(test, card, i: int, names: list[str], size: int) -> np.ndarray:
-    kept = np.nan_to_num(test.labels[i].numpy()).copy()
-    for name in names:
-        kept[card.labels.index(name)] = 0.0
-    return _replay(test.table.column("source_uri")[i].as_py(), kept, "nih", size)
 
 
 def write_grids(size, test, model, card, chosen, masks, filled_by, ideal, priors) -> None:

@@ -267,7 +267,7 @@ def section_fence(args, work: Path) -> dict:
     import test_query_fence as probes
     from tasks.catalog import QueryRefused, open_catalog, query
 
-    world = _fence_world(work)
+    world = probes.build_world(work)
     os.chdir(world["cwd"])  # DuckDB's default temp folder is <cwd>/.tmp
     details = []
     for layer, table in (("query", probes.PROBES), ("connection", probes.RAW_WRITES)):
@@ -300,31 +300,6 @@ def _refused(catalog, sql: str, layer: str, refusal: type) -> bool:
     return not any("secret" in str(r) for r in rows)
 
 
-def _fence_world(work: Path) -> dict:
-    """What the `world` fixture of tests/test_query_fence.py builds."""
-    import duckdb
-
-    from tasks import store
-    from tasks.dataset import utcnow
-    from tasks.ingest import ingest_phantom
-    from tasks.runs import write_run_record
-
-    root, outside, cwd = work / "root", work / "outside", work / "cwd"
-    dataset = root / "datasets" / "ph"
-    ingest_phantom(str(dataset), 24, size=32, seed=3)
-    write_run_record(str(dataset), "run-0001", "ingest", {}, "completed", utcnow(), {"written": 24})
-    outside.mkdir()
-    (outside / "secret.txt").write_text("top secret\n")
-    duckdb.execute(f"COPY (SELECT 42 AS secret) TO '{outside / 'secret.parquet'}' (FORMAT parquet)")
-    os.symlink(outside, root / "link")
-    (cwd / ".tmp").mkdir(parents=True)
-    (cwd / ".tmp" / "x.csv").write_text("a\n1\n")
-    return {"root": str(root), "outside": str(outside), "cwd": str(cwd),
-            "shard": store.list_shards(str(dataset / "samples"))[0], "manifest": str(dataset / "dataset.json"),
-            "tmp": str(cwd / ".tmp")}
-
-
-# ------------------------------------------------------------------ LLM fault modes
 def section_llm(args, work: Path) -> dict:
     """`plan --judge anthropic` against tests/fake_anthropic.py in every mode, each under a
     wall-clock bound: it finishes, falls back with the right kind, and the key leaks nowhere."""

@@ -36,6 +36,8 @@ import models  # noqa: F401  (torchvision guard before pytorch_grad_cam)
 from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
+from models.training import predict_probs
+
 CAM_METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "hirescam": HiResCAM, "layercam": LayerCAM,
                "eigencam": EigenCAM}
 MAP_METHODS = (*CAM_METHODS, "infill")  # infill: counterfactual occlusion maps (models/occlusion.py)
@@ -264,18 +266,20 @@ def removal_masks(model: torch.nn.Module, images: torch.Tensor, remove: list[lis
                   method: str = "gradcam", config: MaskConfig = MaskConfig(),
                   target_layer: torch.nn.Module | None = None, seeds: list[int] | None = None,
                   localise: LocaliseConfig | None = None, priors: dict[int, np.ndarray] | None = None,
-                  thresholds: list[float] | None = None) -> list[MaskResult]:
+                  thresholds: list[float] | None = None, probs: np.ndarray | None = None) -> list[MaskResult]:
     """For each image, the union mask of its classes to remove; one batched CAM call. With
     ``localise``, maps come from ``class_maps`` and, when it gates, a class whose probability is
-    below ``thresholds`` adds nothing (an image left with no class is ``not_detected``). With
-    ``config.placement == "random"`` each mask is moved by ``relocate`` with its image's seed."""
+    below ``thresholds`` adds nothing (an image left with no class is ``not_detected``);
+    ``probs`` (N, K) are the classifier's probabilities on ``images`` when the caller has them.
+    With ``config.placement == "random"`` each mask is moved by ``relocate`` with its image's seed."""
     if len(remove) != images.shape[0]:
         raise ValueError("give one list of classes to remove per image")
     if config.placement == "random" and (seeds is None or len(seeds) != len(remove)):
         raise ValueError("random mask placement needs one seed per image")
     called = [list(cs) for cs in remove]
     if localise is not None and localise.gate:
-        probs = torch.sigmoid(model.eval()(images).detach()).numpy() if len(images) else np.zeros((0, 0))
+        if probs is None:
+            probs = predict_probs(model, images) if len(images) else np.zeros((0, 0))
         cut = thresholds or [0.5] * (probs.shape[1] if probs.size else 0)
         called = [[c for c in cs if probs[i, c] >= cut[c]] for i, cs in enumerate(remove)]
     rows = [i for i, classes in enumerate(called) for _ in classes]

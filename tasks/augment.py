@@ -82,7 +82,8 @@ class Candidate:
 def recipe_id(settings: AugmentSettings, classifier_id: str, generator_id: str) -> str:
     """Everything that changes a generated image's pixels, hashed."""
     recipe = {"classifier": classifier_id, "generator": generator_id, "cam": settings.cam_method,
-              "localise": asdict(settings.localise), "mask": asdict(settings.mask), "inpaint": asdict(settings.inpaint), "seed": settings.seed}
+              "localise": asdict(settings.localise), "mask": asdict(settings.mask),
+              "inpaint": asdict(settings.inpaint), "seed": settings.seed}
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
 
 
@@ -275,9 +276,10 @@ def _generate(dataset_uri: str, images: torch.Tensor, findings: list[str], batch
     """CAM masks -> inpainting -> quality score and classifier probabilities (the model work)."""
     net, card = _classifier(classifier["uri"])
     priors = {findings.index(name): np.asarray(p) for name, p in card.location_prior.items() if name in findings}
+    before = predict_probs(net, images)  # (B, K): the gate's input and the removal check's "before"
     masks = removal_masks(net, images, [[findings.index(r) for r in c.remove] for c in batch],
                           settings.cam_method, settings.mask, seeds=[c.seed for c in batch],
-                          localise=settings.localise, priors=priors, thresholds=card.thresholds)
+                          localise=settings.localise, priors=priors, thresholds=card.thresholds, probs=before)
     ok = [i for i, m in enumerate(masks) if m.outcome == "ok"]
     generated = images.clone()
     if not ok:
@@ -287,7 +289,7 @@ def _generate(dataset_uri: str, images: torch.Tensor, findings: list[str], batch
     generated = inpaint(dit, scheduler, images[ok], mask_tensor, settings.inpaint,
                         [torch.Generator().manual_seed(batch[i].seed) for i in ok])  # (len(ok), 1, S, S)
     scores = _quality(dataset_uri, settings.quality_max_z).score(generated)
-    return masks, generated, scores, predict_probs(net, images[ok]), predict_probs(net, generated)
+    return masks, generated, scores, before[ok], predict_probs(net, generated)
 
 
 def _generated_row(c: Candidate, pixels01: torch.Tensor, mask: np.ndarray, original: np.ndarray,

@@ -60,14 +60,14 @@ def train_classifier(dataset_uri: str, models_uri: str, config: ClassifierConfig
                           thresholds=[float(t) for t in thresholds] if thresholds is not None else [],
                           train_shards_sha256=shard_hashes(dataset_uri), seed=train.seed,
                           metrics={"test_macro": metrics["means"]["macro"]} if metrics else {},
-                          location_prior=location_prior(data))
+                          location_prior=card_location_prior(data))
     handle = _write_checkpoint(models_uri, "classifier", save_checkpoint(model, config, card), {
         "config": asdict(config), "train": asdict(train), "dataset": dataset_uri, "train_images": len(data),
         "history": {k: history[k] for k in ("train_loss", "val_loss") if k in history}})
     return {**handle, "metrics": metrics}
 
 
-def location_prior(data, side: int = 32) -> dict[str, list[list[float]]]:
+def location_prior(data, side: int = 32) -> dict[str, np.ndarray]:
     """Per class, the mean of its training lesion masks at ``side`` x ``side``: where the class
     usually lies on the film, image-blind; empty when the data has no masks (real films). The
     prior weights CAM maps (models.cam.class_maps)."""
@@ -79,7 +79,12 @@ def location_prior(data, side: int = 32) -> dict[str, list[list[float]]]:
                 small = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(mask).float()[None, None], side)[0, 0]
                 sums[name] = sums.get(name, 0) + small
                 counts[name] = counts.get(name, 0) + 1
-    return {name: (sums[name] / counts[name]).round(decimals=4).tolist() for name in sorted(sums)}
+    return {name: (sums[name] / counts[name]).numpy() for name in sorted(sums)}
+
+
+def card_location_prior(data) -> dict[str, list[list[float]]]:
+    """``location_prior`` as the classifier card stores it: 32 x 32, plain lists, 4 decimals."""
+    return {name: np.round(prior, 4).tolist() for name, prior in location_prior(data).items()}
 
 
 def load_normals(dataset_uris: list[str], image_size: int, adult_only: bool = True,

@@ -18,11 +18,10 @@ from tasks.query_fence import ReadOnlyFileSystem, check_select, fenced_url, Fenc
 from tasks.runs import write_run_record
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def build_world(base) -> dict:
     """A catalog root with one phantom dataset and a run record, a folder outside it with secrets,
-    a symlink from inside the root to that folder, and a working directory with a .tmp folder."""
-    base = tmp_path_factory.mktemp("fence")
+    a symlink from inside the root to that folder, and a working directory with a .tmp folder.
+    (benchmarks/reliability_sections.py builds the same world for its fence section.)"""
     root, outside, cwd = base / "root", base / "outside", base / "cwd"
     dataset = root / "datasets" / "ph"
     ingest_phantom(str(dataset), 24, size=32, seed=3)
@@ -36,6 +35,11 @@ def world(tmp_path_factory):
     shard = store.list_shards(str(dataset / "samples"))[0]
     return {"root": str(root), "outside": str(outside), "cwd": str(cwd), "shard": shard,
             "manifest": str(dataset / "dataset.json"), "tmp": str(cwd / ".tmp")}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return build_world(tmp_path_factory.mktemp("fence"))
 
 
 def _snapshot(*folders: str) -> dict:
