@@ -1,8 +1,9 @@
-"""Reliability suite (issue 12): kill -9 of ingest and resume, a hostile ingest corpus, the query
-fence probes, LLM fault modes, two writers into one dataset, and a killed holder of the `gpu`
-slot on a real Prefect server; on loopback and small data.
+"""Reliability suite (issue 12): kill -9 of ingest and of augment and resume, a hostile ingest
+corpus, the query fence probes, LLM fault modes, two writers into one dataset (ingest, plan,
+augment), an S3 outage during ingest and augment, and a killed holder of the `gpu` slot on a
+real Prefect server; on loopback and small data.
 
-    python benchmarks/reliability.py [--n 300] [--size 32] [--kills 12] [--concurrent 4] [--no-prefect]
+    python benchmarks/reliability.py [--n 300] [--size 32] [--kills 12] [--augment-kills 20] [--no-prefect]
 
 Writes benchmarks/results/reliability.{json,md}: per section trials, survived, lost, duplicated,
 crashes, hangs and leaks. Each section runs in its own process under a time limit (a section
@@ -28,16 +29,18 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]  # tests/: the fence probes and 
 from benchmarks.common import RESULTS, save  # noqa: E402
 from benchmarks.reliability_sections import COUNTS, add, tally  # noqa: E402
 
-SECTION_LIMIT_S = {"ingest_kill": 600, "hostile": 300, "fence": 300, "llm": 480, "concurrent": 400,
-                   "gpu_lease": 600}
+SECTION_LIMIT_S = {"ingest_kill": 600, "augment_kill": 1500, "hostile": 300, "fence": 300, "llm": 480,
+                   "concurrent": 400, "concurrent_augment": 600, "s3_outage": 1800, "gpu_lease": 600}
+NEEDS_PREFECT = ("augment_kill", "concurrent_augment", "s3_outage", "gpu_lease")  # a local Prefect server
 
 
 def section(name: str):
-    from benchmarks import reliability_lease, reliability_sections
+    from benchmarks import reliability_augment, reliability_lease, reliability_s3, reliability_sections
 
-    if name == "gpu_lease":
-        return reliability_lease.section_gpu_lease
-    return getattr(reliability_sections, f"section_{name}")
+    for module in (reliability_sections, reliability_augment, reliability_s3, reliability_lease):
+        if hasattr(module, f"section_{name}"):
+            return getattr(module, f"section_{name}")
+    raise ValueError(f"no section {name}")
 
 
 def run_section(name: str, args: argparse.Namespace, work: Path) -> dict:
@@ -79,7 +82,10 @@ def _stop_prefect_server(home: Path) -> None:
 def _passthrough(args: argparse.Namespace) -> list[str]:
     return ["--n", str(args.n), "--size", str(args.size), "--shard-rows", str(args.shard_rows),
             "--kills", str(args.kills), "--concurrent", str(args.concurrent), "--seed", str(args.seed),
-            "--llm-n", str(args.llm_n), "--llm-bound", str(args.llm_bound), "--lease-hold", str(args.lease_hold)]
+            "--llm-n", str(args.llm_n), "--llm-bound", str(args.llm_bound), "--lease-hold", str(args.lease_hold),
+            "--augment-n", str(args.augment_n), "--augment-images", str(args.augment_images),
+            "--augment-batch", str(args.augment_batch), "--augment-kills", str(args.augment_kills),
+            "--outages", str(args.outages)]
 
 
 def totals(results: dict) -> dict:
@@ -187,8 +193,47 @@ def _lease_lines(r: dict) -> list[str]:
             f"waiting meanwhile logs: \"{r['wait_log_line']}\"."]
 
 
-DETAILS = {"ingest_kill": _kill_lines, "hostile": _hostile_lines, "fence": _fence_lines, "llm": _llm_lines,
-           "concurrent": _concurrent_lines, "gpu_lease": _lease_lines}
+def _augment_kill_lines(r: dict) -> list[str]:
+    if "details" not in r:
+        return _error_lines(r)
+    lines = [f"`tailforge augment` on a {r['reference_rows']}-row job ({r['reference_shards']} shards, "
+             f"{r['reference_s']} s uninterrupted, on a local Prefect server). {r['killed_mid_run']} of {r['trials']} "
+             f"runs were killed mid-run, {r['killed_mid_write']} with part of the output written.", "",
+             "Kill points: `delay N` N s after the start (process start, plan, inside a batch), `shards N` once N "
+             "shards exist (between batches), `temp N` the moment a shard's temporary file is seen once N shards "
+             "exist, `manifest` the moment the manifest's temporary file is seen (after the last batch). Still "
+             "running: run records or Prefect flow runs of the killed run not marked crashed after the resume.", "",
+             "| kill point | killed after s | rows at kill | temps at kill | resume rc | batches rerun | rows | lost "
+             "| duplicated | leftovers | still running |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for t in r["details"]:
+        lines.append(f"| {t['point']} {t['value']:g} | {t['killed_after_s']} | {t['at_kill']['rows']} | "
+                     f"{t['at_kill']['temps']} | {t['resume_rc']} | {t['batches_run']} | {t['rows']} | {t['lost']} | "
+                     f"{t['duplicated']} | {t['leftovers']} | {t['still_running']} |")
+    return lines
+
+
+def _outage_lines(r: dict) -> list[str]:
+    if "details" not in r:
+        return _error_lines(r)
+    lines = ["The writer reaches moto through a TCP gate that is closed once N shards exist: `refused` closes the "
+             "listener and open connections, `reset` sends RST on open connections. Expected: the writer stops by "
+             f"itself within {r['bound_s']:.0f} s with status 2 and one line naming the endpoint (ingest: the only "
+             "line on stderr; augment: the last, after Prefect's run log, which shows the failed task's traceback "
+             "as the UI does); the same command, once the gate is open again, completes to an uninterrupted "
+             "run's rows.", "",
+             "| kind | mode | cut after shards | stopped after s | rc | stderr lines | names the endpoint | re-run rc "
+             "| rows | lost | duplicated | leftovers |", "|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
+    for t in r["details"]:
+        lines.append(f"| {t['kind']} | {t['mode']} | {t['after_shards']} | {t['stopped_after_s']} | {t['rc']} | "
+                     f"{t['stderr_lines']} | {'yes' if t['names_endpoint'] else 'no'} | {t['rerun_rc']} | {t['rows']} | "
+                     f"{t['lost']} | {t['duplicated']} | {t['leftovers']} |")
+    messages = sorted({t["message"] for t in r["details"] if t["rc"] == 2})
+    return lines + ["", "Messages:", "", *[f"- `{m}`" for m in messages]]
+
+
+DETAILS = {"ingest_kill": _kill_lines, "augment_kill": _augment_kill_lines, "hostile": _hostile_lines,
+           "fence": _fence_lines, "llm": _llm_lines, "concurrent": _concurrent_lines,
+           "concurrent_augment": _concurrent_lines, "s3_outage": _outage_lines, "gpu_lease": _lease_lines}
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -202,7 +247,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--llm-n", type=int, default=120, help="phantom images for the LLM dataset (5 label sets)")
     parser.add_argument("--llm-bound", type=float, default=60.0, help="wall-clock bound per LLM fault run, s")
     parser.add_argument("--lease-hold", type=float, default=80.0, help="s the live holder keeps the gpu slot")
-    parser.add_argument("--no-prefect", action="store_true", help="skip the gpu slot section (needs a Prefect server)")
+    parser.add_argument("--augment-n", type=int, default=1000, help="phantom images of the augment sections")
+    parser.add_argument("--augment-images", type=int, default=24, help="candidates each augment run generates")
+    parser.add_argument("--augment-batch", type=int, default=4, help="images per augment batch (one shard each)")
+    parser.add_argument("--augment-kills", type=int, default=20, help="kill -9 trials of augment (default 20)")
+    parser.add_argument("--outages", type=int, default=4, help="S3 outages per writer kind (ingest, augment)")
+    parser.add_argument("--no-prefect", action="store_true", help="skip the sections that need a Prefect server")
     parser.add_argument("--only", nargs="+", choices=list(SECTION_LIMIT_S), help="run only these sections")
     parser.add_argument("--section", choices=list(SECTION_LIMIT_S), help=argparse.SUPPRESS)
     parser.add_argument("--section-out", help=argparse.SUPPRESS)
@@ -216,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
             result = section(args.section)(args, Path(work))
         Path(args.section_out).write_text(json.dumps(result, default=str))
         return 0
-    names = args.only or [n for n in SECTION_LIMIT_S if not (args.no_prefect and n == "gpu_lease")]
+    names = args.only or [n for n in SECTION_LIMIT_S if not (args.no_prefect and n in NEEDS_PREFECT)]
     started, results = time.monotonic(), {}
     with tempfile.TemporaryDirectory(prefix="tf-reliability-") as base:
         for name in names:

@@ -55,11 +55,11 @@ def leftovers(folder: Path) -> list[str]:
     return temps + ([str(lock)] if lock.exists() and lock.read_bytes().strip() else [])
 
 
-def dataset_rows(out: Path) -> tuple[list[str], dict[str, bytes]]:
-    """(every sample id as stored, first image bytes per id)."""
+def dataset_rows(out: Path | str) -> tuple[list[str], dict[str, bytes]]:
+    """(every sample id as stored, first image bytes per id); ``out`` a folder or a URI."""
     from tasks.dataset import existing_rows
 
-    table = existing_rows(str(out), ["sample_id", "image"]) if (out / "samples").exists() else None
+    table = existing_rows(str(out), ["sample_id", "image"])
     if table is None:
         return [], {}
     ids, images = table.column("sample_id").to_pylist(), table.column("image").to_pylist()
@@ -214,18 +214,18 @@ def section_concurrent(args, work: Path) -> dict:
     return {**total, "details": trials}
 
 
-def _start(command: list[str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "flows.cli", *command], cwd=REPO, stdout=subprocess.PIPE,
+def _start(command: list[str], env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "flows.cli", *command], cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 
 def _finish(child: subprocess.Popen) -> dict:
     try:
         out, err = child.communicate(timeout=COMMAND_LIMIT_S)
-        return {"rc": child.returncode, "err": err}
+        return {"rc": child.returncode, "out": out, "err": err}
     except subprocess.TimeoutExpired:
         child.kill()
-        return {"rc": None, "err": child.communicate()[1]}
+        return {"rc": None, "out": "", "err": child.communicate()[1]}
 
 
 # ------------------------------------------------------------------ the hostile corpus
@@ -253,10 +253,10 @@ def section_hostile(args, work: Path) -> dict:
             "ingest_s": done["seconds"], "patient_tags_in_outputs": tags, "details": details}
 
 
-def _column(dataset: Path, part: str, name: str) -> list:
+def _column(dataset: Path | str, part: str, name: str) -> list:
     from tasks import store
 
-    table = store.read_shards(str(dataset / part), [name]) if (dataset / part).exists() else None
+    table = store.read_shards(store.join(str(dataset), part), [name])
     return table.column(name).to_pylist() if table is not None else []
 
 

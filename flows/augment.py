@@ -10,11 +10,13 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.concurrency.sync import concurrency
 
+from flows.crashes import mark_crashed
 from flows.settings import KnowledgeSettings, tailforge_home
 from tasks import augment as work
 from tasks import store
 from tasks.dataset import new_run_id, read_manifest, utcnow
 from tasks.knowledge import AnthropicJudge, LLMSettings, NoGuidanceJudge, RulesJudge, export_decisions, plan
+from tasks.locks import dataset_lock
 from tasks.runs import write_run_record
 
 
@@ -100,7 +102,14 @@ def acceptance_artifact(counts: dict) -> None:
 def augment_flow(dataset_uri: str, out_uri: str, classifier: dict, generator: dict,
                  knowledge: KnowledgeSettings = KnowledgeSettings(), settings: dict | None = None,
                  cache_path: str | None = None) -> dict:
-    """Generate tail-class samples for every planned candidate not already in ``out_uri``."""
+    """Generate tail-class samples for every planned candidate not already in ``out_uri``. One
+    writer per output (tasks/locks.py): a second run into it is refused, naming the holder."""
+    with dataset_lock(out_uri, "augment"):
+        return _augment(dataset_uri, out_uri, classifier, generator, knowledge, settings, cache_path)
+
+
+def _augment(dataset_uri: str, out_uri: str, classifier: dict, generator: dict, knowledge: KnowledgeSettings,
+             settings: dict | None, cache_path: str | None) -> dict:
     logger = get_run_logger()
     started = time.perf_counter()
     options = work.AugmentSettings.from_dict(settings or {})
@@ -109,7 +118,7 @@ def augment_flow(dataset_uri: str, out_uri: str, classifier: dict, generator: di
     started_at = utcnow()
     parameters = {"dataset_uri": dataset_uri, "out_uri": out_uri, "classifier": classifier["id"],
                   "generator": generator["id"], "knowledge": knowledge.__dict__, "settings": options.to_dict()}
-    write_run_record(out_uri, run_id, "augment", parameters, "running", started_at)
+    write_run_record(out_uri, run_id, "augment", parameters, "running", started_at, on_crashed=mark_crashed)
     plan_summary, decisions = plan_task(dataset_uri, cache_path or str(tailforge_home() / "decisions.duckdb"),
                                         knowledge)
     recipe = work.recipe_id(options, classifier["id"], generator["id"])

@@ -8,6 +8,7 @@
     tailforge lineage SAMPLE_ID [--root URI] [--json]
     tailforge query "SQL" [--root URI] [--json|--csv] [--timeout S]
     tailforge runs [--root URI]
+    tailforge augment DATASET_URI --classifier URI --generator URI [--config YAML] [--out URI]
     tailforge run CONFIG.yaml [--local-server]
     tailforge demo [--stop]
 
@@ -128,6 +129,18 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--root", help="catalog root (default: $TAILFORGE_HOME)")
     runs.add_argument("--limit", type=int, default=20)
     runs.add_argument("--json", action="store_true")
+
+    augment = commands.add_parser("augment", help="generate tail-class images from a dataset with trained "
+                                  "checkpoints (the factory's augment step alone; re-runs add only what is missing)")
+    augment.add_argument("uri", help="dataset URI (from `tailforge ingest` or `tailforge phantom`)")
+    augment.add_argument("--classifier", required=True, help="classifier checkpoint URI")
+    augment.add_argument("--generator", required=True, help="normal-X-ray DiT checkpoint URI")
+    augment.add_argument("--config", help="settings YAML: its knowledge and augment sections are used "
+                         "(default: the built-in defaults)")
+    augment.add_argument("--out", help="output URI (default: <the YAML's output>/augmented)")
+    augment.add_argument("--local-server", action="store_true",
+                         help="start/reuse the local Prefect server under $TAILFORGE_HOME when PREFECT_API_URL is unset")
+    augment.add_argument("--json", action="store_true")
 
     run = commands.add_parser("run", help="run the whole factory from one YAML file (see flows/demo.yaml)")
     run.add_argument("config", help="settings YAML")
@@ -419,6 +432,28 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_augment(args: argparse.Namespace) -> int:
+    from flows.pretrain import reuse
+    from flows.settings import FactorySettings, load_settings
+    from tasks import store
+    from tasks.dataset import read_manifest
+
+    settings = load_settings(args.config) if args.config else FactorySettings()
+    read_manifest(args.uri)  # fail on a missing dataset or checkpoint before any server or flow starts
+    classifier, generator = reuse("classifier", args.classifier), reuse("dit", args.generator)
+    out = args.out or store.join(settings.output_uri(), "augmented")
+    _use_prefect_server(start_local=args.local_server)
+    from flows.augment import augment_flow
+
+    result = augment_flow(args.uri, out, classifier, generator, settings.knowledge, settings.augment,
+                          settings.cache_path())
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        print_augment(result)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Start (or reuse) a local Prefect server, run the factory on the phantom, leave it up."""
     import time
@@ -443,6 +478,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def print_augment(augment: dict, console=None) -> None:
+    """What augment wrote, accepted and quarantined, per removed class."""
+    from rich.console import Console
+
+    console = console or Console()
+    console.print(f"generated:  {augment['out_uri']}  ({augment['written']} written, {augment['accepted']} accepted, "
+                  f"quarantined {augment['quarantined'] or 0}; {augment['plan']['llm_calls']} LLM calls; "
+                  f"{augment['batches_run']} of {augment['batches']} batches run)")
+    for name, (written, accepted) in augment.get("by_class", {}).items():
+        console.print(f"  removal verified for {name}: {accepted}/{written}")
+    if augment.get("rejected"):
+        console.print(f"  not accepted: {augment['rejected']}")
+
+
 def print_run(result: dict, api_url: str) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -453,12 +502,7 @@ def print_run(result: dict, api_url: str) -> None:
     augment = result["augment"]
     console.print(f"\n[bold]factory run finished[/] in {result['seconds']} s")
     console.print(f"dataset:    {result['dataset_uri']}")
-    console.print(f"generated:  {augment['out_uri']}  ({augment['written']} written, {augment['accepted']} accepted, "
-                  f"quarantined {augment['quarantined'] or 0}; {augment['plan']['llm_calls']} LLM calls)")
-    for name, (written, accepted) in augment.get("by_class", {}).items():
-        console.print(f"  removal verified for {name}: {accepted}/{written}")
-    if augment.get("rejected"):
-        console.print(f"  not accepted: {augment['rejected']}")
+    print_augment(augment, console)
     for name, uri in result["report"].items():
         console.print(f"{name + ':':11s} {uri}")
     if api_url:
@@ -484,7 +528,7 @@ def print_run(result: dict, api_url: str) -> None:
 
 COMMANDS = {"ingest": cmd_ingest, "phantom": cmd_phantom, "info": cmd_info, "plan": cmd_plan,
             "decisions": cmd_decisions, "lineage": cmd_lineage, "query": cmd_query, "runs": cmd_runs,
-            "run": cmd_run, "demo": cmd_demo}
+            "augment": cmd_augment, "run": cmd_run, "demo": cmd_demo}
 
 
 def storage_errors() -> tuple[type[Exception], ...]:
@@ -508,8 +552,11 @@ def storage_message(exc: Exception) -> str:
     """One line: which endpoint could not be reached, and what to do."""
     from tasks.store import storage_options_from_env
 
-    endpoint = (getattr(exc, "kwargs", None) or {}).get("endpoint_url") or \
-        storage_options_from_env().get("client_kwargs", {}).get("endpoint_url") or "the default AWS S3 endpoint"
+    from urllib.parse import urlsplit
+
+    url = (getattr(exc, "kwargs", None) or {}).get("endpoint_url") or \
+        storage_options_from_env().get("client_kwargs", {}).get("endpoint_url")
+    endpoint = f"{urlsplit(url).scheme}://{urlsplit(url).netloc}" if url else "the default AWS S3 endpoint"
     reason = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
     return (f"cannot reach the storage endpoint {endpoint} ({reason}). Check that it is up and that "
             f"TAILFORGE_S3_ENDPOINT_URL and the AWS credentials point at it, then run the same command "

@@ -8,6 +8,7 @@ import time
 from prefect import flow, get_run_logger, task
 
 from flows.augment import augment_flow
+from flows.crashes import mark_crashed
 from flows.finetune import finetune_flow, report_task
 from flows.pretrain import pretrain_flow
 from flows.settings import DatasetSettings, FactorySettings, finetune_settings, load_settings, settings_from_dict
@@ -49,7 +50,7 @@ def factory_flow(config_path: str | None = None, overrides: dict | None = None) 
     settings = _settings(config_path, overrides)
     dataset_uri, output = settings.dataset_uri(), settings.output_uri()
     run_id, started_at = new_run_id(), utcnow()
-    write_run_record(output, run_id, "factory", settings.to_dict(), "running", started_at)
+    write_run_record(output, run_id, "factory", settings.to_dict(), "running", started_at, on_crashed=mark_crashed)
     try:
         return _run_factory(settings, dataset_uri, output, run_id, started_at, started)
     except Exception as exc:

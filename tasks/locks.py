@@ -15,7 +15,9 @@ message naming the holder.
   taker wins), renewed by a thread every third of its term and deleted on exit. Limits: the
   expiry compares wall clocks of different hosts (keep them in sync); a writer that stalls for
   longer than the term without renewing can lose its lease; S3-compatible stores without
-  conditional writes refuse the PUT, and the error says so.
+  conditional writes refuse the PUT, and the error says so. A lease whose holder ran on this
+  host and is gone (killed, or it could not delete the lease because S3 was down) is taken
+  over at once instead of after its term.
 
 Taking the lock also removes temporary files (``.*.tmp-<pid>-*``) a killed writer left in the
 dataset folder: those whose writer process no longer runs on this host, and any older than
@@ -38,6 +40,7 @@ from contextlib import contextmanager, suppress
 from typing import Iterator
 
 from tasks import store
+from tasks.runs import process_gone, process_start
 
 LOCK_NAME = ".tailforge.lock"
 LEASE_NAME = ".tailforge.lease"
@@ -53,7 +56,8 @@ class DatasetLocked(RuntimeError):
 
 def _holder(command: str) -> dict:
     return {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
-            "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "token": uuid.uuid4().hex}
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "token": uuid.uuid4().hex,
+            "process_start": process_start(os.getpid())}
 
 
 def _describe(holder: dict) -> str:
@@ -144,10 +148,12 @@ def _take_lease(fs, path: str, dataset_uri: str, holder: dict) -> str:
     except FileExistsError:
         pass
     current, etag = json.loads(fs.cat_file(path)), fs.info(path)["ETag"]
-    if current.get("expires_at", 0) > time.time():
+    dead = process_gone(current)  # its holder ran on this host and is gone: killed, or lost S3 on exit
+    if current.get("expires_at", 0) > time.time() and not dead:
         raise DatasetLocked(_refusal(dataset_uri, current, f"s3://{path}, expires in "
                                      f"{current['expires_at'] - time.time():.0f} s"))
-    log.warning("took over the expired lease s3://%s of %s", path, _describe(current))
+    log.warning("took over the %s lease s3://%s of %s", "dead holder's" if dead else "expired", path,
+                _describe(current))
     try:
         return fs.pipe_file(path, _lease_body(holder), IfMatch=etag)["ETag"]
     except OSError as exc:  # another writer took it first (412)
@@ -174,7 +180,9 @@ def _drop_lease(fs, path: str, holder: dict) -> None:
         if json.loads(fs.cat_file(path)).get("token") == holder["token"]:
             fs.rm_file(path)
     except _s3_errors() as exc:
-        log.warning("could not remove the lease s3://%s (%s); it expires on its own", path, exc)
+        # said at INFO: the command's own error already names the outage, and the next writer on
+        # this host takes the lease over at once (its holder is gone); elsewhere it expires
+        log.info("could not remove the lease s3://%s (%s); it expires on its own", path, exc)
 
 
 def clean_stale_temps(dataset_uri: str, older_than_s: float = STALE_TEMP_S) -> list[str]:

@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 from pathlib import Path
+from typing import Callable
 
 from tasks import store
 from tasks.dataset import utcnow
@@ -47,10 +48,11 @@ def process_start(pid: int) -> int | None:
 
 
 def write_run_record(out_uri: str, run_id: str, flow: str, parameters: dict, status: str, started_at,
-                     counts: dict | None = None) -> str:
-    """Write (or overwrite) a run's record; a new "running" record first marks crashed runs."""
+                     counts: dict | None = None, on_crashed: Callable[[dict], None] | None = None) -> str:
+    """Write (or overwrite) a run's record; a new "running" record first marks crashed runs (and
+    calls ``on_crashed`` with each one's record: the flows mark its Prefect flow run too)."""
     if status == "running":
-        mark_crashed_runs(out_uri, run_id)
+        mark_crashed_runs(out_uri, run_id, on_crashed)
     uri = store.join(out_uri, "runs", f"{run_id}.json")
     store.write_json(uri, {"run_id": run_id, "flow": flow, "status": status, "parameters": _clean(parameters),
                            "git_commit": git_commit(), "started_at": started_at.isoformat(),
@@ -76,9 +78,10 @@ def process_gone(record: dict) -> bool:
     return started is not None and now is not None and now != started
 
 
-def mark_crashed_runs(out_uri: str, current_run_id: str) -> list[str]:
-    """Mark "running" records of ``out_uri`` whose process is gone as "crashed", with the reason.
-    Returns their run ids."""
+def mark_crashed_runs(out_uri: str, current_run_id: str,
+                      on_crashed: Callable[[dict], None] | None = None) -> list[str]:
+    """Mark "running" records of ``out_uri`` whose process is gone as "crashed", with the reason,
+    and call ``on_crashed`` with each new record. Returns their run ids."""
     crashed = []
     for uri in store.glob(out_uri, "runs/*.json"):
         try:
@@ -89,7 +92,9 @@ def mark_crashed_runs(out_uri: str, current_run_id: str) -> list[str]:
             continue
         reason = (f"process {record['pid']} on {record['host']} ended without finishing the run "
                   f"(killed or lost); noticed at {utcnow().isoformat()} by run {current_run_id}")
-        store.write_json(uri, {**record, "status": "crashed", "counts": {**(record.get("counts") or {}),
-                                                                         "error": reason}})
+        record = {**record, "status": "crashed", "counts": {**(record.get("counts") or {}), "error": reason}}
+        store.write_json(uri, record)
         crashed.append(record.get("run_id"))
+        if on_crashed is not None:
+            on_crashed(record)
     return crashed

@@ -17,6 +17,7 @@ from tasks import store
 from tasks.dataset import QUARANTINE, SAMPLES, existing_rows, read_manifest
 from tasks.images import decode_mask, decode_png
 from tasks.knowledge import plan
+from tasks.locks import DatasetLocked, dataset_lock
 
 TINY = {
     "name": "tiny",
@@ -100,6 +101,32 @@ def test_rerun_writes_nothing(tiny_run):
     assert sorted(Path(out).rglob("part-*.parquet")) == before
 
 
+def test_augment_command_goes_on_from_a_dataset_and_checkpoints(tiny_run, tmp_path, capsys):
+    """`tailforge augment`: the factory's augment step alone, settings from the YAML; the same
+    rows as the factory made, and a re-run adds nothing."""
+    import json
+
+    import yaml
+
+    from flows.cli import main
+
+    result, _ = tiny_run
+    config = tmp_path / "augment.yaml"
+    config.write_text(yaml.safe_dump({"augment": TINY["augment"], "knowledge": {"cache": str(tmp_path / "c.duckdb")}}))
+    out = str(tmp_path / "cli-augmented")
+    command = ["augment", result["dataset_uri"], "--classifier", result["models"]["classifier"]["uri"],
+               "--generator", result["models"]["generator"]["uri"], "--config", str(config), "--out", out, "--json"]
+    assert main(command) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["written"] == result["augment"]["written"] and first["batches_run"] == first["batches"]
+    assert _outputs(out) == _outputs(result["augment"]["out_uri"])
+    assert main(command[:-1]) == 0  # the summary, and nothing left to do
+    shown = " ".join(capsys.readouterr().out.split())  # rich wraps at the terminal width
+    assert "(0 written" in shown and f"0 of {first['batches']} batches run" in shown
+    assert main(command[:2] + ["--classifier", str(tmp_path / "missing.pt")] + command[4:]) == 2
+    assert "classifier checkpoint" in capsys.readouterr().err
+
+
 def test_interrupted_augment_resumes_to_the_same_samples(tiny_run, tmp_path):
     result, _ = tiny_run
     dataset, models = result["dataset_uri"], result["models"]
@@ -134,6 +161,22 @@ def test_interrupted_augment_resumes_to_the_same_samples(tiny_run, tmp_path):
     assert _outputs(resumed) == _outputs(str(tmp_path / "straight"))
     ids = existing_rows(resumed, ["sample_id"]).column("sample_id").to_pylist()
     assert len(ids) == len(set(ids)) == uninterrupted["written"]
+
+
+def test_a_second_augment_into_one_output_is_refused(tiny_run, tmp_path):
+    """One writer per output (issue 12): while another run holds it, augment writes nothing and
+    says who holds it; once it is free, the same call runs."""
+    result, _ = tiny_run
+    dataset, models = result["dataset_uri"], result["models"]
+    out = str(tmp_path / "held")
+    with dataset_lock(out, "augment"):
+        with pytest.raises(DatasetLocked, match=f"pid {os.getpid()}"):
+            augment_flow(dataset, out, models["classifier"], models["generator"], KnowledgeSettings(),
+                         TINY["augment"], str(tmp_path / "d.duckdb"))
+        assert not list(Path(out).rglob("*.parquet")) and not (Path(out) / "runs").exists()
+    done = augment_flow(dataset, out, models["classifier"], models["generator"], KnowledgeSettings(),
+                        TINY["augment"], str(tmp_path / "d.duckdb"))
+    assert done["written"] == result["augment"]["written"]
 
 
 def test_random_placement_moves_the_same_masks(tiny_run, tmp_path):

@@ -4,6 +4,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ from tasks import store
 from tasks.dataset import SAMPLES, existing_rows, sample_schema, summarize
 from tasks.ingest import ingest_phantom
 from tasks.locks import LEASE_NAME, LOCK_NAME, DatasetLocked, dataset_lock
+from tasks.runs import process_start
 
 REPO = Path(__file__).resolve().parents[1]
 HOLD = ("import sys, time; sys.path.insert(0, {repo!r}); from tasks.locks import dataset_lock\n"
@@ -130,3 +132,21 @@ def test_s3_lease_refuses_a_second_writer_and_expired_leases_are_taken(s3_bucket
                                     "expires_at": time.time() - 1}).encode())
     assert ingest_phantom(uri, 20, size=32).rows_written == 20
     assert not fs.exists(lease)
+
+
+def test_s3_lease_of_a_dead_holder_on_this_host_is_taken_at_once(s3_bucket):
+    """A writer killed (or cut off from S3 as it exited) leaves its lease; on its own host the
+    next writer sees the holder is gone and does not wait out the term."""
+    uri = f"{s3_bucket}/datasets/ph"
+    fs, folder = store.filesystem(uri)
+    lease = f"{folder}/{LEASE_NAME}"
+    alive = {"command": "ingest nih", "host": socket.gethostname(), "expires_at": time.time() + 900}
+    fs.pipe_file(lease, json.dumps({**alive, "pid": os.getpid(), "process_start": process_start(os.getpid())}).encode())
+    with pytest.raises(DatasetLocked, match="expires in"):  # its holder (this process) still runs
+        ingest_phantom(uri, 20, size=32)
+    fs.pipe_file(lease, json.dumps({**alive, "pid": _a_dead_pid()}).encode())
+    assert ingest_phantom(uri, 20, size=32).rows_written == 20
+    assert not fs.exists(lease)
+    fs.pipe_file(lease, json.dumps({**alive, "host": "another-host", "pid": 1}).encode())
+    with pytest.raises(DatasetLocked):  # another host's holder cannot be checked from here: its term holds
+        ingest_phantom(uri, 20, size=32)

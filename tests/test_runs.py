@@ -52,3 +52,41 @@ def test_other_hosts_old_records_and_reused_pids():
     assert not process_gone({**me, "host": "another-host"})  # cannot be checked from here
     assert not process_gone({"run_id": "old"})  # a record from before pids were written
     assert process_gone({**me, "process_start": me["process_start"] - 1})  # same pid, a later process
+
+
+def test_the_prefect_flow_run_of_a_crashed_record_is_marked_crashed(prefect_server):
+    """A killed run's flow run and its unfinished task runs stay Running on the server until the
+    next run's record check marks them Crashed (flows/crashes.py)."""
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.states import Completed, Running
+
+    from flows.crashes import mark_crashed
+
+    @flow(name="killed-in-a-test")
+    def killed():
+        pass
+
+    with get_client(sync_client=True) as client:
+        flow_run = client.create_flow_run(killed, state=Running())
+        running = client.create_task_run(_task(), flow_run.id, dynamic_key="0", state=Running())
+        finished = client.create_task_run(_task(), flow_run.id, dynamic_key="1", state=Completed())
+        record = {"run_id": str(flow_run.id), "flow": "augment", "counts": {"error": "process 1 on h ended"}}
+        assert mark_crashed(record)
+        assert client.read_flow_run(flow_run.id).state.is_crashed()
+        assert client.read_flow_run(flow_run.id).state.message == "process 1 on h ended"
+        assert client.read_task_run(running.id).state.is_crashed()
+        assert client.read_task_run(finished.id).state.is_completed()  # finished work stays as it was
+        assert not mark_crashed(record)  # already final: nothing to do
+    assert not mark_crashed({"run_id": "local-20261129-1"})  # not a Prefect run id
+    assert not mark_crashed({"run_id": "00000000-0000-4000-8000-000000000000"})  # unknown to the server
+
+
+def _task():
+    from prefect import task
+
+    @task(name="augment-batch")
+    def batch():
+        pass
+
+    return batch
