@@ -199,16 +199,23 @@ def nih_inpainting(classifier_uri: str, dit_uri: str, dataset: str) -> tuple[dic
             "tail_class_prob_drop_mean": round(float(np.mean(drop_tail)), 4)}, grid_png(grid, columns=1)
 
 
-def trained_before(models_uri: str, kind: str, dataset: str, train: dict) -> dict | None:
+def trained_before(models_uri: str, kind: str, dataset: str, train: dict, config: dict | None = None) -> dict | None:
     """A checkpoint this script already trained with the same data and settings (cards beside
-    the checkpoints record both), so a rerun skips the training."""
+    the checkpoints record both), so a rerun skips the training. A setting added since a card
+    was written matches when the wanted value is its default."""
+    train_cls = DiTTrainConfig if kind == "dit" else TrainConfig
     for card_uri in sorted(Path(models_uri).glob(f"{kind}-*.json")) if Path(models_uri).exists() else []:
         card = json.loads(card_uri.read_text())
         same_data = card.get("dataset") == dataset or card.get("datasets") == [dataset]
-        if same_data and card.get("train") == train:
+        same_config = config is None or _filled(DiTConfig, card.get("config")) == _filled(DiTConfig, config)
+        if same_data and same_config and _filled(train_cls, card.get("train")) == _filled(train_cls, train):
             return {"kind": kind, "id": card["id"], "uri": str(card_uri.with_suffix(".pt")), "reused": True,
                     "history": card.get("history")}
     return None
+
+
+def _filled(cls, values: dict | None) -> dict:
+    return {**asdict(cls()), **(values or {})}
 
 
 def main() -> None:

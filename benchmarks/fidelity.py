@@ -44,9 +44,10 @@ from benchmarks.phantom_truth import _replay  # noqa: E402
 from flows.settings import tailforge_home  # noqa: E402
 from models.cam import LocaliseConfig, class_maps, map_to_mask, raw_maps, refine, relocate, removal_masks  # noqa: E402
 from models.classifier import ClassifierConfig, load_checkpoint  # noqa: E402
-from models.dit import DiTConfig, DiTTrainConfig, build_scheduler, load_dit, sample  # noqa: E402
+from models.dit import DiTConfig, DiTTrainConfig, build_scheduler, load_dit  # noqa: E402
 from models.fill import harmonic_fill, paste_fill  # noqa: E402
 from models.inpaint import InpaintConfig, inpaint  # noqa: E402
+from models.sampling import sample  # noqa: E402
 from models.training import TrainConfig, predict_probs  # noqa: E402
 from tasks import store  # noqa: E402
 from tasks.augment import AugmentSettings  # noqa: E402
@@ -60,7 +61,7 @@ NOISE_START = InpaintConfig(steps=25, jump_length=5, resample=2)
 HARMONIC_START = InpaintConfig(steps=25, jump_length=5, resample=2, init="harmonic", strength=0.6)
 
 
-def prepare(size: int, n: int, dit_steps: int) -> dict:
+def prepare(size: int, n: int, dit_steps: int, conditioning: str = "none") -> dict:
     """Datasets and checkpoints for one size (each reused when already trained)."""
     home, models_uri = tailforge_home() / "bench", str(tailforge_home() / "models")
     out = {}
@@ -72,10 +73,10 @@ def prepare(size: int, n: int, dit_steps: int) -> dict:
                   or train_classifier(uri, models_uri, ClassifierConfig("resnet18", 14, size), train))
         out[role] = {"dataset": uri, "classifier": handle["uri"]}
     patch = 4 if size <= 64 else 8
-    config = DiTConfig(image_size=size, patch_size=patch, depth=6, num_heads=4, head_dim=32)
+    config = DiTConfig(image_size=size, patch_size=patch, depth=6, num_heads=4, head_dim=32, conditioning=conditioning)
     dit_train = DiTTrainConfig(steps=dit_steps, batch_size=32, warmup_steps=100)
     uri = out["main"]["dataset"]
-    handle = trained_before(models_uri, "dit", uri, dit_train.__dict__) or train_normal_dit(
+    handle = trained_before(models_uri, "dit", uri, asdict(dit_train), asdict(config)) or train_normal_dit(
         [uri], models_uri, config, dit_train)
     out["dit"] = {"uri": handle["uri"], "config": asdict(config), "steps": dit_steps}
     return out
@@ -279,7 +280,7 @@ def grid(rows: list[list[np.ndarray]]) -> bytes:
 
 def run_size(size: int, args) -> dict:
     started = time.perf_counter()
-    prep = prepare(size, args.n, args.dit_steps)
+    prep = prepare(size, args.n, args.dit_steps, args.dit_conditioning)
     model, _, card = load_checkpoint(store.read_bytes(prep["main"]["classifier"]))
     judge, _, judge_card = load_checkpoint(store.read_bytes(prep["judge"]["classifier"]))
     dit, dit_config, _ = load_dit(store.read_bytes(prep["dit"]["uri"]))
@@ -287,7 +288,9 @@ def run_size(size: int, args) -> dict:
     ds = prep["main"]["dataset"]
     test = load_tensors(ds, splits=("test",), columns=("lesion_masks", "source_uri"))
     train = load_tensors(ds, splits=("train",), columns=("lesion_masks",))
-    result = {"size": size, "args": {"n": args.n, "images": args.images, "dit_steps": args.dit_steps},
+    result = {"size": size, "stem": stem(size, args.dit_conditioning),
+              "args": {"n": args.n, "images": args.images, "dit_steps": args.dit_steps,
+                       "dit_conditioning": args.dit_conditioning},
               "prepared": prep, "head": card.head, "tail": card.tail,
               "product": {"cam_method": PRODUCT.cam_method, "localise": asdict(PRODUCT.localise),
                           "mask": asdict(PRODUCT.mask), "inpaint": asdict(PRODUCT.inpaint)}}
@@ -327,13 +330,13 @@ def run_size(size: int, args) -> dict:
     for fill in ("dit", "dit-noise-start", "dit-harmonic-start", "harmonic", "paste"):
         result["generator"][f"oracle/{fill}_vs_lesion_free_renders"] = distances(judge, filled_by[("oracle", fill)], ideal)
     result["seconds"] = round(time.perf_counter() - started, 1)
-    write_grids(size, test, model, card, chosen, masks, filled_by, ideal, priors)
-    (RESULTS / f"dit_{size}_samples.png").write_bytes(grid([[overlay(x[0].numpy(), None) for x in free[r:r + 8]]
+    write_grids(result["stem"], test, model, card, chosen, masks, filled_by, ideal, priors)
+    (RESULTS / f"{result['stem'].replace('fidelity', 'dit')}_samples.png").write_bytes(grid([[overlay(x[0].numpy(), None) for x in free[r:r + 8]]
                                                            for r in range(0, 32, 8)]))
     return result
 
 
-def write_grids(size, test, model, card, chosen, masks, filled_by, ideal, priors) -> None:
+def write_grids(name, test, model, card, chosen, masks, filled_by, ideal, priors) -> None:
     """Per head class, up to 3 images: image | map | CAM mask | DiT on CAM mask | oracle mask |
     DiT on oracle | harmonic on oracle | lesion-free render."""
     rows, per_class = [], {}
@@ -350,7 +353,7 @@ def write_grids(size, test, model, card, chosen, masks, filled_by, ideal, priors
                      overlay(filled_by[("oracle", "dit")][j, 0].numpy(), None),
                      overlay(filled_by[("oracle", "harmonic")][j, 0].numpy(), None), overlay(ideal[j, 0].numpy(), None)])
     if rows:
-        (RESULTS / f"fidelity_{size}_grid.png").write_bytes(grid(rows))
+        (RESULTS / f"{name}_grid.png").write_bytes(grid(rows))
 
 
 def markdown(r: dict) -> str:
@@ -358,7 +361,9 @@ def markdown(r: dict) -> str:
     lines = [f"# Sample fidelity on the phantom at {r['size']} px", "",
              f"Commit `{commit()}`; machine: {machine()['cpu']}, {machine()['cores']} cores, no GPU. "
              f"Command: `python benchmarks/fidelity.py --sizes {r['size']} --n {r['args']['n']} "
-             f"--images {r['args']['images']} --dit-steps {r['args']['dit_steps']}`. {r['seconds']} s.", "",
+             f"--images {r['args']['images']} --dit-steps {r['args']['dit_steps']}"
+             f"{'' if r['args']['dit_conditioning'] == 'none' else ' --dit-conditioning ' + r['args']['dit_conditioning']}`"
+             f". {r['seconds']} s.", "",
              f"Head classes: {', '.join(r['head'])}. {loc['lesions']} visible head lesions in the test split.", "",
              "## Localisation (head lesions, test split)", "",
              "| map | pointing game | IoU | lesion covered | mask outside lesions |", "|---|---|---|---|---|",
@@ -395,8 +400,9 @@ def markdown(r: dict) -> str:
               "|---|---|---|---|"]
     for key, d in r["generator"].items():
         lines.append(f"| {key} | {d['fid']} | {d['kid']} | {d['n']} |")
-    lines += ["", f"Grids: `fidelity_{r['size']}_grid.png` (image, map, CAM mask, DiT on CAM mask, oracle mask, "
-                  f"DiT on oracle, harmonic on oracle, lesion-free render), `dit_{r['size']}_samples.png`.", ""]
+    lines += ["", f"Grids: `{r['stem']}_grid.png` (image, map, CAM mask, DiT on CAM mask, oracle mask, "
+                  f"DiT on oracle, harmonic on oracle, lesion-free render), "
+                  f"`{r['stem'].replace('fidelity', 'dit')}_samples.png`.", ""]
     return "\n".join(lines)
 
 
@@ -406,12 +412,19 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=3000, help="phantom images per dataset")
     parser.add_argument("--images", type=int, default=96, help="test images in the removal set")
     parser.add_argument("--dit-steps", type=int, default=2000)
+    parser.add_argument("--dit-conditioning", choices=["none", "mask"], default="none",
+                        help="none: the plain DiT joined RePaint-style; mask: the inpainting DiT (models/dit.py)")
     args = parser.parse_args()
     for size in args.sizes:
         result = run_size(size, args)
-        path = save(f"fidelity_{size}", result)
-        (RESULTS / f"fidelity_{size}.md").write_text(markdown(result))
-        print(f"written: {path} and fidelity_{size}.md", flush=True)
+        path = save(result["stem"], result)
+        (RESULTS / f"{result['stem']}.md").write_text(markdown(result))
+        print(f"written: {path} and {result['stem']}.md", flush=True)
+
+
+def stem(size: int, conditioning: str) -> str:
+    """Result file names: fidelity_<size>, with a suffix for the inpainting DiT."""
+    return f"fidelity_{size}" + ("" if conditioning == "none" else "_inpainting_dit")
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ from models.training import TrainConfig, predict_probs, seed_everything
 from tasks import augment as work
 from tasks.dataset import read_manifest
 from tasks.finetune import FinetuneSettings, fit_setting, load_generated
-from tasks.knowledge import NoGuidanceJudge, RulesJudge, plan
+from tasks.knowledge import make_judge, plan
 from tasks.pretrain import train_classifier
 from tasks.tensors import load_tensors
 
@@ -68,23 +68,17 @@ def generate(dataset: str, out: str, classifier: dict, generator: dict, variant:
              config: ExperimentConfig, cache: str) -> dict:
     """One augmented set through the factory's code path; skips what a previous run wrote."""
     judge_name, placement = VARIANTS[variant]
-    judge = NoGuidanceJudge() if judge_name == "none" else RulesJudge()
     options = replace(config.augment, mask=replace(config.augment.mask, placement=placement))
     manifest = read_manifest(dataset)
-    report, decisions = plan(dataset, cache, judge)
-    recipe = work.recipe_id(options, classifier["id"], generator["id"])
-    candidates = work.build_candidates(dataset, manifest["labels"], manifest["head_tail"]["head"],
-                                       manifest["head_tail"]["tail"], decisions, recipe, options.max_images)
-    done = work.done_ids(out)
+    report, decisions = plan(dataset, cache, make_judge(judge_name))
+    prepared = work.prepare(dataset, out, manifest, decisions, classifier["id"], generator["id"], options)
     started, run_id = time.perf_counter(), f"experiment-{variant}"
-    results = [work.run_batch(dataset, out, batch, classifier, generator, options, run_id)
-               for batch in work.batches(candidates, options.batch_size)
-               if not all(c.output_id in done for c in batch)]
-    work.finish_output(out, dataset, manifest, classifier, generator, recipe, judge_name, options, run_id,
+    results = [work.run_batch(dataset, out, batch, classifier, generator, options, run_id) for _, batch in prepared.todo]
+    work.finish_output(out, dataset, manifest, classifier, generator, prepared.recipe, judge_name, options, run_id,
                        name=f"experiment-{variant}")
     generated = load_tensors(out, columns=("accepted",))
     accepted = int(np.asarray(generated.table.column("accepted").to_pylist(), dtype=bool).sum()) if len(generated) else 0
-    return {"variant": variant, "judge": judge_name, "placement": placement, "candidates": len(candidates),
+    return {"variant": variant, "judge": judge_name, "placement": placement, "candidates": len(prepared.candidates),
             "images_to_generate": report.images_to_generate, "generated": len(generated), "accepted": accepted,
             "new_this_run": work.totals(results), "seconds": round(time.perf_counter() - started, 1)}
 

@@ -140,11 +140,13 @@ def augment_kill_trial(world: dict, out: Path, point: tuple[str, float], referen
 
 
 def _augment_point(k: int, wall: float, shards: int, rng: random.Random, strata: int) -> tuple[str, float]:
-    """Trial k's kill point: the kinds cycle; delays and shard counts are drawn one per stratum."""
+    """Trial k's kill point: the kinds cycle; delays and shard counts are drawn one per stratum.
+    A `manifest` kill that polling misses (the manifest's temporary file lives for milliseconds)
+    lands after the run finished, and the trial says so (finished_before_kill)."""
     point = AUGMENT_POINTS[k % len(AUGMENT_POINTS)]
     stratum = (k // len(AUGMENT_POINTS)) % strata
-    if point == "delay":
-        return point, wall * (stratum + rng.random()) / strata
+    if point == "delay":  # over the first 60% of the reference's wall time: runs vary with the load
+        return point, 0.6 * wall * (stratum + rng.random()) / strata
     if point == "shards":
         return point, 1 + int((shards - 1) * (stratum + rng.random()) / strata)
     if point == "temp":

@@ -11,33 +11,19 @@ from prefect.artifacts import create_progress_artifact, create_table_artifact, u
 from prefect.concurrency.sync import concurrency
 
 from flows.crashes import mark_crashed
-from flows.settings import KnowledgeSettings, tailforge_home
+from flows.settings import KnowledgeSettings
 from tasks import augment as work
 from tasks import store
 from tasks.dataset import new_run_id, read_manifest, utcnow
-from tasks.knowledge import AnthropicJudge, LLMSettings, NoGuidanceJudge, RulesJudge, export_decisions, plan
+from tasks.knowledge import export_decisions, plan
 from tasks.locks import dataset_lock
 from tasks.runs import write_run_record
-
-
-def judge_from(settings: KnowledgeSettings) -> AnthropicJudge | RulesJudge | NoGuidanceJudge:
-    if settings.judge == "rules":
-        return RulesJudge()
-    if settings.judge == "none":
-        return NoGuidanceJudge()
-    if settings.judge != "anthropic":
-        raise ValueError(f"unknown judge {settings.judge!r}; use rules, anthropic or none")
-    defaults = LLMSettings()
-    return AnthropicJudge(LLMSettings(model=settings.model or defaults.model,
-                                      prompt_version=settings.prompt_version or defaults.prompt_version,
-                                      timeout_s=settings.llm_timeout, max_retries=settings.llm_retries,
-                                      api_key_secret=settings.api_key_secret))
 
 
 @task(task_run_name="plan")
 def plan_task(dataset_uri: str, cache_path: str, knowledge: KnowledgeSettings) -> tuple[dict, list]:
     """Decisions are made here, before the fan-out: the DuckDB cache has one writer."""
-    report, decisions = plan(dataset_uri, cache_path, judge_from(knowledge))
+    report, decisions = plan(dataset_uri, cache_path, knowledge.make_judge())
     summary = {k: v for k, v in report.to_json().items() if k != "label_sets"}
     summary["label_sets"] = len(report.label_sets)
     return summary, decisions
@@ -119,15 +105,9 @@ def _augment(dataset_uri: str, out_uri: str, classifier: dict, generator: dict, 
     parameters = {"dataset_uri": dataset_uri, "out_uri": out_uri, "classifier": classifier["id"],
                   "generator": generator["id"], "knowledge": knowledge.__dict__, "settings": options.to_dict()}
     write_run_record(out_uri, run_id, "augment", parameters, "running", started_at, on_crashed=mark_crashed)
-    plan_summary, decisions = plan_task(dataset_uri, cache_path or str(tailforge_home() / "decisions.duckdb"),
-                                        knowledge)
-    recipe = work.recipe_id(options, classifier["id"], generator["id"])
-    head, tail = manifest["head_tail"]["head"], manifest["head_tail"]["tail"]
-    candidates = work.build_candidates(dataset_uri, manifest["labels"], head, tail, decisions, recipe,
-                                       options.max_images)
-    done = work.done_ids(out_uri)
-    all_batches = work.batches(candidates, options.batch_size)
-    todo = [(i, b) for i, b in enumerate(all_batches) if not all(c.output_id in done for c in b)]
+    plan_summary, decisions = plan_task(dataset_uri, cache_path or knowledge.cache_path(), knowledge)
+    prepared = work.prepare(dataset_uri, out_uri, manifest, decisions, classifier["id"], generator["id"], options)
+    candidates, all_batches, todo, recipe = prepared.candidates, prepared.batches, prepared.todo, prepared.recipe
     logger.info(f"{len(candidates)} candidates in {len(all_batches)} batches; {len(todo)} to run, "
                 f"{len(all_batches) - len(todo)} already done")
     progress_id = create_progress_artifact(0.0, key="augment-progress", description="batches finished (%)")

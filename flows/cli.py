@@ -25,7 +25,7 @@ import sys
 from contextlib import contextmanager
 from typing import Iterator
 
-from flows.settings import default_dataset_uri, tailforge_home
+from flows.settings import JUDGES, DatasetSettings, KnowledgeSettings, default_dataset_uri, tailforge_home
 
 USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, RuntimeError, LookupError)
 
@@ -36,10 +36,11 @@ def _add_common_ingest(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="dataset URI: a folder or s3://bucket/prefix "
                         "(default: $TAILFORGE_HOME/datasets/<source>)")
     parser.add_argument("--split-csv", help="CSV with an image column and 'split' (train/val/test) that overrides splits")
-    parser.add_argument("--size", type=int, default=64, help="output side in pixels (default 64)")
+    parser.add_argument("--size", type=int, default=DatasetSettings.size, help="output side in pixels (default %(default)s)")
     parser.add_argument("--tail", help="comma-separated tail classes; default: below the median train frequency")
-    parser.add_argument("--shard-rows", type=int, default=1024, help="rows per Parquet shard (default 1024)")
-    parser.add_argument("--workers", type=int, default=4, help="decoding threads (default 4)")
+    parser.add_argument("--shard-rows", type=int, default=DatasetSettings.shard_rows,
+                        help="rows per Parquet shard (default %(default)s)")
+    parser.add_argument("--workers", type=int, default=DatasetSettings.workers, help="decoding threads (default %(default)s)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
@@ -56,30 +57,30 @@ def build_parser() -> argparse.ArgumentParser:
                        ("mimic", "MIMIC-CXR-JPG *-chexpert.csv (IMAGES: the folder holding files/)")):
         sub = kinds.add_parser(name, help=text)
         _add_common_ingest(sub)
-        sub.add_argument("--views", choices=["frontal", "lateral", "all"], default="frontal")
-        sub.add_argument("--uncertain", choices=["ignore", "ones", "zeros"], default="ignore",
+        sub.add_argument("--views", choices=["frontal", "lateral", "all"], default=DatasetSettings.views)
+        sub.add_argument("--uncertain", choices=["ignore", "ones", "zeros"], default=DatasetSettings.uncertain,
                          help="uncertain (-1) labels become NaN (ignore), 1 or 0")
-        sub.add_argument("--blank", choices=["ignore", "zeros"], default="ignore",
+        sub.add_argument("--blank", choices=["ignore", "zeros"], default=DatasetSettings.blank,
                          help="blank labels become NaN (ignore) or 0")
         if name == "mimic":
             sub.add_argument("--split-table", help="*-split.csv (default: found beside TABLE)")
             sub.add_argument("--metadata-table", help="*-metadata.csv (default: found beside TABLE)")
     folder = kinds.add_parser("folder", help="a folder of images and a CSV: path column + '|'-separated labels")
     _add_common_ingest(folder)
-    folder.add_argument("--vocab", choices=["nih", "chexpert"], default="nih")
-    folder.add_argument("--path-column", default="Image Index")
-    folder.add_argument("--label-column", default="Finding Labels")
+    folder.add_argument("--vocab", choices=["nih", "chexpert"], default=DatasetSettings.vocab)
+    folder.add_argument("--path-column", default=DatasetSettings.path_column)
+    folder.add_argument("--label-column", default=DatasetSettings.label_column)
     folder.add_argument("--patient-column")
     folder.add_argument("--split-column")
 
     phantom = commands.add_parser("phantom", help="write the built-in synthetic chest phantom as a dataset")
-    phantom.add_argument("--n", type=int, default=500, help="images (default 500)")
-    phantom.add_argument("--size", type=int, default=64, help="side in pixels (default 64)")
-    phantom.add_argument("--seed", type=int, default=0)
-    phantom.add_argument("--vocab", choices=["nih", "chexpert"], default="nih")
+    phantom.add_argument("--n", type=int, default=DatasetSettings.n, help="images (default %(default)s)")
+    phantom.add_argument("--size", type=int, default=DatasetSettings.size, help="side in pixels (default %(default)s)")
+    phantom.add_argument("--seed", type=int, default=DatasetSettings.seed)
+    phantom.add_argument("--vocab", choices=["nih", "chexpert"], default=DatasetSettings.vocab)
     phantom.add_argument("--out", help="dataset URI (default: $TAILFORGE_HOME/datasets/phantom)")
     phantom.add_argument("--tail", help="comma-separated tail classes; default: below the median train frequency")
-    phantom.add_argument("--shard-rows", type=int, default=1024)
+    phantom.add_argument("--shard-rows", type=int, default=DatasetSettings.shard_rows)
     phantom.add_argument("--json", action="store_true")
 
     info = commands.add_parser("info", help="rows, splits, per-class counts, head/tail and quarantine of a dataset")
@@ -88,18 +89,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     plan = commands.add_parser("plan", help="head/tail split, label sets, LKG decisions and candidate images")
     plan.add_argument("uri", help="dataset URI")
-    plan.add_argument("--judge", choices=["rules", "anthropic", "none"], default="rules",
+    plan.add_argument("--judge", choices=list(JUDGES), default=KnowledgeSettings.judge,
                       help="rules: the offline clinical table (default); anthropic: the Messages API, "
                            "rules as fallback; none: no guidance, remove every head finding")
     plan.add_argument("--model", default=None, help="Anthropic model name (default: $TAILFORGE_LLM_MODEL "
                       "or claude-sonnet-5-5)")
     plan.add_argument("--prompt-version", default=None, help="bump to make new decisions (default lkg-v1)")
     plan.add_argument("--api-key-secret", help="Prefect Secret block holding the key (default: $ANTHROPIC_API_KEY)")
-    plan.add_argument("--llm-timeout", type=float, default=30.0, help="seconds per LLM request (default 30)")
-    plan.add_argument("--llm-retries", type=int, default=2,
-                      help="retries on timeouts, connection errors, 408, 429, 529 and 5xx (default 2)")
-    plan.add_argument("--llm-budget", type=float, default=90.0,
-                      help="seconds per label set, all tries and waits together (default 90)")
+    plan.add_argument("--llm-timeout", type=float, default=KnowledgeSettings.llm_timeout,
+                      help="seconds per LLM request (default %(default)s)")
+    plan.add_argument("--llm-retries", type=int, default=KnowledgeSettings.llm_retries,
+                      help="retries on timeouts, connection errors, 408, 429, 529 and 5xx (default %(default)s)")
+    plan.add_argument("--llm-budget", type=float, default=KnowledgeSettings.llm_budget,
+                      help="seconds per label set, all tries and waits together (default %(default)s)")
     plan.add_argument("--cache", help="decision cache (default: $TAILFORGE_HOME/decisions.duckdb)")
     plan.add_argument("--export", help="write the decisions this plan used as Parquet under this folder URI")
     plan.add_argument("--json", action="store_true")
@@ -172,26 +174,17 @@ def _tail(text: str | None) -> tuple[str, ...] | None:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from tasks import sources
-    from tasks.ingest import IngestOptions, ingest
+    from flows.settings import READER_OPTIONS, DatasetSettings
+    from tasks.ingest import ingest_source
 
-    if args.kind == "nih":
-        source = sources.read_nih(args.table, args.bbox_table)
-    elif args.kind == "chexpert":
-        source = sources.read_chexpert(args.table, args.views, args.uncertain, args.blank)
-    elif args.kind == "mimic":
-        source = sources.read_mimic(args.table, args.split_table, args.metadata_table, args.views,
-                                    args.uncertain, args.blank)
-    else:
-        source = sources.read_folder(args.table, args.vocab, args.path_column, args.label_column,
-                                     args.patient_column, args.split_column)
-    if args.split_csv:
-        sources.apply_split_csv(source, args.split_csv)
+    given = {name: getattr(args, name) for name in READER_OPTIONS if hasattr(args, name)}  # this kind's options
+    settings = DatasetSettings(source=args.kind, table=args.table, images=args.images, split_csv=args.split_csv,
+                               size=args.size, tail=_tail(args.tail), shard_rows=args.shard_rows,
+                               workers=args.workers, **given)
     out = args.out or default_dataset_uri(args.kind)
-    options = IngestOptions(size=args.size, shard_rows=args.shard_rows, workers=args.workers,
-                            explicit_tail=_tail(args.tail), name=args.kind)
     with _progress(f"ingest {args.kind}", not args.json) as progress:
-        report = ingest(source, args.images, out, options, progress)
+        report = ingest_source(args.kind, args.table, args.images, out, settings.ingest_options(),
+                               settings.reader_options(), args.split_csv, progress)
     return _print_report(report, args.json)
 
 
@@ -258,24 +251,14 @@ def print_summary(summary: dict) -> None:
                       f"two writers ran at once. Re-ingest into a fresh --out to repair.")
 
 
-def _cache_path(args: argparse.Namespace) -> str:
-    return args.cache or str(tailforge_home() / "decisions.duckdb")
-
-
 def cmd_plan(args: argparse.Namespace) -> int:
-    import os
+    from flows.settings import KnowledgeSettings
+    from tasks.knowledge import export_decisions, plan
 
-    from tasks.knowledge import AnthropicJudge, LLMSettings, NoGuidanceJudge, RulesJudge, export_decisions, plan
-
-    judge = NoGuidanceJudge() if args.judge == "none" else RulesJudge()
-    if args.judge == "anthropic":
-        settings = LLMSettings(model=args.model or os.environ.get("TAILFORGE_LLM_MODEL") or LLMSettings.model,
-                               prompt_version=args.prompt_version or LLMSettings.prompt_version,
-                               timeout_s=args.llm_timeout, max_retries=args.llm_retries,
-                               budget_s=args.llm_budget,
-                               api_key_secret=args.api_key_secret)
-        judge = AnthropicJudge(settings)
-    report, used = plan(args.uri, _cache_path(args), judge)
+    knowledge = KnowledgeSettings(judge=args.judge, model=args.model, prompt_version=args.prompt_version,
+                                  api_key_secret=args.api_key_secret, llm_timeout=args.llm_timeout,
+                                  llm_retries=args.llm_retries, llm_budget=args.llm_budget, cache=args.cache)
+    report, used = plan(args.uri, knowledge.cache_path(), knowledge.make_judge())
     exported = export_decisions(used, args.export) if args.export else None
     if args.json:
         print(json.dumps({**report.to_json(), "exported": exported}, indent=2, default=str))
@@ -312,7 +295,7 @@ def print_plan(report) -> None:
 def cmd_decisions(args: argparse.Namespace) -> int:
     from tasks.knowledge import DecisionCache, export_decisions
 
-    with DecisionCache(_cache_path(args), read_only=True) as cache:
+    with DecisionCache(KnowledgeSettings(cache=args.cache).cache_path(), read_only=True) as cache:
         decisions = cache.all()
     if args.export:
         print(f"{len(decisions)} decisions written to {export_decisions(decisions, args.export)}")
@@ -340,6 +323,11 @@ def cmd_lineage(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result, indent=2, default=str))
         return 0
+    print_lineage(result)
+    return 0
+
+
+def print_lineage(result: dict) -> None:
     summary = result["summary"]
     print(f"{summary['sample_id']} ({summary['origin']}), {summary['depth']} step(s) from its real source "
           f"{summary['source']}")
@@ -358,7 +346,6 @@ def cmd_lineage(args: argparse.Namespace) -> int:
             print(f"    source {step['source_path']}")
         if step.get("run_link"):
             print(f"    {step['run_link']}")
-    return 0
 
 
 def cmd_query(args: argparse.Namespace) -> int:
@@ -496,8 +483,6 @@ def print_run(result: dict, api_url: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from tasks.report import dumps, lineage_example
-
     console = Console()
     augment = result["augment"]
     console.print(f"\n[bold]factory run finished[/] in {result['seconds']} s")
@@ -520,10 +505,31 @@ def print_run(result: dict, api_url: str) -> None:
                 cells.append("-" if value is None else f"{value:.3f}")
             table.add_row(c, "tail" if c in tail else "head", *cells)
         console.print(table)
-    example = lineage_example(augment["out_uri"], result["dataset_uri"])
-    if example:
-        console.print("one generated sample and where it came from:")
-        console.print(dumps(example))
+    print_example_lineage(augment["out_uri"], result["dataset_uri"], console)
+
+
+def print_example_lineage(augmented_uri: str, dataset_uri: str, console) -> None:
+    """One generated sample traced to its real parent, as `tailforge lineage` shows it, over the
+    catalog of the folder that holds both datasets (a hint when they share none)."""
+    import os
+
+    from tasks.catalog import open_catalog
+    from tasks.dataset import existing_rows
+    from tasks.lineage import lineage
+
+    generated = existing_rows(augmented_uri, ["sample_id"])
+    if generated is None or generated.num_rows == 0:
+        return
+    sample_id = generated.column("sample_id")[0].as_py()
+    local = not any("://" in u for u in (augmented_uri, dataset_uri))
+    root = os.path.commonpath([os.path.abspath(augmented_uri), os.path.abspath(dataset_uri)]) if local else None
+    if not root or root == os.path.sep:
+        console.print(f"trace a generated sample: tailforge lineage {sample_id[:16]} --root <a folder holding "
+                      f"{augmented_uri} and {dataset_uri}>")
+        return
+    console.print(f"one generated sample and where it came from (tailforge lineage {sample_id[:16]} --root {root}):")
+    with open_catalog(root) as catalog:
+        print_lineage(lineage(catalog, sample_id))
 
 
 COMMANDS = {"ingest": cmd_ingest, "phantom": cmd_phantom, "info": cmd_info, "plan": cmd_plan,

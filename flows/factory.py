@@ -11,10 +11,11 @@ from flows.augment import augment_flow
 from flows.crashes import mark_crashed
 from flows.finetune import finetune_flow, report_task
 from flows.pretrain import pretrain_flow
-from flows.settings import DatasetSettings, FactorySettings, finetune_settings, load_settings, settings_from_dict
-from tasks import sources, store
+from flows.settings import (SOURCES, DatasetSettings, FactorySettings, finetune_settings, load_settings,
+                            settings_from_dict)
+from tasks import store
 from tasks.dataset import new_run_id, read_manifest, summarize, utcnow
-from tasks.ingest import IngestOptions, ingest, ingest_phantom
+from tasks.ingest import ingest_phantom, ingest_source
 from tasks.runs import write_run_record
 
 
@@ -25,22 +26,15 @@ def ingest_task(settings: DatasetSettings, uri: str) -> dict:
         read_manifest(uri)  # fails clearly when absent
         return {"dataset_uri": uri, "rows_written": 0}
     if settings.source == "phantom":
-        report = ingest_phantom(uri, settings.n, settings.size, settings.seed, settings.vocab,
+        report = ingest_phantom(uri, settings.n, settings.size, settings.seed, settings.vocab, settings.shard_rows,
                                 explicit_tail=settings.tail)
         return report.to_json()
+    if settings.source not in SOURCES:
+        raise ValueError(f"unknown dataset source {settings.source!r}; use {', '.join(SOURCES)}, phantom or existing")
     if not settings.table or not settings.images:
         raise ValueError(f"dataset source {settings.source!r} needs 'table' and 'images'")
-    readers = {"nih": lambda: sources.read_nih(settings.table),
-               "chexpert": lambda: sources.read_chexpert(settings.table),
-               "mimic": lambda: sources.read_mimic(settings.table),
-               "folder": lambda: sources.read_folder(settings.table, settings.vocab)}
-    if settings.source not in readers:
-        raise ValueError(f"unknown dataset source {settings.source!r}; use {sorted(readers)}, phantom or existing")
-    source = readers[settings.source]()
-    if settings.split_csv:
-        sources.apply_split_csv(source, settings.split_csv)
-    return ingest(source, settings.images, uri, IngestOptions(size=settings.size, explicit_tail=settings.tail,
-                                                              name=settings.source)).to_json()
+    return ingest_source(settings.source, settings.table, settings.images, uri, settings.ingest_options(),
+                         settings.reader_options(), settings.split_csv).to_json()
 
 
 @flow(name="factory", log_prints=True)

@@ -30,9 +30,9 @@ def train_generator_task(normals: list[str], models_uri: str, settings: Generato
     if settings.checkpoint:
         return reuse("dit", settings.checkpoint)
     config = DiTConfig(image_size=image_size, patch_size=settings.patch_size, depth=settings.depth,
-                       num_heads=settings.num_heads, head_dim=settings.head_dim)
+                       num_heads=settings.num_heads, head_dim=settings.head_dim, conditioning=settings.conditioning)
     train = DiTTrainConfig(steps=settings.steps, batch_size=settings.batch_size, lr=settings.lr, seed=settings.seed,
-                           warmup_steps=min(200, max(1, settings.steps // 10)))
+                           warmup_steps=settings.warmup_steps or min(200, max(1, settings.steps // 10)))
     with concurrency("gpu", occupy=1):
         handle = pretrain.train_normal_dit(normals, models_uri, config, train, adult_only=settings.adult_only)
     return {"kind": "dit", "id": handle["id"], "uri": handle["uri"], "history": handle["history"]}
@@ -40,7 +40,7 @@ def train_generator_task(normals: list[str], models_uri: str, settings: Generato
 
 def reuse(kind: str, uri: str) -> dict:
     """A checkpoint the user named: its id is the sha256 of its bytes."""
-    from models.classifier import checkpoint_id
+    from models.checkpoint import checkpoint_id
 
     if not store.exists(uri):
         raise FileNotFoundError(f"{kind} checkpoint {uri} does not exist")

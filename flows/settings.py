@@ -26,18 +26,47 @@ def default_dataset_uri(name: str) -> str:
     return str(tailforge_home() / "datasets" / name)
 
 
+SOURCES = ("nih", "chexpert", "mimic", "folder")  # real sources (tasks.sources.read_source reads each)
+
+
 @dataclass(frozen=True)
 class DatasetSettings:
     source: str = "phantom"  # phantom | nih | chexpert | mimic | folder | existing (uri only)
     uri: str | None = None  # the dataset URI (default: $TAILFORGE_HOME/datasets/<name>)
     table: str | None = None  # the source's label table (real sources)
     images: str | None = None  # the folder the table's paths are relative to
-    split_csv: str | None = None
+    split_csv: str | None = None  # CSV with an image column and 'split' that overrides splits
     size: int = 64  # image side in pixels
     n: int = 600  # phantom images
     seed: int = 0  # phantom seed
-    vocab: str = "nih"  # phantom / folder vocabulary
-    tail: tuple[str, ...] | None = None  # explicit tail classes
+    vocab: str = "nih"  # phantom / folder vocabulary (nih | chexpert)
+    tail: tuple[str, ...] | None = None  # explicit tail classes (default: below the median train frequency)
+    shard_rows: int = 1024  # rows per Parquet shard
+    workers: int = 4  # decoding threads
+    bbox_table: str | None = None  # nih: BBox_List_2017.csv (default: found beside the table)
+    views: str = "frontal"  # chexpert, mimic: frontal | lateral | all
+    uncertain: str = "ignore"  # chexpert, mimic: uncertain (-1) labels become NaN (ignore), 1 (ones) or 0 (zeros)
+    blank: str = "ignore"  # chexpert, mimic: blank labels become NaN (ignore) or 0 (zeros)
+    split_table: str | None = None  # mimic: *-split.csv (default: found beside the table)
+    metadata_table: str | None = None  # mimic: *-metadata.csv (default: found beside the table)
+    path_column: str = "Image Index"  # folder: the column of image paths
+    label_column: str = "Finding Labels"  # folder: the column of '|'-separated labels
+    patient_column: str | None = None  # folder: the patient id column (default: none)
+    split_column: str | None = None  # folder: a train/val/test column (default: by patient hash)
+
+    def reader_options(self) -> dict:
+        """What tasks.sources.read_source takes besides the kind and the table."""
+        return {name: getattr(self, name) for name in READER_OPTIONS}
+
+    def ingest_options(self):
+        from tasks.ingest import IngestOptions
+
+        return IngestOptions(size=self.size, shard_rows=self.shard_rows, workers=self.workers,
+                             explicit_tail=self.tail, name=self.source)
+
+
+READER_OPTIONS = ("bbox_table", "views", "uncertain", "blank", "split_table", "metadata_table", "vocab",
+                  "path_column", "label_column", "patient_column", "split_column")
 
 
 @dataclass(frozen=True)
@@ -58,22 +87,44 @@ class GeneratorSettings:
     depth: int = 6
     num_heads: int = 4
     head_dim: int = 32
+    conditioning: str = "none"  # "mask": an inpainting DiT (sees the known image and the mask; models/dit.py)
     steps: int = 2000
     batch_size: int = 32
     lr: float = 3e-4
+    warmup_steps: int | None = None  # linear learning-rate warm-up (default: a tenth of the steps, at most 200)
     seed: int = 0
     checkpoint: str | None = None  # reuse this checkpoint URI instead of training
+
+
+JUDGES = ("rules", "anthropic", "none")  # tasks.knowledge.make_judge builds each
 
 
 @dataclass(frozen=True)
 class KnowledgeSettings:
     judge: str = "rules"  # rules | anthropic | none (no guidance: remove every head finding)
-    model: str | None = None  # Anthropic model (default: tasks/knowledge/llm.py)
-    prompt_version: str | None = None
+    model: str | None = None  # Anthropic model (default: $TAILFORGE_LLM_MODEL, else tasks/knowledge/llm.py)
+    prompt_version: str | None = None  # bump to make new decisions (default: tasks/knowledge/llm.py)
     api_key_secret: str | None = None  # Prefect Secret block name; else ANTHROPIC_API_KEY
-    llm_timeout: float = 30.0
-    llm_retries: int = 2
+    llm_timeout: float = 30.0  # seconds per LLM request
+    llm_retries: int = 2  # retries on timeouts, connection errors, 408, 429, 529 and 5xx
+    llm_budget: float = 90.0  # seconds per label set, all tries and waits together
     cache: str | None = None  # DuckDB file (default: $TAILFORGE_HOME/decisions.duckdb)
+
+    def __post_init__(self) -> None:
+        if self.judge not in JUDGES:
+            raise ValueError(f"unknown judge {self.judge!r}; use one of {', '.join(JUDGES)}")
+
+    def cache_path(self) -> str:
+        return self.cache or str(tailforge_home() / "decisions.duckdb")
+
+    def make_judge(self):
+        """The judge these settings name (tasks.knowledge.make_judge)."""
+        from tasks.knowledge import LLMSettings, make_judge
+
+        named = {"model": self.model, "prompt_version": self.prompt_version}
+        llm = LLMSettings(**{k: v for k, v in named.items() if v}, timeout_s=self.llm_timeout,
+                          max_retries=self.llm_retries, budget_s=self.llm_budget, api_key_secret=self.api_key_secret)
+        return make_judge(self.judge, llm if self.judge == "anthropic" else None)
 
 
 @dataclass(frozen=True)
@@ -98,7 +149,7 @@ class FactorySettings:
         return self.dataset.uri or default_dataset_uri(f"{self.name}-{self.dataset.source}")
 
     def cache_path(self) -> str:
-        return self.knowledge.cache or str(tailforge_home() / "decisions.duckdb")
+        return self.knowledge.cache_path()
 
     def to_dict(self) -> dict:
         return asdict(self)

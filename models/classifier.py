@@ -15,15 +15,13 @@ Sizes measured on CPU with timm 1.0.31 (tests/test_classifier.py keeps them hone
 A checkpoint is self-describing bytes: the state dict, the ``ClassifierConfig`` that builds the
 network, and a ``ClassifierCard`` (label vocabulary, head/tail split, tuned thresholds, the
 training shards' hashes, seed, metrics). Everything but the tensors is stored as plain
-dicts/lists/str/numbers so that ``torch.load(weights_only=True)`` reads it.
+dicts/lists/str/numbers so that ``torch.load(weights_only=True)`` reads it (the format both
+models share: models/checkpoint.py).
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
-import numbers
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import timm
@@ -31,6 +29,8 @@ import torch
 from timm.models import is_model_in_modules
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
+
+from models import checkpoint
 
 IN_CHANS = 1  # chest films are single-channel
 CHECKPOINT_FORMAT = "tailforge.classifier/1"
@@ -137,71 +137,25 @@ class ClassifierCard:
         if len(self.thresholds) != len(self.labels) or not all(0.0 <= t <= 1.0 for t in self.thresholds):
             raise ValueError(f"thresholds must be {len(self.labels)} probabilities (one per label), "
                              f"got {self.thresholds}")
-        self.metrics = _to_plain(self.metrics, "card.metrics")
+        self.metrics = checkpoint.to_plain(self.metrics, "card.metrics")
         unknown_prior = sorted(set(self.location_prior) - set(self.labels))
         if unknown_prior:
             raise ValueError(f"location_prior names classes that are not in labels: {unknown_prior}")
 
 
-def _to_plain(value: Any, where: str) -> Any:
-    """A copy made of dict/list/str/int/float/bool/None only (what weights_only loading accepts).
-
-    numpy scalars become Python numbers; anything else fails now, not at a later load.
-    """
-    if value is None or isinstance(value, bool):
-        return None if value is None else bool(value)
-    if isinstance(value, str):
-        return str(value)
-    if isinstance(value, numbers.Integral):
-        return int(value)
-    if isinstance(value, numbers.Real):
-        return float(value)
-    if isinstance(value, (list, tuple)):  # tuples stay tuples (timm kwargs such as depths)
-        items = [_to_plain(item, f"{where}[{i}]") for i, item in enumerate(value)]
-        return tuple(items) if isinstance(value, tuple) else items
-    if isinstance(value, dict):
-        bad = [k for k in value if not isinstance(k, str)]
-        if bad:
-            raise ValueError(f"{where} has non-string keys {bad!r}")
-        return {k: _to_plain(v, f"{where}[{k!r}]") for k, v in value.items()}
-    raise ValueError(f"{where} holds a {type(value).__name__}; store plain dict/list/str/int/float/bool/None "
-                     f"(convert arrays with .tolist())")
-
-
 def save_checkpoint(model: nn.Module, config: ClassifierConfig, card: ClassifierCard) -> bytes:
-    """Serialise weights + config + card into bytes (deterministic for identical inputs)."""
+    """Serialise weights + config + card into bytes (models/checkpoint.py; deterministic for identical inputs)."""
     if len(card.labels) != config.num_classes:
         raise ValueError(f"card has {len(card.labels)} labels but the config has {config.num_classes} classes")
-    config_dict, card_dict = _to_plain(asdict(config), "config"), _to_plain(asdict(card), "card")
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    buffer = io.BytesIO()
-    torch.save({"format": CHECKPOINT_FORMAT, "config": config_dict, "card": card_dict, "state_dict": state},
-               buffer)
-    return buffer.getvalue()
+    return checkpoint.save(CHECKPOINT_FORMAT, config, model.state_dict(), card=asdict(card))
 
 
 def load_checkpoint(data: bytes, map_location: str | torch.device = "cpu"
                     ) -> tuple[nn.Module, ClassifierConfig, ClassifierCard]:
     """Rebuild the network from checkpoint bytes (``weights_only=True``; no code is unpickled)."""
-    blob = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
-    if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
-        found = blob.get("format") if isinstance(blob, dict) else type(blob).__name__
-        raise ValueError(f"not a tailforge classifier checkpoint (format {found!r}, expected {CHECKPOINT_FORMAT!r})")
-    config = _from_dict(ClassifierConfig, blob["config"])
-    card = _from_dict(ClassifierCard, blob["card"])
+    blob = checkpoint.load(data, CHECKPOINT_FORMAT, map_location=map_location)
+    config = checkpoint.from_dict(ClassifierConfig, blob["config"])
+    card = checkpoint.from_dict(ClassifierCard, blob["card"])
     model = build_classifier(config)
     model.load_state_dict(blob["state_dict"])
     return model, config, card
-
-
-def _from_dict(cls, values: dict[str, Any]):
-    known = {f.name for f in fields(cls)}
-    extra = sorted(set(values) - known)
-    if extra:
-        raise ValueError(f"checkpoint {cls.__name__} has fields this code does not know: {extra}")
-    return cls(**values)
-
-
-def checkpoint_id(data: bytes) -> str:
-    """The checkpoint's identity: sha256 hex of its bytes (the ``classifier_id`` lineage column)."""
-    return hashlib.sha256(data).hexdigest()

@@ -2,21 +2,29 @@
 
 DiT (Peebles & Xie, "Scalable Diffusion Models with Transformers") over 1-channel images in
 [-1, 1], DDPM epsilon objective (Ho et al., "Denoising Diffusion Probabilistic Models",
-eq. 14), cosine noise schedule (Nichol & Dhariwal, "Improved DDPM"). Unconditional: every
-image gets class label 0. The checkpoint carries the config that made it.
+eq. 14), cosine noise schedule (Nichol & Dhariwal, "Improved DDPM"). Every image gets class
+label 0 (one class: normal). The checkpoint carries the config that made it.
+
+``conditioning="mask"`` makes it an inpainting model, as the inpainting checkpoints of Stable
+Diffusion are trained (Rombach et al., "High-Resolution Image Synthesis with Latent Diffusion
+Models", the inpainting variant): besides x_t it sees the known image (zero inside the mask)
+and the mask, two more input channels, and learns on normals with random lesion-like masks
+(``random_masks``) to fill a hole from its surroundings. A share ``full_mask_share`` of the
+training masks cover the whole image, so the same model also samples freely. Unconditioned
+(``"none"``), the sampler joins the model's region to the known one RePaint-style instead.
 """
 
 from __future__ import annotations
 
-import io
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler, DiTTransformer2DModel
 
+from models import checkpoint
 from models.training import EMA, seed_everything
 
 
@@ -29,8 +37,11 @@ class DiTConfig:
     head_dim: int = 32  # width = num_heads * head_dim
     num_train_timesteps: int = 1000
     beta_schedule: str = "squaredcos_cap_v2"  # cosine schedule
+    conditioning: str = "none"  # "none": x_t only; "mask": also the known image and the mask (inpainting)
 
     def __post_init__(self) -> None:
+        if self.conditioning not in ("none", "mask"):
+            raise ValueError(f"conditioning must be 'none' or 'mask', not {self.conditioning!r}")
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         if min(self.depth, self.num_heads, self.head_dim, self.patch_size) < 1:
@@ -47,13 +58,46 @@ class DiTTrainConfig:
     ema_decay: float = 0.999  # upper bound; warmed up as min(decay, (1+s)/(10+s))
     seed: int = 0
     grad_clip: float = 1.0
+    full_mask_share: float = 0.1  # conditioning "mask": training masks that cover everything (free sampling)
 
 
 def build_dit(config: DiTConfig) -> DiTTransformer2DModel:
     return DiTTransformer2DModel(
-        num_attention_heads=config.num_heads, attention_head_dim=config.head_dim, in_channels=1,
+        num_attention_heads=config.num_heads, attention_head_dim=config.head_dim,
+        in_channels=3 if config.conditioning == "mask" else 1, out_channels=1,
         num_layers=config.depth, sample_size=config.image_size, patch_size=config.patch_size,
         norm_num_groups=1, num_embeds_ada_norm=1)
+
+
+def is_conditioned(model: DiTTransformer2DModel) -> bool:
+    """An inpainting model (conditioning "mask"): it needs ``condition`` in predict_noise."""
+    return model.config.in_channels == 3
+
+
+def condition(known: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The inpainting model's extra channels: the known image in [-1, 1], zero where ``mask`` is
+    1 (regenerate), and the mask. Both (N, 1, H, W); returns (N, 2, H, W)."""
+    return torch.cat([known * (1 - mask), mask], dim=1)
+
+
+def random_masks(n: int, size: int, generator: torch.Generator, full_share: float = 0.1) -> torch.Tensor:
+    """(n, 1, size, size) training masks in {0, 1}: one to three rotated ellipses each (centres
+    in the middle 70% of the film, semi-axes 4-25% of the side: the scale of the lesions the
+    product masks), and a share ``full_share`` of all-ones masks."""
+    centres = (0.15 + 0.7 * torch.rand(n, 3, 2, generator=generator)) * size  # (n, ellipse, y/x)
+    axes = (0.04 + 0.21 * torch.rand(n, 3, 2, generator=generator)) * size
+    angle = torch.rand(n, 3, generator=generator) * torch.pi
+    count = torch.randint(1, 4, (n,), generator=generator)
+    full = torch.rand(n, generator=generator) < full_share
+    grid = torch.arange(size, dtype=torch.float32) + 0.5
+    dy = grid.view(1, 1, size, 1) - centres[..., 0, None, None]  # (n, 3, size, 1)
+    dx = grid.view(1, 1, 1, size) - centres[..., 1, None, None]  # (n, 3, 1, size)
+    cos, sin = angle.cos()[..., None, None], angle.sin()[..., None, None]
+    u, v = dx * cos + dy * sin, -dx * sin + dy * cos
+    inside = (u / axes[..., 1, None, None]) ** 2 + (v / axes[..., 0, None, None]) ** 2 <= 1  # (n, 3, size, size)
+    used = torch.arange(3).view(1, 3) < count.view(n, 1)
+    masks = (inside & used[..., None, None]).any(dim=1, keepdim=True) | full.view(n, 1, 1, 1)
+    return masks.float()
 
 
 def build_scheduler(config: DiTConfig) -> DDPMScheduler:
@@ -61,10 +105,16 @@ def build_scheduler(config: DiTConfig) -> DDPMScheduler:
                          prediction_type="epsilon", clip_sample=True)
 
 
-def predict_noise(model: DiTTransformer2DModel, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """epsilon_theta(x_t, t); ``x`` is (N, 1, H, W), ``t`` is (N,) long. On CUDA the transformer
-    runs under bf16 autocast (attention is PyTorch's fused scaled_dot_product_attention, the
-    diffusers default); the sampler's arithmetic stays in float32."""
+def predict_noise(model: DiTTransformer2DModel, x: torch.Tensor, t: torch.Tensor,
+                  cond: torch.Tensor | None = None) -> torch.Tensor:
+    """epsilon_theta(x_t, t[, cond]); ``x`` is (N, 1, H, W), ``t`` is (N,) long, ``cond`` the
+    inpainting model's (N, 2, H, W) ``condition`` (None for an unconditioned model). On CUDA the
+    transformer runs under bf16 autocast (attention is PyTorch's fused
+    scaled_dot_product_attention, the diffusers default); the sampler's arithmetic stays in float32."""
+    if is_conditioned(model) != (cond is not None):
+        raise ValueError("an inpainting DiT needs cond (the known image and the mask); a plain one takes none")
+    if cond is not None:
+        x = torch.cat([x, cond.to(x.dtype)], dim=1)
     labels = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)  # one class: normal
     if x.is_cuda:
         with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -72,13 +122,16 @@ def predict_noise(model: DiTTransformer2DModel, x: torch.Tensor, t: torch.Tensor
     return model(x, timestep=t, class_labels=labels).sample  # (N, 1, H, W)
 
 
-def diffusion_loss(model, scheduler: DDPMScheduler, x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """DDPM simple loss: || eps - eps_theta(sqrt(ab_t) x0 + sqrt(1 - ab_t) eps, t) ||^2 (eq. 14)."""
+def diffusion_loss(model, scheduler: DDPMScheduler, x0: torch.Tensor, generator: torch.Generator,
+                   masks: torch.Tensor | None = None) -> torch.Tensor:
+    """DDPM simple loss: || eps - eps_theta(sqrt(ab_t) x0 + sqrt(1 - ab_t) eps, t) ||^2 (eq. 14);
+    an inpainting model also sees ``condition(x0, masks)``."""
     noise = torch.randn(x0.shape, generator=generator, device=x0.device)
     t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=generator,
                       device=x0.device)
     noisy = scheduler.add_noise(x0, noise, t)
-    return F.mse_loss(predict_noise(model, noisy, t), noise)
+    cond = condition(x0, masks.to(x0.device)) if masks is not None else None
+    return F.mse_loss(predict_noise(model, noisy, t, cond), noise)
 
 
 def to_model_range(images01: torch.Tensor) -> torch.Tensor:
@@ -107,7 +160,9 @@ def train_dit(images01: torch.Tensor, config: DiTConfig, train: DiTTrainConfig,
     model.train()
     for step in range(train.steps):
         index = torch.randint(0, data.shape[0], (train.batch_size,), generator=generator)
-        loss = diffusion_loss(model, scheduler, data[index], generator)
+        masks = (random_masks(train.batch_size, config.image_size, generator, train.full_mask_share)
+                 if config.conditioning == "mask" else None)
+        loss = diffusion_loss(model, scheduler, data[index], generator, masks)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
@@ -123,36 +178,18 @@ def train_dit(images01: torch.Tensor, config: DiTConfig, train: DiTTrainConfig,
     return model, ema, history
 
 
+DIT_FORMAT = "tailforge.dit/1"  # models/checkpoint.py; files from before it say "normal-dit"
+
+
 def save_dit(model: DiTTransformer2DModel, config: DiTConfig, extra: dict | None = None) -> bytes:
     """Checkpoint bytes: weights and the config that made them (plus e.g. training-data ids)."""
-    buffer = io.BytesIO()
-    torch.save({"kind": "normal-dit", "config": asdict(config), "state_dict": model.state_dict(),
-                "extra": extra or {}}, buffer)
-    return buffer.getvalue()
+    return checkpoint.save(DIT_FORMAT, config, model.state_dict(), extra=extra or {})
 
 
 def load_dit(data: bytes) -> tuple[DiTTransformer2DModel, DiTConfig, dict]:
-    payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    if payload.get("kind") != "normal-dit":
-        raise ValueError("not a normal-DiT checkpoint")
-    config = DiTConfig(**payload["config"])
+    blob = checkpoint.load(data, DIT_FORMAT, aliases=("normal-dit",))
+    config = checkpoint.from_dict(DiTConfig, blob["config"])
     model = build_dit(config)
-    model.load_state_dict(payload["state_dict"])
+    model.load_state_dict(blob["state_dict"])
     model.eval()
-    return model, config, payload["extra"]
-
-
-@torch.no_grad()
-def sample(model, scheduler: DDPMScheduler, n: int, image_size: int, steps: int = 50,
-           generator: torch.Generator | None = None) -> torch.Tensor:
-    """Free samples by deterministic DDIM (Song et al., "Denoising Diffusion Implicit Models",
-    eq. 12 with eta = 0). Returns (n, 1, S, S) in [0, 1]."""
-    from models.inpaint import ddim_timesteps, ddim_step
-
-    x = torch.randn((n, 1, image_size, image_size), generator=generator)
-    times = ddim_timesteps(scheduler, steps)
-    for i, t in enumerate(times):
-        t_prev = times[i + 1] if i + 1 < len(times) else -1
-        eps = predict_noise(model, x, torch.full((n,), t, dtype=torch.long))
-        x = ddim_step(scheduler, x, eps, t, t_prev)
-    return to_unit_range(x)
+    return model, config, blob.get("extra", {})

@@ -14,16 +14,20 @@ schedule (SDEdit, Meng et al., "SDEdit: Guided Image Synthesis and Editing with 
 Differential Equations"): the fill fixes the region's mean, which is what removes a lesion's
 opacity, and the DiT adds the texture a smooth fill lacks. At the end the known pixels are pasted back,
 so unmasked pixels equal the input exactly. An optional feather blends the generated region
-into the original over a few pixels *inside* the mask; outside it nothing changes.
+into the original over a few pixels *inside* the mask; outside it nothing changes. An
+inpainting DiT (models/dit.py, ``conditioning="mask"``) also gets the known image and the mask
+at every step, so it paints from the surroundings instead of only being joined to them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence, Union
 
 import torch
 import torch.nn.functional as F
+
+from models.dit import condition, is_conditioned, predict_noise, to_model_range, to_unit_range
+from models.sampling import Generators, ddim_step, ddim_timesteps, noised_known, randn, renoise
 
 
 @dataclass(frozen=True)
@@ -43,57 +47,6 @@ class InpaintConfig:
             raise ValueError("init must be 'noise' or 'harmonic', and 0 < strength <= 1")
         if self.feather_px < 0:
             raise ValueError("feather_px must be >= 0")
-
-
-Generators = Union[torch.Generator, Sequence[torch.Generator], None]
-
-
-def randn(shape: torch.Size, generator: Generators) -> torch.Tensor:
-    """Standard normal noise; with one generator per row, each row depends only on its own
-    generator, so an image's result does not depend on the batch it was in."""
-    if generator is None or isinstance(generator, torch.Generator):
-        return torch.randn(shape, generator=generator)
-    if len(generator) != shape[0]:
-        raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}")
-    return torch.stack([torch.randn(shape[1:], generator=g) for g in generator])
-
-
-def ddim_timesteps(scheduler, steps: int) -> list[int]:
-    """``steps`` training timesteps, high to low, evenly spaced (always ending at 0)."""
-    total = scheduler.config.num_train_timesteps
-    steps = min(steps, total)
-    return sorted({int(round(x)) for x in torch.linspace(total - 1, 0, steps).tolist()}, reverse=True)
-
-
-def _alpha_bar(scheduler, t: int) -> torch.Tensor:
-    return scheduler.alphas_cumprod[t] if t >= 0 else torch.tensor(1.0)
-
-
-def ddim_step(scheduler, x: torch.Tensor, eps: torch.Tensor, t: int, t_prev: int, eta: float = 0.0,
-              generator: Generators = None) -> torch.Tensor:
-    """x_t -> x_{t_prev} (DDIM, Song et al. eq. 12); t_prev = -1 returns the x0 estimate."""
-    ab, ab_prev = _alpha_bar(scheduler, t), _alpha_bar(scheduler, t_prev)
-    x0 = ((x - (1 - ab).sqrt() * eps) / ab.sqrt()).clamp(-1, 1)  # predicted x0
-    if t_prev < 0:
-        return x0
-    sigma = eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)).sqrt()
-    direction = (1 - ab_prev - sigma**2).clamp(min=0).sqrt() * eps
-    noise = randn(x.shape, generator) if eta > 0 else 0.0
-    return ab_prev.sqrt() * x0 + direction + sigma * noise
-
-
-def renoise(scheduler, x: torch.Tensor, t_from: int, t_to: int, generator: Generators) -> torch.Tensor:
-    """Forward chain q(x_{t_to} | x_{t_from}) for t_to > t_from (RePaint's jump back)."""
-    ratio = _alpha_bar(scheduler, t_to) / _alpha_bar(scheduler, t_from)
-    return ratio.sqrt() * x + (1 - ratio).sqrt() * randn(x.shape, generator)
-
-
-def noised_known(scheduler, x0: torch.Tensor, t: int, generator: Generators) -> torch.Tensor:
-    """The known image at noise level t (RePaint eq. 8); t = -1 is the clean image."""
-    if t < 0:
-        return x0
-    ab = _alpha_bar(scheduler, t)
-    return ab.sqrt() * x0 + (1 - ab).sqrt() * randn(x0.shape, generator)
 
 
 def jump_schedule(n_steps: int, jump_length: int, resample: int) -> list[tuple[int, int]]:
@@ -127,8 +80,6 @@ def inpaint(model, scheduler, images: torch.Tensor, mask: torch.Tensor, config: 
     """Regenerate the masked region of (N, 1, H, W) images in [0, 1]; returns [0, 1], with
     every pixel where ``mask`` is 0 equal to the input exactly. ``generator`` is one
     generator, or one per image (then each result is independent of its batch-mates)."""
-    from models.dit import predict_noise, to_model_range, to_unit_range
-
     if images.shape != mask.shape or images.ndim != 4 or images.shape[1] != 1:
         raise ValueError(f"images {tuple(images.shape)} and mask {tuple(mask.shape)} must both be (N, 1, H, W)")
     mask = (mask > 0.5).to(images.dtype)
@@ -143,11 +94,12 @@ def inpaint(model, scheduler, images: torch.Tensor, mask: torch.Tensor, config: 
     else:
         x = randn(x0.shape, generator)
     n = images.shape[0]
+    cond = condition(x0, mask) if is_conditioned(model) else None  # an inpainting DiT sees the known image
     for i, j in jump_schedule(len(times) - 1, config.jump_length, config.resample):
         t, t_next = times[i], times[j]
         if j > i:  # denoise one step, with the known region at the current noise level
             x = mask * x + (1 - mask) * noised_known(scheduler, x0, t, generator)
-            eps = predict_noise(model, x, torch.full((n,), t, dtype=torch.long))
+            eps = predict_noise(model, x, torch.full((n,), t, dtype=torch.long), cond)
             x = ddim_step(scheduler, x, eps, t, t_next, config.eta, generator)
         else:  # jump back up one step
             x = renoise(scheduler, x, t, t_next, generator)  # t = -1 (clean) works: alpha_bar(-1) = 1

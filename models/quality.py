@@ -44,12 +44,12 @@ def fidelity(samples: torch.Tensor, held_out: torch.Tensor, train: torch.Tensor,
 
 @dataclass
 class QualityScorer:
-    """Robust z-score of an image's NN distance against real-to-real NN distances.
-    score <= max_z is accepted. Fit on real normals (or the dataset's real images)."""
+    """Robust z-score of an image's NN distance against real-to-real NN distances. Fit on real
+    normals (or the dataset's real images); the cut-off is the augment verdict's
+    (tasks/augment.py, ``quality_max_z``)."""
 
     reference: torch.Tensor  # (M, 1, S, S) real images
     side: int = 32
-    max_z: float = 3.0
 
     def __post_init__(self) -> None:
         if self.reference.shape[0] < 3:
@@ -62,6 +62,3 @@ class QualityScorer:
 
     def score(self, images01: torch.Tensor) -> np.ndarray:
         return (nn_distances(images01, self.reference, self.side) - self.median) / self.scale
-
-    def accept(self, scores: np.ndarray) -> np.ndarray:
-        return scores <= self.max_z

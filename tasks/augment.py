@@ -114,6 +114,29 @@ def batches(candidates: list[Candidate], batch_size: int) -> list[list[Candidate
     return [candidates[i:i + batch_size] for i in range(0, len(candidates), batch_size)]
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """What an augment run will do: its recipe, every candidate, the batches (fixed membership)
+    and, by index, the batches not already in the output."""
+    recipe: str
+    candidates: list[Candidate]
+    batches: list[list[Candidate]]
+    todo: list[tuple[int, list[Candidate]]]
+
+
+def prepare(dataset_uri: str, out_uri: str, manifest: dict, decisions: list[Decision], classifier_id: str,
+            generator_id: str, settings: AugmentSettings) -> Prepared:
+    """The one augment preparation (the flow submits ``todo`` as tasks; the paper experiment and
+    the tests loop over it): recipe -> candidates -> batches -> what is not done yet."""
+    recipe = recipe_id(settings, classifier_id, generator_id)
+    candidates = build_candidates(dataset_uri, manifest["labels"], manifest["head_tail"]["head"],
+                                  manifest["head_tail"]["tail"], decisions, recipe, settings.max_images)
+    done = done_ids(out_uri)
+    chunks = batches(candidates, settings.batch_size)
+    todo = [(i, b) for i, b in enumerate(chunks) if not all(c.output_id in done for c in b)]
+    return Prepared(recipe, candidates, chunks, todo)
+
+
 def done_ids(out_uri: str) -> set[str]:
     """Output ids already written: samples or quarantine rows."""
     ids = existing_quarantine_ids(out_uri)
@@ -172,10 +195,10 @@ def _generator(uri: str):
 
 
 @lru_cache(maxsize=4)
-def _quality(dataset_uri: str, max_z: float) -> QualityScorer:
+def _quality(dataset_uri: str) -> QualityScorer:
     """Scorer over the dataset's real normal training images (at most 512)."""
     normals = load_tensors(dataset_uri, splits=("train",), normal_only=True, limit=512)
-    return QualityScorer(normals.images, max_z=max_z)
+    return QualityScorer(normals.images)
 
 
 def run_batch(dataset_uri: str, out_uri: str, batch: list[Candidate], classifier: dict, generator: dict,
@@ -288,7 +311,7 @@ def _generate(dataset_uri: str, images: torch.Tensor, findings: list[str], batch
     mask_tensor = torch.from_numpy(np.stack([masks[i].mask for i in ok])[:, None].astype(np.float32))
     generated = inpaint(dit, scheduler, images[ok], mask_tensor, settings.inpaint,
                         [torch.Generator().manual_seed(batch[i].seed) for i in ok])  # (len(ok), 1, S, S)
-    scores = _quality(dataset_uri, settings.quality_max_z).score(generated)
+    scores = _quality(dataset_uri).score(generated)
     return masks, generated, scores, before[ok], predict_probs(net, generated)
 
 

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from stat import S_ISBLK, S_ISCHR, S_ISDIR, S_ISFIFO, S_ISREG, S_ISSOCK
 from typing import Callable, Iterator
 
-from tasks import store
+from tasks import sources, store
 from tasks.dataset import ShardWriter, existing_quarantine_ids, existing_rows, finish_manifest, read_manifest, sample_schema
 from tasks.images import (DEFAULT_MAX_ASPECT, DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, ImageError, check_plausible,
                           content_id, decode, encode_png, resize_square)
@@ -277,6 +277,16 @@ def _quarantine(writer: ShardWriter, record: SourceRecord, code: str, reason: st
 
 def _describe(root: str) -> str:
     return root if store.is_remote(root) else os.path.abspath(root)
+
+
+def ingest_source(kind: str, table: str, images: str, out_uri: str, options: IngestOptions, reader_options: dict,
+                  split_csv: str | None = None, progress=None) -> IngestReport:
+    """Read a real source's table (tasks.sources.read_source), apply a split override, ingest:
+    what `tailforge ingest` and the factory's ingest step both run."""
+    source = sources.read_source(kind, table, **reader_options)
+    if split_csv:
+        sources.apply_split_csv(source, split_csv)
+    return ingest(source, images, out_uri, options, progress)
 
 
 def ingest_phantom(out_uri: str, n: int, size: int = 64, seed: int = 0, vocab: str = "nih",

@@ -17,9 +17,11 @@ import pyarrow.compute as pc
 import torch
 from PIL import Image
 
-from models.classifier import ClassifierCard, ClassifierConfig, build_classifier, checkpoint_id, save_checkpoint
-from models.dit import DiTConfig, DiTTrainConfig, build_scheduler, sample, save_dit, train_dit
+from models.checkpoint import checkpoint_id
+from models.classifier import ClassifierCard, ClassifierConfig, build_classifier, save_checkpoint
+from models.dit import DiTConfig, DiTTrainConfig, build_scheduler, save_dit, train_dit
 from models.metrics import evaluate, tune_thresholds
+from models.sampling import sample
 from models.training import TrainConfig, fit_classifier, predict_probs, seed_everything
 from tasks import store
 from tasks.dataset import SAMPLES, read_manifest

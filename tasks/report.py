@@ -4,7 +4,6 @@ of generated samples with their masks, and the Markdown and table rows Prefect s
 from __future__ import annotations
 
 import io
-import json
 
 import numpy as np
 import pyarrow.compute as pc
@@ -122,20 +121,3 @@ def write_report(report_uri: str, finetune_result: dict, augmented_uri: str | No
     written["markdown"] = store.join(report_uri, "report.md")
     store.write_bytes_atomic(written["markdown"], text.encode())
     return {"uris": written, "rows": rows, "markdown": text}
-
-
-def lineage_example(augmented_uri: str, dataset_uri: str) -> dict | None:
-    """One generated sample traced to its real parent (the full catalog is the lineage issue)."""
-    generated = existing_rows(augmented_uri, ["sample_id", "parent_id", "removed_labels", "kept_labels",
-                                              "decision_id", "classifier_id", "generator_id", "seed", "run_id",
-                                              "quality", "accepted"])
-    if generated is None or generated.num_rows == 0:
-        return None
-    row = generated.slice(0, 1).to_pylist()[0]
-    parents = existing_rows(dataset_uri, ["sample_id", "source_uri", "patient_id", "origin"])
-    parent = parents.filter(pc.equal(parents.column("sample_id"), row["parent_id"])).to_pylist()
-    return {**row, "parent": parent[0] if parent else None}
-
-
-def dumps(data) -> str:
-    return json.dumps(data, indent=2, default=str)

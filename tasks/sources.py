@@ -280,6 +280,24 @@ def _split_value(value: str | None) -> str | None:
     return SPLIT_SYNONYMS.get(str(value).strip().lower()) if value else None
 
 
+def read_source(kind: str, table: str, bbox_table: str | None = None, views: str = "frontal",
+                uncertain: str = "ignore", blank: str = "ignore", split_table: str | None = None,
+                metadata_table: str | None = None, vocab: str = "nih", path_column: str = "Image Index",
+                label_column: str = "Finding Labels", patient_column: str | None = None,
+                split_column: str | None = None) -> SourceTable:
+    """The one reader of every real source, for `tailforge ingest` and the factory's ingest step
+    alike; each kind uses the options that apply to it (flows/settings.py, DatasetSettings)."""
+    if kind == "nih":
+        return read_nih(table, bbox_table)
+    if kind == "chexpert":
+        return read_chexpert(table, views, uncertain, blank)
+    if kind == "mimic":
+        return read_mimic(table, split_table, metadata_table, views, uncertain, blank)
+    if kind == "folder":
+        return read_folder(table, vocab, path_column, label_column, patient_column, split_column)
+    raise ValueError(f"unknown source {kind!r}; use nih, chexpert, mimic or folder")
+
+
 def apply_split_csv(source: SourceTable, split_csv: str) -> int:
     """Override splits from a CSV with an image path column and a ``split`` column.
     Returns the number of records it set; images it does not list keep their split."""

@@ -3,7 +3,6 @@
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from flows.cli import main
@@ -36,10 +35,7 @@ def small_run(tmp_path_factory):
     manifest = read_manifest(dataset)
     settings = work.AugmentSettings.from_dict({"cam_method": "eigencam", "mask": {"max_area": 0.7},
                                                "inpaint": {"steps": 2, "jump_length": 2, "resample": 1}})
-    candidates = work.build_candidates(dataset, manifest["labels"], manifest["head_tail"]["head"],
-                                       manifest["head_tail"]["tail"], decisions,
-                                       work.recipe_id(settings, classifier["id"], generator["id"]))
-    batch = candidates[:6]
+    batch = work.prepare(dataset, out, manifest, decisions, classifier["id"], generator["id"], settings).candidates[:6]
     work.run_batch(dataset, out, batch, classifier, generator, settings, "run-0001")
     export_decisions(decisions, store.join(out, "decisions"))
     finish_manifest(out, name="augmented", vocab_name="nih", image_size=32, source={"kind": "augment"},

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from models.classifier import (PAPER_BACKBONES, ClassifierCard, ClassifierConfig, build_classifier,
-                               checkpoint_id, load_checkpoint, save_checkpoint)
+from models.checkpoint import checkpoint_id
+from models.classifier import (PAPER_BACKBONES, ClassifierCard, ClassifierConfig, build_classifier, load_checkpoint,
+                               save_checkpoint)
 from models.losses import LOSSES, make_loss
 from models.metrics import auroc
 from models.training import EMA, TrainConfig, augment_batch, fit_classifier, predict_probs, seed_everything

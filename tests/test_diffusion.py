@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from models.dit import (DiTConfig, DiTTrainConfig, build_dit, build_scheduler, diffusion_loss, load_dit,
-                        predict_noise, sample, save_dit, train_dit)
-from models.inpaint import (InpaintConfig, ddim_step, ddim_timesteps, feather_weights, inpaint, jump_schedule,
-                            noised_known)
+                        predict_noise, random_masks, save_dit, train_dit)
+from models.inpaint import InpaintConfig, feather_weights, inpaint, jump_schedule
+from models.sampling import ddim_step, ddim_timesteps, noised_known, sample
 from models.schedule import epoch_indices, fixed_order, pil_prefix, pil_share
 
 TINY = DiTConfig(image_size=16, patch_size=4, depth=2, num_heads=2, head_dim=8, num_train_timesteps=100)
@@ -170,3 +170,36 @@ def test_pil_schedule():
     assert np.array_equal(late[: len(early)], early)  # a growing prefix of one fixed order
     with pytest.raises(ValueError):
         pil_share(-1, 0.5)
+
+
+def test_random_masks_are_lesion_sized_blobs_with_a_share_of_full_masks():
+    masks = random_masks(400, 32, torch.Generator().manual_seed(0), full_share=0.1)
+    full = masks.flatten(1).mean(1) == 1.0
+    assert masks.shape == (400, 1, 32, 32) and set(masks.unique().tolist()) == {0.0, 1.0}
+    assert 0.05 < float(full.float().mean()) < 0.16
+    area = masks[~full].flatten(1).mean(1)
+    assert float(area.min()) > 0 and 0.03 < float(area.median()) < 0.3  # lesion-sized, never empty
+
+
+def test_an_inpainting_dit_fills_a_hole_from_its_surroundings():
+    """Flat films of random grey levels: the level inside the hole is known only from the film
+    around it. A briefly trained inpainting DiT fills the hole with each film's own level, and
+    keeps every pixel outside the hole."""
+    g = torch.Generator().manual_seed(0)
+    films = (0.2 + 0.6 * torch.rand(256, 1, 1, 1, generator=g)).expand(256, 1, 16, 16).contiguous()
+    config = DiTConfig(image_size=16, patch_size=4, depth=2, num_heads=2, head_dim=16, num_train_timesteps=100,
+                       conditioning="mask")
+    model, ema, _ = train_dit(films, config, DiTTrainConfig(steps=400, batch_size=32, lr=1e-3, warmup_steps=10,
+                                                            full_mask_share=0.0))
+    ema.copy_to(model)
+    levels = torch.tensor([0.25, 0.4, 0.55, 0.7])
+    test = levels.reshape(4, 1, 1, 1).expand(4, 1, 16, 16).contiguous()
+    hole = torch.zeros(4, 1, 16, 16)
+    hole[:, :, 4:12, 4:12] = 1
+    filled = inpaint(model.eval(), build_scheduler(config), test, hole,
+                     InpaintConfig(steps=10, jump_length=5, resample=2), torch.Generator().manual_seed(1))
+    inside = filled[:, 0, 4:12, 4:12].mean(dim=(1, 2))
+    assert torch.allclose(inside, levels, atol=0.06), inside  # each film's own level
+    assert torch.equal(filled[hole == 0], test[hole == 0])
+    with pytest.raises(ValueError, match="needs cond"):
+        predict_noise(model, test, torch.tensor([5] * 4))  # the inpainting model needs the known image

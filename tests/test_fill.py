@@ -1,6 +1,5 @@
 """Model-free fills (harmonic, paste) and the harmonic start of the inpainting sampler."""
 
-import numpy as np
 import pytest
 import torch
 

@@ -137,12 +137,10 @@ def test_interrupted_augment_resumes_to_the_same_samples(tiny_run, tmp_path):
     # quarantine rows, and a temporary file of a shard that was being written
     _, decisions = plan(dataset, cache)
     manifest = read_manifest(dataset)
-    candidates = work.build_candidates(dataset, manifest["labels"], manifest["head_tail"]["head"],
-                                       manifest["head_tail"]["tail"], decisions,
-                                       work.recipe_id(settings, models["classifier"]["id"], models["generator"]["id"]))
-    chunks = work.batches(candidates, settings.batch_size)
-    assert len(chunks) >= 3
     resumed = str(tmp_path / "resumed")
+    chunks = work.prepare(dataset, resumed, manifest, decisions, models["classifier"]["id"], models["generator"]["id"],
+                          settings).batches
+    assert len(chunks) >= 3
     work.run_batch(dataset, resumed, chunks[0], models["classifier"], models["generator"], settings, "killed-run")
     partial = work.run_batch(dataset, str(tmp_path / "scratch"), chunks[1], models["classifier"],
                              models["generator"], settings, "killed-run")
@@ -189,12 +187,11 @@ def test_random_placement_moves_the_same_masks(tiny_run, tmp_path):
     for placement in ("cam", "random"):
         settings = work.AugmentSettings.from_dict({**TINY["augment"], "mask": {**TINY["augment"]["mask"],
                                                                                "placement": placement}})
-        recipe = work.recipe_id(settings, models["classifier"]["id"], models["generator"]["id"])
-        batch = work.build_candidates(dataset, manifest["labels"], manifest["head_tail"]["head"],
-                                      manifest["head_tail"]["tail"], decisions, recipe)
+        out = str(tmp_path / placement)
+        batch = work.prepare(dataset, out, manifest, decisions, models["classifier"]["id"], models["generator"]["id"],
+                             settings).candidates
         parents_wanted = parents_wanted or {c.parent_id for c in batch[:8]}  # the same parents both times
         batch = [c for c in batch if c.parent_id in parents_wanted]
-        out = str(tmp_path / placement)
         work.run_batch(dataset, out, batch, models["classifier"], models["generator"], settings, "r")
         written[placement] = {r["parent_id"]: r for r in existing_rows(out, ["parent_id", "mask", "image"]).to_pylist()}
     assert written["cam"].keys() == written["random"].keys() and written["cam"]

@@ -37,3 +37,28 @@ def test_torchvision_guard_lets_timm_and_grad_cam_import():
 
     net = timm.create_model("resnet18", pretrained=False, in_chans=1, num_classes=3)
     assert net(torch.zeros(2, 1, 32, 32)).shape == (2, 3)
+
+
+def test_no_module_imports_a_name_it_never_uses():
+    """Dead imports are dead code (and a module that imports what it does not use loads more
+    than it needs). Re-exports are listed in __all__; side-effect imports carry a noqa."""
+    unused = []
+    for path in sorted(p for folder in ("flows", "tasks", "models", "benchmarks", "tests")
+                       for p in (ROOT / folder).rglob("*.py")):
+        text = path.read_text()
+        tree = ast.parse(text)
+        imported = {}
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                for alias in node.names:
+                    name = alias.asname or (alias.name.split(".")[0] if isinstance(node, ast.Import) else alias.name)
+                    imported[name] = node.lineno
+        used = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
+        exported = {elt.value for node in ast.walk(tree) if isinstance(node, ast.Assign)
+                    for target in node.targets if isinstance(target, ast.Name) and target.id == "__all__"
+                    for elt in node.value.elts}
+        lines = text.splitlines()
+        unused += [f"{path.relative_to(ROOT)}:{line} {name}" for name, line in imported.items()
+                   if name not in used | exported | {"annotations"} and "noqa" not in lines[line - 1]
+                   and f'"{name}' not in text and f"'{name}" not in text]  # names in string annotations
+    assert unused == []

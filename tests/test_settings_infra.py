@@ -32,6 +32,36 @@ def test_bad_settings_name_what_is_wrong(data, message):
         settings_from_dict(data)
 
 
+def _subparser(parser, *path):
+    import argparse
+
+    for name in path:
+        parser = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
+    return parser
+
+
+@pytest.mark.parametrize("path,cls_name", [
+    (("ingest", "nih"), "DatasetSettings"), (("ingest", "chexpert"), "DatasetSettings"),
+    (("ingest", "mimic"), "DatasetSettings"), (("ingest", "folder"), "DatasetSettings"),
+    (("phantom",), "DatasetSettings"), (("plan",), "KnowledgeSettings"),
+])
+def test_cli_defaults_are_the_settings_defaults(path, cls_name):
+    """Every CLI option that names a setting has that setting's default (flows/settings.py)."""
+    import dataclasses
+
+    import flows.settings
+    from flows.cli import build_parser
+
+    cls = getattr(flows.settings, cls_name)
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    options = [a for a in _subparser(build_parser(), *path)._actions if a.dest in defaults]
+    assert len(options) >= 3  # the test looks at something
+    aliases = {"tail": None}  # --tail is a comma-separated string for the tuple setting; both default to None
+    for action in options:
+        expected = aliases.get(action.dest, defaults[action.dest])
+        assert action.default == expected, f"{' '.join(path)} --{action.dest}: CLI {action.default!r}, settings {expected!r}"
+
+
 def test_settings_default_under_tailforge_home(tailforge_home):
     settings = settings_from_dict({"name": "x"})
     for uri in (settings.output_uri(), settings.models_uri(), settings.dataset_uri(), settings.cache_path()):
@@ -78,3 +108,21 @@ def test_dockerfiles_pin_their_base_and_use_the_constraints(name):
     assert "-c constraints.txt" in text and "torch==2.13.0" in text
     for path in ("constraints.txt", "pyproject.toml", "flows", "tasks", "models"):
         assert path in text
+
+
+def test_knowledge_settings_and_the_llm_judge_share_their_defaults(monkeypatch):
+    """The YAML's knowledge section and the judge it makes: same timeouts, retries, budget and
+    model ($TAILFORGE_LLM_MODEL, read in one place, for `plan` and `run` alike)."""
+    from flows.settings import KnowledgeSettings
+    from tasks.knowledge import LLMSettings
+
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test-not-used")
+    monkeypatch.setenv("TAILFORGE_LLM_MODEL", "claude-test-model")
+    knowledge, llm = KnowledgeSettings(judge="anthropic"), LLMSettings()
+    assert (knowledge.llm_timeout, knowledge.llm_retries, knowledge.llm_budget) == (
+        llm.timeout_s, llm.max_retries, llm.budget_s)
+    judge = knowledge.make_judge()
+    assert judge.model == "claude-test-model" == llm.model and judge.settings == llm
+    assert KnowledgeSettings(judge="anthropic", model="other", llm_budget=5.0).make_judge().settings.budget_s == 5.0
+    with pytest.raises(ValueError, match="unknown judge"):
+        KnowledgeSettings(judge="oracle")

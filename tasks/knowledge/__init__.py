@@ -6,5 +6,19 @@ from tasks.knowledge.llm import AnthropicJudge, ConfigError, JudgeError, LLMSett
 from tasks.knowledge.planner import PlanReport, plan
 from tasks.knowledge.rules import NoGuidanceJudge, RulesJudge
 
+def make_judge(kind: str, llm: LLMSettings | None = None) -> AnthropicJudge | RulesJudge | NoGuidanceJudge:
+    """The one place a judge is made (`tailforge plan` and the augment flow): ``rules``, the
+    offline clinical table; ``anthropic``, the Messages API with ``llm`` (the rules table is its
+    fallback, in the planner); ``none``, no guidance (remove every head finding)."""
+    if kind == "rules":
+        return RulesJudge()
+    if kind == "none":
+        return NoGuidanceJudge()
+    if kind == "anthropic":
+        return AnthropicJudge(llm)
+    raise ValueError(f"unknown judge {kind!r}; use rules, anthropic or none")
+
+
 __all__ = ["AnthropicJudge", "ConfigError", "Decision", "DecisionCache", "JudgeError", "LLMSettings",
-           "NoGuidanceJudge", "PlanReport", "Question", "RulesJudge", "decision_key", "export_decisions", "plan"]
+           "NoGuidanceJudge", "PlanReport", "Question", "RulesJudge", "decision_key", "export_decisions",
+           "make_judge", "plan"]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import anthropic
@@ -52,9 +52,15 @@ class ConfigError(ValueError):
     """The judge cannot be set up (no key); raised before any work."""
 
 
+def default_model() -> str:
+    """$TAILFORGE_LLM_MODEL, else DEFAULT_MODEL: read here only, so `plan` and `run` ask the same
+    model and share the decision cache's keys."""
+    return os.environ.get("TAILFORGE_LLM_MODEL") or DEFAULT_MODEL
+
+
 @dataclass(frozen=True)
 class LLMSettings:
-    model: str = DEFAULT_MODEL  # the Messages API model name
+    model: str = field(default_factory=default_model)  # the Messages API model name
     prompt_version: str = PROMPT_VERSION  # bump to make new decisions; old ones stay cached
     timeout_s: float = 30.0  # per request
     max_retries: int = 2  # retries on timeouts, connection errors, 408, 429, 529, 5xx (tasks/knowledge/retry.py)
@@ -107,7 +113,8 @@ def request_body(question: Question, vocabulary: list[str], settings: LLMSetting
 class AnthropicJudge:
     name = "anthropic"
 
-    def __init__(self, settings: LLMSettings = LLMSettings(), client: anthropic.Anthropic | None = None):
+    def __init__(self, settings: LLMSettings | None = None, client: anthropic.Anthropic | None = None):
+        settings = settings or LLMSettings()
         self.settings = settings
         self.policy = RetryPolicy(max_retries=settings.max_retries, max_wait_s=settings.max_wait_s,
                                   budget_s=settings.budget_s)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import lru_cache
+from statistics import NormalDist
 from typing import Mapping
 
 import numpy as np
@@ -144,19 +145,12 @@ def _calibrate(key: tuple) -> _LabelModel:
 
 
 def _normal_isf(p: float) -> float:
-    """The t with P(Z > t) = p for a standard normal Z (bisection on erfc; +-inf at 0 and 1)."""
+    """The t with P(Z > t) = p for a standard normal Z (+-inf at 0 and 1)."""
     if p <= 0.0:
         return math.inf
     if p >= 1.0:
         return -math.inf
-    lo, hi = -40.0, 40.0
-    for _ in range(100):
-        mid = 0.5 * (lo + hi)
-        if 0.5 * math.erfc(mid / math.sqrt(2.0)) > p:
-            lo = mid
-        else:
-            hi = mid
-    return 0.5 * (lo + hi)
+    return -NormalDist().inv_cdf(p)  # P(Z > t) = P(Z < -t)
 
 
 def _cholesky_shrunk(corr: np.ndarray) -> np.ndarray:

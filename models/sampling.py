@@ -1,0 +1,81 @@
+"""DDIM sampling for the normal-X-ray DiT: the timestep spacing, one deterministic (or
+stochastic) step, the forward chain used to re-noise, and free samples. The inpainting loop
+(models/inpaint.py) builds on these steps.
+
+DDIM: Song et al., "Denoising Diffusion Implicit Models", eq. 12. Noise comes from one
+generator or one per image, so an image's result does not depend on the batch it was in.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence, Union
+
+import torch
+from diffusers import DDPMScheduler
+
+from models.dit import condition, is_conditioned, predict_noise, to_unit_range
+
+Generators = Union[torch.Generator, Sequence[torch.Generator], None]
+
+
+def randn(shape: torch.Size, generator: Generators) -> torch.Tensor:
+    """Standard normal noise; with one generator per row, each row depends only on its own
+    generator, so an image's result does not depend on the batch it was in."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.randn(shape, generator=generator)
+    if len(generator) != shape[0]:
+        raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}")
+    return torch.stack([torch.randn(shape[1:], generator=g) for g in generator])
+
+
+def ddim_timesteps(scheduler, steps: int) -> list[int]:
+    """``steps`` training timesteps, high to low, evenly spaced (always ending at 0)."""
+    total = scheduler.config.num_train_timesteps
+    steps = min(steps, total)
+    return sorted({int(round(x)) for x in torch.linspace(total - 1, 0, steps).tolist()}, reverse=True)
+
+
+def _alpha_bar(scheduler, t: int) -> torch.Tensor:
+    return scheduler.alphas_cumprod[t] if t >= 0 else torch.tensor(1.0)
+
+
+def ddim_step(scheduler, x: torch.Tensor, eps: torch.Tensor, t: int, t_prev: int, eta: float = 0.0,
+              generator: Generators = None) -> torch.Tensor:
+    """x_t -> x_{t_prev} (DDIM, Song et al. eq. 12); t_prev = -1 returns the x0 estimate."""
+    ab, ab_prev = _alpha_bar(scheduler, t), _alpha_bar(scheduler, t_prev)
+    x0 = ((x - (1 - ab).sqrt() * eps) / ab.sqrt()).clamp(-1, 1)  # predicted x0
+    if t_prev < 0:
+        return x0
+    sigma = eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)).sqrt()
+    direction = (1 - ab_prev - sigma**2).clamp(min=0).sqrt() * eps
+    noise = randn(x.shape, generator) if eta > 0 else 0.0
+    return ab_prev.sqrt() * x0 + direction + sigma * noise
+
+
+def renoise(scheduler, x: torch.Tensor, t_from: int, t_to: int, generator: Generators) -> torch.Tensor:
+    """Forward chain q(x_{t_to} | x_{t_from}) for t_to > t_from (RePaint's jump back)."""
+    ratio = _alpha_bar(scheduler, t_to) / _alpha_bar(scheduler, t_from)
+    return ratio.sqrt() * x + (1 - ratio).sqrt() * randn(x.shape, generator)
+
+
+def noised_known(scheduler, x0: torch.Tensor, t: int, generator: Generators) -> torch.Tensor:
+    """The known image at noise level t (RePaint eq. 8); t = -1 is the clean image."""
+    if t < 0:
+        return x0
+    ab = _alpha_bar(scheduler, t)
+    return ab.sqrt() * x0 + (1 - ab).sqrt() * randn(x0.shape, generator)
+
+
+@torch.no_grad()
+def sample(model, scheduler: DDPMScheduler, n: int, image_size: int, steps: int = 50,
+           generator: torch.Generator | None = None) -> torch.Tensor:
+    """Free samples by deterministic DDIM (Song et al., "Denoising Diffusion Implicit Models",
+    eq. 12 with eta = 0). Returns (n, 1, S, S) in [0, 1]."""
+    x = torch.randn((n, 1, image_size, image_size), generator=generator)
+    cond = condition(torch.zeros_like(x), torch.ones_like(x)) if is_conditioned(model) else None  # all unknown
+    times = ddim_timesteps(scheduler, steps)
+    for i, t in enumerate(times):
+        t_prev = times[i + 1] if i + 1 < len(times) else -1
+        eps = predict_noise(model, x, torch.full((n,), t, dtype=torch.long), cond)
+        x = ddim_step(scheduler, x, eps, t, t_prev)
+    return to_unit_range(x)
