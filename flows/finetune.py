@@ -32,8 +32,8 @@ def report_task(report_uri: str, result: dict, augmented_uri: str | None, datase
 def finetune_flow(dataset_uri: str, augmented_uri: str | None, classifier_uri: str,
                   settings: work.FinetuneSettings = work.FinetuneSettings()) -> dict:
     """Every setting from the same pretrained classifier, then metrics per setting."""
-    generated = work.load_generated(augmented_uri, settings.accepted_only)
-    n_generated = len(generated) if generated is not None else 0
+    data = work.load_data(dataset_uri, augmented_uri, settings.accepted_only)  # decoded once; the settings reuse it
+    n_generated = len(data.generated) if data.generated is not None else 0
     run, skipped = work.settings_to_run(settings.settings, n_generated)
     if skipped:
         get_run_logger().warning(work.NO_GENERATED)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 
 import pyarrow.compute as pc
 import torch
@@ -40,7 +41,8 @@ class FinetuneSettings:
     seed: int = 0
     settings: tuple[str, ...] = SETTINGS  # which of baseline / augmented / pil to run
     accepted_only: bool = True  # use generated samples that passed the quality and removal checks (accepted)
-    bootstrap: int = 500
+    bootstrap: int = 500  # bootstrap draws for the metrics' confidence intervals
+    loss: str = "bce"  # bce | focal | asl (models/losses.py; the long-tail losses are the floors to beat)
 
     def __post_init__(self) -> None:
         unknown = set(self.settings) - set(SETTINGS)
@@ -49,7 +51,7 @@ class FinetuneSettings:
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, seed=self.seed,
-                           lr_schedule="constant")
+                           lr_schedule="constant", loss=self.loss)
 
 
 @dataclass
@@ -61,11 +63,46 @@ class FinetuneResult:
     history: dict = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class FinetuneData:
+    """Everything fine-tuning reads, decoded once per run: every setting and the report share it."""
+    original: TensorSet  # the train split
+    val: TensorSet
+    test: TensorSet
+    generated: TensorSet | None  # None: nothing (accepted) to add
+    head: list[str]
+    tail: list[str]
+
+
+def load_data(dataset_uri: str, augmented_uri: str | None, accepted_only: bool) -> FinetuneData:
+    """The data, each part decoded at most once per content (every setting of a run and the
+    flow share it): the cache keys hold the shard names, which name their rows (tasks/store.py),
+    so a dataset that grew is decoded again."""
+    original, val, test, head, tail = _decoded_dataset(dataset_uri, _shard_names(dataset_uri))
+    return FinetuneData(original, val, test, load_generated(augmented_uri, accepted_only), head, tail)
+
+
 def load_generated(augmented_uri: str | None, accepted_only: bool) -> TensorSet | None:
     """The generated samples to add, or None when there are none (no dataset, no shards, none accepted)."""
     if not augmented_uri or not store.exists(store.join(augmented_uri, "dataset.json")):
         return None
-    if not store.list_shards(store.join(augmented_uri, SAMPLES)):
+    return _decoded_generated(augmented_uri, _shard_names(augmented_uri), accepted_only)
+
+
+def _shard_names(dataset_uri: str) -> tuple[str, ...]:
+    return tuple(store.list_shards(store.join(dataset_uri, SAMPLES)))
+
+
+@lru_cache(maxsize=1)  # one run's data: a long-lived worker keeps no more than that
+def _decoded_dataset(dataset_uri: str, shards: tuple[str, ...]) -> tuple:
+    manifest = read_manifest(dataset_uri)
+    return (load_tensors(dataset_uri, splits=("train",)), load_tensors(dataset_uri, splits=("val",)),
+            load_tensors(dataset_uri, splits=("test",)), manifest["head_tail"]["head"], manifest["head_tail"]["tail"])
+
+
+@lru_cache(maxsize=1)
+def _decoded_generated(augmented_uri: str, shards: tuple[str, ...], accepted_only: bool) -> TensorSet | None:
+    if not shards:
         return None  # an augment that wrote 0 samples still writes its manifest
     where = pc.field("accepted") == True if accepted_only else None  # noqa: E712 (arrow expression)
     generated = load_tensors(augmented_uri, where=where, columns=("accepted",))
@@ -122,21 +159,16 @@ def run_setting(setting: str, original: TensorSet, generated: TensorSet | None, 
 def finetune(dataset_uri: str, augmented_uri: str | None, classifier_uri: str,
              settings: FinetuneSettings = FinetuneSettings()) -> dict:
     """Run every requested setting; returns {"settings": ..., "results": {setting: ...}}."""
-    manifest = read_manifest(dataset_uri)
-    head, tail = manifest["head_tail"]["head"], manifest["head_tail"]["tail"]
-    original = load_tensors(dataset_uri, splits=("train",))
-    val = load_tensors(dataset_uri, splits=("val",))
-    test = load_tensors(dataset_uri, splits=("test",))
-    if not len(val) or not len(test):
+    data = load_data(dataset_uri, augmented_uri, settings.accepted_only)
+    if not len(data.val) or not len(data.test):
         raise ValueError(f"{dataset_uri} needs val and test images to fine-tune and evaluate")
-    generated = load_generated(augmented_uri, settings.accepted_only)
-    n_generated = len(generated) if generated is not None else 0
+    n_generated = len(data.generated) if data.generated is not None else 0
     run, skipped = settings_to_run(settings.settings, n_generated)
     if skipped:
         log.warning("fine-tune of %s: %s", dataset_uri, NO_GENERATED)
-    results = {name: asdict(run_setting(name, original, generated, classifier_uri, val, test, head, tail, settings))
-               for name in run}
+    results = {name: asdict(run_setting(name, data.original, data.generated, classifier_uri, data.val, data.test,
+                                        data.head, data.tail, settings)) for name in run}
     return {"settings": asdict(settings), "dataset": dataset_uri, "augmented": augmented_uri,
-            "classifier": classifier_uri, "original_train": len(original), "generated": n_generated,
+            "classifier": classifier_uri, "original_train": len(data.original), "generated": n_generated,
             "pil_prefix_per_epoch": [pil_prefix(n, settings.beta, n_generated) for n in range(settings.epochs)],
             "results": results, "skipped": skipped, "warnings": [NO_GENERATED] if skipped else []}

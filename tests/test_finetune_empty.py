@@ -2,6 +2,7 @@
 and the report says why, instead of failing with "... has no samples"."""
 
 import logging
+import shutil
 
 import pytest
 
@@ -50,3 +51,30 @@ def test_empty_augment_gives_a_baseline_only_finetune_and_a_report_that_says_so(
     assert "**Warning**: no generated samples" in written["markdown"]
     assert [r["setting"] for r in written["rows"]] == ["baseline"]
     assert store.exists(written["uris"]["f1_chart"]) and "samples" not in written["uris"]
+
+
+def test_each_dataset_is_decoded_once_per_run(empty_run, monkeypatch, tmp_path):
+    """The flow runs one task per setting and looks at the generated set first: the data is
+    decoded once for all of them (issue 13), and again only when the dataset changes."""
+    calls = []
+
+    def counting(uri, *args, **kwargs):
+        calls.append((uri, kwargs.get("splits")))
+        return real(uri, *args, **kwargs)
+
+    real = work.load_tensors
+    monkeypatch.setattr(work, "load_tensors", counting)
+    work._decoded_dataset.cache_clear()
+    settings = work.FinetuneSettings(epochs=1, bootstrap=10, settings=("baseline",))
+    work.load_data(empty_run["dataset"], empty_run["augmented"], True)  # the flow's look at the generated set
+    for _ in range(3):  # one task per setting
+        work.finetune(empty_run["dataset"], empty_run["augmented"], empty_run["classifier"]["uri"], settings)
+    assert sorted(calls, key=str) == sorted([(empty_run["dataset"], ("train",)), (empty_run["dataset"], ("val",)),
+                                             (empty_run["dataset"], ("test",))], key=str)
+    grown = str(tmp_path / "grown")
+    shutil.copytree(empty_run["dataset"], grown)
+    work.load_data(grown, None, True)
+    ingest_phantom(grown, 130, size=32, seed=2)  # ten more images: new shards, decoded again
+    work.load_data(grown, None, True)
+    work.load_data(grown, None, True)
+    assert len(calls) == 9
