@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.reliability_sections import (_finish, _kill_when, _shards, _start, add, cli,
+from benchmarks.reliability_sections import (_kill_when, _shards, _start, add, cli, finish,
                                              leftovers, tally)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -192,7 +192,7 @@ def section_concurrent_augment(args, work: Path) -> dict:
             cache = work / f"plan-{k}.duckdb"
             command, check = ["plan", world["dataset"], "--cache", str(cache), "--json"], "plan"
         pair = [_start(command, world["env"]) for _ in (0, 1)]
-        results = [_finish(child) for child in pair]
+        results = [finish(child) for child in pair]
         rerun = cli(command, env=world["env"])
         refused = [r for r in results if r["rc"] == 2]
         holder_named = all(("being written by" in r["err"] or "in use by another process" in r["err"])

@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
-from benchmarks.reliability_sections import REPO, add, cli, plain_table, tally, writer_commands
+from benchmarks.reliability_sections import _start, add, cli, finish, plain_table, tally, writer_commands
 
 OUTAGE_BOUND_S = 150.0  # a writer cut off from S3 must have stopped by itself within this
 MODES = ("refused", "reset")
@@ -113,21 +111,15 @@ def outage_trial(command: list[str], env: dict, gate: Gate, mode: str, after_sha
                  prefix: str) -> dict:
     """Run ``command`` through the gate, close it once ``after_shards`` shards exist, wait for the
     writer to stop, open the gate, run the command again."""
-    child = subprocess.Popen([sys.executable, "-m", "flows.cli", *command], cwd=REPO, env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    child = _start(command, env)
     started = time.monotonic()
     while child.poll() is None and _shard_count(client, bucket, prefix) < after_shards:
         time.sleep(0.02)
     finished_first = child.poll() is not None
     gate.close(reset=mode == "reset")
     cut = time.monotonic()
-    try:
-        out, err = child.communicate(timeout=OUTAGE_BOUND_S)
-        rc = child.returncode
-    except subprocess.TimeoutExpired:
-        child.kill()
-        out, err = child.communicate()
-        rc = None
+    stopped = finish(child, OUTAGE_BOUND_S)
+    rc, err = stopped["rc"], stopped["err"]
     stopped_after = round(time.monotonic() - cut, 1)
     gate.open()
     lines = err.strip().splitlines()

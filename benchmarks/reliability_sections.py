@@ -36,16 +36,19 @@ def add(total: dict, part: dict) -> None:
 def cli(args: list[str], limit_s: float = COMMAND_LIMIT_S, env: dict | None = None) -> dict:
     """``python -m flows.cli ARGS`` from this checkout; rc None when it ran past ``limit_s``."""
     started = time.monotonic()
-    child = subprocess.Popen([sys.executable, "-m", "flows.cli", *args], cwd=REPO, env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    done = finish(_start(args, env), limit_s)
+    return {**done, "seconds": round(time.monotonic() - started, 2)}
+
+
+def finish(child: subprocess.Popen, limit_s: float = COMMAND_LIMIT_S) -> dict:
+    """Wait for a started command; killed (rc None) when it runs past ``limit_s``."""
     try:
         out, err = child.communicate(timeout=limit_s)
-        rc = child.returncode
+        return {"rc": child.returncode, "out": out, "err": err}
     except subprocess.TimeoutExpired:
         child.kill()
         out, err = child.communicate()
-        rc = None
-    return {"rc": rc, "out": out, "err": err, "seconds": round(time.monotonic() - started, 2)}
+        return {"rc": None, "out": out, "err": err}
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -198,7 +201,7 @@ def section_concurrent(args, work: Path) -> dict:
         kind = list(commands)[k % len(commands)]
         out = work / f"both-{k}"
         pair = [_start(commands[kind](str(out)) + ["--shard-rows", str(args.shard_rows + 7 * i)]) for i in (0, 1)]
-        results = [_finish(child) for child in pair]
+        results = [finish(child) for child in pair]
         rerun = cli(commands[kind](str(out)))  # whatever a refused writer left to do
         ids, got = dataset_rows(out)
         refused = [r for r in results if r["rc"] == 2]
@@ -217,15 +220,6 @@ def section_concurrent(args, work: Path) -> dict:
 def _start(command: list[str], env: dict | None = None) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "flows.cli", *command], cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-
-
-def _finish(child: subprocess.Popen) -> dict:
-    try:
-        out, err = child.communicate(timeout=COMMAND_LIMIT_S)
-        return {"rc": child.returncode, "out": out, "err": err}
-    except subprocess.TimeoutExpired:
-        child.kill()
-        return {"rc": None, "out": "", "err": child.communicate()[1]}
 
 
 # ------------------------------------------------------------------ the hostile corpus

@@ -10,6 +10,7 @@
     tailforge runs [--root URI]
     tailforge augment DATASET_URI --classifier URI --generator URI [--config YAML] [--out URI]
     tailforge run CONFIG.yaml [--local-server]
+    tailforge config [CONFIG.yaml] [--json]
     tailforge demo [--stop]
 
 Errors that a user can fix (a missing column, a missing file, an incompatible dataset, a
@@ -149,6 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--local-server", action="store_true",
                      help="start/reuse the local Prefect server under $TAILFORGE_HOME when PREFECT_API_URL is unset")
     run.add_argument("--json", action="store_true")
+
+    config = commands.add_parser("config", help="print the effective settings of a YAML: every default filled in")
+    config.add_argument("config", nargs="?", help="settings YAML (default: the built-in defaults)")
+    config.add_argument("--json", action="store_true")
 
     demo = commands.add_parser("demo", help="start a local Prefect server and run the factory on the phantom")
     demo.add_argument("--n", type=int, default=None, help="phantom images (default: flows/demo.yaml)")
@@ -441,6 +446,19 @@ def cmd_augment(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    from flows.settings import FactorySettings, load_settings
+
+    effective = (load_settings(args.config) if args.config else FactorySettings()).effective()
+    if args.json:
+        print(json.dumps(effective, indent=2))
+    else:
+        import yaml
+
+        print(yaml.safe_dump(json.loads(json.dumps(effective)), sort_keys=False), end="")  # tuples as lists
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Start (or reuse) a local Prefect server, run the factory on the phantom, leave it up."""
     import time
@@ -534,7 +552,7 @@ def print_example_lineage(augmented_uri: str, dataset_uri: str, console) -> None
 
 COMMANDS = {"ingest": cmd_ingest, "phantom": cmd_phantom, "info": cmd_info, "plan": cmd_plan,
             "decisions": cmd_decisions, "lineage": cmd_lineage, "query": cmd_query, "runs": cmd_runs,
-            "augment": cmd_augment, "run": cmd_run, "demo": cmd_demo}
+            "augment": cmd_augment, "run": cmd_run, "config": cmd_config, "demo": cmd_demo}
 
 
 def storage_errors() -> tuple[type[Exception], ...]:

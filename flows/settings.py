@@ -154,6 +154,16 @@ class FactorySettings:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def effective(self) -> dict:
+        """Every setting as it will be used: defaults filled in (augment and finetune too) and
+        the default locations resolved (`tailforge config`)."""
+        from tasks.augment import AugmentSettings
+
+        data = {**self.to_dict(), "augment": AugmentSettings.from_dict(self.augment).to_dict(),
+                "finetune": asdict(finetune_settings(self)), "output": self.output_uri(), "models": self.models_uri()}
+        data["dataset"]["uri"], data["knowledge"]["cache"] = self.dataset_uri(), self.cache_path()
+        return data
+
 
 _SECTIONS = {"dataset": DatasetSettings, "classifier": ClassifierSettings, "generator": GeneratorSettings,
              "knowledge": KnowledgeSettings}

@@ -2,6 +2,7 @@
 parsed and checked against the code they name."""
 
 import importlib
+import json
 from pathlib import Path
 
 import pytest
@@ -126,3 +127,18 @@ def test_knowledge_settings_and_the_llm_judge_share_their_defaults(monkeypatch):
     assert KnowledgeSettings(judge="anthropic", model="other", llm_budget=5.0).make_judge().settings.budget_s == 5.0
     with pytest.raises(ValueError, match="unknown judge"):
         KnowledgeSettings(judge="oracle")
+
+
+def test_config_prints_every_effective_setting_and_round_trips(tmp_path, capsys):
+    """`tailforge config` shows a YAML with every default filled in; that output is itself a
+    valid settings file that means the same."""
+    from flows.cli import main
+
+    assert main(["config", str(ROOT / "flows" / "demo.yaml")]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["dataset"]["n"] == 1500 and printed["augment"]["mask"]["dilate_px"] == 2
+    assert printed["knowledge"]["llm_budget"] == 90.0 and printed["finetune"]["loss"] == "bce"
+    assert printed["knowledge"]["cache"].endswith("decisions.duckdb")
+    again = tmp_path / "effective.yaml"
+    again.write_text(yaml.safe_dump(printed))
+    assert json.loads(json.dumps(load_settings(str(again)).effective())) == printed

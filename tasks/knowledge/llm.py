@@ -19,8 +19,9 @@ from typing import Any
 
 import anthropic
 
-from tasks.knowledge.decision import Question
+from tasks.knowledge.decision import Decision, Question, make_decision
 from tasks.knowledge.retry import RETRYABLE_STATUS, Failure, GiveUp, RetryPolicy, call_with_retries, retry_after_s
+from tasks.knowledge.rules import RulesJudge
 
 PROMPT_VERSION = "lkg-v1"
 TOOL_NAME = "record_entanglement"
@@ -111,7 +112,10 @@ def request_body(question: Question, vocabulary: list[str], settings: LLMSetting
 
 
 class AnthropicJudge:
+    """The LLM judge; a question it cannot answer (every JudgeError kind) gets the rules
+    table's decision instead, filed under this judge's key with the error kind (``decide``)."""
     name = "anthropic"
+    calls_llm = True
 
     def __init__(self, settings: LLMSettings | None = None, client: anthropic.Anthropic | None = None):
         settings = settings or LLMSettings()
@@ -131,6 +135,15 @@ class AnthropicJudge:
     @property
     def prompt_version(self) -> str:
         return self.settings.prompt_version
+
+    def decide(self, question: Question, vocabulary: list[str]) -> Decision:
+        """The LLM's decision, or the rules' as a fallback that records why."""
+        try:
+            keep, rationale = self.ask(question, vocabulary)
+        except JudgeError as exc:
+            return RulesJudge().decide(question, source="fallback", error=exc.kind,
+                                       as_judge=(self.name, self.model, self.prompt_version))
+        return make_decision(self.name, self.model, self.prompt_version, question, keep, rationale, "llm")
 
     def ask(self, question: Question, vocabulary: list[str]) -> tuple[list[str], str]:
         """(keep, rationale) for one question, or JudgeError; bounded by the retry policy."""

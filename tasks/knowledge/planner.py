@@ -12,17 +12,30 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import pyarrow.compute as pc
 
 from tasks.dataset import existing_rows, label_matrix, read_manifest
 from tasks.knowledge.cache import DecisionCache
-from tasks.knowledge.decision import Decision, Question, decision_key, make_decision
-from tasks.knowledge.llm import AnthropicJudge, JudgeError
-from tasks.knowledge.rules import NoGuidanceJudge, RulesJudge
+from tasks.knowledge.decision import Decision, Question, decision_key
+from tasks.knowledge.rules import RulesJudge
 
-Judge = AnthropicJudge | RulesJudge | NoGuidanceJudge
+
+class Judge(Protocol):
+    """What every judge is (rules, none, anthropic): its identity for the cache key, whether a
+    decision costs an LLM call, and ``decide``."""
+    name: str
+    calls_llm: bool
+
+    @property
+    def model(self) -> str: ...
+
+    @property
+    def prompt_version(self) -> str: ...
+
+    def decide(self, question: Question, vocabulary: list[str]) -> Decision: ...
 
 
 @dataclass
@@ -82,42 +95,34 @@ def _question(code: int, findings: list[str], head: set[str], tail: set[str]) ->
     return Question.of([f for f in present if f in head], [f for f in present if f in tail])
 
 
-def decide(questions: list[Question], vocabulary: list[str], judge: Judge, cache: DecisionCache,
-           report: PlanReport) -> dict[Question, Decision]:
-    """Decisions for these questions: cached ones first, then one judge call per miss (the LLM
-    falls back to the rules for a question it fails on)."""
-    rules = RulesJudge()
-    llm = judge if isinstance(judge, AnthropicJudge) else None
+def decide(questions: list[Question], vocabulary: list[str], judge: Judge, cache: DecisionCache
+           ) -> tuple[dict[Question, Decision], dict]:
+    """Decisions for these questions, and the counts of how they were made: cached ones first,
+    then one ``judge.decide`` per miss. An LLM judge's answers are stored as they arrive (a
+    killed plan loses none); a fallback decision (the LLM failed; the rules answered) is
+    counted by its error kind."""
     keys = {q: decision_key(judge.name, judge.model, judge.prompt_version, q) for q in questions}
     cached = cache.lookup(list(keys.values()))
     out: dict[Question, Decision] = {}
     fresh: list[Decision] = []
     fallbacks: Counter = Counter()
+    llm_calls = 0
     for question, key in keys.items():
         if key in cached:
             out[question] = cached[key]
             continue
-        if llm is None:
-            decision = judge.decide(question)
+        decision = out[question] = judge.decide(question, vocabulary)
+        if decision.source == "fallback":
+            fallbacks[decision.error] += 1
+        if judge.calls_llm:
+            llm_calls += 1
+            cache.store([decision])
         else:
-            report.llm_calls += 1
-            try:
-                keep, rationale = llm.ask(question, vocabulary)
-                decision = make_decision(llm.name, llm.model, llm.prompt_version, question, keep, rationale, "llm")
-            except JudgeError as exc:
-                fallbacks[exc.kind] += 1
-                decision = rules.decide(question, source="fallback", error=exc.kind,
-                                        as_judge=(llm.name, llm.model, llm.prompt_version))
-        out[question] = decision
-        if llm is None:
             fresh.append(decision)
-        else:
-            cache.store([decision])  # each LLM answer is kept as it arrives: a killed plan loses none
     cache.store(fresh)
-    report.cache_hits, report.cache_misses = len(cached), len(keys) - len(cached)
-    report.decisions_needed = report.cache_misses
-    report.fallbacks = dict(fallbacks)
-    return out
+    misses = len(keys) - len(cached)
+    return out, {"cache_hits": len(cached), "cache_misses": misses, "decisions_needed": misses,
+                 "llm_calls": llm_calls, "fallbacks": dict(fallbacks)}
 
 
 def plan(dataset_uri: str, cache_path: str | Path, judge: Judge | None = None
@@ -142,7 +147,9 @@ def plan(dataset_uri: str, cache_path: str | Path, judge: Judge | None = None
         labels, is_train, [findings.index(h) for h in head], [findings.index(t) for t in tail])
     questions = [_question(int(c), findings, set(head), set(tail)) for c in codes]
     with DecisionCache(cache_path) as cache:
-        decisions = decide(questions, findings, judge, cache, report)
+        decisions, made = decide(questions, findings, judge, cache)
+    for name, value in made.items():
+        setattr(report, name, value)
     per_tail: Counter = Counter()
     for question, n in zip(questions, counts.tolist()):
         d = decisions[question]

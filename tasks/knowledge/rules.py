@@ -41,6 +41,7 @@ def entangled(a: str, b: str) -> bool:
 @dataclass(frozen=True)
 class RulesJudge:
     name: str = "rules"
+    calls_llm = False
 
     @property
     def model(self) -> str:
@@ -48,10 +49,11 @@ class RulesJudge:
 
     prompt_version: str = "-"
 
-    def decide(self, question: Question, source: str = "rules", error: str | None = None,
-               as_judge: tuple[str, str, str] | None = None) -> Decision:
-        """Decide by the table. ``as_judge`` (judge, model, prompt_version) files a fallback
-        under the judge that failed, so its cache key stays that judge's."""
+    def decide(self, question: Question, vocabulary: list[str] | None = None, source: str = "rules",
+               error: str | None = None, as_judge: tuple[str, str, str] | None = None) -> Decision:
+        """Decide by the table (the vocabulary is not needed). ``as_judge`` (judge, model,
+        prompt_version) files a fallback under the judge that failed, so its cache key stays
+        that judge's."""
         pairs = rules_table()["pairs"]
         keep, reasons = [], []
         for head in question.head:
@@ -73,7 +75,8 @@ class NoGuidanceJudge:
     name: str = "none"
     model: str = "-"
     prompt_version: str = "-"
+    calls_llm = False
 
-    def decide(self, question: Question) -> Decision:
+    def decide(self, question: Question, vocabulary: list[str] | None = None) -> Decision:
         return make_decision(self.name, self.model, self.prompt_version, question, (),
                              f"remove {', '.join(question.head)}: no knowledge guidance", "rules")
