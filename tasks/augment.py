@@ -39,6 +39,7 @@ from tasks import store
 from tasks.dataset import SAMPLES, ShardWriter, existing_quarantine_ids, finish_manifest, label_matrix, sample_schema
 from tasks.images import decode_png, encode_mask, encode_png
 from tasks.knowledge.decision import Decision
+from tasks.knowledge.planner import candidate_codes, question_of
 from tasks.tensors import load_tensors, rows_by_shard
 
 
@@ -89,18 +90,18 @@ def recipe_id(settings: AugmentSettings, classifier_id: str, generator_id: str) 
 
 def build_candidates(dataset_uri: str, findings: list[str], head: list[str], tail: list[str],
                      decisions: list[Decision], recipe: str, max_images: int | None = None) -> list[Candidate]:
-    """Train images with a head and a tail finding whose decision removes something."""
+    """The planner's candidates (tasks.knowledge.planner.candidate_codes: train images with a
+    head and a tail finding) whose decision removes something."""
     by_question = {(d.head, d.tail): d for d in decisions}
-    head_set, tail_set = set(head), set(tail)
+    head_idx, tail_idx = [findings.index(h) for h in head], [findings.index(t) for t in tail]
     out = []
     for shard, rows in rows_by_shard(dataset_uri, ["sample_id", "labels", "split"]):
-        rows = rows.filter(pc.equal(rows.column("split"), "train"))
-        present = label_matrix(rows, len(findings)) == 1.0  # (N, K)
-        for sample_id, flags in zip(rows.column("sample_id").to_pylist(), present):
-            names = [f for f, on in zip(findings, flags) if on]
-            question = (tuple(sorted(n for n in names if n in head_set)),
-                        tuple(sorted(n for n in names if n in tail_set)))
-            decision = by_question.get(question)
+        is_train = pc.equal(rows.column("split"), "train").to_numpy(zero_copy_only=False)
+        codes = candidate_codes(label_matrix(rows, len(findings)), is_train, head_idx, tail_idx)
+        questions = {int(c): question_of(int(c), findings, set(head), set(tail)) for c in np.unique(codes[codes >= 0])}
+        for sample_id, code in zip(rows.column("sample_id").to_pylist(), codes.tolist()):
+            question = questions.get(code)
+            decision = by_question.get((question.head, question.tail)) if question else None
             if decision is None or not decision.remove:
                 continue
             output_id = hashlib.sha256(f"{sample_id}\n{decision.decision_id}\n{recipe}".encode()).hexdigest()

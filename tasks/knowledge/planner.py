@@ -76,21 +76,31 @@ class PlanReport:
         return asdict(self)
 
 
-def distinct_label_sets(labels: np.ndarray, is_train: np.ndarray, head_idx: list[int], tail_idx: list[int]
-                        ) -> tuple[np.ndarray, np.ndarray, int]:
-    """Bit codes of the candidates' distinct label sets, their image counts, and the number
-    of candidates. ``labels`` is (N, K); 1 = present (NaN and 0 are not)."""
+def candidate_codes(labels: np.ndarray, is_train: np.ndarray, head_idx: list[int], tail_idx: list[int]
+                    ) -> np.ndarray:
+    """The one definition of a candidate: a training image with at least one head and one tail
+    finding present. Returns each image's label-set bit code (bit k: finding k present), and
+    -1 for images that are not candidates. ``labels`` is (N, K); 1 = present (NaN and 0 are not)."""
     present = labels == 1.0  # (N, K)
     weights = (1 << np.arange(labels.shape[1], dtype=np.int64))  # (K,)
     codes = present.astype(np.int64) @ weights  # (N,)
     head_bits = int(weights[head_idx].sum()) if head_idx else 0
     tail_bits = int(weights[tail_idx].sum()) if tail_idx else 0
     candidate = is_train & ((codes & head_bits) != 0) & ((codes & tail_bits) != 0)
-    unique, counts = np.unique(codes[candidate], return_counts=True)
-    return unique, counts, int(candidate.sum())
+    return np.where(candidate, codes, -1)
 
 
-def _question(code: int, findings: list[str], head: set[str], tail: set[str]) -> Question:
+def distinct_label_sets(labels: np.ndarray, is_train: np.ndarray, head_idx: list[int], tail_idx: list[int]
+                        ) -> tuple[np.ndarray, np.ndarray, int]:
+    """Bit codes of the candidates' distinct label sets, their image counts, and the number
+    of candidates."""
+    codes = candidate_codes(labels, is_train, head_idx, tail_idx)
+    unique, counts = np.unique(codes[codes >= 0], return_counts=True)
+    return unique, counts, int((codes >= 0).sum())
+
+
+def question_of(code: int, findings: list[str], head: set[str], tail: set[str]) -> Question:
+    """The question a label-set code asks: its head findings and its tail findings."""
     present = [f for k, f in enumerate(findings) if code >> k & 1]
     return Question.of([f for f in present if f in head], [f for f in present if f in tail])
 
@@ -145,7 +155,7 @@ def plan(dataset_uri: str, cache_path: str | Path, judge: Judge | None = None
     report.train_images = int(is_train.sum())
     codes, counts, report.candidate_images = distinct_label_sets(
         labels, is_train, [findings.index(h) for h in head], [findings.index(t) for t in tail])
-    questions = [_question(int(c), findings, set(head), set(tail)) for c in codes]
+    questions = [question_of(int(c), findings, set(head), set(tail)) for c in codes]
     with DecisionCache(cache_path) as cache:
         decisions, made = decide(questions, findings, judge, cache)
     for name, value in made.items():
