@@ -1,8 +1,11 @@
-"""Builders for real image files in tests: PNG/JPEG in every mode, DICOM with real tags."""
+"""Builders for real test inputs: image files (PNG/JPEG in every mode, DICOM with real tags),
+random patterns and NIH-style label tables."""
 
 from __future__ import annotations
 
+import csv
 import io
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -46,3 +49,20 @@ def dicom_bytes(pixels: np.ndarray, *, photometric: str = "MONOCHROME2", bits_st
     sink = io.BytesIO()
     ds.save_as(sink, enforce_file_format=True)
     return sink.getvalue()
+
+
+NIH_HEADER = ["Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age",
+              "Patient Gender", "View Position"]
+
+
+def write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def pattern(seed: int, size: int = 40) -> np.ndarray:
+    """A random 8-bit image: distinct seeds, distinct images."""
+    return np.random.default_rng(seed).integers(0, 256, (size, size), dtype=np.uint8)

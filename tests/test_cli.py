@@ -6,8 +6,7 @@ from pathlib import Path
 import pytest
 
 from flows.cli import main
-from imagefiles import png_bytes
-from test_ingest import NIH_HEADER, _pattern, _write_csv
+from imagefiles import NIH_HEADER, pattern, png_bytes, write_csv
 
 
 @pytest.fixture
@@ -16,10 +15,10 @@ def small_nih(tmp_path):
     images.mkdir()
     rows = []
     for i in range(8):
-        (images / f"{i}.png").write_bytes(png_bytes(_pattern(i)))
+        (images / f"{i}.png").write_bytes(png_bytes(pattern(i)))
         rows.append([f"{i}.png", ["Mass", "Effusion", "No Finding", "Hernia|Mass"][i % 4], 0, i, 40, "M", "PA"])
     rows.append(["missing.png", "Mass", 0, 99, 40, "M", "PA"])
-    return _write_csv(tmp_path / "Data_Entry_2017.csv", NIH_HEADER, rows), images
+    return write_csv(tmp_path / "Data_Entry_2017.csv", NIH_HEADER, rows), images
 
 
 def test_ingest_then_info_json(small_nih, tmp_path, capsys):
@@ -44,7 +43,7 @@ def test_ingest_defaults_to_tailforge_home(small_nih, tailforge_home, capsys):
 
 
 def test_user_errors_are_one_line_with_status_2(tmp_path, capsys):
-    bad = _write_csv(tmp_path / "t.csv", ["Image Index"], [["a.png"]])
+    bad = write_csv(tmp_path / "t.csv", ["Image Index"], [["a.png"]])
     assert main(["ingest", "nih", str(bad), str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "Finding Labels" in err and "Traceback" not in err

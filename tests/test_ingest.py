@@ -1,4 +1,3 @@
-import csv
 import json
 import math
 from pathlib import Path
@@ -7,28 +6,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from imagefiles import dicom_bytes, gradient, png_bytes
+from imagefiles import NIH_HEADER, dicom_bytes, gradient, pattern, png_bytes, write_csv
 from tasks import sources, store
 from tasks.dataset import QUARANTINE, SAMPLES, existing_rows, read_manifest, summarize
 from tasks.images import decode_png
 from tasks.ingest import IngestOptions, ingest
 from tasks.labels import vocabulary
-
-NIH_HEADER = ["Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age",
-              "Patient Gender", "View Position"]
-
-
-def _write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
-    with open(path, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(header)
-        writer.writerows(rows)
-    return path
-
-
-def _pattern(seed: int, size: int = 40) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (size, size), dtype=np.uint8)
-
 
 @pytest.fixture
 def broken_corpus(tmp_path):
@@ -36,20 +19,20 @@ def broken_corpus(tmp_path):
     Returns (table, images, expected quarantine codes by path, good paths)."""
     images = tmp_path / "images"
     images.mkdir()
-    (tmp_path / "outside.png").write_bytes(png_bytes(_pattern(99)))
+    (tmp_path / "outside.png").write_bytes(png_bytes(pattern(99)))
     files = {
-        "good_gray.png": png_bytes(_pattern(1)),
-        "good_rgb.png": png_bytes(_pattern(2), "RGB"),
-        "good_rgba.png": png_bytes(_pattern(3), "RGBA"),
+        "good_gray.png": png_bytes(pattern(1)),
+        "good_rgb.png": png_bytes(pattern(2), "RGB"),
+        "good_rgba.png": png_bytes(pattern(3), "RGBA"),
         "good_16bit.png": png_bytes(gradient(50, 60, 65535).astype(np.uint16)),
-        "good_jpeg.jpg": png_bytes(_pattern(4), "RGB", fmt="JPEG"),
+        "good_jpeg.jpg": png_bytes(pattern(4), "RGB", fmt="JPEG"),
         "good_dicom.dcm": dicom_bytes(gradient(64, 64, 4095).astype(np.uint16), photometric="MONOCHROME1"),
-        "copy_of_gray.png": png_bytes(_pattern(1)),
+        "copy_of_gray.png": png_bytes(pattern(1)),
         "empty.png": b"",
-        "truncated.png": png_bytes(_pattern(5))[:200],
+        "truncated.png": png_bytes(pattern(5))[:200],
         "notes.png": b"radiology notes, not an image\n" * 10,
         "bomb.png": png_bytes(np.zeros((9000, 9000), np.uint8)),  # 81 Mpx, ~80 kB on disk
-        "unknown_label.png": png_bytes(_pattern(6)),
+        "unknown_label.png": png_bytes(pattern(6)),
     }
     for name, data in files.items():
         (images / name).write_bytes(data)
@@ -73,7 +56,7 @@ def broken_corpus(tmp_path):
         ["folder.png", "Mass", 0, 15, 50, "M", "PA"],
         ["good_rgb.png", "No Finding", 1, 2, 51, "F", "PA"],
     ]
-    table = _write_csv(tmp_path / "Data_Entry_2017.csv", NIH_HEADER, rows)
+    table = write_csv(tmp_path / "Data_Entry_2017.csv", NIH_HEADER, rows)
     expected = {
         "copy_of_gray.png": "duplicate_image", "missing.png": "missing_file",
         "../outside.png": "path_escape", "/etc/hostname": "path_escape", "empty.png": "zero_byte",
@@ -127,7 +110,7 @@ def test_dicom_patient_tags_never_reach_the_outputs(broken_corpus, tmp_path):
 
 
 def test_malformed_table_fails_before_any_work(tmp_path):
-    table = _write_csv(tmp_path / "t.csv", ["Image Index", "Patient ID"], [["a.png", "1"]])
+    table = write_csv(tmp_path / "t.csv", ["Image Index", "Patient ID"], [["a.png", "1"]])
     with pytest.raises(sources.TableError, match="Finding Labels"):
         sources.read_nih(str(table))
     with pytest.raises(sources.TableError, match="not found"):
@@ -139,10 +122,10 @@ def test_rerun_writes_nothing_and_new_rows_are_added(tmp_path):
     images.mkdir()
     rows = []
     for i in range(6):
-        (images / f"{i}.png").write_bytes(png_bytes(_pattern(10 + i)))
+        (images / f"{i}.png").write_bytes(png_bytes(pattern(10 + i)))
         rows.append([f"{i}.png", "Effusion" if i % 2 else "No Finding", 0, i, 40, "M", "PA"])
-    first = _write_csv(tmp_path / "first.csv", NIH_HEADER, rows[:4])
-    full = _write_csv(tmp_path / "full.csv", NIH_HEADER, rows)
+    first = write_csv(tmp_path / "first.csv", NIH_HEADER, rows[:4])
+    full = write_csv(tmp_path / "full.csv", NIH_HEADER, rows)
     out = str(tmp_path / "ds")
     assert ingest(sources.read_nih(str(first)), str(images), out).rows_written == 4
     shards_before = store.list_shards(store.join(out, SAMPLES))
@@ -159,8 +142,8 @@ def test_rerun_writes_nothing_and_new_rows_are_added(tmp_path):
 def test_same_content_gives_the_same_shard_object(tmp_path):
     images = tmp_path / "img"
     images.mkdir()
-    (images / "a.png").write_bytes(png_bytes(_pattern(1)))
-    table = _write_csv(tmp_path / "t.csv", NIH_HEADER, [["a.png", "Mass", 0, 1, 40, "M", "PA"]])
+    (images / "a.png").write_bytes(png_bytes(pattern(1)))
+    table = write_csv(tmp_path / "t.csv", NIH_HEADER, [["a.png", "Mass", 0, 1, 40, "M", "PA"]])
     names = []
     for out in (tmp_path / "one", tmp_path / "two"):
         ingest(sources.read_nih(str(table)), str(images), str(out))
@@ -173,9 +156,9 @@ def test_split_csv_overrides_and_default_split_is_patient_disjoint(tmp_path):
     images.mkdir()
     rows = []
     for i in range(40):
-        (images / f"{i}.png").write_bytes(png_bytes(_pattern(100 + i)))
+        (images / f"{i}.png").write_bytes(png_bytes(pattern(100 + i)))
         rows.append([f"{i}.png", "No Finding", i % 3, i // 3, 40, "M", "PA"])
-    table = _write_csv(tmp_path / "t.csv", NIH_HEADER, rows)
+    table = write_csv(tmp_path / "t.csv", NIH_HEADER, rows)
     out = str(tmp_path / "ds")
     ingest(sources.read_nih(str(table)), str(images), out)
     got = existing_rows(out, ["patient_id", "split"]).to_pylist()
@@ -185,13 +168,13 @@ def test_split_csv_overrides_and_default_split_is_patient_disjoint(tmp_path):
     assert all(len(s) == 1 for s in split_of_patient.values())
     assert {s for r in got for s in [r["split"]]} <= {"train", "val", "test"}
 
-    split_csv = _write_csv(tmp_path / "split.csv", ["Image Index", "split"], [[f"{i}.png", "test"] for i in range(40)])
+    split_csv = write_csv(tmp_path / "split.csv", ["Image Index", "split"], [[f"{i}.png", "test"] for i in range(40)])
     source = sources.read_nih(str(table))
     assert sources.apply_split_csv(source, str(split_csv)) == 40
     out2 = str(tmp_path / "ds2")
     ingest(source, str(images), out2)
     assert summarize(out2)["splits"] == {"test": 40}
-    bad = _write_csv(tmp_path / "bad.csv", ["Image Index", "split"], [["0.png", "holdout"]])
+    bad = write_csv(tmp_path / "bad.csv", ["Image Index", "split"], [["0.png", "holdout"]])
     with pytest.raises(sources.TableError, match="holdout"):
         sources.apply_split_csv(source, str(bad))
 
@@ -213,10 +196,10 @@ def test_chexpert_reader_views_policies_and_patient_ids(tmp_path):
     root = tmp_path / "chexpert"
     study = root / "CheXpert-v1.0-small" / "train" / "patient00001" / "study1"
     study.mkdir(parents=True)
-    (study / "view1_frontal.jpg").write_bytes(png_bytes(_pattern(1), "RGB", fmt="JPEG"))
-    (study / "view2_lateral.jpg").write_bytes(png_bytes(_pattern(2), "RGB", fmt="JPEG"))
+    (study / "view1_frontal.jpg").write_bytes(png_bytes(pattern(1), "RGB", fmt="JPEG"))
+    (study / "view2_lateral.jpg").write_bytes(png_bytes(pattern(2), "RGB", fmt="JPEG"))
     prefix = "CheXpert-v1.0-small/train/patient00001/study1/"
-    table = _write_csv(tmp_path / "train.csv", CHEXPERT_COLUMNS, [
+    table = write_csv(tmp_path / "train.csv", CHEXPERT_COLUMNS, [
         _chexpert_row(prefix + "view1_frontal.jpg", "Frontal", "AP", Edema="-1.0", Cardiomegaly="1.0",
                       Pneumonia="0.0"),
         _chexpert_row(prefix + "view2_lateral.jpg", "Lateral", "", Edema="1.0"),
@@ -234,22 +217,22 @@ def test_chexpert_reader_views_policies_and_patient_ids(tmp_path):
     assert len(sources.read_chexpert(str(table), views="all").records) == 2
     with pytest.raises(sources.TableError, match="Pleural Other"):
         cols = [c for c in CHEXPERT_COLUMNS if c != "Pleural Other"]
-        sources.read_chexpert(str(_write_csv(tmp_path / "bad.csv", cols, [])))
+        sources.read_chexpert(str(write_csv(tmp_path / "bad.csv", cols, [])))
 
 
 def test_mimic_reader_builds_paths_and_joins_the_three_tables(tmp_path):
     root = tmp_path / "mimic"
     image_dir = root / "files" / "p10" / "p10000032" / "s50414267"
     image_dir.mkdir(parents=True)
-    (image_dir / "abc.jpg").write_bytes(png_bytes(_pattern(1), "RGB", fmt="JPEG"))
-    (image_dir / "lat.jpg").write_bytes(png_bytes(_pattern(2), "RGB", fmt="JPEG"))
+    (image_dir / "abc.jpg").write_bytes(png_bytes(pattern(1), "RGB", fmt="JPEG"))
+    (image_dir / "lat.jpg").write_bytes(png_bytes(pattern(2), "RGB", fmt="JPEG"))
     label_cols = ["subject_id", "study_id", *vocabulary("chexpert").findings, "No Finding"]
-    chexpert = _write_csv(root / "mimic-cxr-2.0.0-chexpert.csv", label_cols,
+    chexpert = write_csv(root / "mimic-cxr-2.0.0-chexpert.csv", label_cols,
                           [["10000032", "50414267"] + [""] * 13 + ["1.0"]])
-    _write_csv(root / "mimic-cxr-2.0.0-split.csv", ["dicom_id", "study_id", "subject_id", "split"],
+    write_csv(root / "mimic-cxr-2.0.0-split.csv", ["dicom_id", "study_id", "subject_id", "split"],
                [["abc", "50414267", "10000032", "validate"], ["lat", "50414267", "10000032", "validate"],
                 ["orphan", "59999999", "10000032", "train"]])
-    _write_csv(root / "mimic-cxr-2.0.0-metadata.csv", ["dicom_id", "subject_id", "study_id", "ViewPosition"],
+    write_csv(root / "mimic-cxr-2.0.0-metadata.csv", ["dicom_id", "subject_id", "study_id", "ViewPosition"],
                [["abc", "10000032", "50414267", "PA"], ["lat", "10000032", "50414267", "LATERAL"],
                 ["orphan", "10000032", "59999999", "AP"]])
     source = sources.read_mimic(str(chexpert))
@@ -267,8 +250,8 @@ def test_folder_reader_keeps_extra_columns(tmp_path):
     images = tmp_path / "images" / "src"
     images.mkdir(parents=True)
     for i in range(3):
-        (images / f"{i}.png").write_bytes(png_bytes(_pattern(i)))
-    table = _write_csv(tmp_path / "normals.csv", ["Image Index", "Finding Labels", "Source", "Age Group"],
+        (images / f"{i}.png").write_bytes(png_bytes(pattern(i)))
+    table = write_csv(tmp_path / "normals.csv", ["Image Index", "Finding Labels", "Source", "Age Group"],
                        [[f"images/src/{i}.png", "No Finding", "src", "adult" if i else "pediatric"] for i in range(3)])
     source = sources.read_folder(str(table))
     out = str(tmp_path / "ds")
@@ -286,7 +269,7 @@ def test_quoted_path_keeps_its_spaces_and_a_plain_one_is_stripped(tmp_path, newl
     images.mkdir()
     names = ["spaced.png ", " lead.png", "plain.png", "comma, quoted.png"]
     for i, name in enumerate(names):
-        (images / name).write_bytes(png_bytes(_pattern(20 + i)))
+        (images / name).write_bytes(png_bytes(pattern(20 + i)))
     lines = [",".join(NIH_HEADER), '"spaced.png ",Mass,0,1,50,M,PA', '" lead.png",Mass,0,2,50,M,PA',
              " plain.png ,Mass,0,3,50,M,PA", "", '"comma, quoted.png",Mass,0,4,50,M,PA', "gone.png  ,Mass,0,5,50,M,PA"]
     table = tmp_path / "Data_Entry_2017.csv"
@@ -323,8 +306,8 @@ def test_round_trip_on_s3(broken_corpus, s3_bucket, tmp_path):
 
 def test_images_can_be_read_from_s3(s3_bucket, tmp_path):
     fs, _ = store.filesystem(s3_bucket)
-    fs.pipe_file(f"{s3_bucket[5:]}/raw/a.png", png_bytes(_pattern(7)))
-    table = _write_csv(tmp_path / "t.csv", NIH_HEADER, [["a.png", "Mass", 0, 1, 40, "M", "PA"],
+    fs.pipe_file(f"{s3_bucket[5:]}/raw/a.png", png_bytes(pattern(7)))
+    table = write_csv(tmp_path / "t.csv", NIH_HEADER, [["a.png", "Mass", 0, 1, 40, "M", "PA"],
                                                         ["../../escape.png", "Mass", 0, 2, 40, "M", "PA"],
                                                         ["gone.png", "Mass", 0, 3, 40, "M", "PA"]])
     report = ingest(sources.read_nih(str(table)), f"{s3_bucket}/raw", str(tmp_path / "ds"))

@@ -12,7 +12,7 @@ import pytest
 
 from fake_anthropic import FakeAnthropic
 from flows.cli import main
-from imagefiles import png_bytes
+from imagefiles import pattern, png_bytes, write_csv
 from tasks import sources
 from tasks.ingest import IngestOptions, ingest, ingest_phantom
 from tasks.knowledge import (AnthropicJudge, ConfigError, DecisionCache, JudgeError, LLMSettings, NoGuidanceJudge,
@@ -20,7 +20,6 @@ from tasks.knowledge import (AnthropicJudge, ConfigError, DecisionCache, JudgeEr
 from tasks.knowledge.llm import request_body
 from tasks.knowledge.rules import entangled, rules_table, shared_zones
 from tasks.labels import vocabulary
-from test_ingest import _pattern, _write_csv
 
 API_KEY = "sk-ant-test-KEY-4f1e9c0d-do-not-leak"
 FAST = LLMSettings(timeout_s=5.0, max_retries=1)  # generous: a busy CI machine must not time out a good answer
@@ -87,9 +86,9 @@ def hand_dataset(tmp_path_factory):
     (root / "img").mkdir()
     rows = []
     for i, (labels, split) in enumerate(HAND_ROWS):
-        (root / "img" / f"{i}.png").write_bytes(png_bytes(_pattern(500 + i)))
+        (root / "img" / f"{i}.png").write_bytes(png_bytes(pattern(500 + i)))
         rows.append([f"{i}.png", labels, f"PATIENT-SECRET-{i}", split])
-    table = _write_csv(root / "t.csv", ["Image Index", "Finding Labels", "Patient ID", "split"], rows)
+    table = write_csv(root / "t.csv", ["Image Index", "Finding Labels", "Patient ID", "split"], rows)
     source = sources.read_folder(str(table), patient_column="Patient ID", split_column="split")
     out = str(root / "ds")
     ingest(source, str(root / "img"), out, IngestOptions(size=32, explicit_tail=("Mass", "Hernia")))
