@@ -101,14 +101,26 @@ def test_compose_has_the_services_and_no_literal_secrets():
         assert ":latest" not in image and (":" in image or "build" in service), name
 
 
-@pytest.mark.parametrize("name", ["Dockerfile.cpu", "Dockerfile.gpu"])
-def test_dockerfiles_pin_their_base_and_use_the_constraints(name):
+@pytest.mark.parametrize("name,pool", [("Dockerfile.cpu", "cpu"), ("Dockerfile.gpu", "gpu")])
+def test_dockerfiles_install_the_package_and_start_a_worker_of_their_pool(name, pool):
+    """What the images must get right: a pinned base (CUDA for the GPU image), the package
+    installed with the constraints from the copied sources (not the test extras), every layer
+    the code imports copied, and a worker of the right pool as the command."""
     text = (ROOT / "docker" / name).read_text()
-    base = next(line.split()[1] for line in text.splitlines() if line.startswith("FROM "))
+    lines = [line.strip() for line in text.splitlines()]
+    base = next(line.split()[1] for line in lines if line.startswith("FROM "))
     assert ":" in base and "latest" not in base
-    assert "-c constraints.txt" in text and "torch==2.13.0" in text
-    for path in ("constraints.txt", "pyproject.toml", "flows", "tasks", "models"):
-        assert path in text
+    assert base.startswith("nvidia/cuda:") == (pool == "gpu")
+    installs = [line for line in lines if "pip install" in line]
+    assert any(line.endswith("pip install -c constraints.txt .") for line in installs), installs
+    assert not any("[test]" in line for line in installs)  # no test extras in a worker image
+    copied = {word.rstrip("/") for line in lines if line.startswith("COPY ") for word in line.split()[1:-1]}
+    assert {"constraints.txt", "pyproject.toml", "flows", "tasks", "models"} <= copied
+    command = json.loads(next(line for line in lines if line.startswith("CMD "))[4:])
+    assert command[:3] == ["prefect", "worker", "start"] and command[command.index("--pool") + 1] == pool
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert 'tailforge = "flows.cli:main"' in pyproject  # the entry point the image installs
+    assert importlib.import_module("flows.cli").main
 
 
 def test_knowledge_settings_and_the_llm_judge_share_their_defaults(monkeypatch):
