@@ -8,7 +8,9 @@
     tailforge lineage SAMPLE_ID [--root URI] [--json]
     tailforge query "SQL" [--root URI] [--json|--csv] [--timeout S]
     tailforge runs [--root URI]
+    tailforge pretrain DATASET_URI [--config YAML] [--models URI]
     tailforge augment DATASET_URI --classifier URI --generator URI [--config YAML] [--out URI]
+    tailforge finetune DATASET_URI --classifier URI [--augmented URI] [--config YAML] [--out URI]
     tailforge run CONFIG.yaml [--local-server]
     tailforge config [CONFIG.yaml] [--json]
     tailforge demo [--stop]
@@ -133,17 +135,20 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--limit", type=int, default=20)
     runs.add_argument("--json", action="store_true")
 
-    augment = commands.add_parser("augment", help="generate tail-class images from a dataset with trained "
-                                  "checkpoints (the factory's augment step alone; re-runs add only what is missing)")
-    augment.add_argument("uri", help="dataset URI (from `tailforge ingest` or `tailforge phantom`)")
+    # the factory's steps one at a time, for a dataset made with `ingest` or `phantom`
+    pretrain = _step(commands, "pretrain", "train the classifier and the normal DiT (or reuse the YAML's "
+                     "checkpoints)", "classifier and generator sections are")
+    pretrain.add_argument("--models", help="checkpoint folder URI (default: the YAML's models)")
+    augment = _step(commands, "augment", "generate tail-class images with trained checkpoints (re-runs add "
+                    "only what is missing)", "knowledge and augment sections are")
     augment.add_argument("--classifier", required=True, help="classifier checkpoint URI")
     augment.add_argument("--generator", required=True, help="normal-X-ray DiT checkpoint URI")
-    augment.add_argument("--config", help="settings YAML: its knowledge and augment sections are used "
-                         "(default: the built-in defaults)")
     augment.add_argument("--out", help="output URI (default: <the YAML's output>/augmented)")
-    augment.add_argument("--local-server", action="store_true",
-                         help="start/reuse the local Prefect server under $TAILFORGE_HOME when PREFECT_API_URL is unset")
-    augment.add_argument("--json", action="store_true")
+    finetune = _step(commands, "finetune", "fine-tune with and without PIL from the pretrained classifier and "
+                     "write the report", "finetune section is")
+    finetune.add_argument("--classifier", required=True, help="the pretrained classifier's checkpoint URI")
+    finetune.add_argument("--augmented", help="augment output URI (none: the baseline only)")
+    finetune.add_argument("--out", help="report folder URI (default: <the YAML's output>/report)")
 
     run = commands.add_parser("run", help="run the whole factory from one YAML file (see flows/demo.yaml)")
     run.add_argument("config", help="settings YAML")
@@ -159,6 +164,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--n", type=int, default=None, help="phantom images (default: flows/demo.yaml)")
     demo.add_argument("--stop", action="store_true", help="stop the demo's Prefect server")
     return parser
+
+
+def _step(commands, name: str, text: str, sections: str) -> argparse.ArgumentParser:
+    """A factory step as a command: a dataset, the YAML whose sections it reads, a server."""
+    step = commands.add_parser(name, help=text)
+    step.add_argument("uri", help="dataset URI (from `tailforge ingest` or `tailforge phantom`)")
+    step.add_argument("--config", help=f"settings YAML: its {sections} used (default: the built-in "
+                      f"defaults; `tailforge config` shows them)")
+    step.add_argument("--local-server", action="store_true",
+                      help="start/reuse the local Prefect server under $TAILFORGE_HOME when PREFECT_API_URL is unset")
+    step.add_argument("--json", action="store_true")
+    return step
 
 
 @contextmanager
@@ -424,14 +441,40 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_augment(args: argparse.Namespace) -> int:
-    from flows.pretrain import reuse
+def _step_settings(args: argparse.Namespace):
+    """The YAML's settings (or the defaults); fails on a missing dataset before any server starts."""
     from flows.settings import FactorySettings, load_settings
-    from tasks import store
     from tasks.dataset import read_manifest
 
     settings = load_settings(args.config) if args.config else FactorySettings()
-    read_manifest(args.uri)  # fail on a missing dataset or checkpoint before any server or flow starts
+    read_manifest(args.uri)
+    return settings
+
+
+def _print_result(result: dict, as_json: bool, printer) -> int:
+    if as_json:
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        printer(result)
+    return 0
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    settings = _step_settings(args)
+    _use_prefect_server(start_local=args.local_server)
+    from flows.pretrain import pretrain_flow
+
+    result = pretrain_flow(args.uri, args.models or settings.models_uri(), settings.classifier, settings.generator)
+    return _print_result(result, args.json, lambda r: print(
+        f"classifier: {r['classifier']['uri']}\ngenerator:  {r['generator']['uri']}\n"
+        f"next: tailforge augment {args.uri} --classifier {r['classifier']['uri']} --generator {r['generator']['uri']}"))
+
+
+def cmd_augment(args: argparse.Namespace) -> int:
+    from flows.pretrain import reuse
+    from tasks import store
+
+    settings = _step_settings(args)
     classifier, generator = reuse("classifier", args.classifier), reuse("dit", args.generator)
     out = args.out or store.join(settings.output_uri(), "augmented")
     _use_prefect_server(start_local=args.local_server)
@@ -439,11 +482,22 @@ def cmd_augment(args: argparse.Namespace) -> int:
 
     result = augment_flow(args.uri, out, classifier, generator, settings.knowledge, settings.augment,
                           settings.cache_path())
-    if args.json:
-        print(json.dumps(result, indent=2, default=str))
-    else:
-        print_augment(result)
-    return 0
+    return _print_result(result, args.json, print_augment)
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from flows.pretrain import reuse
+    from flows.settings import finetune_settings
+    from tasks import store
+
+    settings = _step_settings(args)
+    reuse("classifier", args.classifier)  # fails clearly when absent
+    out = args.out or store.join(settings.output_uri(), "report")
+    _use_prefect_server(start_local=args.local_server)
+    from flows.finetune import finetune_and_report_flow
+
+    result = finetune_and_report_flow(args.uri, args.augmented, args.classifier, out, finetune_settings(settings))
+    return _print_result(result, args.json, lambda r: [print(f"{k + ':':11s} {v}") for k, v in r["report"].items()])
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -552,7 +606,7 @@ def print_example_lineage(augmented_uri: str, dataset_uri: str, console) -> None
 
 COMMANDS = {"ingest": cmd_ingest, "phantom": cmd_phantom, "info": cmd_info, "plan": cmd_plan,
             "decisions": cmd_decisions, "lineage": cmd_lineage, "query": cmd_query, "runs": cmd_runs,
-            "augment": cmd_augment, "run": cmd_run, "config": cmd_config, "demo": cmd_demo}
+            "pretrain": cmd_pretrain, "augment": cmd_augment, "finetune": cmd_finetune, "run": cmd_run, "config": cmd_config, "demo": cmd_demo}
 
 
 def storage_errors() -> tuple[type[Exception], ...]:

@@ -42,3 +42,13 @@ def finetune_flow(dataset_uri: str, augmented_uri: str | None, classifier_uri: s
     return {"settings": settings.__dict__, "dataset": dataset_uri, "augmented": augmented_uri,
             "classifier": classifier_uri, "generated": n_generated, "results": results,
             "skipped": skipped, "warnings": [work.NO_GENERATED] if skipped else []}
+
+
+@flow(name="finetune-and-report", log_prints=True)
+def finetune_and_report_flow(dataset_uri: str, augmented_uri: str | None, classifier_uri: str, report_uri: str,
+                             settings: work.FinetuneSettings = work.FinetuneSettings()) -> dict:
+    """`tailforge finetune`: the fine-tune flow, then the report (as the factory ends)."""
+    tuned = finetune_flow(dataset_uri, augmented_uri, classifier_uri, settings)
+    written = report_task(report_uri, tuned, augmented_uri, dataset_uri,
+                          {"dataset": dataset_uri, "augmented": augmented_uri})
+    return {"finetune": tuned, "report": written["uris"], "table": written["rows"]}

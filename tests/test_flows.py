@@ -127,6 +127,33 @@ def test_augment_command_goes_on_from_a_dataset_and_checkpoints(tiny_run, tmp_pa
     assert "classifier checkpoint" in capsys.readouterr().err
 
 
+def test_pretrain_and_finetune_commands_go_on_from_a_dataset(tiny_run, tmp_path, capsys):
+    """`tailforge pretrain` and `tailforge finetune`: the factory's other steps alone, so a user
+    who ingested with the CLI can go on with it; settings from the YAML."""
+    import json
+
+    import yaml
+
+    from flows.cli import main
+
+    result, _ = tiny_run
+    config = tmp_path / "steps.yaml"
+    config.write_text(yaml.safe_dump({"classifier": {**TINY["classifier"], "epochs": 1},
+                                      "generator": {**TINY["generator"], "steps": 5},
+                                      "finetune": {**TINY["finetune"], "epochs": 1}, "output": str(tmp_path / "out")}))
+    dataset = result["dataset_uri"]
+    assert main(["pretrain", dataset, "--config", str(config), "--models", str(tmp_path / "models"), "--json"]) == 0
+    models = json.loads(capsys.readouterr().out)
+    assert Path(models["classifier"]["uri"]).parent == tmp_path / "models" and Path(models["generator"]["uri"]).exists()
+    assert main(["finetune", dataset, "--classifier", models["classifier"]["uri"], "--augmented",
+                 result["augment"]["out_uri"], "--config", str(config)]) == 0
+    shown = capsys.readouterr().out
+    assert str(tmp_path / "out" / "report" / "report.md") in shown
+    report = (tmp_path / "out" / "report" / "report.md").read_text()
+    assert all(setting in report for setting in ("baseline", "augmented", "pil"))
+    assert main(["finetune", str(tmp_path / "absent"), "--classifier", models["classifier"]["uri"]]) == 2
+
+
 def test_interrupted_augment_resumes_to_the_same_samples(tiny_run, tmp_path):
     result, _ = tiny_run
     dataset, models = result["dataset_uri"], result["models"]
