@@ -18,19 +18,7 @@ from tasks.dataset import QUARANTINE, SAMPLES, existing_rows, read_manifest
 from tasks.images import decode_mask, decode_png
 from tasks.knowledge import plan
 from tasks.locks import DatasetLocked, dataset_lock
-
-TINY = {
-    "name": "tiny",
-    "dataset": {"source": "phantom", "n": 400, "size": 32, "seed": 2},
-    "classifier": {"epochs": 2, "batch_size": 64},
-    "generator": {"patch_size": 8, "depth": 2, "num_heads": 2, "head_dim": 16, "steps": 20, "batch_size": 16},
-    # EigenCAM does not need a trained classifier's gradients, so masks exist at this size; a
-    # 2-epoch classifier at 32 px calls little, so neither the gate nor the removal check applies
-    "augment": {"batch_size": 8, "cam_method": "eigencam", "mask": {"max_area": 0.6},
-                "localise": {"gate": False}, "verify_removal": False,
-                "inpaint": {"steps": 3, "jump_length": 3, "resample": 1}, "quality_max_z": 1000.0},
-    "finetune": {"epochs": 2, "bootstrap": 20},
-}
+from tiny_factory import TINY
 
 
 @pytest.fixture(scope="module")
