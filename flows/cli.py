@@ -196,8 +196,7 @@ def _tail(text: str | None) -> tuple[str, ...] | None:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from flows.settings import READER_OPTIONS, DatasetSettings
-    from tasks.ingest import ingest_source
+    from flows.settings import READER_OPTIONS
 
     given = {name: getattr(args, name) for name in READER_OPTIONS if hasattr(args, name)}  # this kind's options
     settings = DatasetSettings(source=args.kind, table=args.table, images=args.images, split_csv=args.split_csv,
@@ -205,8 +204,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
                                workers=args.workers, **given)
     out = args.out or default_dataset_uri(args.kind)
     with _progress(f"ingest {args.kind}", not args.json) as progress:
-        report = ingest_source(args.kind, args.table, args.images, out, settings.ingest_options(),
-                               settings.reader_options(), args.split_csv, progress)
+        report = settings.ingest(out, progress)
     return _print_report(report, args.json)
 
 
@@ -274,7 +272,6 @@ def print_summary(summary: dict) -> None:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from flows.settings import KnowledgeSettings
     from tasks.knowledge import export_decisions, plan
 
     knowledge = KnowledgeSettings(judge=args.judge, model=args.model, prompt_version=args.prompt_version,
@@ -443,10 +440,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _step_settings(args: argparse.Namespace):
     """The YAML's settings (or the defaults); fails on a missing dataset before any server starts."""
-    from flows.settings import FactorySettings, load_settings
+    from flows.settings import settings_or_defaults
     from tasks.dataset import read_manifest
 
-    settings = load_settings(args.config) if args.config else FactorySettings()
+    settings = settings_or_defaults(args.config)
     read_manifest(args.uri)
     return settings
 
@@ -501,9 +498,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    from flows.settings import FactorySettings, load_settings
+    from flows.settings import settings_or_defaults
 
-    effective = (load_settings(args.config) if args.config else FactorySettings()).effective()
+    effective = settings_or_defaults(args.config).effective()
     if args.json:
         print(json.dumps(effective, indent=2))
     else:
@@ -606,7 +603,8 @@ def print_example_lineage(augmented_uri: str, dataset_uri: str, console) -> None
 
 COMMANDS = {"ingest": cmd_ingest, "phantom": cmd_phantom, "info": cmd_info, "plan": cmd_plan,
             "decisions": cmd_decisions, "lineage": cmd_lineage, "query": cmd_query, "runs": cmd_runs,
-            "pretrain": cmd_pretrain, "augment": cmd_augment, "finetune": cmd_finetune, "run": cmd_run, "config": cmd_config, "demo": cmd_demo}
+            "pretrain": cmd_pretrain, "augment": cmd_augment, "finetune": cmd_finetune, "run": cmd_run,
+            "config": cmd_config, "demo": cmd_demo}
 
 
 def storage_errors() -> tuple[type[Exception], ...]:
@@ -628,13 +626,14 @@ def storage_errors() -> tuple[type[Exception], ...]:
 
 def storage_message(exc: Exception) -> str:
     """One line: which endpoint could not be reached, and what to do."""
-    from tasks.store import storage_options_from_env
-
     from urllib.parse import urlsplit
+
+    from tasks.store import storage_options_from_env
 
     url = (getattr(exc, "kwargs", None) or {}).get("endpoint_url") or \
         storage_options_from_env().get("client_kwargs", {}).get("endpoint_url")
-    endpoint = f"{urlsplit(url).scheme}://{urlsplit(url).netloc}" if url else "the default AWS S3 endpoint"
+    parts = urlsplit(url) if url else None  # botocore names the object's URL: keep scheme and host
+    endpoint = f"{parts.scheme}://{parts.netloc}" if parts else "the default AWS S3 endpoint"
     reason = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
     return (f"cannot reach the storage endpoint {endpoint} ({reason}). Check that it is up and that "
             f"TAILFORGE_S3_ENDPOINT_URL and the AWS credentials point at it, then run the same command "

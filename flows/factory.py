@@ -15,7 +15,7 @@ from flows.settings import (SOURCES, DatasetSettings, FactorySettings, finetune_
                             settings_from_dict)
 from tasks import store
 from tasks.dataset import new_run_id, read_manifest, summarize, utcnow
-from tasks.ingest import ingest_phantom, ingest_source
+from tasks.ingest import ingest_phantom
 from tasks.runs import write_run_record
 
 
@@ -33,8 +33,7 @@ def ingest_task(settings: DatasetSettings, uri: str) -> dict:
         raise ValueError(f"unknown dataset source {settings.source!r}; use {', '.join(SOURCES)}, phantom or existing")
     if not settings.table or not settings.images:
         raise ValueError(f"dataset source {settings.source!r} needs 'table' and 'images'")
-    return ingest_source(settings.source, settings.table, settings.images, uri, settings.ingest_options(),
-                         settings.reader_options(), settings.split_csv).to_json()
+    return settings.ingest(uri).to_json()
 
 
 @flow(name="factory", log_prints=True)

@@ -58,11 +58,14 @@ class DatasetSettings:
         """What tasks.sources.read_source takes besides the kind and the table."""
         return {name: getattr(self, name) for name in READER_OPTIONS}
 
-    def ingest_options(self):
-        from tasks.ingest import IngestOptions
+    def ingest(self, uri: str, progress=None):
+        """Ingest this real source into ``uri``: `tailforge ingest` and the factory's step alike."""
+        from tasks.ingest import IngestOptions, ingest_source
 
-        return IngestOptions(size=self.size, shard_rows=self.shard_rows, workers=self.workers,
-                             explicit_tail=self.tail, name=self.source)
+        options = IngestOptions(size=self.size, shard_rows=self.shard_rows, workers=self.workers,
+                                explicit_tail=self.tail, name=self.source)
+        return ingest_source(self.source, self.table, self.images, uri, options, self.reader_options(),
+                             self.split_csv, progress)
 
 
 READER_OPTIONS = ("bbox_table", "views", "uncertain", "blank", "split_table", "metadata_table", "vocab",
@@ -204,6 +207,11 @@ def finetune_settings(settings: FactorySettings):
     from tasks.finetune import FinetuneSettings
 
     return FinetuneSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in settings.finetune.items()})
+
+
+def settings_or_defaults(path: str | None) -> FactorySettings:
+    """The settings of a YAML file, or the built-in defaults when none is named."""
+    return load_settings(path) if path else FactorySettings()
 
 
 def load_settings(path: str) -> FactorySettings:
