@@ -159,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     config = commands.add_parser("config", help="print the effective settings of a YAML: every default filled in")
     config.add_argument("config", nargs="?", help="settings YAML (default: the built-in defaults)")
     config.add_argument("--json", action="store_true")
+    config.add_argument("--reference", action="store_true",
+                        help="print every setting with its default, meaning and defining class (markdown)")
 
     demo = commands.add_parser("demo", help="start a local Prefect server and run the factory on the phantom")
     demo.add_argument("--n", type=int, default=None, help="phantom images (default: flows/demo.yaml)")
@@ -500,6 +502,11 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 def cmd_config(args: argparse.Namespace) -> int:
     from flows.settings import settings_or_defaults
 
+    if args.reference:
+        from flows.settings_reference import markdown
+
+        print(markdown(), end="")
+        return 0
     effective = settings_or_defaults(args.config).effective()
     if args.json:
         print(json.dumps(effective, indent=2))

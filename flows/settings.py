@@ -75,10 +75,10 @@ READER_OPTIONS = ("bbox_table", "views", "uncertain", "blank", "split_table", "m
 @dataclass(frozen=True)
 class ClassifierSettings:
     backbone: str = "resnet18"  # timm name or a paper alias (resnet50, efficientnet_b0, ...)
-    epochs: int = 8
-    batch_size: int = 32
-    lr: float = 1e-3
-    seed: int = 0
+    epochs: int = 8  # passes over the train split
+    batch_size: int = 32  # images per optimiser step
+    lr: float = 1e-3  # AdamW peak learning rate
+    seed: int = 0  # initialisation and shuffling
     checkpoint: str | None = None  # reuse this checkpoint URI instead of training
 
 
@@ -86,16 +86,16 @@ class ClassifierSettings:
 class GeneratorSettings:
     normals: tuple[str, ...] = ()  # dataset URIs of normal X-rays (default: the dataset's own normals)
     adult_only: bool = True  # leave out pediatric rows when a dataset records age_group
-    patch_size: int = 4
-    depth: int = 6
-    num_heads: int = 4
-    head_dim: int = 32
+    patch_size: int = 4  # DiT patch side in pixels (tokens = (size / patch) ** 2)
+    depth: int = 6  # transformer blocks
+    num_heads: int = 4  # attention heads
+    head_dim: int = 32  # width per head (model width = num_heads x head_dim)
     conditioning: str = "none"  # "mask": an inpainting DiT (sees the known image and the mask; models/dit.py)
-    steps: int = 2000
-    batch_size: int = 32
-    lr: float = 3e-4
+    steps: int = 2000  # optimiser steps
+    batch_size: int = 32  # normal images per step
+    lr: float = 3e-4  # AdamW learning rate
     warmup_steps: int | None = None  # linear learning-rate warm-up (default: a tenth of the steps, at most 200)
-    seed: int = 0
+    seed: int = 0  # initialisation, noise and shuffling
     checkpoint: str | None = None  # reuse this checkpoint URI instead of training
 
 
@@ -132,7 +132,7 @@ class KnowledgeSettings:
 
 @dataclass(frozen=True)
 class FactorySettings:
-    name: str = "factory"
+    name: str = "factory"  # the run's name: default output, dataset and report names derive from it
     dataset: DatasetSettings = field(default_factory=DatasetSettings)
     classifier: ClassifierSettings = field(default_factory=ClassifierSettings)
     generator: GeneratorSettings = field(default_factory=GeneratorSettings)

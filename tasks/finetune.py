@@ -34,11 +34,11 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class FinetuneSettings:
-    epochs: int = 5
+    epochs: int = 5  # fine-tuning passes per setting
     beta: float = 0.5  # PIL growth rate
-    batch_size: int = 32
-    lr: float = 3e-4
-    seed: int = 0
+    batch_size: int = 32  # images per optimiser step
+    lr: float = 3e-4  # learning rate (constant)
+    seed: int = 0  # initialisation and shuffling
     settings: tuple[str, ...] = SETTINGS  # which of baseline / augmented / pil to run
     accepted_only: bool = True  # use generated samples that passed the quality and removal checks (accepted)
     bootstrap: int = 500  # bootstrap draws for the metrics' confidence intervals

@@ -154,3 +154,27 @@ def test_config_prints_every_effective_setting_and_round_trips(tmp_path, capsys)
     again = tmp_path / "effective.yaml"
     again.write_text(yaml.safe_dump(printed))
     assert json.loads(json.dumps(load_settings(str(again)).effective())) == printed
+
+
+def _leaves(tree: dict, prefix: str = "") -> set[str]:
+    out = set()
+    for key, value in tree.items():
+        out |= _leaves(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}"}
+    return out
+
+
+def test_settings_reference_covers_every_setting_and_the_readme_copy_is_current(capsys):
+    """One table names every setting the YAML takes (the leaves of `tailforge config`), with
+    its default and a meaning; the README's copy is the table `config --reference` prints."""
+    from flows.cli import main
+    from flows.settings import FactorySettings
+    from flows.settings_reference import rows
+
+    table = rows(FactorySettings)
+    assert {key for key, *_ in table} == _leaves(FactorySettings().effective())
+    assert [key for key, _, meaning, _ in table if not meaning] == []  # every setting says what it does
+    assert main(["config", "--reference"]) == 0
+    printed = capsys.readouterr().out
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("<!-- settings-reference:start -->\n")[1].split("<!-- settings-reference:end -->")[0]
+    assert block == printed, "README's settings reference is stale: paste `tailforge config --reference` into it"
