@@ -1,10 +1,13 @@
 """Augment flow: plan -> candidates with deterministic ids -> skip what exists -> one task per
-batch under the global ``gpu`` concurrency limit -> manifest, decisions export, summary."""
+batch, inside `gpu` slots the run holds for its whole fan-out -> manifest, decisions export,
+summary."""
 
 from __future__ import annotations
 
 import time
 from collections import deque
+from contextlib import contextmanager, nullcontext
+from typing import Iterator
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
@@ -17,7 +20,7 @@ from tasks import store
 from tasks.dataset import new_run_id, read_manifest, utcnow
 from tasks.knowledge import export_decisions, plan
 from tasks.locks import dataset_lock
-from tasks.runs import write_run_record
+from tasks.runs import recorded_run
 
 
 @task(task_run_name="plan")
@@ -37,17 +40,17 @@ def plan_task(dataset_uri: str, cache_path: str, knowledge: KnowledgeSettings) -
 GPU_LEASE_S = 60.0
 
 
-def gpu_wait_message(limit: int, active: int) -> str | None:
-    """What a batch waits for when every `gpu` slot is taken; None when one is free."""
-    if active < limit:
+def gpu_wait_message(limit: int, active: int, wanted: int = 1) -> str | None:
+    """What a run waits for when the `gpu` slots it asks for are not free; None when they are."""
+    if active + wanted <= limit:
         return None
-    return (f"waiting for a `gpu` slot (limit {limit}, {active} held by running batches or by a killed "
-            f"run, whose slot frees within ~{GPU_LEASE_S + 15:.0f} s as its {GPU_LEASE_S:.0f} s lease lapses)")
+    return (f"waiting for {wanted} `gpu` slot(s) (limit {limit}, {active} held by running runs or by a killed "
+            f"run, whose slots free within ~{GPU_LEASE_S + 15:.0f} s as its {GPU_LEASE_S:.0f} s lease lapses)")
 
 
-def log_gpu_wait(logger) -> None:
-    """One INFO line before a batch asks for a slot that is not free (nothing when no limit exists).
-    A failed look-up is not the batch's failure: the slot is still asked for."""
+def read_gpu_limit(logger):
+    """The server's active `gpu` limit, or None when there is none (or it cannot be read: then
+    nothing is held, and the run says so at DEBUG)."""
     import httpx
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
@@ -56,23 +59,39 @@ def log_gpu_wait(logger) -> None:
         try:
             limit = client.read_global_concurrency_limit_by_name("gpu")
         except ObjectNotFound:
-            return
+            return None
         except httpx.HTTPError as exc:
-            logger.debug(f"could not read the `gpu` limit ({exc}); asking for a slot anyway")
-            return
-    message = gpu_wait_message(limit.limit, limit.active_slots) if limit.active else None
+            logger.warning(f"could not read the `gpu` limit ({exc}); running without holding a slot")
+            return None
+    return limit if limit.active else None
+
+
+@contextmanager
+def gpu_slots(wanted: int, logger) -> Iterator[int]:
+    """Hold slots of the global `gpu` limit for a whole fan-out; yields how many batches may be
+    in flight. The run takes ``wanted`` slots (at most the limit) once and keeps them until its
+    last batch ends, so the limit still bounds GPU work across runs, processes and hosts, but no
+    batch pays for a slot: on a SQLite-backed server each slot request costs ~2 s (issue 14;
+    README, "The gpu slot"). No `gpu` limit on the server: nothing to hold, ``wanted`` in flight."""
+    
+    limit = read_gpu_limit(logger)
+    if limit is None:
+        yield wanted
+        return
+    slots = max(1, min(wanted, limit.limit))
+    message = gpu_wait_message(limit.limit, limit.active_slots, slots)
     if message:
         logger.info(message)
+    with concurrency("gpu", occupy=slots, lease_duration=GPU_LEASE_S):
+        yield slots
 
 
 @task(retries=2, retry_delay_seconds=5, task_run_name="augment-batch-{index}")
 def augment_batch(index: int, dataset_uri: str, out_uri: str, batch: list[work.Candidate], classifier: dict,
                   generator: dict, settings: dict, run_id: str) -> dict:
-    """One batch of images; GPU-bound, so it holds one slot of the global ``gpu`` limit."""
-    log_gpu_wait(get_run_logger())
-    with concurrency("gpu", occupy=1, lease_duration=GPU_LEASE_S):
-        return work.run_batch(dataset_uri, out_uri, batch, classifier, generator,
-                              work.AugmentSettings.from_dict(settings), run_id)
+    """One batch of images; GPU-bound: it runs inside its run's `gpu` slots (gpu_slots)."""
+    return work.run_batch(dataset_uri, out_uri, batch, classifier, generator,
+                          work.AugmentSettings.from_dict(settings), run_id)
 
 
 def acceptance_artifact(counts: dict) -> None:
@@ -96,7 +115,6 @@ def augment_flow(dataset_uri: str, out_uri: str, classifier: dict, generator: di
 
 def _augment(dataset_uri: str, out_uri: str, classifier: dict, generator: dict, knowledge: KnowledgeSettings,
              settings: dict | None, cache_path: str | None) -> dict:
-    logger = get_run_logger()
     started = time.perf_counter()
     options = work.AugmentSettings.from_dict(settings or {})
     manifest = read_manifest(dataset_uri)
@@ -104,15 +122,21 @@ def _augment(dataset_uri: str, out_uri: str, classifier: dict, generator: dict, 
     started_at = utcnow()
     parameters = {"dataset_uri": dataset_uri, "out_uri": out_uri, "classifier": classifier["id"],
                   "generator": generator["id"], "knowledge": knowledge.__dict__, "settings": options.to_dict()}
-    write_run_record(out_uri, run_id, "augment", parameters, "running", started_at, on_crashed=mark_crashed)
+    with recorded_run(out_uri, run_id, "augment", parameters, started_at, on_crashed=mark_crashed) as done:
+        return _fan_out(dataset_uri, out_uri, classifier, generator, knowledge, cache_path, options, manifest,
+                        run_id, started, done)
+
+
+def _fan_out(dataset_uri: str, out_uri: str, classifier: dict, generator: dict, knowledge: KnowledgeSettings,
+             cache_path: str | None, options: work.AugmentSettings, manifest: dict, run_id: str, started: float,
+             done) -> dict:
+    logger = get_run_logger()
     plan_summary, decisions = plan_task(dataset_uri, cache_path or knowledge.cache_path(), knowledge)
     prepared = work.prepare(dataset_uri, out_uri, manifest, decisions, classifier["id"], generator["id"], options)
     candidates, all_batches, todo, recipe = prepared.candidates, prepared.batches, prepared.todo, prepared.recipe
     logger.info(f"{len(candidates)} candidates in {len(all_batches)} batches; {len(todo)} to run, "
                 f"{len(all_batches) - len(todo)} already done")
     progress_id = create_progress_artifact(0.0, key="augment-progress", description="batches finished (%)")
-    # at most `parallel` batches in flight: a submitted batch finds a free gpu slot at once
-    # instead of polling the server for one
     in_flight: deque = deque()
     results = []
 
@@ -120,13 +144,14 @@ def _augment(dataset_uri: str, out_uri: str, classifier: dict, generator: dict, 
         results.append(in_flight.popleft().result())
         update_progress_artifact(progress_id, 100.0 * len(results) / len(todo))
 
-    for i, b in todo:
-        if len(in_flight) >= options.parallel:
+    with gpu_slots(options.parallel, logger) if todo else nullcontext(0) as slots:
+        for i, b in todo:  # at most `slots` batches in flight: one per gpu slot the run holds
+            if len(in_flight) >= slots:
+                finish_one()
+            in_flight.append(augment_batch.submit(i, dataset_uri, out_uri, b, classifier, generator,
+                                                  options.to_dict(), run_id))
+        while in_flight:
             finish_one()
-        in_flight.append(augment_batch.submit(i, dataset_uri, out_uri, b, classifier, generator,
-                                              options.to_dict(), run_id))
-    while in_flight:
-        finish_one()
     if not todo:
         update_progress_artifact(progress_id, 100.0)
     decisions_uri = export_decisions(decisions, store.join(out_uri, "decisions"))
@@ -137,7 +162,7 @@ def _augment(dataset_uri: str, out_uri: str, classifier: dict, generator: dict, 
     model_seconds = counts["model_seconds"]
     acceptance_artifact(counts)
     quarantined = counts["quarantined"]
-    write_run_record(out_uri, run_id, "augment", parameters, "completed", started_at, {
+    done({
         "candidates": len(candidates), "batches_run": len(todo), "written": counts["written"],
         "accepted": counts["accepted"], "rejected": counts["rejected"], "by_class": counts["by_class"],
         "quarantined": quarantined, "llm_calls": plan_summary["llm_calls"], "fallbacks": plan_summary["fallbacks"]})

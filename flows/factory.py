@@ -16,7 +16,7 @@ from flows.settings import (SOURCES, DatasetSettings, FactorySettings, finetune_
 from tasks import store
 from tasks.dataset import new_run_id, read_manifest, summarize, utcnow
 from tasks.ingest import ingest_phantom
-from tasks.runs import write_run_record
+from tasks.runs import recorded_run
 
 
 @task(retries=1, retry_delay_seconds=10, task_run_name="ingest-{settings.source}")
@@ -43,18 +43,12 @@ def factory_flow(config_path: str | None = None, overrides: dict | None = None) 
     settings = _settings(config_path, overrides)
     dataset_uri, output = settings.dataset_uri(), settings.output_uri()
     run_id, started_at = new_run_id(), utcnow()
-    write_run_record(output, run_id, "factory", settings.to_dict(), "running", started_at, on_crashed=mark_crashed)
-    try:
-        return _run_factory(settings, dataset_uri, output, run_id, started_at, started)
-    except Exception as exc:
-        # the run record says what happened instead of "running" forever; the error goes on to Prefect
-        write_run_record(output, run_id, "factory", settings.to_dict(), "failed", started_at,
-                         {"error": f"{type(exc).__name__}: {exc}"[:500]})
-        raise
+    with recorded_run(output, run_id, "factory", settings.to_dict(), started_at, on_crashed=mark_crashed) as done:
+        return _run_factory(settings, dataset_uri, output, run_id, started, done)
 
 
-def _run_factory(settings: FactorySettings, dataset_uri: str, output: str, run_id: str, started_at,
-                 started: float) -> dict:
+def _run_factory(settings: FactorySettings, dataset_uri: str, output: str, run_id: str, started: float,
+                 done) -> dict:
     logger = get_run_logger()
     ingested = ingest_task(settings.dataset, dataset_uri)
     logger.info(f"dataset {dataset_uri}: {ingested.get('rows_written', 0)} new rows")
@@ -70,7 +64,7 @@ def _run_factory(settings: FactorySettings, dataset_uri: str, output: str, run_i
                "generator": models["generator"]["id"][:16],
                "augment_orchestration_share": augmented["orchestration_share"]}
     written = report_task(store.join(output, "report"), tuned, augmented_uri, dataset_uri, summary)
-    write_run_record(output, run_id, "factory", settings.to_dict(), "completed", started_at, summary)
+    done(summary)
     return {"run_id": run_id, "settings": settings.to_dict(), "dataset_uri": dataset_uri, "output_uri": output,
             "models": models, "augment": augmented, "finetune": tuned, "report": written["uris"],
             "table": written["rows"], "seconds": round(time.perf_counter() - started, 1)}

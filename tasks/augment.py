@@ -55,7 +55,7 @@ class AugmentSettings:
     verify_removal: bool = True  # accept only rows whose removal the classifier confirms; False: quality alone
     seed: int = 0  # mixed into every image's seed
     max_images: int | None = None  # cap on candidates (smallest output ids first); None = all
-    parallel: int = 1  # batches in flight at once: the gpu slots the pool has (waiting tasks poll the server)
+    parallel: int = 1  # batches in flight at once; the run holds as many `gpu` slots (at most the limit) throughout
 
     @classmethod
     def from_dict(cls, data: dict) -> "AugmentSettings":

@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from tasks import store
 from tasks.dataset import utcnow
@@ -60,6 +61,25 @@ def write_run_record(out_uri: str, run_id: str, flow: str, parameters: dict, sta
                            "counts": counts or {}, "pid": os.getpid(), "host": socket.gethostname(),
                            "process_start": process_start(os.getpid())})
     return uri
+
+
+@contextmanager
+def recorded_run(out_uri: str, run_id: str, flow: str, parameters: dict, started_at,
+                 on_crashed: Callable[[dict], None] | None = None) -> Iterator[Callable[[dict], str]]:
+    """A run's record from start to end: "running" now; the body calls the yielded function with
+    its counts to record "completed"; a body that raises leaves "failed" with the error (or
+    "interrupted" on Ctrl-C), never "running" (issue 14: failed runs say so)."""
+    write_run_record(out_uri, run_id, flow, parameters, "running", started_at, on_crashed=on_crashed)
+    try:
+        yield lambda counts: write_run_record(out_uri, run_id, flow, parameters, "completed", started_at, counts)
+    except BaseException as exc:
+        status = "failed" if isinstance(exc, Exception) else "interrupted"
+        try:
+            write_run_record(out_uri, run_id, flow, parameters, status, started_at,
+                             {"error": f"{type(exc).__name__}: {exc}"[:500]})
+        except Exception:  # the store itself is down: the original error matters more
+            pass
+        raise
 
 
 def process_gone(record: dict) -> bool:

@@ -2,6 +2,7 @@
 promised; a rerun writes nothing and makes no LLM calls; an interrupted augment, resumed,
 equals an uninterrupted one."""
 
+import json
 import os
 from pathlib import Path
 
@@ -253,3 +254,20 @@ def test_api_key_from_a_prefect_secret_block(prefect_server, tiny_run, tmp_path,
     assert report.llm_calls > 0 and report.fallbacks == {}
     assert key in (sent.get("x-api-key"), sent.get("authorization", "").removeprefix("Bearer "))
     assert key not in (tmp_path / "d.duckdb").read_bytes().decode("latin-1")
+
+
+def test_a_failed_augment_says_so_in_its_run_record(tiny_run, tmp_path, capsys):
+    """A run whose batches fail ends "failed" with the error, not "running" forever (issue 14)."""
+    from flows.cli import main
+
+    result, _ = tiny_run
+    dataset, models = result["dataset_uri"], result["models"]
+    gone = {**models["generator"], "uri": str(tmp_path / "no-such-dit.pt")}
+    out = str(tmp_path / "runs" / "broken")
+    with pytest.raises(Exception, match="no-such-dit"):
+        augment_flow(dataset, out, models["classifier"], gone, KnowledgeSettings(), TINY["augment"],
+                     str(tmp_path / "d.duckdb"))
+    assert main(["runs", "--root", str(tmp_path / "runs"), "--json"]) == 0
+    (record,) = json.loads(capsys.readouterr().out)
+    assert record["flow"] == "augment" and record["status"] == "failed"
+    assert "no-such-dit" in record["counts"]["error"] and record["ended_at"]

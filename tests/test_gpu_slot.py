@@ -1,38 +1,64 @@
-"""The `gpu` slot of augment batches (issue 12, defect 5): a short lease that Prefect renews, and a
-log line when a batch has to wait. That a killed holder's slot frees within ~75 s is measured by
-benchmarks/reliability.py (section gpu_lease); it takes minutes, so it is not a test."""
+"""The `gpu` slots of an augment run (issues 12 and 14): taken once per run for the whole
+fan-out, at most the limit, on a short lease that Prefect renews, with a log line when the run
+has to wait. That a killed holder's slot frees within ~75 s is measured by
+benchmarks/reliability.py (section gpu_lease); what a slot costs per batch, by
+benchmarks/bench_gpu_slot.py. Both take minutes, so they are not tests."""
 
 import logging
+import threading
+import time
 
 import pytest
 
-from flows.augment import GPU_LEASE_S, gpu_wait_message, log_gpu_wait
+from flows.augment import GPU_LEASE_S, gpu_slots, gpu_wait_message
 
 
 def test_the_wait_message_says_what_holds_the_slots():
-    assert gpu_wait_message(2, 1) is None
-    message = gpu_wait_message(1, 1)
-    assert message.startswith("waiting for a `gpu` slot (limit 1, 1 held")
+    assert gpu_wait_message(2, 1) is None and gpu_wait_message(2, 0, 2) is None
+    message = gpu_wait_message(2, 1, 2)
+    assert message.startswith("waiting for 2 `gpu` slot(s) (limit 2, 1 held")
     assert f"{GPU_LEASE_S:.0f} s lease" in message
 
 
-def test_the_server_takes_the_short_lease_and_a_full_limit_is_announced(prefect_server, caplog):
+def _active_slots() -> int:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_global_concurrency_limit_by_name("gpu").active_slots
+
+
+def test_a_run_holds_its_slots_for_the_fan_out_at_most_the_limit(prefect_server, caplog):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
     from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError
     from prefect.concurrency.sync import concurrency
 
     logger = logging.getLogger("tests.gpu_slot")
-    log_gpu_wait(logger)  # no `gpu` limit on this server: nothing to say, no error
+    with gpu_slots(3, logger) as slots:  # no `gpu` limit on this server: nothing held, no warning
+        assert slots == 3
     with get_client(sync_client=True) as client:
-        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name="gpu", limit=1))
+        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name="gpu", limit=2))
     try:
         with caplog.at_level(logging.INFO, logger="tests.gpu_slot"):
-            log_gpu_wait(logger)
-            assert not caplog.records  # a free slot is not worth a line
-            with concurrency("gpu", occupy=1, lease_duration=GPU_LEASE_S):
-                log_gpu_wait(logger)
-        assert [r.getMessage()[:44] for r in caplog.records] == ["waiting for a `gpu` slot (limit 1, 1 held by"]
+            with gpu_slots(5, logger) as slots:  # more batches in flight than the limit: the limit
+                assert slots == 2 and _active_slots() == 2
+            assert _active_slots() == 0 and not caplog.records  # free slots are not worth a line
+            got = []
+
+            def second_run():
+                with gpu_slots(2, logger) as slots:
+                    got.append((slots, _active_slots()))
+
+            with concurrency("gpu", occupy=1, lease_duration=GPU_LEASE_S):  # another run holds one
+                waiter = threading.Thread(target=second_run)
+                waiter.start()
+                deadline = time.monotonic() + 30
+                while not caplog.records and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                assert got == []  # it waits while the other run holds a slot
+            waiter.join(timeout=60)
+        assert got == [(2, 2)]  # and runs with both once it is released
+        assert [r.getMessage()[:49] for r in caplog.records] == ["waiting for 2 `gpu` slot(s) (limit 2, 1 held by r"]
         # why not shorter: the server refuses a lease under 60 s
         with pytest.raises(ConcurrencySlotAcquisitionError, match="422"):
             with concurrency("gpu", occupy=1, lease_duration=GPU_LEASE_S - 1):
