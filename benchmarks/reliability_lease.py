@@ -1,5 +1,5 @@
 """The `gpu` slot of a killed augment (issue 12, defect 5), on a real Prefect server on loopback:
-a process takes the slot as augment batches do (flows/augment.py: GPU_LEASE_S), keeps it past
+a process takes the slot as an augment run does (flows/augment.py: GPU_LEASE_S), keeps it past
 the lease's term while alive (Prefect renews the lease), is killed with SIGKILL, and the suite
 measures how long the slot stays taken. Prefect's default lease kept it 300 s."""
 
@@ -56,15 +56,11 @@ def _until_free(limit_s: float) -> float | None:
 
 
 def _wait_line() -> str:
-    """What flows.augment logs when a batch finds the slot taken."""
-    from flows.augment import log_gpu_wait
+    """What flows.augment logs when a run finds the slot taken (before it waits for it)."""
+    from flows.augment import gpu_wait_message, read_gpu_limit
 
-    lines: list[str] = []
-    logger = logging.getLogger("reliability.gpu")
-    logger.addHandler(type("Keep", (logging.Handler,), {"emit": lambda self, r: lines.append(r.getMessage())})())
-    logger.setLevel(logging.INFO)
-    log_gpu_wait(logger)
-    return lines[0] if lines else ""
+    limit = read_gpu_limit(logging.getLogger("reliability.gpu"))
+    return (gpu_wait_message(limit.limit, limit.active_slots) or "") if limit else ""
 
 
 def section_gpu_lease(args, work: Path) -> dict:
@@ -95,7 +91,7 @@ def _measure(args, holder: subprocess.Popen) -> dict:
     holder.wait(timeout=30)
     freed_after = _until_free(FREE_LIMIT_S)
     bound = GPU_LEASE_S + 15 + 10  # term + the repossessor's 15 s loop + polling and a busy machine
-    ok = kept == 1 and freed_after is not None and freed_after <= bound and "waiting for a `gpu` slot" in line
+    ok = kept == 1 and freed_after is not None and freed_after <= bound and "waiting for 1 `gpu` slot(s)" in line
     return {**tally(trials=1, survived=ok, hangs=freed_after is None), "lease_s": GPU_LEASE_S,
             "held_alive_s": args.lease_hold, "slot_kept_while_alive": kept == 1,
             "freed_after_kill_s": freed_after, "bound_s": bound, "prefect_default_lease_s": 300,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from typing import Iterator
 
 from prefect import flow, get_run_logger, task
@@ -14,6 +14,7 @@ from prefect.artifacts import create_progress_artifact, create_table_artifact, u
 from prefect.concurrency.sync import concurrency
 
 from flows.crashes import mark_crashed
+from flows.runners import batch_submitter
 from flows.settings import KnowledgeSettings
 from tasks import augment as work
 from tasks import store
@@ -94,6 +95,27 @@ def augment_batch(index: int, dataset_uri: str, out_uri: str, batch: list[work.C
                           work.AugmentSettings.from_dict(settings), run_id)
 
 
+def run_batches(todo: list, shared: dict, options: work.AugmentSettings, progress_id, logger) -> list[dict]:
+    """Every batch of ``todo`` ((index, candidates) pairs), at most one per `gpu` slot the run
+    holds in flight, on the configured runner; their results in order."""
+    in_flight: deque = deque()
+    results: list[dict] = []
+
+    def finish_one() -> None:
+        results.append(in_flight.popleft().result())
+        update_progress_artifact(progress_id, 100.0 * len(results) / len(todo))
+
+    with gpu_slots(options.parallel, logger) as slots, \
+            batch_submitter(augment_batch, options.runner, options.dask_address, options.dask_resource) as submit:
+        for index, batch in todo:
+            if len(in_flight) >= slots:
+                finish_one()
+            in_flight.append(submit(index=index, batch=batch, **shared))
+        while in_flight:
+            finish_one()
+    return results
+
+
 def acceptance_artifact(counts: dict) -> None:
     """A table in the Prefect UI: per removed class, rows written, accepted and the rate."""
     rows = [{"removed class": name, "written": w, "accepted": a, "acceptance": f"{a / w:.0%}" if w else "-"}
@@ -137,21 +159,9 @@ def _fan_out(dataset_uri: str, out_uri: str, classifier: dict, generator: dict, 
     logger.info(f"{len(candidates)} candidates in {len(all_batches)} batches; {len(todo)} to run, "
                 f"{len(all_batches) - len(todo)} already done")
     progress_id = create_progress_artifact(0.0, key="augment-progress", description="batches finished (%)")
-    in_flight: deque = deque()
-    results = []
-
-    def finish_one() -> None:
-        results.append(in_flight.popleft().result())
-        update_progress_artifact(progress_id, 100.0 * len(results) / len(todo))
-
-    with gpu_slots(options.parallel, logger) if todo else nullcontext(0) as slots:
-        for i, b in todo:  # at most `slots` batches in flight: one per gpu slot the run holds
-            if len(in_flight) >= slots:
-                finish_one()
-            in_flight.append(augment_batch.submit(i, dataset_uri, out_uri, b, classifier, generator,
-                                                  options.to_dict(), run_id))
-        while in_flight:
-            finish_one()
+    shared = {"dataset_uri": dataset_uri, "out_uri": out_uri, "classifier": classifier, "generator": generator,
+              "settings": options.to_dict(), "run_id": run_id}
+    results = run_batches(todo, shared, options, progress_id, logger) if todo else []
     if not todo:
         update_progress_artifact(progress_id, 100.0)
     decisions_uri = export_decisions(decisions, store.join(out_uri, "decisions"))

@@ -56,6 +56,9 @@ class AugmentSettings:
     seed: int = 0  # mixed into every image's seed
     max_images: int | None = None  # cap on candidates (smallest output ids first); None = all
     parallel: int = 1  # batches in flight at once; the run holds as many `gpu` slots (at most the limit) throughout
+    runner: str = "local"  # where batches run: "local" (the flow's threads) or "dask" (the cluster at dask_address)
+    dask_address: str | None = None  # runner "dask": the scheduler, tcp://HOST:8786
+    dask_resource: str | None = "GPU"  # runner "dask": the worker resource each batch takes one of; null: none
 
     @classmethod
     def from_dict(cls, data: dict) -> "AugmentSettings":
@@ -64,6 +67,14 @@ class AugmentSettings:
         data["localise"] = LocaliseConfig(**data.get("localise", {}))
         data["inpaint"] = InpaintConfig(**data.get("inpaint", {}))
         return cls(**data)
+
+    def __post_init__(self) -> None:
+        if self.runner not in ("local", "dask"):
+            raise ValueError(f"augment.runner must be 'local' or 'dask', not {self.runner!r}")
+        if self.runner == "dask" and not self.dask_address:
+            raise ValueError("augment.runner 'dask' needs augment.dask_address, the scheduler (tcp://HOST:8786)")
+        if self.parallel < 1 or self.batch_size < 1:
+            raise ValueError("augment.parallel and augment.batch_size must be at least 1")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -271,3 +271,100 @@ def test_a_failed_augment_says_so_in_its_run_record(tiny_run, tmp_path, capsys):
     (record,) = json.loads(capsys.readouterr().out)
     assert record["flow"] == "augment" and record["status"] == "failed"
     assert "no-such-dit" in record["counts"]["error"] and record["ended_at"]
+
+
+@pytest.fixture
+def dask_cluster(prefect_server, tmp_path):
+    """A Dask scheduler and two single-thread workers (no nanny: a killed worker stays dead), each
+    offering one `GPU`, as separate processes on loopback, reporting to the test's Prefect server."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from prefect.settings import PREFECT_API_URL
+
+    dask = str(Path(sys.executable).with_name("dask"))
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": str(Path(__file__).parents[1])}
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    address = f"tcp://127.0.0.1:{port}"
+    log = open(tmp_path / "dask.log", "wb")
+    processes = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+                                  env=env, stdout=log, stderr=subprocess.STDOUT)]
+    for n in range(2):
+        processes.append(subprocess.Popen(
+            [dask, "worker", address, "--nthreads", "1", "--no-nanny", "--resources", "GPU=1", "--no-dashboard",
+             "--name", f"gpu{n}", "--local-directory", str(tmp_path / f"worker{n}")],
+            env=env, stdout=log, stderr=subprocess.STDOUT))
+    from distributed import Client
+
+    try:
+        with Client(address, timeout="60s") as client:
+            client.wait_for_workers(2, timeout=120)
+            yield address, client
+    finally:
+        for process in processes[::-1]:
+            process.kill()
+            process.wait()
+
+
+def test_augment_on_dask_survives_a_killed_worker_and_equals_a_one_host_run(tiny_run, dask_cluster, tmp_path):
+    """Issue 14: the batches run on a Dask cluster of two workers; one is SIGKILLed while it
+    runs a batch; the scheduler re-runs that batch on the other and the output has exactly the
+    rows, ids and bytes of a one-host run: nothing lost, nothing twice."""
+    import signal
+    import threading
+    import time
+
+    result, _ = tiny_run
+    address, client = dask_cluster
+    dataset, models = result["dataset_uri"], result["models"]
+    slow = {**TINY["augment"], "batch_size": 4, "inpaint": {"steps": 40, "jump_length": 5, "resample": 2}}
+    on_dask = {**slow, "runner": "dask", "dask_address": address, "parallel": 2}
+    cache = str(tmp_path / "d.duckdb")
+    out = str(tmp_path / "on-dask")
+    done = {}
+    run = threading.Thread(target=lambda: done.update(augment_flow(
+        dataset, out, models["classifier"], models["generator"], KnowledgeSettings(), on_dask, cache)))
+    run.start()
+    pids = client.run(os.getpid)  # worker address -> its process
+    killed = None
+    deadline = time.monotonic() + 300
+    while killed is None and run.is_alive() and time.monotonic() < deadline:
+        busy = [w for w, keys in client.processing().items() if keys]
+        if busy and list(Path(out).rglob("part-*.parquet")):  # one batch written, another running
+            os.kill(pids[busy[0]], signal.SIGKILL)
+            killed = busy[0]
+        time.sleep(0.2)
+    run.join(timeout=600)
+    assert killed is not None, "no batch was running on a worker to kill"
+    assert done["batches_run"] == done["batches"] > 2
+    assert killed not in client.scheduler_info()["workers"] and len(client.scheduler_info()["workers"]) == 1
+    one_host = augment_flow(dataset, str(tmp_path / "one-host"), models["classifier"], models["generator"],
+                            KnowledgeSettings(), slow, cache)
+    assert _outputs(out) == _outputs(str(tmp_path / "one-host"))
+    ids = existing_rows(out, ["sample_id"]).column("sample_id").to_pylist()
+    assert len(ids) == len(set(ids)) == one_host["written"] == done["written"]
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as prefect:
+        runs = prefect.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[done["run_id"]])))
+    states = {r.name: r.state.type.value for r in runs}  # the re-run batch reuses its task run: none left Running
+    assert states == {"plan": "COMPLETED", **{f"augment-batch-{i}": "COMPLETED" for i in range(done["batches"])}}
+
+
+def test_a_dask_cluster_without_gpus_or_a_scheduler_is_a_clear_error(tiny_run, dask_cluster, tmp_path):
+    from flows.runners import RunnerError
+
+    result, _ = tiny_run
+    address, _ = dask_cluster
+    dataset, models = result["dataset_uri"], result["models"]
+    args = (dataset, str(tmp_path / "x"), models["classifier"], models["generator"], KnowledgeSettings())
+    with pytest.raises(RunnerError, match="offers the resource 'TPU'.*--resources TPU=1"):
+        augment_flow(*args, {**TINY["augment"], "runner": "dask", "dask_address": address, "dask_resource": "TPU"},
+                     str(tmp_path / "d.duckdb"))
+    with pytest.raises(ValueError, match="needs augment.dask_address"):
+        augment_flow(*args, {**TINY["augment"], "runner": "dask"}, str(tmp_path / "d.duckdb"))

@@ -93,6 +93,11 @@ def test_compose_has_the_services_and_no_literal_secrets():
     gpu = spec["services"]["gpu-worker"]
     assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
     assert "postgresql+asyncpg" in spec["services"]["prefect-server"]["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"]
+    scheduler, worker = spec["services"]["dask-scheduler"]["command"], spec["services"]["dask-worker"]["command"]
+    port = scheduler[scheduler.index("--port") + 1]
+    assert worker[:3] == ["dask", "worker", f"tcp://dask-scheduler:{port}"]
+    assert worker[worker.index("--resources") + 1] == "GPU=1"  # what augment.dask_resource asks for by default
+    assert spec["services"]["dask-worker"]["deploy"] == gpu["deploy"]
     for name, service in spec["services"].items():
         for key, value in (service.get("environment") or {}).items():
             if any(word in key for word in ("PASSWORD", "SECRET", "API_KEY", "ACCESS_KEY")):
@@ -112,7 +117,8 @@ def test_dockerfiles_install_the_package_and_start_a_worker_of_their_pool(name, 
     assert ":" in base and "latest" not in base
     assert base.startswith("nvidia/cuda:") == (pool == "gpu")
     installs = [line for line in lines if "pip install" in line]
-    assert any(line.endswith("pip install -c constraints.txt .") for line in installs), installs
+    package = "'.[dask]'" if pool == "gpu" else "."  # GPU hosts also run Dask workers (augment.runner: dask)
+    assert any(line.endswith(f"pip install -c constraints.txt {package}") for line in installs), installs
     assert not any("[test]" in line for line in installs)  # no test extras in a worker image
     copied = {word.rstrip("/") for line in lines if line.startswith("COPY ") for word in line.split()[1:-1]}
     assert {"constraints.txt", "pyproject.toml", "flows", "tasks", "models"} <= copied
