@@ -15,6 +15,7 @@ from prefect.concurrency.sync import concurrency
 
 from flows.crashes import mark_crashed
 from flows.runners import batch_submitter
+from flows.stages import write_result
 from flows.settings import KnowledgeSettings
 from tasks import augment as work
 from tasks import store
@@ -128,11 +129,13 @@ def acceptance_artifact(counts: dict) -> None:
 @flow(name="augment", log_prints=True)
 def augment_flow(dataset_uri: str, out_uri: str, classifier: dict, generator: dict,
                  knowledge: KnowledgeSettings = KnowledgeSettings(), settings: dict | None = None,
-                 cache_path: str | None = None) -> dict:
+                 cache_path: str | None = None, result_uri: str | None = None) -> dict:
     """Generate tail-class samples for every planned candidate not already in ``out_uri``. One
-    writer per output (tasks/locks.py): a second run into it is refused, naming the holder."""
+    writer per output (tasks/locks.py): a second run into it is refused, naming the holder. The
+    summary is also written to ``result_uri`` when the factory runs this as a deployment."""
     with dataset_lock(out_uri, "augment"):
-        return _augment(dataset_uri, out_uri, classifier, generator, knowledge, settings, cache_path)
+        return write_result(result_uri, _augment(dataset_uri, out_uri, classifier, generator, knowledge, settings,
+                                                 cache_path))
 
 
 def _augment(dataset_uri: str, out_uri: str, classifier: dict, generator: dict, knowledge: KnowledgeSettings,

@@ -13,6 +13,7 @@ from flows.finetune import finetune_flow, report_task
 from flows.pretrain import pretrain_flow
 from flows.settings import (SOURCES, DatasetSettings, FactorySettings, finetune_settings, load_settings,
                             settings_from_dict)
+from flows.stages import run_stage
 from tasks import store
 from tasks.dataset import new_run_id, read_manifest, summarize, utcnow
 from tasks.ingest import ingest_phantom
@@ -52,11 +53,21 @@ def _run_factory(settings: FactorySettings, dataset_uri: str, output: str, run_i
     logger = get_run_logger()
     ingested = ingest_task(settings.dataset, dataset_uri)
     logger.info(f"dataset {dataset_uri}: {ingested.get('rows_written', 0)} new rows")
-    models = pretrain_flow(dataset_uri, settings.models_uri(), settings.classifier, settings.generator)
+    stages = settings.stages
+
+    def stage(name: str, flow_fn, **parameters) -> dict:  # here, or a deployment on its pool (flows/stages.py)
+        return run_stage(name, flow_fn, parameters, getattr(stages, name),
+                         store.join(output, "stages", f"{run_id}-{name}.json"), stages.timeout_s)
+
+    models = stage("pretrain", pretrain_flow, dataset_uri=dataset_uri, models_uri=settings.models_uri(),
+                   classifier=settings.classifier, generator=settings.generator)
     augmented_uri = store.join(output, "augmented")
-    augmented = augment_flow(dataset_uri, augmented_uri, models["classifier"], models["generator"],
-                             settings.knowledge, settings.augment, settings.cache_path())
-    tuned = finetune_flow(dataset_uri, augmented_uri, models["classifier"]["uri"], finetune_settings(settings))
+    # the decision cache is resolved where augment runs (knowledge.cache, else that host's $TAILFORGE_HOME)
+    augmented = stage("augment", augment_flow, dataset_uri=dataset_uri, out_uri=augmented_uri,
+                      classifier=models["classifier"], generator=models["generator"], knowledge=settings.knowledge,
+                      settings=settings.augment)
+    tuned = stage("finetune", finetune_flow, dataset_uri=dataset_uri, augmented_uri=augmented_uri,
+                  classifier_uri=models["classifier"]["uri"], settings=finetune_settings(settings))
     summary = {"dataset": dataset_uri, "images": summarize(dataset_uri)["rows"], "augmented": augmented_uri,
                "candidates": augmented["candidates"], "generated": augmented["written"],
                "accepted": augmented["accepted"], "quarantined": augmented["quarantined"],

@@ -6,6 +6,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.concurrency.sync import concurrency
 
+from flows.stages import write_result
 from tasks import finetune as work
 from tasks import report
 
@@ -30,8 +31,9 @@ def report_task(report_uri: str, result: dict, augmented_uri: str | None, datase
 
 @flow(name="finetune", log_prints=True)
 def finetune_flow(dataset_uri: str, augmented_uri: str | None, classifier_uri: str,
-                  settings: work.FinetuneSettings = work.FinetuneSettings()) -> dict:
-    """Every setting from the same pretrained classifier, then metrics per setting."""
+                  settings: work.FinetuneSettings = work.FinetuneSettings(), result_uri: str | None = None) -> dict:
+    """Every setting from the same pretrained classifier, then metrics per setting (also written
+    to ``result_uri`` when the factory runs this as a deployment: flows/stages.py)."""
     data = work.load_data(dataset_uri, augmented_uri, settings.accepted_only)  # decoded once; the settings reuse it
     n_generated = len(data.generated) if data.generated is not None else 0
     run, skipped = work.settings_to_run(settings.settings, n_generated)
@@ -39,9 +41,10 @@ def finetune_flow(dataset_uri: str, augmented_uri: str | None, classifier_uri: s
         get_run_logger().warning(work.NO_GENERATED)
     # sequential: each setting seeds torch's process-wide RNG (see flows/pretrain.py)
     results = {name: finetune_setting(name, dataset_uri, augmented_uri, classifier_uri, settings) for name in run}
-    return {"settings": settings.__dict__, "dataset": dataset_uri, "augmented": augmented_uri,
-            "classifier": classifier_uri, "generated": n_generated, "results": results,
-            "skipped": skipped, "warnings": [work.NO_GENERATED] if skipped else []}
+    return write_result(result_uri, {
+        "settings": settings.__dict__, "dataset": dataset_uri, "augmented": augmented_uri,
+        "classifier": classifier_uri, "generated": n_generated, "results": results,
+        "skipped": skipped, "warnings": [work.NO_GENERATED] if skipped else []})
 
 
 @flow(name="finetune-and-report", log_prints=True)

@@ -6,6 +6,7 @@ from prefect import flow, task
 from prefect.concurrency.sync import concurrency
 
 from flows.settings import ClassifierSettings, GeneratorSettings
+from flows.stages import write_result
 from models.classifier import ClassifierConfig
 from models.dit import DiTConfig, DiTTrainConfig
 from models.training import TrainConfig
@@ -49,8 +50,9 @@ def reuse(kind: str, uri: str) -> dict:
 
 @flow(name="pretrain", log_prints=True)
 def pretrain_flow(dataset_uri: str, models_uri: str, classifier: ClassifierSettings = ClassifierSettings(),
-                  generator: GeneratorSettings = GeneratorSettings()) -> dict:
-    """Train (or reuse) both models; returns their checkpoint handles."""
+                  generator: GeneratorSettings = GeneratorSettings(), result_uri: str | None = None) -> dict:
+    """Train (or reuse) both models; returns their checkpoint handles (also written to
+    ``result_uri`` when the factory runs this as a deployment: flows/stages.py)."""
     from tasks.dataset import read_manifest
 
     manifest = read_manifest(dataset_uri)
@@ -60,4 +62,4 @@ def pretrain_flow(dataset_uri: str, models_uri: str, classifier: ClassifierSetti
     classifier_handle = train_classifier_task(dataset_uri, models_uri, classifier, len(manifest["labels"]),
                                               manifest["image_size"])
     generator_handle = train_generator_task(normals, models_uri, generator, manifest["image_size"])
-    return {"classifier": classifier_handle, "generator": generator_handle}
+    return write_result(result_uri, {"classifier": classifier_handle, "generator": generator_handle})

@@ -131,6 +131,22 @@ class KnowledgeSettings:
 
 
 @dataclass(frozen=True)
+class StageSettings:
+    pretrain: str | None = None  # a deployment ("pretrain/pretrain") to train on its pool; null: in the factory's process
+    augment: str | None = None  # a deployment ("augment/augment") to augment on its pool; null: in the factory's process
+    finetune: str | None = None  # a deployment ("finetune/finetune") to fine-tune on its pool; null: in the factory's process
+    timeout_s: float = 86400.0  # longest wait for a stage run as a deployment; then it is cancelled and the run fails
+
+    def __post_init__(self) -> None:
+        for name in ("pretrain", "augment", "finetune"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or value.count("/") != 1):
+                raise ValueError(f"stages.{name} must name a deployment as 'flow/deployment', not {value!r}")
+        if self.timeout_s <= 0:
+            raise ValueError("stages.timeout_s must be positive")
+
+
+@dataclass(frozen=True)
 class FactorySettings:
     name: str = "factory"  # the run's name: default output, dataset and report names derive from it
     dataset: DatasetSettings = field(default_factory=DatasetSettings)
@@ -139,6 +155,7 @@ class FactorySettings:
     knowledge: KnowledgeSettings = field(default_factory=KnowledgeSettings)
     augment: dict = field(default_factory=dict)  # tasks.augment.AugmentSettings fields
     finetune: dict = field(default_factory=dict)  # tasks.finetune.FinetuneSettings fields
+    stages: StageSettings = field(default_factory=StageSettings)  # where pretrain, augment and fine-tune run
     output: str | None = None  # run outputs (default: $TAILFORGE_HOME/runs/<name>)
     models: str | None = None  # checkpoints (default: $TAILFORGE_HOME/models)
 
@@ -169,7 +186,7 @@ class FactorySettings:
 
 
 _SECTIONS = {"dataset": DatasetSettings, "classifier": ClassifierSettings, "generator": GeneratorSettings,
-             "knowledge": KnowledgeSettings}
+             "knowledge": KnowledgeSettings, "stages": StageSettings}
 
 
 def _build(cls, data: dict, where: str):

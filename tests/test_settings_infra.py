@@ -73,7 +73,7 @@ def test_deployments_name_real_flows_pools_and_a_schedule():
     spec = yaml.safe_load((ROOT / "infra" / "prefect.yaml").read_text())
     assert spec["prefect-version"] == importlib.import_module("prefect").__version__
     by_name = {d["name"]: d for d in spec["deployments"]}
-    assert set(by_name) == {"nightly", "pretrain", "augment"}
+    assert set(by_name) == {"nightly", "pretrain", "augment", "finetune"}
     for deployment in by_name.values():
         path, function = deployment["entrypoint"].split(":")
         module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
@@ -83,6 +83,15 @@ def test_deployments_name_real_flows_pools_and_a_schedule():
     assert len(schedule["cron"].split()) == 5 and schedule["timezone"]
     assert "schedules" not in by_name["pretrain"] and "schedules" not in by_name["augment"]
     assert (ROOT / by_name["nightly"]["parameters"]["config_path"]).exists()
+    # the nightly parent runs on the cpu pool and starts every GPU stage as a deployment on the gpu pool
+    assert by_name["nightly"]["work_pool"]["name"] == "cpu"
+    stages = load_settings(str(ROOT / by_name["nightly"]["parameters"]["config_path"])).stages
+    flows_of = {name: d["entrypoint"].split(":")[1] for name, d in by_name.items()}
+    for stage in ("pretrain", "augment", "finetune"):
+        flow_name, deployment = getattr(stages, stage).split("/")
+        assert by_name[deployment]["work_pool"]["name"] == "gpu", stage
+        flow = getattr(importlib.import_module(f"flows.{stage}"), flows_of[deployment])
+        assert flow.name == flow_name, stage  # "flow/deployment" names a real flow's deployment
     text = (ROOT / "infra" / "prefect.yaml").read_text().lower()
     assert "secret_access_key" not in text and "sk-ant" not in text
 
