@@ -105,8 +105,8 @@ def main(argv: list[str] | None = None) -> dict:
     finally:
         server.stop()
     ratio = results["2_workers"]["batches_per_s"] / results["1_workers"]["batches_per_s"]
-    report = {"commit": commit(), "machine": machine(), "command": "python benchmarks/bench_dask.py "
-              + " ".join(argv or sys.argv[1:]), "batches": args.batches, "stand_in_seconds": args.seconds,
+    report = {"commit": commit(), "machine": machine(), "command": " ".join(["python benchmarks/bench_dask.py", *(argv or sys.argv[1:])]),
+              "batches": args.batches, "stand_in_seconds": args.seconds,
               "results": results, "ratio_2_over_1": round(ratio, 3)}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "bench_dask.json").write_text(json.dumps(report, indent=2) + "\n")

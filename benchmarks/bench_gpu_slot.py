@@ -163,8 +163,8 @@ def main(argv: list[str] | None = None) -> dict:
         results = {backend: measure(backend, args.tasks, work) for backend in args.backends}
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    report = {"commit": commit(), "machine": machine(), "command": "python benchmarks/bench_gpu_slot.py "
-              + " ".join(argv or sys.argv[1:]), "results": results, "seconds": round(time.perf_counter() - started, 1)}
+    report = {"commit": commit(), "machine": machine(), "command": " ".join(["python benchmarks/bench_gpu_slot.py", *(argv or sys.argv[1:])]),
+              "results": results, "seconds": round(time.perf_counter() - started, 1)}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "bench_gpu_slot.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
