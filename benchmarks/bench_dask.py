@@ -7,7 +7,7 @@ them; a GPU host's batch is bound by its GPU, not the host's CPU. So each batch 
 that sleeps ``--seconds`` (the time a GPU would take) and goes through everything else the
 real one does: a Prefect task run submitted by ``flows.runners.batch_submitter`` to a
 scheduler and worker processes on loopback, one `GPU` resource per worker, inside the run's
-`gpu` slots (``flows.augment.gpu_slots``) on a local Prefect server. Ratio = throughput with 2
+`gpu` slots (``flows.gpu.gpu_slots``) on a local Prefect server. Ratio = throughput with 2
 workers / with 1; the goal on real hosts is >= 0.9 x N for N GPU hosts.
 Results: benchmarks/results/bench_dask.json.
 """
@@ -39,7 +39,7 @@ def fan_out(address: str, batches: int, seconds: float, workers: int) -> float:
     """Wall seconds for ``batches`` stand-in batches, ``workers`` in flight, on the cluster."""
     from prefect import flow, get_run_logger, task
 
-    from flows.augment import gpu_slots
+    from flows.gpu import gpu_slots
     from flows.runners import batch_submitter
 
     batch = task(stand_in_batch, name="stand-in-batch")

@@ -9,7 +9,7 @@ Three flows of empty tasks run one after another (as augment runs its batches at
 - ``bare``: no slot at all (the floor);
 - ``slot per batch``: every task takes and releases one slot of a `gpu` limit of 1 (the
   augment flow before issue 14);
-- ``slots per run``: the flow takes its slots once with ``flows.augment.gpu_slots`` and its
+- ``slots per run``: the flow takes its slots once with ``flows.gpu.gpu_slots`` and its
   tasks take none (the augment flow now); the one-off cost of taking them is reported apart.
 
 PostgreSQL is Debian's (initdb and pg_ctl as the ``postgres`` user, on a Unix socket in a
@@ -43,7 +43,7 @@ def run_flows(n: int) -> dict:
     from prefect import flow, get_run_logger, task
     from prefect.concurrency.sync import concurrency
 
-    from flows.augment import GPU_LEASE_S, gpu_slots
+    from flows.gpu import GPU_LEASE_S, gpu_slots
 
     @task
     def empty() -> None:

@@ -1,5 +1,5 @@
 """The `gpu` slot of a killed augment (issue 12, defect 5), on a real Prefect server on loopback:
-a process takes the slot as an augment run does (flows/augment.py: GPU_LEASE_S), keeps it past
+a process takes the slot as an augment run does (flows/gpu.py: GPU_LEASE_S), keeps it past
 the lease's term while alive (Prefect renews the lease), is killed with SIGKILL, and the suite
 measures how long the slot stays taken. Prefect's default lease kept it 300 s."""
 
@@ -18,7 +18,7 @@ from benchmarks.reliability_sections import REPO, tally
 
 HOLDER = ("import sys, time; sys.path.insert(0, {repo!r})\n"
           "from prefect.concurrency.sync import concurrency\n"
-          "from flows.augment import GPU_LEASE_S\n"
+          "from flows.gpu import GPU_LEASE_S\n"
           "with concurrency('gpu', occupy=1, lease_duration=GPU_LEASE_S):\n"
           "    print('held', flush=True)\n"
           "    time.sleep(900)\n")
@@ -57,7 +57,7 @@ def _until_free(limit_s: float) -> float | None:
 
 def _wait_line() -> str:
     """What flows.augment logs when a run finds the slot taken (before it waits for it)."""
-    from flows.augment import gpu_wait_message, read_gpu_limit
+    from flows.gpu import gpu_wait_message, read_gpu_limit
 
     limit = read_gpu_limit(logging.getLogger("reliability.gpu"))
     return (gpu_wait_message(limit.limit, limit.active_slots) or "") if limit else ""
@@ -83,7 +83,7 @@ def section_gpu_lease(args, work: Path) -> dict:
 
 
 def _measure(args, holder: subprocess.Popen) -> dict:
-    from flows.augment import GPU_LEASE_S
+    from flows.gpu import GPU_LEASE_S
 
     kept = _watch(args.lease_hold, 5.0)  # alive past the term: renewed, so still taken
     line = _wait_line()

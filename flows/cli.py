@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from contextlib import contextmanager
 from typing import Iterator
@@ -31,6 +32,8 @@ from typing import Iterator
 from flows.settings import JUDGES, DatasetSettings, KnowledgeSettings, default_dataset_uri, tailforge_home
 
 USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, RuntimeError, LookupError)
+EPHEMERAL_START_S = 120
+EPHEMERAL_TIMEOUT = "Timed out while attempting to connect to ephemeral Prefect API server"
 
 
 def _add_common_ingest(parser: argparse.ArgumentParser) -> None:
@@ -248,10 +251,9 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def print_summary(summary: dict) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = _console()
     console.print(f"[bold]{summary['name']}[/] at {summary['uri']}: {summary['rows']} images "
                   f"({summary['vocabulary']}, {summary['image_size']} px), "
                   f"splits {summary['splits']}, {summary['quarantined']} quarantined")
@@ -291,10 +293,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def print_plan(report) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = _console()
     console.print(f"[bold]plan[/] for {report.dataset_uri} ({report.vocabulary}), judge {report.judge} "
                   f"({report.model}, prompt {report.prompt_version})")
     console.print(f"head: {', '.join(report.head)}\ntail: {', '.join(report.tail)}  [{report.head_tail_rule}]")
@@ -383,13 +384,12 @@ def cmd_query(args: argparse.Namespace) -> int:
         writer.writerow(columns)
         writer.writerows(rows)
     else:
-        from rich.console import Console
         from rich.table import Table
 
         table = Table(*columns)
         for r in rows:
             table.add_row(*["" if v is None else str(v) for v in r])
-        Console().print(table)
+        _console().print(table)
     return 0
 
 
@@ -410,15 +410,19 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 def _use_prefect_server(start_local: bool) -> str:
     """PREFECT_API_URL when set; else the demo's local server (started if needed)."""
-    import os
 
     from flows import server
 
     url = os.environ.get("PREFECT_API_URL")
     if not url:
         if not start_local:
+            # Prefect's temporary server waits 20 s by default, too little on a busy machine
+            os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", str(EPHEMERAL_START_S))
             return ""
-        print(f"starting a local Prefect server (state in {server.prefect_home()}) ...", flush=True)
+        if server.running_url():
+            print(f"using the local Prefect server at {server.running_url()}", flush=True)
+        else:
+            print(f"starting a local Prefect server (state in {server.prefect_home()}) ...", flush=True)
         url = server.start()
         os.environ["PREFECT_API_URL"] = url
         os.environ.setdefault("PREFECT_HOME", str(server.prefect_home()))
@@ -543,9 +547,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def print_augment(augment: dict, console=None) -> None:
     """What augment wrote, accepted and quarantined, per removed class."""
-    from rich.console import Console
-
-    console = console or Console()
+    console = console or _console()
     console.print(f"generated:  {augment['out_uri']}  ({augment['written']} written, {augment['accepted']} accepted, "
                   f"quarantined {augment['quarantined'] or 0}; {augment['plan']['llm_calls']} LLM calls; "
                   f"{augment['batches_run']} of {augment['batches']} batches run)")
@@ -556,10 +558,9 @@ def print_augment(augment: dict, console=None) -> None:
 
 
 def print_run(result: dict, api_url: str) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = _console()
     augment = result["augment"]
     console.print(f"\n[bold]factory run finished[/] in {result['seconds']} s")
     console.print(f"dataset:    {result['dataset_uri']}")
@@ -587,8 +588,6 @@ def print_run(result: dict, api_url: str) -> None:
 def print_example_lineage(augmented_uri: str, dataset_uri: str, console) -> None:
     """One generated sample traced to its real parent, as `tailforge lineage` shows it, over the
     catalog of the folder that holds both datasets (a hint when they share none)."""
-    import os
-
     from tasks.catalog import open_catalog
     from tasks.dataset import existing_rows
     from tasks.lineage import lineage
@@ -647,12 +646,36 @@ def storage_message(exc: Exception) -> str:
             f"again: finished shards are kept and a re-run adds only what is missing")
 
 
+def _console():
+    """Rich output: the terminal's width on a terminal; piped, no wrapping at 80 columns (ids and
+    JSON stay on one line for the next program)."""
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=400, soft_wrap=True)
+
+
+def user_message(exc: Exception) -> str:
+    """One line for the user; Prefect's temporary-server timeout becomes what to do about it."""
+    if str(exc).startswith(EPHEMERAL_TIMEOUT):
+        return (f"Prefect's temporary server did not start within "
+                f"{os.environ.get('PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS', EPHEMERAL_START_S)} s (a busy "
+                f"machine, or a locked SQLite file under PREFECT_HOME). Run it on a lasting server instead: add "
+                f"--local-server (started once under $TAILFORGE_HOME, reused after), or set PREFECT_API_URL, or "
+                f"wait longer with PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS")
+    return str(exc)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        status = COMMANDS[args.command](args)
+        sys.stdout.flush()  # a closed pipe shows here, not as a traceback at interpreter exit
+        return status
+    except BrokenPipeError:  # `tailforge ... --json | head`: the reader left; no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except USER_ERRORS as exc:
-        print(f"tailforge {args.command}: error: {exc}", file=sys.stderr)
+        print(f"tailforge {args.command}: error: {user_message(exc)}", file=sys.stderr)
         return 2
     except storage_errors() as exc:  # an S3 outage: one line, not a botocore traceback
         print(f"tailforge {args.command}: error: {storage_message(exc)}", file=sys.stderr)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.concurrency.sync import concurrency
 
+from flows.gpu import gpu_slots
 from flows.stages import write_result
 from tasks import finetune as work
 from tasks import report
@@ -15,7 +15,7 @@ from tasks import report
 def finetune_setting(setting: str, dataset_uri: str, augmented_uri: str | None, classifier_uri: str,
                      settings: work.FinetuneSettings) -> dict:
     one = work.FinetuneSettings(**{**settings.__dict__, "settings": (setting,)})
-    with concurrency("gpu", occupy=1):
+    with gpu_slots(1, get_run_logger()):
         return work.finetune(dataset_uri, augmented_uri, classifier_uri, one)["results"][setting]
 
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from prefect import flow, task
-from prefect.concurrency.sync import concurrency
+from prefect import flow, get_run_logger, task
 
+from flows.gpu import gpu_slots
 from flows.settings import ClassifierSettings, GeneratorSettings
 from flows.stages import write_result
 from models.classifier import ClassifierConfig
@@ -20,7 +20,7 @@ def train_classifier_task(dataset_uri: str, models_uri: str, settings: Classifie
         return reuse("classifier", settings.checkpoint)
     config = ClassifierConfig(backbone=settings.backbone, num_classes=num_classes, image_size=image_size)
     train = TrainConfig(epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr, seed=settings.seed)
-    with concurrency("gpu", occupy=1):
+    with gpu_slots(1, get_run_logger()):
         handle = pretrain.train_classifier(dataset_uri, models_uri, config, train)
     return {"kind": "classifier", "id": handle["id"], "uri": handle["uri"],
             "test_macro": handle["metrics"]["means"]["macro"] if handle["metrics"] else None}
@@ -34,7 +34,7 @@ def train_generator_task(normals: list[str], models_uri: str, settings: Generato
                        num_heads=settings.num_heads, head_dim=settings.head_dim, conditioning=settings.conditioning)
     train = DiTTrainConfig(steps=settings.steps, batch_size=settings.batch_size, lr=settings.lr, seed=settings.seed,
                            warmup_steps=settings.warmup_steps or min(200, max(1, settings.steps // 10)))
-    with concurrency("gpu", occupy=1):
+    with gpu_slots(1, get_run_logger()):
         handle = pretrain.train_normal_dit(normals, models_uri, config, train, adult_only=settings.adult_only)
     return {"kind": "dit", "id": handle["id"], "uri": handle["uri"], "history": handle["history"]}
 

@@ -60,3 +60,21 @@ def test_console_script_is_installed(small_nih, tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["rows_written"] == 8
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback():
+    """`tailforge ... | head`: the pipe closes before the output is written; no BrokenPipe trace."""
+    for command in (["config", "--reference"], ["config", "--json"]):  # more than a pipe buffer, and less
+        child = subprocess.Popen([sys.executable, "-m", "flows.cli", *command], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, cwd=Path(__file__).resolve().parents[1])
+        child.stdout.close()  # the reader is gone before the first line
+        _, err = child.communicate(timeout=120)
+        assert child.returncode == 1 and b"Traceback" not in err and b"BrokenPipe" not in err, err.decode()[-2000:]
+
+
+def test_piped_output_is_not_wrapped_at_80_columns_and_a_slow_temporary_server_says_what_to_do():
+    from flows.cli import EPHEMERAL_TIMEOUT, _console, user_message
+
+    assert _console().width >= 400  # pytest's stdout is not a terminal
+    message = user_message(RuntimeError(EPHEMERAL_TIMEOUT + ". stderr: Traceback ... database is locked"))
+    assert "--local-server" in message and "PREFECT_API_URL" in message and "Traceback" not in message

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from flows.augment import GPU_LEASE_S, gpu_slots, gpu_wait_message
+from flows.gpu import GPU_LEASE_S, gpu_slots, gpu_wait_message
 
 
 def test_the_wait_message_says_what_holds_the_slots():
