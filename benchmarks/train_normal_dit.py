@@ -87,7 +87,8 @@ def main() -> None:
     tag = f"dit_{args.source}"
     (RESULTS / f"{tag}_samples.png").write_bytes(grid_png(samples[:32]))
     (RESULTS / f"{tag}_real.png").write_bytes(grid_png(held_out[:32]))
-    loss_plot(handle["loss"], RESULTS / f"{tag}_loss.png")
+    if "loss" in handle:  # a reused checkpoint (same data and settings) keeps its earlier plot
+        loss_plot(handle["loss"], RESULTS / f"{tag}_loss.png")
     path = save(tag, {"settings": {"source": args.source, "dataset": uri, "config": config.__dict__,
                                    "train": train.__dict__, "adult_only": True},
                       "checkpoint": {"id": handle["id"], "uri": handle["uri"]},

@@ -22,7 +22,8 @@ def train_classifier_task(dataset_uri: str, models_uri: str, settings: Classifie
     train = TrainConfig(epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr, seed=settings.seed)
     with gpu_slots(1, get_run_logger()):
         handle = pretrain.train_classifier(dataset_uri, models_uri, config, train)
-    return {"kind": "classifier", "id": handle["id"], "uri": handle["uri"],
+    said_reused(handle)
+    return {"kind": "classifier", "id": handle["id"], "uri": handle["uri"], "reused": bool(handle.get("reused")),
             "test_macro": handle["metrics"]["means"]["macro"] if handle["metrics"] else None}
 
 
@@ -36,7 +37,15 @@ def train_generator_task(normals: list[str], models_uri: str, settings: Generato
                            warmup_steps=settings.warmup_steps or min(200, max(1, settings.steps // 10)))
     with gpu_slots(1, get_run_logger()):
         handle = pretrain.train_normal_dit(normals, models_uri, config, train, adult_only=settings.adult_only)
-    return {"kind": "dit", "id": handle["id"], "uri": handle["uri"], "history": handle["history"]}
+    said_reused(handle)
+    return {"kind": "dit", "id": handle["id"], "uri": handle["uri"], "reused": bool(handle.get("reused")),
+            "history": handle["history"]}
+
+
+def said_reused(handle: dict) -> None:
+    if handle.get("reused"):
+        get_run_logger().info(f"reusing {handle['uri']}: made before from the same data and settings "
+                              f"(delete {handle['kind']}'s recipe-*.json beside it to retrain)")
 
 
 def reuse(kind: str, uri: str) -> dict:

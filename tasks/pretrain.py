@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 from dataclasses import asdict
 from typing import Callable
 
@@ -43,9 +44,39 @@ def _write_checkpoint(models_uri: str, kind: str, data: bytes, card: dict) -> di
     return {"kind": kind, "id": model_id, "uri": uri}
 
 
+def recipe_id(kind: str, shards: list[str], **settings) -> str:
+    """What a model is made from, hashed before it is trained: its kind, the content hashes of the
+    shards it learns from, and every setting (dataclasses as dicts)."""
+    parts = {k: asdict(v) if hasattr(v, "__dataclass_fields__") else v for k, v in settings.items()}
+    return hashlib.sha256(json.dumps({"kind": kind, "shards": shards, **parts}, sort_keys=True).encode()).hexdigest()
+
+
+def _recipe_uri(models_uri: str, kind: str, recipe: str) -> str:
+    return store.join(models_uri, f"recipe-{kind}-{recipe[:16]}.json")
+
+
+def trained_before(models_uri: str, kind: str, recipe: str) -> dict | None:
+    """The handle of a checkpoint already made from this recipe (issue 15: reruns retrained), or
+    None. A pointer whose checkpoint is gone does not count."""
+    uri = _recipe_uri(models_uri, kind, recipe)
+    if not store.exists(uri):
+        return None
+    handle = store.read_json(uri)
+    return {**handle, "reused": True} if store.exists(handle["uri"]) else None
+
+
+def _remember(models_uri: str, kind: str, recipe: str, handle: dict) -> None:
+    store.write_json(_recipe_uri(models_uri, kind, recipe), {**handle, "recipe": recipe})
+
+
 def train_classifier(dataset_uri: str, models_uri: str, config: ClassifierConfig, train: TrainConfig,
                      progress: Callable | None = None) -> dict:
-    """Fit on the train split, tune thresholds on val, score test; returns the checkpoint handle."""
+    """Fit on the train split, tune thresholds on val, score test; returns the checkpoint handle.
+    A classifier made before from the same shards and settings is reused, not retrained."""
+    recipe = recipe_id("classifier", shard_hashes(dataset_uri), dataset=dataset_uri, config=config, train=train)
+    known = trained_before(models_uri, "classifier", recipe)
+    if known:
+        return known
     manifest = read_manifest(dataset_uri)
     data = load_tensors(dataset_uri, splits=("train",), columns=("lesion_masks",))
     val = load_tensors(dataset_uri, splits=("val",))
@@ -66,7 +97,9 @@ def train_classifier(dataset_uri: str, models_uri: str, config: ClassifierConfig
     handle = _write_checkpoint(models_uri, "classifier", save_checkpoint(model, config, card), {
         "config": asdict(config), "train": asdict(train), "dataset": dataset_uri, "train_images": len(data),
         "history": {k: history[k] for k in ("train_loss", "val_loss") if k in history}})
-    return {**handle, "metrics": metrics}
+    handle = {**handle, "metrics": metrics}
+    _remember(models_uri, "classifier", recipe, handle)
+    return handle
 
 
 def location_prior(data, side: int = 32) -> dict[str, np.ndarray]:
@@ -111,7 +144,13 @@ def train_normal_dit(dataset_uris: list[str], models_uri: str, config: DiTConfig
                      adult_only: bool = True, splits: tuple[str, ...] | None = ("train",),
                      progress: Callable | None = None) -> dict:
     """Train the DiT on normals only (train split by default, so val/test stay held out);
-    returns the checkpoint handle (EMA weights)."""
+    returns the checkpoint handle (EMA weights). One made before from the same shards and
+    settings is reused, not retrained."""
+    recipe = recipe_id("dit", sorted(h for uri in dataset_uris for h in shard_hashes(uri)), datasets=dataset_uris,
+                       config=config, train=train, adult_only=adult_only, splits=splits)
+    known = trained_before(models_uri, "dit", recipe)
+    if known:
+        return known
     images, shards = load_normals(dataset_uris, config.image_size, adult_only, splits)
     model, ema, history = train_dit(images, config, train, progress)
     ema.copy_to(model)
@@ -124,6 +163,7 @@ def train_normal_dit(dataset_uris: list[str], models_uri: str, config: DiTConfig
     handle = _write_checkpoint(models_uri, "dit", data, {
         "config": asdict(config), "train": asdict(train), "datasets": dataset_uris,
         "train_images": int(images.shape[0]), "history": summary})
+    _remember(models_uri, "dit", recipe, {**handle, "history": summary})
     return {**handle, "history": summary, "loss": losses}
 
 

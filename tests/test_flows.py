@@ -2,6 +2,7 @@
 promised; a rerun writes nothing and makes no LLM calls; an interrupted augment, resumed,
 equals an uninterrupted one."""
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -368,3 +369,21 @@ def test_a_dask_cluster_without_gpus_or_a_scheduler_is_a_clear_error(tiny_run, d
                      str(tmp_path / "d.duckdb"))
     with pytest.raises(ValueError, match="needs augment.dask_address"):
         augment_flow(*args, {**TINY["augment"], "runner": "dask"}, str(tmp_path / "d.duckdb"))
+
+
+def test_a_rerun_reuses_the_models_made_from_the_same_data_and_settings(tiny_run, tmp_path):
+    """Issue 15: running the same settings again retrained both models. Now the recipe (shard
+    content hashes + every setting) finds them; a changed setting trains anew."""
+    from flows.pretrain import pretrain_flow
+    from flows.settings import settings_from_dict
+
+    result, home = tiny_run
+    settings = settings_from_dict(TINY)
+    models_uri = str(home / "models")
+    again = pretrain_flow(result["dataset_uri"], models_uri, settings.classifier, settings.generator)
+    for kind in ("classifier", "generator"):
+        assert again[kind]["reused"] and again[kind]["id"] == result["models"][kind]["id"]
+    other = dataclasses.replace(settings.generator, steps=settings.generator.steps + 1)
+    changed = pretrain_flow(result["dataset_uri"], models_uri, settings.classifier, other)
+    assert changed["classifier"]["reused"] and not changed["generator"]["reused"]
+    assert changed["generator"]["id"] != result["models"]["generator"]["id"]
