@@ -133,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("--timeout", type=float, default=30.0,
                        help="seconds the query may run before it is stopped (default 30; 0: no limit)")
 
-    runs = commands.add_parser("runs", help="recent flow runs and their counts")
+    runs = commands.add_parser("runs", help="recent runs under a root (ingest, pretrain, augment, fine-tune, "
+                                            "factory): status, duration, counts")
     runs.add_argument("--root", help="catalog root (default: $TAILFORGE_HOME)")
     runs.add_argument("--limit", type=int, default=20)
     runs.add_argument("--json", action="store_true")
@@ -403,9 +404,39 @@ def cmd_runs(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(records, indent=2, default=str))
     else:
-        for r in records:
-            print(f"{r['started_at']}  {r['flow']:8s} {r['status']:9s} {r['run_id']}  {json.dumps(r['counts'], default=str)}")
+        print_runs(records)
     return 0
+
+
+RUN_COUNTS = ("rows_written", "written", "accepted", "generated", "candidates", "settings")  # the ones worth a column
+
+
+def print_runs(records: list[dict]) -> None:
+    """One row per run: id, flow, status, start, duration, its key counts (or its error)."""
+    from rich.table import Table
+
+    table = Table("run", "flow", "status", "started (UTC)", "duration", "counts")
+    for r in records:
+        counts = r.get("counts") or {}
+        if isinstance(counts, str):
+            counts = json.loads(counts)
+        shown = counts.get("error") or ", ".join(f"{k} {counts[k]}" for k in RUN_COUNTS if counts.get(k) is not None)
+        table.add_row(str(r["run_id"]), r["flow"], r["status"], _when(r["started_at"]),
+                      _duration(r["started_at"], r.get("ended_at")), shown or "-")
+    _console().print(table if records else "no runs recorded under this root yet")
+
+
+def _when(value) -> str:
+    return str(value)[:19].replace("T", " ") if value else "-"
+
+
+def _duration(started, ended) -> str:
+    from datetime import datetime
+
+    if not started or not ended:
+        return "-"
+    seconds = (datetime.fromisoformat(str(ended)) - datetime.fromisoformat(str(started))).total_seconds()
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
 def _use_prefect_server(start_local: bool) -> str:

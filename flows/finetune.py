@@ -5,10 +5,12 @@ from __future__ import annotations
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from flows.crashes import mark_crashed
 from flows.gpu import gpu_slots
 from flows.stages import write_result
 from tasks import finetune as work
 from tasks import report
+from tasks.runs import recorded_run
 
 
 @task(task_run_name="finetune-{setting}")
@@ -36,22 +38,28 @@ def finetune_flow(dataset_uri: str, augmented_uri: str | None, classifier_uri: s
     to ``result_uri`` when the factory runs this as a deployment: flows/stages.py)."""
     data = work.load_data(dataset_uri, augmented_uri, settings.accepted_only)  # decoded once; the settings reuse it
     n_generated = len(data.generated) if data.generated is not None else 0
-    run, skipped = work.settings_to_run(settings.settings, n_generated)
-    if skipped:
-        get_run_logger().warning(work.NO_GENERATED)
+    run, skipped = work.settings_to_run(settings, n_generated)
+    for warning in work.skip_warnings(skipped):
+        get_run_logger().warning(warning)
     # sequential: each setting seeds torch's process-wide RNG (see flows/pretrain.py)
     results = {name: finetune_setting(name, dataset_uri, augmented_uri, classifier_uri, settings) for name in run}
     return write_result(result_uri, {
         "settings": settings.__dict__, "dataset": dataset_uri, "augmented": augmented_uri,
         "classifier": classifier_uri, "generated": n_generated, "results": results,
-        "skipped": skipped, "warnings": [work.NO_GENERATED] if skipped else []})
+        "skipped": skipped, "warnings": work.skip_warnings(skipped)})
 
 
 @flow(name="finetune-and-report", log_prints=True)
 def finetune_and_report_flow(dataset_uri: str, augmented_uri: str | None, classifier_uri: str, report_uri: str,
                              settings: work.FinetuneSettings = work.FinetuneSettings()) -> dict:
     """`tailforge finetune`: the fine-tune flow, then the report (as the factory ends)."""
-    tuned = finetune_flow(dataset_uri, augmented_uri, classifier_uri, settings)
-    written = report_task(report_uri, tuned, augmented_uri, dataset_uri,
-                          {"dataset": dataset_uri, "augmented": augmented_uri})
+    from tasks.dataset import new_run_id, utcnow
+
+    parameters = {"dataset_uri": dataset_uri, "augmented_uri": augmented_uri, "classifier_uri": classifier_uri,
+                  "settings": settings.__dict__}
+    with recorded_run(report_uri, new_run_id(), "finetune", parameters, utcnow(), on_crashed=mark_crashed) as done:
+        tuned = finetune_flow(dataset_uri, augmented_uri, classifier_uri, settings)
+        written = report_task(report_uri, tuned, augmented_uri, dataset_uri,
+                              {"dataset": dataset_uri, "augmented": augmented_uri})
+        done({"generated": tuned["generated"], "settings": list(tuned["results"]), "skipped": tuned["skipped"]})
     return {"finetune": tuned, "report": written["uris"], "table": written["rows"]}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger, task
 
+from flows.crashes import mark_crashed
 from flows.gpu import gpu_slots
 from flows.settings import ClassifierSettings, GeneratorSettings
 from flows.stages import write_result
@@ -11,6 +12,7 @@ from models.classifier import ClassifierConfig
 from models.dit import DiTConfig, DiTTrainConfig
 from models.training import TrainConfig
 from tasks import pretrain, store
+from tasks.runs import recorded_run
 
 
 @task(retries=1, retry_delay_seconds=10, task_run_name="train-classifier")
@@ -62,13 +64,18 @@ def pretrain_flow(dataset_uri: str, models_uri: str, classifier: ClassifierSetti
                   generator: GeneratorSettings = GeneratorSettings(), result_uri: str | None = None) -> dict:
     """Train (or reuse) both models; returns their checkpoint handles (also written to
     ``result_uri`` when the factory runs this as a deployment: flows/stages.py)."""
-    from tasks.dataset import read_manifest
+    from tasks.dataset import new_run_id, read_manifest, utcnow
 
     manifest = read_manifest(dataset_uri)
     normals = list(generator.normals) or [dataset_uri]
-    # one after the other: training seeds torch's process-wide RNG, so threads would race on it;
-    # hosts with several GPUs run pretrain deployments on separate workers instead
-    classifier_handle = train_classifier_task(dataset_uri, models_uri, classifier, len(manifest["labels"]),
-                                              manifest["image_size"])
-    generator_handle = train_generator_task(normals, models_uri, generator, manifest["image_size"])
+    parameters = {"dataset_uri": dataset_uri, "classifier": classifier.__dict__, "generator": generator.__dict__}
+    with recorded_run(models_uri, new_run_id(), "pretrain", parameters, utcnow(), on_crashed=mark_crashed) as done:
+        # one after the other: training seeds torch's process-wide RNG, so threads would race on it;
+        # hosts with several GPUs run pretrain deployments on separate workers instead
+        classifier_handle = train_classifier_task(dataset_uri, models_uri, classifier, len(manifest["labels"]),
+                                                  manifest["image_size"])
+        generator_handle = train_generator_task(normals, models_uri, generator, manifest["image_size"])
+        done({"classifier": classifier_handle["uri"], "generator": generator_handle["uri"],
+              "reused": [k for k, h in (("classifier", classifier_handle), ("generator", generator_handle))
+                         if h.get("reused")]})
     return write_result(result_uri, {"classifier": classifier_handle, "generator": generator_handle})

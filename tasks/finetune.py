@@ -109,12 +109,28 @@ def _decoded_generated(augmented_uri: str, shards: tuple[str, ...], accepted_onl
     return generated if len(generated) else None
 
 
-def settings_to_run(requested: tuple[str, ...], n_generated: int) -> tuple[tuple[str, ...], dict[str, str]]:
-    """The settings worth running and, for the others, why not. Without generated samples
-    ``augmented`` and ``pil`` would be the baseline again: only the baseline runs."""
-    if n_generated:
-        return tuple(requested), {}
-    return ("baseline",), {s: NO_GENERATED for s in requested if s != "baseline"}
+def settings_to_run(settings: FinetuneSettings, n_generated: int) -> tuple[tuple[str, ...], dict[str, str]]:
+    """The requested settings worth running and, for each other one, why not: without generated
+    samples ``augmented`` and ``pil`` would be the baseline again (only the baseline runs); a PIL
+    schedule that adds no generated sample in any epoch (epoch n adds 1 - exp(-beta n) of them,
+    none at n = 0) would be the baseline again too (issue 15: a silent no-op)."""
+    requested = tuple(settings.settings)
+    if not n_generated:
+        return ("baseline",), {s: NO_GENERATED for s in requested if s != "baseline"}
+    if "pil" in requested and not any(pil_prefix(n, settings.beta, n_generated) for n in range(settings.epochs)):
+        return tuple(s for s in requested if s != "pil"), {"pil": pil_never_adds(settings, n_generated)}
+    return requested, {}
+
+
+def pil_never_adds(settings: FinetuneSettings, n_generated: int) -> str:
+    return (f"PIL skipped: with finetune.epochs = {settings.epochs} and beta = {settings.beta}, no epoch adds any of "
+            f"the {n_generated} generated samples (epoch n adds 1 - exp(-beta n) of them, none in epoch 0), so it "
+            f"would be the baseline again; use at least 2 epochs and beta > 0")
+
+
+def skip_warnings(skipped: dict[str, str]) -> list[str]:
+    """One line per distinct reason a setting was not run."""
+    return sorted(set(skipped.values()))
 
 
 def fit_setting(setting: str, original: TensorSet, generated: TensorSet | None, classifier_uri: str,
@@ -163,12 +179,12 @@ def finetune(dataset_uri: str, augmented_uri: str | None, classifier_uri: str,
     if not len(data.val) or not len(data.test):
         raise ValueError(f"{dataset_uri} needs val and test images to fine-tune and evaluate")
     n_generated = len(data.generated) if data.generated is not None else 0
-    run, skipped = settings_to_run(settings.settings, n_generated)
-    if skipped:
-        log.warning("fine-tune of %s: %s", dataset_uri, NO_GENERATED)
+    run, skipped = settings_to_run(settings, n_generated)
+    for warning in skip_warnings(skipped):
+        log.warning("fine-tune of %s: %s", dataset_uri, warning)
     results = {name: asdict(run_setting(name, data.original, data.generated, classifier_uri, data.val, data.test,
                                         data.head, data.tail, settings)) for name in run}
     return {"settings": asdict(settings), "dataset": dataset_uri, "augmented": augmented_uri,
             "classifier": classifier_uri, "original_train": len(data.original), "generated": n_generated,
             "pil_prefix_per_epoch": [pil_prefix(n, settings.beta, n_generated) for n in range(settings.epochs)],
-            "results": results, "skipped": skipped, "warnings": [NO_GENERATED] if skipped else []}
+            "results": results, "skipped": skipped, "warnings": skip_warnings(skipped)}

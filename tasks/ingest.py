@@ -20,10 +20,12 @@ from stat import S_ISBLK, S_ISCHR, S_ISDIR, S_ISFIFO, S_ISREG, S_ISSOCK
 from typing import Callable, Iterator
 
 from tasks import sources, store
-from tasks.dataset import ShardWriter, existing_quarantine_ids, existing_rows, finish_manifest, read_manifest, sample_schema
+from tasks.dataset import (ShardWriter, existing_quarantine_ids, existing_rows, finish_manifest, new_run_id,
+                           read_manifest, sample_schema, utcnow)
 from tasks.images import (DEFAULT_MAX_ASPECT, DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, ImageError, check_plausible,
                           content_id, decode, encode_png, resize_square)
 from tasks.locks import dataset_lock
+from tasks.runs import recorded_run
 from tasks.sources import SourceRecord, SourceTable, default_split
 
 Progress = Callable[[int, int], None]  # (done, total)
@@ -194,8 +196,12 @@ def ingest(source: SourceTable, images_root: str, out_uri: str,
            options: IngestOptions = IngestOptions(), progress: Progress | None = None) -> IngestReport:
     """Decode, validate and write every record of ``source`` to the dataset at ``out_uri``
     (one writer at a time: tasks/locks.py)."""
-    with dataset_lock(out_uri, f"ingest {source.kind}"):
-        return _ingest(source, images_root, out_uri, options, progress)
+    with dataset_lock(out_uri, f"ingest {source.kind}"), \
+            recorded_run(out_uri, new_run_id(), "ingest", {"source": source.kind, "images": images_root,
+                                                           "options": asdict(options)}, utcnow()) as done:
+        report = _ingest(source, images_root, out_uri, options, progress)
+        done(report.to_json())
+        return report
 
 
 def _ingest(source: SourceTable, images_root: str, out_uri: str, options: IngestOptions,
@@ -293,8 +299,11 @@ def ingest_phantom(out_uri: str, n: int, size: int = 64, seed: int = 0, vocab: s
                    shard_rows: int = 1024, explicit_tail: tuple[str, ...] | None = None,
                    progress: Progress | None = None) -> IngestReport:
     """Write ``n`` built-in phantom images (tasks/phantom/) as a dataset, masks included."""
-    with dataset_lock(out_uri, "phantom"):
-        return _ingest_phantom(out_uri, n, size, seed, vocab, shard_rows, explicit_tail, progress)
+    parameters = {"source": "phantom", "n": n, "size": size, "seed": seed, "vocab": vocab}
+    with dataset_lock(out_uri, "phantom"), recorded_run(out_uri, new_run_id(), "ingest", parameters, utcnow()) as done:
+        report = _ingest_phantom(out_uri, n, size, seed, vocab, shard_rows, explicit_tail, progress)
+        done(report.to_json())
+        return report
 
 
 def _ingest_phantom(out_uri: str, n: int, size: int, seed: int, vocab: str, shard_rows: int,

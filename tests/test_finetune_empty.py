@@ -30,11 +30,17 @@ def empty_run(tmp_path_factory):
     return {"root": root, "dataset": dataset, "augmented": augmented, "classifier": classifier}
 
 
-def test_settings_to_run_without_generated_samples():
-    assert work.settings_to_run(("baseline", "augmented", "pil"), 12) == (("baseline", "augmented", "pil"), {})
-    run, skipped = work.settings_to_run(("baseline", "augmented", "pil"), 0)
+def test_settings_to_run_without_generated_samples_or_with_a_pil_schedule_that_adds_none():
+    every = work.FinetuneSettings()
+    assert work.settings_to_run(every, 12) == (("baseline", "augmented", "pil"), {})
+    run, skipped = work.settings_to_run(every, 0)
     assert run == ("baseline",) and set(skipped) == {"augmented", "pil"}
-    assert work.settings_to_run(("pil",), 0)[0] == ("baseline",)
+    assert work.settings_to_run(work.FinetuneSettings(settings=("pil",)), 0)[0] == ("baseline",)
+    for never in (work.FinetuneSettings(epochs=1), work.FinetuneSettings(beta=0.0)):  # epoch 0 adds 1 - e^0 = 0
+        run, skipped = work.settings_to_run(never, 12)
+        assert run == ("baseline", "augmented") and list(skipped) == ["pil"]
+        assert "would be the baseline again" in skipped["pil"] and work.skip_warnings(skipped) == [skipped["pil"]]
+    assert work.settings_to_run(work.FinetuneSettings(epochs=2, beta=0.5), 12)[0][-1] == "pil"  # epoch 1 adds 4
 
 
 def test_empty_augment_gives_a_baseline_only_finetune_and_a_report_that_says_so(empty_run, caplog):

@@ -387,3 +387,23 @@ def test_a_rerun_reuses_the_models_made_from_the_same_data_and_settings(tiny_run
     changed = pretrain_flow(result["dataset_uri"], models_uri, settings.classifier, other)
     assert changed["classifier"]["reused"] and not changed["generator"]["reused"]
     assert changed["generator"]["id"] != result["models"]["generator"]["id"]
+
+
+def test_runs_lists_every_kind_of_run_under_the_root_as_a_table(tiny_run, capsys):
+    """Issue 15: `tailforge runs` was raw JSON and knew only factory and augment runs."""
+    from flows.cli import main
+
+    result, home = tiny_run
+    assert main(["runs", "--root", str(home), "--json"]) == 0
+    records = json.loads(capsys.readouterr().out)
+    by_flow = {}
+    for r in records:
+        by_flow.setdefault(r["flow"], []).append(r)
+    assert {"ingest", "pretrain", "augment", "factory"} <= set(by_flow)
+    assert by_flow["ingest"][-1]["counts"]["rows_written"] > 0
+    assert main(["runs", "--root", str(home)]) == 0
+    table = capsys.readouterr().out
+    # the factory's own ingest step ran inside its flow run: both rows carry that run id
+    factory_line = next(line for line in table.splitlines() if result["run_id"] in line and "factory" in line)
+    assert "completed" in factory_line and " s " in factory_line
+    assert f"generated {result['augment']['written']}" in factory_line and "{" not in table
