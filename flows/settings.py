@@ -43,6 +43,7 @@ class DatasetSettings:
     tail: tuple[str, ...] | None = None  # explicit tail classes (default: below the median train frequency)
     shard_rows: int = 1024  # rows per Parquet shard
     workers: int = 4  # decoding threads
+    allow_missing: bool = False  # ingest even when most sampled image paths have no file (default: stop, wrong folder?)
     bbox_table: str | None = None  # nih: BBox_List_2017.csv (default: found beside the table)
     views: str = "frontal"  # chexpert, mimic: frontal | lateral | all
     uncertain: str = "ignore"  # chexpert, mimic: uncertain (-1) labels become NaN (ignore), 1 (ones) or 0 (zeros)
@@ -63,7 +64,7 @@ class DatasetSettings:
         from tasks.ingest import IngestOptions, ingest_source
 
         options = IngestOptions(size=self.size, shard_rows=self.shard_rows, workers=self.workers,
-                                explicit_tail=self.tail, name=self.source)
+                                explicit_tail=self.tail, name=self.source, allow_missing=self.allow_missing)
         return ingest_source(self.source, self.table, self.images, uri, options, self.reader_options(),
                              self.split_csv, progress)
 

@@ -48,6 +48,7 @@ class IngestOptions:
     max_read_s: float = DEFAULT_MAX_READ_S  # per file; a slower read is quarantined as read_timeout
     name: str | None = None  # dataset name; default: the source kind
     explicit_tail: tuple[str, ...] | None = None  # overrides the below-median rule
+    allow_missing: bool = False  # ingest even when most sampled image paths have no file (else stop: wrong folder?)
 
     def __post_init__(self) -> None:
         if not 8 <= self.size <= 4096:
@@ -96,15 +97,28 @@ class _ImageRoot:
     def read(self, relative: str) -> bytes:
         if "\0" in relative:  # os calls raise ValueError on it, which stopped the whole ingest
             raise ImageError("missing_file", f"path {relative!r} holds a NUL byte; no file has such a name")
-        if self.remote:
-            full = posixpath.normpath(posixpath.join(self.root, relative))
-            inside = full.startswith(self.root + "/") and not relative.startswith("/")
-        else:
-            full = os.path.realpath(os.path.join(self.root, relative))
-            inside = full.startswith(self.root + os.sep)
+        full, inside = self._full(relative)
         if not inside:
             raise ImageError("path_escape", f"path {relative!r} points outside the image root")
         return self._read_remote(full, relative) if self.remote else self._read_local(full, relative)
+
+    def exists(self, relative: str) -> bool:
+        """Whether anything is at ``relative`` (a cheap look before any decoding). A path that
+        leaves the root counts as found: reading it is refused as ``path_escape``, not missing."""
+        if "\0" in relative:
+            return False
+        full, inside = self._full(relative)
+        if not inside:
+            return True
+        return self.fs.exists(full) if self.remote else os.path.lexists(full)
+
+    def _full(self, relative: str) -> tuple[str, bool]:
+        """The path under the root, and whether it stays inside the root."""
+        if self.remote:
+            full = posixpath.normpath(posixpath.join(self.root, relative))
+            return full, full.startswith(self.root + "/") and not relative.startswith("/")
+        full = os.path.realpath(os.path.join(self.root, relative))
+        return full, full.startswith(self.root + os.sep)
 
     def _check_size(self, size: int | None) -> None:
         if size is not None and size > self.max_file_bytes:
@@ -231,6 +245,8 @@ def _ingest(source: SourceTable, images_root: str, out_uri: str, options: Ingest
             todo.append(record)
 
     root = _ImageRoot(images_root, options.max_file_bytes, options.max_read_s)
+    if not options.allow_missing:
+        check_images_found(root, todo, images_root)
     first_seen: dict[str, str] = {}
     for done, (record, loaded) in enumerate(_decode_all(root, todo, options), start=1):
         if isinstance(loaded, ImageError):
@@ -254,6 +270,33 @@ def _ingest(source: SourceTable, images_root: str, out_uri: str, options: Ingest
     report.quarantined = dict(writer.quarantined)
     report.seconds = round(time.perf_counter() - started, 3)
     return report
+
+
+MISSING_PROBE = 50  # image paths looked at before any decoding
+MISSING_LIMIT = 0.5  # more than this share without a file (of a probe of at least MISSING_MIN_PROBE) ...
+MISSING_MIN_PROBE = 20
+
+
+class MissingImages(ValueError):
+    """Most image paths of the table have no file under the images folder: nothing was ingested."""
+
+
+def check_images_found(root: "_ImageRoot", todo: list[SourceRecord], images_root: str) -> None:
+    """Stop before any work when none of a sample of the new rows' image paths (the first ones
+    and some spread over the table) has a file, or more than half of a sample of 20 or more: a
+    wrong folder is an error, not a success with a quarantine row per image (issue 15)."""
+    if not todo:
+        return
+    step = max(1, len(todo) // MISSING_PROBE)
+    probe = list({id(r): r for r in todo[:10] + todo[::step][:MISSING_PROBE - 10]}.values())
+    missing = [r for r in probe if not root.exists(r.path)]
+    if len(missing) == len(probe) or (len(probe) >= MISSING_MIN_PROBE and len(missing) > MISSING_LIMIT * len(probe)):
+        example = posixpath.join(images_root.rstrip("/"), missing[0].path)
+        raise MissingImages(
+            f"{len(missing)} of {len(probe)} sampled image paths (of {len(todo):,} new rows) have no file under "
+            f"{images_root}, e.g. {example}. Nothing was ingested. Check the images folder (the table's paths are "
+            f"relative to it), or pass --allow-missing (dataset.allow_missing) to ingest what is there and "
+            f"quarantine the rest")
 
 
 def _decode_all(root: _ImageRoot, records: list[SourceRecord], options: IngestOptions

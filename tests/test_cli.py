@@ -78,3 +78,19 @@ def test_piped_output_is_not_wrapped_at_80_columns_and_a_slow_temporary_server_s
     assert _console().width >= 400  # pytest's stdout is not a terminal
     message = user_message(RuntimeError(EPHEMERAL_TIMEOUT + ". stderr: Traceback ... database is locked"))
     assert "--local-server" in message and "PREFECT_API_URL" in message and "Traceback" not in message
+
+
+def test_a_wrong_image_folder_stops_before_any_work(small_nih, tmp_path, capsys):
+    """Issue 15: a wrong folder was a success with a quarantine row per image."""
+    table, images = small_nih
+    wrong = tmp_path / "elsewhere"
+    wrong.mkdir()
+    out = tmp_path / "ds"
+    assert main(["ingest", "nih", str(table), str(wrong), "--out", str(out), "--size", "32"]) == 2
+    err = capsys.readouterr().err
+    assert "9 of 9 sampled image paths" in err and f"{wrong}/0.png" in err and "--allow-missing" in err
+    assert not list(out.rglob("*.parquet"))  # nothing written, not even quarantine rows
+    assert main(["ingest", "nih", str(table), str(wrong), "--out", str(out), "--size", "32", "--allow-missing",
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["quarantined"] == {"missing_file": 9}
+    assert main(["ingest", "nih", str(table), str(images), "--out", str(tmp_path / "right"), "--size", "32"]) == 0
