@@ -124,6 +124,7 @@ def _fan_out(dataset_uri: str, out_uri: str, classifier: dict, generator: dict, 
         "accepted": counts["accepted"], "rejected": counts["rejected"], "by_class": counts["by_class"],
         "quarantined": quarantined, "llm_calls": plan_summary["llm_calls"], "fallbacks": plan_summary["fallbacks"]})
     return {"run_id": run_id, "out_uri": out_uri, "plan": plan_summary, "candidates": len(candidates),
+            "output": work.output_totals(out_uri),  # the whole output: what earlier runs wrote too
             "batches": len(all_batches), "batches_run": len(todo), "written": counts["written"],
             "accepted": counts["accepted"], "rejected": counts["rejected"], "by_class": counts["by_class"],
             "quarantined": quarantined, "decisions_uri": decisions_uri, "wall_seconds": round(wall, 2), "model_seconds": round(model_seconds, 2),

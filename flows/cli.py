@@ -582,8 +582,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def print_augment(augment: dict, console=None) -> None:
     """What augment wrote, accepted and quarantined, per removed class."""
     console = console or _console()
-    console.print(f"generated:  {augment['out_uri']}  ({augment['written']} written, {augment['accepted']} accepted, "
-                  f"quarantined {augment['quarantined'] or 0}; {augment['plan']['llm_calls']} LLM calls; "
+    output = augment.get("output") or {"rows": augment["written"], "accepted": augment["accepted"]}
+    console.print(f"generated:  {augment['out_uri']}  ({output['rows']} rows, {output['accepted']} accepted; this run "
+                  f"wrote {augment['written']} ({augment['accepted']} accepted) and quarantined "
+                  f"{augment['quarantined'] or 0}; {augment['plan']['llm_calls']} LLM calls; "
                   f"{augment['batches_run']} of {augment['batches']} batches run)")
     for name, (written, accepted) in augment.get("by_class", {}).items():
         console.print(f"  removal verified for {name}: {accepted}/{written}")

@@ -69,8 +69,9 @@ def _run_factory(settings: FactorySettings, dataset_uri: str, output: str, run_i
     tuned = stage("finetune", finetune_flow, dataset_uri=dataset_uri, augmented_uri=augmented_uri,
                   classifier_uri=models["classifier"]["uri"], settings=finetune_settings(settings))
     summary = {"dataset": dataset_uri, "images": summarize(dataset_uri)["rows"], "augmented": augmented_uri,
-               "candidates": augmented["candidates"], "generated": augmented["written"],
-               "accepted": augmented["accepted"], "quarantined": augmented["quarantined"],
+               "candidates": augmented["candidates"], "generated": augmented["output"]["rows"],
+               "accepted": augmented["output"]["accepted"], "generated_this_run": augmented["written"],
+               "quarantined_this_run": augmented["quarantined"],
                "llm_calls": augmented["plan"]["llm_calls"], "classifier": models["classifier"]["id"][:16],
                "generator": models["generator"]["id"][:16],
                "augment_orchestration_share": augmented["orchestration_share"]}

@@ -36,7 +36,8 @@ from models.inpaint import InpaintConfig, inpaint
 from models.quality import QualityScorer
 from models.training import predict_probs
 from tasks import store
-from tasks.dataset import SAMPLES, ShardWriter, existing_quarantine_ids, finish_manifest, label_matrix, sample_schema
+from tasks.dataset import (SAMPLES, ShardWriter, existing_quarantine_ids, existing_rows, finish_manifest, label_matrix,
+                           sample_schema)
 from tasks.images import decode_png, encode_mask, encode_png
 from tasks.knowledge.decision import Decision
 from tasks.knowledge.planner import candidate_codes, question_of
@@ -186,6 +187,16 @@ def totals(results: list[dict]) -> dict:
     return {"written": sum(r["written"] for r in results), "accepted": sum(r["accepted"] for r in results),
             "model_seconds": sum(r["model_seconds"] for r in results), "quarantined": quarantined,
             "rejected": rejected, "by_class": {k: by_class[k] for k in sorted(by_class)}}
+
+
+def output_totals(out_uri: str) -> dict:
+    """The whole output, not only what one run added: rows and accepted rows (a rerun that adds
+    nothing still reports what is there; issue 15)."""
+    rows = existing_rows(out_uri, ["accepted"])
+    if rows is None:
+        return {"rows": 0, "accepted": 0}
+    accepted = rows.column("accepted").to_pylist()
+    return {"rows": len(accepted), "accepted": sum(1 for a in accepted if a)}
 
 
 # Models are cached per process and shared by task threads; Grad-CAM hooks the model it runs

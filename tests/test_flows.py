@@ -89,6 +89,9 @@ def test_rerun_writes_nothing(tiny_run):
                          KnowledgeSettings(cache=None), TINY["augment"], str(Path(out).parent / "cache.duckdb"))
     assert again["batches_run"] == 0 and again["written"] == 0
     assert sorted(Path(out).rglob("part-*.parquet")) == before
+    # what it reports is the whole output, not "0 generated" (issue 15)
+    assert again["output"] == result["augment"]["output"] == {"rows": result["augment"]["written"],
+                                                               "accepted": result["augment"]["accepted"]}
 
 
 def test_augment_command_goes_on_from_a_dataset_and_checkpoints(tiny_run, tmp_path, capsys):
