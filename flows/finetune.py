@@ -7,6 +7,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.crashes import mark_crashed
 from flows.gpu import gpu_slots
+from flows.progress import StepProgress
 from flows.stages import write_result
 from tasks import finetune as work
 from tasks import report
@@ -18,7 +19,8 @@ def finetune_setting(setting: str, dataset_uri: str, augmented_uri: str | None, 
                      settings: work.FinetuneSettings) -> dict:
     one = work.FinetuneSettings(**{**settings.__dict__, "settings": (setting,)})
     with gpu_slots(1, get_run_logger()):
-        return work.finetune(dataset_uri, augmented_uri, classifier_uri, one)["results"][setting]
+        progress = StepProgress(f"fine-tune {setting}", settings.epochs, "epoch", key=f"finetune-{setting}")
+        return work.finetune(dataset_uri, augmented_uri, classifier_uri, one, progress.epoch)["results"][setting]
 
 
 @task(task_run_name="report")

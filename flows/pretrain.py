@@ -6,6 +6,7 @@ from prefect import flow, get_run_logger, task
 
 from flows.crashes import mark_crashed
 from flows.gpu import gpu_slots
+from flows.progress import StepProgress
 from flows.settings import ClassifierSettings, GeneratorSettings
 from flows.stages import write_result
 from models.classifier import ClassifierConfig
@@ -23,7 +24,8 @@ def train_classifier_task(dataset_uri: str, models_uri: str, settings: Classifie
     config = ClassifierConfig(backbone=settings.backbone, num_classes=num_classes, image_size=image_size)
     train = TrainConfig(epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr, seed=settings.seed)
     with gpu_slots(1, get_run_logger()):
-        handle = pretrain.train_classifier(dataset_uri, models_uri, config, train)
+        progress = StepProgress("classifier training", train.epochs, "epoch", key="train-classifier")
+        handle = pretrain.train_classifier(dataset_uri, models_uri, config, train, progress=progress.epoch)
     said_reused(handle)
     return {"kind": "classifier", "id": handle["id"], "uri": handle["uri"], "reused": bool(handle.get("reused")),
             "test_macro": handle["metrics"]["means"]["macro"] if handle["metrics"] else None}
@@ -38,7 +40,9 @@ def train_generator_task(normals: list[str], models_uri: str, settings: Generato
     train = DiTTrainConfig(steps=settings.steps, batch_size=settings.batch_size, lr=settings.lr, seed=settings.seed,
                            warmup_steps=settings.warmup_steps or min(200, max(1, settings.steps // 10)))
     with gpu_slots(1, get_run_logger()):
-        handle = pretrain.train_normal_dit(normals, models_uri, config, train, adult_only=settings.adult_only)
+        progress = StepProgress("normal DiT training", train.steps, "step", key="train-normal-dit")
+        handle = pretrain.train_normal_dit(normals, models_uri, config, train, adult_only=settings.adult_only,
+                                           progress=progress.step)
     said_reused(handle)
     return {"kind": "dit", "id": handle["id"], "uri": handle["uri"], "reused": bool(handle.get("reused")),
             "history": handle["history"]}

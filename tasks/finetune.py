@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
+from typing import Callable
 
 import pyarrow.compute as pc
 import torch
@@ -134,7 +135,8 @@ def skip_warnings(skipped: dict[str, str]) -> list[str]:
 
 
 def fit_setting(setting: str, original: TensorSet, generated: TensorSet | None, classifier_uri: str,
-                val: TensorSet, settings: FinetuneSettings) -> tuple[torch.nn.Module, list[int], dict]:
+                val: TensorSet, settings: FinetuneSettings, progress: Callable | None = None
+                ) -> tuple[torch.nn.Module, list[int], dict]:
     """Fine-tune the pretrained classifier under one setting; returns the model, the generated
     samples used per epoch and the training history."""
     if setting not in SETTINGS:
@@ -156,15 +158,15 @@ def fit_setting(setting: str, original: TensorSet, generated: TensorSet | None, 
                 torch.cat([original.labels, generated.labels[chosen]]))
 
     history = fit_classifier(model, None, None, settings.train_config(), val=(val.images, val.labels),
-                             epoch_data=epoch_data)
+                             epoch_data=epoch_data, progress=progress)
     return model, per_epoch, history
 
 
 def run_setting(setting: str, original: TensorSet, generated: TensorSet | None, classifier_uri: str,
                 val: TensorSet, test: TensorSet, head: list[str], tail: list[str],
-                settings: FinetuneSettings) -> FinetuneResult:
+                settings: FinetuneSettings, progress: Callable | None = None) -> FinetuneResult:
     """Fine-tune under one setting, tune thresholds on val and score test."""
-    model, per_epoch, history = fit_setting(setting, original, generated, classifier_uri, val, settings)
+    model, per_epoch, history = fit_setting(setting, original, generated, classifier_uri, val, settings, progress)
     thresholds = tune_thresholds(predict_probs(model, val.images), val.labels.numpy())
     metrics = evaluate(predict_probs(model, test.images), test.labels.numpy(), test.findings, head, tail,
                        thresholds=thresholds, bootstrap=settings.bootstrap, seed=settings.seed)
@@ -173,7 +175,7 @@ def run_setting(setting: str, original: TensorSet, generated: TensorSet | None, 
 
 
 def finetune(dataset_uri: str, augmented_uri: str | None, classifier_uri: str,
-             settings: FinetuneSettings = FinetuneSettings()) -> dict:
+             settings: FinetuneSettings = FinetuneSettings(), progress: Callable | None = None) -> dict:
     """Run every requested setting; returns {"settings": ..., "results": {setting: ...}}."""
     data = load_data(dataset_uri, augmented_uri, settings.accepted_only)
     if not len(data.val) or not len(data.test):
@@ -183,7 +185,7 @@ def finetune(dataset_uri: str, augmented_uri: str | None, classifier_uri: str,
     for warning in skip_warnings(skipped):
         log.warning("fine-tune of %s: %s", dataset_uri, warning)
     results = {name: asdict(run_setting(name, data.original, data.generated, classifier_uri, data.val, data.test,
-                                        data.head, data.tail, settings)) for name in run}
+                                        data.head, data.tail, settings, progress)) for name in run}
     return {"settings": asdict(settings), "dataset": dataset_uri, "augmented": augmented_uri,
             "classifier": classifier_uri, "original_train": len(data.original), "generated": n_generated,
             "pil_prefix_per_epoch": [pil_prefix(n, settings.beta, n_generated) for n in range(settings.epochs)],

@@ -412,3 +412,37 @@ def test_runs_lists_every_kind_of_run_under_the_root_as_a_table(tiny_run, capsys
     factory_line = next(line for line in table.splitlines() if result["run_id"] in line and "factory" in line)
     assert "completed" in factory_line and " s " in factory_line
     assert f"generated {result['augment']['written']}" in factory_line and "{" not in table
+
+
+def test_long_steps_log_their_progress(tiny_run, tmp_path, caplog):
+    """Issue 15: classifier and DiT training and each fine-tune printed nothing for minutes."""
+    import logging
+    import time
+
+    from flows.pretrain import pretrain_flow
+    from flows.progress import StepProgress
+    from flows.settings import settings_from_dict
+
+    result, _ = tiny_run
+    settings = settings_from_dict(TINY)
+    with caplog.at_level(logging.INFO):
+        pretrain_flow(result["dataset_uri"], str(tmp_path / "fresh-models"), settings.classifier, settings.generator)
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(line.startswith("classifier training: epoch 2/2,") for line in lines), lines
+    assert any(line.startswith(f"normal DiT training: step {settings.generator.steps}/{settings.generator.steps},")
+               and "steps/s" in line and "loss" in line for line in lines), lines
+
+    from prefect import flow
+
+    @flow
+    def steps():
+        progress = StepProgress("a step", 4, "step", key="test-progress", every_s=0.0)
+        for done in range(1, 5):
+            time.sleep(0.05)
+            progress.step(done, 1.0 / done)
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        steps()
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("a step")]
+    assert len(lines) == 4 and "ETA" in lines[0] and lines[0].endswith("loss 1.0000") and "ETA" not in lines[-1]
