@@ -94,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = commands.add_parser("info", help="rows, splits, per-class counts, head/tail and quarantine of a dataset")
     info.add_argument("uri")
+    info.add_argument("--reasons", action="store_true", help="list the quarantine rows: reason, table line, path")
+    info.add_argument("--limit", type=int, default=50, help="with --reasons: at most this many rows (default 50)")
     info.add_argument("--json", action="store_true")
 
     plan = commands.add_parser("plan", help="head/tail split, label sets, LKG decisions and candidate images")
@@ -239,19 +241,38 @@ def _print_report(report, as_json: bool) -> int:
     for reason, n in report.filtered.items():
         print(f"  left out ({reason}): {n}")
     if bad:
-        print(f"  see the reasons: tailforge info {report.dataset_uri}")
+        print(f"  see each row's reason: tailforge info {report.dataset_uri} --reasons")
     return 0
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from tasks.dataset import summarize
+    from tasks.dataset import quarantine_rows, summarize
 
+    if args.reasons:
+        rows = quarantine_rows(args.uri, args.limit)
+        if args.json:
+            print(json.dumps(rows, indent=2, default=str))
+        else:
+            print_quarantine(rows)
+        return 0
     summary = summarize(args.uri)
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
         print_summary(summary)
     return 0
+
+
+def print_quarantine(rows: list[dict]) -> None:
+    """The quarantine rows: what was not ingested, where it was in the table, and why."""
+    from rich.table import Table
+
+    table = Table("reason", "stage", "table line", "path", "why")
+    for r in rows:
+        ingest_row = r["stage"] == "ingest" and r["row"] is not None
+        line = str(r["row"] + 2) if ingest_row else "-"  # a 0-based data row, after the header line
+        table.add_row(r["reason_code"], r["stage"] or "-", line, r["source_uri"] or "-", r["reason"] or "")
+    _console().print(table if rows else "no quarantine rows")
 
 
 def print_summary(summary: dict) -> None:

@@ -155,6 +155,17 @@ def existing_rows(dataset_uri: str, columns: list[str]) -> pa.Table | None:
     return store.read_shards(store.join(dataset_uri, SAMPLES), columns=columns)
 
 
+def quarantine_rows(dataset_uri: str, limit: int | None = None) -> list[dict]:
+    """The quarantine rows of a dataset, in table order (``tailforge info --reasons``)."""
+    read_manifest(dataset_uri)  # a clear error for a path that is no dataset
+    table = store.read_shards(store.join(dataset_uri, QUARANTINE),
+                              columns=["row", "source_uri", "reason_code", "reason", "stage"])
+    if table is None:
+        return []
+    rows = sorted(table.to_pylist(), key=lambda r: (r["stage"] or "", r["row"] if r["row"] is not None else -1))
+    return rows[:limit] if limit else rows
+
+
 def existing_quarantine_ids(dataset_uri: str) -> set[str]:
     table = store.read_shards(store.join(dataset_uri, QUARANTINE), columns=["quarantine_id"])
     return set(table.column("quarantine_id").to_pylist()) if table is not None else set()

@@ -234,7 +234,8 @@ def _ingest(source: SourceTable, images_root: str, out_uri: str, options: Ingest
     for record in source.records:
         if record.path in seen_paths:
             _quarantine(writer, record, "duplicate_row",
-                        f"the table lists {record.path!r} again (first at row {seen_paths[record.path]})")
+                        f"the table lists {record.path!r} again (first at line {seen_paths[record.path] + 2}, "
+                        f"counting the header as line 1)")
             continue
         seen_paths[record.path] = record.row
         if record.path in known_paths:

@@ -94,3 +94,17 @@ def test_a_wrong_image_folder_stops_before_any_work(small_nih, tmp_path, capsys)
                  "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["quarantined"] == {"missing_file": 9}
     assert main(["ingest", "nih", str(table), str(images), "--out", str(tmp_path / "right"), "--size", "32"]) == 0
+
+
+def test_info_reasons_lists_each_quarantine_row_with_its_table_line(small_nih, tmp_path, capsys):
+    table, images = small_nih
+    out = str(tmp_path / "ds")
+    assert main(["ingest", "nih", str(table), str(images), "--out", out, "--size", "32"]) == 0
+    assert f"tailforge info {out} --reasons" in capsys.readouterr().out
+    assert main(["info", out, "--reasons", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["reason_code"] == "missing_file" and row["source_uri"] == "missing.png" and row["row"] == 8
+    assert main(["info", out, "--reasons"]) == 0
+    shown = capsys.readouterr().out
+    assert "missing_file" in shown and " 10 " in shown  # data row 8 (0-based) is line 10 of the file
+    assert open(table).read().splitlines()[9].startswith("missing.png")
