@@ -127,9 +127,10 @@ def read_nih(table: str, bbox_table: str | None = None) -> SourceTable:
     """NIH ``Data_Entry_2017*.csv`` (+ ``BBox_List_2017.csv``, found beside it by default)."""
     vocab = vocabulary("nih")
     frame = _read_csv(table, ["Image Index", "Finding Labels", "Patient ID"], "NIH label table")
-    if bbox_table is None:
-        beside = os.path.join(os.path.dirname(os.path.abspath(table)), "BBox_List_2017.csv")
-        bbox_table = beside if os.path.exists(beside) else None
+    if bbox_table is None:  # found beside the label table, plain or gzipped as the label table may be
+        folder = os.path.dirname(os.path.abspath(table))
+        bbox_table = next((p for name in ("BBox_List_2017.csv", "BBox_List_2017.csv.gz")
+                           if os.path.exists(p := os.path.join(folder, name))), None)
     boxes = _read_nih_boxes(bbox_table, vocab) if bbox_table else {}
     views = frame["View Position"] if "View Position" in frame.columns else [None] * len(frame)
     records = []
@@ -148,8 +149,10 @@ NIH_BOX_SIDE = 1024.0  # NIH boxes are in the coordinates of its 1024x1024 relea
 
 def _read_nih_boxes(path: str, vocab: Vocabulary) -> dict[str, list[dict]]:
     """``BBox_List_2017.csv``: its header spreads 'Bbox [x,y,w,h]' over four columns."""
+    import fsspec
+
     out: dict[str, list[dict]] = {}
-    with open(path, newline="") as fh:
+    with fsspec.open(path, "rt", compression="infer", encoding="utf-8-sig", newline="") as fh:  # .gz as the labels
         reader = csv.reader(fh)
         header = next(reader, [])
         if len(header) < 6 or header[0] != "Image Index":

@@ -347,3 +347,21 @@ def test_phantom_dataset_keeps_ground_truth_masks_and_is_reproducible(tmp_path):
     assert ingest_phantom(first, 60, size=64, seed=3).rows_written == 20  # a longer stream adds only the new tail
     with pytest.raises(ValueError, match="Choose another --out"):
         ingest_phantom(first, 10, size=32, seed=3)
+
+
+def test_a_gzipped_box_table_is_read_and_found_beside_the_labels(tmp_path):
+    """Issue 15: `--bbox-table x.csv.gz` failed with a raw UTF-8 decode error, and a gzipped
+    BBox_List_2017.csv.gz beside a gzipped label table was not picked up."""
+    import gzip
+
+    from tasks.sources import read_source
+
+    labels = "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position\n" \
+             "a.png,Mass,0,1,40,M,PA\nb.png,No Finding,0,2,50,F,PA\n"
+    boxes = "Image Index,Finding Label,Bbox [x,y,w,h],,,\na.png,Mass,102.4,204.8,51.2,51.2\n"
+    (tmp_path / "Data_Entry_2017.csv.gz").write_bytes(gzip.compress(labels.encode()))
+    (tmp_path / "BBox_List_2017.csv.gz").write_bytes(gzip.compress(boxes.encode()))
+    for named in (None, str(tmp_path / "BBox_List_2017.csv.gz")):
+        source = read_source("nih", str(tmp_path / "Data_Entry_2017.csv.gz"), bbox_table=named)
+        (box,) = source.records[0].boxes
+        assert box["label"] == "Mass" and abs(box["x"] - 0.1) < 1e-9 and not source.records[1].boxes
