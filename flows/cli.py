@@ -77,10 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     folder = kinds.add_parser("folder", help="a folder of images and a CSV: path column + '|'-separated labels")
     _add_common_ingest(folder)
     folder.add_argument("--vocab", choices=["nih", "chexpert"], default=DatasetSettings.vocab)
-    folder.add_argument("--path-column", default=DatasetSettings.path_column)
-    folder.add_argument("--label-column", default=DatasetSettings.label_column)
-    folder.add_argument("--patient-column")
-    folder.add_argument("--split-column")
+    folder.add_argument("--path-column", default=DatasetSettings.path_column,
+                        help="the column of image paths, relative to IMAGES (default: %(default)r, NIH's name)")
+    folder.add_argument("--label-column", default=DatasetSettings.label_column,
+                        help="the column of '|'-separated labels, 'No Finding' for normals (default: %(default)r)")
+    folder.add_argument("--patient-column", help="the patient id column (default: none; splits by path)")
+    folder.add_argument("--split-column", help="a train/val/test column (default: split 70/10/20 by patient)")
 
     phantom = commands.add_parser("phantom", help="write the built-in synthetic chest phantom as a dataset")
     phantom.add_argument("--n", type=int, default=DatasetSettings.n, help="images (default %(default)s)")

@@ -253,7 +253,14 @@ def read_folder(table: str, vocab: str = "nih", path_column: str = "Image Index"
     labels ('No Finding' for normals). Every other column is kept, snake_cased."""
     vocabulary_ = vocabulary(vocab)
     required = [path_column, label_column] + [c for c in (patient_column, split_column) if c]
-    frame = _read_csv(table, required, "image table")
+    try:
+        frame = _read_csv(table, required, "image table")
+    except TableError as exc:
+        if "lacks required column" not in str(exc):
+            raise
+        raise TableError(f"{exc}. Name the columns that hold the image path and the '|'-separated labels with "
+                         f"--path-column and --label-column (dataset.path_column, dataset.label_column; the "
+                         f"defaults are NIH's: {path_column!r}, {label_column!r})") from exc
     used = set(required)
     extra_columns = {c: _snake(c) for c in frame.columns if c not in used}
     records = []

@@ -365,3 +365,14 @@ def test_a_gzipped_box_table_is_read_and_found_beside_the_labels(tmp_path):
         source = read_source("nih", str(tmp_path / "Data_Entry_2017.csv.gz"), bbox_table=named)
         (box,) = source.records[0].boxes
         assert box["label"] == "Mass" and abs(box["x"] - 0.1) < 1e-9 and not source.records[1].boxes
+
+
+def test_a_folder_table_without_the_default_columns_says_which_options_to_use(tmp_path):
+    from tasks.sources import TableError, read_source
+
+    table = tmp_path / "images.csv"
+    table.write_text("file,findings\na.png,Mass\n")
+    with pytest.raises(TableError, match=r"lacks required column.*'file', 'findings'.*--path-column and --label-column"):
+        read_source("folder", str(table))
+    source = read_source("folder", str(table), path_column="file", label_column="findings")
+    assert source.records[0].path == "a.png"
