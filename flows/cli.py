@@ -286,9 +286,9 @@ def print_summary(summary: dict) -> None:
                   f"splits {summary['splits']}, {summary['quarantined']} quarantined")
     splits = [s for s in ("train", "val", "test") if s in summary["splits"]]
     table = Table("class", "group", *splits, "all")
-    tail = set(summary["tail"])
+    group = {**{name: "head" for name in summary["head"]}, **{name: "tail" for name in summary["tail"]}}
     for name, counts in summary["classes"].items():
-        table.add_row(name, "tail" if name in tail else "head", *[str(counts.get(s, 0)) for s in splits],
+        table.add_row(name, group.get(name, "-"), *[str(counts.get(s, 0)) for s in splits],
                       str(counts["all"]))
     table.add_row("(normal)", "", *[str(summary["normal"].get(s, 0)) for s in splits], str(summary["normal"]["all"]))
     console.print(table)

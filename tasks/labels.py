@@ -209,6 +209,8 @@ def head_tail_split(
     if explicit_tail is not None:
         tail_set = {vocab.canonical(t) for t in explicit_tail}
         rule = "explicit"
+    elif not any(counts.values()):  # no labelled train row: no class is common or rare yet
+        return HeadTailSplit(head=(), tail=(), rule="none: no finding in the train split yet", train_counts=counts)
     else:
         median = float(np.median(list(counts.values())))
         tail_set = {f for f, n in counts.items() if n < median}

@@ -98,3 +98,10 @@ def test_head_tail_from_labels_and_explicit_override():
     explicit = head_tail_split(counts, nih, ["Hernia", "Pleural Thickening"])
     assert explicit.tail == ("Pleural_Thickening", "Hernia") and explicit.rule == "explicit"
     assert explicit.from_json(explicit.to_json()) == explicit
+
+
+def test_no_labelled_train_rows_make_no_head_and_no_tail():
+    """Issue 15: `info` on an empty dataset listed every class as head."""
+    nih = vocabulary("nih")
+    split = head_tail_split({}, nih)
+    assert split.head == () and split.tail == () and split.rule.startswith("none")
