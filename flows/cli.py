@@ -378,12 +378,17 @@ def cmd_lineage(args: argparse.Namespace) -> int:
 
 def print_lineage(result: dict) -> None:
     summary = result["summary"]
-    print(f"{summary['sample_id']} ({summary['origin']}), {summary['depth']} step(s) from its real source "
-          f"{summary['source']}")
+    source = f"its real source {summary['source']}" if summary["source"] else "a real source not under this root"
+    print(f"{summary['sample_id']} ({summary['origin']}), {summary['depth']} step(s) from {source}")
     if "labels_before" in summary:
         print(f"labels: {', '.join(summary['labels_before']) or 'none'} -> {', '.join(summary['labels_after']) or 'none'}")
     for step in result["chain"]:
+        if step.get("missing"):
+            print(f"- {step['sample_id'][:16]}: {step['missing']}")
+            continue
         print(f"- {step['sample_id'][:16]} {step.get('origin', '?')} in {step.get('dataset')} (run {step.get('run_id')})")
+        for copy in step.get("also_in") or []:
+            print(f"    the same sample is also in {copy['dataset']} (run {copy['run_id']}, {copy['created_at'][:19]})")
         if step.get("origin") == "inpainted":
             d = step.get("decision") or {}
             print(f"    removed {step['removed_labels']}, kept {step['kept_labels']}; decision {d.get('source')} "

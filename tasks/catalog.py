@@ -78,9 +78,10 @@ def open_catalog(root: str, timeout_s: float | None = TIMEOUT_S, memory_limit: s
     manifests = store.glob(root, "**/dataset.json")
     datasets = [m.rsplit("/", 1)[0] for m in manifests]
     prefix = original_prefix(root)
+    names = {d: store.read_json(m).get("name") for d, m in zip(datasets, manifests)}
     for view, kind in (("samples", "samples"), ("quarantine", "quarantine")):
         files = [f for d in datasets for f in store.glob(d, f"{kind}/part-*.parquet")]
-        _view_over(con, view, [fenced_url(f) for f in files], prefix)
+        _view_over(con, view, [fenced_url(f) for f in files], prefix, names)
     decision_files = [fenced_url(f) for f in store.glob(root, "**/decisions/part-*.parquet")]
     if decision_files:
         con.execute(f"CREATE VIEW decisions AS SELECT DISTINCT ON (decision_id) * "
@@ -107,16 +108,21 @@ def _lock_down(con, fenced_root: str, memory_limit: str, threads: int) -> None:
     con.execute("SET lock_configuration = true")
 
 
-def _view_over(con, view: str, files: list[str], prefix: str) -> None:
+def _view_over(con, view: str, files: list[str], prefix: str, names: dict[str, str]) -> None:
+    """``dataset`` (the folder's URI, as the user named it) and ``dataset_name`` (its manifest's
+    name, what a WHERE clause wants) before the shard's own columns."""
     if not files:  # an empty view that still has the contract's columns
         schema = sample_schema() if view == "samples" else QUARANTINE_SCHEMA
         con.register(f"empty_{view}", schema.empty_table())
-        con.execute(f"CREATE VIEW {view} AS SELECT NULL::VARCHAR AS dataset, * FROM empty_{view}")
+        con.execute(f"CREATE VIEW {view} AS SELECT NULL::VARCHAR AS dataset, NULL::VARCHAR AS dataset_name, * "
+                    f"FROM empty_{view}")
         return
     # the dataset a row belongs to is the folder above samples/ or quarantine/, named as the user named it
     folder = "regexp_replace(filename, '/[^/]+/[^/]+$', '')"
-    con.execute(f"CREATE VIEW {view} AS SELECT regexp_replace({folder}, {_sql_str('^' + PROTOCOL_RE)}, "
-                f"{_sql_str(prefix)}) AS dataset, * "
+    uri = f"regexp_replace({folder}, {_sql_str('^' + PROTOCOL_RE)}, {_sql_str(prefix)})"
+    cases = " ".join(f"WHEN {_sql_str(d)} THEN {_sql_str(n or '')}" for d, n in names.items())
+    name = f"CASE {uri} {cases} END" if cases else "NULL::VARCHAR"
+    con.execute(f"CREATE VIEW {view} AS SELECT {uri} AS dataset, {name} AS dataset_name, * "
                 f"EXCLUDE (filename) FROM read_parquet({_sql_list(files)}, union_by_name = true, filename = true)")
 
 

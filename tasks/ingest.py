@@ -210,22 +210,23 @@ def ingest(source: SourceTable, images_root: str, out_uri: str,
            options: IngestOptions = IngestOptions(), progress: Progress | None = None) -> IngestReport:
     """Decode, validate and write every record of ``source`` to the dataset at ``out_uri``
     (one writer at a time: tasks/locks.py)."""
+    run_id = new_run_id()  # the record's and the rows' (so a row finds the run that wrote it)
     with dataset_lock(out_uri, f"ingest {source.kind}"), \
-            recorded_run(out_uri, new_run_id(), "ingest", {"source": source.kind, "images": images_root,
-                                                           "options": asdict(options)}, utcnow()) as done:
-        report = _ingest(source, images_root, out_uri, options, progress)
+            recorded_run(out_uri, run_id, "ingest", {"source": source.kind, "images": images_root,
+                                                     "options": asdict(options)}, utcnow()) as done:
+        report = _ingest(source, images_root, out_uri, options, progress, run_id)
         done(report.to_json())
         return report
 
 
 def _ingest(source: SourceTable, images_root: str, out_uri: str, options: IngestOptions,
-            progress: Progress | None) -> IngestReport:
+            progress: Progress | None, run_id: str) -> IngestReport:
     started = time.perf_counter()
     _check_compatible(out_uri, source.vocab.name, options.size)
     before = existing_rows(out_uri, ["sample_id", "source_uri"])
     known_ids = set(before.column("sample_id").to_pylist()) if before is not None else set()
     known_paths = set(before.column("source_uri").to_pylist()) if before is not None else set()
-    writer = ShardWriter(out_uri, sample_schema(source.extra_columns), options.shard_rows,
+    writer = ShardWriter(out_uri, sample_schema(source.extra_columns), options.shard_rows, run_id=run_id,
                          known_quarantine=existing_quarantine_ids(out_uri))
     report = IngestReport(out_uri, filtered=dict(source.filtered))
 
@@ -344,14 +345,15 @@ def ingest_phantom(out_uri: str, n: int, size: int = 64, seed: int = 0, vocab: s
                    progress: Progress | None = None) -> IngestReport:
     """Write ``n`` built-in phantom images (tasks/phantom/) as a dataset, masks included."""
     parameters = {"source": "phantom", "n": n, "size": size, "seed": seed, "vocab": vocab}
-    with dataset_lock(out_uri, "phantom"), recorded_run(out_uri, new_run_id(), "ingest", parameters, utcnow()) as done:
-        report = _ingest_phantom(out_uri, n, size, seed, vocab, shard_rows, explicit_tail, progress)
+    run_id = new_run_id()
+    with dataset_lock(out_uri, "phantom"), recorded_run(out_uri, run_id, "ingest", parameters, utcnow()) as done:
+        report = _ingest_phantom(out_uri, n, size, seed, vocab, shard_rows, explicit_tail, progress, run_id)
         done(report.to_json())
         return report
 
 
 def _ingest_phantom(out_uri: str, n: int, size: int, seed: int, vocab: str, shard_rows: int,
-                    explicit_tail: tuple[str, ...] | None, progress: Progress | None) -> IngestReport:
+                    explicit_tail: tuple[str, ...] | None, progress: Progress | None, run_id: str) -> IngestReport:
     from tasks.images import encode_mask
     from tasks.labels import vocabulary
     from tasks.phantom import phantom_images
@@ -361,7 +363,7 @@ def _ingest_phantom(out_uri: str, n: int, size: int, seed: int, vocab: str, shar
     _check_compatible(out_uri, vocabulary_.name, size)
     before = existing_rows(out_uri, ["sample_id"])
     known_ids = set(before.column("sample_id").to_pylist()) if before is not None else set()
-    writer = ShardWriter(out_uri, sample_schema(), shard_rows)
+    writer = ShardWriter(out_uri, sample_schema(), shard_rows, run_id=run_id)
     report = IngestReport(out_uri)
     for done, item in enumerate(phantom_images(n, size=size, seed=seed, vocab=vocabulary_), start=1):
         sample_id = content_id(item.image)

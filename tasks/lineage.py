@@ -24,18 +24,24 @@ MAX_DEPTH = 16
 
 
 def _row(catalog: Catalog, sample_id: str) -> dict | None:
+    """The sample a full id or a prefix names; with ``copies``: every other dataset and run that
+    holds the same sample (the same content written again, e.g. by two runs into two outputs)."""
     key = sample_id.strip().lower()
     if len(key) < 8:
         raise QueryRefused("give at least 8 characters of the sample id")
+    ids = [r[0] for r in catalog.con.execute(
+        "SELECT DISTINCT sample_id FROM samples WHERE sample_id >= ? AND sample_id < ? LIMIT 2",
+        [key, key + "g"]).fetchall()]  # prefix match; 'g' sorts after every hex digit
+    if len(ids) > 1:
+        raise QueryRefused(f"{sample_id!r} matches more than one sample; give more characters")
+    if not ids:
+        return None
     present = {d[0] for d in catalog.con.execute("SELECT * FROM samples LIMIT 0").description}
     columns = ROW_COLUMNS + tuple(c for c in OPTIONAL_COLUMNS if c in present)  # older shards lack the newer ones
-    cursor = catalog.con.execute(
-        f"SELECT {', '.join(columns)} FROM samples WHERE sample_id >= ? AND sample_id < ? LIMIT 2",
-        [key, key + "g"])  # prefix match; 'g' sorts after every hex digit
-    rows = cursor.fetchall()
-    if len(rows) > 1 and rows[0][1] != key:
-        raise QueryRefused(f"{sample_id!r} matches more than one sample; give more characters")
-    return dict(zip(columns, rows[0])) if rows else None
+    rows = [dict(zip(columns, r)) for r in catalog.con.execute(
+        f"SELECT {', '.join(columns)} FROM samples WHERE sample_id = ? ORDER BY created_at, dataset", ids).fetchall()]
+    return {**rows[0], "copies": [{"dataset": r["dataset"], "run_id": r["run_id"], "created_at": str(r["created_at"])}
+                                  for r in rows[1:]]}
 
 
 def _manifest(dataset_uri: str, cache: dict) -> dict:
@@ -72,6 +78,17 @@ def ui_link(run_id: str | None) -> str | None:
     return f"{base.rstrip('/')}/runs/flow-run/{run_id}" if base and run_id else None
 
 
+def _run_link(catalog: Catalog, row: dict) -> str | None:
+    """The Prefect UI page of the run that wrote ``row``, when that run was a Prefect flow run
+    (its record says so; a CLI ingest runs outside Prefect, and a link to it would be a 404)."""
+    present = {d[0] for d in catalog.con.execute("SELECT * FROM runs LIMIT 0").description}
+    if "prefect_flow_run" not in present:
+        return None
+    found = catalog.con.execute("SELECT bool_or(prefect_flow_run) FROM runs WHERE run_id = ?",
+                                [row["run_id"]]).fetchone()
+    return ui_link(row["run_id"]) if found and found[0] else None
+
+
 def lineage(catalog: Catalog, sample_id: str) -> dict:
     """The chain from ``sample_id`` to its real source; raises LookupError when unknown."""
     manifests: dict = {}
@@ -84,7 +101,8 @@ def lineage(catalog: Catalog, sample_id: str) -> dict:
         names = manifest["labels"]
         step = {"sample_id": row["sample_id"], "dataset": row["dataset"], "origin": row["origin"],
                 "split": row["split"], "patient_id": row["patient_id"], "labels": _named(row["labels"], names),
-                "run_id": row["run_id"], "created_at": str(row["created_at"]), "run_link": ui_link(row["run_id"])}
+                "run_id": row["run_id"], "created_at": str(row["created_at"]), "run_link": _run_link(catalog, row),
+                "also_in": row["copies"]}
         if row["origin"] == "inpainted":
             decision = _one(catalog, "SELECT decision_id, judge, model, prompt_version, head, tail, keep, remove, "
                                      "rationale, source, error FROM decisions WHERE decision_id = ?", row["decision_id"])
@@ -108,7 +126,8 @@ def lineage(catalog: Catalog, sample_id: str) -> dict:
             break
         parent = _row(catalog, row["parent_id"])
         if parent is None:
-            chain.append({"sample_id": row["parent_id"], "missing": f"parent not found under {catalog.root}"})
+            chain.append({"sample_id": row["parent_id"], "missing": f"its parent is not under {catalog.root}: give a "
+                          f"--root that holds both datasets (e.g. $TAILFORGE_HOME)"})
         row = parent
     first = chain[0]
     real = next((s for s in reversed(chain) if s.get("origin") not in (None, "inpainted")), None)

@@ -55,7 +55,9 @@ def write_run_record(out_uri: str, run_id: str, flow: str, parameters: dict, sta
     if status == "running":
         mark_crashed_runs(out_uri, run_id, on_crashed)
     uri = store.join(out_uri, "runs", f"{run_id}.json")
-    store.write_json(uri, {"run_id": run_id, "flow": flow, "status": status, "parameters": _clean(parameters),
+    store.write_json(uri, {"run_id": run_id, "prefect_flow_run": is_prefect_run(run_id), "parent_run_id": parent_run_id(),
+                           "flow": flow, "status": status,
+                           "parameters": _clean(parameters),
                            "git_commit": git_commit(), "started_at": started_at.isoformat(),
                            "ended_at": utcnow().isoformat() if status != "running" else None,
                            "counts": counts or {}, "pid": os.getpid(), "host": socket.gethostname(),
@@ -80,6 +82,28 @@ def recorded_run(out_uri: str, run_id: str, flow: str, parameters: dict, started
         except Exception:  # the store itself is down: the original error matters more
             pass
         raise
+
+
+def is_prefect_run(run_id: str) -> bool:
+    """Whether ``run_id`` is the Prefect flow run this code runs in (a CLI ingest is not one: a
+    UI link to it would lead nowhere)."""
+    try:
+        from prefect.runtime import flow_run
+
+        return str(flow_run.get_id()) == str(run_id)
+    except Exception:
+        return False
+
+
+def parent_run_id() -> str | None:
+    """The Prefect flow run this run is a subflow of (the factory's, for its stages), or None."""
+    try:
+        from prefect.runtime import flow_run
+
+        parent = flow_run.get_parent_flow_run_id()
+    except Exception:  # no Prefect, or its server unreachable: the record is still worth writing
+        return None
+    return str(parent) if parent else None
 
 
 def process_gone(record: dict) -> bool:

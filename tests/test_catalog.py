@@ -118,7 +118,12 @@ README_QUERIES = [  # the ready queries the README shows
     "SELECT night, class, count(*) AS n FROM (SELECT date_trunc('day', s.created_at) AS night, unnest(d.tail) AS class "
     "FROM samples s JOIN decisions d USING (decision_id) WHERE s.origin = 'inpainted' AND s.accepted) "
     "GROUP BY ALL ORDER BY ALL",
-    "SELECT origin, split, count(*) AS n FROM samples WHERE run_id = 'run-0001' GROUP BY ALL",
+    "SELECT origin, split, count(*) AS n FROM samples "
+    "WHERE run_id = (SELECT run_id FROM runs WHERE flow = 'augment' ORDER BY started_at DESC LIMIT 1) GROUP BY ALL",
+    "SELECT s.dataset_name, s.accepted, count(*) AS n FROM samples s JOIN runs r USING (run_id) "
+    "WHERE r.parent_run_id = (SELECT run_id FROM runs WHERE flow = 'factory' ORDER BY started_at DESC LIMIT 1) "
+    "GROUP BY ALL",
+    "SELECT dataset_name, origin, count(*) AS n FROM samples GROUP BY ALL ORDER BY ALL",
     "SELECT sample_id, parent_id, removed_labels FROM samples WHERE decision_id = "
     "(SELECT decision_id FROM samples WHERE origin = 'inpainted' LIMIT 1)",
     "SELECT reason_code, count(*) AS n FROM quarantine GROUP BY ALL ORDER BY n DESC",
@@ -132,6 +137,38 @@ def test_readme_queries_run(small_run, sql):
     with open_catalog(small_run["root"]) as catalog:
         columns, rows = query(catalog, sql)
     assert columns
+    if "flow = 'augment'" in sql or "dataset_name, origin" in sql:
+        assert rows  # examples that find something, as written (issue 15: 'run-0001' matched no real id)
+    if "dataset_name, origin" in sql:
+        assert {r[0] for r in rows} == {"augmented", "phantom"}  # the manifests' names, not paths
+
+
+def test_no_ui_link_for_runs_outside_prefect(small_run, monkeypatch):
+    """Issue 15: the Prefect link of a CLI ingest was a 404 (its run id is no flow run)."""
+    monkeypatch.setenv("PREFECT_UI_URL", "http://127.0.0.1:4200")
+    sample = next(r["sample_id"] for r in existing_rows(small_run["out"], ["sample_id"]).to_pylist())
+    with open_catalog(small_run["root"]) as catalog:
+        chain = lineage(catalog, sample)["chain"]
+    assert [step["run_link"] for step in chain] == [None, None]
+
+
+def test_lineage_lists_every_copy_of_a_sample_and_says_where_a_parent_is_missing(small_run, tmp_path, capsys):
+    """Issue 15: the same sample written into two outputs made a prefix ambiguous and the full id
+    pick one copy silently; a root without the parent printed '? in None (run None)'."""
+    import shutil
+
+    sample = next(r["sample_id"] for r in existing_rows(small_run["out"], ["sample_id"]).to_pylist())
+    copy = Path(small_run["root"]) / "runs" / "r2" / "augmented"
+    shutil.copytree(small_run["out"], copy)
+    try:
+        with open_catalog(small_run["root"]) as catalog:
+            step = lineage(catalog, sample[:12])["chain"][0]
+        assert step["sample_id"] == sample and [c["dataset"] for c in step["also_in"]] == [str(copy)]
+        assert main(["lineage", sample, "--root", str(copy.parent)]) == 0
+        shown = capsys.readouterr().out
+        assert "its parent is not under" in shown and "--root that holds both" in shown and "None" not in shown
+    finally:
+        shutil.rmtree(copy.parent)
 
 
 def test_cli_lineage_query_runs(small_run, capsys):

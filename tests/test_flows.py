@@ -115,7 +115,8 @@ def test_augment_command_goes_on_from_a_dataset_and_checkpoints(tiny_run, tmp_pa
     assert _outputs(out) == _outputs(result["augment"]["out_uri"])
     assert main(command[:-1]) == 0  # the summary, and nothing left to do
     shown = " ".join(capsys.readouterr().out.split())  # rich wraps at the terminal width
-    assert "(0 written" in shown and f"0 of {first['batches']} batches run" in shown
+    assert f"({first['written']} rows, {first['accepted']} accepted; this run wrote 0 (0 accepted)" in shown
+    assert f"0 of {first['batches']} batches run" in shown
     assert main(command[:2] + ["--classifier", str(tmp_path / "missing.pt")] + command[4:]) == 2
     assert "classifier checkpoint" in capsys.readouterr().err
 
@@ -394,9 +395,11 @@ def test_a_rerun_reuses_the_models_made_from_the_same_data_and_settings(tiny_run
     assert changed["generator"]["id"] != result["models"]["generator"]["id"]
 
 
-def test_runs_lists_every_kind_of_run_under_the_root_as_a_table(tiny_run, capsys):
+def test_runs_lists_every_kind_of_run_under_the_root_as_a_table(tiny_run, capsys, monkeypatch):
     """Issue 15: `tailforge runs` was raw JSON and knew only factory and augment runs."""
     from flows.cli import main
+
+    monkeypatch.setenv("PREFECT_UI_URL", "http://127.0.0.1:4200")
 
     result, home = tiny_run
     assert main(["runs", "--root", str(home), "--json"]) == 0
@@ -412,6 +415,17 @@ def test_runs_lists_every_kind_of_run_under_the_root_as_a_table(tiny_run, capsys
     factory_line = next(line for line in table.splitlines() if result["run_id"] in line and "factory" in line)
     assert "completed" in factory_line and " s " in factory_line
     assert f"generated {result['augment']['written']}" in factory_line and "{" not in table
+    from tasks.catalog import open_catalog, query
+    from tasks.lineage import lineage
+
+    with open_catalog(str(home)) as catalog:  # the README's "everything a factory run made", by its id
+        _, rows = query(catalog, "SELECT count(*) FROM samples s JOIN runs r USING (run_id) "
+                                 f"WHERE r.parent_run_id = '{result['run_id']}'")
+        assert rows[0][0] == result["augment"]["written"]
+        sample = query(catalog, "SELECT sample_id FROM samples WHERE origin = 'inpainted' LIMIT 1")[1][0][0]
+        chain = lineage(catalog, sample)["chain"]
+    # written inside Prefect flow runs: each step links to its run's page in the UI
+    assert chain[0]["run_link"] == f"http://127.0.0.1:4200/runs/flow-run/{chain[0]['run_id']}"
 
 
 def test_long_steps_log_their_progress(tiny_run, tmp_path, caplog):
