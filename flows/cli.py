@@ -242,6 +242,8 @@ def _print_report(report, as_json: bool) -> int:
         print(f"  quarantined {code}: {n}")
     for reason, n in report.filtered.items():
         print(f"  left out ({reason}): {n}")
+    if report.retired:
+        print(f"  {report.retired} earlier quarantine row(s) retired: their images are in the dataset now")
     if bad:
         print(f"  see each row's reason: tailforge info {report.dataset_uri} --reasons")
     return 0

@@ -166,6 +166,32 @@ def quarantine_rows(dataset_uri: str, limit: int | None = None) -> list[dict]:
     return rows[:limit] if limit else rows
 
 
+STANDING_REASONS = ("duplicate_row", "duplicate_image")  # about another row: still true when this one lands
+
+
+def retire_quarantine(dataset_uri: str, landed_paths: set[str], stage: str = "ingest") -> int:
+    """Drop the ``stage`` quarantine rows whose source path is now a sample (a re-ingest after
+    the folder was fixed, issue 15); returns how many. Each shard that held one is rewritten
+    without them: the new content-named shard first, then the old one removed, so a crash in
+    between leaves the old rows beside the new ones, never fewer (the next re-ingest retires
+    them). Call it under the dataset's lock."""
+    folder = store.join(dataset_uri, QUARANTINE)
+    retired = 0
+    for uri in store.list_shards(folder):
+        table = store.read_parquet([uri])
+        stages, paths = table.column("stage").to_pylist(), table.column("source_uri").to_pylist()
+        codes = table.column("reason_code").to_pylist()
+        keep = [not (st == stage and p in landed_paths and c not in STANDING_REASONS)
+                for st, p, c in zip(stages, paths, codes)]
+        if all(keep):
+            continue
+        if any(keep):
+            store.write_shard(folder, table.filter(pa.array(keep)), "quarantine_id")
+        store.remove(uri)
+        retired += keep.count(False)
+    return retired
+
+
 def existing_quarantine_ids(dataset_uri: str) -> set[str]:
     table = store.read_shards(store.join(dataset_uri, QUARANTINE), columns=["quarantine_id"])
     return set(table.column("quarantine_id").to_pylist()) if table is not None else set()

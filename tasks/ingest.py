@@ -21,7 +21,7 @@ from typing import Callable, Iterator
 
 from tasks import sources, store
 from tasks.dataset import (ShardWriter, existing_quarantine_ids, existing_rows, finish_manifest, new_run_id,
-                           read_manifest, sample_schema, utcnow)
+                           read_manifest, retire_quarantine, sample_schema, utcnow)
 from tasks.images import (DEFAULT_MAX_ASPECT, DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, ImageError, check_plausible,
                           content_id, decode, encode_png, resize_square)
 from tasks.locks import dataset_lock
@@ -65,6 +65,7 @@ class IngestReport:
     quarantined: dict[str, int] = field(default_factory=dict)
     filtered: dict[str, int] = field(default_factory=dict)
     shards_written: int = 0
+    retired: int = 0  # earlier quarantine rows dropped: their image is in the dataset now
     seconds: float = 0.0
 
     def to_json(self) -> dict:
@@ -259,10 +260,12 @@ def _ingest(source: SourceTable, images_root: str, out_uri: str, options: Ingest
         else:
             known_ids.add(loaded.sample_id)
             first_seen[loaded.sample_id] = record.path
+            known_paths.add(record.path)
             writer.add(_row(record, loaded))
         if progress:
             progress(done, len(todo))
     writer.close()
+    report.retired = retire_quarantine(out_uri, known_paths)  # rows that failed before and are in now
     finish_manifest(out_uri, name=options.name or source.kind, vocab_name=source.vocab.name,
                     image_size=options.size, source={**source.description, "images_root": _describe(images_root)},
                     run_id=writer.run_id, explicit_tail=list(options.explicit_tail) if options.explicit_tail else None,

@@ -141,6 +141,15 @@ def write_shard(folder_uri: str, table: pa.Table, key_column: str) -> tuple[str,
     return uri, True
 
 
+def remove(uri: str) -> None:
+    """Delete one file (gone already: nothing to do)."""
+    fs, path = filesystem(uri)
+    try:
+        fs.rm(path)
+    except FileNotFoundError:
+        pass
+
+
 def read_parquet(uris: list[str], columns: list[str] | None = None) -> pa.Table | None:
     """These Parquet files as one table (None for an empty list)."""
     tables = []

@@ -93,7 +93,14 @@ def test_a_wrong_image_folder_stops_before_any_work(small_nih, tmp_path, capsys)
     assert main(["ingest", "nih", str(table), str(wrong), "--out", str(out), "--size", "32", "--allow-missing",
                  "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["quarantined"] == {"missing_file": 9}
-    assert main(["ingest", "nih", str(table), str(images), "--out", str(tmp_path / "right"), "--size", "32"]) == 0
+    # the folder fixed, the same --out: the images land and their old quarantine rows are retired
+    assert main(["ingest", "nih", str(table), str(images), "--out", str(out), "--size", "32", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["rows_written"] == 8 and report["retired"] == 8
+    assert main(["info", str(out), "--reasons", "--json"]) == 0
+    assert [r["source_uri"] for r in json.loads(capsys.readouterr().out)] == ["missing.png"]  # truly missing
+    assert main(["info", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["quarantined"] == 1
 
 
 def test_info_reasons_lists_each_quarantine_row_with_its_table_line(small_nih, tmp_path, capsys):
