@@ -29,7 +29,8 @@ def report_task(report_uri: str, result: dict, augmented_uri: str | None, datase
     if written["rows"]:
         create_table_artifact(written["rows"], key="factory-metrics",
                               description="macro / head / tail means per fine-tune setting (test split)")
-    create_markdown_artifact(written["markdown"], key="factory-report", description="factory run summary")
+    create_markdown_artifact(written["ui_markdown"], key="factory-report",
+                             description="factory run summary, per-class metrics, the chart and the before/after sheet")
     return written
 
 

@@ -3,9 +3,11 @@ of generated samples with their masks, and the Markdown and table rows Prefect s
 
 from __future__ import annotations
 
+import base64
 import io
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image
 
@@ -33,8 +35,12 @@ def f1_chart_png(results: dict, metric: str = METRIC) -> bytes:
     width = 0.8 / max(1, len(settings))
     fig, ax = plt.subplots(figsize=(max(6, len(classes) * 0.7), 3.5))
     for k, name in enumerate(settings):
-        values = [_value(results[name]["metrics"]["classes"][c], metric) or 0.0 for c in classes]
-        ax.bar(np.arange(len(classes)) + k * width, values, width, label=name)
+        values = [_value(results[name]["metrics"]["classes"][c], metric) for c in classes]
+        x = np.arange(len(classes)) + k * width
+        ax.bar(x, [v or 0.0 for v in values], width, label=name)
+        for xi, v in zip(x, values):
+            if v is None:  # undefined (no positive in the split) is not a zero
+                ax.text(xi, 0.01, "n/a", rotation=90, ha="center", va="bottom", fontsize=6, color="0.4")
     ax.set_xticks(np.arange(len(classes)) + width * (len(settings) - 1) / 2)
     ax.set_xticklabels([f"{c}*" if c in tail else c for c in classes], rotation=45, ha="right", fontsize=8)
     ax.set_ylabel(metric.replace("_", " ")), ax.set_title("per-class F1 on test (* = tail class)")
@@ -46,25 +52,74 @@ def f1_chart_png(results: dict, metric: str = METRIC) -> bytes:
     return buffer.getvalue()
 
 
+TILE = 256  # px per tile in the before/after sheet: a 64 px film is drawn 4x, nearest neighbour
+
+
 def before_after_png(augmented_uri: str, dataset_uri: str, n: int = 8) -> bytes | None:
-    """Rows of (parent | parent with the mask in red | generated) for up to ``n`` samples."""
-    generated = existing_rows(augmented_uri, ["image", "mask", "parent_id"])
+    """Rows of (parent | the mask's outline in red on the parent | generated), each tile
+    ``TILE`` px, under a caption: what was removed and kept, whether the row was accepted and
+    why (its verdict), and its quality score."""
+    columns = ["image", "mask", "parent_id", "removed_labels", "kept_labels", "accepted", "verdict", "quality"]
+    generated = existing_rows(augmented_uri, columns)
     if generated is None or generated.num_rows == 0:
         return None
-    generated = generated.slice(0, n)
+    rows = generated.slice(0, n).to_pylist()
     parents = existing_rows(dataset_uri, ["sample_id", "image"])
-    parents = parents.filter(pc.is_in(parents.column("sample_id"), generated.column("parent_id")))
+    parents = parents.filter(pc.is_in(parents.column("sample_id"), pa.array([r["parent_id"] for r in rows])))
     parent_png = dict(zip(parents.column("sample_id").to_pylist(), parents.column("image").to_pylist()))
-    tiles = []
-    for image, mask, parent_id in zip(*(generated.column(c).to_pylist() for c in ("image", "mask", "parent_id"))):
-        after, before = _gray8(decode_png(image)), _gray8(decode_png(parent_png[parent_id]))
-        overlay = np.stack([before] * 3, axis=-1)
-        overlay[decode_mask(mask), 0] = 255
-        tiles.append(np.concatenate([np.stack([before] * 3, -1), overlay, np.stack([after] * 3, -1)], axis=1))
-    sheet = np.concatenate(tiles, axis=0)
+    strips = [_titles()] + [_sheet_row(r, parent_png[r["parent_id"]]) for r in rows]
     buffer = io.BytesIO()
-    Image.fromarray(sheet).save(buffer, format="PNG")
+    Image.fromarray(np.concatenate(strips, axis=0)).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def _font(size: int = 15):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except (OSError, TypeError):  # Pillow without FreeType: the small bitmap font
+        return ImageFont.load_default()
+
+
+def _caption(text: str, width: int, height: int = 26, color=(255, 255, 255)) -> np.ndarray:
+    from PIL import ImageDraw
+
+    strip = Image.new("RGB", (width, height), (24, 24, 24))
+    ImageDraw.Draw(strip).text((6, 4), text, fill=color, font=_font())
+    return np.asarray(strip)
+
+
+def _titles() -> np.ndarray:
+    return np.concatenate([_caption(t, TILE) for t in ("parent (real)", "mask (red outline)", "generated")], axis=1)
+
+
+def _sheet_row(row: dict, parent: bytes) -> np.ndarray:
+    def tile(gray: np.ndarray) -> np.ndarray:
+        big = np.asarray(Image.fromarray(gray).resize((TILE, TILE), Image.NEAREST))
+        return np.stack([big] * 3, axis=-1)
+
+    before, after = tile(_gray8(decode_png(parent))), tile(_gray8(decode_png(row["image"])))
+    mask = np.asarray(Image.fromarray(decode_mask(row["mask"]).astype(np.uint8) * 255).resize((TILE, TILE),
+                                                                                                Image.NEAREST)) > 0
+    edge = mask & ~_eroded(mask)
+    outlined = before.copy()
+    outlined[edge] = (255, 40, 40)
+    verdict = "accepted" if row["accepted"] else f"not accepted: {row['verdict'] or 'unchecked'}"
+    quality = f"  |  quality z {row['quality']:.2f}" if row["quality"] is not None else ""
+    text = (f"removed {', '.join(row['removed_labels'] or []) or '-'}  |  "
+            f"kept {', '.join(row['kept_labels'] or []) or '-'}  |  {verdict}{quality}")
+    color = (140, 230, 140) if row["accepted"] else (255, 190, 120)
+    return np.concatenate([_caption(text[:110], 3 * TILE, color=color), np.concatenate([before, outlined, after], 1)], 0)
+
+
+def _eroded(mask: np.ndarray, px: int = 3) -> np.ndarray:
+    inner = mask.copy()
+    for _ in range(px):
+        inner[1:-1, 1:-1] &= inner[:-2, 1:-1] & inner[2:, 1:-1] & inner[1:-1, :-2] & inner[1:-1, 2:]
+        inner[[0, -1], :] = False
+        inner[:, [0, -1]] = False
+    return inner
 
 
 def _gray8(pixels: np.ndarray) -> np.ndarray:
@@ -85,7 +140,55 @@ def table_rows(results: dict) -> list[dict]:
     return rows
 
 
-def markdown(summary: dict, rows: list[dict], warnings: list[str] = ()) -> str:
+def _cell(entry: dict, metric: str) -> str:
+    """A value with its 95% bootstrap interval; "n/a" (not 0) when the metric is undefined."""
+    value = _value(entry, metric)
+    if value is None:
+        return "n/a"
+    interval = (entry.get("ci95") or {}).get(metric)
+    return f"{value:.3f} [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else f"{value:.3f}"
+
+
+def class_table(results: dict) -> list[str]:
+    """Markdown: per class and setting, F1 (val-tuned thresholds), AP and AUROC with intervals."""
+    if not results:
+        return []
+    settings = list(results)
+    first = next(iter(results.values()))["metrics"]
+    tail = set(first["means"].get("tail", {}).get("classes", [])) | set(first["means"].get("tail", {}).get("excluded", {}))
+    lines = ["", "Per class on test, value [95% bootstrap interval]; n/a: undefined (no positive in the split):", "",
+             "| class | group | metric | " + " | ".join(settings) + " |", "|---|---|---|" + "---|" * len(settings)]
+    for name in first["classes"]:
+        for metric, label in (("f1_tuned", "F1"), ("ap", "AP"), ("auroc", "AUROC")):
+            cells = [_cell(results[s]["metrics"]["classes"][name], metric) for s in settings]
+            group = "tail" if name in tail else "head"
+            lines.append(f"| {name if label == 'F1' else ''} | {group if label == 'F1' else ''} | {label} | "
+                         + " | ".join(cells) + " |")
+    return lines
+
+
+def epoch_lines(results: dict) -> list[str]:
+    """Markdown: how many generated samples each setting used in each epoch (PIL grows them)."""
+    used = {s: r.get("generated_per_epoch") for s, r in results.items() if r.get("generated_per_epoch")}
+    if not used:
+        return []
+    return ["", "Generated samples used per epoch:", ""] + [
+        f"- **{s}**: {', '.join(str(n) for n in per_epoch)}" for s, per_epoch in used.items()]
+
+
+def markdown(summary: dict, rows: list[dict], warnings: list[str] = (), results: dict | None = None,
+             images: dict[str, bytes] | None = None) -> str:
+    """The report: warnings, the run's summary, means per setting, the per-class table with
+    intervals, the generated share per epoch; ``images`` (title -> PNG) are embedded as data
+    URIs, so the same text shows them in the Prefect UI's markdown artifact."""
+    text = _markdown(summary, rows, warnings)
+    lines = class_table(results or {}) + epoch_lines(results or {})
+    for title, png in (images or {}).items():
+        lines += ["", f"![{title}](data:image/png;base64,{base64.b64encode(png).decode()})"]
+    return text + ("\n".join(lines) + "\n" if lines else "")
+
+
+def _markdown(summary: dict, rows: list[dict], warnings: list[str] = ()) -> str:
     lines = ["# tailforge factory run", ""]
     for warning in warnings:
         lines.append(f"> **Warning**: {warning}")
@@ -117,7 +220,15 @@ def write_report(report_uri: str, finetune_result: dict, augmented_uri: str | No
         written["samples"] = store.join(report_uri, "samples.png")
         store.write_bytes_atomic(written["samples"], grid)
     rows = table_rows(finetune_result.get("results", {}))
-    text = markdown(summary, rows, finetune_result.get("warnings", []))
+    results = finetune_result.get("results", {})
+    text = markdown(summary, rows, finetune_result.get("warnings", []), results)
+    for name, title in (("f1_chart", "per-class F1"), ("samples", "before and after")):
+        if name in written:
+            text += f"\n![{title}]({written[name].rsplit('/', 1)[-1]})\n"  # beside report.md
     written["markdown"] = store.join(report_uri, "report.md")
     store.write_bytes_atomic(written["markdown"], text.encode())
-    return {"uris": written, "rows": rows, "markdown": text}
+    images = {title: store.read_bytes(written[name]) for name, title in (("f1_chart", "per-class F1"),
+                                                                        ("samples", "before and after"))
+              if name in written}
+    ui_text = markdown(summary, rows, finetune_result.get("warnings", []), results, images)
+    return {"uris": written, "rows": rows, "markdown": text, "ui_markdown": ui_text}

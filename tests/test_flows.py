@@ -460,3 +460,26 @@ def test_long_steps_log_their_progress(tiny_run, tmp_path, caplog):
         steps()
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("a step")]
     assert len(lines) == 4 and "ETA" in lines[0] and lines[0].endswith("loss 1.0000") and "ETA" not in lines[-1]
+
+
+def test_the_report_is_readable_and_the_ui_copy_embeds_its_pictures(tiny_run, tmp_path):
+    """Issue 15: a 192x64 sheet without captions, 0.000 and undefined alike, no intervals."""
+    import io
+
+    from PIL import Image
+
+    from tasks import report
+
+    result, _ = tiny_run
+    written = report.write_report(str(tmp_path / "report"), result["finetune"], result["augment"]["out_uri"],
+                                  result["dataset_uri"], {"dataset": result["dataset_uri"]})
+    sheet = Image.open(io.BytesIO((tmp_path / "report" / "samples.png").read_bytes()))
+    assert sheet.width == 3 * report.TILE and sheet.height > report.TILE  # tiles a person can see
+    text = written["markdown"]
+    assert "Per class on test, value [95% bootstrap interval]" in text and "Generated samples used per epoch" in text
+    # an undefined metric says so; a zero is a zero, with its interval
+    assert report._cell({"status": "no_positives", "f1_tuned": 0.0}, "f1_tuned") == "n/a"
+    assert report._cell({"f1_tuned": None}, "f1_tuned") == "n/a"
+    assert report._cell({"f1_tuned": 0.0, "ci95": {"f1_tuned": [0.0, 0.05]}}, "f1_tuned") == "0.000 [0.00, 0.05]"
+    assert "](samples.png)" in text and "data:image" not in text  # the file beside report.md
+    assert written["ui_markdown"].count("data:image/png;base64,") == 2  # the UI copy carries chart and sheet
