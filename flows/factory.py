@@ -10,6 +10,7 @@ from prefect import flow, get_run_logger, task
 from flows.augment import augment_flow
 from flows.crashes import mark_crashed
 from flows.finetune import finetune_flow, report_task
+from flows.progress import counted
 from flows.pretrain import pretrain_flow
 from flows.settings import (SOURCES, DatasetSettings, FactorySettings, finetune_settings, load_settings,
                             settings_from_dict)
@@ -26,15 +27,16 @@ def ingest_task(settings: DatasetSettings, uri: str) -> dict:
     if settings.source == "existing":
         read_manifest(uri)  # fails clearly when absent
         return {"dataset_uri": uri, "rows_written": 0}
+    progress = counted(f"ingest {settings.source}", key="ingest")
     if settings.source == "phantom":
         report = ingest_phantom(uri, settings.n, settings.size, settings.seed, settings.vocab, settings.shard_rows,
-                                explicit_tail=settings.tail)
+                                explicit_tail=settings.tail, progress=progress)
         return report.to_json()
     if settings.source not in SOURCES:
         raise ValueError(f"unknown dataset source {settings.source!r}; use {', '.join(SOURCES)}, phantom or existing")
     if not settings.table or not settings.images:
         raise ValueError(f"dataset source {settings.source!r} needs 'table' and 'images'")
-    return settings.ingest(uri).to_json()
+    return settings.ingest(uri, progress).to_json()
 
 
 @flow(name="factory", log_prints=True)

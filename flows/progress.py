@@ -48,3 +48,16 @@ class StepProgress:
     def step(self, step: int, loss: float) -> None:
         """models.dit.train_dit's callback: the step (from 1) and its loss."""
         self.update(step, loss)
+
+
+def counted(label: str, key: str, every_s: float = 15.0):
+    """A ``progress(done, total)`` callback (ingest's) that reports through a StepProgress made
+    at the first call, when the total is known."""
+    holder: list[StepProgress] = []
+
+    def progress(done: int, total: int) -> None:
+        if not holder:
+            holder.append(StepProgress(label, total, "image", key=key, every_s=every_s))
+        holder[0].update(done)
+
+    return progress

@@ -115,3 +115,40 @@ def test_info_reasons_lists_each_quarantine_row_with_its_table_line(small_nih, t
     shown = capsys.readouterr().out
     assert "missing_file" in shown and " 10 " in shown  # data row 8 (0-based) is line 10 of the file
     assert open(table).read().splitlines()[9].startswith("missing.png")
+
+
+def _readme_commands() -> list[str]:
+    """Every `tailforge ...` line of the README's bash blocks, continuation lines joined."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    commands, in_bash, pending = [], False, ""
+    for line in readme.splitlines():
+        if line.startswith("```"):
+            in_bash, pending = line.strip() == "```bash", ""
+            continue
+        if not in_bash:
+            continue
+        text = pending + line.split("  #")[0].split(" # ")[0].strip()
+        if text.endswith("\\"):
+            pending = text[:-1] + " "
+            continue
+        pending = ""
+        if text.startswith("tailforge "):
+            commands.append(text)
+    return commands
+
+
+def test_every_tailforge_command_in_the_readme_is_one_the_cli_takes():
+    """The README's examples name commands and options that exist (options drift silently)."""
+    import shlex
+
+    from flows.cli import build_parser
+
+    commands = _readme_commands()
+    assert len(commands) >= 15
+    for command in commands:
+        args = shlex.split(command.replace("[", "").replace("]", "").replace("|", " "))[1:]
+        args = [a for a in args if a not in ("--json", "--csv")] if "--json" in args and "--csv" in args else args
+        try:
+            build_parser().parse_args(args)
+        except SystemExit as exc:
+            raise AssertionError(f"the README's `{command}` is not a valid command") from exc
