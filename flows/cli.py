@@ -429,11 +429,14 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 def cmd_runs(args: argparse.Namespace) -> int:
     from tasks.catalog import query
+    from tasks.lineage import drop_nulls
 
     with _catalog(args) as catalog:
-        columns, rows = query(catalog, "SELECT run_id, flow, status, started_at, ended_at, counts FROM runs "
-                                       f"ORDER BY started_at DESC LIMIT {int(args.limit)}")
+        columns, rows = query(catalog, "SELECT run_id, flow, status, started_at, ended_at, to_json(counts) AS counts "
+                                       f"FROM runs ORDER BY started_at DESC LIMIT {int(args.limit)}")
     records = [dict(zip(columns, r)) for r in rows]
+    for r in records:  # as each run wrote them: the nulls of other runs' keys dropped
+        r["counts"] = drop_nulls(json.loads(r["counts"])) if r["counts"] else {}
     if args.json:
         print(json.dumps(records, indent=2, default=str))
     else:
@@ -451,8 +454,6 @@ def print_runs(records: list[dict]) -> None:
     table = Table("run", "flow", "status", "started (UTC)", "duration", "counts")
     for r in records:
         counts = r.get("counts") or {}
-        if isinstance(counts, str):
-            counts = json.loads(counts)
         shown = counts.get("error") or ", ".join(f"{k} {counts[k]}" for k in RUN_COUNTS if counts.get(k) is not None)
         table.add_row(str(r["run_id"]), r["flow"], r["status"], _when(r["started_at"]),
                       _duration(r["started_at"], r.get("ended_at")), shown or "-")

@@ -8,6 +8,7 @@ its run (with the Prefect UI link when a server address is configured).
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -73,6 +74,20 @@ def _one(catalog: Catalog, sql: str, key) -> dict | None:
     return dict(zip([d[0] for d in cursor.description], row)) if row else None
 
 
+def _record(catalog: Catalog, view: str, key_column: str, key) -> dict | None:
+    """One JSON record of a view (runs, checkpoints) as it was written: the view's union of every
+    file's keys shows up as nulls, which are dropped; read as JSON text, so no DuckDB type of a
+    union (a key null in every file, an empty object) has to become a Python value."""
+    row = catalog.con.execute(f"SELECT to_json({view}) FROM {view} WHERE {key_column} = ? LIMIT 1", [key]).fetchone()
+    return drop_nulls(json.loads(row[0])) if row else None
+
+
+def drop_nulls(value):
+    if isinstance(value, dict):
+        return {k: drop_nulls(v) for k, v in value.items() if v is not None}
+    return value
+
+
 def ui_link(run_id: str | None) -> str | None:
     base = os.environ.get("PREFECT_UI_URL") or (os.environ.get("PREFECT_API_URL") or "").removesuffix("/api")
     return f"{base.rstrip('/')}/runs/flow-run/{run_id}" if base and run_id else None
@@ -111,11 +126,9 @@ def lineage(catalog: Catalog, sample_id: str) -> dict:
                 "kept_labels": row["kept_labels"], "mask": _mask_summary(row["mask"]), "seed": row["seed"],
                 "quality": row["quality"], "accepted": row["accepted"], "verdict": row.get("verdict"),
                 "decision": decision,
-                "classifier": _one(catalog, "SELECT * FROM checkpoints WHERE id = ?", row["classifier_id"])
-                or {"id": row["classifier_id"]},
-                "generator": _one(catalog, "SELECT * FROM checkpoints WHERE id = ?", row["generator_id"])
-                or {"id": row["generator_id"]},
-                "run": _one(catalog, "SELECT * FROM runs WHERE run_id = ?", row["run_id"])})
+                "classifier": _record(catalog, "checkpoints", "id", row["classifier_id"]) or {"id": row["classifier_id"]},
+                "generator": _record(catalog, "checkpoints", "id", row["generator_id"]) or {"id": row["generator_id"]},
+                "run": _record(catalog, "runs", "run_id", row["run_id"])})
         else:
             root = manifest.get("source", {}).get("images_root")
             step["source_uri"] = row["source_uri"]
