@@ -15,7 +15,6 @@ Results: benchmarks/results/bench_dask.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import socket
 import subprocess
@@ -27,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import RESULTS, commit, machine  # noqa: E402
+from benchmarks.common import save  # noqa: E402
 
 
 def stand_in_batch(index: int, seconds: float) -> int:
@@ -105,12 +104,10 @@ def main(argv: list[str] | None = None) -> dict:
     finally:
         server.stop()
     ratio = results["2_workers"]["batches_per_s"] / results["1_workers"]["batches_per_s"]
-    report = {"commit": commit(), "machine": machine(), "command": " ".join(["python benchmarks/bench_dask.py", *(argv or sys.argv[1:])]),
+    report = {"command": " ".join(["python benchmarks/bench_dask.py", *(argv or sys.argv[1:])]),
               "batches": args.batches, "stand_in_seconds": args.seconds,
               "results": results, "ratio_2_over_1": round(ratio, 3)}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "bench_dask.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    print(save("bench_dask", report).read_text())
     return report
 
 

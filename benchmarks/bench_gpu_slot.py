@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import RESULTS, commit, machine  # noqa: E402
+from benchmarks.common import save  # noqa: E402
 
 FLOWS = ("bare", "slot per batch", "slots per run")
 
@@ -163,11 +163,9 @@ def main(argv: list[str] | None = None) -> dict:
         results = {backend: measure(backend, args.tasks, work) for backend in args.backends}
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    report = {"commit": commit(), "machine": machine(), "command": " ".join(["python benchmarks/bench_gpu_slot.py", *(argv or sys.argv[1:])]),
+    report = {"command": " ".join(["python benchmarks/bench_gpu_slot.py", *(argv or sys.argv[1:])]),
               "results": results, "seconds": round(time.perf_counter() - started, 1)}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "bench_gpu_slot.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    print(save("bench_gpu_slot", report).read_text())
     return report
 
 
