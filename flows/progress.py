@@ -1,5 +1,5 @@
 """Progress of a long step (classifier training, DiT training, each fine-tune): a log line with
-how far it is, its rate, ETA and latest loss, at most every ``every_s`` seconds and at the end,
+how far it is, its rate, ETA and latest loss, at most every ``every_s`` seconds (10) and at the end,
 on the terminal and in the Prefect UI's logs, plus a progress artifact (issue 15: long steps
 printed nothing). The model code calls it through its ``progress`` callback."""
 
@@ -18,7 +18,7 @@ def eta_text(seconds: float) -> str:
 
 
 class StepProgress:
-    def __init__(self, label: str, total: int, unit: str, key: str, every_s: float = 15.0):
+    def __init__(self, label: str, total: int, unit: str, key: str, every_s: float = 10.0):
         self.label, self.total, self.unit, self.every_s = label, max(1, total), unit, every_s
         self.started = self.last = time.monotonic()
         self.logger = get_run_logger()
@@ -50,7 +50,7 @@ class StepProgress:
         self.update(step, loss)
 
 
-def counted(label: str, key: str, every_s: float = 15.0):
+def counted(label: str, key: str, every_s: float = 10.0):
     """A ``progress(done, total)`` callback (ingest's) that reports through a StepProgress made
     at the first call, when the total is known."""
     holder: list[StepProgress] = []

@@ -88,11 +88,38 @@ class AsymmetricLoss(nn.Module):
         return masked_mean(-(y * pos + (1 - y) * neg), mask)
 
 
-LOSSES: dict[str, type[nn.Module]] = {"bce": MaskedBCE, "focal": FocalLoss, "asl": AsymmetricLoss}
+class ClassBalancedBCE(nn.Module):
+    """Class-balanced loss (Cui et al., "Class-Balanced Loss Based on Effective Number of
+    Samples", eq. 3 with the sigmoid loss): class k's binary cross-entropy is weighted by
+    (1 - beta) / (1 - beta^n_k), n_k its positive count in the training labels, the weights
+    scaled to sum to K. Rare classes weigh more; beta = 0 is plain BCE. ``counts`` (K,) come
+    from the training set (models.training.fit_classifier passes them)."""
+
+    def __init__(self, counts, beta: float = 0.999):
+        super().__init__()
+        if not 0.0 <= beta < 1.0:
+            raise ValueError(f"class-balanced beta must be in [0, 1), got {beta}")
+        n = torch.as_tensor(counts, dtype=torch.float64).clamp(min=1)  # a class never seen: as if once
+        effective = (1 - torch.pow(torch.tensor(beta, dtype=torch.float64), n)) / (1 - beta) if beta else n / n
+        weights = 1.0 / effective
+        self.register_buffer("weights", (weights * len(weights) / weights.sum()).float())
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        mask, y = _known(logits, labels)
+        if logits.shape[1] != self.weights.numel():
+            raise ValueError(f"{logits.shape[1]} classes, but counts for {self.weights.numel()}")
+        ce = F.binary_cross_entropy_with_logits(logits, y, reduction="none")
+        return masked_mean(ce * self.weights.to(logits.dtype), mask)
+
+
+LOSSES: dict[str, type[nn.Module]] = {"bce": MaskedBCE, "focal": FocalLoss, "asl": AsymmetricLoss,
+                                      "cb": ClassBalancedBCE}
+NEEDS_COUNTS = ("cb",)  # losses built from the training set's positive counts per class
 
 
 def make_loss(name: str, **kwargs: Any) -> nn.Module:
-    """A NaN-masked multi-label loss by name: "bce" (default), "focal" or "asl"."""
+    """A NaN-masked multi-label loss by name: "bce" (default), "focal", "asl" or "cb" (which
+    needs ``counts``, the positive count per class in the training labels)."""
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; choose one of {sorted(LOSSES)}")
     try:

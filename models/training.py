@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.losses import make_loss
+from models.losses import NEEDS_COUNTS, make_loss
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # images (N, 1, H, W), labels (N, K)
 
@@ -102,7 +102,7 @@ class TrainConfig:
     lr: float = 1e-3  # AdamW peak learning rate
     weight_decay: float = 1e-4  # AdamW decoupled weight decay
     lr_schedule: str = "cosine"  # "cosine" (per epoch, to 0 after the last) or "constant"
-    loss: str = "bce"  # "bce" | "focal" | "asl" (models/losses.py)
+    loss: str = "bce"  # "bce" | "focal" | "asl" | "cb" (class-balanced; models/losses.py)
     loss_kwargs: dict[str, Any] = field(default_factory=dict, hash=False)  # e.g. {"gamma": 2.0}
     seed: int = 0  # seeds init-independent randomness: shuffling, augmentation, dropout
     augment: bool = False  # small shifts + intensity jitter; never flips (see module doc)
@@ -120,7 +120,8 @@ class TrainConfig:
         if not 0 <= self.max_shift < 0.5 or not 0 <= self.intensity_jitter < 1:
             raise ValueError(f"max_shift must be in [0, 0.5) and intensity_jitter in [0, 1), "
                              f"got {self.max_shift}, {self.intensity_jitter}")
-        make_loss(self.loss, **self.loss_kwargs)  # unknown loss or bad kwargs fail here
+        counts = {"counts": [1.0]} if self.loss in NEEDS_COUNTS else {}  # the real ones come with the data
+        make_loss(self.loss, **counts, **self.loss_kwargs)  # unknown loss or bad kwargs fail here
 
     def lr_at(self, epoch: int) -> float:
         if self.lr_schedule == "constant":
@@ -164,6 +165,16 @@ def _device(model: nn.Module) -> torch.device:
 
 
 @torch.no_grad()
+def _counts(config: TrainConfig, labels: torch.Tensor | None, epoch_data) -> dict:
+    """{"counts": positives per class} for a loss built from them (class-balanced), from the
+    training labels (epoch 0's set when the data changes per epoch, as PIL's does)."""
+    if config.loss not in NEEDS_COUNTS:
+        return {}
+    if labels is None:
+        labels = epoch_data(0)[1]
+    return {"counts": torch.nan_to_num(labels.float(), nan=0.0).sum(dim=0).tolist()}
+
+
 def _mean_loss(model: nn.Module, loss_fn: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                batch_size: int) -> float:
     """Loss over a whole set, weighting each batch by its known labels (eval mode)."""
@@ -196,7 +207,7 @@ def fit_classifier(model: nn.Module, images: torch.Tensor | None, labels: torch.
         _check_data(val[0], val[1], "val data")
     seed_everything(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
-    loss_fn = make_loss(config.loss, **config.loss_kwargs)
+    loss_fn = make_loss(config.loss, **_counts(config, labels, epoch_data), **config.loss_kwargs)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
                                   lr=config.lr, weight_decay=config.weight_decay)
     device = _device(model)

@@ -43,7 +43,7 @@ class FinetuneSettings:
     settings: tuple[str, ...] = SETTINGS  # which of baseline / augmented / pil to run
     accepted_only: bool = True  # use generated samples that passed the quality and removal checks (accepted)
     bootstrap: int = 500  # bootstrap draws for the metrics' confidence intervals
-    loss: str = "bce"  # bce | focal | asl (models/losses.py; the long-tail losses are the floors to beat)
+    loss: str = "bce"  # bce | focal | asl | cb (class-balanced; models/losses.py: long-tail floors to beat)
 
     def __post_init__(self) -> None:
         unknown = set(self.settings) - set(SETTINGS)
