@@ -203,3 +203,23 @@ def test_an_inpainting_dit_fills_a_hole_from_its_surroundings():
     assert torch.equal(filled[hole == 0], test[hole == 0])
     with pytest.raises(ValueError, match="needs cond"):
         predict_noise(model, test, torch.tensor([5] * 4))  # the inpainting model needs the known image
+
+
+def test_ood_scores_are_per_image_reproducible_and_calibrated_to_the_false_rejection_rate():
+    """models/ood.py mechanics (what it catches is measured by benchmarks/bench_ood.py)."""
+    from models.ood import OODConfig, OODScorer, reconstruction_errors
+
+    torch.manual_seed(0)
+    config = DiTConfig(image_size=16, patch_size=4, depth=1, num_heads=2, head_dim=8)
+    model, scheduler = build_dit(config).eval(), build_scheduler(config)
+    images = torch.rand(40, 1, 16, 16)
+    ood_config = OODConfig(levels=(50, 200), steps=3, false_rejection=0.1)
+    errors = reconstruction_errors(model, scheduler, images[:4], ood_config,
+                                   [torch.Generator().manual_seed(i) for i in range(4)])
+    assert errors.shape == (4, 2) and (errors > 0).all()
+    scorer = OODScorer(model, scheduler, images, ood_config)
+    assert abs(scorer.accept(images).mean() - 0.9) <= 0.05  # the threshold rejects 10% of its calibration set
+    assert np.array_equal(scorer.score(images[:5]), scorer.score(images[:5]))  # same image, same score
+    assert np.allclose(scorer.score(images[:5]), scorer.score(images[:10])[:5])  # batch-mates do not matter
+    with pytest.raises(ValueError, match="at least 20"):
+        OODScorer(model, scheduler, images[:5], ood_config)
