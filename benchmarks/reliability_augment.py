@@ -30,6 +30,7 @@ augment:
   verify_removal: false
   inpaint: {{steps: 3, jump_length: 3, resample: 1}}
   quality_max_z: 1000.0
+  ood_filter: false
 """
 AUGMENT_POINTS = ("delay", "shards", "temp", "manifest")
 

@@ -50,7 +50,8 @@ from tasks.tensors import load_tensors  # noqa: E402
 WIDE_TAIL = ("Cardiomegaly", "Infiltration", "Nodule", "Consolidation", "Emphysema", "Fibrosis")
 REAL_SAMPLER = InpaintConfig(steps=25, jump_length=5, resample=2)
 CHEAP = {"cam_method": "eigencam", "mask": {"max_area": 0.6},
-         "inpaint": {"steps": 1, "jump_length": 1, "resample": 1}, "quality_max_z": 1000.0}
+         "inpaint": {"steps": 1, "jump_length": 1, "resample": 1}, "quality_max_z": 1000.0,
+         "ood_filter": False}
 
 
 def real_sampler_rate(batch: torch.Tensor, repeats: int) -> dict:

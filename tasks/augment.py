@@ -33,6 +33,7 @@ from models.cam import LocaliseConfig, MaskConfig, removal_masks
 from models.classifier import load_checkpoint
 from models.dit import build_scheduler, load_dit
 from models.inpaint import InpaintConfig, inpaint
+from models.ood import OODConfig, OODScorer
 from models.quality import QualityScorer
 from models.training import predict_probs
 from tasks import store
@@ -54,6 +55,8 @@ class AugmentSettings:
     quality_max_z: float = 3.0  # robust z of the NN distance to real images; above -> accepted = False
     tail_margin: float = 0.1  # a kept tail class may fall below its threshold by at most this much
     verify_removal: bool = True  # accept only rows whose removal the classifier confirms; False: quality alone
+    ood_filter: bool = True  # reject rows the normal DiT reconstructs worse than held-out real images (models/ood.py)
+    ood_false_rejection: float = 0.05  # share of the dataset's val images the OOD threshold would reject
     seed: int = 0  # mixed into every image's seed
     max_images: int | None = None  # cap on candidates (smallest output ids first); None = all
     parallel: int = 1  # batches in flight at once; the run holds as many `gpu` slots (at most the limit) throughout
@@ -74,6 +77,8 @@ class AugmentSettings:
             raise ValueError(f"augment.runner must be 'local' or 'dask', not {self.runner!r}")
         if self.runner == "dask" and not self.dask_address:
             raise ValueError("augment.runner 'dask' needs augment.dask_address, the scheduler (tcp://HOST:8786)")
+        if not 0 < self.ood_false_rejection < 1:
+            raise ValueError("augment.ood_false_rejection must be between 0 and 1")
         if self.parallel < 1 or self.batch_size < 1:
             raise ValueError("augment.parallel and augment.batch_size must be at least 1")
 
@@ -218,6 +223,18 @@ def _generator(uri: str):
 
 
 @lru_cache(maxsize=4)
+def _ood(dataset_uri: str, generator_uri: str, false_rejection: float) -> OODScorer:
+    """The OOD scorer of a generator, calibrated on the dataset's val images (at most 200):
+    real images of the kind the generated ones must pass for."""
+    real = load_tensors(dataset_uri, splits=("val",), limit=200)
+    if len(real) < 20:
+        raise ValueError(f"{dataset_uri} has {len(real)} val images; the OOD filter needs at least 20 to "
+                         f"calibrate (or set augment.ood_filter: false)")
+    dit, scheduler, _ = _generator(generator_uri)
+    return OODScorer(dit, scheduler, real.images, OODConfig(false_rejection=false_rejection))
+
+
+@lru_cache(maxsize=4)
 def _quality(dataset_uri: str) -> QualityScorer:
     """Scorer over the dataset's real normal training images (at most 512)."""
     normals = load_tensors(dataset_uri, splits=("train",), normal_only=True, limit=512)
@@ -240,7 +257,7 @@ def run_batch(dataset_uri: str, out_uri: str, batch: list[Candidate], classifier
     findings = parents.findings
     with _MODEL_LOCK:
         model_started = time.perf_counter()
-        masks, generated, scores, probs_before, probs_after = _generate(
+        masks, generated, scores, ood, probs_before, probs_after = _generate(
             dataset_uri, images, findings, batch, classifier, generator, settings)
         model_seconds = time.perf_counter() - model_started
     ok = [i for i, m in enumerate(masks) if m.outcome == "ok"]
@@ -262,12 +279,15 @@ def run_batch(dataset_uri: str, out_uri: str, batch: list[Candidate], classifier
     for j, i in enumerate(ok):
         c = batch[i]
         tail = [findings[k] for k in np.nonzero(labels[i] == 1.0)[0] if findings[k] in card.tail]
+        ood_score = float(ood[0][j]) if ood else None
         verdicts.append(verdict(c.remove if settings.verify_removal else (),
                                 tail if settings.verify_removal else [], findings, probs_before[j], probs_after[j],
-                                card.thresholds, settings.tail_margin, float(scores[j]), settings.quality_max_z))
+                                card.thresholds, settings.tail_margin, float(scores[j]), settings.quality_max_z,
+                                ood_score, ood[1] if ood else None))
         original = decode_png(parents.table.column("image")[rows[i]].as_py())
-        writer.add(_generated_row(c, generated[j, 0], masks[i].mask, original, labels[i], findings, parents, rows[i],
-                                  classifier["id"], generator["id"], float(scores[j]), verdicts[-1]))
+        writer.add({**_generated_row(c, generated[j, 0], masks[i].mask, original, labels[i], findings, parents,
+                                     rows[i], classifier["id"], generator["id"], float(scores[j]), verdicts[-1]),
+                    "ood_score": ood_score})
     writer.close()
     removed_drop = [float(probs_before[j][findings.index(r)] - probs_after[j][findings.index(r)])
                     for j, i in enumerate(ok) for r in batch[i].remove] if ok else []
@@ -279,10 +299,12 @@ def run_batch(dataset_uri: str, out_uri: str, batch: list[Candidate], classifier
 
 
 def verdict(remove: tuple[str, ...], tail: list[str], findings: list[str], before: np.ndarray, after: np.ndarray,
-            thresholds: list[float], tail_margin: float, quality: float, quality_max_z: float) -> str:
+            thresholds: list[float], tail_margin: float, quality: float, quality_max_z: float,
+            ood: float | None = None, ood_threshold: float | None = None) -> str:
     """"ok" when the removal is verified, else the first reason it is not: the classifier still
     calls a removed class (probability >= its threshold), a tail class it called before falls
-    below min(threshold, before - margin), or the image is out of distribution."""
+    below min(threshold, before - margin), or the image is out of distribution (its nearest
+    real image is too far, or the normal DiT reconstructs it worse than held-out real images)."""
     for name in remove:
         k = findings.index(name)
         if after[k] >= thresholds[k]:
@@ -293,6 +315,8 @@ def verdict(remove: tuple[str, ...], tail: list[str], findings: list[str], befor
             return f"tail_lost: {name} p={before[k]:.2f} -> {after[k]:.2f}"
     if quality > quality_max_z:
         return f"out_of_distribution: z={quality:.1f} > {quality_max_z:g}"
+    if ood is not None and ood_threshold is not None and ood > ood_threshold:
+        return f"out_of_distribution: reconstruction z={ood:.2f} > {ood_threshold:.2f}"
     return "ok"
 
 
@@ -329,13 +353,17 @@ def _generate(dataset_uri: str, images: torch.Tensor, findings: list[str], batch
     ok = [i for i, m in enumerate(masks) if m.outcome == "ok"]
     generated = images.clone()
     if not ok:
-        return masks, generated[ok], np.zeros(0), None, None
+        return masks, generated[ok], np.zeros(0), None, None, None
     dit, scheduler, _ = _generator(generator["uri"])
     mask_tensor = torch.from_numpy(np.stack([masks[i].mask for i in ok])[:, None].astype(np.float32))
     generated = inpaint(dit, scheduler, images[ok], mask_tensor, settings.inpaint,
                         [torch.Generator().manual_seed(batch[i].seed) for i in ok])  # (len(ok), 1, S, S)
     scores = _quality(dataset_uri).score(generated)
-    return masks, generated, scores, before[ok], predict_probs(net, generated)
+    ood = None
+    if settings.ood_filter:
+        scorer = _ood(dataset_uri, generator["uri"], settings.ood_false_rejection)
+        ood = (scorer.score(generated), scorer.threshold)
+    return masks, generated, scores, ood, before[ok], predict_probs(net, generated)
 
 
 def _generated_row(c: Candidate, pixels01: torch.Tensor, mask: np.ndarray, original: np.ndarray,

@@ -20,7 +20,7 @@ from tasks.images import decode_mask
 ROW_COLUMNS = ("dataset", "sample_id", "labels", "split", "patient_id", "source_uri", "origin", "parent_id",
                "removed_labels", "kept_labels", "mask", "decision_id", "generator_id", "classifier_id", "seed",
                "quality", "accepted", "run_id", "created_at")
-OPTIONAL_COLUMNS = ("verdict",)
+OPTIONAL_COLUMNS = ("verdict", "ood_score")
 MAX_DEPTH = 16
 
 
@@ -124,7 +124,8 @@ def lineage(catalog: Catalog, sample_id: str) -> dict:
             step.update({
                 "parent_id": row["parent_id"], "removed_labels": row["removed_labels"],
                 "kept_labels": row["kept_labels"], "mask": _mask_summary(row["mask"]), "seed": row["seed"],
-                "quality": row["quality"], "accepted": row["accepted"], "verdict": row.get("verdict"),
+                "quality": row["quality"], "ood_score": row.get("ood_score"), "accepted": row["accepted"],
+                "verdict": row.get("verdict"),
                 "decision": decision,
                 "classifier": _record(catalog, "checkpoints", "id", row["classifier_id"]) or {"id": row["classifier_id"]},
                 "generator": _record(catalog, "checkpoints", "id", row["generator_id"]) or {"id": row["generator_id"]},

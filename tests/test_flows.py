@@ -483,3 +483,23 @@ def test_the_report_is_readable_and_the_ui_copy_embeds_its_pictures(tiny_run, tm
     assert report._cell({"f1_tuned": 0.0, "ci95": {"f1_tuned": [0.0, 0.05]}}, "f1_tuned") == "0.000 [0.00, 0.05]"
     assert "](samples.png)" in text and "data:image" not in text  # the file beside report.md
     assert written["ui_markdown"].count("data:image/png;base64,") == 2  # the UI copy carries chart and sheet
+
+
+def test_the_ood_filter_scores_every_generated_row_and_rejects_what_it_cannot_reconstruct(tiny_run, tmp_path):
+    """Issue 16, OOD post-selection (on by default): every generated row records its score; a
+    row above the threshold calibrated on the dataset's val images is not accepted, and says why."""
+    result, _ = tiny_run
+    dataset, models = result["dataset_uri"], result["models"]
+    settings = work.AugmentSettings.from_dict({**TINY["augment"], "ood_filter": True})
+    _, decisions = plan(dataset, str(tmp_path / "d.duckdb"))
+    out = str(tmp_path / "ood")
+    batch = work.prepare(dataset, out, read_manifest(dataset), decisions, models["classifier"]["id"],
+                         models["generator"]["id"], settings).candidates[:8]
+    work.run_batch(dataset, out, batch, models["classifier"], models["generator"], settings, "r")
+    threshold = work._ood(dataset, models["generator"]["uri"], settings.ood_false_rejection).threshold
+    rows = existing_rows(out, ["ood_score", "accepted", "verdict"]).to_pylist()
+    assert rows and all(r["ood_score"] is not None for r in rows)
+    for r in rows:
+        rejected = r["ood_score"] > threshold
+        assert r["accepted"] == (not rejected)  # quality and removal are off in TINY: the filter decides
+        assert rejected == (r["verdict"] or "").startswith("out_of_distribution: reconstruction z=")
