@@ -175,6 +175,7 @@ def _counts(config: TrainConfig, labels: torch.Tensor | None, epoch_data) -> dic
     return {"counts": torch.nan_to_num(labels.float(), nan=0.0).sum(dim=0).tolist()}
 
 
+@torch.no_grad()
 def _mean_loss(model: nn.Module, loss_fn: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                batch_size: int) -> float:
     """Loss over a whole set, weighting each batch by its known labels (eval mode)."""
