@@ -432,7 +432,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     from tasks.lineage import drop_nulls
 
     with _catalog(args) as catalog:
-        columns, rows = query(catalog, "SELECT run_id, flow, status, started_at, ended_at, to_json(counts) AS counts "
+        columns, rows = query(catalog, "SELECT run_id, flow, status, started_at, ended_at, counts "
                                        f"FROM runs ORDER BY started_at DESC LIMIT {int(args.limit)}")
     records = [dict(zip(columns, r)) for r in rows]
     for r in records:  # as each run wrote them: the nulls of other runs' keys dropped

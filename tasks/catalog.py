@@ -13,10 +13,13 @@ locked); every query runs under a time limit, memory and threads are capped.
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import os
 from dataclasses import dataclass
 
 import duckdb
+import pyarrow as pa
 
 from tasks import store
 from tasks.dataset import QUARANTINE_SCHEMA, sample_schema
@@ -127,11 +130,44 @@ def _view_over(con, view: str, files: list[str], prefix: str, names: dict[str, s
 
 
 def _json_view(con, view: str, files: list[str], key: str) -> None:
-    if files:
-        con.execute(f"CREATE VIEW {view} AS SELECT * FROM read_json_auto("
-                    f"{_sql_list([fenced_url(f) for f in files])}, union_by_name = true)")
-    else:
-        con.execute(f"CREATE VIEW {view} AS SELECT NULL::VARCHAR AS {key} WHERE false")
+    """A view over small JSON records (run records, model cards), read here rather than by
+    DuckDB's JSON reader, whose type inference over many files' union of keys failed now and
+    then ("don't know what type", "Out of buffer"). One row per file: ``key`` first, every
+    top-level scalar as a column, nested values as JSON text (query them with json_extract),
+    times (``*_at``) as timestamps, and ``record``, the whole file as JSON text."""
+    records = []
+    for uri in files:
+        try:
+            record = store.read_json(uri)
+        except (ValueError, FileNotFoundError):
+            continue  # removed meanwhile, or not JSON: not a record
+        if isinstance(record, dict) and record.get(key) is not None:
+            records.append(record)
+    names = [key] + sorted({k for r in records for k in r} - {key})
+    columns = {name: _column(name, [r.get(name) for r in records]) for name in names}
+    columns["record"] = pa.array([json.dumps(r, sort_keys=True) for r in records], pa.string())
+    con.register(f"{view}_records", pa.table(columns))
+    con.execute(f"CREATE VIEW {view} AS SELECT * FROM {view}_records")
+
+
+def _column(name: str, values: list) -> pa.Array:
+    """One typed column: timestamps for ``*_at``, else the scalars' own type when they share
+    one, else text (nested values as JSON)."""
+    present = [v for v in values if v is not None]
+    if name.endswith("_at"):
+        try:
+            return pa.array([dt.datetime.fromisoformat(v) if v else None for v in values], pa.timestamp("us", tz="UTC"))
+        except (TypeError, ValueError):
+            pass
+    kinds = {type(v) for v in present}
+    if kinds == {bool}:
+        return pa.array(values, pa.bool_())
+    if kinds and kinds <= {int}:
+        return pa.array(values, pa.int64())
+    if kinds and kinds <= {int, float}:
+        return pa.array([float(v) if v is not None else None for v in values], pa.float64())
+    return pa.array([None if v is None else v if isinstance(v, str) else json.dumps(v, sort_keys=True)
+                     for v in values], pa.string())
 
 
 def query(catalog: Catalog, sql: str, limit: int | None = 10_000,

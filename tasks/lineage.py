@@ -75,10 +75,9 @@ def _one(catalog: Catalog, sql: str, key) -> dict | None:
 
 
 def _record(catalog: Catalog, view: str, key_column: str, key) -> dict | None:
-    """One JSON record of a view (runs, checkpoints) as it was written: the view's union of every
-    file's keys shows up as nulls, which are dropped; read as JSON text, so no DuckDB type of a
-    union (a key null in every file, an empty object) has to become a Python value."""
-    row = catalog.con.execute(f"SELECT to_json({view}) FROM {view} WHERE {key_column} = ? LIMIT 1", [key]).fetchone()
+    """One JSON record of a view (runs, checkpoints) as its file holds it (tasks.catalog keeps
+    each file's text in the ``record`` column)."""
+    row = catalog.con.execute(f"SELECT record FROM {view} WHERE {key_column} = ? LIMIT 1", [key]).fetchone()
     return drop_nulls(json.loads(row[0])) if row else None
 
 
