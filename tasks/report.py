@@ -197,7 +197,7 @@ def _markdown(summary: dict, rows: list[dict], warnings: list[str] = ()) -> str:
     for key, value in summary.items():
         lines.append(f"- **{key}**: {value}")
     if rows:
-        lines += ["", "| setting | macro F1@0.5 | macro F1 (tuned) | head F1 | tail F1 | macro AUROC |",
+        lines += ["", "| setting | macro F1 at 0.5 | macro F1 (tuned) | head F1 | tail F1 | macro AUROC |",
                   "|---|---|---|---|---|---|"]
         for r in rows:
             lines.append(f"| {r['setting']} | {r['macro_f1_at_0.5']} | {r['macro_f1_tuned']} | "
