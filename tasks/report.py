@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image
+from scipy.ndimage import binary_erosion
 
 from tasks import store
 from tasks.dataset import existing_rows
@@ -22,6 +23,13 @@ def _value(entry: dict, key: str) -> float | None:
     return entry.get(key) if entry.get("status", "ok") == "ok" else None
 
 
+def _tail_classes(results: dict) -> set[str]:
+    """The tail classes of the fine-tune metrics (those without positives, excluded from the
+    means, included)."""
+    tail_means = next(iter(results.values()))["metrics"]["means"].get("tail", {})
+    return set(tail_means.get("classes", [])) | set(tail_means.get("excluded", {}))
+
+
 def f1_chart_png(results: dict, metric: str = METRIC) -> bytes:
     """Grouped bars: per-class F1 for each fine-tune setting (head and tail marked)."""
     import matplotlib
@@ -30,8 +38,7 @@ def f1_chart_png(results: dict, metric: str = METRIC) -> bytes:
 
     settings = list(results)
     classes = list(next(iter(results.values()))["metrics"]["classes"])
-    tail_means = next(iter(results.values()))["metrics"]["means"].get("tail", {})
-    tail = set(tail_means.get("classes", [])) | set(tail_means.get("excluded", {}))  # excluded: no positives
+    tail = _tail_classes(results)
     width = 0.8 / max(1, len(settings))
     fig, ax = plt.subplots(figsize=(max(6, len(classes) * 0.7), 3.5))
     for k, name in enumerate(settings):
@@ -102,7 +109,7 @@ def _sheet_row(row: dict, parent: bytes) -> np.ndarray:
     before, after = tile(_gray8(decode_png(parent))), tile(_gray8(decode_png(row["image"])))
     mask = np.asarray(Image.fromarray(decode_mask(row["mask"]).astype(np.uint8) * 255).resize((TILE, TILE),
                                                                                                 Image.NEAREST)) > 0
-    edge = mask & ~_eroded(mask)
+    edge = mask & ~binary_erosion(mask, iterations=3)  # a 3 px outline, the film's edge counting as outside
     outlined = before.copy()
     outlined[edge] = (255, 40, 40)
     verdict = "accepted" if row["accepted"] else f"not accepted: {row['verdict'] or 'unchecked'}"
@@ -111,15 +118,6 @@ def _sheet_row(row: dict, parent: bytes) -> np.ndarray:
             f"kept {', '.join(row['kept_labels'] or []) or '-'}  |  {verdict}{quality}")
     color = (140, 230, 140) if row["accepted"] else (255, 190, 120)
     return np.concatenate([_caption(text[:110], 3 * TILE, color=color), np.concatenate([before, outlined, after], 1)], 0)
-
-
-def _eroded(mask: np.ndarray, px: int = 3) -> np.ndarray:
-    inner = mask.copy()
-    for _ in range(px):
-        inner[1:-1, 1:-1] &= inner[:-2, 1:-1] & inner[2:, 1:-1] & inner[1:-1, :-2] & inner[1:-1, 2:]
-        inner[[0, -1], :] = False
-        inner[:, [0, -1]] = False
-    return inner
 
 
 def _gray8(pixels: np.ndarray) -> np.ndarray:
@@ -155,7 +153,7 @@ def class_table(results: dict) -> list[str]:
         return []
     settings = list(results)
     first = next(iter(results.values()))["metrics"]
-    tail = set(first["means"].get("tail", {}).get("classes", [])) | set(first["means"].get("tail", {}).get("excluded", {}))
+    tail = _tail_classes(results)
     lines = ["", "Per class on test, value [95% bootstrap interval]; n/a: undefined (no positive in the split):", "",
              "| class | group | metric | " + " | ".join(settings) + " |", "|---|---|---|" + "---|" * len(settings)]
     for name in first["classes"]:
@@ -176,15 +174,11 @@ def epoch_lines(results: dict) -> list[str]:
         f"- **{s}**: {', '.join(str(n) for n in per_epoch)}" for s, per_epoch in used.items()]
 
 
-def markdown(summary: dict, rows: list[dict], warnings: list[str] = (), results: dict | None = None,
-             images: dict[str, bytes] | None = None) -> str:
+def markdown(summary: dict, rows: list[dict], warnings: list[str] = (), results: dict | None = None) -> str:
     """The report: warnings, the run's summary, means per setting, the per-class table with
-    intervals, the generated share per epoch; ``images`` (title -> PNG) are embedded as data
-    URIs, so the same text shows them in the Prefect UI's markdown artifact."""
+    intervals, the generated share per epoch."""
     text = _markdown(summary, rows, warnings)
     lines = class_table(results or {}) + epoch_lines(results or {})
-    for title, png in (images or {}).items():
-        lines += ["", f"![{title}](data:image/png;base64,{base64.b64encode(png).decode()})"]
     return text + ("\n".join(lines) + "\n" if lines else "")
 
 
@@ -205,6 +199,9 @@ def _markdown(summary: dict, rows: list[dict], warnings: list[str] = ()) -> str:
     return "\n".join(lines) + "\n"
 
 
+PICTURES = (("f1_chart", "f1.png", "per-class F1"), ("samples", "samples.png", "before and after"))  # key, file, title
+
+
 def write_report(report_uri: str, finetune_result: dict, augmented_uri: str | None, dataset_uri: str,
                  summary: dict) -> dict:
     """Save metrics.json, f1.png, samples.png and report.md under ``report_uri``."""
@@ -212,23 +209,19 @@ def write_report(report_uri: str, finetune_result: dict, augmented_uri: str | No
     metrics_uri = store.join(report_uri, "metrics.json")
     store.write_json(metrics_uri, {**finetune_result, "summary": summary})
     written["metrics"] = metrics_uri
-    if finetune_result.get("results"):
-        written["f1_chart"] = store.join(report_uri, "f1.png")
-        store.write_bytes_atomic(written["f1_chart"], f1_chart_png(finetune_result["results"]))
-    grid = before_after_png(augmented_uri, dataset_uri) if augmented_uri else None
-    if grid:
-        written["samples"] = store.join(report_uri, "samples.png")
-        store.write_bytes_atomic(written["samples"], grid)
-    rows = table_rows(finetune_result.get("results", {}))
     results = finetune_result.get("results", {})
-    text = markdown(summary, rows, finetune_result.get("warnings", []), results)
-    for name, title in (("f1_chart", "per-class F1"), ("samples", "before and after")):
-        if name in written:
-            text += f"\n![{title}]({written[name].rsplit('/', 1)[-1]})\n"  # beside report.md
+    pngs = {"f1_chart": f1_chart_png(results) if results else None,
+            "samples": before_after_png(augmented_uri, dataset_uri) if augmented_uri else None}
+    pictures = [(key, name, title, pngs[key]) for key, name, title in PICTURES if pngs[key]]
+    for key, name, _, png in pictures:
+        written[key] = store.join(report_uri, name)
+        store.write_bytes_atomic(written[key], png)
+    rows = table_rows(results)
+    body = markdown(summary, rows, finetune_result.get("warnings", []), results)
+    # report.md links the pictures beside it; the Prefect UI's copy carries them (data URIs)
+    text = body + "".join(f"\n![{title}]({name})\n" for _, name, title, _ in pictures)
+    ui_text = body + "".join(f"\n![{title}](data:image/png;base64,{base64.b64encode(png).decode()})\n"
+                             for _, _, title, png in pictures)
     written["markdown"] = store.join(report_uri, "report.md")
     store.write_bytes_atomic(written["markdown"], text.encode())
-    images = {title: store.read_bytes(written[name]) for name, title in (("f1_chart", "per-class F1"),
-                                                                        ("samples", "before and after"))
-              if name in written}
-    ui_text = markdown(summary, rows, finetune_result.get("warnings", []), results, images)
     return {"uris": written, "rows": rows, "markdown": text, "ui_markdown": ui_text}
