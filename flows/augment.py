@@ -13,8 +13,8 @@ from prefect.artifacts import create_progress_artifact, create_table_artifact, u
 from flows.crashes import mark_crashed
 from flows.gpu import gpu_slots
 from flows.runners import batch_submitter
-from flows.stages import write_result
 from flows.settings import KnowledgeSettings
+from flows.stages import write_result
 from tasks import augment as work
 from tasks import store
 from tasks.dataset import new_run_id, read_manifest, utcnow

@@ -435,7 +435,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
         columns, rows = query(catalog, "SELECT run_id, flow, status, started_at, ended_at, counts "
                                        f"FROM runs ORDER BY started_at DESC LIMIT {int(args.limit)}")
     records = [dict(zip(columns, r)) for r in rows]
-    for r in records:  # as each run wrote them: the nulls of other runs' keys dropped
+    for r in records:  # counts as the run wrote them (JSON text in the view), unset ones left out
         r["counts"] = drop_nulls(json.loads(r["counts"])) if r["counts"] else {}
     if args.json:
         print(json.dumps(records, indent=2, default=str))
@@ -475,7 +475,6 @@ def _duration(started, ended) -> str:
 
 def _use_prefect_server(start_local: bool) -> str:
     """PREFECT_API_URL when set; else the demo's local server (started if needed)."""
-
     from flows import server
 
     url = os.environ.get("PREFECT_API_URL")
@@ -484,11 +483,12 @@ def _use_prefect_server(start_local: bool) -> str:
             # Prefect's temporary server waits 20 s by default, too little on a busy machine
             os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", str(EPHEMERAL_START_S))
             return ""
-        if server.running_url():
-            print(f"using the local Prefect server at {server.running_url()}", flush=True)
+        running = server.running_url()
+        if running:
+            print(f"using the local Prefect server at {running}", flush=True)
         else:
             print(f"starting a local Prefect server (state in {server.prefect_home()}) ...", flush=True)
-        url = server.start()
+        url = running or server.start()
         os.environ["PREFECT_API_URL"] = url
         os.environ.setdefault("PREFECT_HOME", str(server.prefect_home()))
     return url
@@ -613,7 +613,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def print_augment(augment: dict, console=None) -> None:
     """What augment wrote, accepted and quarantined, per removed class."""
     console = console or _console()
-    output = augment.get("output") or {"rows": augment["written"], "accepted": augment["accepted"]}
+    output = augment["output"]
     console.print(f"generated:  {augment['out_uri']}  ({output['rows']} rows, {output['accepted']} accepted; this run "
                   f"wrote {augment['written']} ({augment['accepted']} accepted) and quarantined "
                   f"{augment['quarantined'] or 0}; {augment['plan']['llm_calls']} LLM calls; "

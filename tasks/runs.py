@@ -48,20 +48,28 @@ def process_start(pid: int) -> int | None:
         return None
 
 
+def run_fields(run_id: str, flow: str, parameters: dict, started_at) -> dict:
+    """What a run's record says in every state: which run, of what, started when, by which
+    process. Computed once per run (the commit and the Prefect look-ups cost a subprocess and
+    API calls), then written with each state."""
+    return {"run_id": run_id, "prefect_flow_run": is_prefect_run(run_id), "parent_run_id": parent_run_id(),
+            "flow": flow, "parameters": _clean(parameters), "git_commit": git_commit(),
+            "started_at": started_at.isoformat(), "pid": os.getpid(), "host": socket.gethostname(),
+            "process_start": process_start(os.getpid())}
+
+
 def write_run_record(out_uri: str, run_id: str, flow: str, parameters: dict, status: str, started_at,
-                     counts: dict | None = None, on_crashed: Callable[[dict], None] | None = None) -> str:
+                     counts: dict | None = None, on_crashed: Callable[[dict], None] | None = None,
+                     fields: dict | None = None) -> str:
     """Write (or overwrite) a run's record; a new "running" record first marks crashed runs (and
-    calls ``on_crashed`` with each one's record: the flows mark its Prefect flow run too)."""
+    calls ``on_crashed`` with each one's record: the flows mark its Prefect flow run too).
+    ``fields``: the run's ``run_fields`` when the caller has them already."""
     if status == "running":
         mark_crashed_runs(out_uri, run_id, on_crashed)
     uri = store.join(out_uri, "runs", f"{run_id}.json")
-    store.write_json(uri, {"run_id": run_id, "prefect_flow_run": is_prefect_run(run_id), "parent_run_id": parent_run_id(),
-                           "flow": flow, "status": status,
-                           "parameters": _clean(parameters),
-                           "git_commit": git_commit(), "started_at": started_at.isoformat(),
+    store.write_json(uri, {**(fields or run_fields(run_id, flow, parameters, started_at)), "status": status,
                            "ended_at": utcnow().isoformat() if status != "running" else None,
-                           "counts": counts or {}, "pid": os.getpid(), "host": socket.gethostname(),
-                           "process_start": process_start(os.getpid())})
+                           "counts": counts or {}})
     return uri
 
 
@@ -71,14 +79,18 @@ def recorded_run(out_uri: str, run_id: str, flow: str, parameters: dict, started
     """A run's record from start to end: "running" now; the body calls the yielded function with
     its counts to record "completed"; a body that raises leaves "failed" with the error (or
     "interrupted" on Ctrl-C), never "running" (issue 14: failed runs say so)."""
-    write_run_record(out_uri, run_id, flow, parameters, "running", started_at, on_crashed=on_crashed)
+    fields = run_fields(run_id, flow, parameters, started_at)
+
+    def write(status: str, counts: dict | None = None, **extra) -> str:
+        return write_run_record(out_uri, run_id, flow, parameters, status, started_at, counts, fields=fields, **extra)
+
+    write("running", on_crashed=on_crashed)
     try:
-        yield lambda counts: write_run_record(out_uri, run_id, flow, parameters, "completed", started_at, counts)
+        yield lambda counts: write("completed", counts)
     except BaseException as exc:
         status = "failed" if isinstance(exc, Exception) else "interrupted"
         try:
-            write_run_record(out_uri, run_id, flow, parameters, status, started_at,
-                             {"error": f"{type(exc).__name__}: {exc}"[:500]})
+            write(status, {"error": f"{type(exc).__name__}: {exc}"[:500]})
         except Exception:  # the store itself is down: the original error matters more
             pass
         raise
