@@ -18,9 +18,8 @@ from tasks.runs import recorded_run
 def finetune_setting(setting: str, dataset_uri: str, augmented_uri: str | None, classifier_uri: str,
                      settings: work.FinetuneSettings) -> dict:
     one = work.FinetuneSettings(**{**settings.__dict__, "settings": (setting,)})
-    with gpu_slots(1, get_run_logger()):
-        progress = StepProgress(f"fine-tune {setting}", settings.epochs, "epoch", key=f"finetune-{setting}")
-        return work.finetune(dataset_uri, augmented_uri, classifier_uri, one, progress.epoch)["results"][setting]
+    progress = StepProgress(f"fine-tune {setting}", settings.epochs, "epoch", key=f"finetune-{setting}")
+    return work.finetune(dataset_uri, augmented_uri, classifier_uri, one, progress.epoch)["results"][setting]
 
 
 @task(task_run_name="report")
@@ -44,8 +43,10 @@ def finetune_flow(dataset_uri: str, augmented_uri: str | None, classifier_uri: s
     run, skipped = work.settings_to_run(settings, n_generated)
     for warning in work.skip_warnings(skipped):
         get_run_logger().warning(warning)
-    # sequential: each setting seeds torch's process-wide RNG (see flows/pretrain.py)
-    results = {name: finetune_setting(name, dataset_uri, augmented_uri, classifier_uri, settings) for name in run}
+    # sequential: each setting seeds torch's process-wide RNG (see flows/pretrain.py); one `gpu`
+    # slot for all of them (flows/gpu.py: once per run)
+    with gpu_slots(1, get_run_logger()):
+        results = {name: finetune_setting(name, dataset_uri, augmented_uri, classifier_uri, settings) for name in run}
     return write_result(result_uri, {
         "settings": settings.__dict__, "dataset": dataset_uri, "augmented": augmented_uri,
         "classifier": classifier_uri, "generated": n_generated, "results": results,

@@ -54,8 +54,8 @@ def gpu_slots(wanted: int, logger) -> Iterator[int]:
     in flight. The run takes ``wanted`` slots (at most the limit) once and keeps them until its
     last batch ends, so the limit still bounds GPU work across runs, processes and hosts, but no
     batch pays for a slot: on a SQLite-backed server each slot request costs ~2 s (issue 14;
-    README, "The gpu slot"). No `gpu` limit on the server: nothing to hold, ``wanted`` in flight."""
-    
+    README, "Why once per run, not per batch"). No `gpu` limit on the server: nothing to hold,
+    ``wanted`` in flight."""
     limit = read_gpu_limit(logger)
     if limit is None:
         yield wanted

@@ -23,9 +23,8 @@ def train_classifier_task(dataset_uri: str, models_uri: str, settings: Classifie
         return reuse("classifier", settings.checkpoint)
     config = ClassifierConfig(backbone=settings.backbone, num_classes=num_classes, image_size=image_size)
     train = TrainConfig(epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr, seed=settings.seed)
-    with gpu_slots(1, get_run_logger()):
-        progress = StepProgress("classifier training", train.epochs, "epoch", key="train-classifier")
-        handle = pretrain.train_classifier(dataset_uri, models_uri, config, train, progress=progress.epoch)
+    progress = StepProgress("classifier training", train.epochs, "epoch", key="train-classifier")
+    handle = pretrain.train_classifier(dataset_uri, models_uri, config, train, progress=progress.epoch)
     said_reused(handle)
     return {"kind": "classifier", "id": handle["id"], "uri": handle["uri"], "reused": bool(handle.get("reused")),
             "test_macro": handle["metrics"]["means"]["macro"] if handle["metrics"] else None}
@@ -39,10 +38,9 @@ def train_generator_task(normals: list[str], models_uri: str, settings: Generato
                        num_heads=settings.num_heads, head_dim=settings.head_dim, conditioning=settings.conditioning)
     train = DiTTrainConfig(steps=settings.steps, batch_size=settings.batch_size, lr=settings.lr, seed=settings.seed,
                            warmup_steps=settings.warmup_steps or min(200, max(1, settings.steps // 10)))
-    with gpu_slots(1, get_run_logger()):
-        progress = StepProgress("normal DiT training", train.steps, "step", key="train-normal-dit")
-        handle = pretrain.train_normal_dit(normals, models_uri, config, train, adult_only=settings.adult_only,
-                                           progress=progress.step)
+    progress = StepProgress("normal DiT training", train.steps, "step", key="train-normal-dit")
+    handle = pretrain.train_normal_dit(normals, models_uri, config, train, adult_only=settings.adult_only,
+                                       progress=progress.step)
     said_reused(handle)
     return {"kind": "dit", "id": handle["id"], "uri": handle["uri"], "reused": bool(handle.get("reused")),
             "history": handle["history"]}
@@ -73,7 +71,8 @@ def pretrain_flow(dataset_uri: str, models_uri: str, classifier: ClassifierSetti
     manifest = read_manifest(dataset_uri)
     normals = list(generator.normals) or [dataset_uri]
     parameters = {"dataset_uri": dataset_uri, "classifier": classifier.__dict__, "generator": generator.__dict__}
-    with recorded_run(models_uri, new_run_id(), "pretrain", parameters, utcnow(), on_crashed=mark_crashed) as done:
+    with recorded_run(models_uri, new_run_id(), "pretrain", parameters, utcnow(), on_crashed=mark_crashed) as done, \
+            gpu_slots(1, get_run_logger()):  # one `gpu` slot for both trainings (flows/gpu.py: once per run)
         # one after the other: training seeds torch's process-wide RNG, so threads would race on it;
         # hosts with several GPUs run pretrain deployments on separate workers instead
         classifier_handle = train_classifier_task(dataset_uri, models_uri, classifier, len(manifest["labels"]),
