@@ -29,9 +29,9 @@ from tasks.query_fence import (PROTOCOL, FenceError, QueryTimeout, ReadOnlyFileS
 VIEWS = ("samples", "quarantine", "decisions", "runs", "checkpoints")
 TIMEOUT_S = 30.0  # default wall-clock limit per query
 MEMORY_LIMIT = "2GB"  # DuckDB memory_limit for the catalog connection
-# one thread: DuckDB reads a Python (fsspec) file as seek() then read(), two calls that another
-# thread reading the same handle can interleave; with 2 threads a parquet read failed now and then
-# ("ZSTD Decompression failure" in tests/test_catalog.py). The reads hold the GIL anyway.
+# one thread: every read goes through Python (the fenced fsspec wrapper) under the GIL, so more
+# threads gain little. (It does not stop DuckDB reading one handle from two threads: see
+# query_fence.PerThreadPosition.)
 THREADS = 1
 PROTOCOL_RE = PROTOCOL + "://"
 
