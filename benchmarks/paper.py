@@ -18,6 +18,14 @@ then fine-tune the pretrained classifier once per setting:
     +LKG          lkg-cam         PIL
     random-ctrl   lkg-random      PIL   (the full method with random regions)
 
+and the long-tail baselines any gain must beat (issue 16; Holste et al.'s NIH-CXR-LT set):
+
+    cb            -               baseline, class-balanced loss (Cui et al.)
+    ldam-drw      -               baseline, LDAM-DRW (Cao et al.)
+    cRT           -               baseline, then the last layer re-trained class-aware (Kang et al.)
+    +LKG+ldam-drw lkg-cam         PIL with LDAM-DRW
+    +LKG+cRT      lkg-cam         PIL, then cRT
+
 Thresholds are tuned on val; test is only scored. Checkpoints and generated sets are reused
 on a rerun with the same settings (``trained_before``, done output ids).
 """
@@ -44,8 +52,14 @@ from tasks.pretrain import train_classifier
 from tasks.tensors import load_tensors
 
 VARIANTS = {"all-cam": ("none", "cam"), "lkg-cam": ("rules", "cam"), "lkg-random": ("rules", "random")}
-SETTINGS = {"baseline": (None, "baseline"), "+inpainting": ("all-cam", "augmented"), "+PIL": ("all-cam", "pil"),
-            "+LKG": ("lkg-cam", "pil"), "random-ctrl": ("lkg-random", "pil")}
+CRT_EPOCHS = 2  # cRT: after the fine-tune, the last layer alone on class-aware batches
+# setting -> (generated set, schedule, fine-tune overrides: the long-tail baselines of issue 16)
+SETTINGS = {"baseline": (None, "baseline", {}), "+inpainting": ("all-cam", "augmented", {}),
+            "+PIL": ("all-cam", "pil", {}), "+LKG": ("lkg-cam", "pil", {}), "random-ctrl": ("lkg-random", "pil", {}),
+            "cb": (None, "baseline", {"loss": "cb"}), "ldam-drw": (None, "baseline", {"loss": "ldam_drw"}),
+            "cRT": (None, "baseline", {"crt_epochs": CRT_EPOCHS}),
+            "+LKG+ldam-drw": ("lkg-cam", "pil", {"loss": "ldam_drw"}),
+            "+LKG+cRT": ("lkg-cam", "pil", {"crt_epochs": CRT_EPOCHS})}
 
 
 @dataclass(frozen=True)
@@ -113,8 +127,8 @@ def run(dataset: str, generator: dict, work_dir: Path, models_uri: str, config: 
             sets[variant] = load_generated(out, config.finetune.accepted_only)
             log(f"seed {seed}: {variant} {record['generated'][variant]}")
         for setting in config.settings:
-            variant, schedule = SETTINGS[setting]
-            options = replace(config.finetune, seed=seed)
+            variant, schedule, overrides = SETTINGS[setting]
+            options = replace(config.finetune, seed=seed, **overrides)
             started = time.perf_counter()
             seed_everything(seed)
             model, per_epoch, history = fit_setting(schedule, original, sets.get(variant), classifier["uri"], val,

@@ -18,7 +18,8 @@ from tasks.runs import recorded_run
 def finetune_setting(setting: str, dataset_uri: str, augmented_uri: str | None, classifier_uri: str,
                      settings: work.FinetuneSettings) -> dict:
     one = work.FinetuneSettings(**{**settings.__dict__, "settings": (setting,)})
-    progress = StepProgress(f"fine-tune {setting}", settings.epochs, "epoch", key=f"finetune-{setting}")
+    progress = StepProgress(f"fine-tune {setting}", settings.epochs + settings.crt_epochs, "epoch",
+                            key=f"finetune-{setting}")
     return work.finetune(dataset_uri, augmented_uri, classifier_uri, one, progress.epoch)["results"][setting]
 
 

@@ -102,7 +102,7 @@ class TrainConfig:
     lr: float = 1e-3  # AdamW peak learning rate
     weight_decay: float = 1e-4  # AdamW decoupled weight decay
     lr_schedule: str = "cosine"  # "cosine" (per epoch, to 0 after the last) or "constant"
-    loss: str = "bce"  # "bce" | "focal" | "asl" | "cb" (class-balanced; models/losses.py)
+    loss: str = "bce"  # "bce" | "focal" | "asl" | "cb" (class-balanced) | "ldam_drw" (models/losses.py)
     loss_kwargs: dict[str, Any] = field(default_factory=dict, hash=False)  # e.g. {"gamma": 2.0}
     seed: int = 0  # seeds init-independent randomness: shuffling, augmentation, dropout
     augment: bool = False  # small shifts + intensity jitter; never flips (see module doc)
@@ -192,12 +192,13 @@ def _mean_loss(model: nn.Module, loss_fn: nn.Module, images: torch.Tensor, label
 def fit_classifier(model: nn.Module, images: torch.Tensor | None, labels: torch.Tensor | None,
                    config: TrainConfig, val: Batch | None = None,
                    progress: Callable[[dict[str, Any]], None] | None = None,
-                   epoch_data: Callable[[int], Batch] | None = None) -> dict[str, list]:
+                   epoch_data: Callable[[int], Batch] | None = None, frozen_norms: bool = False) -> dict[str, list]:
     """Train ``model`` in place with AdamW on a NaN-masked multi-label loss; return the history.
 
     images (N, 1, H, W) in [0, 1], labels (N, K) 1/0/NaN; or ``epoch_data(n)`` giving the
     training set of epoch n (then images/labels may be None). ``val`` = (images, labels) adds
-    a val loss per epoch. ``progress`` gets each epoch's history row as a dict.
+    a val loss per epoch. ``progress`` gets each epoch's history row as a dict. ``frozen_norms``:
+    normalisation layers keep their running statistics (eval mode) while the rest trains.
     Deterministic on CPU for a fixed ``config.seed`` and the same initial weights.
     """
     if epoch_data is None:
@@ -222,7 +223,13 @@ def fit_classifier(model: nn.Module, images: torch.Tensor | None, labels: torch.
         lr = config.lr_at(epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr
+        if hasattr(loss_fn, "set_epoch"):  # LDAM-DRW re-weights from a later epoch on
+            loss_fn.set_epoch(epoch, config.epochs)
         model.train()
+        if frozen_norms:
+            for layer in model.modules():
+                if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+                    layer.eval()
         order = torch.randperm(images.shape[0], generator=generator)
         total, weight = 0.0, 0
         for start in range(0, order.numel(), config.batch_size):
@@ -256,6 +263,57 @@ def fit_classifier(model: nn.Module, images: torch.Tensor | None, labels: torch.
         if progress is not None:
             progress(row)
     return history
+
+
+def class_aware_order(labels: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
+    """``n`` image indices drawn class-aware (Shen et al., "Relay Backpropagation", the sampler of
+    Kang et al.'s cRT): a class uniformly (the images with no known positive form one more
+    class: normal films), then one of its images uniformly. Every class is seen about equally
+    often, however rare."""
+    positive = torch.nan_to_num(labels.float(), nan=0.0) > 0
+    groups = [torch.nonzero(positive[:, k]).flatten() for k in range(labels.shape[1])]
+    groups.append(torch.nonzero(~positive.any(dim=1)).flatten())
+    groups = [g for g in groups if g.numel()]
+    which = torch.randint(len(groups), (n,), generator=generator)
+    picks = torch.rand(n, generator=generator)
+    return torch.stack([groups[g][int(p * groups[g].numel())] for g, p in zip(which.tolist(), picks.tolist())])
+
+
+def retrain_classifier(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, config: TrainConfig,
+                       val: Batch | None = None, progress: Callable[[dict[str, Any]], None] | None = None
+                       ) -> dict[str, list]:
+    """Classifier re-training (cRT; Kang et al., "Decoupling Representation and Classifier for
+    Long-Tailed Recognition", ICLR 2020): the features stay as trained, the last layer
+    (``model.get_classifier()``, timm's) is re-initialised and trained alone for ``config.epochs``
+    on class-aware batches (``class_aware_order``). BatchNorm statistics stay frozen (eval mode).
+    Returns the history, as fit_classifier does."""
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if not isinstance(head, nn.Module) or not any(True for _ in head.parameters()):
+        raise ValueError(f"cRT re-trains the last layer, but {type(model).__name__} has no get_classifier() "
+                         f"with parameters (timm models have one)")
+    _check_data(images, labels, "cRT data")
+    seed_everything(config.seed)
+    for layer in head.modules():
+        if hasattr(layer, "reset_parameters"):
+            layer.reset_parameters()
+    trainable = {id(p) for p in head.parameters()}
+    frozen = [p for p in model.parameters() if id(p) not in trainable and p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    generator = torch.Generator().manual_seed(config.seed)
+    order = class_aware_order(labels, images.shape[0] * config.epochs, generator)
+    per_epoch = images.shape[0]
+
+    def epoch_data(n: int) -> Batch:
+        idx = order[n * per_epoch:(n + 1) * per_epoch]
+        return images[idx], labels[idx]
+
+    try:
+        return fit_classifier(model, None, None, config, val=val, progress=progress, epoch_data=epoch_data,
+                              frozen_norms=True)
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
 
 
 @torch.no_grad()

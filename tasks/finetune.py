@@ -22,7 +22,7 @@ import torch
 from models.classifier import load_checkpoint
 from models.metrics import evaluate, tune_thresholds
 from models.schedule import epoch_indices, pil_prefix
-from models.training import TrainConfig, fit_classifier, predict_probs
+from models.training import TrainConfig, fit_classifier, predict_probs, retrain_classifier
 from tasks import store
 from tasks.dataset import SAMPLES, read_manifest
 from tasks.tensors import TensorSet, load_tensors
@@ -43,16 +43,24 @@ class FinetuneSettings:
     settings: tuple[str, ...] = SETTINGS  # which of baseline / augmented / pil to run
     accepted_only: bool = True  # use generated samples that passed the quality and removal checks (accepted)
     bootstrap: int = 500  # bootstrap draws for the metrics' confidence intervals
-    loss: str = "bce"  # bce | focal | asl | cb (class-balanced; models/losses.py: long-tail floors to beat)
+    loss: str = "bce"  # bce | focal | asl | cb (class-balanced) | ldam_drw (models/losses.py: long-tail floors to beat)
+    crt_epochs: int = 0  # then classifier re-training (cRT): the last layer alone, class-aware batches; 0 = off
 
     def __post_init__(self) -> None:
         unknown = set(self.settings) - set(SETTINGS)
         if unknown:
             raise ValueError(f"unknown fine-tune settings {sorted(unknown)}; choose from {SETTINGS}")
+        if self.crt_epochs < 0:
+            raise ValueError(f"finetune.crt_epochs must be >= 0 (0: no classifier re-training), got {self.crt_epochs}")
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, seed=self.seed,
                            lr_schedule="constant", loss=self.loss)
+
+    def crt_config(self) -> TrainConfig:
+        """cRT trains the re-initialised last layer with plain BCE: the class-aware batches do the balancing."""
+        return TrainConfig(epochs=self.crt_epochs, batch_size=self.batch_size, lr=self.lr, seed=self.seed,
+                           lr_schedule="cosine")
 
 
 @dataclass
@@ -143,22 +151,29 @@ def fit_setting(setting: str, original: TensorSet, generated: TensorSet | None, 
         raise ValueError(f"unknown fine-tune setting {setting!r}; choose from {SETTINGS}")
     model, _, _ = load_checkpoint(store.read_bytes(classifier_uri))
     n_generated = len(generated) if generated is not None and setting != "baseline" else 0
-    per_epoch: list[int] = []
 
-    def epoch_data(n: int):
-        if n_generated == 0:
-            per_epoch.append(0)
-            return original.images, original.labels
+    def chosen(n: int) -> torch.Tensor:  # the generated samples epoch n adds
+        if not n_generated:
+            return torch.zeros(0, dtype=torch.long)
         if setting == "augmented":
-            chosen = torch.arange(n_generated)
-        else:  # pil
-            chosen = torch.from_numpy(epoch_indices(n, settings.beta, n_generated, settings.seed))
-        per_epoch.append(int(chosen.numel()))
-        return (torch.cat([original.images, generated.images[chosen]]),
-                torch.cat([original.labels, generated.labels[chosen]]))
+            return torch.arange(n_generated)
+        return torch.from_numpy(epoch_indices(n, settings.beta, n_generated, settings.seed))
 
+    def epoch_data(n: int):  # no side effects: the loop and the loss's class counts both call it
+        if n_generated == 0:
+            return original.images, original.labels
+        pick = chosen(n)
+        return torch.cat([original.images, generated.images[pick]]), torch.cat([original.labels, generated.labels[pick]])
+
+    per_epoch = [int(chosen(n).numel()) for n in range(settings.epochs)]
     history = fit_classifier(model, None, None, settings.train_config(), val=(val.images, val.labels),
                              epoch_data=epoch_data, progress=progress)
+    if settings.crt_epochs:  # on the last epoch's set (for PIL: the largest prefix)
+        images, labels = epoch_data(settings.epochs - 1)
+        shifted = (lambda row: progress({**row, "epoch": settings.epochs + row["epoch"]})) if progress else None
+        crt = retrain_classifier(model, images, labels, settings.crt_config(), val=(val.images, val.labels),
+                                 progress=shifted)
+        history = {**history, "crt_train_loss": crt["train_loss"], "crt_val_loss": crt["val_loss"]}
     return model, per_epoch, history
 
 
@@ -171,7 +186,8 @@ def run_setting(setting: str, original: TensorSet, generated: TensorSet | None, 
     metrics = evaluate(predict_probs(model, test.images), test.labels.numpy(), test.findings, head, tail,
                        thresholds=thresholds, bootstrap=settings.bootstrap, seed=settings.seed)
     return FinetuneResult(setting, metrics, [float(t) for t in thresholds], per_epoch,
-                          {k: history.get(k) for k in ("train_loss", "val_loss", "n_train")})
+                          {k: history.get(k) for k in ("train_loss", "val_loss", "n_train", "crt_train_loss",
+                                                       "crt_val_loss") if k in history})
 
 
 def finetune(dataset_uri: str, augmented_uri: str | None, classifier_uri: str,

@@ -14,7 +14,7 @@ import torch
 from models.checkpoint import checkpoint_id
 from models.classifier import (PAPER_BACKBONES, ClassifierCard, ClassifierConfig, build_classifier, load_checkpoint,
                                save_checkpoint)
-from models.losses import LOSSES, make_loss
+from models.losses import LOSSES, NEEDS_COUNTS, make_loss
 from models.metrics import auroc
 from models.training import EMA, TrainConfig, augment_batch, fit_classifier, predict_probs, seed_everything
 
@@ -147,7 +147,7 @@ def _logits_labels(seed=0, n=6, k=4):
     return logits, labels
 
 
-@pytest.mark.parametrize("name", sorted(set(LOSSES) - {"cb"}))  # cb's weights are per column: its own test
+@pytest.mark.parametrize("name", sorted(set(LOSSES) - set(NEEDS_COUNTS)))  # per-column weights: own tests
 def test_nan_labels_are_ignored(name):
     logits, labels = _logits_labels()
     known = ~torch.isnan(labels)
@@ -162,7 +162,7 @@ def test_nan_labels_are_ignored(name):
 @pytest.mark.parametrize("name", sorted(LOSSES))
 def test_no_known_label_gives_zero_loss_that_backprops(name):
     logits = torch.randn(3, 2, requires_grad=True)
-    loss = make_loss(name, **({"counts": [5, 1]} if name == "cb" else {}))(logits, torch.full((3, 2), float("nan")))
+    loss = make_loss(name, **({"counts": [5, 1]} if name in NEEDS_COUNTS else {}))(logits, torch.full((3, 2), float("nan")))
     loss.backward()
     assert loss.item() == 0 and torch.equal(logits.grad, torch.zeros(3, 2))
 
