@@ -46,7 +46,8 @@ from tasks import sources  # noqa: E402
 from tasks.finetune import FinetuneSettings  # noqa: E402
 from tasks.ingest import ingest, ingest_phantom  # noqa: E402
 from tasks.knowledge import NoGuidanceJudge, RulesJudge, plan  # noqa: E402
-from tasks.pretrain import train_normal_dit  # noqa: E402
+from tasks.dataset import read_manifest  # noqa: E402
+from tasks.pretrain import train_label_dit, train_normal_dit  # noqa: E402
 from tasks.tensors import load_tensors  # noqa: E402
 
 PHANTOM_SEED = 21
@@ -60,6 +61,17 @@ def generator(dataset: str, models_uri: str, config: DiTConfig, train: DiTTrainC
     print(f"training the normal DiT on {dataset} ({train.steps} steps)", flush=True)
     handle = train_normal_dit([dataset], models_uri, config, train)
     return {k: handle[k] for k in ("kind", "id", "uri")} | {"reused": False, "history": handle["history"]}
+
+
+def label_generator(dataset: str, models_uri: str, args) -> dict:
+    """The DfT-Caption DiT (conditioning "labels") on ``dataset``'s labelled train split: reused, else trained."""
+    manifest = read_manifest(dataset)
+    config = DiTConfig(image_size=manifest["image_size"], patch_size=4, depth=4, num_heads=4, head_dim=32,
+                       conditioning="labels", num_labels=len(manifest["labels"]))
+    print(f"the label-conditioned DiT on {dataset} ({args.dit_steps_label} steps; reused if made before)", flush=True)
+    handle = train_label_dit(dataset, models_uri, config,
+                             DiTTrainConfig(steps=args.dit_steps_label, batch_size=32, warmup_steps=100))
+    return {k: handle[k] for k in ("kind", "id", "uri")} | {"reused": bool(handle.get("reused"))}
 
 
 def nih1000(args, work: Path, models_uri: str) -> tuple[str, dict, paper.ExperimentConfig, dict]:
@@ -104,7 +116,8 @@ def ground_truth(result: dict, dataset: str, work: Path) -> dict:
         out["cam_localisation"][seed] = phantom_truth.cam_localisation(record["classifier"]["uri"], dataset)["_all"]
         out["lesions"][seed] = {variant: phantom_truth.lesion_outcomes(dataset, str(work / f"seed{seed}" / variant),
                                                                        result["tail"])
-                                for variant in record["generated"]}
+                                for variant in record["generated"]
+                                if paper.VARIANTS[variant][2] == "dit"}  # conditional rows have no parent to compare
     for name, judge in (("rules", RulesJudge()), ("none", NoGuidanceJudge())):
         _, decisions = plan(dataset, str(work / "decisions.duckdb"), judge)
         out["entanglement"][name] = phantom_truth.entanglement_error(dataset, decisions, result["head"], result["tail"])
@@ -119,7 +132,9 @@ def markdown(part: str, result: dict, data: dict, seconds: float) -> str:
              + (f" Tables rebuilt from the saved probabilities (4 decimals) at commit `{result['summarised_at_commit']}` "
                 f"(`--rebuild`)." if result.get("summarised_at_commit") else ""), "",
              f"- Data: {data['source']}; split train {result['split']['train']} / val {result['split']['val']} / "
-             f"test {result['split']['test']}. Generator: {data['normals']} (`{result['generator']['id'][:16]}`).",
+             f"test {result['split']['test']}. Generator: {data['normals']} (`{result['generator']['id'][:16]}`)"
+             + (f"; the label-conditioned DiT (DfT-Caption) on the labelled train split "
+                f"(`{result['label_generator']['id'][:16]}`)." if result.get("label_generator") else "."),
              f"- Head: {', '.join(result['head'])}. Tail (marked *): {', '.join(tail)}.",
              f"- Seeds {list(result['config']['seeds'])}: each seed pretrains its own classifier, generates its own "
              "sets and fine-tunes every setting. Values are seed means on the test split; thresholds were tuned on "
@@ -187,7 +202,9 @@ def run_part(part: str, args, out_dir: Path) -> None:
                          finetune=replace(config.finetune, epochs=2),
                          augment=replace(config.augment, max_images=16, inpaint=replace(config.augment.inpaint, steps=5)))
     part_dir = work / (f"{part}-quick" if args.quick else part)
-    result = paper.run(dataset, dit, part_dir, models_uri, config, log=lambda m: print(f"[{part}] {m}", flush=True))
+    generators = {"dit": dit, "label_dit": label_generator(dataset, models_uri, args)}
+    result = paper.run(dataset, generators, part_dir, models_uri, config,
+                       log=lambda m: print(f"[{part}] {m}", flush=True))
     if part == "phantom":
         result["ground_truth"] = ground_truth(result, dataset, part_dir)
     seconds = time.perf_counter() - started
@@ -235,6 +252,7 @@ def main() -> None:
     parser.add_argument("--finetune-epochs", type=int, default=5)
     parser.add_argument("--dit-steps-real", type=int, default=3000)
     parser.add_argument("--dit-steps-phantom", type=int, default=800)
+    parser.add_argument("--dit-steps-label", type=int, default=800, help="the label-conditioned DiT (DfT-Caption)")
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--quick", action="store_true", help="tiny epochs and sets: checks the path, not the method")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder (default benchmarks/results)")

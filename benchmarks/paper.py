@@ -26,6 +26,11 @@ and the long-tail baselines any gain must beat (issue 16; Holste et al.'s NIH-CX
     +LKG+ldam-drw lkg-cam         PIL with LDAM-DRW
     +LKG+cRT      lkg-cam         PIL, then cRT
 
+and the paper's DfT-Caption baseline (its Table 3): the same LKG candidates, each image sampled
+from noise for its kept finding set by a DiT conditioned on labels, trained on the train split:
+
+    conditional   lkg-conditional PIL
+
 Thresholds are tuned on val; test is only scored. Checkpoints and generated sets are reused
 on a rerun with the same settings (``trained_before``, done output ids).
 """
@@ -51,7 +56,9 @@ from tasks.knowledge import make_judge, plan
 from tasks.pretrain import train_classifier
 from tasks.tensors import load_tensors
 
-VARIANTS = {"all-cam": ("none", "cam"), "lkg-cam": ("rules", "cam"), "lkg-random": ("rules", "random")}
+# generated set -> (judge, mask placement, generator: the normal DiT inpaints; the label DiT samples)
+VARIANTS = {"all-cam": ("none", "cam", "dit"), "lkg-cam": ("rules", "cam", "dit"),
+            "lkg-random": ("rules", "random", "dit"), "lkg-conditional": ("rules", "-", "label_dit")}
 CRT_EPOCHS = 2  # cRT: after the fine-tune, the last layer alone on class-aware batches
 # setting -> (generated set, schedule, fine-tune overrides: the long-tail baselines of issue 16)
 SETTINGS = {"baseline": (None, "baseline", {}), "+inpainting": ("all-cam", "augmented", {}),
@@ -59,7 +66,8 @@ SETTINGS = {"baseline": (None, "baseline", {}), "+inpainting": ("all-cam", "augm
             "cb": (None, "baseline", {"loss": "cb"}), "ldam-drw": (None, "baseline", {"loss": "ldam_drw"}),
             "cRT": (None, "baseline", {"crt_epochs": CRT_EPOCHS}),
             "+LKG+ldam-drw": ("lkg-cam", "pil", {"loss": "ldam_drw"}),
-            "+LKG+cRT": ("lkg-cam", "pil", {"crt_epochs": CRT_EPOCHS})}
+            "+LKG+cRT": ("lkg-cam", "pil", {"crt_epochs": CRT_EPOCHS}),
+            "conditional": ("lkg-conditional", "pil", {})}
 
 
 @dataclass(frozen=True)
@@ -81,8 +89,9 @@ class ExperimentConfig:
 def generate(dataset: str, out: str, classifier: dict, generator: dict, variant: str,
              config: ExperimentConfig, cache: str) -> dict:
     """One augmented set through the factory's code path; skips what a previous run wrote."""
-    judge_name, placement = VARIANTS[variant]
-    options = replace(config.augment, mask=replace(config.augment.mask, placement=placement))
+    judge_name, placement, _ = VARIANTS[variant]
+    options = config.augment if placement == "-" else replace(config.augment,
+                                                              mask=replace(config.augment.mask, placement=placement))
     manifest = read_manifest(dataset)
     report, decisions = plan(dataset, cache, make_judge(judge_name))
     prepared = work.prepare(dataset, out, manifest, decisions, classifier["id"], generator["id"], options)
@@ -97,10 +106,14 @@ def generate(dataset: str, out: str, classifier: dict, generator: dict, variant:
             "new_this_run": work.totals(results), "seconds": round(time.perf_counter() - started, 1)}
 
 
-def run(dataset: str, generator: dict, work_dir: Path, models_uri: str, config: ExperimentConfig,
+def run(dataset: str, generators: dict[str, dict], work_dir: Path, models_uri: str, config: ExperimentConfig,
         log=print) -> dict:
     """Every seed and setting on ``dataset``; returns the results (JSON-ready) and the test
-    probabilities, for the tables."""
+    probabilities, for the tables. ``generators``: {"dit": the normal DiT, "label_dit": the
+    label-conditioned one (needed by the "conditional" setting only)}."""
+    needed = {VARIANTS[SETTINGS[s][0]][2] for s in config.settings if SETTINGS[s][0]} - set(generators)
+    if needed:
+        raise ValueError(f"settings {list(config.settings)} need generators {sorted(needed)}")
     manifest = read_manifest(dataset)
     findings, head, tail = manifest["labels"], manifest["head_tail"]["head"], manifest["head_tail"]["tail"]
     original = load_tensors(dataset, splits=("train",))
@@ -122,8 +135,8 @@ def run(dataset: str, generator: dict, work_dir: Path, models_uri: str, config: 
         sets = {}
         for variant in sorted({SETTINGS[s][0] for s in config.settings} - {None}):
             out = str(work_dir / f"seed{seed}" / variant)
-            record["generated"][variant] = generate(dataset, out, classifier, generator, variant, config,
-                                                    str(work_dir / "decisions.duckdb"))
+            record["generated"][variant] = generate(dataset, out, classifier, generators[VARIANTS[variant][2]],
+                                                    variant, config, str(work_dir / "decisions.duckdb"))
             sets[variant] = load_generated(out, config.finetune.accepted_only)
             log(f"seed {seed}: {variant} {record['generated'][variant]}")
         for setting in config.settings:
@@ -147,5 +160,6 @@ def run(dataset: str, generator: dict, work_dir: Path, models_uri: str, config: 
                                   bootstrap=config.bootstrap, seed=0)
     return {"dataset": dataset, "findings": findings, "head": head, "tail": tail,
             "split": {"train": len(original), "val": len(val), "test": len(test)},
-            "test_sample_ids": test.sample_ids, "generator": generator, "config": config.to_json(),
+            "test_sample_ids": test.sample_ids, "generator": generators["dit"],
+            "label_generator": generators.get("label_dit"), "config": config.to_json(),
             "per_seed": per_seed, "comparison": comparison}

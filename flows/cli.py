@@ -379,8 +379,12 @@ def cmd_lineage(args: argparse.Namespace) -> int:
 
 
 def print_lineage(result: dict) -> None:
+    from tasks.dataset import GENERATED_ORIGINS
+
     summary = result["summary"]
     source = f"its real source {summary['source']}" if summary["source"] else "a real source not under this root"
+    if summary["origin"] == "conditional":
+        source = "no real source: sampled from its finding set by the label-conditioned generator"
     print(f"{summary['sample_id']} ({summary['origin']}), {summary['depth']} step(s) from {source}")
     if "labels_before" in summary:
         print(f"labels: {', '.join(summary['labels_before']) or 'none'} -> {', '.join(summary['labels_after']) or 'none'}")
@@ -391,11 +395,12 @@ def print_lineage(result: dict) -> None:
         print(f"- {step['sample_id'][:16]} {step.get('origin', '?')} in {step.get('dataset')} (run {step.get('run_id')})")
         for copy in step.get("also_in") or []:
             print(f"    the same sample is also in {copy['dataset']} (run {copy['run_id']}, {copy['created_at'][:19]})")
-        if step.get("origin") == "inpainted":
+        if step.get("origin") in GENERATED_ORIGINS:
             d = step.get("decision") or {}
             print(f"    removed {step['removed_labels']}, kept {step['kept_labels']}; decision {d.get('source')} "
                   f"({d.get('judge')}/{d.get('model')}): {d.get('rationale')}")
-            print(f"    mask {step['mask']}, seed {step['seed']}, quality {step['quality']:.2f}, "
+            print(f"    mask {step['mask'] or 'none (the whole image sampled)'}, seed {step['seed']}, "
+                  f"quality {step['quality']:.2f}, "
                   f"accepted {step['accepted']} ({step.get('verdict') or 'no removal check recorded'})")
             print(f"    classifier {step['classifier'].get('id', '')[:16]}, generator {step['generator'].get('id', '')[:16]}")
         elif step.get("source_path"):

@@ -30,15 +30,21 @@ def train_classifier_task(dataset_uri: str, models_uri: str, settings: Classifie
             "test_macro": handle["metrics"]["means"]["macro"] if handle["metrics"] else None}
 
 
-@task(retries=1, retry_delay_seconds=10, task_run_name="train-normal-dit")
-def train_generator_task(normals: list[str], models_uri: str, settings: GeneratorSettings, image_size: int) -> dict:
+@task(retries=1, retry_delay_seconds=10, task_run_name="train-dit")
+def train_generator_task(normals: list[str], models_uri: str, settings: GeneratorSettings, image_size: int,
+                         num_labels: int) -> dict:
+    """The normal DiT (on ``normals``), or with conditioning "labels" the DfT-Caption DiT (on the
+    labelled train split, ``normals[0]`` being the dataset itself: pretrain_flow)."""
     if settings.checkpoint:
         return reuse("dit", settings.checkpoint)
+    labelled = settings.conditioning == "labels"
     config = DiTConfig(image_size=image_size, patch_size=settings.patch_size, depth=settings.depth,
-                       num_heads=settings.num_heads, head_dim=settings.head_dim, conditioning=settings.conditioning)
+                       num_heads=settings.num_heads, head_dim=settings.head_dim, conditioning=settings.conditioning,
+                       num_labels=num_labels if labelled else 0)
     train = DiTTrainConfig(steps=settings.steps, batch_size=settings.batch_size, lr=settings.lr, seed=settings.seed,
                            warmup_steps=settings.warmup_steps or min(200, max(1, settings.steps // 10)))
-    progress = StepProgress("normal DiT training", train.steps, "step", key="train-normal-dit")
+    label = "label-conditioned DiT training" if labelled else "normal DiT training"
+    progress = StepProgress(label, train.steps, "step", key="train-dit")
     handle = pretrain.train_normal_dit(normals, models_uri, config, train, adult_only=settings.adult_only,
                                        progress=progress.step)
     said_reused(handle)
@@ -69,7 +75,8 @@ def pretrain_flow(dataset_uri: str, models_uri: str, classifier: ClassifierSetti
     from tasks.dataset import new_run_id, read_manifest, utcnow
 
     manifest = read_manifest(dataset_uri)
-    normals = list(generator.normals) or [dataset_uri]
+    # the label-conditioned DiT learns from the labelled dataset itself, never from a normals corpus
+    normals = [dataset_uri] if generator.conditioning == "labels" else (list(generator.normals) or [dataset_uri])
     parameters = {"dataset_uri": dataset_uri, "classifier": classifier.__dict__, "generator": generator.__dict__}
     with recorded_run(models_uri, new_run_id(), "pretrain", parameters, utcnow(), on_crashed=mark_crashed) as done, \
             gpu_slots(1, get_run_logger()):  # one `gpu` slot for both trainings (flows/gpu.py: once per run)
@@ -77,7 +84,8 @@ def pretrain_flow(dataset_uri: str, models_uri: str, classifier: ClassifierSetti
         # hosts with several GPUs run pretrain deployments on separate workers instead
         classifier_handle = train_classifier_task(dataset_uri, models_uri, classifier, len(manifest["labels"]),
                                                   manifest["image_size"])
-        generator_handle = train_generator_task(normals, models_uri, generator, manifest["image_size"])
+        generator_handle = train_generator_task(normals, models_uri, generator, manifest["image_size"],
+                                                len(manifest["labels"]))
         done({"classifier": classifier_handle["uri"], "generator": generator_handle["uri"],
               "reused": [k for k, h in (("classifier", classifier_handle), ("generator", generator_handle))
                          if h.get("reused")]})

@@ -91,7 +91,7 @@ class GeneratorSettings:
     depth: int = 6  # transformer blocks
     num_heads: int = 4  # attention heads
     head_dim: int = 32  # width per head (model width = num_heads x head_dim)
-    conditioning: str = "none"  # "mask": an inpainting DiT (sees the known image and the mask; models/dit.py)
+    conditioning: str = "none"  # "mask": an inpainting DiT; "labels": DfT-Caption, sampled from finding sets (models/dit.py)
     steps: int = 2000  # optimiser steps
     batch_size: int = 32  # normal images per step
     lr: float = 3e-4  # AdamW learning rate

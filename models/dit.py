@@ -12,6 +12,13 @@ and the mask, two more input channels, and learns on normals with random lesion-
 (``random_masks``) to fill a hole from its surroundings. A share ``full_mask_share`` of the
 training masks cover the whole image, so the same model also samples freely. Unconditioned
 (``"none"``), the sampler joins the model's region to the known one RePaint-style instead.
+
+``conditioning="labels"`` is the other way to make tail-class images, the paper's DfT-Caption
+baseline (its Table 3) and the generator of TRCGL-Net: a DiT trained on the labelled train
+split, conditioned on the image's finding set (a multi-hot vector, through
+``LabelSetEmbedding`` in place of DiT's one-class table) and sampled from noise for a chosen
+set. A share ``label_dropout`` of training rows see no labels, so the same model is also the
+unconditional one that classifier-free guidance (Ho & Salimans) steers away from.
 """
 
 from __future__ import annotations
@@ -23,9 +30,13 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler, DiTTransformer2DModel
+from torch import nn
 
 from models import checkpoint
 from models.training import EMA, seed_everything
+
+
+CONDITIONINGS = ("none", "mask", "labels")
 
 
 @dataclass(frozen=True)
@@ -37,11 +48,15 @@ class DiTConfig:
     head_dim: int = 32  # width = num_heads * head_dim
     num_train_timesteps: int = 1000
     beta_schedule: str = "squaredcos_cap_v2"  # cosine schedule
-    conditioning: str = "none"  # "none": x_t only; "mask": also the known image and the mask (inpainting)
+    conditioning: str = "none"  # "none": x_t only; "mask": also the known image and the mask (inpainting); "labels"
+    num_labels: int = 0  # conditioning "labels": the finding vocabulary's size K
 
     def __post_init__(self) -> None:
-        if self.conditioning not in ("none", "mask"):
-            raise ValueError(f"conditioning must be 'none' or 'mask', not {self.conditioning!r}")
+        if self.conditioning not in CONDITIONINGS:
+            raise ValueError(f"conditioning must be one of {', '.join(CONDITIONINGS)}, not {self.conditioning!r}")
+        if (self.conditioning == "labels") != (self.num_labels > 0):
+            raise ValueError("a DiT conditioned on labels needs num_labels >= 1 (the vocabulary's size), "
+                             "and only it takes num_labels")
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         if min(self.depth, self.num_heads, self.head_dim, self.patch_size) < 1:
@@ -59,19 +74,49 @@ class DiTTrainConfig:
     seed: int = 0
     grad_clip: float = 1.0
     full_mask_share: float = 0.1  # conditioning "mask": training masks that cover everything (free sampling)
+    label_dropout: float = 0.1  # conditioning "labels": training rows that see no labels (for guidance)
+
+
+class LabelSetEmbedding(nn.Module):
+    """A finding set -> the vector DiT adds to its timestep embedding (each block's class
+    embedder). Input (N, K + 1): the multi-hot set and a last 'no labels' flag (``label_input``)."""
+
+    def __init__(self, num_labels: int, dim: int):
+        super().__init__()
+        self.proj = nn.Linear(num_labels + 1, dim)
+
+    def forward(self, labels: torch.Tensor, force_drop_ids=None) -> torch.Tensor:
+        return self.proj(labels.to(self.proj.weight.dtype))
+
+
+def label_input(labels: torch.Tensor, dropped: torch.Tensor | None = None) -> torch.Tensor:
+    """(N, K) finding sets (1 = present; 0 or NaN = not) and which rows see none -> (N, K + 1)."""
+    present = (torch.nan_to_num(labels.float(), nan=0.0) > 0.5).float()
+    dropped = torch.zeros(labels.shape[0], dtype=torch.bool, device=labels.device) if dropped is None else dropped
+    return torch.cat([present * ~dropped[:, None], dropped[:, None].float()], dim=1)
 
 
 def build_dit(config: DiTConfig) -> DiTTransformer2DModel:
-    return DiTTransformer2DModel(
+    model = DiTTransformer2DModel(
         num_attention_heads=config.num_heads, attention_head_dim=config.head_dim,
         in_channels=3 if config.conditioning == "mask" else 1, out_channels=1,
         num_layers=config.depth, sample_size=config.image_size, patch_size=config.patch_size,
         norm_num_groups=1, num_embeds_ada_norm=1)
+    if config.conditioning == "labels":
+        for block in model.transformer_blocks:  # block 0's also conditions the output layer
+            block.norm1.emb.class_embedder = LabelSetEmbedding(config.num_labels, config.num_heads * config.head_dim)
+    return model
 
 
 def is_conditioned(model: DiTTransformer2DModel) -> bool:
     """An inpainting model (conditioning "mask"): it needs ``condition`` in predict_noise."""
     return model.config.in_channels == 3
+
+
+def label_count(model: DiTTransformer2DModel) -> int:
+    """K for a label-conditioned DiT (conditioning "labels"), else 0."""
+    embedder = model.transformer_blocks[0].norm1.emb.class_embedder
+    return embedder.proj.in_features - 1 if isinstance(embedder, LabelSetEmbedding) else 0
 
 
 def condition(known: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -106,16 +151,27 @@ def build_scheduler(config: DiTConfig) -> DDPMScheduler:
 
 
 def predict_noise(model: DiTTransformer2DModel, x: torch.Tensor, t: torch.Tensor,
-                  cond: torch.Tensor | None = None) -> torch.Tensor:
-    """epsilon_theta(x_t, t[, cond]); ``x`` is (N, 1, H, W), ``t`` is (N,) long, ``cond`` the
-    inpainting model's (N, 2, H, W) ``condition`` (None for an unconditioned model). On CUDA the
-    transformer runs under bf16 autocast (attention is PyTorch's fused
-    scaled_dot_product_attention, the diffusers default); the sampler's arithmetic stays in float32."""
+                  cond: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> torch.Tensor:
+    """epsilon_theta(x_t, t[, cond][, labels]); ``x`` is (N, 1, H, W), ``t`` is (N,) long, ``cond``
+    the inpainting model's (N, 2, H, W) ``condition`` (None for an unconditioned model),
+    ``labels`` a label-conditioned model's (N, K + 1) ``label_input`` (None: no labels, the
+    unconditional model). On CUDA the transformer runs under bf16 autocast (attention is
+    PyTorch's fused scaled_dot_product_attention, the diffusers default); the sampler's
+    arithmetic stays in float32."""
     if is_conditioned(model) != (cond is not None):
         raise ValueError("an inpainting DiT needs cond (the known image and the mask); a plain one takes none")
     if cond is not None:
         x = torch.cat([x, cond.to(x.dtype)], dim=1)
-    labels = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)  # one class: normal
+    k = label_count(model)
+    if labels is not None and labels.shape != (x.shape[0], k + 1):
+        raise ValueError(f"labels must be label_input rows (N, {k + 1}) for this DiT, got {tuple(labels.shape)}"
+                         if k else "this DiT is not conditioned on labels")
+    if k:
+        nothing = torch.zeros(x.shape[0], k, device=x.device)
+        labels = label_input(nothing, torch.ones(x.shape[0], dtype=torch.bool, device=x.device)) \
+            if labels is None else labels.to(x.device)
+    else:
+        labels = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)  # one class: normal
     if x.is_cuda:
         with torch.autocast("cuda", dtype=torch.bfloat16):
             return model(x, timestep=t.to(x.device), class_labels=labels).sample.float()
@@ -123,18 +179,19 @@ def predict_noise(model: DiTTransformer2DModel, x: torch.Tensor, t: torch.Tensor
 
 
 def diffusion_loss(model, scheduler: DDPMScheduler, x0: torch.Tensor, generator: torch.Generator,
-                   masks: torch.Tensor | None = None) -> torch.Tensor:
+                   masks: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> torch.Tensor:
     """DDPM simple loss: || eps - eps_theta(sqrt(ab_t) x0 + sqrt(1 - ab_t) eps, t) ||^2 (eq. 14).
     An inpainting model also sees ``condition(x0, masks)`` and is scored inside the masks only:
     where x0 is given, eps follows from x_t by a formula, and those pixels (most of the film)
     would drown the hole's signal (measured: a full-image loss removed 0.47 of oracle-masked
-    lesions at 64 px against 0.82 for the plain DiT)."""
+    lesions at 64 px against 0.82 for the plain DiT). ``labels``: a label-conditioned model's
+    (N, K + 1) ``label_input``."""
     noise = torch.randn(x0.shape, generator=generator, device=x0.device)
     t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=generator,
                       device=x0.device)
     noisy = scheduler.add_noise(x0, noise, t)
     if masks is None:
-        return F.mse_loss(predict_noise(model, noisy, t), noise)
+        return F.mse_loss(predict_noise(model, noisy, t, labels=labels), noise)
     masks = masks.to(x0.device)
     error = (predict_noise(model, noisy, t, condition(x0, masks)) - noise) ** 2
     return (error * masks).sum() / masks.sum().clamp(min=1.0)
@@ -149,12 +206,19 @@ def to_unit_range(images: torch.Tensor) -> torch.Tensor:
 
 
 def train_dit(images01: torch.Tensor, config: DiTConfig, train: DiTTrainConfig,
-              progress: Callable[[int, float], None] | None = None) -> tuple[DiTTransformer2DModel, EMA, dict]:
-    """Train on (N, 1, S, S) normals in [0, 1]. Returns the raw model, its EMA and the history."""
+              progress: Callable[[int, float], None] | None = None,
+              labels: torch.Tensor | None = None) -> tuple[DiTTransformer2DModel, EMA, dict]:
+    """Train on (N, 1, S, S) images in [0, 1] (normals; for conditioning "labels" any images
+    with their (N, K) ``labels``). Returns the raw model, its EMA and the history."""
     if images01.ndim != 4 or images01.shape[1:] != (1, config.image_size, config.image_size):
         raise ValueError(f"expected (N, 1, {config.image_size}, {config.image_size}) images, got {tuple(images01.shape)}")
     if images01.shape[0] < 2:
         raise ValueError("need at least 2 training images")
+    if (config.conditioning == "labels") != (labels is not None):
+        raise ValueError("a DiT conditioned on labels trains on images with their labels; the others on images alone")
+    if labels is not None and labels.shape != (images01.shape[0], config.num_labels):
+        raise ValueError(f"labels must be (N, {config.num_labels}) for {images01.shape[0]} images, "
+                         f"got {tuple(labels.shape)}")
     seed_everything(train.seed)
     generator = torch.Generator().manual_seed(train.seed)
     model, scheduler = build_dit(config), build_scheduler(config)
@@ -168,7 +232,11 @@ def train_dit(images01: torch.Tensor, config: DiTConfig, train: DiTTrainConfig,
         index = torch.randint(0, data.shape[0], (train.batch_size,), generator=generator)
         masks = (random_masks(train.batch_size, config.image_size, generator, train.full_mask_share)
                  if config.conditioning == "mask" else None)
-        loss = diffusion_loss(model, scheduler, data[index], generator, masks)
+        vectors = None
+        if labels is not None:
+            dropped = torch.rand(train.batch_size, generator=generator) < train.label_dropout
+            vectors = label_input(labels[index], dropped)
+        loss = diffusion_loss(model, scheduler, data[index], generator, masks, vectors)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)

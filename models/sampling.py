@@ -13,7 +13,7 @@ from typing import Sequence, Union
 import torch
 from diffusers import DDPMScheduler
 
-from models.dit import condition, is_conditioned, predict_noise, to_unit_range
+from models.dit import condition, is_conditioned, label_input, predict_noise, to_unit_range
 
 Generators = Union[torch.Generator, Sequence[torch.Generator], None]
 
@@ -68,14 +68,22 @@ def noised_known(scheduler, x0: torch.Tensor, t: int, generator: Generators) -> 
 
 @torch.no_grad()
 def sample(model, scheduler: DDPMScheduler, n: int, image_size: int, steps: int = 50,
-           generator: torch.Generator | None = None) -> torch.Tensor:
+           generator: Generators = None, labels: torch.Tensor | None = None,
+           guidance: float = 1.0) -> torch.Tensor:
     """Free samples by deterministic DDIM (Song et al., "Denoising Diffusion Implicit Models",
-    eq. 12 with eta = 0). Returns (n, 1, S, S) in [0, 1]."""
-    x = torch.randn((n, 1, image_size, image_size), generator=generator)
+    eq. 12 with eta = 0). Returns (n, 1, S, S) in [0, 1]. A label-conditioned DiT samples the
+    (n, K) finding sets ``labels`` (None: unconditionally), with classifier-free guidance
+    (Ho & Salimans): eps = eps_free + guidance (eps_set - eps_free); 1 is the conditional model alone."""
+    x = randn(torch.Size((n, 1, image_size, image_size)), generator)
     cond = condition(torch.zeros_like(x), torch.ones_like(x)) if is_conditioned(model) else None  # all unknown
+    vectors = label_input(labels) if labels is not None else None
     times = ddim_timesteps(scheduler, steps)
     for i, t in enumerate(times):
         t_prev = times[i + 1] if i + 1 < len(times) else -1
-        eps = predict_noise(model, x, torch.full((n,), t, dtype=torch.long), cond)
+        now = torch.full((n,), t, dtype=torch.long)
+        eps = predict_noise(model, x, now, cond, vectors)
+        if vectors is not None and guidance != 1.0:
+            free = predict_noise(model, x, now, cond)
+            eps = free + guidance * (eps - free)
         x = ddim_step(scheduler, x, eps, t, t_prev)
     return to_unit_range(x)

@@ -13,6 +13,11 @@ being the checkpoints and every setting that changes pixels. Batches have a fixe
 its quarantine rows first and its samples shard last (atomically). A batch is done when all
 its ids are in the output; a rerun skips it, and a killed batch is redone whole with the same
 result.
+
+With a label-conditioned generator (``generator.conditioning: labels``, the paper's DfT-Caption
+baseline) the same candidates, decisions and checks apply, but no mask is made: each row is
+sampled from noise for its candidate's kept finding set (``kept_sets``), written with
+``origin = conditional`` and no parent, patient or mask.
 """
 
 from __future__ import annotations
@@ -29,12 +34,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from models.cam import LocaliseConfig, MaskConfig, removal_masks
+from models.cam import LocaliseConfig, MaskConfig, MaskResult, removal_masks
 from models.classifier import load_checkpoint
 from models.dit import build_scheduler, load_dit
 from models.inpaint import InpaintConfig, inpaint
 from models.ood import OODConfig, OODScorer
 from models.quality import QualityScorer
+from models.sampling import sample
 from models.training import predict_probs
 from tasks import store
 from tasks.dataset import (SAMPLES, ShardWriter, existing_quarantine_ids, existing_rows, finish_manifest, label_matrix,
@@ -52,6 +58,7 @@ class AugmentSettings:
     localise: LocaliseConfig = field(default_factory=LocaliseConfig)  # layers, border, prior, gate
     mask: MaskConfig = field(default_factory=MaskConfig)
     inpaint: InpaintConfig = field(default_factory=InpaintConfig)
+    guidance: float = 2.0  # label-conditioned generator: classifier-free guidance weight (1 = none); steps: inpaint.steps
     quality_max_z: float = 3.0  # robust z of the NN distance to real images; above -> accepted = False
     tail_margin: float = 0.1  # a kept tail class may fall below its threshold by at most this much
     verify_removal: bool = True  # accept only rows whose removal the classifier confirms; False: quality alone
@@ -101,7 +108,7 @@ def recipe_id(settings: AugmentSettings, classifier_id: str, generator_id: str) 
     """Everything that changes a generated image's pixels, hashed."""
     recipe = {"classifier": classifier_id, "generator": generator_id, "cam": settings.cam_method,
               "localise": asdict(settings.localise), "mask": asdict(settings.mask),
-              "inpaint": asdict(settings.inpaint), "seed": settings.seed}
+              "inpaint": asdict(settings.inpaint), "seed": settings.seed, "guidance": settings.guidance}
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
 
 
@@ -258,7 +265,7 @@ def run_batch(dataset_uri: str, out_uri: str, batch: list[Candidate], classifier
     with _MODEL_LOCK:
         model_started = time.perf_counter()
         masks, generated, scores, ood, probs_before, probs_after = _generate(
-            dataset_uri, images, findings, batch, classifier, generator, settings)
+            dataset_uri, images, parents.labels[rows], findings, batch, classifier, generator, settings)
         model_seconds = time.perf_counter() - model_started
     ok = [i for i, m in enumerate(masks) if m.outcome == "ok"]
 
@@ -274,6 +281,8 @@ def run_batch(dataset_uri: str, out_uri: str, batch: list[Candidate], classifier
                               patient_id=parents.table.column("patient_id")[rows[i]].as_py(),
                               source_uri=parents.table.column("source_uri")[rows[i]].as_py())
     labels = parents.labels[rows].numpy()
+    kept = kept_sets(parents.labels[rows], findings, batch).numpy()
+    conditional = _generator(generator["uri"])[2].conditioning == "labels"
     card = _classifier(classifier["uri"])[1]
     verdicts = []
     for j, i in enumerate(ok):
@@ -285,8 +294,8 @@ def run_batch(dataset_uri: str, out_uri: str, batch: list[Candidate], classifier
                                 card.thresholds, settings.tail_margin, float(scores[j]), settings.quality_max_z,
                                 ood_score, ood[1] if ood else None))
         original = decode_png(parents.table.column("image")[rows[i]].as_py())
-        writer.add({**_generated_row(c, generated[j, 0], masks[i].mask, original, labels[i], findings, parents,
-                                     rows[i], classifier["id"], generator["id"], float(scores[j]), verdicts[-1]),
+        writer.add({**_generated_row(c, generated[j, 0], masks[i].mask, original, kept[i], parents, rows[i],
+                                     classifier["id"], generator["id"], float(scores[j]), verdicts[-1], conditional),
                     "ood_score": ood_score})
     writer.close()
     removed_drop = [float(probs_before[j][findings.index(r)] - probs_after[j][findings.index(r)])
@@ -341,23 +350,31 @@ def _reasons(verdicts: list[str]) -> dict[str, int]:
     return out
 
 
-def _generate(dataset_uri: str, images: torch.Tensor, findings: list[str], batch: list[Candidate],
-              classifier: dict, generator: dict, settings: AugmentSettings):
-    """CAM masks -> inpainting -> quality score and classifier probabilities (the model work)."""
+def _generate(dataset_uri: str, images: torch.Tensor, labels: torch.Tensor, findings: list[str],
+              batch: list[Candidate], classifier: dict, generator: dict, settings: AugmentSettings):
+    """CAM masks -> inpainting (or, with a label-conditioned generator, the kept finding set
+    sampled from noise) -> quality score and classifier probabilities (the model work)."""
     net, card = _classifier(classifier["uri"])
-    priors = {findings.index(name): np.asarray(p) for name, p in card.location_prior.items() if name in findings}
     before = predict_probs(net, images)  # (B, K): the gate's input and the removal check's "before"
-    masks = removal_masks(net, images, [[findings.index(r) for r in c.remove] for c in batch],
-                          settings.cam_method, settings.mask, seeds=[c.seed for c in batch],
-                          localise=settings.localise, priors=priors, thresholds=card.thresholds, probs=before)
-    ok = [i for i, m in enumerate(masks) if m.outcome == "ok"]
-    generated = images.clone()
-    if not ok:
-        return masks, generated[ok], np.zeros(0), None, None, None
-    dit, scheduler, _ = _generator(generator["uri"])
-    mask_tensor = torch.from_numpy(np.stack([masks[i].mask for i in ok])[:, None].astype(np.float32))
-    generated = inpaint(dit, scheduler, images[ok], mask_tensor, settings.inpaint,
-                        [torch.Generator().manual_seed(batch[i].seed) for i in ok])  # (len(ok), 1, S, S)
+    dit, scheduler, dit_config = _generator(generator["uri"])
+    seeds = [torch.Generator().manual_seed(c.seed) for c in batch]
+    if dit_config.conditioning == "labels":  # DfT-Caption: no mask, the whole image is new
+        side = images.shape[-1]
+        masks = [MaskResult(np.ones((side, side), dtype=bool), "ok", 1.0) for _ in batch]
+        generated = sample(dit, scheduler, len(batch), side, settings.inpaint.steps, seeds,
+                           labels=kept_sets(labels, findings, batch), guidance=settings.guidance)
+        ok = list(range(len(batch)))
+    else:
+        priors = {findings.index(name): np.asarray(p) for name, p in card.location_prior.items() if name in findings}
+        masks = removal_masks(net, images, [[findings.index(r) for r in c.remove] for c in batch],
+                              settings.cam_method, settings.mask, seeds=[c.seed for c in batch],
+                              localise=settings.localise, priors=priors, thresholds=card.thresholds, probs=before)
+        ok = [i for i, m in enumerate(masks) if m.outcome == "ok"]
+        if not ok:
+            return masks, images[ok], np.zeros(0), None, None, None
+        mask_tensor = torch.from_numpy(np.stack([masks[i].mask for i in ok])[:, None].astype(np.float32))
+        generated = inpaint(dit, scheduler, images[ok], mask_tensor, settings.inpaint,
+                            [seeds[i] for i in ok])  # (len(ok), 1, S, S)
     scores = _quality(dataset_uri).score(generated)
     ood = None
     if settings.ood_filter:
@@ -366,20 +383,32 @@ def _generate(dataset_uri: str, images: torch.Tensor, findings: list[str], batch
     return masks, generated, scores, ood, before[ok], predict_probs(net, generated)
 
 
+def kept_sets(labels: torch.Tensor, findings: list[str], batch: list[Candidate]) -> torch.Tensor:
+    """Each candidate's finding set after the removal: its parent's labels with the removed
+    classes set to 0 (what an inpainted row is labelled, and what a label-conditioned DiT samples)."""
+    kept = labels.clone()
+    for i, c in enumerate(batch):
+        for name in c.remove:
+            kept[i, findings.index(name)] = 0.0
+    return kept
+
+
 def _generated_row(c: Candidate, pixels01: torch.Tensor, mask: np.ndarray, original: np.ndarray,
-                   parent_labels: np.ndarray, findings: list[str], parents, row: int, classifier_id: str,
-                   generator_id: str, quality: float, verdict_: str) -> dict:
+                   labels: np.ndarray, parents, row: int, classifier_id: str,
+                   generator_id: str, quality: float, verdict_: str, conditional: bool) -> dict:
+    """An inpainted row (the parent's pixels outside the mask, its patient and source) or, from
+    a label-conditioned generator, a conditional one: a new image, no parent, no patient, no mask;
+    the lineage is the finding set (labels, removed/kept), the seed and the checkpoint."""
     top = np.iinfo(original.dtype).max
     new = np.round(pixels01.numpy() * top).astype(original.dtype)
     new = np.where(mask, new, original)  # outside the mask: the parent's stored pixels, bit for bit
-    labels = parent_labels.copy()
-    for name in c.remove:
-        labels[findings.index(name)] = 0.0
+    column = (lambda name: None) if conditional else (lambda name: parents.table.column(name)[row].as_py())
     return {"sample_id": c.output_id, "image": encode_png(new), "height": new.shape[0], "width": new.shape[1],
             "bit_depth": 16 if new.dtype == np.uint16 else 8, "labels": [float(v) for v in labels],
-            "split": "train", "patient_id": parents.table.column("patient_id")[row].as_py(),
-            "source_uri": parents.table.column("source_uri")[row].as_py(), "origin": "inpainted",
-            "parent_id": c.parent_id, "removed_labels": list(c.remove), "kept_labels": list(c.keep),
-            "mask": encode_mask(mask), "decision_id": c.decision_id, "generator_id": generator_id,
+            "split": "train", "patient_id": column("patient_id"), "source_uri": column("source_uri"),
+            "origin": "conditional" if conditional else "inpainted",
+            "parent_id": None if conditional else c.parent_id, "removed_labels": list(c.remove),
+            "kept_labels": list(c.keep), "mask": None if conditional else encode_mask(mask),
+            "decision_id": c.decision_id, "generator_id": generator_id,
             "classifier_id": classifier_id, "seed": c.seed, "quality": quality, "accepted": verdict_ == "ok",
             "verdict": verdict_}

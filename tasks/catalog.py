@@ -23,6 +23,7 @@ import pyarrow as pa
 
 from tasks import store
 from tasks.dataset import QUARANTINE_SCHEMA, sample_schema
+from tasks.knowledge.cache import DECISION_SCHEMA
 from tasks.query_fence import (PROTOCOL, FenceError, QueryTimeout, ReadOnlyFileSystem, check_select, fenced_url,
                                original_prefix, run_with_time_limit)
 
@@ -89,8 +90,9 @@ def open_catalog(root: str, timeout_s: float | None = TIMEOUT_S, memory_limit: s
     if decision_files:
         con.execute(f"CREATE VIEW decisions AS SELECT DISTINCT ON (decision_id) * "
                     f"FROM read_parquet({_sql_list(decision_files)}, union_by_name = true)")
-    else:
-        con.execute("CREATE VIEW decisions AS SELECT NULL::VARCHAR AS decision_id WHERE false")
+    else:  # an empty view that still has the decision columns (lineage selects them)
+        con.register("empty_decisions", DECISION_SCHEMA.empty_table())
+        con.execute("CREATE VIEW decisions AS SELECT * FROM empty_decisions")
     _json_view(con, "runs", store.glob(root, "**/runs/*.json"), "run_id")
     _json_view(con, "checkpoints", [f for f in store.glob(root, "**/*.json")
                                      if f.rsplit("/", 1)[-1].startswith(("classifier-", "dit-"))], "id")

@@ -38,7 +38,7 @@ SAMPLE_FIELDS = [
     pa.field("patient_id", pa.string()),  # the source's own pseudonymous id
     pa.field("view", pa.string()),
     pa.field("source_uri", pa.string()),  # path relative to the source's image root
-    pa.field("origin", pa.string()),  # real | phantom | inpainted
+    pa.field("origin", pa.string()),  # real | phantom | inpainted | conditional (GENERATED_ORIGINS: made here)
     pa.field("boxes", pa.list_(BOX)),  # source bounding boxes, fractions of the side
     pa.field("lesion_masks", pa.list_(LESION_MASK)),  # ground truth (phantom only)
     pa.field("parent_id", pa.string()),
@@ -56,6 +56,7 @@ SAMPLE_FIELDS = [
     pa.field("run_id", pa.string()),
     pa.field("created_at", pa.timestamp("us", tz="UTC")),
 ]
+GENERATED_ORIGINS = ("inpainted", "conditional")  # rows the factory made: decision, seed, checkpoints, verdict
 QUARANTINE_SCHEMA = pa.schema([
     pa.field("quarantine_id", pa.string(), nullable=False),
     pa.field("row", pa.int64()),  # data row in the source table (0-based)

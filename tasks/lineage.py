@@ -15,6 +15,7 @@ import numpy as np
 
 from tasks import store
 from tasks.catalog import Catalog, QueryRefused
+from tasks.dataset import GENERATED_ORIGINS
 from tasks.images import decode_mask
 
 ROW_COLUMNS = ("dataset", "sample_id", "labels", "split", "patient_id", "source_uri", "origin", "parent_id",
@@ -117,7 +118,7 @@ def lineage(catalog: Catalog, sample_id: str) -> dict:
                 "split": row["split"], "patient_id": row["patient_id"], "labels": _named(row["labels"], names),
                 "run_id": row["run_id"], "created_at": str(row["created_at"]), "run_link": _run_link(catalog, row),
                 "also_in": row["copies"]}
-        if row["origin"] == "inpainted":
+        if row["origin"] in GENERATED_ORIGINS:
             decision = _one(catalog, "SELECT decision_id, judge, model, prompt_version, head, tail, keep, remove, "
                                      "rationale, source, error FROM decisions WHERE decision_id = ?", row["decision_id"])
             step.update({
@@ -143,7 +144,7 @@ def lineage(catalog: Catalog, sample_id: str) -> dict:
                           f"--root that holds both datasets (e.g. $TAILFORGE_HOME)"})
         row = parent
     first = chain[0]
-    real = next((s for s in reversed(chain) if s.get("origin") not in (None, "inpainted")), None)
+    real = next((s for s in reversed(chain) if s.get("origin") not in (None, *GENERATED_ORIGINS)), None)
     summary = {"sample_id": first["sample_id"], "origin": first["origin"], "depth": len(chain) - 1,
                "source": real.get("source_path") if real else None}
     if real and first is not real:

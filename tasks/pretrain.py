@@ -145,14 +145,39 @@ def train_normal_dit(dataset_uris: list[str], models_uri: str, config: DiTConfig
                      progress: Callable | None = None) -> dict:
     """Train the DiT on normals only (train split by default, so val/test stay held out);
     returns the checkpoint handle (EMA weights). One made before from the same shards and
-    settings is reused, not retrained."""
+    settings is reused, not retrained. A DiT conditioned on labels trains on the labelled
+    train split of the first dataset instead (``train_label_dit``)."""
+    if config.conditioning == "labels":
+        return train_label_dit(dataset_uris[0], models_uri, config, train, progress)
     recipe = recipe_id("dit", sorted(h for uri in dataset_uris for h in shard_hashes(uri)), datasets=dataset_uris,
                        config=config, train=train, adult_only=adult_only, splits=splits)
     known = trained_before(models_uri, "dit", recipe)
     if known:
         return known
     images, shards = load_normals(dataset_uris, config.image_size, adult_only, splits)
-    model, ema, history = train_dit(images, config, train, progress)
+    return _fit_dit(models_uri, recipe, config, train, images, None, shards, dataset_uris, progress)
+
+
+def train_label_dit(dataset_uri: str, models_uri: str, config: DiTConfig, train: DiTTrainConfig,
+                    progress: Callable | None = None) -> dict:
+    """The DfT-Caption generator (models/dit.py, conditioning "labels"): the DiT trained on every
+    train-split image of ``dataset_uri`` with its finding set; reused like the normal DiT."""
+    manifest = read_manifest(dataset_uri)
+    if config.num_labels != len(manifest["labels"]) or config.image_size != manifest["image_size"]:
+        raise ValueError(f"{dataset_uri} has {len(manifest['labels'])} findings at {manifest['image_size']} px; "
+                         f"the DiT is set for {config.num_labels} at {config.image_size} px")
+    recipe = recipe_id("dit", shard_hashes(dataset_uri), datasets=[dataset_uri], config=config, train=train)
+    known = trained_before(models_uri, "dit", recipe)
+    if known:
+        return known
+    data = load_tensors(dataset_uri, splits=("train",))
+    return _fit_dit(models_uri, recipe, config, train, data.images, data.labels, shard_hashes(dataset_uri),
+                    [dataset_uri], progress)
+
+
+def _fit_dit(models_uri: str, recipe: str, config: DiTConfig, train: DiTTrainConfig, images: torch.Tensor,
+             labels: torch.Tensor | None, shards: list[str], datasets: list[str], progress: Callable | None) -> dict:
+    model, ema, history = train_dit(images, config, train, progress, labels=labels)
     ema.copy_to(model)
     data = save_dit(model, config, {"train_shards_sha256": shards, "train_images": int(images.shape[0]),
                                     "steps": train.steps, "seed": train.seed})
@@ -161,7 +186,7 @@ def train_normal_dit(dataset_uris: list[str], models_uri: str, config: DiTConfig
     summary = {"first_loss": float(np.mean(losses[:window])), "last_loss": float(np.mean(losses[-window:])),
                "seconds": history["seconds"], "parameters": history["parameters"]}
     handle = _write_checkpoint(models_uri, "dit", data, {
-        "config": asdict(config), "train": asdict(train), "datasets": dataset_uris,
+        "config": asdict(config), "train": asdict(train), "datasets": datasets,
         "train_images": int(images.shape[0]), "history": summary})
     _remember(models_uri, "dit", recipe, {**handle, "history": summary})
     return {**handle, "history": summary, "loss": losses}

@@ -72,9 +72,10 @@ def before_after_png(augmented_uri: str, dataset_uri: str, n: int = 8) -> bytes 
         return None
     rows = generated.slice(0, n).to_pylist()
     parents = existing_rows(dataset_uri, ["sample_id", "image"])
-    parents = parents.filter(pc.is_in(parents.column("sample_id"), pa.array([r["parent_id"] for r in rows])))
+    wanted = pa.array([r["parent_id"] for r in rows if r["parent_id"]], type=pa.string())  # conditional: none
+    parents = parents.filter(pc.is_in(parents.column("sample_id"), wanted))
     parent_png = dict(zip(parents.column("sample_id").to_pylist(), parents.column("image").to_pylist()))
-    strips = [_titles()] + [_sheet_row(r, parent_png[r["parent_id"]]) for r in rows]
+    strips = [_titles()] + [_sheet_row(r, parent_png.get(r["parent_id"])) for r in rows]
     buffer = io.BytesIO()
     Image.fromarray(np.concatenate(strips, axis=0)).save(buffer, format="PNG")
     return buffer.getvalue()
@@ -101,20 +102,23 @@ def _titles() -> np.ndarray:
     return np.concatenate([_caption(t, TILE) for t in ("parent (real)", "mask (red outline)", "generated")], axis=1)
 
 
-def _sheet_row(row: dict, parent: bytes) -> np.ndarray:
+def _sheet_row(row: dict, parent: bytes | None) -> np.ndarray:
+    """A conditional row (no parent, no mask: sampled from its finding set) gets dark tiles there."""
     def tile(gray: np.ndarray) -> np.ndarray:
         big = np.asarray(Image.fromarray(gray).resize((TILE, TILE), Image.NEAREST))
         return np.stack([big] * 3, axis=-1)
 
-    before, after = tile(_gray8(decode_png(parent))), tile(_gray8(decode_png(row["image"])))
-    mask = np.asarray(Image.fromarray(decode_mask(row["mask"]).astype(np.uint8) * 255).resize((TILE, TILE),
-                                                                                                Image.NEAREST)) > 0
-    edge = mask & ~binary_erosion(mask, iterations=3)  # a 3 px outline, the film's edge counting as outside
+    after = tile(_gray8(decode_png(row["image"])))
+    before = tile(_gray8(decode_png(parent))) if parent else np.full_like(after, 24)
     outlined = before.copy()
-    outlined[edge] = (255, 40, 40)
+    if row["mask"]:
+        mask = np.asarray(Image.fromarray(decode_mask(row["mask"]).astype(np.uint8) * 255).resize(
+            (TILE, TILE), Image.NEAREST)) > 0
+        outlined[mask & ~binary_erosion(mask, iterations=3)] = (255, 40, 40)  # a 3 px outline; the edge is outside
     verdict = "accepted" if row["accepted"] else f"not accepted: {row['verdict'] or 'unchecked'}"
     quality = f"  |  quality z {row['quality']:.2f}" if row["quality"] is not None else ""
-    text = (f"removed {', '.join(row['removed_labels'] or []) or '-'}  |  "
+    text = ("" if parent else "sampled from labels  |  ") + (
+            f"removed {', '.join(row['removed_labels'] or []) or '-'}  |  "
             f"kept {', '.join(row['kept_labels'] or []) or '-'}  |  {verdict}{quality}")
     color = (140, 230, 140) if row["accepted"] else (255, 190, 120)
     return np.concatenate([_caption(text[:110], 3 * TILE, color=color), np.concatenate([before, outlined, after], 1)], 0)
