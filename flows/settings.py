@@ -80,6 +80,9 @@ class ClassifierSettings:
     batch_size: int = 32  # images per optimiser step
     lr: float = 1e-3  # AdamW peak learning rate
     seed: int = 0  # initialisation and shuffling
+    se: bool = False  # squeeze-and-excitation channel weights on the backbone's final feature map
+    head: str = "linear"  # "linear" (pooled features) or "attention" (one spatial map per class; cam_method attention)
+    gcn: bool = False  # class vectors from a GCN over the train split's label co-occurrence (ML-GCN)
     checkpoint: str | None = None  # reuse this checkpoint URI instead of training
 
 

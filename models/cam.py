@@ -10,6 +10,10 @@ Maps (``class_maps``, configured by ``LocaliseConfig``):
 - ``infill`` (models/occlusion.py): where does filling the film in take the class away?
   Measured on the phantom (benchmarks/results/fidelity_*.md) it localises head lesions far
   better than any Grad-CAM variant here, so it is the product's default.
+- ``attention``: the class-attention head's own map (models/heads.py), for a classifier built
+  with ``head="attention"``; at the final feature map's resolution, placed like Grad-CAM's.
+A classifier with TRCGL-Net's parts (models/heads.HeadedClassifier) keeps its timm network under
+``backbone``: layers are named and found there, as for the bare network.
 Then: the film's border optionally zeroed, the map weighted by the class location prior the
 classifier card carries (the mean training lesion mask, when the data had masks), and a gate:
 no mask for a class the classifier does not call (CheXlocalize's practice), ``not_detected``.
@@ -36,11 +40,13 @@ import models  # noqa: F401  (torchvision guard before pytorch_grad_cam)
 from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
+from models.heads import class_attention_maps
 from models.training import predict_probs
 
 CAM_METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "hirescam": HiResCAM, "layercam": LayerCAM,
                "eigencam": EigenCAM}
-MAP_METHODS = (*CAM_METHODS, "infill")  # infill: counterfactual occlusion maps (models/occlusion.py)
+# infill: counterfactual occlusion maps (models/occlusion.py); attention: the class-attention head's maps
+MAP_METHODS = (*CAM_METHODS, "infill", "attention")
 OUTCOMES = ("ok", "empty", "too_large", "not_detected")
 
 
@@ -87,8 +93,14 @@ class MaskResult:
     area: float  # fraction of the image the union covered
 
 
+def timm_network(model: torch.nn.Module) -> torch.nn.Module:
+    """The timm network whose layers the maps use: a HeadedClassifier's ``backbone``, else the model."""
+    return getattr(model, "backbone", model)
+
+
 def default_target_layer(model: torch.nn.Module, image_size: int, min_side: int = 8) -> tuple[str, torch.nn.Module]:
     """(name, module) of the deepest feature stage with a map >= ``min_side`` at ``image_size``."""
+    model = timm_network(model)
     info = getattr(model, "feature_info", None)
     if not info:
         raise ValueError("the model has no timm feature_info; pass target_layer explicitly")
@@ -100,6 +112,7 @@ def default_target_layer(model: torch.nn.Module, image_size: int, min_side: int 
 
 def _reshape_transform(model: torch.nn.Module, image_size: int):
     """Tokens (N, T, C) or NHWC maps -> (N, C, h, w) for transformers; None for CNNs."""
+    model = timm_network(model)
     prefix = getattr(model, "num_prefix_tokens", None)
     patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
     if prefix is not None and patch is not None:  # ViT
@@ -181,6 +194,22 @@ def cam_maps(model: torch.nn.Module, images: torch.Tensor, classes: list[int], m
     return upsample_aligned(small, offset, stride, size)
 
 
+def attention_maps(model: torch.nn.Module, images: torch.Tensor, classes: list[int]) -> np.ndarray:
+    """(N, H, W) maps in [0, 1]: row i is the class-attention map of class ``classes[i]`` on image i,
+    its cells placed where the final stage's cells look (as ``cam_maps`` places a layer's)."""
+    if len(classes) != images.shape[0]:
+        raise ValueError("give one target class per image row")
+    small = class_attention_maps(model, images)[torch.arange(len(classes)), torch.as_tensor(classes)]  # (N, h, w)
+    size = images.shape[-1]
+    if _reshape_transform(model, size) is not None:  # patch tokens: token k covers pixels k*p .. k*p + p - 1
+        stride = size / small.shape[-1]
+        offset = (stride - 1) / 2
+    else:
+        net = timm_network(model)
+        offset, stride = receptive_centre(model, net.get_submodule(net.feature_info[-1]["module"]), size)
+    return upsample_aligned(small.numpy(), offset, stride, size)
+
+
 def otsu_threshold(values: np.ndarray, bins: int = 64) -> float:
     """Otsu's threshold (max between-class variance) of values in [0, 1]."""
     hist, edges = np.histogram(values, bins=bins, range=(0.0, 1.0))
@@ -235,7 +264,9 @@ def raw_maps(model: torch.nn.Module, images: torch.Tensor, classes: list[int], c
     if method == "infill":
         from models.occlusion import infill_maps
         return infill_maps(model, images, classes, config.window, config.stride)
-    layers = [model.get_submodule(name) for name in config.layers] or [None]
+    if method == "attention":
+        return attention_maps(model, images, classes)
+    layers = [timm_network(model).get_submodule(name) for name in config.layers] or [None]
     return np.mean([cam_maps(model, images, classes, method, layer) for layer in layers], axis=0)
 
 

@@ -12,6 +12,11 @@ Sizes measured on CPU with timm 1.0.31 (tests/test_classifier.py keeps them hone
 - swin_small: runs at 64 px and at 32 px (timm shrinks the 7x7 window to the feature map and
   pads sides that are not multiples of it). Also built for exactly ``image_size``.
 
+Options (TRCGL-Net's classifier parts, models/heads.py): ``se`` (squeeze-and-excitation on the
+final feature map), ``head="attention"`` (one spatial attention map per class) and ``gcn``
+(class vectors from a GCN over the train split's label co-occurrence, ML-GCN). With all of them
+off the network is timm's own, so checkpoints made before the options existed still load.
+
 A checkpoint is self-describing bytes: the state dict, the ``ClassifierConfig`` that builds the
 network, and a ``ClassifierCard`` (label vocabulary, head/tail split, tuned thresholds, the
 training shards' hashes, seed, metrics). Everything but the tensors is stored as plain
@@ -31,6 +36,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from models import checkpoint
+from models.heads import HeadedClassifier
 
 IN_CHANS = 1  # chest films are single-channel
 CHECKPOINT_FORMAT = "tailforge.classifier/1"
@@ -50,6 +56,7 @@ _IMG_SIZE_MODULES = (
 )
 _MIN_SIDE = 16  # below this even the padded CNNs end in degenerate feature maps
 _MIN_SIDE_BY_MODULE = {"convnext": 32}  # unpadded stem (4) and three stride-2 downsamplers
+HEADS = ("linear", "attention")  # "linear": timm's pooled features -> Linear; "attention": models/heads.py
 _RESERVED_KWARGS = {"pretrained", "in_chans", "num_classes", "img_size", "drop_rate", "drop_path_rate"}
 
 
@@ -63,8 +70,15 @@ class ClassifierConfig:
     # extra timm create_model kwargs (e.g. a tiny swin for tests: embed_dim, depths, num_heads);
     # plain values only, since they are stored in the checkpoint
     model_kwargs: dict[str, Any] = field(default_factory=dict, hash=False)
+    se: bool = False  # squeeze-and-excitation channel weights on the final feature map (Hu et al.)
+    head: str = "linear"  # "linear" (pooled features -> K logits) or "attention" (one spatial map per class)
+    gcn: bool = False  # class vectors from a GCN over the train split's label co-occurrence (ML-GCN)
 
     def __post_init__(self) -> None:
+        if self.head not in HEADS:
+            raise ValueError(f"head must be one of {list(HEADS)}, got {self.head!r}")
+        if not isinstance(self.se, bool) or not isinstance(self.gcn, bool):
+            raise ValueError(f"se and gcn must be true or false, got {self.se!r} and {self.gcn!r}")
         if self.backbone not in PAPER_BACKBONES and not timm.is_model(self.backbone):
             raise ValueError(
                 f"unknown backbone {self.backbone!r}; use one of the paper's aliases "
@@ -93,9 +107,19 @@ class ClassifierConfig:
         """True when the network is built for exactly ``image_size`` (vit, swin, ...)."""
         return is_model_in_modules(self.timm_name, list(_IMG_SIZE_MODULES))
 
+    @property
+    def plain(self) -> bool:
+        """True when no option is on: the network is timm's own."""
+        return not self.se and self.head == "linear" and not self.gcn
 
-def build_classifier(config: ClassifierConfig) -> nn.Module:
-    """A randomly initialised timm network: (N, 1, S, S) in [0, 1] -> logits (N, K)."""
+
+def build_classifier(config: ClassifierConfig, cooccurrence: torch.Tensor | None = None) -> nn.Module:
+    """A randomly initialised network: (N, 1, S, S) in [0, 1] -> logits (N, K). timm's own when no
+    option is on, else a ``HeadedClassifier``. ``cooccurrence`` (K, K), the train split's label
+    co-occurrence (models.heads.cooccurrence), is needed when ``config.gcn`` and unused otherwise."""
+    if config.gcn and cooccurrence is None:
+        raise ValueError("gcn=True needs the train split's label co-occurrence: "
+                         "build_classifier(config, models.heads.cooccurrence(train_labels))")
     kwargs: dict[str, Any] = dict(config.model_kwargs)
     if config.fixed_size:
         kwargs["img_size"] = config.image_size
@@ -108,7 +132,10 @@ def build_classifier(config: ClassifierConfig) -> nn.Module:
         if config.image_size % patch[0]:
             raise ValueError(f"{config.timm_name} cuts {config.image_size} px images into {patch[0]} px "
                              f"patches and would drop the border: use a multiple of {patch[0]}")
-    return model
+    if config.plain:
+        return model
+    return HeadedClassifier(model, config.num_classes, se=config.se, attention=config.head == "attention",
+                            cooccurrence=cooccurrence if config.gcn else None, drop_rate=config.drop_rate)
 
 
 @dataclass
@@ -156,6 +183,7 @@ def load_checkpoint(data: bytes, map_location: str | torch.device = "cpu"
     blob = checkpoint.load(data, CHECKPOINT_FORMAT, map_location=map_location)
     config = checkpoint.from_dict(ClassifierConfig, blob["config"])
     card = checkpoint.from_dict(ClassifierCard, blob["card"])
-    model = build_classifier(config)
+    placeholder = torch.zeros(config.num_classes, config.num_classes)  # the GCN's buffer, loaded next
+    model = build_classifier(config, placeholder if config.gcn else None)
     model.load_state_dict(blob["state_dict"])
     return model, config, card

@@ -54,7 +54,7 @@ from tasks.tensors import load_tensors, rows_by_shard
 @dataclass(frozen=True)
 class AugmentSettings:
     batch_size: int = 64  # images per task (32-128: Prefect costs ~10 ms per task)
-    cam_method: str = "infill"  # class maps: "infill" (counterfactual occlusion) or a Grad-CAM variant
+    cam_method: str = "infill"  # class maps: "infill" (counterfactual occlusion), a Grad-CAM variant or "attention"
     localise: LocaliseConfig = field(default_factory=LocaliseConfig)  # layers, border, prior, gate
     mask: MaskConfig = field(default_factory=MaskConfig)
     inpaint: InpaintConfig = field(default_factory=InpaintConfig)
