@@ -20,6 +20,17 @@ def tailforge_home(tmp_path, monkeypatch) -> Path:
     return home
 
 
+@pytest.fixture
+def one_thread():
+    """Keep a test's torch work on one core: the machine is shared (model tests use it)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def nih1000() -> Path:
     if not (NIH1000 / "Data_Entry_2017_v2020.csv").exists():

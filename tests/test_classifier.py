@@ -31,13 +31,7 @@ SMALL_BACKBONES = [  # (backbone, image_size, model_kwargs)
 SMALL_IDS = [f"{b}-{s}px" for b, s, _ in SMALL_BACKBONES]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The machine is shared: keep each test on one core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: the machine is shared
 
 
 def _tiny(backbone="test_resnet", size=32, num_classes=K, **kwargs) -> tuple[torch.nn.Module, ClassifierConfig]:

@@ -32,13 +32,7 @@ OPTIONS = {"se": {"se": True}, "attention": {"head": "attention"}, "gcn": {"gcn"
 COUNTS = cooccurrence(torch.tensor([[1.0, 1, 0], [1, 0, 1], [0, 1, 1], [1, 1, 1]]))  # (K, K)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The machine is shared: keep each test on one core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: the machine is shared
 
 
 def _build(backbone="test_resnet", kwargs=None, size=32, **options) -> tuple[torch.nn.Module, ClassifierConfig]:
