@@ -8,7 +8,7 @@ the server nothing is held and nothing is logged (Prefect would warn "Concurrenc
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Iterator
 
 from prefect.concurrency.sync import concurrency
@@ -20,6 +20,13 @@ from prefect.concurrency.sync import concurrency
 # term ends. 60 s is the shortest term the server accepts (lease_duration ge=60 in
 # prefect/server/api/concurrency_limits_v2.py); Prefect's default is 300 s.
 GPU_LEASE_S = 60.0
+# How long a run waits for its `gpu` slots before it fails saying why (nothing waits without a
+# bound): longer than any one nightly run's GPU work, shorter than a day.
+GPU_WAIT_S = 12 * 3600.0
+
+
+class GpuWaitTimeout(TimeoutError):
+    """The `gpu` slots stayed taken for the whole wait; the message says what to look at."""
 
 
 def gpu_wait_message(limit: int, active: int, wanted: int = 1) -> str | None:
@@ -49,13 +56,13 @@ def read_gpu_limit(logger):
 
 
 @contextmanager
-def gpu_slots(wanted: int, logger) -> Iterator[int]:
+def gpu_slots(wanted: int, logger, wait_s: float = GPU_WAIT_S) -> Iterator[int]:
     """Hold slots of the global `gpu` limit for a whole fan-out; yields how many batches may be
     in flight. The run takes ``wanted`` slots (at most the limit) once and keeps them until its
     last batch ends, so the limit still bounds GPU work across runs, processes and hosts, but no
     batch pays for a slot: on a SQLite-backed server each slot request costs ~2 s (issue 14;
     README, "Why once per run, not per batch"). No `gpu` limit on the server: nothing to hold,
-    ``wanted`` in flight."""
+    ``wanted`` in flight. Slots still taken after ``wait_s`` seconds: GpuWaitTimeout."""
     limit = read_gpu_limit(logger)
     if limit is None:
         yield wanted
@@ -64,5 +71,12 @@ def gpu_slots(wanted: int, logger) -> Iterator[int]:
     message = gpu_wait_message(limit.limit, limit.active_slots, slots)
     if message:
         logger.info(message)
-    with concurrency("gpu", occupy=slots, lease_duration=GPU_LEASE_S):
+    with ExitStack() as held:
+        try:
+            held.enter_context(concurrency("gpu", occupy=slots, lease_duration=GPU_LEASE_S, timeout_seconds=wait_s))
+        except TimeoutError as exc:
+            raise GpuWaitTimeout(
+                f"gave up after {wait_s:g} s waiting for {slots} `gpu` slot(s) (limit {limit.limit}): other runs "
+                f"held them all that time; see which in the Prefect UI (Concurrency, `gpu`), or raise the limit"
+            ) from exc
         yield slots

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from flows.gpu import GPU_LEASE_S, gpu_slots, gpu_wait_message
+from flows.gpu import GPU_LEASE_S, GpuWaitTimeout, gpu_slots, gpu_wait_message
 
 
 def test_the_wait_message_says_what_holds_the_slots():
@@ -59,6 +59,13 @@ def test_a_run_holds_its_slots_for_the_fan_out_at_most_the_limit(prefect_server,
             waiter.join(timeout=60)
         assert got == [(2, 2)]  # and runs with both once it is released
         assert [r.getMessage()[:49] for r in caplog.records] == ["waiting for 2 `gpu` slot(s) (limit 2, 1 held by r"]
+        with concurrency("gpu", occupy=2, lease_duration=GPU_LEASE_S):  # every slot held elsewhere, for good
+            started = time.monotonic()
+            with pytest.raises(GpuWaitTimeout, match=r"gave up after 2 s waiting for 1 `gpu` slot\(s\) \(limit 2\)"):
+                with gpu_slots(1, logger, wait_s=2):
+                    pass
+            assert time.monotonic() - started < 40  # bounded (the client's retries are at most 30 s apart)
+        assert _active_slots() == 0
         # why not shorter: the server refuses a lease under 60 s
         with pytest.raises(ConcurrencySlotAcquisitionError, match="422"):
             with concurrency("gpu", occupy=1, lease_duration=GPU_LEASE_S - 1):
