@@ -40,6 +40,10 @@ def augment_batch(index: int, dataset_uri: str, out_uri: str, batch: list[work.C
                           work.AugmentSettings.from_dict(settings), run_id)
 
 
+class BatchTimeout(RuntimeError):  # not TimeoutError: Prefect would call the flow run itself timed out
+    """A batch did not finish within augment.batch_timeout_s; the message says where to look."""
+
+
 def run_batches(todo: list, shared: dict, options: work.AugmentSettings, progress_id, logger) -> list[dict]:
     """Every batch of ``todo`` ((index, candidates) pairs), at most one per `gpu` slot the run
     holds in flight, on the configured runner; their results in order."""
@@ -47,7 +51,14 @@ def run_batches(todo: list, shared: dict, options: work.AugmentSettings, progres
     results: list[dict] = []
 
     def finish_one() -> None:
-        results.append(in_flight.popleft().result())
+        try:
+            results.append(in_flight.popleft().result(timeout=options.batch_timeout_s))
+        except TimeoutError as exc:
+            where = (f"are the Dask workers at {options.dask_address} with the {options.dask_resource!r} resource "
+                     f"alive?" if options.runner == "dask" else "is the host overloaded or the batch too large?")
+            raise BatchTimeout(f"a batch was not done {options.batch_timeout_s:g} s after the run began waiting on "
+                               f"it ({len(results)} of {len(todo)} batches done; the done ones are written and a "
+                               f"rerun goes on from them): {where} (augment.batch_timeout_s)") from exc
         update_progress_artifact(progress_id, 100.0 * len(results) / len(todo))
 
     with gpu_slots(options.parallel, logger) as slots, \

@@ -8,7 +8,8 @@ On Dask each batch takes one unit of a worker resource (``augment.dask_resource`
 scheduler. Workers need the tailforge package, and reach the checkpoints and datasets by URI
 (shared or S3 storage). Before any batch is sent, the run checks that the scheduler answers and
 that some worker offers the resource, so a wrong address or a cluster without GPUs is an error
-that says what to do, not a wait without end.
+that says what to do, not a wait without end; and a batch not done ``augment.batch_timeout_s``
+after the run waits on it (every worker gone) fails the run, saying so (flows/augment.py).
 """
 
 from __future__ import annotations

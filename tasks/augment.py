@@ -70,6 +70,7 @@ class AugmentSettings:
     runner: str = "local"  # where batches run: "local" (the flow's threads) or "dask" (the cluster at dask_address)
     dask_address: str | None = None  # runner "dask": the scheduler, tcp://HOST:8786
     dask_resource: str | None = "GPU"  # runner "dask": the worker resource each batch takes one of; null: none
+    batch_timeout_s: float = 7200.0  # a batch not done this long after the run waits on it fails the run, saying so
 
     @classmethod
     def from_dict(cls, data: dict) -> "AugmentSettings":
@@ -88,6 +89,8 @@ class AugmentSettings:
             raise ValueError("augment.ood_false_rejection must be between 0 and 1")
         if self.parallel < 1 or self.batch_size < 1:
             raise ValueError("augment.parallel and augment.batch_size must be at least 1")
+        if self.batch_timeout_s <= 0:
+            raise ValueError("augment.batch_timeout_s must be positive (seconds a batch may take)")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -535,3 +535,16 @@ def test_the_label_conditioned_generator_runs_through_the_same_flows(tiny_run, t
     assert {r["generator_id"] for r in rows} == {models["generator"]["id"]}
     assert main(["lineage", rows[0]["sample_id"], "--root", str(tmp_path)]) == 0
     assert "sampled from its finding set" in capsys.readouterr().out
+
+
+def test_a_batch_that_does_not_finish_in_time_fails_the_run_saying_so(tiny_run, tmp_path):
+    """Nothing waits without a bound: a batch not done augment.batch_timeout_s after the run
+    waits on it (on Dask: every worker gone) fails the run with a message, not a hang."""
+    from flows.augment import BatchTimeout
+
+    result, _ = tiny_run
+    models = result["models"]
+    slow = {**TINY["augment"], "inpaint": {"steps": 40, "jump_length": 5, "resample": 2}, "batch_timeout_s": 0.05}
+    with pytest.raises(BatchTimeout, match=r"not done 0.05 s after .*\(0 of \d+ batches done.*augment.batch_timeout_s"):
+        augment_flow(result["dataset_uri"], str(tmp_path / "out"), models["classifier"], models["generator"],
+                     KnowledgeSettings(), slow, str(tmp_path / "d.duckdb"))
