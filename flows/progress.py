@@ -22,7 +22,7 @@ class StepProgress:
         self.label, self.total, self.unit, self.every_s = label, max(1, total), unit, every_s
         self.started = self.last = time.monotonic()
         self.logger = get_run_logger()
-        self.artifact = create_progress_artifact(0.0, key=key, description=f"{label}: {unit}s done (%)")
+        self.key, self.artifact = key, None  # made at the first report: a reused model's step shows none
 
     def line(self, done: int, loss: float | None) -> str:
         elapsed = time.monotonic() - self.started
@@ -39,7 +39,11 @@ class StepProgress:
             return
         self.last = now
         self.logger.info(self.line(done, loss))
-        update_progress_artifact(self.artifact, 100.0 * min(done, self.total) / self.total)
+        share = 100.0 * min(done, self.total) / self.total
+        if self.artifact is None:
+            self.artifact = create_progress_artifact(share, key=self.key, description=f"{self.label}: {self.unit}s done (%)")
+        else:
+            update_progress_artifact(self.artifact, share)
 
     def epoch(self, row: dict) -> None:
         """models.training.fit_classifier's callback: one history row per epoch (from 0)."""

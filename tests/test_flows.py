@@ -445,6 +445,17 @@ def test_long_steps_log_their_progress(tiny_run, tmp_path, caplog):
     assert any(line.startswith("classifier training: epoch 2/2,") for line in lines), lines
     assert any(line.startswith(f"normal DiT training: step {settings.generator.steps}/{settings.generator.steps},")
                and "steps/s" in line and "loss" in line for line in lines), lines
+    # the same again: both models are reused, and no 0% progress bar is left behind for them
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    state = pretrain_flow(result["dataset_uri"], str(tmp_path / "fresh-models"), settings.classifier,
+                          settings.generator, return_state=True)
+    assert all(handle["reused"] for handle in state.result().values())
+    with get_client(sync_client=True) as client:
+        made = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))
+    assert [a.type for a in made if a.type == "progress"] == []
 
     from prefect import flow
 
