@@ -90,11 +90,18 @@ def _font(size: int = 15):
         return ImageFont.load_default()
 
 
-def _caption(text: str, width: int, height: int = 26, color=(255, 255, 255)) -> np.ndarray:
+def _caption(text: str, width: int, color=(255, 255, 255)) -> np.ndarray:
+    """``text`` on a dark strip ``width`` px wide, wrapped to as many 20 px lines as it needs."""
+    import textwrap
+
     from PIL import ImageDraw
 
-    strip = Image.new("RGB", (width, height), (24, 24, 24))
-    ImageDraw.Draw(strip).text((6, 4), text, fill=color, font=_font())
+    font = _font()
+    per_char = font.getlength(text) / len(text) if text else 8.0  # this text's mean glyph width
+    chars = max(10, int((width - 12) / max(1.0, per_char)))
+    lines = textwrap.wrap(text, chars) or [""]
+    strip = Image.new("RGB", (width, 6 + 20 * len(lines)), (24, 24, 24))
+    ImageDraw.Draw(strip).multiline_text((6, 4), "\n".join(lines), fill=color, font=font, spacing=5)
     return np.asarray(strip)
 
 
@@ -121,7 +128,7 @@ def _sheet_row(row: dict, parent: bytes | None) -> np.ndarray:
             f"removed {', '.join(row['removed_labels'] or []) or '-'}  |  "
             f"kept {', '.join(row['kept_labels'] or []) or '-'}  |  {verdict}{quality}")
     color = (140, 230, 140) if row["accepted"] else (255, 190, 120)
-    return np.concatenate([_caption(text[:110], 3 * TILE, color=color), np.concatenate([before, outlined, after], 1)], 0)
+    return np.concatenate([_caption(text, 3 * TILE, color=color), np.concatenate([before, outlined, after], 1)], 0)
 
 
 def _gray8(pixels: np.ndarray) -> np.ndarray:
