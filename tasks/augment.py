@@ -265,10 +265,12 @@ def run_batch(dataset_uri: str, out_uri: str, batch: list[Candidate], classifier
     rows = [index[c.parent_id] for c in batch]
     images = parents.images[rows]  # (B, 1, S, S)
     findings = parents.findings
+    kept = kept_sets(parents.labels[rows], findings, batch)  # (B, K): each row's labels after the removal
+    conditional = _generator(generator["uri"])[2].conditioning == "labels"
     with _MODEL_LOCK:
         model_started = time.perf_counter()
         masks, generated, scores, ood, probs_before, probs_after = _generate(
-            dataset_uri, images, parents.labels[rows], findings, batch, classifier, generator, settings)
+            dataset_uri, images, kept if conditional else None, findings, batch, classifier, generator, settings)
         model_seconds = time.perf_counter() - model_started
     ok = [i for i, m in enumerate(masks) if m.outcome == "ok"]
 
@@ -284,8 +286,6 @@ def run_batch(dataset_uri: str, out_uri: str, batch: list[Candidate], classifier
                               patient_id=parents.table.column("patient_id")[rows[i]].as_py(),
                               source_uri=parents.table.column("source_uri")[rows[i]].as_py())
     labels = parents.labels[rows].numpy()
-    kept = kept_sets(parents.labels[rows], findings, batch).numpy()
-    conditional = _generator(generator["uri"])[2].conditioning == "labels"
     card = _classifier(classifier["uri"])[1]
     verdicts = []
     for j, i in enumerate(ok):
@@ -297,7 +297,7 @@ def run_batch(dataset_uri: str, out_uri: str, batch: list[Candidate], classifier
                                 card.thresholds, settings.tail_margin, float(scores[j]), settings.quality_max_z,
                                 ood_score, ood[1] if ood else None))
         original = decode_png(parents.table.column("image")[rows[i]].as_py())
-        writer.add({**_generated_row(c, generated[j, 0], masks[i].mask, original, kept[i], parents, rows[i],
+        writer.add({**_generated_row(c, generated[j, 0], masks[i].mask, original, kept[i].numpy(), parents, rows[i],
                                      classifier["id"], generator["id"], float(scores[j]), verdicts[-1], conditional),
                     "ood_score": ood_score})
     writer.close()
@@ -353,19 +353,19 @@ def _reasons(verdicts: list[str]) -> dict[str, int]:
     return out
 
 
-def _generate(dataset_uri: str, images: torch.Tensor, labels: torch.Tensor, findings: list[str],
+def _generate(dataset_uri: str, images: torch.Tensor, kept: torch.Tensor | None, findings: list[str],
               batch: list[Candidate], classifier: dict, generator: dict, settings: AugmentSettings):
-    """CAM masks -> inpainting (or, with a label-conditioned generator, the kept finding set
-    sampled from noise) -> quality score and classifier probabilities (the model work)."""
+    """CAM masks -> inpainting (or, given the ``kept`` finding sets, a label-conditioned
+    generator samples them from noise) -> quality score and classifier probabilities (the model work)."""
     net, card = _classifier(classifier["uri"])
     before = predict_probs(net, images)  # (B, K): the gate's input and the removal check's "before"
-    dit, scheduler, dit_config = _generator(generator["uri"])
+    dit, scheduler, _ = _generator(generator["uri"])
     seeds = [torch.Generator().manual_seed(c.seed) for c in batch]
-    if dit_config.conditioning == "labels":  # DfT-Caption: no mask, the whole image is new
+    if kept is not None:  # DfT-Caption: no mask, the whole image is new
         side = images.shape[-1]
         masks = [MaskResult(np.ones((side, side), dtype=bool), "ok", 1.0) for _ in batch]
         generated = sample(dit, scheduler, len(batch), side, settings.inpaint.steps, seeds,
-                           labels=kept_sets(labels, findings, batch), guidance=settings.guidance)
+                           labels=kept, guidance=settings.guidance)
         ok = list(range(len(batch)))
     else:
         priors = {findings.index(name): np.asarray(p) for name, p in card.location_prior.items() if name in findings}
