@@ -32,10 +32,10 @@ def train_classifier_task(dataset_uri: str, models_uri: str, settings: Classifie
 
 
 @task(retries=1, retry_delay_seconds=10, task_run_name="train-dit")
-def train_generator_task(normals: list[str], models_uri: str, settings: GeneratorSettings, image_size: int,
-                         num_labels: int) -> dict:
+def train_generator_task(dataset_uri: str, normals: list[str], models_uri: str, settings: GeneratorSettings,
+                         image_size: int, num_labels: int) -> dict:
     """The normal DiT (on ``normals``), or with conditioning "labels" the DfT-Caption DiT (on the
-    labelled train split, ``normals[0]`` being the dataset itself: pretrain_flow)."""
+    labelled train split of ``dataset_uri``, never on a normals corpus)."""
     if settings.checkpoint:
         return reuse("dit", settings.checkpoint)
     labelled = settings.conditioning == "labels"
@@ -46,8 +46,11 @@ def train_generator_task(normals: list[str], models_uri: str, settings: Generato
                            warmup_steps=settings.warmup_steps or min(200, max(1, settings.steps // 10)))
     label = "label-conditioned DiT training" if labelled else "normal DiT training"
     progress = StepProgress(label, train.steps, "step", key="train-dit")
-    handle = pretrain.train_normal_dit(normals, models_uri, config, train, adult_only=settings.adult_only,
-                                       progress=progress.step)
+    if labelled:
+        handle = pretrain.train_label_dit(dataset_uri, models_uri, config, train, progress=progress.step)
+    else:
+        handle = pretrain.train_normal_dit(normals, models_uri, config, train, adult_only=settings.adult_only,
+                                           progress=progress.step)
     said_reused(handle)
     return {"kind": "dit", "id": handle["id"], "uri": handle["uri"], "reused": bool(handle.get("reused")),
             "history": handle["history"]}
@@ -76,8 +79,7 @@ def pretrain_flow(dataset_uri: str, models_uri: str, classifier: ClassifierSetti
     from tasks.dataset import new_run_id, read_manifest, utcnow
 
     manifest = read_manifest(dataset_uri)
-    # the label-conditioned DiT learns from the labelled dataset itself, never from a normals corpus
-    normals = [dataset_uri] if generator.conditioning == "labels" else (list(generator.normals) or [dataset_uri])
+    normals = list(generator.normals) or [dataset_uri]
     parameters = {"dataset_uri": dataset_uri, "classifier": classifier.__dict__, "generator": generator.__dict__}
     with recorded_run(models_uri, new_run_id(), "pretrain", parameters, utcnow(), on_crashed=mark_crashed) as done, \
             gpu_slots(1, get_run_logger()):  # one `gpu` slot for both trainings (flows/gpu.py: once per run)
@@ -85,7 +87,7 @@ def pretrain_flow(dataset_uri: str, models_uri: str, classifier: ClassifierSetti
         # hosts with several GPUs run pretrain deployments on separate workers instead
         classifier_handle = train_classifier_task(dataset_uri, models_uri, classifier, len(manifest["labels"]),
                                                   manifest["image_size"])
-        generator_handle = train_generator_task(normals, models_uri, generator, manifest["image_size"],
+        generator_handle = train_generator_task(dataset_uri, normals, models_uri, generator, manifest["image_size"],
                                                 len(manifest["labels"]))
         done({"classifier": classifier_handle["uri"], "generator": generator_handle["uri"],
               "reused": [k for k, h in (("classifier", classifier_handle), ("generator", generator_handle))

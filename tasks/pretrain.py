@@ -146,10 +146,7 @@ def train_normal_dit(dataset_uris: list[str], models_uri: str, config: DiTConfig
                      progress: Callable | None = None) -> dict:
     """Train the DiT on normals only (train split by default, so val/test stay held out);
     returns the checkpoint handle (EMA weights). One made before from the same shards and
-    settings is reused, not retrained. A DiT conditioned on labels trains on the labelled
-    train split of the first dataset instead (``train_label_dit``)."""
-    if config.conditioning == "labels":
-        return train_label_dit(dataset_uris[0], models_uri, config, train, progress)
+    settings is reused, not retrained. (A DiT conditioned on labels: ``train_label_dit``.)"""
     recipe = recipe_id("dit", sorted(h for uri in dataset_uris for h in shard_hashes(uri)), datasets=dataset_uris,
                        config=config, train=train, adult_only=adult_only, splits=splits)
     known = trained_before(models_uri, "dit", recipe)
@@ -167,13 +164,13 @@ def train_label_dit(dataset_uri: str, models_uri: str, config: DiTConfig, train:
     if config.num_labels != len(manifest["labels"]) or config.image_size != manifest["image_size"]:
         raise ValueError(f"{dataset_uri} has {len(manifest['labels'])} findings at {manifest['image_size']} px; "
                          f"the DiT is set for {config.num_labels} at {config.image_size} px")
-    recipe = recipe_id("dit", shard_hashes(dataset_uri), datasets=[dataset_uri], config=config, train=train)
+    shards = shard_hashes(dataset_uri)
+    recipe = recipe_id("dit", shards, datasets=[dataset_uri], config=config, train=train)
     known = trained_before(models_uri, "dit", recipe)
     if known:
         return known
     data = load_tensors(dataset_uri, splits=("train",))
-    return _fit_dit(models_uri, recipe, config, train, data.images, data.labels, shard_hashes(dataset_uri),
-                    [dataset_uri], progress)
+    return _fit_dit(models_uri, recipe, config, train, data.images, data.labels, shards, [dataset_uri], progress)
 
 
 def _fit_dit(models_uri: str, recipe: str, config: DiTConfig, train: DiTTrainConfig, images: torch.Tensor,

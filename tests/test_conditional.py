@@ -18,7 +18,7 @@ from tasks.dataset import existing_rows, finish_manifest, read_manifest
 from tasks.ingest import ingest_phantom
 from tasks.knowledge import plan
 from tasks.lineage import lineage
-from tasks.pretrain import train_classifier, train_normal_dit
+from tasks.pretrain import train_classifier, train_label_dit
 from tasks.report import before_after_png
 
 TINY = dict(image_size=16, patch_size=4, depth=1, num_heads=2, head_dim=8)
@@ -66,7 +66,7 @@ def conditional_run(tmp_path_factory):
     classifier = train_classifier(dataset, models, ClassifierConfig("resnet18", 14, 32), TrainConfig(epochs=1))
     config = DiTConfig(image_size=32, patch_size=8, depth=1, num_heads=2, head_dim=8, conditioning="labels",
                        num_labels=len(manifest["labels"]))
-    generator = train_normal_dit([dataset], models, config, DiTTrainConfig(steps=4, batch_size=8))
+    generator = train_label_dit(dataset, models, config, DiTTrainConfig(steps=4, batch_size=8))
     _, decisions = plan(dataset, root / "d.duckdb")
     settings = work.AugmentSettings.from_dict({"inpaint": {"steps": 3}, "ood_filter": False})
     prepared = work.prepare(dataset, out, manifest, decisions, classifier["id"], generator["id"], settings)
