@@ -61,7 +61,7 @@ NOISE_START = InpaintConfig(steps=25, jump_length=5, resample=2)
 HARMONIC_START = InpaintConfig(steps=25, jump_length=5, resample=2, init="harmonic", strength=0.6)
 
 
-def prepare(size: int, n: int, dit_steps: int, conditioning: str = "none") -> dict:
+def prepare(size: int, n: int, dit_steps: int, conditioning: str = "none", prediction: str = "sample") -> dict:
     """Datasets and checkpoints for one size (each reused when already trained)."""
     home, models_uri = tailforge_home() / "bench", str(tailforge_home() / "models")
     out = {}
@@ -73,7 +73,8 @@ def prepare(size: int, n: int, dit_steps: int, conditioning: str = "none") -> di
                   or train_classifier(uri, models_uri, ClassifierConfig("resnet18", 14, size), train))
         out[role] = {"dataset": uri, "classifier": handle["uri"]}
     patch = 4 if size <= 64 else 8
-    config = DiTConfig(image_size=size, patch_size=patch, depth=6, num_heads=4, head_dim=32, conditioning=conditioning)
+    config = DiTConfig(image_size=size, patch_size=patch, depth=6, num_heads=4, head_dim=32, conditioning=conditioning,
+                       prediction=prediction)
     dit_train = DiTTrainConfig(steps=dit_steps, batch_size=32, warmup_steps=100)
     uri = out["main"]["dataset"]
     handle = trained_before(models_uri, "dit", uri, asdict(dit_train), asdict(config)) or train_normal_dit(
@@ -280,7 +281,7 @@ def grid(rows: list[list[np.ndarray]]) -> bytes:
 
 def run_size(size: int, args) -> dict:
     started = time.perf_counter()
-    prep = prepare(size, args.n, args.dit_steps, args.dit_conditioning)
+    prep = prepare(size, args.n, args.dit_steps, args.dit_conditioning, args.dit_prediction)
     model, _, card = load_checkpoint(store.read_bytes(prep["main"]["classifier"]))
     judge, _, judge_card = load_checkpoint(store.read_bytes(prep["judge"]["classifier"]))
     dit, dit_config, _ = load_dit(store.read_bytes(prep["dit"]["uri"]))
@@ -290,7 +291,7 @@ def run_size(size: int, args) -> dict:
     train = load_tensors(ds, splits=("train",), columns=("lesion_masks",))
     result = {"size": size, "stem": stem(size, args.dit_conditioning),
               "args": {"n": args.n, "images": args.images, "dit_steps": args.dit_steps,
-                       "dit_conditioning": args.dit_conditioning},
+                       "dit_conditioning": args.dit_conditioning, "dit_prediction": args.dit_prediction},
               "prepared": prep, "head": card.head, "tail": card.tail,
               "product": {"cam_method": PRODUCT.cam_method, "localise": asdict(PRODUCT.localise),
                           "mask": asdict(PRODUCT.mask), "inpaint": asdict(PRODUCT.inpaint)}}
@@ -362,7 +363,8 @@ def markdown(r: dict) -> str:
              f"Commit `{commit()}`; machine: {machine()['cpu']}, {machine()['cores']} cores, no GPU. "
              f"Command: `python benchmarks/fidelity.py --sizes {r['size']} --n {r['args']['n']} "
              f"--images {r['args']['images']} --dit-steps {r['args']['dit_steps']}"
-             f"{'' if r['args']['dit_conditioning'] == 'none' else ' --dit-conditioning ' + r['args']['dit_conditioning']}`"
+             f"{'' if r['args']['dit_conditioning'] == 'none' else ' --dit-conditioning ' + r['args']['dit_conditioning']}"
+             f"{' --dit-prediction epsilon' if r['args'].get('dit_prediction') == 'epsilon' else ''}`"
              f". {r['seconds']} s.", "",
              f"Head classes: {', '.join(r['head'])}. {loc['lesions']} visible head lesions in the test split.", "",
              "## Localisation (head lesions, test split)", "",
@@ -414,6 +416,8 @@ def main() -> None:
     parser.add_argument("--dit-steps", type=int, default=2000)
     parser.add_argument("--dit-conditioning", choices=["none", "mask"], default="none",
                         help="none: the plain DiT joined RePaint-style; mask: the inpainting DiT (models/dit.py)")
+    parser.add_argument("--dit-prediction", choices=["sample", "epsilon"], default="sample",
+                        help="what the DiT predicts: the clean image (default) or the noise (models/dit.py)")
     args = parser.parse_args()
     for size in args.sizes:
         result = run_size(size, args)

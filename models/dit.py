@@ -5,6 +5,15 @@ DiT (Peebles & Xie, "Scalable Diffusion Models with Transformers") over 1-channe
 eq. 14), cosine noise schedule (Nichol & Dhariwal, "Improved DDPM"). Every image gets class
 label 0 (one class: normal). The checkpoint carries the config that made it.
 
+``prediction="sample"`` makes the network output the clean image instead of the noise
+(x-prediction, as in Li & He, "Back to Basics: Let Denoising Generative Models Denoise", 2025):
+with 8 x 8 patches each token must emit 64 pixel values; noise in 64 dimensions is more than a
+small transformer can carry, a clean patch lies near a low-dimensional set, so the noise
+predictor paints 8 x 8 blocks where the clean-image predictor paints tissue. It is trained with
+the v-loss of its prediction, |x0_hat - x0|^2 / (1 - ab_t) with 1 - ab_t floored at
+``V_LOSS_FLOOR`` (their choice), and reaches the samplers as the noise it implies, so DDIM,
+RePaint and the OOD score are the same code for both.
+
 ``conditioning="mask"`` makes it an inpainting model, as the inpainting checkpoints of Stable
 Diffusion are trained (Rombach et al., "High-Resolution Image Synthesis with Latent Diffusion
 Models", the inpainting variant): besides x_t it sees the known image (zero inside the mask)
@@ -37,6 +46,8 @@ from models.training import EMA, seed_everything
 
 
 CONDITIONINGS = ("none", "mask", "labels")
+PREDICTIONS = ("epsilon", "sample")
+V_LOSS_FLOOR = 0.05  # prediction "sample": the v-loss weight 1 / (1 - ab_t) is capped at 1 / this
 
 
 @dataclass(frozen=True)
@@ -50,6 +61,7 @@ class DiTConfig:
     beta_schedule: str = "squaredcos_cap_v2"  # cosine schedule
     conditioning: str = "none"  # "none": x_t only; "mask": also the known image and the mask (inpainting); "labels"
     num_labels: int = 0  # conditioning "labels": the finding vocabulary's size K
+    prediction: str = "epsilon"  # what the network outputs: "epsilon" (the noise) or "sample" (the clean image)
 
     def __post_init__(self) -> None:
         if self.conditioning not in CONDITIONINGS:
@@ -57,6 +69,8 @@ class DiTConfig:
         if (self.conditioning == "labels") != (self.num_labels > 0):
             raise ValueError("a DiT conditioned on labels needs num_labels >= 1 (the vocabulary's size), "
                              "and only it takes num_labels")
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(f"prediction must be one of {', '.join(PREDICTIONS)}, not {self.prediction!r}")
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         if min(self.depth, self.num_heads, self.head_dim, self.patch_size) < 1:
@@ -105,6 +119,10 @@ def build_dit(config: DiTConfig) -> DiTTransformer2DModel:
     if config.conditioning == "labels":
         for block in model.transformer_blocks:  # block 0's also conditions the output layer
             block.norm1.emb.class_embedder = LabelSetEmbedding(config.num_labels, config.num_heads * config.head_dim)
+    # what predict_noise needs to turn a clean-image prediction into epsilon (plain attributes,
+    # not weights: the checkpoint's config rebuilds them)
+    model.prediction = config.prediction
+    model.alphas_cumprod = build_scheduler(config).alphas_cumprod
     return model
 
 
@@ -155,7 +173,8 @@ def predict_noise(model: DiTTransformer2DModel, x: torch.Tensor, t: torch.Tensor
     """epsilon_theta(x_t, t[, cond][, labels]); ``x`` is (N, 1, H, W), ``t`` is (N,) long, ``cond``
     the inpainting model's (N, 2, H, W) ``condition`` (None for an unconditioned model),
     ``labels`` a label-conditioned model's (N, K + 1) ``label_input`` (None: no labels, the
-    unconditional model). On CUDA the transformer runs under bf16 autocast (attention is
+    unconditional model). A clean-image model's output x0 is returned as the noise it implies,
+    (x_t - sqrt(ab_t) x0) / sqrt(1 - ab_t). On CUDA the transformer runs under bf16 autocast (attention is
     PyTorch's fused scaled_dot_product_attention, the diffusers default); the sampler's
     arithmetic stays in float32."""
     if is_conditioned(model) != (cond is not None):
@@ -174,13 +193,19 @@ def predict_noise(model: DiTTransformer2DModel, x: torch.Tensor, t: torch.Tensor
         labels = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)  # one class: normal
     if x.is_cuda:
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            return model(x, timestep=t.to(x.device), class_labels=labels).sample.float()
-    return model(x, timestep=t, class_labels=labels).sample  # (N, 1, H, W)
+            out = model(x, timestep=t.to(x.device), class_labels=labels).sample.float()
+    else:
+        out = model(x, timestep=t, class_labels=labels).sample  # (N, 1, H, W)
+    if getattr(model, "prediction", "epsilon") == "epsilon":
+        return out
+    ab = model.alphas_cumprod.to(x.device)[t].view(-1, 1, 1, 1)  # a clean-image prediction -> its epsilon
+    return (x[:, :1] - ab.sqrt() * out) / (1 - ab).sqrt()
 
 
 def diffusion_loss(model, scheduler: DDPMScheduler, x0: torch.Tensor, generator: torch.Generator,
                    masks: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> torch.Tensor:
-    """DDPM simple loss: || eps - eps_theta(sqrt(ab_t) x0 + sqrt(1 - ab_t) eps, t) ||^2 (eq. 14).
+    """DDPM simple loss: || eps - eps_theta(sqrt(ab_t) x0 + sqrt(1 - ab_t) eps, t) ||^2 (eq. 14);
+    for a clean-image model (prediction "sample") the v-loss of its x0 (module docstring).
     An inpainting model also sees ``condition(x0, masks)`` and is scored inside the masks only:
     where x0 is given, eps follows from x_t by a formula, and those pixels (most of the film)
     would drown the hole's signal (measured: a full-image loss removed 0.47 of oracle-masked
@@ -190,10 +215,17 @@ def diffusion_loss(model, scheduler: DDPMScheduler, x0: torch.Tensor, generator:
     t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=generator,
                       device=x0.device)
     noisy = scheduler.add_noise(x0, noise, t)
+    cond = None if masks is None else condition(x0, masks.to(x0.device))
+    eps = predict_noise(model, noisy, t, cond, labels)
+    if getattr(model, "prediction", "epsilon") == "epsilon":
+        error = (eps - noise) ** 2
+    else:  # the v-loss of the clean-image prediction: |x0_hat - x0|^2 / (1 - ab_t), capped (JiT)
+        ab = scheduler.alphas_cumprod.to(x0.device)[t].view(-1, 1, 1, 1)
+        x0_hat = (noisy - (1 - ab).sqrt() * eps) / ab.sqrt()
+        error = (x0_hat - x0) ** 2 / (1 - ab).clamp(min=V_LOSS_FLOOR)
     if masks is None:
-        return F.mse_loss(predict_noise(model, noisy, t, labels=labels), noise)
+        return error.mean()
     masks = masks.to(x0.device)
-    error = (predict_noise(model, noisy, t, condition(x0, masks)) - noise) ** 2
     return (error * masks).sum() / masks.sum().clamp(min=1.0)
 
 

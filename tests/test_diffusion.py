@@ -32,6 +32,42 @@ def test_forward_has_no_nan_and_backward_reaches_every_parameter():
 def test_config_is_validated():
     with pytest.raises(ValueError, match="multiple of patch_size"):
         DiTConfig(image_size=30, patch_size=4)
+    with pytest.raises(ValueError, match="prediction must be one of epsilon, sample"):
+        DiTConfig(prediction="v")
+
+
+def _clean_image_model():
+    """A DiT that predicts the clean image, with its output layer zeroed: it always says x0 = 0."""
+    config = DiTConfig(**{**TINY.__dict__, "prediction": "sample"})
+    torch.manual_seed(0)
+    model = build_dit(config).eval()
+    torch.nn.init.zeros_(model.proj_out_2.weight)
+    torch.nn.init.zeros_(model.proj_out_2.bias)
+    return model, build_scheduler(config), config
+
+
+def test_a_clean_image_prediction_reaches_the_sampler_as_its_noise():
+    model, scheduler, config = _clean_image_model()
+    x, t = torch.randn(2, 1, 16, 16), torch.tensor([3, 70])
+    ab = scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+    with torch.no_grad():
+        eps = predict_noise(model, x, t)
+        assert torch.allclose(eps, x / (1 - ab).sqrt(), atol=1e-5)  # x_t = sqrt(ab) * 0 + sqrt(1 - ab) * eps
+        assert torch.allclose(ddim_step(scheduler, x[:1], eps[:1], 3, -1), torch.zeros(1, 1, 16, 16), atol=1e-4)
+        assert sample(model, scheduler, 2, 16, steps=3).sub(0.5).abs().max() < 1e-3  # x0 = 0 is mid-grey
+        assert load_dit(save_dit(model, config))[1].prediction == "sample"
+        assert torch.allclose(predict_noise(load_dit(save_dit(model, config))[0], x, t), eps)
+
+
+def test_the_clean_image_loss_is_its_error_weighted_by_one_over_the_noise_share_capped():
+    model, scheduler, _ = _clean_image_model()
+    x0 = torch.rand(3, 1, 16, 16) * 2 - 1
+    loss = diffusion_loss(model, scheduler, x0, torch.Generator().manual_seed(7))
+    replay = torch.Generator().manual_seed(7)  # the loss's own draws: the noise, then the timesteps
+    torch.randn(x0.shape, generator=replay)
+    t = torch.randint(0, 100, (3,), generator=replay)
+    share = (1 - scheduler.alphas_cumprod[t]).clamp(min=0.05).view(-1, 1, 1, 1)
+    assert torch.allclose(loss, (x0**2 / share).mean(), rtol=1e-4)  # the model says x0 = 0
 
 
 def test_ddim_step_inverts_the_forward_noising_with_the_true_noise():
