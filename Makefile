@@ -8,7 +8,7 @@ TORCH_INDEX ?=
 PIP = $(VENV)/bin/python -m pip
 STAMP = $(VENV)/.installed
 
-.PHONY: demo test bench experiment fidelity reliability clean
+.PHONY: demo test bench experiment fidelity weights reliability clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ bench: $(STAMP)
 # the paper's experiment on nih1000 and the phantom, and the factory's throughput (about an hour on 2 cores)
 experiment: $(STAMP)
 	$(VENV)/bin/python benchmarks/experiment.py
+
+# re-train the shipped normal-X-ray generator (weights/normal_dit_128.*) on ../shared/data/normals
+weights: $(STAMP)
+	$(VENV)/bin/python benchmarks/train_normal_dit.py --source real --size 128 --steps 4000 --ship
 
 # sample fidelity on phantom ground truth at 64 and 128 px (about an hour on 2 cores, with training)
 fidelity: $(STAMP)

@@ -251,19 +251,6 @@ def outcomes(test, card, judge_card, chosen, truth, refs, before, after, masks, 
             "retention_judge": fm.rate([r["judge"] for r in tail_rows])}
 
 
-def features(judge, images: torch.Tensor) -> np.ndarray:
-    """The judge classifier's pooled penultimate features (the FID/KID encoder)."""
-    with torch.no_grad():
-        return torch.cat([judge.forward_head(judge.forward_features(images[i:i + 64]), pre_logits=True)
-                          for i in range(0, len(images), 64)]).double().numpy()
-
-
-def distances(judge, a: torch.Tensor, b: torch.Tensor) -> dict:
-    fa, fb = features(judge, a), features(judge, b)
-    return {"fid": round(fm.frechet_distance(fa, fb), 3), "kid": round(fm.kernel_distance(fa, fb), 5),
-            "n": [len(a), len(b)]}
-
-
 def overlay(image: np.ndarray, mask: np.ndarray | None, colour=(255, 60, 60)) -> np.ndarray:
     rgb = np.repeat((image.clip(0, 1) * 255).astype(np.uint8)[..., None], 3, axis=-1)
     if mask is not None:
@@ -325,11 +312,11 @@ def run_size(size: int, args) -> dict:
     free = sample(dit, scheduler, 128, size, steps=50, generator=torch.Generator().manual_seed(0))
     held_out = normals.images[:256]
     half = len(held_out) // 2  # the floor: two halves of real held-out normals
-    result["generator"] = {"free_samples_vs_held_out_normals": distances(judge, free, held_out),
-                           "held_out_normals_split_halves": distances(judge, held_out[:half], held_out[half:])}
+    result["generator"] = {"free_samples_vs_held_out_normals": fm.distances(judge, free, held_out),
+                           "held_out_normals_split_halves": fm.distances(judge, held_out[:half], held_out[half:])}
     ideal = torch.stack([torch.from_numpy(reference)[None] for reference, _ in refs])
     for fill in ("dit", "dit-noise-start", "dit-harmonic-start", "harmonic", "paste"):
-        result["generator"][f"oracle/{fill}_vs_lesion_free_renders"] = distances(judge, filled_by[("oracle", fill)], ideal)
+        result["generator"][f"oracle/{fill}_vs_lesion_free_renders"] = fm.distances(judge, filled_by[("oracle", fill)], ideal)
     result["seconds"] = round(time.perf_counter() - started, 1)
     write_grids(result["stem"], test, model, card, chosen, masks, filled_by, ideal, priors)
     (RESULTS / f"{result['stem'].replace('fidelity', 'dit')}_samples.png").write_bytes(grid([[overlay(x[0].numpy(), None) for x in free[r:r + 8]]

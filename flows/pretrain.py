@@ -33,15 +33,22 @@ def train_classifier_task(dataset_uri: str, models_uri: str, settings: Classifie
 
 @task(retries=1, retry_delay_seconds=10, task_run_name="train-dit")
 def train_generator_task(dataset_uri: str, normals: list[str], models_uri: str, settings: GeneratorSettings,
-                         image_size: int, num_labels: int) -> dict:
+                         image_size: int, num_labels: int, real_data: bool = False) -> dict:
     """The normal DiT (on ``normals``), or with conditioning "labels" the DfT-Caption DiT (on the
-    labelled train split of ``dataset_uri``, never on a normals corpus)."""
+    labelled train split of ``dataset_uri``, never on a normals corpus). On real data
+    (``real_data``: not the phantom) with no checkpoint and no normals named, the shipped
+    generator for the size (weights/, tasks.pretrain.shipped_dit) when there is one."""
     if settings.checkpoint:
         return reuse("dit", settings.checkpoint)
     labelled = settings.conditioning == "labels"
+    shipped = shipped_generator(settings, image_size, real_data)
+    if shipped:
+        get_run_logger().info(f"using the shipped normal-X-ray generator {shipped} (its card is beside it); "
+                              "set generator.checkpoint, or generator.normals to train one, to use another")
+        return {**reuse("dit", shipped), "shipped": True}
     config = DiTConfig(image_size=image_size, patch_size=settings.patch_size, depth=settings.depth,
                        num_heads=settings.num_heads, head_dim=settings.head_dim, conditioning=settings.conditioning,
-                       num_labels=num_labels if labelled else 0)
+                       num_labels=num_labels if labelled else 0, prediction=settings.prediction)
     train = DiTTrainConfig(steps=settings.steps, batch_size=settings.batch_size, lr=settings.lr, seed=settings.seed,
                            warmup_steps=settings.warmup_steps or min(200, max(1, settings.steps // 10)))
     label = "label-conditioned DiT training" if labelled else "normal DiT training"
@@ -54,6 +61,13 @@ def train_generator_task(dataset_uri: str, normals: list[str], models_uri: str, 
     said_reused(handle)
     return {"kind": "dit", "id": handle["id"], "uri": handle["uri"], "reused": bool(handle.get("reused")),
             "history": handle["history"]}
+
+
+def shipped_generator(settings: GeneratorSettings, image_size: int, real_data: bool) -> str | None:
+    """The shipped generator (weights/) when the settings leave the choice to us: real data, no
+    checkpoint, no normals corpus to train on, a plain normal DiT, and one shipped at this size."""
+    plain = settings.conditioning == "none" and not settings.normals and not settings.checkpoint
+    return pretrain.shipped_dit(image_size) if real_data and plain else None
 
 
 def said_reused(handle: dict) -> None:
@@ -88,7 +102,7 @@ def pretrain_flow(dataset_uri: str, models_uri: str, classifier: ClassifierSetti
         classifier_handle = train_classifier_task(dataset_uri, models_uri, classifier, len(manifest["labels"]),
                                                   manifest["image_size"])
         generator_handle = train_generator_task(dataset_uri, normals, models_uri, generator, manifest["image_size"],
-                                                len(manifest["labels"]))
+                                                len(manifest["labels"]), manifest.get("name") != "phantom")
         done({"classifier": classifier_handle["uri"], "generator": generator_handle["uri"],
               "reused": [k for k, h in (("classifier", classifier_handle), ("generator", generator_handle))
                          if h.get("reused")]})

@@ -95,12 +95,13 @@ class GeneratorSettings:
     num_heads: int = 4  # attention heads
     head_dim: int = 32  # width per head (model width = num_heads x head_dim)
     conditioning: str = "none"  # "mask": an inpainting DiT; "labels": DfT-Caption, sampled from finding sets (models/dit.py)
+    prediction: str = "sample"  # the DiT predicts the clean image ("sample") or the noise ("epsilon"; blocky at patch 8)
     steps: int = 2000  # optimiser steps
     batch_size: int = 32  # normal images per step
     lr: float = 3e-4  # AdamW learning rate
     warmup_steps: int | None = None  # linear learning-rate warm-up (default: a tenth of the steps, at most 200)
     seed: int = 0  # initialisation, noise and shuffling
-    checkpoint: str | None = None  # reuse this checkpoint URI instead of training
+    checkpoint: str | None = None  # use this checkpoint URI instead of training (null on real data: weights/ when it has the size)
 
 
 JUDGES = ("rules", "anthropic", "none")  # tasks.knowledge.make_judge builds each

@@ -6,12 +6,15 @@ A checkpoint is ``torch.save`` of a plain dict: ``format`` (which model, which v
 code is unpickled; every section is plain data, checked when saved, and the config is checked
 field by field when loaded (a field this code does not know is an error, not ignored). Its
 identity is the sha256 of its bytes, the ``classifier_id`` / ``generator_id`` of lineage.
+Shipped weights (weights/) are the same content as a safetensors file (``save_safetensors``);
+``load`` reads both.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import json
 import numbers
 from dataclasses import asdict, fields
 from typing import Any
@@ -29,11 +32,38 @@ def save(format_name: str, config, state_dict: dict, **sections: dict) -> bytes:
     return buffer.getvalue()
 
 
+def save_safetensors(format_name: str, config, state_dict: dict, **sections: dict) -> bytes:
+    """The same checkpoint as a safetensors file (the format weights are shipped in): the
+    tensors, and ``format``, ``config`` and each section as JSON strings in its metadata."""
+    from safetensors.torch import save as save_tensors
+
+    state = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+    metadata = {"format": format_name, "config": json.dumps(to_plain(asdict(config), "config"), sort_keys=True),
+                **{name: json.dumps(to_plain(value, name), sort_keys=True) for name, value in sections.items()}}
+    return save_tensors(state, metadata=metadata)
+
+
+def is_safetensors(data: bytes) -> bool:
+    """safetensors bytes: a little-endian u64 header length, then the JSON header."""
+    return len(data) > 9 and data[8:9] == b"{" and 0 < int.from_bytes(data[:8], "little") <= len(data) - 8
+
+
+def _load_safetensors(data: bytes, map_location) -> dict:
+    from safetensors.torch import load as load_tensors
+
+    header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
+    metadata = header.get("__metadata__", {})
+    blob = {name: (value if name == "format" else json.loads(value)) for name, value in metadata.items()}
+    blob["state_dict"] = {k: v.to(map_location) for k, v in load_tensors(data).items()}
+    return blob
+
+
 def load(data: bytes, format_name: str, aliases: tuple[str, ...] = (),
          map_location: str | torch.device = "cpu") -> dict:
-    """The checkpoint's dict; an error naming what it is when it is not ``format_name`` (or one
-    of the ``aliases`` older files carry)."""
-    blob = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    """The checkpoint's dict, from ``save`` or ``save_safetensors`` bytes; an error naming what
+    it is when it is not ``format_name`` (or one of the ``aliases`` older files carry)."""
+    blob = (_load_safetensors(data, map_location) if is_safetensors(data)
+            else torch.load(io.BytesIO(data), map_location=map_location, weights_only=True))
     found = (blob.get("format") or blob.get("kind")) if isinstance(blob, dict) else type(blob).__name__
     if found != format_name and found not in aliases:
         raise ValueError(f"not a {format_name} checkpoint (format {found!r})")

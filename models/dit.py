@@ -292,6 +292,11 @@ def save_dit(model: DiTTransformer2DModel, config: DiTConfig, extra: dict | None
     return checkpoint.save(DIT_FORMAT, config, model.state_dict(), extra=extra or {})
 
 
+def save_dit_safetensors(model: DiTTransformer2DModel, config: DiTConfig, extra: dict | None = None) -> bytes:
+    """``save_dit`` as a safetensors file (shipped weights); ``load_dit`` reads both."""
+    return checkpoint.save_safetensors(DIT_FORMAT, config, model.state_dict(), extra=extra or {})
+
+
 def load_dit(data: bytes) -> tuple[DiTTransformer2DModel, DiTConfig, dict]:
     blob = checkpoint.load(data, DIT_FORMAT, aliases=("normal-dit",))
     config = checkpoint.from_dict(DiTConfig, blob["config"])

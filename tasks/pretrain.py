@@ -10,7 +10,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 from dataclasses import asdict
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -154,6 +156,18 @@ def train_normal_dit(dataset_uris: list[str], models_uri: str, config: DiTConfig
         return known
     images, shards = load_normals(dataset_uris, config.image_size, adult_only, splits)
     return _fit_dit(models_uri, recipe, config, train, images, None, shards, dataset_uris, progress)
+
+
+def weights_dir() -> Path:
+    """The shipped weights: ``weights/`` of the checkout ($TAILFORGE_CHECKOUT in the worker images)."""
+    return Path(os.environ.get("TAILFORGE_CHECKOUT") or Path(__file__).resolve().parents[1]) / "weights"
+
+
+def shipped_dit(image_size: int) -> str | None:
+    """The shipped normal-X-ray generator for ``image_size`` px (trained on real normal chest
+    X-rays, card beside it), or None when none is shipped for that size."""
+    path = weights_dir() / f"normal_dit_{image_size}.safetensors"
+    return str(path) if path.exists() else None
 
 
 def train_label_dit(dataset_uri: str, models_uri: str, config: DiTConfig, train: DiTTrainConfig,
