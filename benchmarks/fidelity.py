@@ -26,7 +26,7 @@ import io
 import json
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +42,7 @@ from benchmarks.bench_models import trained_before  # noqa: E402
 from benchmarks.common import RESULTS, commit, machine, save  # noqa: E402
 from benchmarks.phantom_truth import _replay  # noqa: E402
 from flows.settings import tailforge_home  # noqa: E402
-from models.cam import LocaliseConfig, class_maps, map_to_mask, raw_maps, refine, relocate, removal_masks  # noqa: E402
+from models.cam import LocaliseConfig, MaskConfig, class_maps, map_to_mask, raw_maps, refine, relocate, removal_masks  # noqa: E402
 from models.classifier import ClassifierConfig, load_checkpoint  # noqa: E402
 from models.dit import DiTConfig, DiTTrainConfig, build_scheduler, load_dit  # noqa: E402
 from models.fill import harmonic_fill, paste_fill  # noqa: E402
@@ -59,6 +59,7 @@ SEED, JUDGE_SEED = 21, 22
 PRODUCT = AugmentSettings()  # the product's defaults are what is measured
 NOISE_START = InpaintConfig(steps=25, jump_length=5, resample=2)
 HARMONIC_START = InpaintConfig(steps=25, jump_length=5, resample=2, init="harmonic", strength=0.6)
+MASK_GROWTH = (4, 6, 8)  # CAM masks grown by these many pixels too (the default is PRODUCT.mask.dilate_px)
 
 
 def prepare(size: int, n: int, dit_steps: int, conditioning: str = "none", prediction: str = "sample") -> dict:
@@ -161,13 +162,18 @@ def removal_set(truths: list[dict], card, limit: int) -> list[tuple[int, list[st
     return out[:limit]
 
 
+def cam_masks(model, card, images, chosen, priors, mask: MaskConfig = PRODUCT.mask) -> list:
+    """The product's CAM mask results for the chosen images (its localisation, ``mask`` settings)."""
+    remove = [[card.labels.index(n) for n in names] for _, names in chosen]
+    return removal_masks(model, images, remove, PRODUCT.cam_method, mask, localise=PRODUCT.localise,
+                         priors=priors, thresholds=card.thresholds)
+
+
 def mask_sources(model, card, test, truth, chosen, seeds, priors) -> dict[str, list[np.ndarray | None]]:
     """Per image: the product's CAM mask (None when the product would quarantine it), the oracle
     mask and the random control."""
     images = test.images[[i for i, _ in chosen]]
-    remove = [[card.labels.index(n) for n in names] for _, names in chosen]
-    cam = removal_masks(model, images, remove, PRODUCT.cam_method, PRODUCT.mask, localise=PRODUCT.localise,
-                        priors=priors, thresholds=card.thresholds)
+    cam = cam_masks(model, card, images, chosen, priors)
     oracle = []
     for i, names in chosen:
         union = np.zeros(images.shape[-2:], dtype=bool)
@@ -309,6 +315,17 @@ def run_size(size: int, args) -> dict:
             print(source, fill, json.dumps({k: v for k, v in removal[f"{source}/{fill}"].items()
                                             if not isinstance(v, dict)}), flush=True)
     result["removal"] = removal
+    result["mask_growth"] = {}  # the product's DiT on CAM masks grown more than the default
+    for grow in MASK_GROWTH:
+        grown = [m.mask if m.outcome == "ok" else None
+                 for m in cam_masks(model, card, images, chosen, priors, replace(PRODUCT.mask, dilate_px=grow))]
+        usable = torch.from_numpy(np.stack([m if m is not None else np.zeros(images.shape[-2:], bool)
+                                            for m in grown])[:, None].astype(np.float32))
+        results = inpaint(dit, scheduler, images, usable, PRODUCT.inpaint, [torch.Generator().manual_seed(s) for s in seeds])
+        after = predict_probs(judge, results)
+        result["mask_growth"][grow] = outcomes(test, card, judge_card, chosen, truth, refs, before, after, grown, results)
+        print("grow", grow, json.dumps({k: v for k, v in result["mask_growth"][grow].items()
+                                         if not isinstance(v, dict)}), flush=True)
     free = sample(dit, scheduler, 128, size, steps=50, generator=torch.Generator().manual_seed(0))
     held_out = normals.images[:256]
     half = len(held_out) // 2  # the floor: two halves of real held-out normals
@@ -385,6 +402,14 @@ def markdown(r: dict) -> str:
         lines.append(f"| {key} | {o['head_lesions']} | {o['removal_signed']} | {o['removal_signed_end_to_end']} | "
                      f"{o['removal_judge']} | {o['removal_absolute']} | {o['coverage_mean']} | {o['tail_lesions']} | "
                      f"{o['retention_signed']} | {o['retention_judge']} |")
+    if r.get("mask_growth"):
+        lines += ["", f"### CAM masks grown further (the product's DiT; default growth {r['product']['mask']['dilate_px']} px)",
+                  "", "| growth px | head lesions | removal signed | end to end | removal judge | lesion covered "
+                  "| tail lesions | retention signed | retention judge |", "|---|---|---|---|---|---|---|---|---|"]
+        for grow, o in r["mask_growth"].items():
+            lines.append(f"| {grow} | {o['head_lesions']} | {o['removal_signed']} | {o['removal_signed_end_to_end']} | "
+                         f"{o['removal_judge']} | {o['coverage_mean']} | {o['tail_lesions']} | "
+                         f"{o['retention_signed']} | {o['retention_judge']} |")
     lines += ["", "## Generator fidelity (judge-classifier features)", "", "| comparison | FID | KID | n |",
               "|---|---|---|---|"]
     for key, d in r["generator"].items():

@@ -37,7 +37,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from diffusers import DDPMScheduler, DiTTransformer2DModel
 from torch import nn
 
