@@ -41,7 +41,7 @@ from tasks.dataset import read_manifest  # noqa: E402
 from tasks.ingest import ingest, ingest_phantom  # noqa: E402
 from tasks.labels import vocabulary  # noqa: E402
 from tasks.phantom import render, sample_labels  # noqa: E402
-from tasks.phantom.stream import _draw_split  # noqa: E402
+from tasks.phantom.stream import draw_split  # noqa: E402
 from tasks.pretrain import grid_png, train_classifier, train_normal_dit  # noqa: E402
 from tasks.tensors import lesion_masks, load_tensors  # noqa: E402
 
@@ -61,7 +61,7 @@ def clean_render(index: int, labels: np.ndarray, size: int) -> np.ndarray:
     vocab = vocabulary("nih")
     rng = np.random.default_rng([SEED, index])
     sample_labels(rng, vocab)
-    _draw_split(rng)
+    draw_split(rng)
     return render(labels, vocab, 64 if size is None else size, rng)[0]
 
 
