@@ -122,22 +122,39 @@ class Scene:
         return (0.1 * band + 0.035 * cortex) * envelope
 
     def _build(self) -> np.ndarray:
-        an = self.anat
-        u, v, du = self.u, self.v, self.du
-        adu = np.abs(du)
-        texture_rng = np.random.default_rng(an.texture_seed)
+        """The anatomy's density map: soft tissue and aerated lungs, then, in this order, what
+        lies over them (each step adds to the map in place, so the sums stay the same)."""
+        t = self._soft_tissue()
+        density = self._aerated_chest(t)
+        self._add_abdomen(density, t)
+        self._add_spine(density)
+        self._add_airways(density, t)
+        for side in (0, 1):
+            self._add_ribs(density, side)
+            self._add_shoulder(density, side)
+        self._add_lung_markings(density)
+        return density.astype(F32)
 
-        # body outline and soft-tissue thickness (thicker in the middle)
+    def _soft_tissue(self) -> np.ndarray:
+        """Body outline and soft-tissue thickness (thicker in the middle); sets ``thickness``."""
+        an = self.anat
+        v, du = self.v, self.du
         half = an.neck_w + (an.body_w - an.neck_w) * sstep((v + 0.02) / an.shoulder_v)
         half = half - 0.03 * np.clip(v - 0.75, 0.0, 1.0)
         thick = np.sqrt(np.clip(1.0 - (du / half) ** 2, 0.0, 1.0)) ** 0.5
-        body = inside(half - adu, 0.01)
+        body = inside(half - np.abs(du), 0.01)
         t = (thick * body).astype(F32)
         self.thickness = t
+        return t
 
+    def _aerated_chest(self, t: np.ndarray) -> np.ndarray:
+        """Soft tissue ``t`` less the air of both lungs, plus the heart; sets ``heart`` and
+        ``lung`` (one soft mask per side, the heart cut out)."""
+        an = self.anat
+        v = self.v
         heart = self.heart_mask()
         self.heart = heart
-        lungs = np.zeros_like(u)  # air thickness: lung masks weighted by the lungs' depth
+        lungs = np.zeros_like(self.u)  # air thickness: lung masks weighted by the lungs' depth
         self.lung = []
         for side in (0, 1):
             sd = an.sides[side]
@@ -149,9 +166,12 @@ class Scene:
         # and bases (breasts, posterior recesses) lie under more tissue
         overlay = (0.1 * sstep((v - 0.45) / 0.35) + 0.12 * sstep((0.22 - v) / 0.12))
         above = 1.0 - inside(v - an.sides[1].dome(self.lateral(1)), 0.03)
-        density = t * (1.0 - an.air * lungs * (1.0 - overlay)) + 0.12 * heart * above * t
+        return t * (1.0 - an.air * lungs * (1.0 - overlay)) + 0.12 * heart * above * t
 
-        # abdomen below the domes (liver under the right dome), gastric bubble under the left
+    def _add_abdomen(self, density: np.ndarray, t: np.ndarray) -> None:
+        """Abdomen below the domes (liver under the right dome), gastric bubble under the left."""
+        an = self.anat
+        v = self.v
         for side in (0, 1):
             sd = an.sides[side]
             a = self.lateral(side)
@@ -164,15 +184,21 @@ class Scene:
         bubble *= inside((gb_v + 0.006) - v, 0.004)  # gas on top of a flat fluid level
         density -= 0.32 * bubble * t
 
-        # spine: vertebral bodies with disc spaces, pedicles, visible through the mediastinum
+    def _add_spine(self, density: np.ndarray) -> None:
+        """Vertebral bodies with disc spaces, pedicles, visible through the mediastinum."""
+        an = self.anat
+        adu = np.abs(self.du)
         spine = inside(an.spine_w - adu, 0.008)
         period = 0.058
-        phase = (v / period + an.spine_phase) % 1.0
+        phase = (self.v / period + an.spine_phase) % 1.0
         vert = sstep(np.abs(phase - 0.5) * -8.0 + 3.6)  # 1 inside a body, 0 in a disc space
         pedicle = bump(((adu - 0.65 * an.spine_w) / 0.011) ** 2 + ((phase - 0.32) / 0.14) ** 2)
         density += spine * (0.12 + 0.07 * vert) + 0.08 * pedicle * spine
 
-        # trachea and main bronchi (air: darker)
+    def _add_airways(self, density: np.ndarray, t: np.ndarray) -> None:
+        """Trachea and main bronchi (air: darker)."""
+        an = self.anat
+        u, v = self.u, self.v
         tr = inside(an.trachea_w - np.abs(u - an.trachea_u), 0.006)
         tr *= inside(an.carina_v - v, 0.01)
         bronchi = 0.0
@@ -183,39 +209,51 @@ class Scene:
             bronchi = bronchi + inside(0.008 - polyline_distance(u, v, pts), 0.006)
         density -= 0.22 * np.clip(tr + bronchi, 0.0, 1.0) * t
 
-        # ribs (posterior: curved arcs from the spine; anterior: faint, descending medially),
-        # clavicles, humeral heads
-        n_ribs = 10
-        k = np.arange(n_ribs, dtype=F32)[:, None, None]
-        for side in (0, 1):
-            sd = an.sides[side]
-            a = self.lateral(side)
-            v0 = sd.rib_v0 + k * sd.rib_step
-            density += self.rib_density(side, v0).sum(axis=0)
-            # anterior ribs: lateral at v1, descending medially with slope ~0.45
-            ka = np.arange(6, dtype=F32)[:, None, None]
-            v1 = sd.rib_v0 + 0.06 + ka * (sd.rib_step * 1.05)
-            centre = v1 + 0.45 * (sd.a_lat - a) - 0.8 * (sd.a_lat - a) ** 2
-            ant = inside(0.012 - np.abs(v - centre), 0.008)
-            ant_env = sstep((a - 0.1) / 0.06) * inside(sd.a_lat + 0.01 - a, 0.02)
-            density += 0.05 * (ant * ant_env).sum(axis=0)
-            # clavicle: medial end near the manubrium, lateral end higher
-            ca = np.clip(a - 0.035, 0.0, None)
-            centre = sd.clav_v - sd.clav_rise * (ca / 0.27) + 0.012 * np.sin(ca / 0.27 * 2 * math.pi)
-            clav = inside(0.013 + 0.004 * (0.3 - a) / 0.3 - np.abs(v - centre), 0.006)
-            clav *= sstep((a - 0.035) / 0.02) * inside(0.31 - a, 0.02)
-            clav_cortex = inside(0.004 - np.abs(np.abs(v - centre) - 0.009), 0.004)
-            density += (0.2 * clav + 0.08 * clav_cortex * (clav > 0))
-            # humeral head in the upper outer corner
-            head = inside(ellipse_distance(a - (an.body_w + 0.05), v - 0.15, 0.075, 0.09), 0.015)
-            density += 0.25 * head
-            # lateral border of the scapula: a faint oblique line over the outer upper lung
-            sc_c = 0.36 - 0.28 * (v - 0.15)
-            scap = inside(0.01 - np.abs(a - sc_c), 0.008) * inside(0.42 - v, 0.06)
-            scap *= inside(v - 0.14, 0.02)
-            density += 0.05 * scap
+    def _add_ribs(self, density: np.ndarray, side: int) -> None:
+        """Ribs of ``side``: posterior (curved arcs from the spine) and anterior (faint,
+        descending medially)."""
+        sd = self.anat.sides[side]
+        v = self.v
+        a = self.lateral(side)
+        k = np.arange(10, dtype=F32)[:, None, None]  # ten posterior ribs
+        v0 = sd.rib_v0 + k * sd.rib_step
+        density += self.rib_density(side, v0).sum(axis=0)
+        # anterior ribs: lateral at v1, descending medially with slope ~0.45
+        ka = np.arange(6, dtype=F32)[:, None, None]
+        v1 = sd.rib_v0 + 0.06 + ka * (sd.rib_step * 1.05)
+        centre = v1 + 0.45 * (sd.a_lat - a) - 0.8 * (sd.a_lat - a) ** 2
+        ant = inside(0.012 - np.abs(v - centre), 0.008)
+        ant_env = sstep((a - 0.1) / 0.06) * inside(sd.a_lat + 0.01 - a, 0.02)
+        density += 0.05 * (ant * ant_env).sum(axis=0)
 
-        # lung markings: vessels radiating from the hila, tapering outwards; hilar shadows
+    def _add_shoulder(self, density: np.ndarray, side: int) -> None:
+        """Clavicle, humeral head and the lateral border of the scapula of ``side``."""
+        an = self.anat
+        sd = an.sides[side]
+        v = self.v
+        a = self.lateral(side)
+        # clavicle: medial end near the manubrium, lateral end higher
+        ca = np.clip(a - 0.035, 0.0, None)
+        centre = sd.clav_v - sd.clav_rise * (ca / 0.27) + 0.012 * np.sin(ca / 0.27 * 2 * math.pi)
+        clav = inside(0.013 + 0.004 * (0.3 - a) / 0.3 - np.abs(v - centre), 0.006)
+        clav *= sstep((a - 0.035) / 0.02) * inside(0.31 - a, 0.02)
+        clav_cortex = inside(0.004 - np.abs(np.abs(v - centre) - 0.009), 0.004)
+        density += (0.2 * clav + 0.08 * clav_cortex * (clav > 0))
+        # humeral head in the upper outer corner
+        head = inside(ellipse_distance(a - (an.body_w + 0.05), v - 0.15, 0.075, 0.09), 0.015)
+        density += 0.25 * head
+        # lateral border of the scapula: a faint oblique line over the outer upper lung
+        sc_c = 0.36 - 0.28 * (v - 0.15)
+        scap = inside(0.01 - np.abs(a - sc_c), 0.008) * inside(0.42 - v, 0.06)
+        scap *= inside(v - 0.14, 0.02)
+        density += 0.05 * scap
+
+    def _add_lung_markings(self, density: np.ndarray) -> None:
+        """Vessels radiating from the hila, tapering outwards, and hilar shadows; sets ``vessels``
+        (one map per side)."""
+        an = self.anat
+        u, v = self.u, self.v
+        texture_rng = np.random.default_rng(an.texture_seed)
         self.vessels = []
         # streaks elongated along rays from the hilum: value noise on a (angle, radius) lattice
         tex = value_noise(texture_rng, 9, u, v)
@@ -238,4 +276,3 @@ class Scene:
                                          + 0.14 * hilum + 0.06 * (tex - 0.5))
             self.vessels.append(vessels)
             density += vessels
-        return density.astype(F32)
