@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from flows.cli import main
-from imagefiles import NIH_HEADER, pattern, png_bytes, write_csv
+from tests.imagefiles import NIH_HEADER, pattern, png_bytes, write_csv
 
 
 @pytest.fixture
@@ -167,7 +167,7 @@ def test_the_readme_commands_that_need_only_shared_data_run_as_written(tmp_path)
     import os
     import shlex
 
-    from conftest import SHARED_DATA
+    from tests.conftest import SHARED_DATA
 
     if not (SHARED_DATA / "nih1000").exists() or not (SHARED_DATA / "normals").exists():
         pytest.skip(f"{SHARED_DATA} is not here")
