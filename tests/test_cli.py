@@ -73,9 +73,10 @@ def test_a_reader_that_leaves_early_gets_no_traceback():
 
 
 def test_piped_output_is_not_wrapped_at_80_columns_and_a_slow_temporary_server_says_what_to_do():
-    from flows.cli import EPHEMERAL_TIMEOUT, _console, user_message
+    from flows.cli import EPHEMERAL_TIMEOUT, user_message
+    from flows.printers import stdout_console
 
-    assert _console().width >= 400  # pytest's stdout is not a terminal
+    assert stdout_console().width >= 400  # pytest's stdout is not a terminal
     message = user_message(RuntimeError(EPHEMERAL_TIMEOUT + ". stderr: Traceback ... database is locked"))
     assert "--local-server" in message and "PREFECT_API_URL" in message and "Traceback" not in message
 
