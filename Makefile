@@ -22,25 +22,25 @@ test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q
 
 bench: $(STAMP)
-	$(VENV)/bin/python benchmarks/bench_ingest.py
-	$(VENV)/bin/python benchmarks/bench_plan.py --llm
+	$(VENV)/bin/python -m benchmarks.bench_ingest
+	$(VENV)/bin/python -m benchmarks.bench_plan --llm
 
 # the paper's experiment on nih1000 and the phantom, and the factory's throughput (about an hour on 2 cores)
 experiment: $(STAMP)
-	$(VENV)/bin/python benchmarks/experiment.py
+	$(VENV)/bin/python -m benchmarks.experiment
 
 # re-train the shipped normal-X-ray generator (weights/normal_dit_128.*) on ../shared/data/normals
 weights: $(STAMP)
-	$(VENV)/bin/python benchmarks/train_normal_dit.py --source real --size 128 --steps 4000 --ship
+	$(VENV)/bin/python -m benchmarks.train_normal_dit --source real --size 128 --steps 4000 --ship
 
 # sample fidelity on phantom ground truth at 64 and 128 px (about an hour on 2 cores, with training)
 fidelity: $(STAMP)
-	$(VENV)/bin/python benchmarks/fidelity.py
+	$(VENV)/bin/python -m benchmarks.fidelity
 
 # kill -9 and resume, hostile inputs, the query fence, LLM faults, concurrent writers, a killed gpu slot
 # holder on a real Prefect server (about 5 minutes on 2 cores; --no-prefect skips the server)
 reliability: $(STAMP)
-	$(VENV)/bin/python benchmarks/reliability.py
+	$(VENV)/bin/python -m benchmarks.reliability
 
 clean:
 	rm -rf $(VENV) .tailforge

@@ -1,6 +1,6 @@
 """Catalog scale: lineage lookups and per-class counts over a million sample rows.
 
-    python benchmarks/bench_catalog.py [--rows 1000000]
+    python -m benchmarks.bench_catalog [--rows 1000000]
 
 Writes a synthetic root (a "real" dataset and a generated one pointing at it, 50,000-row
 shards written by the project's own ShardWriter, so rows are sorted by id as in production;
@@ -13,22 +13,18 @@ from __future__ import annotations
 import argparse
 import hashlib
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.common import save  # noqa: E402
-from tasks.catalog import open_catalog, query  # noqa: E402
-from tasks.dataset import ShardWriter, finish_manifest, sample_schema  # noqa: E402
-from tasks.images import encode_mask, encode_png  # noqa: E402
-from tasks.knowledge import RulesJudge, Question, export_decisions  # noqa: E402
-from tasks.labels import vocabulary  # noqa: E402
+from benchmarks.common import save
+from tasks.catalog import open_catalog, query
+from tasks.dataset import ShardWriter, finish_manifest, sample_schema
+from tasks.images import encode_mask, encode_png
+from tasks.knowledge import RulesJudge, Question, export_decisions
+from tasks.labels import vocabulary
 
 PER_CLASS = ("SELECT night, class, count(*) AS n FROM (SELECT date_trunc('day', s.created_at) AS night, "
              "unnest(d.tail) AS class FROM samples s JOIN decisions d USING (decision_id) "

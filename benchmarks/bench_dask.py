@@ -1,6 +1,6 @@
 """Augment's Dask fan-out with 1 and 2 workers: throughput and its ratio (issue 14).
 
-    python benchmarks/bench_dask.py [--batches 16] [--seconds 2.0]
+    python -m benchmarks.bench_dask [--batches 16] [--seconds 2.0]
 
 Real batches are CPU-bound here and this machine has 2 cores, so two workers would only split
 them; a GPU host's batch is bound by its GPU, not the host's CPU. So each batch is a stand-in
@@ -23,10 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.common import save  # noqa: E402
+from benchmarks.common import ROOT, save
 
 
 def stand_in_batch(index: int, seconds: float) -> int:
@@ -104,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
     finally:
         server.stop()
     ratio = results["2_workers"]["batches_per_s"] / results["1_workers"]["batches_per_s"]
-    report = {"command": " ".join(["python benchmarks/bench_dask.py", *(argv or sys.argv[1:])]),
+    report = {"command": " ".join(["python -m benchmarks.bench_dask", *(argv or sys.argv[1:])]),
               "batches": args.batches, "stand_in_seconds": args.seconds,
               "results": results, "ratio_2_over_1": round(ratio, 3)}
     print(save("bench_dask", report).read_text())

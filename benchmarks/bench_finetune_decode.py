@@ -1,22 +1,18 @@
 """The fine-tune stage with its data decoded once per run (the product) against decoded again in
 every setting's task (the code before issue 13), on the outputs of `make demo`.
 
-    make demo && python benchmarks/bench_finetune_decode.py [--home .tailforge]
+    make demo && python -m benchmarks.bench_finetune_decode [--home .tailforge]
 """
 
 from __future__ import annotations
 
 import argparse
 import glob
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.common import save  # noqa: E402
-from flows.settings import tailforge_home  # noqa: E402
-from tasks import finetune as work  # noqa: E402
+from benchmarks.common import save
+from flows.settings import tailforge_home
+from tasks import finetune as work
 
 DEMO = {"epochs": 3, "beta": 0.5, "lr": 0.0003, "bootstrap": 200}  # flows/demo.yaml's finetune section
 

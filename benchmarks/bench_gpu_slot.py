@@ -1,7 +1,7 @@
 """What the `gpu` slot costs an augment batch, on a real local Prefect server backed by SQLite
 and by PostgreSQL (issue 14, "the slot stall").
 
-    python benchmarks/bench_gpu_slot.py [--tasks 30] [--backends sqlite postgres]
+    python -m benchmarks.bench_gpu_slot [--tasks 30] [--backends sqlite postgres]
 
 Three flows of empty tasks run one after another (as augment runs its batches at
 ``parallel: 1``), each timed from submit to result:
@@ -30,10 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.common import save  # noqa: E402
+from benchmarks.common import ROOT, save
 
 FLOWS = ("bare", "slot per batch", "slots per run")
 
@@ -128,7 +125,8 @@ def measure(backend: str, n: int, work: Path) -> dict:
 
 
 def _child(env: dict) -> dict:
-    done = subprocess.run([sys.executable, __file__, "--child"], env=env, capture_output=True, text=True, timeout=1800)
+    done = subprocess.run([sys.executable, "-m", "benchmarks.bench_gpu_slot", "--child"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=1800)
     if done.returncode != 0:
         raise RuntimeError(f"the measuring process failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -163,7 +161,7 @@ def main(argv: list[str] | None = None) -> dict:
         results = {backend: measure(backend, args.tasks, work) for backend in args.backends}
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    report = {"command": " ".join(["python benchmarks/bench_gpu_slot.py", *(argv or sys.argv[1:])]),
+    report = {"command": " ".join(["python -m benchmarks.bench_gpu_slot", *(argv or sys.argv[1:])]),
               "results": results, "seconds": round(time.perf_counter() - started, 1)}
     print(save("bench_gpu_slot", report).read_text())
     return report

@@ -1,7 +1,7 @@
 """TRCGL-Net's classifier parts (issue 16) on the phantom: does each part help, and where do
 the class-attention maps point?
 
-    nice -n 19 python benchmarks/bench_heads.py [--n 3000] [--epochs 6] [--size 64]
+    nice -n 19 python -m benchmarks.bench_heads [--n 3000] [--epochs 6] [--size 64]
 
 A resnet18 per variant (linear, se, attention, gcn, se+attention+gcn), same data, seed and
 training (tasks.pretrain.train_classifier), scored on the test split: macro/head/tail AUROC
@@ -19,22 +19,18 @@ import sys
 import time
 from pathlib import Path
 
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import models  # noqa: E402,F401  (torchvision guard)
-from benchmarks import fidelity_measures as fm  # noqa: E402
-from benchmarks.common import RESULTS, save  # noqa: E402
-from benchmarks.fidelity import head_lesions  # noqa: E402
-from flows.settings import tailforge_home  # noqa: E402
-from models.cam import LocaliseConfig, MaskConfig, map_to_mask, raw_maps  # noqa: E402
-from models.classifier import ClassifierConfig, load_checkpoint  # noqa: E402
-from models.training import TrainConfig  # noqa: E402
-from tasks import store  # noqa: E402
-from tasks.ingest import ingest_phantom  # noqa: E402
-from tasks.pretrain import train_classifier  # noqa: E402
-from tasks.tensors import lesion_masks, load_tensors  # noqa: E402
+import models  # noqa: F401  (torchvision guard)
+from benchmarks import fidelity_measures as fm
+from benchmarks.common import RESULTS, save
+from benchmarks.fidelity import head_lesions
+from flows.settings import tailforge_home
+from models.cam import LocaliseConfig, MaskConfig, map_to_mask, raw_maps
+from models.classifier import ClassifierConfig, load_checkpoint
+from models.training import TrainConfig
+from tasks import store
+from tasks.ingest import ingest_phantom
+from tasks.pretrain import train_classifier
+from tasks.tensors import lesion_masks, load_tensors
 
 SEED = 21  # the phantom seed of bench_models / fidelity
 VARIANTS = {"linear": {}, "se": {"se": True}, "attention": {"head": "attention"}, "gcn": {"gcn": True},
@@ -99,7 +95,7 @@ def main() -> None:
     ingest_phantom(dataset, args.n, size=args.size, seed=SEED)
     train = TrainConfig(epochs=args.epochs, batch_size=64, seed=0)
     test = load_tensors(dataset, splits=("test",), columns=("lesion_masks",))
-    results = {"command": " ".join(["nice -n 19 .venv/bin/python benchmarks/bench_heads.py", *sys.argv[1:]]),
+    results = {"command": " ".join(["nice -n 19 .venv/bin/python -m benchmarks.bench_heads", *sys.argv[1:]]),
                "settings": {k: v for k, v in vars(args).items() if k != "home"}, "test_images": len(test),
                "variants": {}, "localisation": []}
     handles = {}

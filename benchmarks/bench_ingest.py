@@ -1,6 +1,6 @@
 """Ingest and phantom throughput (images/s) on this machine.
 
-    python benchmarks/bench_ingest.py [--repeats 3] [--quick]
+    python -m benchmarks.bench_ingest [--repeats 3] [--quick]
 
 Writes benchmarks/results/ingest.json. Median over repeats; absolute times only describe the
 machine recorded beside them. Real-data rows are skipped when ../shared/data is absent.
@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.common import SHARED_DATA, rate, save, timed  # noqa: E402
-from tasks import sources  # noqa: E402
-from tasks.ingest import IngestOptions, ingest, ingest_phantom  # noqa: E402
-from tasks.phantom import phantom_images  # noqa: E402
+from benchmarks.common import SHARED_DATA, rate, save, timed
+from tasks import sources
+from tasks.ingest import IngestOptions, ingest, ingest_phantom
+from tasks.phantom import phantom_images
 
 
 def _fresh(tmp: Path, name: str, counter=[0]) -> str:

@@ -1,22 +1,18 @@
 """The evaluation's cost: `evaluate` with a 1000-draw bootstrap on a test split of the size the
 fine-tune flow scores (212 images, 14 classes). Was a timed test; timing belongs here.
 
-    python benchmarks/bench_metrics.py [--repeats 5]
+    python -m benchmarks.bench_metrics [--repeats 5]
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.common import save, timed  # noqa: E402
-from models.metrics import evaluate  # noqa: E402
+from benchmarks.common import save, timed
+from models.metrics import evaluate
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """Measure the learned parts on phantom (truth known) and real NIH images.
 
-    python benchmarks/bench_models.py [--phantom-n 3000] [--dit-steps 800] [--real-dit URI]
+    python -m benchmarks.bench_models [--phantom-n 3000] [--dit-steps 800] [--real-dit URI]
 
 1. classifier (resnet18, 64 px) on a phantom dataset and on nih1000: test metrics;
 2. Grad-CAM localisation of head lesions on phantom test images against ground-truth masks
@@ -19,31 +19,26 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import asdict
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.common import RESULTS, SHARED_DATA, save  # noqa: E402
-from flows.settings import tailforge_home  # noqa: E402
-from models.cam import MaskConfig, cam_maps, removal_masks  # noqa: E402
-from models.classifier import ClassifierConfig, load_checkpoint  # noqa: E402
-from models.dit import DiTConfig, DiTTrainConfig, build_scheduler, load_dit  # noqa: E402
-from models.inpaint import InpaintConfig, inpaint  # noqa: E402
-from models.training import TrainConfig, predict_probs  # noqa: E402
-from tasks import sources, store  # noqa: E402
-from tasks.dataset import read_manifest  # noqa: E402
-from tasks.ingest import ingest, ingest_phantom  # noqa: E402
-from tasks.labels import vocabulary  # noqa: E402
-from tasks.phantom import render, sample_labels  # noqa: E402
-from tasks.phantom.stream import _draw_split  # noqa: E402
-from tasks.pretrain import grid_png, train_classifier, train_normal_dit  # noqa: E402
-from tasks.tensors import lesion_masks, load_tensors  # noqa: E402
+from benchmarks.common import RESULTS, SHARED_DATA, save
+from flows.settings import tailforge_home
+from models.cam import MaskConfig, cam_maps, removal_masks
+from models.classifier import ClassifierConfig, load_checkpoint
+from models.dit import DiTConfig, DiTTrainConfig, build_scheduler, load_dit
+from models.inpaint import InpaintConfig, inpaint
+from models.training import TrainConfig, predict_probs
+from tasks import sources, store
+from tasks.ingest import ingest, ingest_phantom
+from tasks.labels import vocabulary
+from tasks.phantom import render, sample_labels
+from tasks.phantom.stream import draw_split
+from tasks.pretrain import grid_png, train_classifier, train_normal_dit
+from tasks.tensors import lesion_masks, load_tensors
 
 INPAINT = InpaintConfig(steps=25, jump_length=5, resample=2)
 MASKS = MaskConfig(threshold=0.5, dilate_px=2, max_area=0.35)
@@ -61,7 +56,7 @@ def clean_render(index: int, labels: np.ndarray, size: int) -> np.ndarray:
     vocab = vocabulary("nih")
     rng = np.random.default_rng([SEED, index])
     sample_labels(rng, vocab)
-    _draw_split(rng)
+    draw_split(rng)
     return render(labels, vocab, 64 if size is None else size, rng)[0]
 
 
@@ -272,7 +267,7 @@ def main() -> None:
         record = RESULTS / "dit_real.json"
         real_dit = args.real_dit or (json.loads(record.read_text())["checkpoint"]["uri"] if record.exists() else None)
         if real_dit is None or not store.exists(real_dit):
-            print("no DiT trained on real normals (run benchmarks/train_normal_dit.py); NIH inpainting skipped")
+            print("no DiT trained on real normals (run `python -m benchmarks.train_normal_dit`); NIH inpainting skipped")
             print(f"written: {save('models', results)}")
             return
         results["nih_inpainting_generator"] = real_dit

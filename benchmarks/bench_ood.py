@@ -1,7 +1,7 @@
 """Does the OOD post-selection filter catch broken samples that today's quality score passes?
 (issue 16: a sample whose top 10 rows were noise passed with quality 1.21, limit 6.0)
 
-    python benchmarks/bench_ood.py [--size 64] [--n 200]
+    python -m benchmarks.bench_ood [--size 64] [--n 200]
 
 On the phantom of benchmarks/fidelity.py (its dataset and normal DiT, trained when absent):
 real held-out images (test split) against the same images broken five ways inside a
@@ -18,23 +18,19 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.common import RESULTS, save  # noqa: E402
-from benchmarks.fidelity import prepare  # noqa: E402
-from models.dit import build_scheduler, load_dit  # noqa: E402
-from models.metrics import auroc  # noqa: E402
-from models.ood import OODConfig, OODScorer  # noqa: E402
-from models.quality import QualityScorer  # noqa: E402
-from tasks import store  # noqa: E402
-from tasks.augment import AugmentSettings  # noqa: E402
-from tasks.tensors import load_tensors  # noqa: E402
+from benchmarks.common import RESULTS, save
+from benchmarks.fidelity import prepare
+from models.dit import build_scheduler, load_dit
+from models.metrics import auroc
+from models.ood import OODConfig, OODScorer
+from models.quality import QualityScorer
+from tasks import store
+from tasks.augment import AugmentSettings
+from tasks.tensors import load_tensors
 
 KINDS = ("noise_patch", "noise_top_rows", "blank_patch", "black_patch", "misplaced_paste")
 
@@ -99,7 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
         table[kind] = row
     real_rejected = {"ood": round(float((scores["real"]["ood"] > ood.threshold).mean()), 4),
                      "quality": round(float((scores["real"]["quality"] > quality_cut).mean()), 4)}
-    report = {"command": " ".join(["python benchmarks/bench_ood.py", *(argv or sys.argv[1:])]),
+    report = {"command": " ".join(["python -m benchmarks.bench_ood", *(argv or sys.argv[1:])]),
               "size": args.size, "dit": prep["dit"], "images": int(real.shape[0]),
               "calibration_images": int(calibration.shape[0]), "ood_config": ood_config.__dict__,
               "ood_threshold": round(ood.threshold, 3), "quality_cut": quality_cut,

@@ -1,6 +1,6 @@
 """Planning at full-table scale: NIH (112,120 rows) and CheXpert (223,414 rows).
 
-    python benchmarks/bench_plan.py [--llm]
+    python -m benchmarks.bench_plan [--llm]
 
 Builds synthetic datasets of that size whose label sets come from the phantom's calibrated
 prevalence/co-occurrence model (tiny 8x8 PNGs stand in for images; planning never reads
@@ -14,22 +14,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-
-from benchmarks.common import save  # noqa: E402
-from tasks.dataset import ShardWriter, finish_manifest, sample_schema  # noqa: E402
-from tasks.images import encode_png  # noqa: E402
-from tasks.knowledge import AnthropicJudge, LLMSettings, plan  # noqa: E402
-from tasks.labels import vocabulary  # noqa: E402
-from tasks.phantom import sample_labels  # noqa: E402
+from benchmarks.common import save
+from tasks.dataset import ShardWriter, finish_manifest, sample_schema
+from tasks.images import encode_png
+from tasks.knowledge import AnthropicJudge, LLMSettings, plan
+from tasks.labels import vocabulary
+from tasks.phantom import sample_labels
 
 SIZES = {"nih": 112_120, "chexpert": 223_414}
 
@@ -72,7 +67,7 @@ def main() -> None:
                    "cold_decisions_made": cold.cache_misses, "warm_cache_hits": warm.cache_hits,
                    "images_to_generate": cold.images_to_generate}
             if args.llm:
-                from fake_anthropic import FakeAnthropic
+                from tests.fake_anthropic import FakeAnthropic
 
                 with FakeAnthropic("ok") as fake:
                     os.environ.update({"ANTHROPIC_API_KEY": "bench", "ANTHROPIC_BASE_URL": fake.url})

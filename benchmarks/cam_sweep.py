@@ -1,6 +1,6 @@
 """Which CAM method and target layer localise head lesions best? Phantom ground truth.
 
-    python benchmarks/cam_sweep.py   (after bench_models.py has trained the phantom classifier)
+    python -m benchmarks.cam_sweep   (after bench_models.py has trained the phantom classifier)
 
 Reuses the phantom classifier of bench_models.py; sweeps GradCAM / GradCAM++ / LayerCAM /
 EigenCAM over ResNet stages layer1 (16x16 at 64 px), layer2 (8x8), layer3 (4x4). Writes
@@ -10,19 +10,15 @@ benchmarks/results/cam_sweep.json.
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import asdict
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.bench_models import SEED, localisation, trained_before  # noqa: E402
-from benchmarks.common import save  # noqa: E402
-from flows.settings import tailforge_home  # noqa: E402
-from models.classifier import load_checkpoint  # noqa: E402
-from models.training import TrainConfig  # noqa: E402
-from tasks import store  # noqa: E402
-from tasks.tensors import lesion_masks, load_tensors  # noqa: E402
+from benchmarks.bench_models import SEED, localisation, trained_before
+from benchmarks.common import save
+from flows.settings import tailforge_home
+from models.classifier import load_checkpoint
+from models.training import TrainConfig
+from tasks import store
+from tasks.tensors import lesion_masks, load_tensors
 
 
 def main(n: int = 3000, epochs: int = 8) -> None:
@@ -30,7 +26,7 @@ def main(n: int = 3000, epochs: int = 8) -> None:
     handle = trained_before(str(tailforge_home() / "models"), "classifier", phantom,
                             asdict(TrainConfig(epochs=epochs, batch_size=64, seed=0)))
     if handle is None:
-        raise SystemExit("run benchmarks/bench_models.py first (it trains the phantom classifier)")
+        raise SystemExit("run `python -m benchmarks.bench_models` first (it trains the phantom classifier)")
     model, _, card = load_checkpoint(store.read_bytes(handle["uri"]))
     test = load_tensors(phantom, splits=("test",), columns=("lesion_masks",))
     truth = lesion_masks(test.table)

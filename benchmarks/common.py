@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+ROOT = Path(__file__).resolve().parents[1]  # the checkout: child processes run `python -m benchmarks.X` there
 RESULTS = Path(__file__).resolve().parent / "results"
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

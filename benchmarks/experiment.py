@@ -1,11 +1,11 @@
 """The paper's experiment on real X-rays and on the phantom, and the factory's throughput: one command.
 
-    python benchmarks/experiment.py                       # everything (about an hour on 2 cores)
-    python benchmarks/experiment.py --part nih1000 --seeds 0 1 2
-    python benchmarks/experiment.py --part phantom
-    python benchmarks/experiment.py --part throughput
-    python benchmarks/experiment.py --quick --out /tmp/x  # a small smoke run of the whole path
-    python benchmarks/experiment.py --rebuild             # tables and plots again from saved results
+    python -m benchmarks.experiment                       # everything (about an hour on 2 cores)
+    python -m benchmarks.experiment --part nih1000 --seeds 0 1 2
+    python -m benchmarks.experiment --part phantom
+    python -m benchmarks.experiment --part throughput
+    python -m benchmarks.experiment --quick --out /tmp/x  # a small smoke run of the whole path
+    python -m benchmarks.experiment --rebuild             # tables and plots again from saved results
 
 Parts:
 - ``nih1000``: ../shared/data/nih1000 with its fixed split, the DiT trained on the real adult
@@ -31,24 +31,21 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks import paper, phantom_truth, tables  # noqa: E402
-from benchmarks.bench_models import trained_before  # noqa: E402
-from benchmarks.common import RESULTS, SHARED_DATA, commit, machine  # noqa: E402
-from benchmarks.train_normal_dit import dataset as normals_dataset  # noqa: E402
-from flows.settings import tailforge_home  # noqa: E402
-from models.dit import DiTConfig, DiTTrainConfig  # noqa: E402
-from models.metrics import compare_settings  # noqa: E402
-from models.training import TrainConfig  # noqa: E402
-from tasks import sources  # noqa: E402
-from tasks.finetune import FinetuneSettings  # noqa: E402
-from tasks.ingest import ingest, ingest_phantom  # noqa: E402
-from tasks.knowledge import NoGuidanceJudge, RulesJudge, plan  # noqa: E402
-from tasks.dataset import read_manifest  # noqa: E402
-from tasks.pretrain import train_label_dit, train_normal_dit  # noqa: E402
-from tasks.tensors import load_tensors  # noqa: E402
+from benchmarks import paper, phantom_truth, tables
+from benchmarks.bench_models import trained_before
+from benchmarks.common import RESULTS, SHARED_DATA, commit, machine
+from benchmarks.train_normal_dit import dataset as normals_dataset
+from flows.settings import tailforge_home
+from models.dit import DiTConfig, DiTTrainConfig
+from models.metrics import compare_settings
+from models.training import TrainConfig
+from tasks import sources
+from tasks.finetune import FinetuneSettings
+from tasks.ingest import ingest, ingest_phantom
+from tasks.knowledge import NoGuidanceJudge, RulesJudge, plan
+from tasks.dataset import read_manifest
+from tasks.pretrain import train_label_dit, train_normal_dit
+from tasks.tensors import load_tensors
 
 PHANTOM_SEED = 21
 
@@ -128,7 +125,7 @@ def markdown(part: str, result: dict, data: dict, seconds: float) -> str:
     comparison, tail = result["comparison"], result["tail"]
     lines = [f"# The paper's experiment: {part}", "",
              f"Commit `{result['commit']}`, {result['machine']['cpu']} ({result['machine']['cores']} cores, no GPU), "
-             f"{seconds / 60:.0f} min. Command: `python benchmarks/experiment.py --part {part}`."
+             f"{seconds / 60:.0f} min. Command: `python -m benchmarks.experiment --part {part}`."
              + (f" Tables rebuilt from the saved probabilities (4 decimals) at commit `{result['summarised_at_commit']}` "
                 f"(`--rebuild`)." if result.get("summarised_at_commit") else ""), "",
              f"- Data: {data['source']}; split train {result['split']['train']} / val {result['split']['val']} / "
@@ -209,7 +206,7 @@ def run_part(part: str, args, out_dir: Path) -> None:
         result["ground_truth"] = ground_truth(result, dataset, part_dir)
     seconds = time.perf_counter() - started
     payload = {"commit": commit(), "machine": machine(), "part": part, "data": data, "seconds": round(seconds, 1),
-               "command": " ".join(["python benchmarks/experiment.py", *sys.argv[1:]]), **result}
+               "command": " ".join(["python -m benchmarks.experiment", *sys.argv[1:]]), **result}
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir, part, payload)
     (out_dir / f"experiment_{part}.md").write_text(markdown(part, payload, data, seconds))

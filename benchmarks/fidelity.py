@@ -1,7 +1,7 @@
 """Sample fidelity on phantom ground truth: do the masks land on the head lesion, and does the
 fill paint it out? One command, `make fidelity`:
 
-    python benchmarks/fidelity.py [--sizes 64 128] [--n 3000] [--images 96] [--dit-steps 2000]
+    python -m benchmarks.fidelity [--sizes 64 128] [--n 3000] [--images 96] [--dit-steps 2000]
 
 Per size: a phantom dataset (seed 21) and its ResNet-18 classifier (the product's masks), a
 judge classifier on another phantom seed (22, never used for masks), and a DiT trained on the
@@ -24,36 +24,31 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import sys
 import time
 from dataclasses import asdict, replace
-from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import models  # noqa: E402,F401  (torchvision guard)
-from benchmarks import fidelity_measures as fm  # noqa: E402
-from benchmarks.bench_models import trained_before  # noqa: E402
-from benchmarks.common import RESULTS, commit, machine, save  # noqa: E402
-from benchmarks.phantom_truth import _replay  # noqa: E402
-from flows.settings import tailforge_home  # noqa: E402
-from models.cam import LocaliseConfig, MaskConfig, class_maps, map_to_mask, raw_maps, refine, relocate, removal_masks  # noqa: E402
-from models.classifier import ClassifierConfig, load_checkpoint  # noqa: E402
-from models.dit import DiTConfig, DiTTrainConfig, build_scheduler, load_dit  # noqa: E402
-from models.fill import harmonic_fill, paste_fill  # noqa: E402
-from models.inpaint import InpaintConfig, inpaint  # noqa: E402
-from models.sampling import sample  # noqa: E402
-from models.training import TrainConfig, predict_probs  # noqa: E402
-from tasks import store  # noqa: E402
-from tasks.augment import AugmentSettings  # noqa: E402
-from tasks.ingest import ingest_phantom  # noqa: E402
-from tasks.pretrain import card_location_prior, location_prior, train_classifier, train_normal_dit  # noqa: E402
-from tasks.tensors import lesion_masks, load_tensors  # noqa: E402
+import models  # noqa: F401  (torchvision guard)
+from benchmarks import fidelity_measures as fm
+from benchmarks.bench_models import trained_before
+from benchmarks.common import RESULTS, commit, machine, save
+from benchmarks.phantom_truth import _replay
+from flows.settings import tailforge_home
+from models.cam import LocaliseConfig, MaskConfig, class_maps, map_to_mask, raw_maps, refine, relocate, removal_masks
+from models.classifier import ClassifierConfig, load_checkpoint
+from models.dit import DiTConfig, DiTTrainConfig, build_scheduler, load_dit
+from models.fill import harmonic_fill, paste_fill
+from models.inpaint import InpaintConfig, inpaint
+from models.sampling import sample
+from models.training import TrainConfig, predict_probs
+from tasks import store
+from tasks.augment import AugmentSettings
+from tasks.ingest import ingest_phantom
+from tasks.pretrain import card_location_prior, location_prior, train_classifier, train_normal_dit
+from tasks.tensors import lesion_masks, load_tensors
 
 SEED, JUDGE_SEED = 21, 22
 PRODUCT = AugmentSettings()  # the product's defaults are what is measured
@@ -365,7 +360,7 @@ def markdown(r: dict) -> str:
     loc = r["localisation"]
     lines = [f"# Sample fidelity on the phantom at {r['size']} px", "",
              f"Commit `{commit()}`; machine: {machine()['cpu']}, {machine()['cores']} cores, no GPU. "
-             f"Command: `python benchmarks/fidelity.py --sizes {r['size']} --n {r['args']['n']} "
+             f"Command: `python -m benchmarks.fidelity --sizes {r['size']} --n {r['args']['n']} "
              f"--images {r['args']['images']} --dit-steps {r['args']['dit_steps']}"
              f"{'' if r['args']['dit_conditioning'] == 'none' else ' --dit-conditioning ' + r['args']['dit_conditioning']}"
              f"{' --dit-prediction epsilon' if r['args'].get('dit_prediction') == 'epsilon' else ''}`"

@@ -1,6 +1,6 @@
 """Write a PNG contact sheet of phantom images so a person can look at them.
 
-    python benchmarks/phantom_grid.py out.png [--n 16] [--size 128] [--seed 0] [--vocab nih]
+    python -m benchmarks.phantom_grid out.png [--n 16] [--size 128] [--seed 0] [--vocab nih]
         [--finding NAME ...] [--masks]
 
 Each tile is one phantom image with its positive findings printed under it ("normal" when
@@ -12,17 +12,14 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tasks.labels import vocabulary  # noqa: E402
-from tasks.phantom import phantom_images, render  # noqa: E402
+from tasks.labels import vocabulary
+from tasks.phantom import phantom_images, render
 
 COLOURS = [(255, 80, 80), (80, 200, 255), (255, 210, 60), (120, 255, 120), (255, 120, 255),
            (255, 160, 60), (160, 160, 255)]

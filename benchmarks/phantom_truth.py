@@ -25,7 +25,7 @@ from tasks.images import decode_mask, decode_png
 from tasks.knowledge import Decision
 from tasks.labels import vocabulary
 from tasks.phantom import render, sample_labels
-from tasks.phantom.stream import _draw_split
+from tasks.phantom.stream import draw_split
 from tasks.tensors import lesion_masks, load_tensors
 
 HALF = 0.5
@@ -44,7 +44,7 @@ def _replay(source_uri: str, labels: np.ndarray, vocab_name: str, size: int) -> 
     vocab = vocabulary(vocab_name)
     rng = np.random.default_rng([seed, index])
     sample_labels(rng, vocab)
-    _draw_split(rng)
+    draw_split(rng)
     return render(labels, vocab, size, rng)[0].astype(np.float32) / 255
 
 

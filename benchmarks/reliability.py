@@ -3,7 +3,7 @@ corpus, the query fence probes, LLM fault modes, two writers into one dataset (i
 augment), an S3 outage during ingest and augment, and a killed holder of the `gpu` slot on a
 real Prefect server; on loopback and small data.
 
-    python benchmarks/reliability.py [--n 300] [--size 32] [--kills 12] [--augment-kills 20] [--no-prefect]
+    python -m benchmarks.reliability [--n 300] [--size 32] [--kills 12] [--augment-kills 20] [--no-prefect]
 
 Writes benchmarks/results/reliability.{json,md}: per section trials, survived, lost, duplicated,
 crashes, hangs and leaks. Each section runs in its own process under a time limit (a section
@@ -23,11 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "tests")]  # tests/: the fence probes and the fake Anthropic server
+from benchmarks.common import RESULTS, ROOT, save
+from benchmarks.reliability_sections import COUNTS, add, tally
 
-from benchmarks.common import RESULTS, save  # noqa: E402
-from benchmarks.reliability_sections import COUNTS, add, tally  # noqa: E402
 
 SECTION_LIMIT_S = {"ingest_kill": 600, "augment_kill": 1500, "hostile": 300, "fence": 300, "llm": 480,
                    "concurrent": 400, "concurrent_augment": 600, "s3_outage": 1800, "gpu_lease": 600}
@@ -47,12 +45,12 @@ def run_section(name: str, args: argparse.Namespace, work: Path) -> dict:
     """Run one section in a child process (its own session), killed at its time limit."""
     work.mkdir(parents=True)
     result_file, log_file = work / "result.json", work / "log.txt"
-    command = [sys.executable, str(Path(__file__).resolve()), "--section", name, "--section-out", str(result_file),
+    command = [sys.executable, "-m", "benchmarks.reliability", "--section", name, "--section-out", str(result_file),
                *_passthrough(args)]
     env = {**os.environ, "TAILFORGE_HOME": str(work / "home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     started = time.monotonic()
     with open(log_file, "w") as log:
-        child = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+        child = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                                  start_new_session=True)
         try:
             child.wait(timeout=SECTION_LIMIT_S[name])
@@ -99,7 +97,7 @@ def markdown(payload: dict) -> str:
     s, sections = payload["settings"], payload["sections"]
     lines = ["# Reliability suite", "",
              f"Commit {payload['commit']}, {payload['machine']['cores']} cores, {payload['seconds']:.0f} s. "
-             f"`python benchmarks/reliability.py {' '.join(s['argv'])}` (phantom/ingest n={s['n']} at {s['size']} px, "
+             f"`python -m benchmarks.reliability {' '.join(s['argv'])}` (phantom/ingest n={s['n']} at {s['size']} px, "
              f"shards of {s['shard_rows']} rows). Loopback only; small data.", "",
              "| section | " + " | ".join(COUNTS) + " | seconds |", "|---|" + "---:|" * (len(COUNTS) + 1)]
     for name, r in sections.items():

@@ -13,10 +13,10 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks.common import ROOT
 from benchmarks.reliability_sections import (_kill_when, _shards, _start, add, cli, finish,
                                              leftovers, tally)
 
-REPO = Path(__file__).resolve().parents[1]
 # the fast end of the product: EigenCAM needs no trained gradients and the removal check is off,
 # so every candidate becomes a row at this size; the writes are the product's
 SETTINGS = """name: reliability
@@ -120,7 +120,7 @@ def augment_kill_trial(world: dict, out: Path, point: tuple[str, float], referen
     ready = {"delay": lambda: time.monotonic() - started >= value, "shards": lambda: _shards(out) >= value,
              "temp": lambda: _shards(out) >= value and _temp_writing(out),
              "manifest": lambda: _manifest_writing(out)}[kind]
-    child = subprocess.Popen([sys.executable, "-m", "flows.cli", *command], cwd=REPO, env=world["env"],
+    child = subprocess.Popen([sys.executable, "-m", "flows.cli", *command], cwd=ROOT, env=world["env"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     finished, killed_at = _kill_when(child, ready)
     at_kill = {"rows": row_count(out) if out.exists() else 0, "temps": len(list(out.rglob(".*.tmp-*"))),

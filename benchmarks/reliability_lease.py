@@ -14,9 +14,10 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.reliability_sections import REPO, tally
+from benchmarks.common import ROOT
+from benchmarks.reliability_sections import tally
 
-HOLDER = ("import sys, time; sys.path.insert(0, {repo!r})\n"
+HOLDER = ("import time\n"
           "from prefect.concurrency.sync import concurrency\n"
           "from flows.gpu import GPU_LEASE_S\n"
           "with concurrency('gpu', occupy=1, lease_duration=GPU_LEASE_S):\n"
@@ -71,7 +72,7 @@ def section_gpu_lease(args, work: Path) -> dict:
     holder = None
     try:
         server.ensure_gpu_limit(1)
-        holder = subprocess.Popen([sys.executable, "-c", HOLDER.format(repo=str(REPO))], cwd=REPO,
+        holder = subprocess.Popen([sys.executable, "-c", HOLDER], cwd=ROOT,
                                   stdout=subprocess.PIPE, text=True, env=dict(os.environ))
         if not _wait_for_line(holder, "held", 180.0):
             raise RuntimeError("the slot holder did not take the `gpu` slot within 180 s")

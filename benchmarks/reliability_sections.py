@@ -13,9 +13,9 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks.common import ROOT
 from benchmarks.reliability_corpus import NIH_HEADER, PATIENT_TAGS, build, image_bytes, pattern
 
-REPO = Path(__file__).resolve().parents[1]
 COUNTS = ("trials", "survived", "lost", "duplicated", "crashes", "hangs", "leaks")
 COMMAND_LIMIT_S = 180.0  # one CLI command of this suite at its small sizes takes seconds
 API_KEY = "sk-ant-reliability-KEY-do-not-leak"
@@ -135,7 +135,7 @@ def kill_trial(command: list[str], out: Path, point: tuple[str, float], referenc
     started = time.monotonic()
     ready = {"delay": lambda: time.monotonic() - started >= value, "shards": lambda: _shards(out) >= value,
              "temp": lambda: _shards(out) >= value and _writing(out)}[kind]
-    child = subprocess.Popen([sys.executable, "-m", "flows.cli", *command], cwd=REPO,
+    child = subprocess.Popen([sys.executable, "-m", "flows.cli", *command], cwd=ROOT,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     finished, killed_at = _kill_when(child, ready)
     at_kill = {"rows": len(dataset_rows(out)[0]), "temps": len(list(out.rglob(".*.tmp-*"))),
@@ -218,7 +218,7 @@ def section_concurrent(args, work: Path) -> dict:
 
 
 def _start(command: list[str], env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "flows.cli", *command], cwd=REPO, env=env, stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "flows.cli", *command], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 
@@ -258,7 +258,7 @@ def _column(dataset: Path | str, part: str, name: str) -> list:
 def section_fence(args, work: Path) -> dict:
     """The probes of tests/test_query_fence.py through `query` (layer 1 and 2), and the raw writes
     on the connection alone (layer 2): each refused, nothing written anywhere."""
-    import test_query_fence as probes
+    from tests import test_query_fence as probes
     from tasks.catalog import QueryRefused, open_catalog, query
 
     world = probes.build_world(work)
@@ -297,7 +297,7 @@ def _refused(catalog, sql: str, layer: str, refusal: type) -> bool:
 def section_llm(args, work: Path) -> dict:
     """`plan --judge anthropic` against tests/fake_anthropic.py in every mode, each under a
     wall-clock bound: it finishes, falls back with the right kind, and the key leaks nowhere."""
-    from fake_anthropic import FakeAnthropic
+    from tests.fake_anthropic import FakeAnthropic
     from tasks.ingest import ingest_phantom
 
     dataset = str(work / "llm-ds")

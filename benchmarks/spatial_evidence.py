@@ -2,7 +2,7 @@
 "the head class's CAM mask overlaps the tail class's CAM region" catch the overlaps that
 ground truth shows, better than the rules judge's prior?
 
-    python benchmarks/spatial_evidence.py     (after bench_models.py: reuses its phantom classifier)
+    python -m benchmarks.spatial_evidence     (after bench_models.py: reuses its phantom classifier)
 
 For every test/val image with a head and a tail lesion, for each (head, tail) pair:
 truth = the ground-truth masks touch (dilated 2 px); rules = the rules table says entangled;
@@ -13,24 +13,20 @@ recall of "overlap" for each predictor. Writes benchmarks/results/spatial_eviden
 from __future__ import annotations
 
 import argparse
-import sys
 from dataclasses import asdict
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.bench_models import MASKS, SEED, trained_before  # noqa: E402
-from benchmarks.common import save  # noqa: E402
-from flows.settings import tailforge_home  # noqa: E402
-from models.cam import cam_maps, map_to_mask  # noqa: E402
-from models.classifier import load_checkpoint  # noqa: E402
-from models.training import TrainConfig  # noqa: E402
-from tasks import store  # noqa: E402
-from tasks.knowledge.rules import entangled  # noqa: E402
-from tasks.tensors import lesion_masks, load_tensors  # noqa: E402
+from benchmarks.bench_models import MASKS, SEED, trained_before
+from benchmarks.common import save
+from flows.settings import tailforge_home
+from models.cam import cam_maps, map_to_mask
+from models.classifier import load_checkpoint
+from models.training import TrainConfig
+from tasks import store
+from tasks.knowledge.rules import entangled
+from tasks.tensors import lesion_masks, load_tensors
 
 
 def scores(predicted: list[bool], truth: list[bool]) -> dict:
@@ -48,7 +44,7 @@ def main() -> None:
     handle = trained_before(str(tailforge_home() / "models"), "classifier", phantom,
                             asdict(TrainConfig(epochs=8, batch_size=64, seed=0)))
     if handle is None:
-        raise SystemExit("run benchmarks/bench_models.py first")
+        raise SystemExit("run `python -m benchmarks.bench_models` first")
     model, _, card = load_checkpoint(store.read_bytes(handle["uri"]))
     data = load_tensors(phantom, splits=("test", "val"), columns=("lesion_masks",))
     truth_masks = lesion_masks(data.table)

@@ -2,7 +2,7 @@
 10,000-image augment run on a real Prefect server (batched against one task per image), and
 LLM calls per run and on a rerun.
 
-    python benchmarks/throughput.py [--quick]     (or: python benchmarks/experiment.py --part throughput)
+    python -m benchmarks.throughput [--quick]     (or: python -m benchmarks.experiment --part throughput)
 
 Stages are medians over repeats. The batched run generates 10,000 images; one task per image
 is measured on 300 (its cost is per task, so it scales linearly). The augment runs use tiny models (a 32 px phantom, a
@@ -27,24 +27,20 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-
-from benchmarks.common import RESULTS, SHARED_DATA, commit, machine, rate, timed  # noqa: E402
-from flows.settings import tailforge_home  # noqa: E402
-from models.classifier import ClassifierConfig, build_classifier, load_checkpoint  # noqa: E402
-from models.cam import cam_maps  # noqa: E402
-from models.dit import DiTConfig, DiTTrainConfig, build_dit, build_scheduler, load_dit  # noqa: E402
-from models.inpaint import InpaintConfig, inpaint  # noqa: E402
-from models.training import TrainConfig, fit_classifier  # noqa: E402
-from tasks import sources, store  # noqa: E402
-from tasks.dataset import ShardWriter, sample_schema  # noqa: E402
-from tasks.ingest import IngestOptions, ingest, ingest_phantom  # noqa: E402
-from tasks.knowledge import AnthropicJudge, LLMSettings, plan  # noqa: E402
-from tasks.phantom import phantom_images  # noqa: E402
-from tasks.pretrain import train_classifier, train_normal_dit  # noqa: E402
-from tasks.tensors import load_tensors  # noqa: E402
+from benchmarks.common import RESULTS, ROOT, SHARED_DATA, commit, machine, rate, timed
+from flows.settings import tailforge_home
+from models.classifier import ClassifierConfig, build_classifier
+from models.cam import cam_maps
+from models.dit import DiTConfig, DiTTrainConfig, build_dit, build_scheduler, load_dit
+from models.inpaint import InpaintConfig, inpaint
+from models.training import TrainConfig, fit_classifier
+from tasks import sources, store
+from tasks.dataset import ShardWriter, sample_schema
+from tasks.ingest import IngestOptions, ingest, ingest_phantom
+from tasks.knowledge import AnthropicJudge, LLMSettings, plan
+from tasks.phantom import phantom_images
+from tasks.pretrain import train_classifier, train_normal_dit
+from tasks.tensors import load_tensors
 
 # the tail split that makes the most phantom train images candidates (about 1 in 10)
 WIDE_TAIL = ("Cardiomegaly", "Infiltration", "Nodule", "Consolidation", "Emphysema", "Fibrosis")
@@ -167,7 +163,7 @@ def task_cost(tasks: int = 15) -> dict:
 
 
 def _child(args: list[str], env: dict) -> dict:
-    ran = subprocess.run([sys.executable, __file__, *args], env=env, cwd=ROOT, capture_output=True, text=True)
+    ran = subprocess.run([sys.executable, "-m", "benchmarks.throughput", *args], env=env, cwd=ROOT, capture_output=True, text=True)
     if ran.returncode:
         raise RuntimeError(f"{args[0]} failed:\n{ran.stderr[-3000:]}")
     return json.loads(ran.stdout.strip().splitlines()[-1])
@@ -235,7 +231,7 @@ def orchestration(work: Path, images: int, per_image: int, real_rate: float | No
 
 def llm_calls(dataset: str, work: Path) -> dict:
     """Anthropic calls (against the test suite's fake Messages server) for a plan and its rerun."""
-    from fake_anthropic import FakeAnthropic
+    from tests.fake_anthropic import FakeAnthropic
 
     cache = str(work / "llm.duckdb")
     with FakeAnthropic("ok", delay_s=0.0) as fake:
@@ -254,7 +250,7 @@ def llm_calls(dataset: str, work: Path) -> dict:
 
 def markdown(result: dict) -> str:
     lines = ["# Throughput", "", "![stages and overhead](throughput.png)", "", f"Commit `{result['commit']}`, {result['machine']['cpu']} "
-             f"({result['machine']['cores']} cores, no GPU). Command: `python benchmarks/experiment.py --part throughput`. "
+             f"({result['machine']['cores']} cores, no GPU). Command: `python -m benchmarks.experiment --part throughput`. "
              "Absolute times describe this machine only; compare ratios.", "",
              "## Stages (median of repeats)", "", "| stage | images | images/s |", "|---|---|---|"]
     for name, entry in result["stages"].items():

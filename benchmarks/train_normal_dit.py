@@ -1,8 +1,8 @@
 """Train the normal-X-ray DiT and measure it: loss curve, sample grid, fidelity; ship it.
 
-    python benchmarks/train_normal_dit.py --source real --steps 3000      # ../shared/data/normals (adult)
-    python benchmarks/train_normal_dit.py --source phantom --steps 1500   # phantom normals
-    python benchmarks/train_normal_dit.py --source real --size 128 --steps 4000 --ship   # `make weights`
+    python -m benchmarks.train_normal_dit --source real --steps 3000      # ../shared/data/normals (adult)
+    python -m benchmarks.train_normal_dit --source phantom --steps 1500   # phantom normals
+    python -m benchmarks.train_normal_dit --source real --size 128 --steps 4000 --ship   # `make weights`
 
 The checkpoint goes to $TAILFORGE_HOME/models (not committed); the grids, the loss curve and
 benchmarks/results/dit_<source>.json (fidelity against held-out normals, settings, timing) are
@@ -20,22 +20,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.common import RESULTS, SHARED_DATA, commit, machine, save  # noqa: E402
-from flows.settings import tailforge_home  # noqa: E402
-from models.dit import DiTConfig, DiTTrainConfig, load_dit  # noqa: E402
-from models.quality import fidelity  # noqa: E402
-from tasks import sources, store  # noqa: E402
-from tasks.ingest import IngestOptions, ingest, ingest_phantom  # noqa: E402
-from tasks.pretrain import grid_png, load_normals, sample_grid, train_normal_dit  # noqa: E402
+from benchmarks.common import RESULTS, SHARED_DATA, commit, machine, save
+from flows.settings import tailforge_home
+from models.dit import DiTConfig, DiTTrainConfig, load_dit
+from models.quality import fidelity
+from tasks import sources, store
+from tasks.ingest import IngestOptions, ingest, ingest_phantom
+from tasks.pretrain import grid_png, load_normals, sample_grid, train_normal_dit
 
 
 def dataset(source: str, size: int, phantom_n: int) -> str:
@@ -170,7 +166,7 @@ def ship(model, config: DiTConfig, record: dict, tag: str) -> None:
             f"- Training: {train['steps']} steps of batch {train['batch_size']}, AdamW lr {train['lr']}, "
             f"{record['history']['seconds'] / 60:.0f} min on {machine()['cores']} CPU cores "
             f"({machine()['cpu']}, no GPU), commit `{commit()}`.",
-            f"- Command: `python benchmarks/train_normal_dit.py --source real --size {config.image_size} "
+            f"- Command: `python -m benchmarks.train_normal_dit --source real --size {config.image_size} "
             f"--steps {train['steps']} --ship` (`make weights`).",
             "", "## Fidelity (held-out normals)", "",
             "| comparison | FID | KID |", "|---|---|---|",

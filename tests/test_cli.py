@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from flows.cli import main
-from imagefiles import NIH_HEADER, pattern, png_bytes, write_csv
+from tests.imagefiles import NIH_HEADER, pattern, png_bytes, write_csv
 
 
 @pytest.fixture
@@ -73,9 +73,10 @@ def test_a_reader_that_leaves_early_gets_no_traceback():
 
 
 def test_piped_output_is_not_wrapped_at_80_columns_and_a_slow_temporary_server_says_what_to_do():
-    from flows.cli import EPHEMERAL_TIMEOUT, _console, user_message
+    from flows.cli import EPHEMERAL_TIMEOUT, user_message
+    from flows.printers import stdout_console
 
-    assert _console().width >= 400  # pytest's stdout is not a terminal
+    assert stdout_console().width >= 400  # pytest's stdout is not a terminal
     message = user_message(RuntimeError(EPHEMERAL_TIMEOUT + ". stderr: Traceback ... database is locked"))
     assert "--local-server" in message and "PREFECT_API_URL" in message and "Traceback" not in message
 
@@ -167,7 +168,7 @@ def test_the_readme_commands_that_need_only_shared_data_run_as_written(tmp_path)
     import os
     import shlex
 
-    from conftest import SHARED_DATA
+    from tests.conftest import SHARED_DATA
 
     if not (SHARED_DATA / "nih1000").exists() or not (SHARED_DATA / "normals").exists():
         pytest.skip(f"{SHARED_DATA} is not here")

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fake_anthropic import FakeAnthropic
 from flows.augment import augment_flow
 from flows.factory import factory_flow
 from flows.settings import KnowledgeSettings
@@ -20,7 +19,8 @@ from tasks.dataset import QUARANTINE, SAMPLES, existing_rows, read_manifest
 from tasks.images import decode_mask, decode_png
 from tasks.knowledge import plan
 from tasks.locks import DatasetLocked, dataset_lock
-from tiny_factory import TINY
+from tests.fake_anthropic import FakeAnthropic
+from tests.tiny_factory import TINY
 
 
 @pytest.fixture(scope="module")

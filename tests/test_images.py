@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from imagefiles import dicom_bytes, gradient, png_bytes
 from tasks.images import (ImageError, content_id, decode, decode_mask, decode_png, encode_mask, encode_png,
                           resize_square)
+from tests.imagefiles import dicom_bytes, gradient, png_bytes
 
 
 @pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "LA", "P"])

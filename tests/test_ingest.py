@@ -6,12 +6,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from imagefiles import NIH_HEADER, dicom_bytes, gradient, pattern, png_bytes, write_csv
 from tasks import sources, store
 from tasks.dataset import QUARANTINE, SAMPLES, existing_rows, read_manifest, summarize
 from tasks.images import decode_png
 from tasks.ingest import IngestOptions, ingest
 from tasks.labels import vocabulary
+from tests.imagefiles import NIH_HEADER, dicom_bytes, gradient, pattern, png_bytes, write_csv
 
 @pytest.fixture
 def broken_corpus(tmp_path):

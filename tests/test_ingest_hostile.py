@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from imagefiles import png_bytes
 from tasks import sources, store
 from tasks.dataset import QUARANTINE, existing_rows
 from tasks.ingest import IngestOptions, ingest
+from tests.imagefiles import png_bytes
 
 NIH_HEADER = ["Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age",
               "Patient Gender", "View Position"]

@@ -10,9 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fake_anthropic import FakeAnthropic
 from flows.cli import main
-from imagefiles import pattern, png_bytes, write_csv
 from tasks import sources
 from tasks.ingest import IngestOptions, ingest, ingest_phantom
 from tasks.knowledge import (AnthropicJudge, ConfigError, DecisionCache, JudgeError, LLMSettings, NoGuidanceJudge,
@@ -20,6 +18,8 @@ from tasks.knowledge import (AnthropicJudge, ConfigError, DecisionCache, JudgeEr
 from tasks.knowledge.llm import request_body
 from tasks.knowledge.rules import entangled, rules_table, shared_zones
 from tasks.labels import vocabulary
+from tests.fake_anthropic import FakeAnthropic
+from tests.imagefiles import pattern, png_bytes, write_csv
 
 API_KEY = "sk-ant-test-KEY-4f1e9c0d-do-not-leak"
 FAST = LLMSettings(timeout_s=5.0, max_retries=1)  # generous: a busy CI machine must not time out a good answer

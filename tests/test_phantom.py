@@ -268,12 +268,12 @@ def test_cardiomegaly_widens_the_heart():
 
 
 def test_cardiothoracic_ratio_of_the_model():
-    from tasks.phantom import _cardiomegaly, _draw_anatomy
+    from tasks.phantom.anatomy import cardiomegaly, draw_anatomy
 
     for p in range(50):
-        anatomy = _draw_anatomy(np.random.default_rng(p))
+        anatomy = draw_anatomy(np.random.default_rng(p))
         assert 0.33 < anatomy.heart_width / anatomy.thorax_width < 0.48
-        big = _cardiomegaly(anatomy, np.random.default_rng(p + 1000))
+        big = cardiomegaly(anatomy, np.random.default_rng(p + 1000))
         assert big.heart_width / big.thorax_width > 0.53
 
 

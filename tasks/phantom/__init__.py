@@ -28,7 +28,6 @@ Determinism: image ``i`` of ``phantom_images(seed=s)`` uses only ``np.random.def
 
 from __future__ import annotations
 
-from tasks.phantom.anatomy import _cardiomegaly, _draw_anatomy  # noqa: F401 (used by tests)
 from tasks.phantom.checks import MAX_SIZE, MIN_SIZE
 from tasks.phantom.lesions import LESION_KIND
 from tasks.phantom.prevalence import CO_OCCURRENCE, sample_labels

@@ -48,7 +48,7 @@ class _Side:
 
 
 @dataclass(frozen=True)
-class _Anatomy:
+class Anatomy:
     rot: float
     shift_u: float
     shift_v: float
@@ -90,7 +90,7 @@ class _Anatomy:
 _N_ANATOMY_DRAWS = 96
 
 
-def _draw_anatomy(rng: np.random.Generator) -> _Anatomy:
+def draw_anatomy(rng: np.random.Generator) -> Anatomy:
     draws = iter(rng.random(_N_ANATOMY_DRAWS).tolist())  # a fixed number of draws
 
     def U(lo: float, hi: float) -> float:
@@ -117,7 +117,7 @@ def _draw_anatomy(rng: np.random.Generator) -> _Anatomy:
             vessel_phase=U(0.0, 2 * math.pi), vessel_n=int(U(18, 24)),
         ))
     heart_ry = U(0.13, 0.16)
-    return _Anatomy(
+    return Anatomy(
         rot=math.radians(U(-3.0, 3.0)), shift_u=U(-0.02, 0.02), shift_v=U(-0.02, 0.025),
         scale=U(0.95, 1.04),
         sides=(sides[0], sides[1]),
@@ -138,20 +138,20 @@ def _draw_anatomy(rng: np.random.Generator) -> _Anatomy:
 # findings that change the anatomy: new anatomy from the old one
 
 
-def _cardiomegaly(an: _Anatomy, rng: np.random.Generator) -> _Anatomy:
+def cardiomegaly(an: Anatomy, rng: np.random.Generator) -> Anatomy:
     width = rng.uniform(0.55, 0.64) * an.thorax_width  # cardiothoracic ratio > 0.5
     left_share = rng.uniform(0.3, 0.36)
     return replace(an, heart_rl=width * left_share, heart_rr=width * (1 - left_share),
                    heart_ry=an.heart_ry * rng.uniform(1.08, 1.18))
 
 
-def _enlarged_cardiomediastinum(an: _Anatomy, rng: np.random.Generator) -> _Anatomy:
+def enlarged_cardiomediastinum(an: Anatomy, rng: np.random.Generator) -> Anatomy:
     f = rng.uniform(1.7, 2.2)
     sides = tuple(replace(sd, med=sd.med * f) for sd in an.sides)
     return replace(an, sides=sides, knob_r=an.knob_r * rng.uniform(1.3, 1.6))
 
 
-def _emphysema(an: _Anatomy, rng: np.random.Generator) -> _Anatomy:
+def emphysema(an: Anatomy, rng: np.random.Generator) -> Anatomy:
     drop = rng.uniform(0.05, 0.08)
     flat = rng.uniform(0.15, 0.35)
     grow = rng.uniform(0.005, 0.015)
@@ -165,8 +165,8 @@ def _emphysema(an: _Anatomy, rng: np.random.Generator) -> _Anatomy:
                    heart_v=an.heart_v + 0.8 * drop)
 
 
-_MODIFIERS: Mapping[str, Callable[[_Anatomy, np.random.Generator], _Anatomy]] = {
-    "cardiomegaly": _cardiomegaly,
-    "enlarged_cardiomediastinum": _enlarged_cardiomediastinum,
-    "emphysema": _emphysema,
+MODIFIERS: Mapping[str, Callable[[Anatomy, np.random.Generator], Anatomy]] = {
+    "cardiomegaly": cardiomegaly,
+    "enlarged_cardiomediastinum": enlarged_cardiomediastinum,
+    "emphysema": emphysema,
 }

@@ -14,7 +14,7 @@ MIN_SIZE, MAX_SIZE = 32, 1024
 # argument checks
 
 
-def _check_int(name: str, value: object, lo: int | None = None, hi: int | None = None) -> int:
+def check_int(name: str, value: object, lo: int | None = None, hi: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise ValueError(f"{name} must be an integer, got {value!r}")
     value = int(value)
@@ -25,11 +25,11 @@ def _check_int(name: str, value: object, lo: int | None = None, hi: int | None =
     return value
 
 
-def _check_size(size: object) -> int:
-    return _check_int("size", size, lo=MIN_SIZE, hi=MAX_SIZE)
+def check_size(size: object) -> int:
+    return check_int("size", size, lo=MIN_SIZE, hi=MAX_SIZE)
 
 
-def _resolve_vocab(vocab: str | Vocabulary) -> Vocabulary:
+def resolve_vocab(vocab: str | Vocabulary) -> Vocabulary:
     if isinstance(vocab, Vocabulary):
         voc = vocab
     elif isinstance(vocab, str):
@@ -46,7 +46,7 @@ def _check_kinds(voc: Vocabulary) -> None:
         raise ValueError(f"the phantom cannot draw {unknown} (vocabulary {voc.name!r})")
 
 
-def _check_labels(labels: np.ndarray, vocab: Vocabulary) -> np.ndarray:
+def check_labels(labels: np.ndarray, vocab: Vocabulary) -> np.ndarray:
     arr = np.asarray(labels, dtype=np.float32)
     if arr.shape != (len(vocab.findings),):
         raise ValueError(f"labels must have shape ({len(vocab.findings)},), got {arr.shape}")

@@ -11,37 +11,37 @@ import numpy as np
 # ----------------------------------------------------------------------------------------------
 # small vectorised drawing helpers (all arrays float32, coordinates in [0, 1])
 
-_F = np.float32
+F32 = np.float32
 
 
-def _sstep(x: np.ndarray) -> np.ndarray:
+def sstep(x: np.ndarray) -> np.ndarray:
     """Smoothstep: 0 below 0, 1 above 1, C1-smooth in between."""
     t = np.clip(x, 0.0, 1.0)
     return t * t * (3.0 - 2.0 * t)
 
 
-def _inside(d: np.ndarray, w: float) -> np.ndarray:
+def inside(d: np.ndarray, w: float) -> np.ndarray:
     """Soft indicator of ``d > 0`` for a signed distance ``d``; ramp ``w`` wide, compact."""
-    return _sstep(d / w + 0.5)
+    return sstep(d / w + 0.5)
 
 
-def _bump(r2: np.ndarray) -> np.ndarray:
+def bump(r2: np.ndarray) -> np.ndarray:
     """(1 - r^2)^2 for r^2 < 1, else 0: a smooth compact blob."""
     t = np.clip(1.0 - r2, 0.0, 1.0)
     return t * t
 
 
-def _ellipse_distance(du: np.ndarray, dv: np.ndarray, ru: float, rv: float) -> np.ndarray:
+def ellipse_distance(du: np.ndarray, dv: np.ndarray, ru: float, rv: float) -> np.ndarray:
     """First-order signed distance to the ellipse boundary (positive inside)."""
     f = (du / ru) ** 2 + (dv / rv) ** 2
     grad = 2.0 * np.sqrt((du / (ru * ru)) ** 2 + (dv / (rv * rv)) ** 2) + 1e-6
     return (1.0 - f) / grad
 
 
-def _polyline_distance(u: np.ndarray, v: np.ndarray, points: np.ndarray) -> np.ndarray:
+def polyline_distance(u: np.ndarray, v: np.ndarray, points: np.ndarray) -> np.ndarray:
     """Distance from every pixel to a polyline through ``points`` (P, 2) in (u, v)."""
-    a = points[:-1].astype(_F)
-    b = points[1:].astype(_F)
+    a = points[:-1].astype(F32)
+    b = points[1:].astype(F32)
     d = b - a
     len2 = np.maximum((d * d).sum(axis=1), 1e-12)
     ax, ay = a[:, 0, None, None], a[:, 1, None, None]
@@ -52,7 +52,7 @@ def _polyline_distance(u: np.ndarray, v: np.ndarray, points: np.ndarray) -> np.n
     return np.sqrt((ex * ex + ey * ey).min(axis=0))
 
 
-def _spline(points: list[tuple[float, float]], n: int = 6) -> np.ndarray:
+def spline(points: list[tuple[float, float]], n: int = 6) -> np.ndarray:
     """A smooth curve through ``points`` (Catmull-Rom), ``n`` samples per span."""
     p = np.asarray(points, dtype=np.float64)
     p = np.vstack([2 * p[0] - p[1], p, 2 * p[-1] - p[-2]])
@@ -67,26 +67,26 @@ def _spline(points: list[tuple[float, float]], n: int = 6) -> np.ndarray:
     return np.vstack(out)
 
 
-def _value_noise(rng: np.random.Generator, cells: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+def value_noise(rng: np.random.Generator, cells: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Smooth random field in [0, 1] with ``cells`` lattice cells across the unit square."""
-    grid = rng.random((cells + 1, cells + 1)).astype(_F)
+    grid = rng.random((cells + 1, cells + 1)).astype(F32)
     x = np.clip(u, 0.0, 1.0) * cells
     y = np.clip(v, 0.0, 1.0) * cells
     i = np.minimum(x.astype(np.intp), cells - 1)
     j = np.minimum(y.astype(np.intp), cells - 1)
-    fx = _sstep(x - i)
-    fy = _sstep(y - j)
+    fx = sstep(x - i)
+    fy = sstep(y - j)
     top = grid[j, i] * (1 - fx) + grid[j, i + 1] * fx
     bottom = grid[j + 1, i] * (1 - fx) + grid[j + 1, i + 1] * fx
     return top * (1 - fy) + bottom * fy
 
 
-def _lattice_noise(rng: np.random.Generator, nx: int, ny: int, x: np.ndarray, y: np.ndarray
-                   ) -> np.ndarray:
+def lattice_noise(rng: np.random.Generator, nx: int, ny: int, x: np.ndarray, y: np.ndarray
+                  ) -> np.ndarray:
     """Value noise on an ``nx`` x ``ny`` lattice at lattice coordinates (x, y), wrapping around."""
-    grid = rng.random((ny, nx)).astype(_F)
+    grid = rng.random((ny, nx)).astype(F32)
     xf, yf = np.floor(x), np.floor(y)
-    fx, fy = _sstep(x - xf), _sstep(y - yf)
+    fx, fy = sstep(x - xf), sstep(y - yf)
     i0 = xf.astype(np.intp) % nx
     j0 = yf.astype(np.intp) % ny
     i1, j1 = (i0 + 1) % nx, (j0 + 1) % ny
@@ -96,8 +96,8 @@ def _lattice_noise(rng: np.random.Generator, nx: int, ny: int, x: np.ndarray, y:
 
 
 @lru_cache(maxsize=8)
-def _pixel_grid(size: int) -> tuple[np.ndarray, np.ndarray]:
-    c = (np.arange(size, dtype=_F) + 0.5) / size
+def pixel_grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+    c = (np.arange(size, dtype=F32) + 0.5) / size
     y, x = np.meshgrid(c, c, indexing="ij")
     x.setflags(write=False)
     y.setflags(write=False)

@@ -12,7 +12,7 @@ from typing import Mapping
 import numpy as np
 
 from tasks.labels import Vocabulary
-from tasks.phantom.checks import _resolve_vocab
+from tasks.phantom.checks import resolve_vocab
 
 # Latent (Gaussian) correlation of pairs of findings that co-occur on real films. Data, not code:
 # pairs naming a finding outside the vocabulary are skipped, so one table serves both.
@@ -64,8 +64,8 @@ def sample_labels(rng: np.random.Generator, vocab: Vocabulary) -> np.ndarray:
 
     ``vocab`` may also be a vocabulary name. Cheap: no image is drawn.
     """
-    vocab = _resolve_vocab(vocab)
-    model = _label_model(vocab)
+    vocab = resolve_vocab(vocab)
+    model = label_model(vocab)
     k = len(vocab.findings)
     out = np.zeros(k, dtype=np.float32)
     if rng.random() < model.p_normal:
@@ -81,7 +81,7 @@ def sample_labels(rng: np.random.Generator, vocab: Vocabulary) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class _LabelModel:
+class LabelModel:
     p_normal: float
     q: np.ndarray  # P(finding | abnormal)
     chol: np.ndarray  # (K, K) Cholesky factor of the latent correlation
@@ -92,14 +92,14 @@ _CALIBRATION_SAMPLES = 120_000
 _CALIBRATION_SEED = 20_171_122
 
 
-def _label_model(vocab: Vocabulary) -> _LabelModel:
+def label_model(vocab: Vocabulary) -> LabelModel:
     key = (vocab.name, vocab.findings, vocab.normal_label,
            tuple(sorted(vocab.counts.items())), vocab.total)
     return _calibrate(key)
 
 
 @lru_cache(maxsize=16)
-def _calibrate(key: tuple) -> _LabelModel:
+def _calibrate(key: tuple) -> LabelModel:
     name, findings, normal_label, counts_items, total = key
     counts = dict(counts_items)
     k = len(findings)
@@ -141,7 +141,7 @@ def _calibrate(key: tuple) -> _LabelModel:
         else:
             hi = mid
     thresholds = thresholds_for(0.5 * (lo + hi))
-    return _LabelModel(p_normal=p_normal, q=q, chol=chol, thresholds=thresholds)
+    return LabelModel(p_normal=p_normal, q=q, chol=chol, thresholds=thresholds)
 
 
 def _normal_isf(p: float) -> float:

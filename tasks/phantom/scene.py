@@ -7,17 +7,17 @@ import math
 
 import numpy as np
 
-from tasks.phantom.anatomy import _Anatomy
+from tasks.phantom.anatomy import Anatomy
 from tasks.phantom.geometry import (
-    _F,
-    _bump,
-    _ellipse_distance,
-    _inside,
-    _lattice_noise,
-    _pixel_grid,
-    _polyline_distance,
-    _sstep,
-    _value_noise,
+    F32,
+    bump,
+    ellipse_distance,
+    inside,
+    lattice_noise,
+    pixel_grid,
+    polyline_distance,
+    sstep,
+    value_noise,
 )
 
 
@@ -27,15 +27,15 @@ from tasks.phantom.geometry import (
 _EDGE = 0.006  # anatomy edge softness (normalised units)
 
 
-class _Scene:
-    def __init__(self, size: int, anat: _Anatomy):
+class Scene:
+    def __init__(self, size: int, anat: Anatomy):
         self.size = size
         self.anat = anat
-        x, y = _pixel_grid(size)
+        x, y = pixel_grid(size)
         c, s = math.cos(anat.rot), math.sin(anat.rot)
         dx, dy = x - 0.5, y - 0.5
-        self.u = (0.5 + (c * dx + s * dy) / anat.scale - anat.shift_u).astype(_F)
-        self.v = (0.5 + (-s * dx + c * dy) / anat.scale - anat.shift_v).astype(_F)
+        self.u = (0.5 + (c * dx + s * dy) / anat.scale - anat.shift_u).astype(F32)
+        self.v = (0.5 + (-s * dx + c * dy) / anat.scale - anat.shift_v).astype(F32)
         self.du = self.u - 0.5
         self.lung: list[np.ndarray] = []
         self.vessels: list[np.ndarray] = []
@@ -49,28 +49,28 @@ class _Scene:
     def heart_mask(self) -> np.ndarray:
         an = self.anat
         hu = self.u - an.heart_u
-        rx = np.where(hu < 0, _F(an.heart_rl), _F(an.heart_rr))
-        return _inside(_ellipse_distance(hu, self.v - an.heart_v, rx, an.heart_ry), _EDGE)
+        rx = np.where(hu < 0, F32(an.heart_rl), F32(an.heart_rr))
+        return inside(ellipse_distance(hu, self.v - an.heart_v, rx, an.heart_ry), _EDGE)
 
     def medial_limit(self, side: int) -> np.ndarray:
         sd = self.anat.sides[side]
         lim = sd.med + 0.01 * np.clip((self.v - 0.2) / 0.3, 0.0, 1.0)
         if side == 1:  # aortic knob on the patient's left
-            lim = lim + self.anat.knob_r * _bump(((self.v - self.anat.knob_v) / 0.045) ** 2)
+            lim = lim + self.anat.knob_r * bump(((self.v - self.anat.knob_v) / 0.045) ** 2)
         return lim
 
     def hemithorax(self, side: int) -> np.ndarray:
         """Lung space of one side before the heart is cut out (soft mask)."""
         sd = self.anat.sides[side]
         a = self.lateral(side)
-        d_ell = _ellipse_distance(a - sd.a_c, self.v - sd.v_c, sd.r_a, sd.r_v)
+        d_ell = ellipse_distance(a - sd.a_c, self.v - sd.v_c, sd.r_a, sd.r_v)
         d_dome = sd.dome(a) - self.v
         d_med = a - self.medial_limit(side)
-        return _inside(np.minimum(np.minimum(d_ell, d_dome), d_med), _EDGE)
+        return inside(np.minimum(np.minimum(d_ell, d_dome), d_med), _EDGE)
 
     def wall_distance(self, side: int) -> np.ndarray:
         sd = self.anat.sides[side]
-        return _ellipse_distance(self.lateral(side) - sd.a_c, self.v - sd.v_c, sd.r_a, sd.r_v)
+        return ellipse_distance(self.lateral(side) - sd.a_c, self.v - sd.v_c, sd.r_a, sd.r_v)
 
     def inside_lung_point(self, side: int, a: float, v: float, margin: float) -> bool:
         """Whether the point (lateral a, v) lies in the visible lung of ``side``, with a margin."""
@@ -104,7 +104,7 @@ class _Scene:
         return np.clip((film - an.lo) / (an.hi - an.lo), 0.0, 1.0) ** an.gamma
 
     # -- anatomy -------------------------------------------------------------------------------
-    def _rib_density(self, side: int, v0) -> np.ndarray:
+    def rib_density(self, side: int, v0) -> np.ndarray:
         """Posterior ribs of ``side`` starting at the spine at heights ``v0`` (R, 1, 1) or map."""
         sd = self.anat.sides[side]
         a = self.lateral(side)
@@ -114,30 +114,47 @@ class _Scene:
         centre = v0 - sd.rib_b * a + curve * a * a
         dist = np.abs(v - centre)
         half = sd.rib_thick / 2
-        band = _inside(half - dist, 0.006)
-        cortex = _inside(0.0045 - np.abs(dist - half + 0.003), 0.004)
-        envelope = (_inside(_ellipse_distance(a - sd.a_c, v - sd.v_c, sd.r_a + 0.03, sd.r_v + 0.05),
-                            0.02)
-                    * _sstep((a - 0.03) / 0.05))
+        band = inside(half - dist, 0.006)
+        cortex = inside(0.0045 - np.abs(dist - half + 0.003), 0.004)
+        envelope = (inside(ellipse_distance(a - sd.a_c, v - sd.v_c, sd.r_a + 0.03, sd.r_v + 0.05),
+                           0.02)
+                    * sstep((a - 0.03) / 0.05))
         return (0.1 * band + 0.035 * cortex) * envelope
 
     def _build(self) -> np.ndarray:
-        an = self.anat
-        u, v, du = self.u, self.v, self.du
-        adu = np.abs(du)
-        texture_rng = np.random.default_rng(an.texture_seed)
+        """The anatomy's density map: soft tissue and aerated lungs, then, in this order, what
+        lies over them (each step adds to the map in place, so the sums stay the same)."""
+        t = self._soft_tissue()
+        density = self._aerated_chest(t)
+        self._add_abdomen(density, t)
+        self._add_spine(density)
+        self._add_airways(density, t)
+        for side in (0, 1):
+            self._add_ribs(density, side)
+            self._add_shoulder(density, side)
+        self._add_lung_markings(density)
+        return density.astype(F32)
 
-        # body outline and soft-tissue thickness (thicker in the middle)
-        half = an.neck_w + (an.body_w - an.neck_w) * _sstep((v + 0.02) / an.shoulder_v)
+    def _soft_tissue(self) -> np.ndarray:
+        """Body outline and soft-tissue thickness (thicker in the middle); sets ``thickness``."""
+        an = self.anat
+        v, du = self.v, self.du
+        half = an.neck_w + (an.body_w - an.neck_w) * sstep((v + 0.02) / an.shoulder_v)
         half = half - 0.03 * np.clip(v - 0.75, 0.0, 1.0)
         thick = np.sqrt(np.clip(1.0 - (du / half) ** 2, 0.0, 1.0)) ** 0.5
-        body = _inside(half - adu, 0.01)
-        t = (thick * body).astype(_F)
+        body = inside(half - np.abs(du), 0.01)
+        t = (thick * body).astype(F32)
         self.thickness = t
+        return t
 
+    def _aerated_chest(self, t: np.ndarray) -> np.ndarray:
+        """Soft tissue ``t`` less the air of both lungs, plus the heart; sets ``heart`` and
+        ``lung`` (one soft mask per side, the heart cut out)."""
+        an = self.anat
+        v = self.v
         heart = self.heart_mask()
         self.heart = heart
-        lungs = np.zeros_like(u)  # air thickness: lung masks weighted by the lungs' depth
+        lungs = np.zeros_like(self.u)  # air thickness: lung masks weighted by the lungs' depth
         self.lung = []
         for side in (0, 1):
             sd = an.sides[side]
@@ -147,95 +164,115 @@ class _Scene:
             lungs += lung * (0.55 + 0.45 * np.sqrt(np.clip(1.0 - e2, 0.0, 1.0)))
         # aerated lung is darkest in its middle: apices (soft tissue of the neck and shoulders)
         # and bases (breasts, posterior recesses) lie under more tissue
-        overlay = (0.1 * _sstep((v - 0.45) / 0.35) + 0.12 * _sstep((0.22 - v) / 0.12))
-        above = 1.0 - _inside(v - an.sides[1].dome(self.lateral(1)), 0.03)
-        density = t * (1.0 - an.air * lungs * (1.0 - overlay)) + 0.12 * heart * above * t
+        overlay = (0.1 * sstep((v - 0.45) / 0.35) + 0.12 * sstep((0.22 - v) / 0.12))
+        above = 1.0 - inside(v - an.sides[1].dome(self.lateral(1)), 0.03)
+        return t * (1.0 - an.air * lungs * (1.0 - overlay)) + 0.12 * heart * above * t
 
-        # abdomen below the domes (liver under the right dome), gastric bubble under the left
+    def _add_abdomen(self, density: np.ndarray, t: np.ndarray) -> None:
+        """Abdomen below the domes (liver under the right dome), gastric bubble under the left."""
+        an = self.anat
+        v = self.v
         for side in (0, 1):
             sd = an.sides[side]
             a = self.lateral(side)
-            below = _inside(v - sd.dome(a), 0.012) * _sstep(a / 0.02 + 0.5)
+            below = inside(v - sd.dome(a), 0.012) * sstep(a / 0.02 + 0.5)
             density += (0.1 if side == 0 else 0.05) * below * t
         sd1 = an.sides[1]
         gb_a = sd1.dome_a + 0.01
         gb_v = sd1.dome(gb_a) + 0.035
-        bubble = _inside(_ellipse_distance(self.lateral(1) - gb_a, v - gb_v, 0.05, 0.024), 0.012)
-        bubble *= _inside((gb_v + 0.006) - v, 0.004)  # gas on top of a flat fluid level
+        bubble = inside(ellipse_distance(self.lateral(1) - gb_a, v - gb_v, 0.05, 0.024), 0.012)
+        bubble *= inside((gb_v + 0.006) - v, 0.004)  # gas on top of a flat fluid level
         density -= 0.32 * bubble * t
 
-        # spine: vertebral bodies with disc spaces, pedicles, visible through the mediastinum
-        spine = _inside(an.spine_w - adu, 0.008)
+    def _add_spine(self, density: np.ndarray) -> None:
+        """Vertebral bodies with disc spaces, pedicles, visible through the mediastinum."""
+        an = self.anat
+        adu = np.abs(self.du)
+        spine = inside(an.spine_w - adu, 0.008)
         period = 0.058
-        phase = (v / period + an.spine_phase) % 1.0
-        vert = _sstep(np.abs(phase - 0.5) * -8.0 + 3.6)  # 1 inside a body, 0 in a disc space
-        pedicle = _bump(((adu - 0.65 * an.spine_w) / 0.011) ** 2 + ((phase - 0.32) / 0.14) ** 2)
+        phase = (self.v / period + an.spine_phase) % 1.0
+        vert = sstep(np.abs(phase - 0.5) * -8.0 + 3.6)  # 1 inside a body, 0 in a disc space
+        pedicle = bump(((adu - 0.65 * an.spine_w) / 0.011) ** 2 + ((phase - 0.32) / 0.14) ** 2)
         density += spine * (0.12 + 0.07 * vert) + 0.08 * pedicle * spine
 
-        # trachea and main bronchi (air: darker)
-        tr = _inside(an.trachea_w - np.abs(u - an.trachea_u), 0.006)
-        tr *= _inside(an.carina_v - v, 0.01)
+    def _add_airways(self, density: np.ndarray, t: np.ndarray) -> None:
+        """Trachea and main bronchi (air: darker)."""
+        an = self.anat
+        u, v = self.u, self.v
+        tr = inside(an.trachea_w - np.abs(u - an.trachea_u), 0.006)
+        tr *= inside(an.carina_v - v, 0.01)
         bronchi = 0.0
         for side in (0, 1):
             sd = an.sides[side]
             pts = np.array([[an.trachea_u, an.carina_v - 0.005],
                             [0.5 + sd.sign * 0.07, an.carina_v + 0.055 + 0.01 * side]])
-            bronchi = bronchi + _inside(0.008 - _polyline_distance(u, v, pts), 0.006)
+            bronchi = bronchi + inside(0.008 - polyline_distance(u, v, pts), 0.006)
         density -= 0.22 * np.clip(tr + bronchi, 0.0, 1.0) * t
 
-        # ribs (posterior: curved arcs from the spine; anterior: faint, descending medially),
-        # clavicles, humeral heads
-        n_ribs = 10
-        k = np.arange(n_ribs, dtype=_F)[:, None, None]
-        for side in (0, 1):
-            sd = an.sides[side]
-            a = self.lateral(side)
-            v0 = sd.rib_v0 + k * sd.rib_step
-            density += self._rib_density(side, v0).sum(axis=0)
-            # anterior ribs: lateral at v1, descending medially with slope ~0.45
-            ka = np.arange(6, dtype=_F)[:, None, None]
-            v1 = sd.rib_v0 + 0.06 + ka * (sd.rib_step * 1.05)
-            centre = v1 + 0.45 * (sd.a_lat - a) - 0.8 * (sd.a_lat - a) ** 2
-            ant = _inside(0.012 - np.abs(v - centre), 0.008)
-            ant_env = _sstep((a - 0.1) / 0.06) * _inside(sd.a_lat + 0.01 - a, 0.02)
-            density += 0.05 * (ant * ant_env).sum(axis=0)
-            # clavicle: medial end near the manubrium, lateral end higher
-            ca = np.clip(a - 0.035, 0.0, None)
-            centre = sd.clav_v - sd.clav_rise * (ca / 0.27) + 0.012 * np.sin(ca / 0.27 * 2 * math.pi)
-            clav = _inside(0.013 + 0.004 * (0.3 - a) / 0.3 - np.abs(v - centre), 0.006)
-            clav *= _sstep((a - 0.035) / 0.02) * _inside(0.31 - a, 0.02)
-            clav_cortex = _inside(0.004 - np.abs(np.abs(v - centre) - 0.009), 0.004)
-            density += (0.2 * clav + 0.08 * clav_cortex * (clav > 0))
-            # humeral head in the upper outer corner
-            head = _inside(_ellipse_distance(a - (an.body_w + 0.05), v - 0.15, 0.075, 0.09), 0.015)
-            density += 0.25 * head
-            # lateral border of the scapula: a faint oblique line over the outer upper lung
-            sc_c = 0.36 - 0.28 * (v - 0.15)
-            scap = _inside(0.01 - np.abs(a - sc_c), 0.008) * _inside(0.42 - v, 0.06)
-            scap *= _inside(v - 0.14, 0.02)
-            density += 0.05 * scap
+    def _add_ribs(self, density: np.ndarray, side: int) -> None:
+        """Ribs of ``side``: posterior (curved arcs from the spine) and anterior (faint,
+        descending medially)."""
+        sd = self.anat.sides[side]
+        v = self.v
+        a = self.lateral(side)
+        k = np.arange(10, dtype=F32)[:, None, None]  # ten posterior ribs
+        v0 = sd.rib_v0 + k * sd.rib_step
+        density += self.rib_density(side, v0).sum(axis=0)
+        # anterior ribs: lateral at v1, descending medially with slope ~0.45
+        ka = np.arange(6, dtype=F32)[:, None, None]
+        v1 = sd.rib_v0 + 0.06 + ka * (sd.rib_step * 1.05)
+        centre = v1 + 0.45 * (sd.a_lat - a) - 0.8 * (sd.a_lat - a) ** 2
+        ant = inside(0.012 - np.abs(v - centre), 0.008)
+        ant_env = sstep((a - 0.1) / 0.06) * inside(sd.a_lat + 0.01 - a, 0.02)
+        density += 0.05 * (ant * ant_env).sum(axis=0)
 
-        # lung markings: vessels radiating from the hila, tapering outwards; hilar shadows
+    def _add_shoulder(self, density: np.ndarray, side: int) -> None:
+        """Clavicle, humeral head and the lateral border of the scapula of ``side``."""
+        an = self.anat
+        sd = an.sides[side]
+        v = self.v
+        a = self.lateral(side)
+        # clavicle: medial end near the manubrium, lateral end higher
+        ca = np.clip(a - 0.035, 0.0, None)
+        centre = sd.clav_v - sd.clav_rise * (ca / 0.27) + 0.012 * np.sin(ca / 0.27 * 2 * math.pi)
+        clav = inside(0.013 + 0.004 * (0.3 - a) / 0.3 - np.abs(v - centre), 0.006)
+        clav *= sstep((a - 0.035) / 0.02) * inside(0.31 - a, 0.02)
+        clav_cortex = inside(0.004 - np.abs(np.abs(v - centre) - 0.009), 0.004)
+        density += (0.2 * clav + 0.08 * clav_cortex * (clav > 0))
+        # humeral head in the upper outer corner
+        head = inside(ellipse_distance(a - (an.body_w + 0.05), v - 0.15, 0.075, 0.09), 0.015)
+        density += 0.25 * head
+        # lateral border of the scapula: a faint oblique line over the outer upper lung
+        sc_c = 0.36 - 0.28 * (v - 0.15)
+        scap = inside(0.01 - np.abs(a - sc_c), 0.008) * inside(0.42 - v, 0.06)
+        scap *= inside(v - 0.14, 0.02)
+        density += 0.05 * scap
+
+    def _add_lung_markings(self, density: np.ndarray) -> None:
+        """Vessels radiating from the hila, tapering outwards, and hilar shadows; sets ``vessels``
+        (one map per side)."""
+        an = self.anat
+        u, v = self.u, self.v
+        texture_rng = np.random.default_rng(an.texture_seed)
         self.vessels = []
         # streaks elongated along rays from the hilum: value noise on a (angle, radius) lattice
-        tex = _value_noise(texture_rng, 9, u, v)
-        warp = _value_noise(texture_rng, 6, u, v)
+        tex = value_noise(texture_rng, 9, u, v)
+        warp = value_noise(texture_rng, 6, u, v)
         for side in (0, 1):
             sd = an.sides[side]
             a = self.lateral(side)
             da, dv = a - sd.hilum_a, v - sd.hilum_v
             r = np.sqrt(da * da + dv * dv) + 1e-4
             theta = (np.arctan2(dv, da) + math.pi) / (2 * math.pi)  # 0..1
-            streak = _lattice_noise(texture_rng, sd.vessel_n * 2, 6,
-                                    theta * (sd.vessel_n * 2) + 1.5 * warp, r * 12.0)
-            fine = _lattice_noise(texture_rng, sd.vessel_n * 4, 10,
-                                  theta * (sd.vessel_n * 4) + 3.0 * warp, r * 25.0)
+            streak = lattice_noise(texture_rng, sd.vessel_n * 2, 6,
+                                   theta * (sd.vessel_n * 2) + 1.5 * warp, r * 12.0)
+            fine = lattice_noise(texture_rng, sd.vessel_n * 4, 10,
+                                 theta * (sd.vessel_n * 4) + 3.0 * warp, r * 25.0)
             cut = 0.52 + 0.18 * np.clip(r / 0.35, 0.0, 1.0)  # vessels taper outwards
-            lines = _sstep((streak - cut) / 0.12) + 0.6 * _sstep((fine - cut - 0.04) / 0.1)
-            fade = (1.0 - _sstep((r - 0.06) / 0.34)) * _sstep((r - 0.035) / 0.05)
-            hilum = _bump((da / 0.055) ** 2 + (dv / 0.08) ** 2)
+            lines = sstep((streak - cut) / 0.12) + 0.6 * sstep((fine - cut - 0.04) / 0.1)
+            fade = (1.0 - sstep((r - 0.06) / 0.34)) * sstep((r - 0.035) / 0.05)
+            hilum = bump((da / 0.055) ** 2 + (dv / 0.08) ** 2)
             vessels = self.lung[side] * (an.markings * lines * fade
                                          + 0.14 * hilum + 0.06 * (tex - 0.5))
             self.vessels.append(vessels)
             density += vessels
-        return density.astype(_F)

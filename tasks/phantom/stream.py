@@ -10,11 +10,11 @@ from typing import Iterator
 import numpy as np
 
 from tasks.labels import Vocabulary
-from tasks.phantom.anatomy import _MODIFIERS, _Anatomy, _draw_anatomy
-from tasks.phantom.checks import _check_int, _check_labels, _check_size, _resolve_vocab
-from tasks.phantom.lesions import _LESIONS, LESION_KIND
-from tasks.phantom.prevalence import _label_model, sample_labels
-from tasks.phantom.scene import _Scene
+from tasks.phantom.anatomy import MODIFIERS, Anatomy, draw_anatomy
+from tasks.phantom.checks import check_int, check_labels, check_size, resolve_vocab
+from tasks.phantom.lesions import LESIONS, LESION_KIND
+from tasks.phantom.prevalence import label_model, sample_labels
+from tasks.phantom.scene import Scene
 
 MASK_THRESHOLD = 0.02  # brightness change (0..1 scale, ~5 grey levels) that puts a pixel in a mask
 SPLIT_SHARES: tuple[tuple[str, float], ...] = (("train", 0.7), ("val", 0.1), ("test", 0.2))
@@ -41,11 +41,11 @@ def phantom_images(
 
     Arguments are checked here (not at the first ``next``): ValueError on a bad one.
     """
-    n = _check_int("n", n, lo=0)
-    size = _check_size(size)
-    seed = _check_int("seed", seed, lo=0)
-    voc = _resolve_vocab(vocab)
-    _label_model(voc)  # calibrate now so the first image is not the slow one
+    n = check_int("n", n, lo=0)
+    size = check_size(size)
+    seed = check_int("seed", seed, lo=0)
+    voc = resolve_vocab(vocab)
+    label_model(voc)  # calibrate now so the first image is not the slow one
     return _stream(n, size, seed, voc)
 
 
@@ -53,7 +53,7 @@ def _stream(n: int, size: int, seed: int, voc: Vocabulary) -> Iterator[PhantomIm
     for i in range(n):
         rng = np.random.default_rng([seed, i])
         labels = sample_labels(rng, voc)
-        split = _draw_split(rng)
+        split = draw_split(rng)
         image, masks = render(labels, voc, size, rng)
         yield PhantomImage(
             index=i,
@@ -74,35 +74,35 @@ def render(
     and one for noise), so the same generator state renders the same patient with or without
     any finding: the two images differ only where that finding lies.
     """
-    vocab = _resolve_vocab(vocab)
-    size = _check_size(size)
-    labels = _check_labels(labels, vocab)
+    vocab = resolve_vocab(vocab)
+    size = check_size(size)
+    labels = check_labels(labels, vocab)
 
-    base = _draw_anatomy(rng)
+    base = draw_anatomy(rng)
     lesion_seed, noise_seed = (int(s) for s in rng.integers(0, 2**63 - 1, size=2))
     present = [f for f, value in zip(vocab.findings, labels) if value == 1.0]
 
     def lesion_rng(finding: str) -> np.random.Generator:
         return np.random.default_rng([lesion_seed, zlib.crc32(finding.encode("utf-8"))])
 
-    modifiers = [f for f in present if LESION_KIND[f] in _MODIFIERS]
+    modifiers = [f for f in present if LESION_KIND[f] in MODIFIERS]
 
-    def modified(skip: str | None) -> _Anatomy:
+    def modified(skip: str | None) -> Anatomy:
         anat = base
         for f in modifiers:
             if f != skip:
-                anat = _MODIFIERS[LESION_KIND[f]](anat, lesion_rng(f))
+                anat = MODIFIERS[LESION_KIND[f]](anat, lesion_rng(f))
         return anat
 
-    scene = _Scene(size, modified(None))
+    scene = Scene(size, modified(None))
     deltas: dict[str, np.ndarray] = {}
     for f in present:
         if f in modifiers:
-            deltas[f] = scene.density - _Scene(size, modified(f)).density
+            deltas[f] = scene.density - Scene(size, modified(f)).density
     total = scene.density.copy()
     for f in present:
         if f not in modifiers:
-            deltas[f] = _LESIONS[LESION_KIND[f]](scene, lesion_rng(f)).astype(np.float32, copy=False)
+            deltas[f] = LESIONS[LESION_KIND[f]](scene, lesion_rng(f)).astype(np.float32, copy=False)
             total += deltas[f]
 
     bright = scene.brightness(total)
@@ -121,7 +121,7 @@ def render(
     return image, masks
 
 
-def _draw_split(rng: np.random.Generator) -> str:
+def draw_split(rng: np.random.Generator) -> str:
     u = rng.random()
     acc = 0.0
     for name, share in SPLIT_SHARES:
