@@ -31,7 +31,7 @@ experiment: $(STAMP)
 
 # re-train the shipped normal-X-ray generator (weights/normal_dit_128.*) on ../shared/data/normals
 weights: $(STAMP)
-	$(VENV)/bin/python -m benchmarks.train_normal_dit --source real --size 128 --steps 4000 --ship
+	$(VENV)/bin/python -m benchmarks.train_normal_dit --source real --size 128 --steps 2000 --ship
 
 # sample fidelity on phantom ground truth at 64 and 128 px (about an hour on 2 cores, with training)
 fidelity: $(STAMP)

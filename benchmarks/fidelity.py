@@ -310,17 +310,8 @@ def run_size(size: int, args) -> dict:
             print(source, fill, json.dumps({k: v for k, v in removal[f"{source}/{fill}"].items()
                                             if not isinstance(v, dict)}), flush=True)
     result["removal"] = removal
-    result["mask_growth"] = {}  # the product's DiT on CAM masks grown more than the default
-    for grow in MASK_GROWTH:
-        grown = [m.mask if m.outcome == "ok" else None
-                 for m in cam_masks(model, card, images, chosen, priors, replace(PRODUCT.mask, dilate_px=grow))]
-        usable = torch.from_numpy(np.stack([m if m is not None else np.zeros(images.shape[-2:], bool)
-                                            for m in grown])[:, None].astype(np.float32))
-        results = inpaint(dit, scheduler, images, usable, PRODUCT.inpaint, [torch.Generator().manual_seed(s) for s in seeds])
-        after = predict_probs(judge, results)
-        result["mask_growth"][grow] = outcomes(test, card, judge_card, chosen, truth, refs, before, after, grown, results)
-        print("grow", grow, json.dumps({k: v for k, v in result["mask_growth"][grow].items()
-                                         if not isinstance(v, dict)}), flush=True)
+    result["mask_growth"] = mask_growth(model, card, judge, judge_card, dit, scheduler, test, truth, chosen, seeds,
+                                        priors, refs, before, MASK_GROWTH)
     free = sample(dit, scheduler, 128, size, steps=50, generator=torch.Generator().manual_seed(0))
     held_out = normals.images[:256]
     half = len(held_out) // 2  # the floor: two halves of real held-out normals
@@ -334,6 +325,66 @@ def run_size(size: int, args) -> dict:
     (RESULTS / f"{result['stem'].replace('fidelity', 'dit')}_samples.png").write_bytes(grid([[overlay(x[0].numpy(), None) for x in free[r:r + 8]]
                                                            for r in range(0, 32, 8)]))
     return result
+
+
+def mask_growth(model, card, judge, judge_card, dit, scheduler, test, truth, chosen, seeds, priors, refs, before,
+                growths) -> dict:
+    """The product's DiT on the product's CAM masks grown by each of ``growths`` pixels."""
+    images, out = test.images[[i for i, _ in chosen]], {}
+    for grow in growths:
+        grown = [m.mask if m.outcome == "ok" else None
+                 for m in cam_masks(model, card, images, chosen, priors, replace(PRODUCT.mask, dilate_px=grow))]
+        usable = torch.from_numpy(np.stack([m if m is not None else np.zeros(images.shape[-2:], bool)
+                                            for m in grown])[:, None].astype(np.float32))
+        results = inpaint(dit, scheduler, images, usable, PRODUCT.inpaint, [torch.Generator().manual_seed(s) for s in seeds])
+        out[grow] = outcomes(test, card, judge_card, chosen, truth, refs, before, predict_probs(judge, results), grown,
+                             results)
+        print("grow", grow, json.dumps({k: v for k, v in out[grow].items() if not isinstance(v, dict)}), flush=True)
+    return out
+
+
+def growth_only(size: int, args) -> dict:
+    """``--mask-growth-only``: the removal set, the product's CAM masks at the default growth and
+    at MASK_GROWTH, the product's DiT; nothing else (a quicker look at one lever)."""
+    started = time.perf_counter()
+    prep = prepare(size, args.n, args.dit_steps, args.dit_conditioning, args.dit_prediction)
+    model, _, card = load_checkpoint(store.read_bytes(prep["main"]["classifier"]))
+    judge, _, judge_card = load_checkpoint(store.read_bytes(prep["judge"]["classifier"]))
+    dit, dit_config, _ = load_dit(store.read_bytes(prep["dit"]["uri"]))
+    test = load_tensors(prep["main"]["dataset"], splits=("test",), columns=("lesion_masks", "source_uri"))
+    train = load_tensors(prep["main"]["dataset"], splits=("train",), columns=("lesion_masks",))
+    truth = lesion_masks(test.table)
+    chosen = removal_set(truth, card, args.images)
+    growths = (PRODUCT.mask.dilate_px, *MASK_GROWTH)
+    result = {"size": size, "stem": stem(size, args.dit_conditioning) + "_mask_growth", "args": vars(args),
+              "prepared": prep, "product": {"mask": asdict(PRODUCT.mask), "inpaint": asdict(PRODUCT.inpaint)},
+              "mask_growth": mask_growth(model, card, judge, judge_card, dit, build_scheduler(dit_config), test, truth,
+                                         chosen, [1000 + i for i, _ in chosen], priors_of(card, train),
+                                         references(test, card, chosen, truth, size),
+                                         predict_probs(judge, test.images[[i for i, _ in chosen]]), growths)}
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    return result
+
+
+def growth_markdown(r: dict) -> str:
+    a = r["args"]
+    return "\n".join([f"# CAM mask growth on the phantom at {r['size']} px", "",
+                      f"Commit `{commit()}`; machine: {machine()['cpu']}, {machine()['cores']} cores, no GPU. Command: "
+                      f"`python -m benchmarks.fidelity --sizes {r['size']} --n {a['n']} --images {a['images']} "
+                      f"--dit-steps {a['dit_steps']} --mask-growth-only`. {r['seconds']} s.", "",
+                      "The product's CAM masks (its localisation and threshold) grown by more pixels, filled by the "
+                      "product's DiT and sampler; removal and retention as in the full benchmark "
+                      f"(fidelity_{r['size']}.md).", ""] + growth_table(r["mask_growth"]) + [""])
+
+
+def growth_table(growth: dict) -> list[str]:
+    lines = ["| growth px | head lesions | removal signed | end to end | removal judge | lesion covered "
+             "| tail lesions | retention signed | retention judge |", "|---|---|---|---|---|---|---|---|---|"]
+    for grow, o in growth.items():
+        lines.append(f"| {grow} | {o['head_lesions']} | {o['removal_signed']} | {o['removal_signed_end_to_end']} | "
+                     f"{o['removal_judge']} | {o['coverage_mean']} | {o['tail_lesions']} | "
+                     f"{o['retention_signed']} | {o['retention_judge']} |")
+    return lines
 
 
 def write_grids(name, test, model, card, chosen, masks, filled_by, ideal, priors) -> None:
@@ -399,12 +450,7 @@ def markdown(r: dict) -> str:
                      f"{o['retention_signed']} | {o['retention_judge']} |")
     if r.get("mask_growth"):
         lines += ["", f"### CAM masks grown further (the product's DiT; default growth {r['product']['mask']['dilate_px']} px)",
-                  "", "| growth px | head lesions | removal signed | end to end | removal judge | lesion covered "
-                  "| tail lesions | retention signed | retention judge |", "|---|---|---|---|---|---|---|---|---|"]
-        for grow, o in r["mask_growth"].items():
-            lines.append(f"| {grow} | {o['head_lesions']} | {o['removal_signed']} | {o['removal_signed_end_to_end']} | "
-                         f"{o['removal_judge']} | {o['coverage_mean']} | {o['tail_lesions']} | "
-                         f"{o['retention_signed']} | {o['retention_judge']} |")
+                  ""] + growth_table(r["mask_growth"])
     lines += ["", "## Generator fidelity (judge-classifier features)", "", "| comparison | FID | KID | n |",
               "|---|---|---|---|"]
     for key, d in r["generator"].items():
@@ -425,11 +471,13 @@ def main() -> None:
                         help="none: the plain DiT joined RePaint-style; mask: the inpainting DiT (models/dit.py)")
     parser.add_argument("--dit-prediction", choices=["sample", "epsilon"], default="sample",
                         help="what the DiT predicts: the clean image (default) or the noise (models/dit.py)")
+    parser.add_argument("--mask-growth-only", action="store_true",
+                        help="only the CAM masks grown further with the product's DiT (fidelity_<size>_mask_growth.*)")
     args = parser.parse_args()
     for size in args.sizes:
-        result = run_size(size, args)
+        result = growth_only(size, args) if args.mask_growth_only else run_size(size, args)
         path = save(result["stem"], result)
-        (RESULTS / f"{result['stem']}.md").write_text(markdown(result))
+        (RESULTS / f"{result['stem']}.md").write_text((growth_markdown if args.mask_growth_only else markdown)(result))
         print(f"written: {path} and {result['stem']}.md", flush=True)
 
 

@@ -2,7 +2,7 @@
 
     python -m benchmarks.train_normal_dit --source real --steps 3000      # ../shared/data/normals (adult)
     python -m benchmarks.train_normal_dit --source phantom --steps 1500   # phantom normals
-    python -m benchmarks.train_normal_dit --source real --size 128 --steps 4000 --ship   # `make weights`
+    python -m benchmarks.train_normal_dit --source real --size 128 --steps 2000 --ship   # `make weights`
 
 The checkpoint goes to $TAILFORGE_HOME/models (not committed); the grids, the loss curve and
 benchmarks/results/dit_<source>.json (fidelity against held-out normals, settings, timing) are
