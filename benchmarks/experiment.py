@@ -52,7 +52,7 @@ PHANTOM_SEED = 21
 
 def generator(dataset: str, models_uri: str, config: DiTConfig, train: DiTTrainConfig) -> dict:
     """The normal DiT trained on ``dataset``'s normals with these settings: reused, else trained."""
-    found = trained_before(models_uri, "dit", dataset, asdict(train))
+    found = trained_before(models_uri, "dit", dataset, asdict(train), asdict(config))
     if found:
         return {k: found[k] for k in ("kind", "id", "uri")} | {"reused": True}
     print(f"training the normal DiT on {dataset} ({train.steps} steps)", flush=True)
@@ -64,7 +64,7 @@ def label_generator(dataset: str, models_uri: str, args) -> dict:
     """The DfT-Caption DiT (conditioning "labels") on ``dataset``'s labelled train split: reused, else trained."""
     manifest = read_manifest(dataset)
     config = DiTConfig(image_size=manifest["image_size"], patch_size=4, depth=4, num_heads=4, head_dim=32,
-                       conditioning="labels", num_labels=len(manifest["labels"]))
+                       conditioning="labels", num_labels=len(manifest["labels"]), prediction="sample")
     print(f"the label-conditioned DiT on {dataset} ({args.dit_steps_label} steps; reused if made before)", flush=True)
     handle = train_label_dit(dataset, models_uri, config,
                              DiTTrainConfig(steps=args.dit_steps_label, batch_size=32, warmup_steps=100))
@@ -80,7 +80,7 @@ def nih1000(args, work: Path, models_uri: str) -> tuple[str, dict, paper.Experim
     sources.apply_split_csv(source, str(root / "split.csv"))
     ingest(source, str(root / "images"), dataset)
     dit = generator(normals_dataset("real", 64, 0), models_uri,
-                    DiTConfig(image_size=64, patch_size=4, depth=6, num_heads=4, head_dim=32),
+                    DiTConfig(image_size=64, patch_size=4, depth=6, num_heads=4, head_dim=32, prediction="sample"),
                     DiTTrainConfig(steps=args.dit_steps_real, batch_size=32, lr=3e-4, warmup_steps=200, seed=0))
     config = paper.ExperimentConfig(seeds=tuple(args.seeds),
                                     pretrain=TrainConfig(epochs=args.pretrain_epochs_nih, batch_size=32, augment=True),
@@ -94,7 +94,8 @@ def nih1000(args, work: Path, models_uri: str) -> tuple[str, dict, paper.Experim
 def phantom(args, work: Path, models_uri: str) -> tuple[str, dict, paper.ExperimentConfig, dict]:
     dataset = str(work.parent / f"phantom64-{args.phantom_n}-s{PHANTOM_SEED}")  # the one bench_models.py uses
     ingest_phantom(dataset, args.phantom_n, size=64, seed=PHANTOM_SEED)
-    dit = generator(dataset, models_uri, DiTConfig(image_size=64, patch_size=4, depth=4, num_heads=4, head_dim=32),
+    dit = generator(dataset, models_uri, DiTConfig(image_size=64, patch_size=4, depth=4, num_heads=4, head_dim=32,
+                                                   prediction="sample"),
                     DiTTrainConfig(steps=args.dit_steps_phantom, batch_size=32, warmup_steps=100))
     config = paper.ExperimentConfig(seeds=tuple(args.seeds),
                                     pretrain=TrainConfig(epochs=args.pretrain_epochs_phantom, batch_size=32),
