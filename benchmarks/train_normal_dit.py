@@ -164,7 +164,7 @@ def ship(model, config: DiTConfig, record: dict, tag: str) -> None:
             "../shared/data/normals (three public sources; its README), at "
             f"{config.image_size} px. Val and test rows never seen.",
             f"- Training: {train['steps']} steps of batch {train['batch_size']}, AdamW lr {train['lr']}, "
-            f"{record['history']['seconds'] / 60:.0f} min on {machine()['cores']} CPU cores "
+            f"{record['history']['seconds'] / 60:.0f} min on a {machine()['cores']}-core CPU machine "
             f"({machine()['cpu']}, no GPU), commit `{commit()}`.",
             f"- Command: `python -m benchmarks.train_normal_dit --source real --size {config.image_size} "
             f"--steps {train['steps']} --ship` (`make weights`).",
