@@ -167,13 +167,13 @@ def build_scheduler(config: DiTConfig) -> DDPMScheduler:
                          prediction_type="epsilon", clip_sample=True)
 
 
-def predict_noise(model: DiTTransformer2DModel, x: torch.Tensor, t: torch.Tensor,
-                  cond: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> torch.Tensor:
-    """epsilon_theta(x_t, t[, cond][, labels]); ``x`` is (N, 1, H, W), ``t`` is (N,) long, ``cond``
-    the inpainting model's (N, 2, H, W) ``condition`` (None for an unconditioned model),
+def network_output(model: DiTTransformer2DModel, x: torch.Tensor, t: torch.Tensor,
+                   cond: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> torch.Tensor:
+    """What the network itself predicts at (x_t, t[, cond][, labels]): the noise, or for a
+    clean-image model (prediction "sample") x0. ``x`` is (N, 1, H, W), ``t`` is (N,) long,
+    ``cond`` the inpainting model's (N, 2, H, W) ``condition`` (None for an unconditioned model),
     ``labels`` a label-conditioned model's (N, K + 1) ``label_input`` (None: no labels, the
-    unconditional model). A clean-image model's output x0 is returned as the noise it implies,
-    (x_t - sqrt(ab_t) x0) / sqrt(1 - ab_t). On CUDA the transformer runs under bf16 autocast (attention is
+    unconditional model). On CUDA the transformer runs under bf16 autocast (attention is
     PyTorch's fused scaled_dot_product_attention, the diffusers default); the sampler's
     arithmetic stays in float32."""
     if is_conditioned(model) != (cond is not None):
@@ -192,13 +192,20 @@ def predict_noise(model: DiTTransformer2DModel, x: torch.Tensor, t: torch.Tensor
         labels = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)  # one class: normal
     if x.is_cuda:
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            out = model(x, timestep=t.to(x.device), class_labels=labels).sample.float()
-    else:
-        out = model(x, timestep=t, class_labels=labels).sample  # (N, 1, H, W)
-    if getattr(model, "prediction", "epsilon") == "epsilon":
+            return model(x, timestep=t.to(x.device), class_labels=labels).sample.float()
+    return model(x, timestep=t, class_labels=labels).sample  # (N, 1, H, W)
+
+
+def predict_noise(model: DiTTransformer2DModel, x: torch.Tensor, t: torch.Tensor,
+                  cond: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> torch.Tensor:
+    """epsilon_theta(x_t, t[, cond][, labels]), what the samplers step with (arguments as
+    ``network_output``). A clean-image model's x0 is returned as the noise it implies,
+    (x_t - sqrt(ab_t) x0) / sqrt(1 - ab_t)."""
+    out = network_output(model, x, t, cond, labels)
+    if model.prediction == "epsilon":
         return out
-    ab = model.alphas_cumprod.to(x.device)[t].view(-1, 1, 1, 1)  # a clean-image prediction -> its epsilon
-    return (x[:, :1] - ab.sqrt() * out) / (1 - ab).sqrt()
+    ab = model.alphas_cumprod.to(x.device)[t].view(-1, 1, 1, 1)
+    return (x - ab.sqrt() * out) / (1 - ab).sqrt()
 
 
 def diffusion_loss(model, scheduler: DDPMScheduler, x0: torch.Tensor, generator: torch.Generator,
@@ -215,13 +222,12 @@ def diffusion_loss(model, scheduler: DDPMScheduler, x0: torch.Tensor, generator:
                       device=x0.device)
     noisy = scheduler.add_noise(x0, noise, t)
     cond = None if masks is None else condition(x0, masks.to(x0.device))
-    eps = predict_noise(model, noisy, t, cond, labels)
-    if getattr(model, "prediction", "epsilon") == "epsilon":
-        error = (eps - noise) ** 2
+    out = network_output(model, noisy, t, cond, labels)
+    if model.prediction == "epsilon":
+        error = (out - noise) ** 2
     else:  # the v-loss of the clean-image prediction: |x0_hat - x0|^2 / (1 - ab_t), capped (JiT)
         ab = scheduler.alphas_cumprod.to(x0.device)[t].view(-1, 1, 1, 1)
-        x0_hat = (noisy - (1 - ab).sqrt() * eps) / ab.sqrt()
-        error = (x0_hat - x0) ** 2 / (1 - ab).clamp(min=V_LOSS_FLOOR)
+        error = (out - x0) ** 2 / (1 - ab).clamp(min=V_LOSS_FLOOR)
     if masks is None:
         return error.mean()
     masks = masks.to(x0.device)
