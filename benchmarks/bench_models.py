@@ -25,15 +25,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import RESULTS, SHARED_DATA, save
+from benchmarks.common import RESULTS, SHARED_DATA, ingest_nih1000, save
 from flows.settings import tailforge_home
 from models.cam import MaskConfig, cam_maps, removal_masks
 from models.classifier import ClassifierConfig, load_checkpoint
 from models.dit import DiTConfig, DiTTrainConfig, build_scheduler, load_dit
 from models.inpaint import InpaintConfig, inpaint
 from models.training import TrainConfig, predict_probs
-from tasks import sources, store
-from tasks.ingest import ingest, ingest_phantom
+from tasks import store
+from tasks.ingest import ingest_phantom
 from tasks.labels import vocabulary
 from tasks.phantom import render, sample_labels
 from tasks.phantom.stream import draw_split
@@ -253,10 +253,7 @@ def main() -> None:
 
     nih = SHARED_DATA / "nih1000"
     if (nih / "Data_Entry_2017_v2020.csv").exists():
-        nih_uri = str(home / "nih1000")
-        source = sources.read_nih(str(nih / "Data_Entry_2017_v2020.csv"))
-        sources.apply_split_csv(source, str(nih / "split.csv"))
-        ingest(source, str(nih / "images"), nih_uri)
+        nih_uri = ingest_nih1000(str(home / "nih1000"))
         nih_clf = train_classifier(nih_uri, models_uri, ClassifierConfig("resnet18", 14, 64),
                                    TrainConfig(epochs=args.nih_epochs, batch_size=32, seed=0, augment=True))
         results["nih_classifier"] = {"test_macro": nih_clf["metrics"]["means"]["macro"]}

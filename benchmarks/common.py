@@ -16,6 +16,19 @@ RESULTS = Path(__file__).resolve().parent / "results"
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+def ingest_nih1000(uri: str) -> str:
+    """../shared/data/nih1000 with NIH's labels and its fixed split, ingested into ``uri`` (rows
+    already there are kept); returns ``uri``."""
+    from tasks import sources
+    from tasks.ingest import ingest
+
+    root = SHARED_DATA / "nih1000"
+    source = sources.read_nih(str(root / "Data_Entry_2017_v2020.csv"))
+    sources.apply_split_csv(source, str(root / "split.csv"))
+    ingest(source, str(root / "images"), uri)
+    return uri
+
+
 def machine() -> dict:
     cpu = platform.processor() or ""
     try:

@@ -33,15 +33,14 @@ import numpy as np
 
 from benchmarks import paper, phantom_truth, tables
 from benchmarks.bench_models import trained_before
-from benchmarks.common import RESULTS, SHARED_DATA, commit, machine
+from benchmarks.common import RESULTS, SHARED_DATA, commit, ingest_nih1000, machine
 from benchmarks.train_normal_dit import dataset as normals_dataset
 from flows.settings import tailforge_home
 from models.dit import DiTConfig, DiTTrainConfig
 from models.metrics import compare_settings
 from models.training import TrainConfig
-from tasks import sources
 from tasks.finetune import FinetuneSettings
-from tasks.ingest import ingest, ingest_phantom
+from tasks.ingest import ingest_phantom
 from tasks.knowledge import NoGuidanceJudge, RulesJudge, plan
 from tasks.dataset import read_manifest
 from tasks.pretrain import train_label_dit, train_normal_dit
@@ -75,10 +74,7 @@ def nih1000(args, work: Path, models_uri: str) -> tuple[str, dict, paper.Experim
     root = SHARED_DATA / "nih1000"
     if not (root / "Data_Entry_2017_v2020.csv").exists():
         raise SystemExit(f"{root} is missing: the nih1000 part needs ../shared/data/nih1000")
-    dataset = str(work / "nih1000")
-    source = sources.read_nih(str(root / "Data_Entry_2017_v2020.csv"))
-    sources.apply_split_csv(source, str(root / "split.csv"))
-    ingest(source, str(root / "images"), dataset)
+    dataset = ingest_nih1000(str(work / "nih1000"))
     dit = generator(normals_dataset("real", 64, 0), models_uri,
                     DiTConfig(image_size=64, patch_size=4, depth=6, num_heads=4, head_dim=32, prediction="sample"),
                     DiTTrainConfig(steps=args.dit_steps_real, batch_size=32, lr=3e-4, warmup_steps=200, seed=0))

@@ -164,6 +164,12 @@ def cam_masks(model, card, images, chosen, priors, mask: MaskConfig = PRODUCT.ma
                          priors=priors, thresholds=card.thresholds)
 
 
+def mask_tensor(masks: list[np.ndarray | None], shape) -> torch.Tensor:
+    """(N, 1, H, W) float masks; an image with no mask (None: the product makes no sample) gets an empty one."""
+    return torch.from_numpy(np.stack([m if m is not None else np.zeros(shape, bool) for m in masks])[:, None]
+                            .astype(np.float32))
+
+
 def mask_sources(model, card, test, truth, chosen, seeds, priors) -> dict[str, list[np.ndarray | None]]:
     """Per image: the product's CAM mask (None when the product would quarantine it), the oracle
     mask and the random control."""
@@ -300,8 +306,7 @@ def run_size(size: int, args) -> dict:
     donors = normals.images[torch.arange(len(chosen)) % len(normals)]
     removal, filled_by = {}, {}
     for source in ("cam", "oracle", "random"):
-        usable = [m if m is not None else np.zeros(images.shape[-2:], bool) for m in masks[source]]
-        mask_t = torch.from_numpy(np.stack(usable)[:, None].astype(np.float32))
+        mask_t = mask_tensor(masks[source], images.shape[-2:])
         for fill, results in fills(images, mask_t, dit, scheduler, donors, seeds).items():
             after = predict_probs(judge, results)
             removal[f"{source}/{fill}"] = outcomes(test, card, judge_card, chosen, truth, refs, before, after,
@@ -334,47 +339,12 @@ def mask_growth(model, card, judge, judge_card, dit, scheduler, test, truth, cho
     for grow in growths:
         grown = [m.mask if m.outcome == "ok" else None
                  for m in cam_masks(model, card, images, chosen, priors, replace(PRODUCT.mask, dilate_px=grow))]
-        usable = torch.from_numpy(np.stack([m if m is not None else np.zeros(images.shape[-2:], bool)
-                                            for m in grown])[:, None].astype(np.float32))
-        results = inpaint(dit, scheduler, images, usable, PRODUCT.inpaint, [torch.Generator().manual_seed(s) for s in seeds])
+        results = inpaint(dit, scheduler, images, mask_tensor(grown, images.shape[-2:]), PRODUCT.inpaint,
+                          [torch.Generator().manual_seed(s) for s in seeds])
         out[grow] = outcomes(test, card, judge_card, chosen, truth, refs, before, predict_probs(judge, results), grown,
                              results)
         print("grow", grow, json.dumps({k: v for k, v in out[grow].items() if not isinstance(v, dict)}), flush=True)
     return out
-
-
-def growth_only(size: int, args) -> dict:
-    """``--mask-growth-only``: the removal set, the product's CAM masks at the default growth and
-    at MASK_GROWTH, the product's DiT; nothing else (a quicker look at one lever)."""
-    started = time.perf_counter()
-    prep = prepare(size, args.n, args.dit_steps, args.dit_conditioning, args.dit_prediction)
-    model, _, card = load_checkpoint(store.read_bytes(prep["main"]["classifier"]))
-    judge, _, judge_card = load_checkpoint(store.read_bytes(prep["judge"]["classifier"]))
-    dit, dit_config, _ = load_dit(store.read_bytes(prep["dit"]["uri"]))
-    test = load_tensors(prep["main"]["dataset"], splits=("test",), columns=("lesion_masks", "source_uri"))
-    train = load_tensors(prep["main"]["dataset"], splits=("train",), columns=("lesion_masks",))
-    truth = lesion_masks(test.table)
-    chosen = removal_set(truth, card, args.images)
-    growths = (PRODUCT.mask.dilate_px, *MASK_GROWTH)
-    result = {"size": size, "stem": stem(size, args.dit_conditioning) + "_mask_growth", "args": vars(args),
-              "prepared": prep, "product": {"mask": asdict(PRODUCT.mask), "inpaint": asdict(PRODUCT.inpaint)},
-              "mask_growth": mask_growth(model, card, judge, judge_card, dit, build_scheduler(dit_config), test, truth,
-                                         chosen, [1000 + i for i, _ in chosen], priors_of(card, train),
-                                         references(test, card, chosen, truth, size),
-                                         predict_probs(judge, test.images[[i for i, _ in chosen]]), growths)}
-    result["seconds"] = round(time.perf_counter() - started, 1)
-    return result
-
-
-def growth_markdown(r: dict) -> str:
-    a = r["args"]
-    return "\n".join([f"# CAM mask growth on the phantom at {r['size']} px", "",
-                      f"Commit `{commit()}`; machine: {machine()['cpu']}, {machine()['cores']} cores, no GPU. Command: "
-                      f"`python -m benchmarks.fidelity --sizes {r['size']} --n {a['n']} --images {a['images']} "
-                      f"--dit-steps {a['dit_steps']} --mask-growth-only`. {r['seconds']} s.", "",
-                      "The product's CAM masks (its localisation and threshold) grown by more pixels, filled by the "
-                      "product's DiT and sampler; removal and retention as in the full benchmark "
-                      f"(fidelity_{r['size']}.md).", ""] + growth_table(r["mask_growth"]) + [""])
 
 
 def growth_table(growth: dict) -> list[str]:
@@ -471,13 +441,11 @@ def main() -> None:
                         help="none: the plain DiT joined RePaint-style; mask: the inpainting DiT (models/dit.py)")
     parser.add_argument("--dit-prediction", choices=["sample", "epsilon"], default="sample",
                         help="what the DiT predicts: the clean image (default) or the noise (models/dit.py)")
-    parser.add_argument("--mask-growth-only", action="store_true",
-                        help="only the CAM masks grown further with the product's DiT (fidelity_<size>_mask_growth.*)")
     args = parser.parse_args()
     for size in args.sizes:
-        result = growth_only(size, args) if args.mask_growth_only else run_size(size, args)
+        result = run_size(size, args)
         path = save(result["stem"], result)
-        (RESULTS / f"{result['stem']}.md").write_text((growth_markdown if args.mask_growth_only else markdown)(result))
+        (RESULTS / f"{result['stem']}.md").write_text(markdown(result))
         print(f"written: {path} and {result['stem']}.md", flush=True)
 
 

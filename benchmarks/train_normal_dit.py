@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import RESULTS, SHARED_DATA, commit, machine, save
+from benchmarks.common import RESULTS, SHARED_DATA, commit, ingest_nih1000, machine, save
 from flows.settings import tailforge_home
 from models.dit import DiTConfig, DiTTrainConfig, load_dit
 from models.quality import fidelity
@@ -126,11 +126,7 @@ def encoder_distances(samples: torch.Tensor, held_out: torch.Tensor) -> dict:
     from models.training import TrainConfig
     from tasks.pretrain import train_classifier
 
-    root = SHARED_DATA / "nih1000"
-    uri = str(tailforge_home() / "bench" / "experiment" / "nih1000")  # the experiment's copy
-    source = sources.read_nih(str(root / "Data_Entry_2017_v2020.csv"))
-    sources.apply_split_csv(source, str(root / "split.csv"))
-    ingest(source, str(root / "images"), uri)
+    uri = ingest_nih1000(str(tailforge_home() / "bench" / "experiment" / "nih1000"))  # the experiment's copy
     handle = train_classifier(uri, str(tailforge_home() / "models"), ClassifierConfig("resnet18", 14, 64),
                               TrainConfig(epochs=8, batch_size=32, augment=True, seed=0))
     encoder = load_checkpoint(store.read_bytes(handle["uri"]))[0].eval()
