@@ -37,16 +37,19 @@ from benchmarks.bench_models import trained_before
 from benchmarks.common import RESULTS, commit, machine, save
 from benchmarks.phantom_truth import _replay
 from flows.settings import tailforge_home
-from models.cam import LocaliseConfig, MaskConfig, class_maps, map_to_mask, raw_maps, refine, relocate, removal_masks
+from models.cam import LocaliseConfig, MaskConfig, class_maps, map_to_mask, raw_maps, refine, relocate
 from models.classifier import ClassifierConfig, load_checkpoint
 from models.dit import DiTConfig, DiTTrainConfig, build_scheduler, load_dit
 from models.fill import harmonic_fill, paste_fill
 from models.inpaint import InpaintConfig, inpaint
+from models.removal import Removal, dit_fill, remove_lesions
 from models.sampling import sample
 from models.training import TrainConfig, predict_probs
 from tasks import store
-from tasks.augment import AugmentSettings
+from tasks.augment import AugmentSettings, verdict
 from tasks.ingest import ingest_phantom
+from tasks.knowledge.decision import Question
+from tasks.knowledge.rules import RulesJudge
 from tasks.pretrain import card_location_prior, location_prior, train_classifier, train_normal_dit
 from tasks.tensors import lesion_masks, load_tensors
 
@@ -54,7 +57,7 @@ SEED, JUDGE_SEED = 21, 22
 PRODUCT = AugmentSettings()  # the product's defaults are what is measured
 NOISE_START = InpaintConfig(steps=25, jump_length=5, resample=2)
 HARMONIC_START = InpaintConfig(steps=25, jump_length=5, resample=2, init="harmonic", strength=0.6)
-MASK_GROWTH = (4, 6, 8)  # CAM masks grown by these many pixels too (the default is PRODUCT.mask.dilate_px)
+MASK_VARIANTS = ((2, 1), (2, 3), (4, 3), (8, 3))  # (mask growth px, removal rounds) measured beside the product's
 
 
 def prepare(size: int, n: int, dit_steps: int, conditioning: str = "none", prediction: str = "sample") -> dict:
@@ -147,21 +150,29 @@ def _mask(cam: np.ndarray) -> np.ndarray:
     return map_to_mask(cam, PRODUCT.mask)
 
 
-def removal_set(truths: list[dict], card, limit: int) -> list[tuple[int, list[str]]]:
-    """Test images with a visible head lesion: (row, the present head classes to remove)."""
-    out = []
+def removal_set(truths: list[dict], labels: torch.Tensor, card, limit: int) -> list[tuple[int, list[str]]]:
+    """Test images with a visible head lesion: (row, the head classes the product removes). Where
+    the image has tail findings too, the product's default judge decides, as in a run: the rules
+    (tasks/knowledge/rules.py) keep a head finding that shares a zone with a present tail finding,
+    so that removing it does not take the tail lesion along. Images left with nothing to remove
+    are skipped."""
+    judge, out = RulesJudge(), []
     for i, truth in enumerate(truths):
-        remove = sorted(name for name, m in truth.items() if name in card.head and m.any())
+        head = sorted(name for name, m in truth.items() if name in card.head and m.any())
+        tail = [name for k, name in enumerate(card.labels) if name in card.tail and labels[i, k] == 1.0]
+        remove = sorted(judge.decide(Question.of(head, tail)).remove) if head and tail else head
         if remove:
             out.append((i, remove))
     return out[:limit]
 
 
-def cam_masks(model, card, images, chosen, priors, mask: MaskConfig = PRODUCT.mask) -> list:
-    """The product's CAM mask results for the chosen images (its localisation, ``mask`` settings)."""
+def product_removal(model, card, images, chosen, priors, fill, mask: MaskConfig = PRODUCT.mask,
+                    rounds: int = PRODUCT.removal_rounds, seeds=None) -> Removal:
+    """The product's removal of the chosen images' head classes (models/removal.py): its
+    localisation, ``mask`` settings and ``rounds``, with ``fill`` (the product's DiT sampler)."""
     remove = [[card.labels.index(n) for n in names] for _, names in chosen]
-    return removal_masks(model, images, remove, PRODUCT.cam_method, mask, localise=PRODUCT.localise,
-                         priors=priors, thresholds=card.thresholds)
+    return remove_lesions(model, images, remove, seeds, fill, method=PRODUCT.cam_method, mask=mask,
+                          localise=PRODUCT.localise, thresholds=card.thresholds, priors=priors, rounds=rounds)
 
 
 def mask_tensor(masks: list[np.ndarray | None], shape) -> torch.Tensor:
@@ -170,20 +181,26 @@ def mask_tensor(masks: list[np.ndarray | None], shape) -> torch.Tensor:
                             .astype(np.float32))
 
 
-def mask_sources(model, card, test, truth, chosen, seeds, priors) -> dict[str, list[np.ndarray | None]]:
-    """Per image: the product's CAM mask (None when the product would quarantine it), the oracle
-    mask and the random control."""
+def mask_sources(model, card, test, truth, chosen, seeds, priors, fill) -> dict[str, list[np.ndarray | None]]:
+    """Per image: the product's mask (its final union after the removal rounds; None when the
+    product would quarantine the image), the first round's mask alone, the oracle mask and the
+    random control (the product's mask moved at random)."""
     images = test.images[[i for i, _ in chosen]]
-    cam = cam_masks(model, card, images, chosen, priors)
+    removal = product_removal(model, card, images, chosen, priors, fill, seeds=seeds)
+    first = product_removal(model, card, images, chosen, priors, fill, rounds=1, seeds=seeds) \
+        if PRODUCT.removal_rounds > 1 else removal
     oracle = []
     for i, names in chosen:
         union = np.zeros(images.shape[-2:], dtype=bool)
         for name in names:
             union |= truth[i][name]
         oracle.append(fm.tolerant(union))
-    random = [relocate(m.mask, np.random.default_rng(s)) if m.outcome == "ok" else None for m, s in zip(cam, seeds)]
-    return {"cam": [m.mask if m.outcome == "ok" else None for m in cam], "oracle": oracle, "random": random,
-            "_outcomes": [m.outcome for m in cam]}
+    cam = [m.mask if m.outcome == "ok" else None for m in removal.masks]
+    random = [relocate(m, np.random.default_rng(s)) if m is not None else None for m, s in zip(cam, seeds)]
+    rounds = dict(zip(removal.ok, removal.rounds))
+    return {"cam": cam, "cam-first-round": [m.mask if m.outcome == "ok" else None for m in first.masks],
+            "oracle": oracle, "random": random, "_outcomes": [m.outcome for m in removal.masks],
+            "_rounds": [rounds.get(j) for j in range(len(chosen))]}
 
 
 def fills(images: torch.Tensor, masks: torch.Tensor, dit, scheduler, donors: torch.Tensor, seeds) -> dict:
@@ -219,9 +236,27 @@ def references(test, card, chosen, truth, size: int) -> list[tuple[np.ndarray, d
     return out
 
 
-def outcomes(test, card, judge_card, chosen, truth, refs, before, after, masks, results) -> dict:
+def product_check(model, card, test, chosen, masks, results) -> list[bool | None]:
+    """Per chosen image: does the product's removal check (tasks.augment.verdict, the image-quality
+    filters aside) accept ``results``? None where the product made no sample."""
+    images = test.images[[i for i, _ in chosen]]
+    before, after = predict_probs(model, images), predict_probs(model, results)
+    out = []
+    for j, (i, names) in enumerate(chosen):
+        labels = test.labels[i].numpy()
+        tail = [card.labels[k] for k in np.nonzero(labels == 1.0)[0] if card.labels[k] in card.tail]
+        out.append(None if masks[j] is None else verdict(
+            tuple(names), tail, card.labels, before[j], after[j], card.thresholds, PRODUCT.tail_margin, 0.0,
+            float("inf")) == "ok")
+    return out
+
+
+def outcomes(test, card, judge_card, chosen, truth, refs, before, after, masks, results,
+             verified: list[bool | None] | None = None) -> dict:
     """Removal (signed, judge, absolute) of each head lesion and retention of each tail lesion;
-    ``before`` / ``after`` are the judge's probabilities on the chosen images and on ``results``."""
+    ``before`` / ``after`` are the judge's probabilities on the chosen images and on ``results``;
+    ``verified`` (``product_check``) adds the same rates over the rows the product accepts."""
+    verified = verified or [None] * len(chosen)
     findings = card.labels
     thresholds = np.array(judge_card.thresholds)
     head_rows, tail_rows, unmasked = [], [], 0
@@ -238,12 +273,15 @@ def outcomes(test, card, judge_card, chosen, truth, refs, before, after, masks, 
             k = findings.index(name)
             called = before[j, k] >= thresholds[k]
             head_rows.append({**r, "class": name, "judge": bool(after[j, k] < thresholds[k]) if called else None,
-                              "coverage": float((masks[j] & truth[i][name]).sum() / truth[i][name].sum())})
+                              "coverage": float((masks[j] & truth[i][name]).sum() / truth[i][name].sum()),
+                              "verified": verified[j]})
         for name, clean in cleans.items():
             k = findings.index(name)
             called = before[j, k] >= thresholds[k]
             tail_rows.append({"class": name, "signed": fm.retention(new, ideal, clean, truth[i][name]),
-                              "judge": bool(after[j, k] >= thresholds[k]) if called else None})
+                              "judge": bool(after[j, k] >= thresholds[k]) if called else None,
+                              "verified": verified[j]})
+    accepted_head, accepted_tail = ([r for r in rows if r["verified"]] for rows in (head_rows, tail_rows))
     return {"head_lesions": len(head_rows),
             "removal_signed": fm.rate([r["signed"] for r in head_rows]),
             "removal_judge": fm.rate([r["judge"] for r in head_rows]),
@@ -255,7 +293,13 @@ def outcomes(test, card, judge_card, chosen, truth, refs, before, after, masks, 
                                  for c in sorted({r["class"] for r in head_rows})},
             "tail_lesions": len(tail_rows),
             "retention_signed": fm.rate([r["signed"] for r in tail_rows]),
-            "retention_judge": fm.rate([r["judge"] for r in tail_rows])}
+            "retention_judge": fm.rate([r["judge"] for r in tail_rows]),
+            "accepted_images": sum(1 for v in verified if v), "checked_images": sum(1 for v in verified if v is not None),
+            "accepted_head_lesions": len(accepted_head),
+            "accepted_removal_signed": fm.rate([r["signed"] for r in accepted_head]),
+            "accepted_removal_judge": fm.rate([r["judge"] for r in accepted_head]),
+            "accepted_tail_lesions": len(accepted_tail),
+            "accepted_retention_signed": fm.rate([r["signed"] for r in accepted_tail])}
 
 
 def overlay(image: np.ndarray, mask: np.ndarray | None, colour=(255, 60, 60)) -> np.ndarray:
@@ -288,35 +332,41 @@ def run_size(size: int, args) -> dict:
                        "dit_conditioning": args.dit_conditioning, "dit_prediction": args.dit_prediction},
               "prepared": prep, "head": card.head, "tail": card.tail,
               "product": {"cam_method": PRODUCT.cam_method, "localise": asdict(PRODUCT.localise),
-                          "mask": asdict(PRODUCT.mask), "inpaint": asdict(PRODUCT.inpaint)}}
+                          "mask": asdict(PRODUCT.mask), "inpaint": asdict(PRODUCT.inpaint),
+                          "removal_rounds": PRODUCT.removal_rounds}}
     truth = lesion_masks(test.table)  # decoded once for every measure below
     result["localisation"] = localisation(model, card, test, train, truth)
     print(json.dumps({k: v.get("_all", v) if isinstance(v, dict) else v for k, v in result["localisation"].items()}),
           flush=True)
 
-    chosen = removal_set(truth, card, args.images)
+    chosen = removal_set(truth, test.labels, card, args.images)
     seeds = [1000 + i for i, _ in chosen]
     priors = priors_of(card, train)
-    masks = mask_sources(model, card, test, truth, chosen, seeds, priors)
+    product_fill = dit_fill(dit, scheduler, PRODUCT.inpaint)
+    masks = mask_sources(model, card, test, truth, chosen, seeds, priors, product_fill)
     refs = references(test, card, chosen, truth, size)
     result["cam_mask_outcomes"] = {o: masks["_outcomes"].count(o) for o in set(masks["_outcomes"])}
+    result["cam_mask_rounds"] = {r: masks["_rounds"].count(r) for r in sorted({r for r in masks["_rounds"] if r})}
     normals = load_tensors(ds, splits=("val", "test"), normal_only=True)
     images = test.images[[i for i, _ in chosen]]
     before = predict_probs(judge, images)
     donors = normals.images[torch.arange(len(chosen)) % len(normals)]
     removal, filled_by = {}, {}
-    for source in ("cam", "oracle", "random"):
+    for source in ("cam", "cam-first-round", "oracle", "random"):
         mask_t = mask_tensor(masks[source], images.shape[-2:])
-        for fill, results in fills(images, mask_t, dit, scheduler, donors, seeds).items():
+        made = ({"dit": product_fill(images, mask_t, seeds)} if source == "cam-first-round"
+                else fills(images, mask_t, dit, scheduler, donors, seeds))
+        for fill, results in made.items():
             after = predict_probs(judge, results)
-            removal[f"{source}/{fill}"] = outcomes(test, card, judge_card, chosen, truth, refs, before, after,
-                                                   masks[source], results)
+            removal[f"{source}/{fill}"] = outcomes(
+                test, card, judge_card, chosen, truth, refs, before, after, masks[source], results,
+                product_check(model, card, test, chosen, masks[source], results))
             filled_by[(source, fill)] = results
             print(source, fill, json.dumps({k: v for k, v in removal[f"{source}/{fill}"].items()
                                             if not isinstance(v, dict)}), flush=True)
     result["removal"] = removal
-    result["mask_growth"] = mask_growth(model, card, judge, judge_card, dit, scheduler, test, truth, chosen, seeds,
-                                        priors, refs, before, MASK_GROWTH)
+    result["mask_variants"] = mask_variants(model, card, judge, judge_card, product_fill, test, truth, chosen, seeds,
+                                            priors, refs, before, MASK_VARIANTS)
     free = sample(dit, scheduler, 128, size, steps=50, generator=torch.Generator().manual_seed(0))
     held_out = normals.images[:256]
     half = len(held_out) // 2  # the floor: two halves of real held-out normals
@@ -332,28 +382,33 @@ def run_size(size: int, args) -> dict:
     return result
 
 
-def mask_growth(model, card, judge, judge_card, dit, scheduler, test, truth, chosen, seeds, priors, refs, before,
-                growths) -> dict:
-    """The product's DiT on the product's CAM masks grown by each of ``growths`` pixels."""
+def mask_variants(model, card, judge, judge_card, fill, test, truth, chosen, seeds, priors, refs, before,
+                  variants) -> dict:
+    """The product's removal with its masks grown by other amounts and other numbers of rounds."""
     images, out = test.images[[i for i, _ in chosen]], {}
-    for grow in growths:
-        grown = [m.mask if m.outcome == "ok" else None
-                 for m in cam_masks(model, card, images, chosen, priors, replace(PRODUCT.mask, dilate_px=grow))]
-        results = inpaint(dit, scheduler, images, mask_tensor(grown, images.shape[-2:]), PRODUCT.inpaint,
-                          [torch.Generator().manual_seed(s) for s in seeds])
-        out[grow] = outcomes(test, card, judge_card, chosen, truth, refs, before, predict_probs(judge, results), grown,
-                             results)
-        print("grow", grow, json.dumps({k: v for k, v in out[grow].items() if not isinstance(v, dict)}), flush=True)
+    for grow, rounds in variants:
+        removal = product_removal(model, card, images, chosen, priors, fill, replace(PRODUCT.mask, dilate_px=grow),
+                                  rounds, seeds)
+        masks = [m.mask if m.outcome == "ok" else None for m in removal.masks]
+        results = images.clone()
+        results[removal.ok] = removal.generated
+        key = f"{grow} px, {rounds} round{'s' if rounds > 1 else ''}"
+        out[key] = outcomes(test, card, judge_card, chosen, truth, refs, before, predict_probs(judge, results), masks,
+                            results, product_check(model, card, test, chosen, masks, results))
+        print(key, json.dumps({k: v for k, v in out[key].items() if not isinstance(v, dict)}), flush=True)
     return out
 
 
-def growth_table(growth: dict) -> list[str]:
-    lines = ["| growth px | head lesions | removal signed | end to end | removal judge | lesion covered "
-             "| tail lesions | retention signed | retention judge |", "|---|---|---|---|---|---|---|---|---|"]
-    for grow, o in growth.items():
-        lines.append(f"| {grow} | {o['head_lesions']} | {o['removal_signed']} | {o['removal_signed_end_to_end']} | "
+def variant_table(variants: dict) -> list[str]:
+    lines = ["| growth, rounds | head lesions | removal signed | end to end | removal judge | lesion covered "
+             "| tail lesions | retention signed | retention judge | accepted images | accepted: removal signed "
+             "| accepted: retention signed (tail lesions) |", "|---" * 12 + "|"]
+    for key, o in variants.items():
+        lines.append(f"| {key} | {o['head_lesions']} | {o['removal_signed']} | {o['removal_signed_end_to_end']} | "
                      f"{o['removal_judge']} | {o['coverage_mean']} | {o['tail_lesions']} | "
-                     f"{o['retention_signed']} | {o['retention_judge']} |")
+                     f"{o['retention_signed']} | {o['retention_judge']} | {o['accepted_images']} of "
+                     f"{o['checked_images']} | {o['accepted_removal_signed']} | "
+                     f"{o['accepted_retention_signed']} ({o['accepted_tail_lesions']}) |")
     return lines
 
 
@@ -401,26 +456,36 @@ def markdown(r: dict) -> str:
         s = loc[label]
         cells = [str(s[c] if label == "random_point" else s.get(c, {}).get("pointing_game")) for c in classes]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    rounds = r["product"].get("removal_rounds", 1)
     lines += ["", f"CAM mask outcomes on the removal set: {r['cam_mask_outcomes']} "
                   "(not_detected: the classifier does not call a class to remove, so the gate makes no mask; the product "
                   "quarantines such images, and empty or too-large masks, and makes no sample from them).", "",
+              f"Removal rounds (up to {rounds}; a round re-localises on the result where the classifier still calls a "
+              f"removed class, models/removal.py): images by the rounds their final mask holds: "
+              f"{r.get('cam_mask_rounds', {})}. `cam` is the product's final mask; `cam-first-round` its first "
+              "round's mask alone, filled by the product's DiT; the other fills on `cam` use the final mask.", "",
               "## Removal and retention", "",
               "Removal `signed`: the lesion's mean signed contrast against the lesion-free render of the same "
               "patient falls to at most half; `judge`: an independent classifier (other phantom seed) that called "
               "the class before no longer does; `absolute`: the old criterion (mean |difference| halves). "
               "Retention: a tail lesion keeps at least half its signed contrast / the judge still calls it.", "",
               "Rates are over the lesions of images that got a mask; `end to end` also counts the lesions of "
-              "images the product made no sample from as not removed.", "",
+              "images the product made no sample from as not removed. `accepted`: the rows the product's removal "
+              "check accepts (its classifier no longer calls a removed class and still calls each tail class it "
+              "called, within the margin; tasks/augment.verdict, image-quality filters aside), which are the rows "
+              "fine-tuning reads.", "",
               "| masks / fill | head lesions | removal signed | end to end | removal judge | removal absolute "
-              "| lesion covered | tail lesions | retention signed | retention judge |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "| lesion covered | tail lesions | retention signed | retention judge | accepted images "
+              "| accepted: removal signed | accepted: retention signed (tail lesions) |", "|---" * 13 + "|"]
     for key, o in r["removal"].items():
         lines.append(f"| {key} | {o['head_lesions']} | {o['removal_signed']} | {o['removal_signed_end_to_end']} | "
                      f"{o['removal_judge']} | {o['removal_absolute']} | {o['coverage_mean']} | {o['tail_lesions']} | "
-                     f"{o['retention_signed']} | {o['retention_judge']} |")
-    if r.get("mask_growth"):
-        lines += ["", f"### CAM masks grown further (the product's DiT; default growth {r['product']['mask']['dilate_px']} px)",
-                  ""] + growth_table(r["mask_growth"])
+                     f"{o['retention_signed']} | {o['retention_judge']} | {o.get('accepted_images')} of "
+                     f"{o.get('checked_images')} | {o.get('accepted_removal_signed')} | "
+                     f"{o.get('accepted_retention_signed')} ({o.get('accepted_tail_lesions')}) |")
+    if r.get("mask_variants"):
+        lines += ["", f"### Other mask growths and rounds (the product's DiT; the product: "
+                      f"{r['product']['mask']['dilate_px']} px, {rounds} rounds)", ""] + variant_table(r["mask_variants"])
     lines += ["", "## Generator fidelity (judge-classifier features)", "", "| comparison | FID | KID | n |",
               "|---|---|---|---|"]
     for key, d in r["generator"].items():

@@ -54,7 +54,7 @@ OUTCOMES = ("ok", "empty", "too_large", "not_detected")
 class MaskConfig:
     method: str = "relative"  # "relative" (threshold x map max) or "otsu"
     threshold: float = 0.5  # for "relative"
-    dilate_px: int = 2  # grow the mask by this many pixels (square structuring element)
+    dilate_px: int = 6  # grow the mask by this many pixels (square structuring element)
     min_area: float = 0.005  # smaller union -> "empty" (fraction of the image)
     max_area: float = 0.35  # larger union -> "too_large"
     placement: str = "cam"  # "cam": where the map is; "random": the same mask moved to a random place (control)

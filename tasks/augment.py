@@ -1,6 +1,7 @@
 """Augmentation: candidates with deterministic output ids, and the per-batch work
-(CAM masks for the head classes to remove -> inpaint with the normal DiT -> quality score and
-removal check -> one Parquet shard).
+(class-map masks for the head classes to remove -> inpaint with the normal DiT, re-localising on
+the result while a removed class is still called (models/removal.py, ``removal_rounds``) ->
+quality score and removal check -> one Parquet shard).
 
 The removal check (``verdict``): a generated row is accepted only when the pretrained
 classifier no longer calls any removed class, still calls every tail class it called in the
@@ -34,12 +35,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from models.cam import LocaliseConfig, MaskConfig, MaskResult, removal_masks
+from models.cam import LocaliseConfig, MaskConfig, MaskResult
 from models.classifier import load_checkpoint
 from models.dit import build_scheduler, load_dit
-from models.inpaint import InpaintConfig, inpaint
+from models.inpaint import InpaintConfig
 from models.ood import OODConfig, OODScorer
 from models.quality import QualityScorer
+from models.removal import dit_fill, remove_lesions
 from models.sampling import sample
 from models.training import predict_probs
 from tasks import store
@@ -58,6 +60,7 @@ class AugmentSettings:
     localise: LocaliseConfig = field(default_factory=LocaliseConfig)  # layers, border, prior, gate
     mask: MaskConfig = field(default_factory=MaskConfig)
     inpaint: InpaintConfig = field(default_factory=InpaintConfig)
+    removal_rounds: int = 3  # localise -> inpaint passes; a pass re-localises on the result where a removed class is still called
     guidance: float = 2.0  # label-conditioned generator: classifier-free guidance weight (1 = none); steps: inpaint.steps
     quality_max_z: float = 3.0  # robust z of the NN distance to real images; above -> accepted = False
     tail_margin: float = 0.1  # a kept tail class may fall below its threshold by at most this much
@@ -89,6 +92,8 @@ class AugmentSettings:
             raise ValueError("augment.ood_false_rejection must be between 0 and 1")
         if self.parallel < 1 or self.batch_size < 1:
             raise ValueError("augment.parallel and augment.batch_size must be at least 1")
+        if self.removal_rounds < 1:
+            raise ValueError("augment.removal_rounds must be at least 1 (1 = one mask, no re-localising)")
         if self.batch_timeout_s <= 0:
             raise ValueError("augment.batch_timeout_s must be positive (seconds a batch may take)")
 
@@ -111,7 +116,8 @@ def recipe_id(settings: AugmentSettings, classifier_id: str, generator_id: str) 
     """Everything that changes a generated image's pixels, hashed."""
     recipe = {"classifier": classifier_id, "generator": generator_id, "cam": settings.cam_method,
               "localise": asdict(settings.localise), "mask": asdict(settings.mask),
-              "inpaint": asdict(settings.inpaint), "seed": settings.seed, "guidance": settings.guidance}
+              "inpaint": asdict(settings.inpaint), "seed": settings.seed, "guidance": settings.guidance,
+              "removal_rounds": settings.removal_rounds}
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
 
 
@@ -360,30 +366,30 @@ def _generate(dataset_uri: str, images: torch.Tensor, kept: torch.Tensor | None,
     net, card = _classifier(classifier["uri"])
     before = predict_probs(net, images)  # (B, K): the gate's input and the removal check's "before"
     dit, scheduler, _ = _generator(generator["uri"])
-    seeds = [torch.Generator().manual_seed(c.seed) for c in batch]
     if kept is not None:  # DfT-Caption: no mask, the whole image is new
         side = images.shape[-1]
+        seeds = [torch.Generator().manual_seed(c.seed) for c in batch]
         masks = [MaskResult(np.ones((side, side), dtype=bool), "ok", 1.0) for _ in batch]
         generated = sample(dit, scheduler, len(batch), side, settings.inpaint.steps, seeds,
                            labels=kept, guidance=settings.guidance)
         ok = list(range(len(batch)))
     else:
         priors = {findings.index(name): np.asarray(p) for name, p in card.location_prior.items() if name in findings}
-        masks = removal_masks(net, images, [[findings.index(r) for r in c.remove] for c in batch],
-                              settings.cam_method, settings.mask, seeds=[c.seed for c in batch],
-                              localise=settings.localise, priors=priors, thresholds=card.thresholds, probs=before)
-        ok = [i for i, m in enumerate(masks) if m.outcome == "ok"]
+        removal = remove_lesions(net, images, [[findings.index(r) for r in c.remove] for c in batch],
+                                 [c.seed for c in batch], dit_fill(dit, scheduler, settings.inpaint),
+                                 method=settings.cam_method, mask=settings.mask, localise=settings.localise,
+                                 thresholds=card.thresholds, priors=priors, rounds=settings.removal_rounds,
+                                 probs=before)
+        masks, generated, ok = removal.masks, removal.generated, removal.ok
         if not ok:
-            return masks, images[ok], np.zeros(0), None, None, None
-        mask_tensor = torch.from_numpy(np.stack([masks[i].mask for i in ok])[:, None].astype(np.float32))
-        generated = inpaint(dit, scheduler, images[ok], mask_tensor, settings.inpaint,
-                            [seeds[i] for i in ok])  # (len(ok), 1, S, S)
+            return masks, generated, np.zeros(0), None, None, None
     scores = _quality(dataset_uri).score(generated)
     ood = None
     if settings.ood_filter:
         scorer = _ood(dataset_uri, generator["uri"], settings.ood_false_rejection)
         ood = (scorer.score(generated), scorer.threshold)
-    return masks, generated, scores, ood, before[ok], predict_probs(net, generated)
+    after = removal.probs if kept is None else predict_probs(net, generated)
+    return masks, generated, scores, ood, before[ok], after
 
 
 def kept_sets(labels: torch.Tensor, findings: list[str], batch: list[Candidate]) -> torch.Tensor:

@@ -201,15 +201,16 @@ def test_a_second_augment_into_one_output_is_refused(tiny_run, tmp_path):
 
 
 def test_random_placement_moves_the_same_masks(tiny_run, tmp_path):
-    """The control: every generated image gets its CAM mask's shape and area at another place."""
+    """The control: every generated image gets its CAM mask's shape and area at another place
+    (one removal round each: with more, each placement re-localises on its own results)."""
     result, _ = tiny_run
     dataset, models = result["dataset_uri"], result["models"]
     _, decisions = plan(dataset, str(tmp_path / "d.duckdb"))
     manifest = read_manifest(dataset)
     written, parents_wanted = {}, None
     for placement in ("cam", "random"):
-        settings = work.AugmentSettings.from_dict({**TINY["augment"], "mask": {**TINY["augment"]["mask"],
-                                                                               "placement": placement}})
+        settings = work.AugmentSettings.from_dict({**TINY["augment"], "removal_rounds": 1,
+                                                   "mask": {**TINY["augment"]["mask"], "placement": placement}})
         out = str(tmp_path / placement)
         batch = work.prepare(dataset, out, manifest, decisions, models["classifier"]["id"], models["generator"]["id"],
                              settings).candidates
