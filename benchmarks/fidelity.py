@@ -57,7 +57,8 @@ SEED, JUDGE_SEED = 21, 22
 PRODUCT = AugmentSettings()  # the product's defaults are what is measured
 NOISE_START = InpaintConfig(steps=25, jump_length=5, resample=2)
 HARMONIC_START = InpaintConfig(steps=25, jump_length=5, resample=2, init="harmonic", strength=0.6)
-MASK_VARIANTS = ((2, 1), (2, 3), (4, 3), (8, 3))  # (mask growth px, removal rounds) measured beside the product's
+# (mask growth px, removal rounds, removal target) measured beside the product's
+MASK_VARIANTS = ((2, 1, 1.0), (6, 3, 1.0), (4, 4, 0.25), (8, 4, 0.25))
 
 
 def prepare(size: int, n: int, dit_steps: int, conditioning: str = "none", prediction: str = "sample") -> dict:
@@ -167,12 +168,13 @@ def removal_set(truths: list[dict], labels: torch.Tensor, card, limit: int) -> l
 
 
 def product_removal(model, card, images, chosen, priors, fill, mask: MaskConfig = PRODUCT.mask,
-                    rounds: int = PRODUCT.removal_rounds, seeds=None) -> Removal:
+                    rounds: int = PRODUCT.removal_rounds, seeds=None, target: float = PRODUCT.removal_target) -> Removal:
     """The product's removal of the chosen images' head classes (models/removal.py): its
-    localisation, ``mask`` settings and ``rounds``, with ``fill`` (the product's DiT sampler)."""
+    localisation, ``mask`` settings, ``rounds`` and ``target``, with ``fill`` (the product's DiT sampler)."""
     remove = [[card.labels.index(n) for n in names] for _, names in chosen]
     return remove_lesions(model, images, remove, seeds, fill, method=PRODUCT.cam_method, mask=mask,
-                          localise=PRODUCT.localise, thresholds=card.thresholds, priors=priors, rounds=rounds)
+                          localise=PRODUCT.localise, thresholds=card.thresholds, priors=priors, rounds=rounds,
+                          target=target)
 
 
 def mask_tensor(masks: list[np.ndarray | None], shape) -> torch.Tensor:
@@ -333,7 +335,7 @@ def run_size(size: int, args) -> dict:
               "prepared": prep, "head": card.head, "tail": card.tail,
               "product": {"cam_method": PRODUCT.cam_method, "localise": asdict(PRODUCT.localise),
                           "mask": asdict(PRODUCT.mask), "inpaint": asdict(PRODUCT.inpaint),
-                          "removal_rounds": PRODUCT.removal_rounds}}
+                          "removal_rounds": PRODUCT.removal_rounds, "removal_target": PRODUCT.removal_target}}
     truth = lesion_masks(test.table)  # decoded once for every measure below
     result["localisation"] = localisation(model, card, test, train, truth)
     print(json.dumps({k: v.get("_all", v) if isinstance(v, dict) else v for k, v in result["localisation"].items()}),
@@ -386,13 +388,13 @@ def mask_variants(model, card, judge, judge_card, fill, test, truth, chosen, see
                   variants) -> dict:
     """The product's removal with its masks grown by other amounts and other numbers of rounds."""
     images, out = test.images[[i for i, _ in chosen]], {}
-    for grow, rounds in variants:
+    for grow, rounds, target in variants:
         removal = product_removal(model, card, images, chosen, priors, fill, replace(PRODUCT.mask, dilate_px=grow),
-                                  rounds, seeds)
+                                  rounds, seeds, target)
         masks = [m.mask if m.outcome == "ok" else None for m in removal.masks]
         results = images.clone()
         results[removal.ok] = removal.generated
-        key = f"{grow} px, {rounds} round{'s' if rounds > 1 else ''}"
+        key = f"{grow} px, {rounds} round{'s' if rounds > 1 else ''}" + (f", target {target:g}" if rounds > 1 else "")
         out[key] = outcomes(test, card, judge_card, chosen, truth, refs, before, predict_probs(judge, results), masks,
                             results, product_check(model, card, test, chosen, masks, results))
         print(key, json.dumps({k: v for k, v in out[key].items() if not isinstance(v, dict)}), flush=True)
@@ -400,7 +402,7 @@ def mask_variants(model, card, judge, judge_card, fill, test, truth, chosen, see
 
 
 def variant_table(variants: dict) -> list[str]:
-    lines = ["| growth, rounds | head lesions | removal signed | end to end | removal judge | lesion covered "
+    lines = ["| growth, rounds, target | head lesions | removal signed | end to end | removal judge | lesion covered "
              "| tail lesions | retention signed | retention judge | accepted images | accepted: removal signed "
              "| accepted: retention signed (tail lesions) |", "|---" * 12 + "|"]
     for key, o in variants.items():
@@ -456,12 +458,13 @@ def markdown(r: dict) -> str:
         s = loc[label]
         cells = [str(s[c] if label == "random_point" else s.get(c, {}).get("pointing_game")) for c in classes]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    rounds = r["product"].get("removal_rounds", 1)
+    rounds, target = r["product"].get("removal_rounds", 1), r["product"].get("removal_target", 1.0)
     lines += ["", f"CAM mask outcomes on the removal set: {r['cam_mask_outcomes']} "
                   "(not_detected: the classifier does not call a class to remove, so the gate makes no mask; the product "
                   "quarantines such images, and empty or too-large masks, and makes no sample from them).", "",
-              f"Removal rounds (up to {rounds}; a round re-localises on the result where the classifier still calls a "
-              f"removed class, models/removal.py): images by the rounds their final mask holds: "
+              f"Removal rounds (up to {rounds}; a round re-localises on the result while a removed class's "
+              f"probability is at least {target:g} x its threshold, models/removal.py): images by the rounds their "
+              f"final mask holds: "
               f"{r.get('cam_mask_rounds', {})}. `cam` is the product's final mask; `cam-first-round` its first "
               "round's mask alone, filled by the product's DiT; the other fills on `cam` use the final mask.", "",
               "## Removal and retention", "",
@@ -484,8 +487,9 @@ def markdown(r: dict) -> str:
                      f"{o.get('checked_images')} | {o.get('accepted_removal_signed')} | "
                      f"{o.get('accepted_retention_signed')} ({o.get('accepted_tail_lesions')}) |")
     if r.get("mask_variants"):
-        lines += ["", f"### Other mask growths and rounds (the product's DiT; the product: "
-                      f"{r['product']['mask']['dilate_px']} px, {rounds} rounds)", ""] + variant_table(r["mask_variants"])
+        lines += (["", f"### Other mask growths and rounds (the product's DiT; the product: "
+                       f"{r['product']['mask']['dilate_px']} px, {rounds} rounds, target {target:g})", ""]
+                  + variant_table(r["mask_variants"]))
     lines += ["", "## Generator fidelity (judge-classifier features)", "", "| comparison | FID | KID | n |",
               "|---|---|---|---|"]
     for key, d in r["generator"].items():

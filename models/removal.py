@@ -7,7 +7,9 @@ part of a lesion (about 60% at 128 px, benchmarks/results/fidelity_128.md), and 
 covered lesion is partly still there. So after a round the classifier looks at the result;
 on each image where it still calls a removed class, the map of that class *on the result*
 points at what is left, that mask joins the union, and the image is filled again from its
-original with the grown union (one coherent fill, the same seed). This is adversarial erasing
+original with the grown union (one coherent fill, the same seed). Later rounds may aim lower than
+the call (``target`` x the threshold): a class the classifier no longer calls may still be half
+there, and measured on the phantom pushing on removes more of it. This is adversarial erasing
 (Wei et al., "Object Region Mining with Adversarial Erasing", CVPR 2017) used to finish a
 removal rather than to grow a segmentation. A grown union larger than ``MaskConfig.max_area`` is
 not taken: the image keeps its previous round, and the removal check (tasks/augment.verdict)
@@ -55,17 +57,19 @@ def dit_fill(dit, scheduler, config: InpaintConfig) -> Fill:
 
 def remove_lesions(classifier: torch.nn.Module, images: torch.Tensor, remove: list[list[int]], seeds: list[int],
                    fill: Fill, *, method: str, mask: MaskConfig, localise: LocaliseConfig, thresholds: list[float],
-                   priors: dict[int, np.ndarray] | None = None, rounds: int = 1,
+                   priors: dict[int, np.ndarray] | None = None, rounds: int = 1, target: float = 1.0,
                    probs: np.ndarray | None = None) -> Removal:
     """Remove the classes ``remove[i]`` from each of the (N, 1, H, W) ``images`` in [0, 1]:
     up to ``rounds`` localise -> fill passes. ``probs`` are the classifier's probabilities on
     ``images`` when the caller has them; ``seeds`` give each image its own fill and, for the
-    random control, its mask placement."""
-    if rounds < 1:
-        raise ValueError("rounds must be at least 1")
+    random control, its mask placement. Later rounds go on while a removed class's probability
+    is at least ``target`` x its threshold (1: until the classifier no longer calls it; lower
+    pushes on past the call, to what the classifier still half sees)."""
+    if rounds < 1 or not 0 < target <= 1:
+        raise ValueError("rounds must be at least 1 and 0 < target <= 1")
     if len(seeds) != len(remove) or len(remove) != images.shape[0]:
         raise ValueError("give one list of classes to remove and one seed per image")
-    cut = np.asarray(thresholds)
+    cut = np.asarray(thresholds) * target  # later rounds: which classes are still there
     first = removal_masks(classifier, images, remove, method, mask, seeds=seeds, localise=localise,
                           priors=priors, thresholds=thresholds, probs=probs)
     ok = [i for i, m in enumerate(first) if m.outcome == "ok"]
@@ -81,7 +85,7 @@ def remove_lesions(classifier: torch.nn.Module, images: torch.Tensor, remove: li
             break
         found = removal_masks(classifier, results[again], [still[i] for i in again], method, mask,
                               seeds=[seeds[i] + r for i in again], localise=localise, priors=priors,
-                              thresholds=thresholds, probs=np.stack([after_of[i] for i in again]))
+                              thresholds=list(cut), probs=np.stack([after_of[i] for i in again]))
         grown = []
         for i, m in zip(again, found):
             bigger = union[i] | m.mask

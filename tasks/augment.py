@@ -60,7 +60,8 @@ class AugmentSettings:
     localise: LocaliseConfig = field(default_factory=LocaliseConfig)  # layers, border, prior, gate
     mask: MaskConfig = field(default_factory=MaskConfig)
     inpaint: InpaintConfig = field(default_factory=InpaintConfig)
-    removal_rounds: int = 3  # localise -> inpaint passes; a pass re-localises on the result where a removed class is still called
+    removal_rounds: int = 4  # localise -> inpaint passes; a pass re-localises on the result where a removed class is still seen
+    removal_target: float = 0.25  # passes after the first go on while a removed class's probability >= this x its threshold
     guidance: float = 2.0  # label-conditioned generator: classifier-free guidance weight (1 = none); steps: inpaint.steps
     quality_max_z: float = 3.0  # robust z of the NN distance to real images; above -> accepted = False
     tail_margin: float = 0.1  # a kept tail class may fall below its threshold by at most this much
@@ -94,6 +95,9 @@ class AugmentSettings:
             raise ValueError("augment.parallel and augment.batch_size must be at least 1")
         if self.removal_rounds < 1:
             raise ValueError("augment.removal_rounds must be at least 1 (1 = one mask, no re-localising)")
+        if not 0 < self.removal_target <= 1:
+            raise ValueError("augment.removal_target must be in (0, 1]: the share of a class's threshold that "
+                             "another removal round aims below (1 = until the classifier no longer calls it)")
         if self.batch_timeout_s <= 0:
             raise ValueError("augment.batch_timeout_s must be positive (seconds a batch may take)")
 
@@ -117,7 +121,7 @@ def recipe_id(settings: AugmentSettings, classifier_id: str, generator_id: str) 
     recipe = {"classifier": classifier_id, "generator": generator_id, "cam": settings.cam_method,
               "localise": asdict(settings.localise), "mask": asdict(settings.mask),
               "inpaint": asdict(settings.inpaint), "seed": settings.seed, "guidance": settings.guidance,
-              "removal_rounds": settings.removal_rounds}
+              "removal_rounds": settings.removal_rounds, "removal_target": settings.removal_target}
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
 
 
@@ -379,7 +383,7 @@ def _generate(dataset_uri: str, images: torch.Tensor, kept: torch.Tensor | None,
                                  [c.seed for c in batch], dit_fill(dit, scheduler, settings.inpaint),
                                  method=settings.cam_method, mask=settings.mask, localise=settings.localise,
                                  thresholds=card.thresholds, priors=priors, rounds=settings.removal_rounds,
-                                 probs=before)
+                                 target=settings.removal_target, probs=before)
         masks, generated, ok = removal.masks, removal.generated, removal.ok
         if not ok:
             return masks, generated, np.zeros(0), None, None, None

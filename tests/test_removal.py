@@ -39,10 +39,10 @@ def _flat_fill(images, masks, seeds):
     return torch.where(masks > 0.5, torch.full_like(images, BACKGROUND), images)
 
 
-def _remove(images, rounds, mask=MASK, placement_seeds=None):
+def _remove(images, rounds, mask=MASK, placement_seeds=None, thresholds=(0.5, 0.5), target=1.0):
     return remove_lesions(BrightSum(), images, [[0]] * len(images), placement_seeds or list(range(len(images))),
                           _flat_fill, method="infill", mask=mask, localise=LocaliseConfig(prior_weight=0.0),
-                          thresholds=[0.5, 0.5], rounds=rounds)
+                          thresholds=list(thresholds), rounds=rounds, target=target)
 
 
 def test_a_second_round_finds_what_the_first_mask_left_and_removes_it():
@@ -91,3 +91,15 @@ def test_the_random_control_gets_rounds_and_area_too():
         remove_lesions(BrightSum(), two, [[0]], [], _flat_fill, method="infill", mask=MASK,
                        localise=LocaliseConfig(), thresholds=[0.5, 0.5])
     assert np.isfinite(control.probs).all()
+
+
+def test_a_lower_target_goes_on_past_the_call_to_what_the_classifier_still_half_sees():
+    """With the class's threshold at 0.95, the first mask leaves p = 0.9: no longer called, but
+    the weaker blob is still there. Target 1 stops; target 0.5 (aim below 0.475) takes it out."""
+    two = _image([((4, 4), 1.0), ((22, 22), 0.9)])
+    stops = _remove(two, 3, thresholds=(0.95, 0.5))
+    assert stops.rounds == [1] and 0.5 < stops.probs[0, 0] < 0.95
+    goes_on = _remove(two, 3, thresholds=(0.95, 0.5), target=0.5)
+    assert goes_on.rounds == [2] and goes_on.probs[0, 0] < 0.475 and goes_on.masks[0].mask[24, 24]
+    with pytest.raises(ValueError, match="target"):
+        _remove(two, 3, target=0.0)
