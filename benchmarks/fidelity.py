@@ -46,7 +46,7 @@ from models.removal import Removal, dit_fill, remove_lesions
 from models.sampling import sample
 from models.training import TrainConfig, predict_probs
 from tasks import store
-from tasks.augment import AugmentSettings, verdict
+from tasks.augment import AugmentSettings, present, verdict
 from tasks.ingest import ingest_phantom
 from tasks.knowledge.decision import Question
 from tasks.knowledge.rules import RulesJudge
@@ -160,7 +160,7 @@ def removal_set(truths: list[dict], labels: torch.Tensor, card, limit: int) -> l
     judge, out = RulesJudge(), []
     for i, truth in enumerate(truths):
         head = sorted(name for name, m in truth.items() if name in card.head and m.any())
-        tail = [name for k, name in enumerate(card.labels) if name in card.tail and labels[i, k] == 1.0]
+        tail = present(labels[i].numpy(), card.labels, card.tail)
         remove = sorted(judge.decide(Question.of(head, tail)).remove) if head and tail else head
         if remove:
             out.append((i, remove))
@@ -245,8 +245,7 @@ def product_check(model, card, test, chosen, masks, results) -> list[bool | None
     before, after = predict_probs(model, images), predict_probs(model, results)
     out = []
     for j, (i, names) in enumerate(chosen):
-        labels = test.labels[i].numpy()
-        tail = [card.labels[k] for k in np.nonzero(labels == 1.0)[0] if card.labels[k] in card.tail]
+        tail = present(test.labels[i].numpy(), card.labels, card.tail)
         out.append(None if masks[j] is None else verdict(
             tuple(names), tail, card.labels, before[j], after[j], card.thresholds, PRODUCT.tail_margin, 0.0,
             float("inf")) == "ok")

@@ -75,7 +75,9 @@ def remove_lesions(classifier: torch.nn.Module, images: torch.Tensor, remove: li
     ok = [i for i, m in enumerate(first) if m.outcome == "ok"]
     union = {i: first[i].mask for i in ok}
     used = {i: 1 for i in ok}
-    results = _filled(fill, images, union, ok, seeds)
+    results = images.clone()
+    if ok:
+        results[ok] = _fill_rows(fill, images, union, ok, seeds)
     after = predict_probs(classifier, results[ok]) if ok else np.zeros((0, len(cut)), np.float32)
     after_of = dict(zip(ok, after))
     for r in range(2, rounds + 1):
@@ -94,7 +96,7 @@ def remove_lesions(classifier: torch.nn.Module, images: torch.Tensor, remove: li
                 grown.append(i)
         if not grown:
             break
-        results[grown] = _filled(fill, images, union, grown, seeds)[grown]
+        results[grown] = _fill_rows(fill, images, union, grown, seeds)
         for i, p in zip(grown, predict_probs(classifier, results[grown])):
             after_of[i] = p
     masks = [MaskResult(union[i], "ok", float(union[i].mean())) if i in union else m for i, m in enumerate(first)]
@@ -102,11 +104,9 @@ def remove_lesions(classifier: torch.nn.Module, images: torch.Tensor, remove: li
     return Removal(masks, results[ok], probs_after, [used[i] for i in ok])
 
 
-def _filled(fill: Fill, images: torch.Tensor, union: dict[int, np.ndarray], rows: list[int],
-            seeds: list[int]) -> torch.Tensor:
-    """A copy of ``images`` with ``rows`` filled under their ``union`` masks (each with its own seed)."""
-    out = images.clone()
-    if rows:
-        masks = torch.from_numpy(np.stack([union[i] for i in rows])[:, None].astype(np.float32))
-        out[rows] = fill(images[rows], masks, [seeds[i] for i in rows])
-    return out
+def _fill_rows(fill: Fill, images: torch.Tensor, union: dict[int, np.ndarray], rows: list[int],
+               seeds: list[int]) -> torch.Tensor:
+    """(len(rows), 1, H, W): the original ``images[rows]`` filled under their ``union`` masks,
+    each with its own seed."""
+    masks = torch.from_numpy(np.stack([union[i] for i in rows])[:, None].astype(np.float32))
+    return fill(images[rows], masks, [seeds[i] for i in rows])

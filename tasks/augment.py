@@ -300,7 +300,7 @@ def run_batch(dataset_uri: str, out_uri: str, batch: list[Candidate], classifier
     verdicts = []
     for j, i in enumerate(ok):
         c = batch[i]
-        tail = [findings[k] for k in np.nonzero(labels[i] == 1.0)[0] if findings[k] in card.tail]
+        tail = present(labels[i], findings, card.tail)
         ood_score = float(ood[0][j]) if ood else None
         verdicts.append(verdict(c.remove if settings.verify_removal else (),
                                 tail if settings.verify_removal else [], findings, probs_before[j], probs_after[j],
@@ -318,6 +318,11 @@ def run_batch(dataset_uri: str, out_uri: str, batch: list[Candidate], classifier
             "by_class": _by_class([batch[i].remove for i in ok], verdicts),
             "model_seconds": round(model_seconds, 3), "seconds": round(time.perf_counter() - started, 3),
             "removed_prob_drop_mean": float(np.mean(removed_drop)) if removed_drop else None}
+
+
+def present(labels: np.ndarray, findings: list[str], among: list[str]) -> list[str]:
+    """The findings of ``among`` that a label row (1.0 = present) holds, in vocabulary order."""
+    return [findings[k] for k in np.nonzero(np.asarray(labels) == 1.0)[0] if findings[k] in among]
 
 
 def verdict(remove: tuple[str, ...], tail: list[str], findings: list[str], before: np.ndarray, after: np.ndarray,
@@ -377,6 +382,7 @@ def _generate(dataset_uri: str, images: torch.Tensor, kept: torch.Tensor | None,
         generated = sample(dit, scheduler, len(batch), side, settings.inpaint.steps, seeds,
                            labels=kept, guidance=settings.guidance)
         ok = list(range(len(batch)))
+        after = predict_probs(net, generated)
     else:
         priors = {findings.index(name): np.asarray(p) for name, p in card.location_prior.items() if name in findings}
         removal = remove_lesions(net, images, [[findings.index(r) for r in c.remove] for c in batch],
@@ -384,7 +390,7 @@ def _generate(dataset_uri: str, images: torch.Tensor, kept: torch.Tensor | None,
                                  method=settings.cam_method, mask=settings.mask, localise=settings.localise,
                                  thresholds=card.thresholds, priors=priors, rounds=settings.removal_rounds,
                                  target=settings.removal_target, probs=before)
-        masks, generated, ok = removal.masks, removal.generated, removal.ok
+        masks, generated, ok, after = removal.masks, removal.generated, removal.ok, removal.probs
         if not ok:
             return masks, generated, np.zeros(0), None, None, None
     scores = _quality(dataset_uri).score(generated)
@@ -392,7 +398,6 @@ def _generate(dataset_uri: str, images: torch.Tensor, kept: torch.Tensor | None,
     if settings.ood_filter:
         scorer = _ood(dataset_uri, generator["uri"], settings.ood_false_rejection)
         ood = (scorer.score(generated), scorer.threshold)
-    after = removal.probs if kept is None else predict_probs(net, generated)
     return masks, generated, scores, ood, before[ok], after
 
 
