@@ -73,9 +73,9 @@ class LocaliseConfig:
     """How a class map is made from the classifier (measured in benchmarks/fidelity.py)."""
     layers: tuple[str, ...] = ()  # target layers by name; () = the deepest stage >= 8 cells wide; several: mean
     border: float = 0.0  # share of each side zeroed in the map (film edges, markers)
-    prior_weight: float = 1.0  # map x prior ** weight when the classifier card has a class location prior
+    prior_weight: float = 0.5  # map x prior ** weight when the classifier card has a class location prior
     gate: bool = True  # no mask for a class the classifier does not call (probability < its threshold)
-    window: float = 0.25  # method "infill": window side as a share of the image side
+    window: float = 0.125  # method "infill": window side as a share of the image side
     stride: float = 0.5  # method "infill": window step as a share of the window side
 
     def __post_init__(self) -> None:

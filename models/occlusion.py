@@ -3,7 +3,11 @@
 A window slides over the image; each time, the window is filled in from its surroundings (a
 smooth infill, as a lesion-free film would look there) and the classifier scores the result. A
 window's evidence for class c is the drop in c's probability; a pixel's map value is the mean
-drop over the windows that cover it. This is occlusion sensitivity (Zeiler & Fergus,
+drop over the windows that cover it, smoothed by a Gaussian of half a window step. Unsmoothed,
+the map is constant over cells one step wide and its maximum falls on a cell's top-left corner,
+up to a step away from the lesion; on the phantom at 128 px (validation split, head lesions the
+classifier calls) smoothing raised the pointing game from 0.85 to 0.90 with the default windows,
+and from 0.74 to 0.80 with windows twice as wide. This is occlusion sensitivity (Zeiler & Fergus,
 "Visualizing and Understanding Convolutional Networks") with an infill instead of a grey patch,
 after FIDO (Chang et al., "Explaining Image Classifiers by Counterfactual Generation", ICLR
 2019): a grey patch is itself an out-of-distribution object, an infill asks the question the
@@ -51,10 +55,15 @@ def smooth_infill(images: torch.Tensor, masks: torch.Tensor, sigma_frac: float =
     return images * known + fill * masks
 
 
+def window_step(size: int, window: float, stride: float) -> tuple[int, int]:
+    """(side, step) in pixels of the windows ``windows`` lays."""
+    side = max(2, int(round(window * size)))
+    return side, max(1, int(round(stride * side)))
+
+
 def windows(size: int, window: float, stride: float) -> list[tuple[int, int, int]]:
     """(top, left, side) of square windows ``window`` x size wide, every ``stride`` x window."""
-    side = max(2, int(round(window * size)))
-    step = max(1, int(round(stride * side)))
+    side, step = window_step(size, window, stride)
     starts = list(range(0, size - side + 1, step))
     if starts[-1] != size - side:
         starts.append(size - side)
@@ -62,10 +71,10 @@ def windows(size: int, window: float, stride: float) -> list[tuple[int, int, int
 
 
 @torch.no_grad()
-def infill_maps(model: torch.nn.Module, images: torch.Tensor, classes: list[int], window: float = 0.25,
+def infill_maps(model: torch.nn.Module, images: torch.Tensor, classes: list[int], window: float = 0.125,
                 stride: float = 0.5, batch: int = 256) -> np.ndarray:
     """(N, S, S) maps in [0, 1]: per pixel, the mean drop of the class probability over the
-    infilled windows that cover it (negative drops count as 0)."""
+    infilled windows that cover it (negative drops count as 0), smoothed by half a window step."""
     if len(classes) != images.shape[0]:
         raise ValueError("give one target class per image row")
     model.eval()
@@ -75,15 +84,16 @@ def infill_maps(model: torch.nn.Module, images: torch.Tensor, classes: list[int]
     for k, (top, left, side) in enumerate(boxes):
         masks[k, :, top:top + side, left:left + side] = 1.0
     cover = masks.sum(dim=0)[0].clamp(min=1.0)  # (S, S) windows per pixel
+    sigma = window_step(size, window, stride)[1] / 2
     out = np.zeros((len(classes), size, size), np.float32)
+    last = None  # rows of the same image in a row (several classes) share its infilled windows
     for n, c in enumerate(classes):
-        base = torch.sigmoid(model(images[n:n + 1]))[0, c]
-        drops = []
-        for start in range(0, len(boxes), batch):
-            m = masks[start:start + batch]
-            filled = smooth_infill(images[n:n + 1].expand(len(m), -1, -1, -1), m)
-            drops.append((base - torch.sigmoid(model(filled))[:, c]).clamp(min=0))
-        drop = torch.cat(drops)  # (W,)
-        heat = (drop.view(-1, 1, 1, 1) * masks).sum(dim=0)[0] / cover  # (S, S)
+        if last is None or not torch.equal(images[n], images[last]):
+            base = torch.sigmoid(model(images[n:n + 1]))[0]  # (K,)
+            scored = torch.cat([torch.sigmoid(model(smooth_infill(images[n:n + 1].expand(len(m), -1, -1, -1), m)))
+                                for m in masks.split(batch)])  # (W, K)
+            last = n
+        drop = (base[c] - scored[:, c]).clamp(min=0)  # (W,)
+        heat = _blur(((drop.view(-1, 1, 1, 1) * masks).sum(dim=0) / cover)[None], sigma)[0, 0]  # (S, S)
         out[n] = (heat / heat.max().clamp(min=1e-7)).numpy()
     return out

@@ -45,3 +45,17 @@ def test_windows_cover_the_image():
     for top, left, side in boxes:
         covered[top:top + side, left:left + side] = True
     assert covered.all() and len(boxes) == 49
+
+
+@pytest.mark.parametrize("spot", [(13, 45), (30, 30), (46, 19), (22, 37)])
+def test_smoothed_map_peaks_on_the_spot_not_on_a_cell_corner(spot):
+    """Windows 16 px wide every 8 px: unsmoothed, the maximum lies on a cell's corner up to 6 px off."""
+    peak = np.unravel_index(np.argmax(infill_maps(_BrightSpotDetector(), _film(*spot), [0], window=0.25)[0]), (64, 64))
+    assert abs(peak[0] - spot[0]) <= 2 and abs(peak[1] - spot[1]) <= 2
+
+
+def test_classes_of_one_image_share_its_windows_and_match_one_at_a_time():
+    a, b = _film(16, 44), _film(46, 20)
+    together = infill_maps(_BrightSpotDetector(), torch.cat([a, a, b]), [0, 1, 0])
+    alone = np.concatenate([infill_maps(_BrightSpotDetector(), x, [c]) for x, c in ((a, 0), (a, 1), (b, 0))])
+    np.testing.assert_allclose(together, alone, atol=1e-6)

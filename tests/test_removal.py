@@ -10,7 +10,8 @@ from models.removal import remove_lesions
 
 BACKGROUND = 0.2
 SIZE = 32
-MASK = MaskConfig(dilate_px=2)  # pinned: the test images are 32 px, the product default is sized for 128
+MASK = MaskConfig(dilate_px=2)  # pinned, as LOCALISE: the test images are 32 px, the product defaults are sized for 128
+LOCALISE = LocaliseConfig(window=0.25, prior_weight=0.0)
 
 
 class BrightSum(torch.nn.Module):
@@ -41,7 +42,7 @@ def _flat_fill(images, masks, seeds):
 
 def _remove(images, rounds, mask=MASK, placement_seeds=None, thresholds=(0.5, 0.5), target=1.0):
     return remove_lesions(BrightSum(), images, [[0]] * len(images), placement_seeds or list(range(len(images))),
-                          _flat_fill, method="infill", mask=mask, localise=LocaliseConfig(prior_weight=0.0),
+                          _flat_fill, method="infill", mask=mask, localise=LOCALISE,
                           thresholds=list(thresholds), rounds=rounds, target=target)
 
 
