@@ -72,9 +72,10 @@ def windows(size: int, window: float, stride: float) -> list[tuple[int, int, int
 
 @torch.no_grad()
 def infill_maps(model: torch.nn.Module, images: torch.Tensor, classes: list[int], window: float = 0.125,
-                stride: float = 0.5, batch: int = 256) -> np.ndarray:
+                stride: float = 0.5, batch: int = 256, smooth: bool = True) -> np.ndarray:
     """(N, S, S) maps in [0, 1]: per pixel, the mean drop of the class probability over the
-    infilled windows that cover it (negative drops count as 0), smoothed by half a window step."""
+    infilled windows that cover it (negative drops count as 0), smoothed by half a window step
+    (``smooth=False``: not, for benchmarks/infill_sweep.py)."""
     if len(classes) != images.shape[0]:
         raise ValueError("give one target class per image row")
     model.eval()
@@ -84,7 +85,7 @@ def infill_maps(model: torch.nn.Module, images: torch.Tensor, classes: list[int]
     for k, (top, left, side) in enumerate(boxes):
         masks[k, :, top:top + side, left:left + side] = 1.0
     cover = masks.sum(dim=0)[0].clamp(min=1.0)  # (S, S) windows per pixel
-    sigma = window_step(size, window, stride)[1] / 2
+    sigma = window_step(size, window, stride)[1] / 2 if smooth else 0.0
     out = np.zeros((len(classes), size, size), np.float32)
     last = None  # rows of the same image in a row (several classes) share its infilled windows
     for n, c in enumerate(classes):
@@ -94,6 +95,7 @@ def infill_maps(model: torch.nn.Module, images: torch.Tensor, classes: list[int]
                                 for m in masks.split(batch)])  # (W, K)
             last = n
         drop = (base[c] - scored[:, c]).clamp(min=0)  # (W,)
-        heat = _blur(((drop.view(-1, 1, 1, 1) * masks).sum(dim=0) / cover)[None], sigma)[0, 0]  # (S, S)
+        heat = ((drop.view(-1, 1, 1, 1) * masks).sum(dim=0) / cover)[0]  # (S, S)
+        heat = _blur(heat[None, None], sigma)[0, 0] if sigma else heat
         out[n] = (heat / heat.max().clamp(min=1e-7)).numpy()
     return out
