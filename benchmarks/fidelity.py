@@ -42,11 +42,12 @@ from models.classifier import ClassifierConfig, load_checkpoint
 from models.dit import DiTConfig, DiTTrainConfig, build_scheduler, load_dit
 from models.fill import harmonic_fill, paste_fill
 from models.inpaint import InpaintConfig, inpaint
-from models.removal import Removal, dit_fill, remove_lesions
+from models.removal import Removal, dit_fill, kept_classes, remove_lesions
 from models.sampling import sample
 from models.training import TrainConfig, predict_probs
 from tasks import store
 from tasks.augment import AugmentSettings, present, verdict
+from tasks.dataset import existing_rows
 from tasks.ingest import ingest_phantom
 from tasks.knowledge.decision import Question
 from tasks.knowledge.rules import RulesJudge
@@ -61,13 +62,21 @@ HARMONIC_START = InpaintConfig(steps=25, jump_length=5, resample=2, init="harmon
 MASK_VARIANTS = ((2, 1, 1.0), (4, 4, 0.25), (8, 4, 0.25))
 
 
+def phantom(uri: str, n: int, size: int, seed: int) -> str:
+    """The benchmark's phantom dataset at ``uri``, rendered when it is not there yet (the same
+    seed renders the same images, so a rerun reuses them instead of rendering 3,000 again)."""
+    rows = existing_rows(uri, ["sample_id"])
+    if rows is None or rows.num_rows < n:
+        ingest_phantom(uri, n, size=size, seed=seed)
+    return uri
+
+
 def prepare(size: int, n: int, dit_steps: int, conditioning: str = "none", prediction: str = "sample") -> dict:
     """Datasets and checkpoints for one size (each reused when already trained)."""
     home, models_uri = tailforge_home() / "bench", str(tailforge_home() / "models")
     out = {}
     for role, seed in (("main", SEED), ("judge", JUDGE_SEED)):
-        uri = str(home / f"phantom{size}-{n}-s{seed}")
-        ingest_phantom(uri, n, size=size, seed=seed)
+        uri = phantom(str(home / f"phantom{size}-{n}-s{seed}"), n, size, seed)
         train = TrainConfig(epochs=8, batch_size=64, seed=0)
         handle = (trained_before(models_uri, "classifier", uri, asdict(train))
                   or train_classifier(uri, models_uri, ClassifierConfig("resnet18", 14, size), train))
@@ -168,14 +177,16 @@ def removal_set(truths: list[dict], labels: torch.Tensor, card, limit: int) -> l
     return out[:limit]
 
 
-def product_removal(model, card, images, chosen, priors, fill, mask: MaskConfig = PRODUCT.mask,
+def product_removal(model, card, data, chosen, priors, fill, mask: MaskConfig = PRODUCT.mask,
                     rounds: int = PRODUCT.removal_rounds, seeds=None, target: float = PRODUCT.removal_target) -> Removal:
     """The product's removal of the chosen images' head classes (models/removal.py): its
-    localisation, ``mask`` settings, ``rounds`` and ``target``, with ``fill`` (the product's DiT sampler)."""
+    localisation, ``mask`` settings, ``rounds`` and ``target``, with ``fill`` (the product's DiT
+    sampler); the images' other findings are kept, as in a run."""
+    rows = [i for i, _ in chosen]
     remove = [[card.labels.index(n) for n in names] for _, names in chosen]
-    return remove_lesions(model, images, remove, seeds, fill, method=PRODUCT.cam_method, mask=mask,
+    return remove_lesions(model, data.images[rows], remove, seeds, fill, method=PRODUCT.cam_method, mask=mask,
                           localise=PRODUCT.localise, thresholds=card.thresholds, priors=priors, rounds=rounds,
-                          target=target)
+                          target=target, keep=kept_classes(data.labels[rows].numpy(), remove))
 
 
 def mask_tensor(masks: list[np.ndarray | None], shape) -> torch.Tensor:
@@ -189,21 +200,27 @@ def mask_sources(model, card, test, truth, chosen, seeds, priors, fill) -> dict[
     product would quarantine the image), the first round's mask alone, the oracle mask and the
     random control (the product's mask moved at random)."""
     images = test.images[[i for i, _ in chosen]]
-    removal = product_removal(model, card, images, chosen, priors, fill, seeds=seeds)
-    first = product_removal(model, card, images, chosen, priors, fill, rounds=1, seeds=seeds) \
+    removal = product_removal(model, card, test, chosen, priors, fill, seeds=seeds)
+    first = product_removal(model, card, test, chosen, priors, fill, rounds=1, seeds=seeds) \
         if PRODUCT.removal_rounds > 1 else removal
-    oracle = []
-    for i, names in chosen:
-        union = np.zeros(images.shape[-2:], dtype=bool)
-        for name in names:
-            union |= truth[i][name]
-        oracle.append(fm.tolerant(union))
+    oracle = oracle_masks(truth, chosen, images.shape[-2:])
     cam = [m.mask if m.outcome == "ok" else None for m in removal.masks]
     random = [relocate(m, np.random.default_rng(s)) if m is not None else None for m, s in zip(cam, seeds)]
     rounds = dict(zip(removal.ok, removal.rounds))
     return {"cam": cam, "cam-first-round": [m.mask if m.outcome == "ok" else None for m in first.masks],
             "oracle": oracle, "random": random, "_outcomes": [m.outcome for m in removal.masks],
             "_rounds": [rounds.get(j) for j in range(len(chosen))]}
+
+
+def oracle_masks(truth: list[dict], chosen, shape) -> list[np.ndarray]:
+    """Per chosen image: the true masks of the classes it removes, united and grown 2 px."""
+    out = []
+    for i, names in chosen:
+        union = np.zeros(shape, dtype=bool)
+        for name in names:
+            union |= truth[i][name]
+        out.append(fm.tolerant(union))
+    return out
 
 
 def fills(images: torch.Tensor, masks: torch.Tensor, dit, scheduler, donors: torch.Tensor, seeds) -> dict:
@@ -331,7 +348,8 @@ def run_size(size: int, args) -> dict:
     train = load_tensors(ds, splits=("train",), columns=("lesion_masks",))
     result = {"size": size, "stem": stem(size, args.dit_conditioning),
               "args": {"n": args.n, "images": args.images, "dit_steps": args.dit_steps,
-                       "dit_conditioning": args.dit_conditioning, "dit_prediction": args.dit_prediction},
+                       "dit_conditioning": args.dit_conditioning, "dit_prediction": args.dit_prediction,
+                       "no_variants": args.no_variants},
               "prepared": prep, "head": card.head, "tail": card.tail,
               "product": {"cam_method": PRODUCT.cam_method, "localise": asdict(PRODUCT.localise),
                           "mask": asdict(PRODUCT.mask), "inpaint": asdict(PRODUCT.inpaint),
@@ -367,8 +385,8 @@ def run_size(size: int, args) -> dict:
             print(source, fill, json.dumps({k: v for k, v in removal[f"{source}/{fill}"].items()
                                             if not isinstance(v, dict)}), flush=True)
     result["removal"] = removal
-    result["mask_variants"] = mask_variants(model, card, judge, judge_card, product_fill, test, truth, chosen, seeds,
-                                            priors, refs, before, MASK_VARIANTS)
+    result["mask_variants"] = {} if args.no_variants else mask_variants(
+        model, card, judge, judge_card, product_fill, test, truth, chosen, seeds, priors, refs, before, MASK_VARIANTS)
     result["retention"] = retention(model, card, judge, judge_card, product_fill, priors, size, args.n)
     print("retention", json.dumps({k: v for k, v in result["retention"].items() if not isinstance(v, dict)}), flush=True)
     free = sample(dit, scheduler, 128, size, steps=50, generator=torch.Generator().manual_seed(0))
@@ -391,7 +409,7 @@ def removal_outcomes(model, card, judge, judge_card, fill, data, truth, chosen, 
                      target: float = PRODUCT.removal_target) -> dict:
     """``outcomes`` of the product's removal (``product_removal``) of the chosen images of ``data``."""
     images = data.images[[i for i, _ in chosen]]
-    removal = product_removal(model, card, images, chosen, priors, fill, mask, rounds, seeds, target)
+    removal = product_removal(model, card, data, chosen, priors, fill, mask, rounds, seeds, target)
     masks = [m.mask if m.outcome == "ok" else None for m in removal.masks]
     results = images.clone()
     results[removal.ok] = removal.generated
@@ -422,15 +440,18 @@ def retention(model, card, judge, judge_card, fill, priors, size: int, n: int) -
     dozen beside a head removal. A phantom of another seed (RETENTION_SEED, which no model here
     was trained on), every image where the product removes a head class beside a visible tail
     lesion, the product's removal; ``outcomes`` of it."""
-    uri = str(tailforge_home() / "bench" / f"phantom{size}-{n}-s{RETENTION_SEED}")
-    ingest_phantom(uri, n, size=size, seed=RETENTION_SEED)
+    uri = phantom(str(tailforge_home() / "bench" / f"phantom{size}-{n}-s{RETENTION_SEED}"), n, size, RETENTION_SEED)
     data = load_tensors(uri, columns=("lesion_masks", "source_uri"))
     truth = lesion_masks(data.table)
     chosen = retention_set(truth, data.labels, card)
     images = data.images[[i for i, _ in chosen]]
     refs = references(data, card, chosen, truth, size)
-    out = removal_outcomes(model, card, judge, judge_card, fill, data, truth, chosen, [2000 + i for i, _ in chosen],
-                           priors, refs, predict_probs(judge, images))
+    seeds, before = [2000 + i for i, _ in chosen], predict_probs(judge, images)
+    out = removal_outcomes(model, card, judge, judge_card, fill, data, truth, chosen, seeds, priors, refs, before)
+    oracle = oracle_masks(truth, chosen, images.shape[-2:])
+    results = fill(images, mask_tensor(oracle, images.shape[-2:]), seeds)
+    out["oracle"] = outcomes(data, card, judge_card, chosen, truth, refs, before, predict_probs(judge, results), oracle,
+                             results, product_check(model, card, data, chosen, oracle, results))
     return {"seed": RETENTION_SEED, "images": len(chosen), **out}
 
 
@@ -474,7 +495,8 @@ def markdown(r: dict) -> str:
              f"Command: `python -m benchmarks.fidelity --sizes {r['size']} --n {r['args']['n']} "
              f"--images {r['args']['images']} --dit-steps {r['args']['dit_steps']}"
              f"{'' if r['args']['dit_conditioning'] == 'none' else ' --dit-conditioning ' + r['args']['dit_conditioning']}"
-             f"{' --dit-prediction epsilon' if r['args'].get('dit_prediction') == 'epsilon' else ''}`"
+             f"{' --dit-prediction epsilon' if r['args'].get('dit_prediction') == 'epsilon' else ''}"
+             f"{' --no-variants' if r['args'].get('no_variants') else ''}`"
              f". {r['seconds']} s.", "",
              f"Head classes: {', '.join(r['head'])}. {loc['lesions']} visible head lesions in the test split.", "",
              "## Localisation (head lesions, test split)", "",
@@ -499,7 +521,11 @@ def markdown(r: dict) -> str:
               f"probability is at least {target:g} x its threshold, models/removal.py): images by the rounds their "
               f"final mask holds: "
               f"{r.get('cam_mask_rounds', {})}. `cam` is the product's final mask; `cam-first-round` its first "
-              "round's mask alone, filled by the product's DiT; the other fills on `cam` use the final mask.", "",
+              "round's mask alone, filled by the product's DiT; the other fills on `cam` use the final mask."
+              + (f" Every round's mask leaves out where the maps of the findings the image keeps point (their maps "
+                 f"on the original >= {r['product']['mask']['protect']:g} x their maximum, where no removed class's "
+                 f"map is stronger; models/cam.protected_region)." if r["product"]["mask"].get("protect") else ""),
+              "",
               "## Removal and retention", "",
               "Removal `signed`: the lesion's mean signed contrast against the lesion-free render of the same "
               "patient falls to at most half; `judge`: an independent classifier (other phantom seed) that called "
@@ -530,7 +556,10 @@ def markdown(r: dict) -> str:
                   f"and the rules judge keeps a head finding that shares a zone with one). Here: every one of "
                   f"{r['args']['n']} images of another phantom seed where the product removes a head class beside "
                   f"a visible tail lesion ({t['images']} images), with the product's removal as above.", ""]
-        lines += variant_table({"product": t}, "masks")
+        lines += variant_table({"product": t, **({"oracle masks (the true head lesions, grown 2 px)": t["oracle"]}
+                                                 if t.get("oracle") else {})}, "masks")
+        lines += ["", "The oracle row fills the true head-lesion masks with the same DiT: a tail lesion that lies "
+                      "under a head lesion is lost even then, so it bounds what any mask can keep."]
     lines += ["", "## Generator fidelity (judge-classifier features)", "", "| comparison | FID | KID | n |",
               "|---|---|---|---|"]
     for key, d in r["generator"].items():
@@ -551,6 +580,8 @@ def main() -> None:
                         help="none: the plain DiT joined RePaint-style; mask: the inpainting DiT (models/dit.py)")
     parser.add_argument("--dit-prediction", choices=["sample", "epsilon"], default="sample",
                         help="what the DiT predicts: the clean image (default) or the noise (models/dit.py)")
+    parser.add_argument("--no-variants", action="store_true",
+                        help="skip the other mask growths and rounds (MASK_VARIANTS; about 25 minutes at 128 px)")
     args = parser.parse_args()
     for size in args.sizes:
         result = run_size(size, args)

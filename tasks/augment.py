@@ -41,7 +41,7 @@ from models.dit import build_scheduler, load_dit
 from models.inpaint import InpaintConfig
 from models.ood import OODConfig, OODScorer
 from models.quality import QualityScorer
-from models.removal import dit_fill, remove_lesions
+from models.removal import dit_fill, kept_classes, remove_lesions
 from models.sampling import sample
 from models.training import predict_probs
 from tasks import store
@@ -280,7 +280,7 @@ def run_batch(dataset_uri: str, out_uri: str, batch: list[Candidate], classifier
     with _MODEL_LOCK:
         model_started = time.perf_counter()
         masks, generated, scores, ood, probs_before, probs_after = _generate(
-            dataset_uri, images, kept if conditional else None, findings, batch, classifier, generator, settings)
+            dataset_uri, images, kept, conditional, findings, batch, classifier, generator, settings)
         model_seconds = time.perf_counter() - model_started
     ok = [i for i, m in enumerate(masks) if m.outcome == "ok"]
 
@@ -291,8 +291,7 @@ def run_batch(dataset_uri: str, out_uri: str, batch: list[Candidate], classifier
     for i, c in enumerate(batch):
         if masks[i].outcome != "ok":
             writer.quarantine(reason_code=f"mask_{masks[i].outcome}", stage="augment", key=c.output_id,
-                              reason=f"CAM mask for {', '.join(c.remove)} is {masks[i].outcome} "
-                                     f"(area {masks[i].area:.3f})",
+                              reason=_mask_reason(c, masks[i], findings, kept[i]),
                               patient_id=parents.table.column("patient_id")[rows[i]].as_py(),
                               source_uri=parents.table.column("source_uri")[rows[i]].as_py())
     labels = parents.labels[rows].numpy()
@@ -318,6 +317,15 @@ def run_batch(dataset_uri: str, out_uri: str, batch: list[Candidate], classifier
             "by_class": _by_class([batch[i].remove for i in ok], verdicts),
             "model_seconds": round(model_seconds, 3), "seconds": round(time.perf_counter() - started, 3),
             "removed_prob_drop_mean": float(np.mean(removed_drop)) if removed_drop else None}
+
+
+def _mask_reason(c: Candidate, mask: MaskResult, findings: list[str], kept: torch.Tensor) -> str:
+    """Why an image got no mask, for its quarantine row."""
+    if mask.outcome == "on_kept":
+        keeps = present(kept.numpy(), findings, findings)
+        return (f"the mask for {', '.join(c.remove)} lies on findings the image keeps ({', '.join(keeps)}): "
+                f"{mask.area:.3f} of the image left once they are taken out (augment.mask.protect)")
+    return f"CAM mask for {', '.join(c.remove)} is {mask.outcome} (area {mask.area:.3f})"
 
 
 def present(labels: np.ndarray, findings: list[str], among: list[str]) -> list[str]:
@@ -368,14 +376,15 @@ def _reasons(verdicts: list[str]) -> dict[str, int]:
     return out
 
 
-def _generate(dataset_uri: str, images: torch.Tensor, kept: torch.Tensor | None, findings: list[str],
+def _generate(dataset_uri: str, images: torch.Tensor, kept: torch.Tensor, conditional: bool, findings: list[str],
               batch: list[Candidate], classifier: dict, generator: dict, settings: AugmentSettings):
-    """CAM masks -> inpainting (or, given the ``kept`` finding sets, a label-conditioned
-    generator samples them from noise) -> quality score and classifier probabilities (the model work)."""
+    """CAM masks that leave the ``kept`` findings alone -> inpainting (or, ``conditional``, a
+    label-conditioned generator samples the kept finding sets from noise) -> quality score and
+    classifier probabilities (the model work)."""
     net, card = _classifier(classifier["uri"])
     before = predict_probs(net, images)  # (B, K): the gate's input and the removal check's "before"
     dit, scheduler, _ = _generator(generator["uri"])
-    if kept is not None:  # DfT-Caption: no mask, the whole image is new
+    if conditional:  # DfT-Caption: no mask, the whole image is new
         side = images.shape[-1]
         seeds = [torch.Generator().manual_seed(c.seed) for c in batch]
         masks = [MaskResult(np.ones((side, side), dtype=bool), "ok", 1.0) for _ in batch]
@@ -385,11 +394,12 @@ def _generate(dataset_uri: str, images: torch.Tensor, kept: torch.Tensor | None,
         after = predict_probs(net, generated)
     else:
         priors = {findings.index(name): np.asarray(p) for name, p in card.location_prior.items() if name in findings}
-        removal = remove_lesions(net, images, [[findings.index(r) for r in c.remove] for c in batch],
-                                 [c.seed for c in batch], dit_fill(dit, scheduler, settings.inpaint),
+        remove = [[findings.index(r) for r in c.remove] for c in batch]
+        removal = remove_lesions(net, images, remove, [c.seed for c in batch], dit_fill(dit, scheduler, settings.inpaint),
                                  method=settings.cam_method, mask=settings.mask, localise=settings.localise,
                                  thresholds=card.thresholds, priors=priors, rounds=settings.removal_rounds,
-                                 target=settings.removal_target, probs=before)
+                                 target=settings.removal_target, probs=before,
+                                 keep=kept_classes(kept.numpy(), remove))
         masks, generated, ok, after = removal.masks, removal.generated, removal.ok, removal.probs
         if not ok:
             return masks, generated, np.zeros(0), None, None, None

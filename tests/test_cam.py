@@ -1,13 +1,15 @@
 """Grad-CAM maps and masks: batched = single, methods x models x sizes, mask rules."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
 import models  # noqa: F401
 import timm
-from models.cam import (MaskConfig, cam_maps, default_target_layer, map_to_mask, otsu_threshold, relocate,
-                        removal_masks, union_mask)
+from models.cam import (MaskConfig, cam_maps, default_target_layer, map_to_mask, otsu_threshold, protected_region,
+                        relocate, removal_masks, union_mask)
 
 
 def _net(name, size, **kw):
@@ -68,6 +70,24 @@ def test_union_and_area_outcomes():
     huge = union_mask([_blob(32, 32, sigma=40.0)], (64, 64), config)
     assert huge.outcome == "too_large" and not huge.mask.any() and huge.area > 0.35
     assert union_mask([], (64, 64), config).outcome == "empty"
+
+
+def test_a_kept_finding_is_left_out_of_the_mask():
+    config = MaskConfig(threshold=0.5, dilate_px=0, min_area=0.005, max_area=0.35, protect=0.5)
+    head, tail = _blob(20, 20), _blob(44, 44)
+    protected = protected_region([tail], (64, 64), config)
+    assert protected[44, 44] and not protected[20, 20]
+    both = union_mask([head, tail], (64, 64), config, protected)
+    assert both.outcome == "ok" and both.mask[20, 20] and not (both.mask & protected).any()
+    on_kept = union_mask([tail], (64, 64), config, protected)
+    assert on_kept.outcome == "on_kept" and not on_kept.mask.any() and on_kept.protected is protected
+    assert not protected_region([tail], (64, 64), replace(config, protect=0.0)).any()
+    # where the finding being removed has the stronger map, the pixel is not protected
+    wide = _blob(30, 30, sigma=8.0)
+    overlapping = protected_region([wide], (64, 64), config, removed=[_blob(24, 24)])
+    assert protected_region([wide], (64, 64), config)[25, 25] and not overlapping[25, 25] and overlapping[34, 34]
+    with pytest.raises(ValueError, match="protect"):
+        MaskConfig(protect=1.0)
 
 
 def test_removal_masks_batch_one_call_per_pair():

@@ -1,12 +1,15 @@
 """Removal rounds (models/removal.py): re-localising on the result finishes a removal that one
-mask leaves half done, and nothing outside the final mask changes."""
+mask leaves half done, nothing outside the final mask changes, and no round repaints a finding
+the image keeps."""
+
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
 from models.cam import LocaliseConfig, MaskConfig
-from models.removal import remove_lesions
+from models.removal import kept_classes, remove_lesions
 
 BACKGROUND = 0.2
 SIZE = 32
@@ -104,3 +107,40 @@ def test_a_lower_target_goes_on_past_the_call_to_what_the_classifier_still_half_
     assert goes_on.rounds == [2] and goes_on.probs[0, 0] < 0.475 and goes_on.masks[0].mask[24, 24]
     with pytest.raises(ValueError, match="target"):
         _remove(two, 3, target=0.0)
+
+
+class HeadAndTail(BrightSum):
+    """Class 0 (the head finding) counts every bright pixel, so a dimmer tail lesion (0.7) feeds
+    it too; class 1 (the tail finding) counts the pixels between 0.6 and 0.8, the tail lesion's."""
+
+    def forward(self, x):
+        head = super().forward(x)[:, 0] + 0.5 * 10.0 - 0.5 * 5.0  # called down to 5 units of brightness
+        tail = 0.5 * (((x > 0.6) & (x < 0.8)).float().flatten(1).sum(1) - 10.0) + self.anchor
+        return torch.stack([head, tail], dim=1)
+
+
+def test_rounds_do_not_repaint_a_finding_the_image_keeps():
+    """With the head blob filled, the tail blob alone still makes the classifier call the head
+    class, so round 2 aims at the tail lesion. Kept (``keep``), its own map marks it protected:
+    it comes through untouched and still called; without ``keep`` it is painted out."""
+    image = _image([((4, 4), 1.0), ((20, 20), 0.7)])
+    tail_core = (slice(21, 25), slice(21, 25))
+    mask = MaskConfig(dilate_px=2, max_area=0.6)  # both blobs' masks fit the 32 px film
+
+    def run(keep):
+        return remove_lesions(HeadAndTail(), image, [[0]], [0], _flat_fill, method="infill", mask=mask,
+                              localise=LOCALISE, thresholds=[0.5, 0.5], rounds=3, keep=keep)
+    lost, kept = run(None), run([[1]])
+    assert lost.rounds == [2] and (lost.generated[0, 0][tail_core] == BACKGROUND).all() and lost.probs[0, 1] < 0.5
+    assert kept.masks[0].protected[tail_core].all() and not kept.masks[0].mask[tail_core].any()
+    assert torch.equal(kept.generated[0, 0][tail_core], image[0, 0][tail_core]) and kept.probs[0, 1] >= 0.5
+    assert kept.masks[0].mask[6, 6]  # the head lesion is still removed
+    off = remove_lesions(HeadAndTail(), image, [[0]], [0], _flat_fill, method="infill",
+                         mask=replace(mask, protect=0.0), localise=LOCALISE, thresholds=[0.5, 0.5],
+                         rounds=3, keep=[[1]])
+    assert not off.masks[0].protected.any() and off.probs[0, 1] < 0.5
+
+
+def test_kept_classes_are_the_present_findings_not_removed():
+    labels = np.array([[1.0, 0.0, 1.0, np.nan], [1.0, 1.0, 0.0, 1.0]])
+    assert kept_classes(labels, [[0], [3]]) == [[2], [0, 1]]

@@ -1,8 +1,10 @@
 """The removal check that decides whether a generated row is accepted."""
 
 import numpy as np
+import torch
 
-from tasks.augment import _by_class, totals, verdict
+from models.cam import MaskResult
+from tasks.augment import Candidate, _by_class, _mask_reason, totals, verdict
 
 FINDINGS = ["Effusion", "Hernia", "Mass"]
 CUT = [0.5, 0.3, 0.4]
@@ -29,3 +31,12 @@ def test_acceptance_per_class_and_totals():
     summed = totals([batch, batch])
     assert summed["by_class"] == {"Effusion": [4, 2], "Mass": [2, 0]}
     assert summed["rejected"] == {"removal_unverified": 2} and summed["quarantined"] == {"mask_empty": 2}
+
+
+def test_a_mask_left_empty_by_the_findings_kept_says_which_they_are():
+    c = Candidate("out", "parent", "shard", ("Effusion",), (), "decision", 0)
+    kept = torch.tensor([0.0, 1.0, 1.0])
+    reason = _mask_reason(c, MaskResult(np.zeros((4, 4), bool), "on_kept", 0.001), FINDINGS, kept)
+    assert "Effusion" in reason and "(Hernia, Mass)" in reason and "augment.mask.protect" in reason
+    assert _mask_reason(c, MaskResult(np.zeros((4, 4), bool), "too_large", 0.4), FINDINGS, kept) == \
+        "CAM mask for Effusion is too_large (area 0.400)"
