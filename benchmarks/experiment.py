@@ -6,6 +6,7 @@
     python -m benchmarks.experiment --part throughput
     python -m benchmarks.experiment --quick --out /tmp/x  # a small smoke run of the whole path
     python -m benchmarks.experiment --rebuild             # tables and plots again from saved results
+    python -m benchmarks.experiment --part nih1000 --settings conditional --add   # new rows into a saved run
 
 Parts:
 - ``nih1000``: ../shared/data/nih1000 with its fixed split, the DiT trained on the real adult
@@ -14,6 +15,11 @@ Parts:
 - ``phantom``: the same on a phantom of ``--phantom-n`` images, plus what ground truth gives
   (benchmarks/phantom_truth.py);
 - ``throughput``: benchmarks/throughput.py.
+
+``--settings`` runs some settings only (the baseline always), and trains only the generators they
+need. With ``--add`` their rows join the part's saved results: the baseline is fine-tuned again
+and must reproduce the saved one (test probabilities within ``ADD_TOLERANCE``, else nothing is
+written), then the comparison is recomputed over every row.
 
 Writes benchmarks/results/experiment_<part>.json (settings, seeds, split, data, per-seed test
 probabilities and thresholds, the comparison), .md (Table 2 layout and means with intervals)
@@ -47,6 +53,7 @@ from tasks.pretrain import train_label_dit, train_normal_dit
 from tasks.tensors import load_tensors
 
 PHANTOM_SEED = 21
+ADD_TOLERANCE = 2e-3  # max |test probability difference| of the rerun baseline vs the saved one (saved at 4 decimals)
 
 
 def generator(dataset: str, models_uri: str, config: DiTConfig, train: DiTTrainConfig) -> dict:
@@ -70,14 +77,16 @@ def label_generator(dataset: str, models_uri: str, args) -> dict:
     return {k: handle[k] for k in ("kind", "id", "uri")} | {"reused": bool(handle.get("reused"))}
 
 
-def nih1000(args, work: Path, models_uri: str) -> tuple[str, dict, paper.ExperimentConfig, dict]:
+def nih1000(args, work: Path, models_uri: str, needs_dit: bool = True
+            ) -> tuple[str, dict | None, paper.ExperimentConfig, dict]:
     root = SHARED_DATA / "nih1000"
     if not (root / "Data_Entry_2017_v2020.csv").exists():
         raise SystemExit(f"{root} is missing: the nih1000 part needs ../shared/data/nih1000")
     dataset = ingest_nih1000(str(work / "nih1000"))
     dit = generator(normals_dataset("real", 64, 0), models_uri,
                     DiTConfig(image_size=64, patch_size=4, depth=6, num_heads=4, head_dim=32, prediction="sample"),
-                    DiTTrainConfig(steps=args.dit_steps_real, batch_size=32, lr=3e-4, warmup_steps=200, seed=0))
+                    DiTTrainConfig(steps=args.dit_steps_real, batch_size=32, lr=3e-4, warmup_steps=200, seed=0)
+                    ) if needs_dit else None
     config = paper.ExperimentConfig(seeds=tuple(args.seeds),
                                     pretrain=TrainConfig(epochs=args.pretrain_epochs_nih, batch_size=32, augment=True),
                                     finetune=FinetuneSettings(epochs=args.finetune_epochs, beta=0.5),
@@ -87,12 +96,14 @@ def nih1000(args, work: Path, models_uri: str) -> tuple[str, dict, paper.Experim
     return dataset, dit, config, data
 
 
-def phantom(args, work: Path, models_uri: str) -> tuple[str, dict, paper.ExperimentConfig, dict]:
+def phantom(args, work: Path, models_uri: str, needs_dit: bool = True
+            ) -> tuple[str, dict | None, paper.ExperimentConfig, dict]:
     dataset = str(work.parent / f"phantom64-{args.phantom_n}-s{PHANTOM_SEED}")  # the one bench_models.py uses
     ingest_phantom(dataset, args.phantom_n, size=64, seed=PHANTOM_SEED)
     dit = generator(dataset, models_uri, DiTConfig(image_size=64, patch_size=4, depth=4, num_heads=4, head_dim=32,
                                                    prediction="sample"),
-                    DiTTrainConfig(steps=args.dit_steps_phantom, batch_size=32, warmup_steps=100))
+                    DiTTrainConfig(steps=args.dit_steps_phantom, batch_size=32, warmup_steps=100)
+                    ) if needs_dit else None
     config = paper.ExperimentConfig(seeds=tuple(args.seeds),
                                     pretrain=TrainConfig(epochs=args.pretrain_epochs_phantom, batch_size=32),
                                     finetune=FinetuneSettings(epochs=args.finetune_epochs, beta=0.5),
@@ -120,15 +131,21 @@ def ground_truth(result: dict, dataset: str, work: Path) -> dict:
 
 def markdown(part: str, result: dict, data: dict, seconds: float) -> str:
     comparison, tail = result["comparison"], result["tail"]
+    generators = ([f"{data['normals']} (`{result['generator']['id'][:16]}`)"] if result.get("generator") else []) + (
+        [f"the label-conditioned DiT (DfT-Caption) on the labelled train split (`{result['label_generator']['id'][:16]}`)"]
+        if result.get("label_generator") else [])
     lines = [f"# The paper's experiment: {part}", "",
              f"Commit `{result['commit']}`, {result['machine']['cpu']} ({result['machine']['cores']} cores, no GPU), "
-             f"{seconds / 60:.0f} min. Command: `python -m benchmarks.experiment --part {part}`."
+             f"{seconds / 60:.0f} min. Command: `{result['command']}`."
+             + "".join(f" {note}" for note in result.get("notes", []))
              + (f" Tables rebuilt from the saved probabilities (4 decimals) at commit `{result['summarised_at_commit']}` "
-                f"(`--rebuild`)." if result.get("summarised_at_commit") else ""), "",
+                f"(`--rebuild` / `--add`)." if result.get("summarised_at_commit") else ""),
+             *[f"\nRows {', '.join(f'`{s}`' for s in a['settings'])} added at commit `{a['commit']}` "
+               f"({a['seconds'] / 60:.0f} min; `{a['command']}`): each seed's baseline, fine-tuned again, reproduced "
+               "the saved test probabilities to within "
+               f"{max(a['baseline_max_difference'].values()):.4f}." for a in result.get("added", [])], "",
              f"- Data: {data['source']}; split train {result['split']['train']} / val {result['split']['val']} / "
-             f"test {result['split']['test']}. Generator: {data['normals']} (`{result['generator']['id'][:16]}`)"
-             + (f"; the label-conditioned DiT (DfT-Caption) on the labelled train split "
-                f"(`{result['label_generator']['id'][:16]}`)." if result.get("label_generator") else "."),
+             f"test {result['split']['test']}." + (f" Generator: {'; '.join(generators)}." if generators else ""),
              f"- Head: {', '.join(result['head'])}. Tail (marked *): {', '.join(tail)}.",
              f"- Seeds {list(result['config']['seeds'])}: each seed pretrains its own classifier, generates its own "
              "sets and fine-tunes every setting. Values are seed means on the test split; thresholds were tuned on "
@@ -190,20 +207,29 @@ def run_part(part: str, args, out_dir: Path) -> None:
     started = time.perf_counter()
     work = tailforge_home() / "bench" / "experiment"
     models_uri = str(tailforge_home() / "models")
-    dataset, dit, config, data = (nih1000 if part == "nih1000" else phantom)(args, work, models_uri)
+    settings = tuple(dict.fromkeys(["baseline", *args.settings])) if args.settings else tuple(paper.SETTINGS)
+    needed = paper.generators_needed(settings)
+    dataset, dit, config, data = (nih1000 if part == "nih1000" else phantom)(args, work, models_uri,
+                                                                           needs_dit="dit" in needed)
+    config = replace(config, settings=settings)
     if args.quick:
         config = replace(config, pretrain=replace(config.pretrain, epochs=1),
                          finetune=replace(config.finetune, epochs=2),
                          augment=replace(config.augment, max_images=16, inpaint=replace(config.augment.inpaint, steps=5)))
     part_dir = work / (f"{part}-quick" if args.quick else part)
-    generators = {"dit": dit, "label_dit": label_generator(dataset, models_uri, args)}
-    result = paper.run(dataset, generators, part_dir, models_uri, config,
+    generators = {"dit": dit, "label_dit": label_generator(dataset, models_uri, args) if "label_dit" in needed else None}
+    result = paper.run(dataset, {k: g for k, g in generators.items() if g}, part_dir, models_uri, config,
                        log=lambda m: print(f"[{part}] {m}", flush=True))
-    if part == "phantom":
+    if part == "phantom" and not args.add:
         result["ground_truth"] = ground_truth(result, dataset, part_dir)
     seconds = time.perf_counter() - started
     payload = {"commit": commit(), "machine": machine(), "part": part, "data": data, "seconds": round(seconds, 1),
                "command": " ".join(["python -m benchmarks.experiment", *sys.argv[1:]]), **result}
+    if args.add:
+        summarise(part, out_dir, add_rows(load_saved(part, out_dir), payload), args.bootstrap)
+        print(f"[{part}] added {list(settings[1:])} to {out_dir}/experiment_{part}.{{json,md,png}} "
+              f"({seconds / 60:.1f} min)", flush=True)
+        return
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir, part, payload)
     (out_dir / f"experiment_{part}.md").write_text(markdown(part, payload, data, seconds))
@@ -212,27 +238,63 @@ def run_part(part: str, args, out_dir: Path) -> None:
     print(f"[{part}] written: {out_dir}/experiment_{part}.{{json,md,png}} ({seconds / 60:.1f} min)", flush=True)
 
 
-def rebuild(part: str, out_dir: Path, bootstrap: int) -> None:
-    """Tables, plot and comparison again from a saved run (its thresholds and test probabilities):
-    for a change in how results are summarised, without training anything."""
+def load_saved(part: str, out_dir: Path) -> dict:
+    """A saved run, each fine-tune's test probabilities put back in its entry (``test_probs``)."""
     payload = json.loads((out_dir / f"experiment_{part}.json").read_text())
     probs = json.loads((out_dir / payload["test_probs_file"]).read_text())
-    test = load_tensors(payload["dataset"], splits=("test",))
-    order = {sid: i for i, sid in enumerate(test.sample_ids)}
-    labels = test.labels.numpy()[[order[sid] for sid in payload["test_sample_ids"]]]
-    runs = {s: [(np.asarray(probs[str(r["seed"])][s]), np.asarray(r["finetune"][s]["thresholds"]))
-                for r in payload["per_seed"]] for s in payload["per_seed"][0]["finetune"]}
-    payload["comparison"] = compare_settings(runs, labels, payload["findings"], payload["head"], payload["tail"],
-                                             baseline="baseline", bootstrap=bootstrap, seed=0)
-    payload["summarised_at_commit"] = commit()
     for record in payload["per_seed"]:
         for setting, entry in record["finetune"].items():
             entry["test_probs"] = probs[str(record["seed"])][setting]
+    return payload
+
+
+def add_rows(saved: dict, new: dict) -> dict:
+    """``saved`` with the non-baseline settings of ``new`` (a run of the same part and seeds) added
+    or replaced. Refused, with the reason, unless ``new``'s baseline reproduces the saved one."""
+    if new["test_sample_ids"] != saved["test_sample_ids"] or new["config"]["seeds"] != saved["config"]["seeds"]:
+        raise SystemExit("--add: this run's test split or seeds differ from the saved run's: rerun the whole part")
+    differences = {}
+    for old, fresh in zip(saved["per_seed"], new["per_seed"]):
+        differences[fresh["seed"]] = float(np.abs(np.asarray(fresh["finetune"]["baseline"]["test_probs"])
+                                                  - np.asarray(old["finetune"]["baseline"]["test_probs"])).max())
+        if differences[fresh["seed"]] > ADD_TOLERANCE:
+            raise SystemExit(f"--add: seed {fresh['seed']}'s baseline does not reproduce the saved one (max |dp| "
+                             f"{differences[fresh['seed']]:.4f} > {ADD_TOLERANCE}): nothing written; rerun the whole "
+                             "part instead")
+    added = [s for s in new["config"]["settings"] if s != "baseline"]
+    for old, fresh in zip(saved["per_seed"], new["per_seed"]):
+        old["generated"].update(fresh["generated"])
+        old["finetune"].update({s: fresh["finetune"][s] for s in added})
+    saved["config"]["settings"] = list(dict.fromkeys([*saved["config"]["settings"], *added]))
+    if new.get("label_generator"):
+        saved["label_generator"] = new["label_generator"]
+    saved.setdefault("added", []).append({
+        "settings": added, "commit": new["commit"], "machine": new["machine"], "seconds": new["seconds"],
+        "command": new["command"], "baseline_max_difference": differences, "augment": new["config"]["augment"]})
+    return saved
+
+
+def summarise(part: str, out_dir: Path, payload: dict, bootstrap: int) -> None:
+    """The comparison over every saved row (from the test probabilities at 4 decimals), then the
+    .json, .md and .png."""
+    test = load_tensors(payload["dataset"], splits=("test",))
+    order = {sid: i for i, sid in enumerate(test.sample_ids)}
+    labels = test.labels.numpy()[[order[sid] for sid in payload["test_sample_ids"]]]
+    runs = {s: [(np.asarray(r["finetune"][s]["test_probs"]), np.asarray(r["finetune"][s]["thresholds"]))
+                for r in payload["per_seed"]] for s in payload["config"]["settings"]}
+    payload["comparison"] = compare_settings(runs, labels, payload["findings"], payload["head"], payload["tail"],
+                                             baseline="baseline", bootstrap=bootstrap, seed=0)
+    payload["summarised_at_commit"] = commit()
     write_json(out_dir, part, payload)
-    data = payload["data"]
-    (out_dir / f"experiment_{part}.md").write_text(markdown(part, payload, data, payload["seconds"]))
+    (out_dir / f"experiment_{part}.md").write_text(markdown(part, payload, payload["data"], payload["seconds"]))
     (out_dir / f"experiment_{part}.png").write_bytes(
         tables.gains_png(payload["comparison"], f"{part}: gain over baseline (seed means, paired 95% CI)"))
+
+
+def rebuild(part: str, out_dir: Path, bootstrap: int) -> None:
+    """Tables, plot and comparison again from a saved run (its thresholds and test probabilities):
+    for a change in how results are summarised, without training anything."""
+    summarise(part, out_dir, load_saved(part, out_dir), bootstrap)
     print(f"[{part}] rebuilt: {out_dir}/experiment_{part}.{{json,md,png}}", flush=True)
 
 
@@ -250,6 +312,10 @@ def main() -> None:
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--quick", action="store_true", help="tiny epochs and sets: checks the path, not the method")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder (default benchmarks/results)")
+    parser.add_argument("--settings", nargs="+", choices=list(paper.SETTINGS), metavar="SETTING",
+                        help=f"run only these settings (and the baseline); one of {', '.join(paper.SETTINGS)}")
+    parser.add_argument("--add", action="store_true",
+                        help="add the --settings rows to the part's saved results (the baseline must reproduce)")
     parser.add_argument("--rebuild", action="store_true",
                         help="redo the comparison, tables and plot from the saved results (no training)")
     args = parser.parse_args()
@@ -257,6 +323,8 @@ def main() -> None:
         for part in (["nih1000", "phantom"] if args.part == "all" else [args.part]):
             rebuild(part, args.out, args.bootstrap)
         return
+    if args.add and (not args.settings or args.part not in ("nih1000", "phantom")):
+        raise SystemExit("--add needs --settings and --part nih1000 or phantom")
     if args.quick and args.out == RESULTS:
         raise SystemExit("--quick results are not results: give --out DIR")
     parts = ["nih1000", "phantom", "throughput"] if args.part == "all" else [args.part]

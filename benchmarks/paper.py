@@ -86,6 +86,11 @@ class ExperimentConfig:
         return asdict(self)
 
 
+def generators_needed(settings) -> set[str]:
+    """The generators (keys of ``VARIANTS``' third field) these settings' generated sets need."""
+    return {VARIANTS[SETTINGS[s][0]][2] for s in settings if SETTINGS[s][0]}
+
+
 def generate(dataset: str, out: str, classifier: dict, generator: dict, variant: str,
              config: ExperimentConfig, cache: str) -> dict:
     """One augmented set through the factory's code path; skips what a previous run wrote."""
@@ -111,7 +116,7 @@ def run(dataset: str, generators: dict[str, dict], work_dir: Path, models_uri: s
     """Every seed and setting on ``dataset``; returns the results (JSON-ready) and the test
     probabilities, for the tables. ``generators``: {"dit": the normal DiT, "label_dit": the
     label-conditioned one (needed by the "conditional" setting only)}."""
-    needed = {VARIANTS[SETTINGS[s][0]][2] for s in config.settings if SETTINGS[s][0]} - set(generators)
+    needed = generators_needed(config.settings) - set(generators)
     if needed:
         raise ValueError(f"settings {list(config.settings)} need generators {sorted(needed)}")
     manifest = read_manifest(dataset)
@@ -160,6 +165,6 @@ def run(dataset: str, generators: dict[str, dict], work_dir: Path, models_uri: s
                                   bootstrap=config.bootstrap, seed=0)
     return {"dataset": dataset, "findings": findings, "head": head, "tail": tail,
             "split": {"train": len(original), "val": len(val), "test": len(test)},
-            "test_sample_ids": test.sample_ids, "generator": generators["dit"],
+            "test_sample_ids": test.sample_ids, "generator": generators.get("dit"),
             "label_generator": generators.get("label_dit"), "config": config.to_json(),
             "per_seed": per_seed, "comparison": comparison}

@@ -96,3 +96,32 @@ def test_reliability_hostile_section_and_its_report(tmp_path):
     payload = {"commit": "x", "machine": {"cores": 2}, "seconds": 1.0, "sections": {"hostile": result},
                "settings": {"argv": [], "n": 0, "size": 32, "shard_rows": 32}, "totals": totals({"hostile": result})}
     assert "| hostile | " in markdown(payload)
+
+
+def _experiment(settings, baseline_probs, seeds=(0, 1)):
+    """A saved-run payload (benchmarks/experiment.py's shape) with these settings' test probabilities."""
+    return {"test_sample_ids": ["a", "b"], "config": {"seeds": list(seeds), "settings": list(settings), "augment": {}},
+            "commit": "c0ffee", "machine": {}, "seconds": 60.0, "command": "python -m benchmarks.experiment",
+            "per_seed": [{"seed": s, "generated": {}, "finetune": {
+                name: {"test_probs": baseline_probs if name == "baseline" else [[0.9], [0.1]], "thresholds": [0.5]}
+                for name in settings}} for s in seeds]}
+
+
+def test_rows_are_added_to_a_saved_experiment_only_when_its_baseline_reproduces():
+    from benchmarks.experiment import ADD_TOLERANCE, add_rows
+    saved = _experiment(["baseline", "cb"], [[0.2], [0.7]])
+    new = _experiment(["baseline", "conditional"], [[0.2 + ADD_TOLERANCE / 2], [0.7]])
+    new["per_seed"][1]["generated"] = {"lkg-conditional": {"accepted": 3}}
+    merged = add_rows(saved, new)
+    assert merged["config"]["settings"] == ["baseline", "cb", "conditional"]
+    assert merged["per_seed"][1]["finetune"]["conditional"]["test_probs"] == [[0.9], [0.1]]
+    assert merged["per_seed"][1]["generated"] == {"lkg-conditional": {"accepted": 3}}
+    assert merged["per_seed"][0]["finetune"]["baseline"]["test_probs"] == [[0.2], [0.7]]  # the saved one stays
+    assert merged["added"][0]["settings"] == ["conditional"]
+    assert merged["added"][0]["baseline_max_difference"][0] == pytest.approx(ADD_TOLERANCE / 2)
+
+    drifted = _experiment(["baseline", "conditional"], [[0.2], [0.7 - 2 * ADD_TOLERANCE]])
+    with pytest.raises(SystemExit, match="seed 0's baseline does not reproduce"):
+        add_rows(_experiment(["baseline", "cb"], [[0.2], [0.7]]), drifted)
+    with pytest.raises(SystemExit, match="seeds differ"):
+        add_rows(_experiment(["baseline"], [[0.2], [0.7]]), _experiment(["baseline", "cb"], [[0.2], [0.7]], seeds=(0,)))
