@@ -39,7 +39,7 @@ def main(size: int = 128, n: int = 3000, dit_steps: int = 4000) -> None:
     priors, results = priors_of(card, train), {}
     for window in WINDOWS:
         for smooth in (False, True):
-            raw = infill_maps(model, images, classes, window=window, smooth=smooth)
+            raw = infill_maps(model, images, classes, window=window, stride=LocaliseConfig().stride, smooth=smooth)
             for weight in PRIOR_WEIGHTS:
                 maps = refine(raw, classes, LocaliseConfig(window=window, prior_weight=weight), priors)
                 rows = [(lesions[j][1], fm.localisation_row(m, m > 0.5, lesions[j][2], lesions[j][3]))

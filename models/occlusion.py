@@ -71,11 +71,12 @@ def windows(size: int, window: float, stride: float) -> list[tuple[int, int, int
 
 
 @torch.no_grad()
-def infill_maps(model: torch.nn.Module, images: torch.Tensor, classes: list[int], window: float = 0.125,
-                stride: float = 0.5, batch: int = 256, smooth: bool = True) -> np.ndarray:
+def infill_maps(model: torch.nn.Module, images: torch.Tensor, classes: list[int], window: float, stride: float,
+                batch: int = 256, smooth: bool = True) -> np.ndarray:
     """(N, S, S) maps in [0, 1]: per pixel, the mean drop of the class probability over the
     infilled windows that cover it (negative drops count as 0), smoothed by half a window step
-    (``smooth=False``: not, for benchmarks/infill_sweep.py)."""
+    (``smooth=False``: not, for benchmarks/infill_sweep.py). ``window`` and ``stride`` as in
+    ``models.cam.LocaliseConfig``, whose defaults are the product's."""
     if len(classes) != images.shape[0]:
         raise ValueError("give one target class per image row")
     model.eval()

@@ -4,7 +4,10 @@ import numpy as np
 import pytest
 import torch
 
+from models.cam import LocaliseConfig
 from models.occlusion import infill_maps, smooth_infill, windows
+
+_WINDOWS = {"window": LocaliseConfig().window, "stride": LocaliseConfig().stride}  # the product's
 
 
 class _BrightSpotDetector(torch.nn.Module):
@@ -33,7 +36,7 @@ def test_smooth_infill_removes_a_spot_and_keeps_the_outside():
 
 @pytest.mark.parametrize("spot", [(16, 44), (46, 20)])
 def test_infill_map_peaks_on_the_evidence(spot):
-    maps = infill_maps(_BrightSpotDetector(), torch.cat([_film(*spot), _film(*spot)]), [0, 1])
+    maps = infill_maps(_BrightSpotDetector(), torch.cat([_film(*spot), _film(*spot)]), [0, 1], **_WINDOWS)
     peak = np.unravel_index(np.argmax(maps[0]), maps[0].shape)
     assert abs(peak[0] - spot[0]) <= 8 and abs(peak[1] - spot[1]) <= 8 and maps[0].max() == pytest.approx(1.0)
     assert maps.shape == (2, 64, 64) and np.isfinite(maps).all() and maps.min() >= 0
@@ -50,12 +53,13 @@ def test_windows_cover_the_image():
 @pytest.mark.parametrize("spot", [(13, 45), (30, 30), (46, 19), (22, 37)])
 def test_smoothed_map_peaks_on_the_spot_not_on_a_cell_corner(spot):
     """Windows 16 px wide every 8 px: unsmoothed, the maximum lies on a cell's corner up to 6 px off."""
-    peak = np.unravel_index(np.argmax(infill_maps(_BrightSpotDetector(), _film(*spot), [0], window=0.25)[0]), (64, 64))
+    wide = infill_maps(_BrightSpotDetector(), _film(*spot), [0], window=0.25, stride=_WINDOWS["stride"])[0]
+    peak = np.unravel_index(np.argmax(wide), (64, 64))
     assert abs(peak[0] - spot[0]) <= 2 and abs(peak[1] - spot[1]) <= 2
 
 
 def test_classes_of_one_image_share_its_windows_and_match_one_at_a_time():
     a, b = _film(16, 44), _film(46, 20)
-    together = infill_maps(_BrightSpotDetector(), torch.cat([a, a, b]), [0, 1, 0])
-    alone = np.concatenate([infill_maps(_BrightSpotDetector(), x, [c]) for x, c in ((a, 0), (a, 1), (b, 0))])
+    together = infill_maps(_BrightSpotDetector(), torch.cat([a, a, b]), [0, 1, 0], **_WINDOWS)
+    alone = np.concatenate([infill_maps(_BrightSpotDetector(), x, [c], **_WINDOWS) for x, c in ((a, 0), (a, 1), (b, 0))])
     np.testing.assert_allclose(together, alone, atol=1e-6)
