@@ -207,6 +207,8 @@ def run_part(part: str, args, out_dir: Path) -> None:
     started = time.perf_counter()
     work = tailforge_home() / "bench" / "experiment"
     models_uri = str(tailforge_home() / "models")
+    if args.add and load_saved(part, out_dir)["config"]["seeds"] != list(args.seeds):
+        raise SystemExit(f"--add: the saved {part} run has other seeds than {args.seeds}: give the same --seeds")
     settings = tuple(dict.fromkeys(["baseline", *args.settings])) if args.settings else tuple(paper.SETTINGS)
     needed = paper.generators_needed(settings)
     dataset, dit, config, data = (nih1000 if part == "nih1000" else phantom)(args, work, models_uri,
@@ -225,7 +227,10 @@ def run_part(part: str, args, out_dir: Path) -> None:
     seconds = time.perf_counter() - started
     payload = {"commit": commit(), "machine": machine(), "part": part, "data": data, "seconds": round(seconds, 1),
                "command": " ".join(["python -m benchmarks.experiment", *sys.argv[1:]]), **result}
-    if args.add:
+    if args.add:  # kept first, so a refusal loses nothing: the checkpoints and generated sets are reused anyway
+        kept = part_dir / "added_run.json"
+        kept.write_text(json.dumps(payload) + "\n")
+        print(f"[{part}] this run: {kept}", flush=True)
         summarise(part, out_dir, add_rows(load_saved(part, out_dir), payload), args.bootstrap)
         print(f"[{part}] added {list(settings[1:])} to {out_dir}/experiment_{part}.{{json,md,png}} "
               f"({seconds / 60:.1f} min)", flush=True)
@@ -251,7 +256,7 @@ def load_saved(part: str, out_dir: Path) -> dict:
 def add_rows(saved: dict, new: dict) -> dict:
     """``saved`` with the non-baseline settings of ``new`` (a run of the same part and seeds) added
     or replaced. Refused, with the reason, unless ``new``'s baseline reproduces the saved one."""
-    if new["test_sample_ids"] != saved["test_sample_ids"] or new["config"]["seeds"] != saved["config"]["seeds"]:
+    if new["test_sample_ids"] != saved["test_sample_ids"] or list(new["config"]["seeds"]) != saved["config"]["seeds"]:
         raise SystemExit("--add: this run's test split or seeds differ from the saved run's: rerun the whole part")
     differences = {}
     for old, fresh in zip(saved["per_seed"], new["per_seed"]):

@@ -111,6 +111,7 @@ def test_rows_are_added_to_a_saved_experiment_only_when_its_baseline_reproduces(
     from benchmarks.experiment import ADD_TOLERANCE, add_rows
     saved = _experiment(["baseline", "cb"], [[0.2], [0.7]])
     new = _experiment(["baseline", "conditional"], [[0.2 + ADD_TOLERANCE / 2], [0.7]])
+    new["config"]["seeds"] = (0, 1)  # a fresh run's config holds a tuple, the saved one a list
     new["per_seed"][1]["generated"] = {"lkg-conditional": {"accepted": 3}}
     merged = add_rows(saved, new)
     assert merged["config"]["settings"] == ["baseline", "cb", "conditional"]
