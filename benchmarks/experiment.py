@@ -207,7 +207,8 @@ def run_part(part: str, args, out_dir: Path) -> None:
     started = time.perf_counter()
     work = tailforge_home() / "bench" / "experiment"
     models_uri = str(tailforge_home() / "models")
-    if args.add and load_saved(part, out_dir)["config"]["seeds"] != list(args.seeds):
+    saved = load_saved(part, out_dir) if args.add else None
+    if saved and saved["config"]["seeds"] != list(args.seeds):
         raise SystemExit(f"--add: the saved {part} run has other seeds than {args.seeds}: give the same --seeds")
     settings = tuple(dict.fromkeys(["baseline", *args.settings])) if args.settings else tuple(paper.SETTINGS)
     needed = paper.generators_needed(settings)
@@ -231,7 +232,7 @@ def run_part(part: str, args, out_dir: Path) -> None:
         kept = part_dir / "added_run.json"
         kept.write_text(json.dumps(payload) + "\n")
         print(f"[{part}] this run: {kept}", flush=True)
-        summarise(part, out_dir, add_rows(load_saved(part, out_dir), payload), args.bootstrap)
+        summarise(part, out_dir, add_rows(saved, payload), args.bootstrap)
         print(f"[{part}] added {list(settings[1:])} to {out_dir}/experiment_{part}.{{json,md,png}} "
               f"({seconds / 60:.1f} min)", flush=True)
         return
