@@ -100,7 +100,8 @@ def phantom(args, work: Path, models_uri: str, needs_dit: bool = True
             ) -> tuple[str, dict | None, paper.ExperimentConfig, dict]:
     dataset = str(work.parent / f"phantom64-{args.phantom_n}-s{PHANTOM_SEED}")  # the one bench_models.py uses
     ingest_phantom(dataset, args.phantom_n, size=64, seed=PHANTOM_SEED)
-    dit = generator(dataset, models_uri, DiTConfig(image_size=64, patch_size=4, depth=4, num_heads=4, head_dim=32,
+    # the normal DiT benchmarks/fidelity.py measured at 64 px (its 4,000-step one is reused when there)
+    dit = generator(dataset, models_uri, DiTConfig(image_size=64, patch_size=4, depth=6, num_heads=4, head_dim=32,
                                                    prediction="sample"),
                     DiTTrainConfig(steps=args.dit_steps_phantom, batch_size=32, warmup_steps=100)
                     ) if needs_dit else None
@@ -313,7 +314,8 @@ def main() -> None:
     parser.add_argument("--pretrain-epochs-phantom", type=int, default=8)
     parser.add_argument("--finetune-epochs", type=int, default=5)
     parser.add_argument("--dit-steps-real", type=int, default=3000)
-    parser.add_argument("--dit-steps-phantom", type=int, default=800)
+    parser.add_argument("--dit-steps-phantom", type=int, default=4000, help="the phantom's normal DiT "
+                        "(benchmarks/fidelity.py --sizes 64 --dit-steps 4000 trains the same one)")
     parser.add_argument("--dit-steps-label", type=int, default=800, help="the label-conditioned DiT (DfT-Caption)")
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--quick", action="store_true", help="tiny epochs and sets: checks the path, not the method")

@@ -44,9 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.bench_models import trained_before
-from models.cam import MaskConfig
 from models.classifier import ClassifierConfig
-from models.inpaint import InpaintConfig
 from models.metrics import compare_settings, tune_thresholds
 from models.training import TrainConfig, predict_probs, seed_everything
 from tasks import augment as work
@@ -76,9 +74,7 @@ class ExperimentConfig:
     backbone: str = "resnet18"
     pretrain: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=8, batch_size=32))
     finetune: FinetuneSettings = field(default_factory=lambda: FinetuneSettings(epochs=5, beta=0.5))
-    augment: work.AugmentSettings = field(default_factory=lambda: work.AugmentSettings(
-        batch_size=64, mask=MaskConfig(threshold=0.5, dilate_px=2, max_area=0.35),
-        inpaint=InpaintConfig(steps=25, jump_length=5, resample=2)))
+    augment: work.AugmentSettings = field(default_factory=lambda: work.AugmentSettings(batch_size=64))  # the product's
     bootstrap: int = 1000
     settings: tuple[str, ...] = tuple(SETTINGS)
 

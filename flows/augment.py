@@ -97,6 +97,7 @@ def _augment(dataset_uri: str, out_uri: str, classifier: dict, generator: dict, 
              settings: dict | None, cache_path: str | None) -> dict:
     started = time.perf_counter()
     options = work.AugmentSettings.from_dict(settings or {})
+    work.check_ood(options, generator)
     manifest = read_manifest(dataset_uri)
     run_id = new_run_id()
     started_at = utcnow()

@@ -1,6 +1,14 @@
-"""Out-of-distribution scores for generated images from the normal-X-ray diffusion model.
+"""Out-of-distribution scores for generated images: two detectors behind one interface
+(``score``: higher = further from real films; ``threshold``: the calibrated cut-off; ``what``: how
+a verdict names the score).
 
-As in ddpm-ood (Graham et al., "Denoising diffusion models for out-of-distribution
+``FeatureScorer``: the Mahalanobis distance of the classifier's pooled features from a Gaussian
+fitted on real training images (Lee et al., "A simple unified framework for detecting
+out-of-distribution samples and adversarial attacks", NeurIPS 2018, class-agnostic and with
+Ledoit-Wolf shrinkage, as the features outnumber the images). It does not use the generator, so
+it can judge any generator's samples, a label-conditioned DiT's included.
+
+``OODScorer``: reconstruction under the normal-X-ray diffusion model. As in ddpm-ood (Graham et al., "Denoising diffusion models for out-of-distribution
 detection", CVPR Workshops 2023): noise an image to a few levels t of the forward chain,
 denoise it back with a few DDIM steps, and measure how far the reconstruction is from the
 image. An image the model knows comes back close; broken pixels (noise, blank patches, pasted
@@ -16,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from models.classifier import pooled_features
 from models.dit import condition, is_conditioned, predict_noise, to_model_range
 from models.sampling import Generators, ddim_step, noised_known
 
@@ -49,9 +58,61 @@ def reconstruction_errors(model, scheduler, images01: torch.Tensor, config: OODC
     return torch.stack(errors, dim=1).numpy()
 
 
+def _calibrated(scores: np.ndarray, false_rejection: float) -> float:
+    """The cut-off that rejects ``false_rejection`` of held-out real images' scores."""
+    return float(np.quantile(scores, 1 - false_rejection))
+
+
+def ledoit_wolf(features: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Mean, shrunk covariance and the shrinkage of (N, C) features (Ledoit and Wolf, "A
+    well-conditioned estimator for large-dimensional covariance matrices", 2004): the sample
+    covariance pulled towards a scaled identity by the amount that minimises the expected error."""
+    n, c = features.shape
+    mean = features.mean(axis=0)
+    x = features - mean
+    sample = x.T @ x / n
+    mu = np.trace(sample) / c
+    target_gap = ((sample - mu * np.eye(c)) ** 2).sum()
+    spread = ((x ** 2).sum(axis=1) ** 2).sum() / n ** 2 - (sample ** 2).sum() / n
+    shrinkage = float(min(max(spread, 0.0), target_gap) / target_gap) if target_gap > 0 else 1.0
+    return mean, (1 - shrinkage) * sample + shrinkage * mu * np.eye(c), shrinkage
+
+
+class FeatureScorer:
+    """Fit on real training images (the Gaussian) and held-out real images (the threshold, at
+    ``false_rejection``); ``score`` is the Mahalanobis distance of the classifier's features."""
+
+    what = "feature distance"
+
+    def __init__(self, classifier, reference01: torch.Tensor, calibration01: torch.Tensor,
+                 false_rejection: float = 0.05):
+        if reference01.shape[0] < 20 or calibration01.shape[0] < 20:
+            raise ValueError("the feature OOD filter needs at least 20 real training images and 20 held-out ones")
+        if not 0 < false_rejection < 1:
+            raise ValueError("false_rejection must be between 0 and 1")
+        self.classifier = classifier
+        self.mean, covariance, self.shrinkage = ledoit_wolf(self._features(reference01))
+        self.precision = np.linalg.inv(covariance)
+        self.threshold = _calibrated(self.score(calibration01), false_rejection)
+
+    def _features(self, images01: torch.Tensor) -> np.ndarray:
+        return pooled_features(self.classifier, images01).double().numpy()
+
+    def score(self, images01: torch.Tensor) -> np.ndarray:
+        gap = self._features(images01) - self.mean
+        return np.sqrt(np.einsum("nc,cd,nd->n", gap, self.precision, gap).clip(min=0))
+
+    def accept(self, images01: torch.Tensor) -> np.ndarray:
+        return self.score(images01) <= self.threshold
+
+
 class OODScorer:
     """Fit on held-out real images (the kind the generated ones should pass for); ``score``
-    gives the mean z over levels, ``accept`` compares it with the calibrated threshold."""
+    gives the mean z over levels, ``accept`` compares it with the calibrated threshold. A
+    label-conditioned generator must not be its own judge: it reconstructs its own artefacts
+    better than real films (issue 16); give it a ``FeatureScorer`` or a normal DiT."""
+
+    what = "reconstruction z"
 
     def __init__(self, model, scheduler, calibration01: torch.Tensor, config: OODConfig = OODConfig(),
                  seed: int = 0):
@@ -60,7 +121,7 @@ class OODScorer:
         self.model, self.scheduler, self.config, self.seed = model, scheduler, config, seed
         errors = self._errors(calibration01)
         self.mean, self.std = errors.mean(axis=0), errors.std(axis=0).clip(min=1e-12)
-        self.threshold = float(np.quantile(self._z(errors), 1 - config.false_rejection))
+        self.threshold = _calibrated(self._z(errors), config.false_rejection)
 
     def _errors(self, images01: torch.Tensor) -> np.ndarray:
         generators = [torch.Generator().manual_seed(self.seed + i) for i in range(images01.shape[0])]

@@ -39,18 +39,21 @@ from models.cam import LocaliseConfig, MaskConfig, MaskResult
 from models.classifier import load_checkpoint
 from models.dit import build_scheduler, load_dit
 from models.inpaint import InpaintConfig
-from models.ood import OODConfig, OODScorer
+from models.ood import FeatureScorer, OODConfig, OODScorer
 from models.quality import QualityScorer
 from models.removal import dit_fill, kept_classes, remove_lesions
 from models.sampling import sample
 from models.training import predict_probs
 from tasks import store
 from tasks.dataset import (SAMPLES, ShardWriter, existing_quarantine_ids, existing_rows, finish_manifest, label_matrix,
-                           sample_schema)
+                           read_manifest, sample_schema)
 from tasks.images import decode_png, encode_mask, encode_png
 from tasks.knowledge.decision import Decision
 from tasks.knowledge.planner import candidate_codes, question_of
 from tasks.tensors import load_tensors, rows_by_shard
+
+
+OOD_METHODS = ("features", "reconstruction")
 
 
 @dataclass(frozen=True)
@@ -66,7 +69,8 @@ class AugmentSettings:
     quality_max_z: float = 3.0  # robust z of the NN distance to real images; above -> accepted = False
     tail_margin: float = 0.1  # a kept tail class may fall below its threshold by at most this much
     verify_removal: bool = True  # accept only rows whose removal the classifier confirms; False: quality alone
-    ood_filter: bool = True  # reject rows the normal DiT reconstructs worse than held-out real images (models/ood.py)
+    ood_filter: bool = True  # reject rows that score further from real films than held-out real images do (models/ood.py)
+    ood_method: str = "features"  # "features": classifier-feature Mahalanobis; "reconstruction": the normal DiT's (not for a label-conditioned generator)
     ood_false_rejection: float = 0.05  # share of the dataset's val images the OOD threshold would reject
     seed: int = 0  # mixed into every image's seed
     max_images: int | None = None  # cap on candidates (smallest output ids first); None = all
@@ -89,6 +93,8 @@ class AugmentSettings:
             raise ValueError(f"augment.runner must be 'local' or 'dask', not {self.runner!r}")
         if self.runner == "dask" and not self.dask_address:
             raise ValueError("augment.runner 'dask' needs augment.dask_address, the scheduler (tcp://HOST:8786)")
+        if self.ood_method not in OOD_METHODS:
+            raise ValueError(f"augment.ood_method must be one of {', '.join(OOD_METHODS)}, not {self.ood_method!r}")
         if not 0 < self.ood_false_rejection < 1:
             raise ValueError("augment.ood_false_rejection must be between 0 and 1")
         if self.parallel < 1 or self.batch_size < 1:
@@ -166,6 +172,7 @@ def prepare(dataset_uri: str, out_uri: str, manifest: dict, decisions: list[Deci
             generator_id: str, settings: AugmentSettings) -> Prepared:
     """The one augment preparation (the flow submits ``todo`` as tasks; the paper experiment and
     the tests loop over it): recipe -> candidates -> batches -> what is not done yet."""
+    check_judging(out_uri, settings)
     recipe = recipe_id(settings, classifier_id, generator_id)
     candidates = build_candidates(dataset_uri, manifest["labels"], manifest["head_tail"]["head"],
                                   manifest["head_tail"]["tail"], decisions, recipe, settings.max_images)
@@ -173,6 +180,28 @@ def prepare(dataset_uri: str, out_uri: str, manifest: dict, decisions: list[Deci
     chunks = batches(candidates, settings.batch_size)
     todo = [(i, b) for i, b in enumerate(chunks) if not all(c.output_id in done for c in b)]
     return Prepared(recipe, candidates, chunks, todo)
+
+
+# The settings that decide a row's verdict but not its pixels (so not in the recipe): a rerun
+# into an output skips its done rows, which keep the verdicts they were given.
+JUDGING = ("verify_removal", "tail_margin", "quality_max_z", "ood_filter", "ood_method", "ood_false_rejection")
+_BEFORE_THE_SETTING = {"ood_method": "reconstruction"}  # outputs written before ood_method existed
+
+
+def check_judging(out_uri: str, settings: AugmentSettings) -> None:
+    """Refuse a run whose judging settings differ from those the output's rows were judged
+    with: the output would mix two acceptance rules while its manifest names one."""
+    try:
+        recorded = read_manifest(out_uri).get("augment_settings")
+    except FileNotFoundError:
+        return
+    if recorded is None:
+        return
+    changed = [f"{k}: {recorded.get(k, _BEFORE_THE_SETTING.get(k))!r} -> {getattr(settings, k)!r}" for k in JUDGING
+               if recorded.get(k, _BEFORE_THE_SETTING.get(k)) != getattr(settings, k)]
+    if changed:
+        raise ValueError(f"{out_uri} holds rows judged with other settings ({'; '.join(changed)}); a rerun keeps "
+                         f"their verdicts, so write to a new output or run with the settings it was made with")
 
 
 def done_ids(out_uri: str) -> set[str]:
@@ -242,16 +271,37 @@ def _generator(uri: str):
     return model.eval(), build_scheduler(config), config
 
 
+def check_ood(settings: AugmentSettings, generator: dict) -> None:
+    """Refuse, before any work, a generator judging its own samples: a label-conditioned DiT
+    reconstructs its own artefacts better than real films (issue 16: blocky nih1000 samples
+    scored below real ones), so its rows need the feature filter."""
+    if settings.ood_filter and settings.ood_method == "reconstruction" and \
+            _generator(generator["uri"])[2].conditioning == "labels":
+        raise ValueError(f"augment.ood_method 'reconstruction' would have the label-conditioned generator "
+                         f"{generator['id'][:16]} judge its own samples; use ood_method: features")
+
+
 @lru_cache(maxsize=4)
-def _ood(dataset_uri: str, generator_uri: str, false_rejection: float) -> OODScorer:
-    """The OOD scorer of a generator, calibrated on the dataset's val images (at most 200):
-    real images of the kind the generated ones must pass for."""
+def _ood(dataset_uri: str, method: str, model_uri: str, false_rejection: float) -> FeatureScorer | OODScorer:
+    """The OOD scorer, calibrated on the dataset's val images (at most 200): real images of the
+    kind the generated ones must pass for. ``model_uri``: the classifier ("features", fitted on
+    at most 512 train images) or the normal DiT ("reconstruction")."""
     real = load_tensors(dataset_uri, splits=("val",), limit=200)
     if len(real) < 20:
         raise ValueError(f"{dataset_uri} has {len(real)} val images; the OOD filter needs at least 20 to "
                          f"calibrate (or set augment.ood_filter: false)")
-    dit, scheduler, _ = _generator(generator_uri)
+    if method == "features":
+        train = load_tensors(dataset_uri, splits=("train",), limit=512)
+        return FeatureScorer(_classifier(model_uri)[0], train.images, real.images, false_rejection)
+    dit, scheduler, _ = _generator(model_uri)
     return OODScorer(dit, scheduler, real.images, OODConfig(false_rejection=false_rejection))
+
+
+def ood_scorer(dataset_uri: str, settings: AugmentSettings, classifier: dict, generator: dict
+               ) -> FeatureScorer | OODScorer:
+    """The filter ``settings`` choose, with the model it needs."""
+    model = classifier if settings.ood_method == "features" else generator
+    return _ood(dataset_uri, settings.ood_method, model["uri"], settings.ood_false_rejection)
 
 
 @lru_cache(maxsize=4)
@@ -304,7 +354,7 @@ def run_batch(dataset_uri: str, out_uri: str, batch: list[Candidate], classifier
         verdicts.append(verdict(c.remove if settings.verify_removal else (),
                                 tail if settings.verify_removal else [], findings, probs_before[j], probs_after[j],
                                 card.thresholds, settings.tail_margin, float(scores[j]), settings.quality_max_z,
-                                ood_score, ood[1] if ood else None))
+                                (ood_score, *ood[1:]) if ood else None))
         original = decode_png(parents.table.column("image")[rows[i]].as_py())
         writer.add({**_generated_row(c, generated[j, 0], masks[i].mask, original, kept[i].numpy(), parents, rows[i],
                                      classifier["id"], generator["id"], float(scores[j]), verdicts[-1], conditional),
@@ -335,11 +385,12 @@ def present(labels: np.ndarray, findings: list[str], among: list[str]) -> list[s
 
 def verdict(remove: tuple[str, ...], tail: list[str], findings: list[str], before: np.ndarray, after: np.ndarray,
             thresholds: list[float], tail_margin: float, quality: float, quality_max_z: float,
-            ood: float | None = None, ood_threshold: float | None = None) -> str:
+            ood: tuple | None = None) -> str:
     """"ok" when the removal is verified, else the first reason it is not: the classifier still
     calls a removed class (probability >= its threshold), a tail class it called before falls
     below min(threshold, before - margin), or the image is out of distribution (its nearest
-    real image is too far, or the normal DiT reconstructs it worse than held-out real images)."""
+    real image is too far, or its OOD score, ``ood`` = (score, threshold, what), is above the
+    threshold calibrated on held-out real images)."""
     for name in remove:
         k = findings.index(name)
         if after[k] >= thresholds[k]:
@@ -350,8 +401,8 @@ def verdict(remove: tuple[str, ...], tail: list[str], findings: list[str], befor
             return f"tail_lost: {name} p={before[k]:.2f} -> {after[k]:.2f}"
     if quality > quality_max_z:
         return f"out_of_distribution: z={quality:.1f} > {quality_max_z:g}"
-    if ood is not None and ood_threshold is not None and ood > ood_threshold:
-        return f"out_of_distribution: reconstruction z={ood:.2f} > {ood_threshold:.2f}"
+    if ood is not None and ood[0] > ood[1]:
+        return f"out_of_distribution: {ood[2]}={ood[0]:.2f} > {ood[1]:.2f}"
     return "ok"
 
 
@@ -406,8 +457,8 @@ def _generate(dataset_uri: str, images: torch.Tensor, kept: torch.Tensor, condit
     scores = _quality(dataset_uri).score(generated)
     ood = None
     if settings.ood_filter:
-        scorer = _ood(dataset_uri, generator["uri"], settings.ood_false_rejection)
-        ood = (scorer.score(generated), scorer.threshold)
+        scorer = ood_scorer(dataset_uri, settings, classifier, generator)
+        ood = (scorer.score(generated), scorer.threshold, scorer.what)
     return masks, generated, scores, ood, before[ok], after
 
 

@@ -50,7 +50,7 @@ SAMPLE_FIELDS = [
     pa.field("classifier_id", pa.string()),
     pa.field("seed", pa.int64()),
     pa.field("quality", pa.float32()),
-    pa.field("ood_score", pa.float32()),  # generated: reconstruction z under the normal DiT (models/ood.py); null: off
+    pa.field("ood_score", pa.float32()),  # generated: the OOD filter's score (augment.ood_method, models/ood.py); null: off
     pa.field("accepted", pa.bool_()),  # generated: passed quality and the removal check (fine-tuning uses these)
     pa.field("verdict", pa.string()),  # generated: "ok", or why the row is not accepted
     pa.field("run_id", pa.string()),

@@ -75,7 +75,7 @@ def conditional_run(tmp_path_factory):
     finish_manifest(out, name="conditional", vocab_name="nih", image_size=32, source={"kind": "augment"},
                     run_id="run-cond", explicit_tail=manifest["head_tail"]["tail"])
     return {"root": str(root), "dataset": dataset, "out": out, "batch": batch, "result": result,
-            "generator": generator, "findings": manifest["labels"]}
+            "generator": generator, "classifier": classifier, "findings": manifest["labels"]}
 
 
 def test_conditional_rows_are_new_images_of_the_kept_set_with_no_parent(conditional_run):
@@ -90,6 +90,27 @@ def test_conditional_rows_are_new_images_of_the_kept_set_with_no_parent(conditio
         expected = [0.0 if name in c.remove else v for name, v in zip(run["findings"], parents[c.parent_id]["labels"])]
         assert np.allclose(row["labels"], expected, equal_nan=True) and row["removed_labels"] == list(c.remove)
         assert row["verdict"]  # the same removal/quality check as inpainted rows
+
+
+def test_a_label_conditioned_generator_is_not_its_own_ood_judge(conditional_run, tmp_path):
+    """It reconstructs its own artefacts better than real films (benchmarks/results/bench_ood.md):
+    the reconstruction filter is refused for it, and the feature filter (the default) scores its rows."""
+    run = conditional_run
+    with pytest.raises(ValueError, match="judge its own samples; use ood_method: features"):
+        work.check_ood(work.AugmentSettings(ood_method="reconstruction"), run["generator"])
+    settings = work.AugmentSettings.from_dict({"inpaint": {"steps": 3}})
+    assert settings.ood_filter and settings.ood_method == "features"
+    work.check_ood(settings, run["generator"])
+    out = str(tmp_path / "judged")
+    work.run_batch(run["dataset"], out, run["batch"], run["classifier"], run["generator"], settings, "run-ood")
+    rows = existing_rows(out, ["ood_score", "verdict"]).to_pylist()
+    threshold = work.ood_scorer(run["dataset"], settings, run["classifier"], run["generator"]).threshold
+    assert len(rows) == len(run["batch"]) and all(r["ood_score"] is not None for r in rows)
+    for r in rows:
+        if "feature distance=" in r["verdict"]:
+            assert r["ood_score"] > threshold
+        elif r["ood_score"] > threshold:
+            assert r["verdict"] != "ok"  # an earlier check (removal, quality) said why first
 
 
 def test_lineage_and_the_report_show_how_a_conditional_row_was_made(conditional_run, capsys):

@@ -241,6 +241,33 @@ def test_an_inpainting_dit_fills_a_hole_from_its_surroundings():
         predict_noise(model, test, torch.tensor([5] * 4))  # the inpainting model needs the known image
 
 
+def test_the_feature_ood_score_is_a_shrunk_mahalanobis_distance_calibrated_on_held_out_images():
+    """models/ood.FeatureScorer mechanics: Ledoit-Wolf as scikit-learn computes it, the threshold
+    rejecting the stated share of its calibration set, and far-off images scored higher."""
+    from sklearn.covariance import ledoit_wolf as reference
+
+    from models.classifier import ClassifierConfig, build_classifier
+    from models.ood import FeatureScorer, ledoit_wolf
+
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(30, 50)) @ rng.normal(size=(50, 50))  # more features than images
+    mean, covariance, shrinkage = ledoit_wolf(features)
+    expected, expected_shrinkage = reference(features)
+    assert np.allclose(covariance, expected) and np.isclose(shrinkage, expected_shrinkage)
+    assert np.allclose(mean, features.mean(axis=0)) and 0 < shrinkage < 1
+
+    torch.manual_seed(0)
+    net = build_classifier(ClassifierConfig("resnet18", 3, 32)).eval()
+    films = 0.5 + 0.1 * torch.randn(120, 1, 32, 32).clamp(-2, 2)
+    scorer = FeatureScorer(net, films[:80], films[80:], false_rejection=0.1)
+    assert abs(scorer.accept(films[80:]).mean() - 0.9) <= 0.05
+    assert np.allclose(scorer.score(films[:5]), scorer.score(films[:10])[:5])  # batch-mates do not matter
+    noise = torch.rand(20, 1, 32, 32)
+    assert np.median(scorer.score(noise)) > np.median(scorer.score(films[80:]))
+    with pytest.raises(ValueError, match="at least 20"):
+        FeatureScorer(net, films[:10], films[80:])
+
+
 def test_ood_scores_are_per_image_reproducible_and_calibrated_to_the_false_rejection_rate():
     """models/ood.py mechanics (what it catches is measured by benchmarks/bench_ood.py)."""
     from models.ood import OODConfig, OODScorer, reconstruction_errors

@@ -92,6 +92,14 @@ def test_rerun_writes_nothing(tiny_run):
     # what it reports is the whole output, not "0 generated" (issue 15)
     assert again["output"] == result["augment"]["output"] == {"rows": result["augment"]["written"],
                                                                "accepted": result["augment"]["accepted"]}
+    # a rerun that would judge new rows by another rule is refused before any work, saying what changed
+    for changed, says in (({"ood_filter": True}, "ood_filter: False -> True"),
+                          ({"quality_max_z": 9.0}, "quality_max_z: 1000.0 -> 9.0")):
+        with pytest.raises(ValueError, match=f"judged with other settings \\({says}\\).*write to a new output"):
+            augment_flow(result["dataset_uri"], out, result["models"]["classifier"], result["models"]["generator"],
+                         KnowledgeSettings(cache=None), {**TINY["augment"], **changed},
+                         str(Path(out).parent / "cache.duckdb"))
+    assert sorted(Path(out).rglob("part-*.parquet")) == before
 
 
 def test_augment_command_goes_on_from_a_dataset_and_checkpoints(tiny_run, tmp_path, capsys):
@@ -497,24 +505,26 @@ def test_the_report_is_readable_and_the_ui_copy_embeds_its_pictures(tiny_run, tm
     assert written["ui_markdown"].count("data:image/png;base64,") == 2  # the UI copy carries chart and sheet
 
 
-def test_the_ood_filter_scores_every_generated_row_and_rejects_what_it_cannot_reconstruct(tiny_run, tmp_path):
+@pytest.mark.parametrize("method, what", [("features", "feature distance"), ("reconstruction", "reconstruction z")])
+def test_the_ood_filter_scores_every_generated_row_and_rejects_what_it_cannot_reconstruct(tiny_run, tmp_path,
+                                                                                          method, what):
     """Issue 16, OOD post-selection (on by default): every generated row records its score; a
     row above the threshold calibrated on the dataset's val images is not accepted, and says why."""
     result, _ = tiny_run
     dataset, models = result["dataset_uri"], result["models"]
-    settings = work.AugmentSettings.from_dict({**TINY["augment"], "ood_filter": True})
+    settings = work.AugmentSettings.from_dict({**TINY["augment"], "ood_filter": True, "ood_method": method})
     _, decisions = plan(dataset, str(tmp_path / "d.duckdb"))
     out = str(tmp_path / "ood")
     batch = work.prepare(dataset, out, read_manifest(dataset), decisions, models["classifier"]["id"],
                          models["generator"]["id"], settings).candidates[:8]
     work.run_batch(dataset, out, batch, models["classifier"], models["generator"], settings, "r")
-    threshold = work._ood(dataset, models["generator"]["uri"], settings.ood_false_rejection).threshold
+    threshold = work.ood_scorer(dataset, settings, models["classifier"], models["generator"]).threshold
     rows = existing_rows(out, ["ood_score", "accepted", "verdict"]).to_pylist()
     assert rows and all(r["ood_score"] is not None for r in rows)
     for r in rows:
         rejected = r["ood_score"] > threshold
         assert r["accepted"] == (not rejected)  # quality and removal are off in TINY: the filter decides
-        assert rejected == (r["verdict"] or "").startswith("out_of_distribution: reconstruction z=")
+        assert rejected == (r["verdict"] or "").startswith(f"out_of_distribution: {what}=")
 
 
 def test_the_label_conditioned_generator_runs_through_the_same_flows(tiny_run, tmp_path, capsys):
