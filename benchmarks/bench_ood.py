@@ -8,9 +8,9 @@ real held-out images (test split) against the same images broken five ways insid
 lesion-sized box or band: uniform noise, the film's top rows as noise, a blank (mid-grey) patch,
 a black patch, and a patch of another patient pasted at a different place (wrong anatomy).
 Three scores: today's quality (models/quality.py: robust z of the nearest-real distance, cut-off
-``augment.quality_max_z``), the diffusion reconstruction score and the classifier-feature
-Mahalanobis distance (models/ood.py; both calibrated on val-split real images at 5% false
-rejection). Per kind: ROC-AUC (broken vs real) and the share rejected at each score's cut-off.
+``augment.quality_max_z``), the diffusion reconstruction score and the classifier-feature score
+(the largest per-stage z of Mahalanobis distances; models/ood.py; both calibrated on val-split
+real images at 5% false rejection). Per kind: ROC-AUC (broken vs real) and the share rejected at each score's cut-off.
 
 Then nih1000: the rows the label-conditioned DiT (DfT-Caption) generated in the saved experiment
 (benchmarks/experiment.py --part nih1000, under TAILFORGE_HOME), accepted and rejected, against
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
               "images": int(real.shape[0]), "calibration_images": int(calibration.shape[0]),
               "ood_config": ood_config.__dict__, "ood_threshold": round(cuts["ood"], 3),
               "feature_threshold": round(cuts["features"], 3),
-              "feature_shrinkage": round(scorers["features"].shrinkage, 4), "quality_cut": cuts["quality"],
+              "feature_shrinkage": [round(g[2], 4) for g in scorers["features"].gaussians], "quality_cut": cuts["quality"],
               "real_rejected": real_rejected, "by_kind": table,
               "nih1000": None if args.no_nih1000 else nih1000_conditional()}
     report["seconds"] = round(time.perf_counter() - started, 1)
@@ -172,8 +172,9 @@ def markdown(report: dict) -> str:
              f"the diffusion score calibrated on {report['calibration_images']} val images at "
              f"{report['ood_config']['false_rejection']:.0%} false rejection (levels {report['ood_config']['levels']}, "
              f"{report['ood_config']['steps']} DDIM steps back).", "",
-             f"Feature score: Mahalanobis distance of the phantom classifier's pooled features "
-             f"(Ledoit-Wolf shrinkage {report['feature_shrinkage']}), threshold {report['feature_threshold']}.", "",
+             f"Feature score: the largest per-stage z of the Mahalanobis distances of the phantom classifier's "
+             f"stage features ({len(report['feature_shrinkage'])} stages, Ledoit-Wolf shrinkage "
+             f"{report['feature_shrinkage']}), threshold {report['feature_threshold']}.", "",
              f"Real test images rejected: diffusion score {report['real_rejected']['ood']:.1%}, features "
              f"{report['real_rejected']['features']:.1%}, quality (z > {report['quality_cut']}) "
              f"{report['real_rejected']['quality']:.1%}.", "",

@@ -157,6 +157,22 @@ def pooled_features(model: nn.Module, images: torch.Tensor, batch_size: int = 64
     return torch.cat(out) if out else torch.zeros(0)
 
 
+@torch.no_grad()
+def stage_features(model: nn.Module, images: torch.Tensor, batch_size: int = 64) -> list[torch.Tensor]:
+    """(N, 1, S, S) -> one (N, C_i) tensor per stage of the backbone (timm's
+    ``forward_intermediates``): each stage's feature map averaged over its positions, from the
+    early stages that see texture (block edges, noise) to the last that sees findings. In eval mode."""
+    net = model.backbone if isinstance(model, HeadedClassifier) else model
+    was_training = model.training
+    model.eval()
+    try:
+        batches = [[f.float().mean(dim=(2, 3)) for f in net.forward_intermediates(
+            images[i:i + batch_size].float(), intermediates_only=True)] for i in range(0, images.shape[0], batch_size)]
+    finally:
+        model.train(was_training)
+    return [torch.cat([b[k] for b in batches]) for k in range(len(batches[0]))] if batches else []
+
+
 @dataclass
 class ClassifierCard:
     labels: list[str]  # ordered label vocabulary; logit k is labels[k]

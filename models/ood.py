@@ -2,11 +2,14 @@
 (``score``: higher = further from real films; ``threshold``: the calibrated cut-off; ``what``: how
 a verdict names the score).
 
-``FeatureScorer``: the Mahalanobis distance of the classifier's pooled features from a Gaussian
-fitted on real training images (Lee et al., "A simple unified framework for detecting
-out-of-distribution samples and adversarial attacks", NeurIPS 2018, class-agnostic and with
-Ledoit-Wolf shrinkage, as the features outnumber the images). It does not use the generator, so
-it can judge any generator's samples, a label-conditioned DiT's included.
+``FeatureScorer``: the Mahalanobis distance of the classifier's features, at every stage of its
+backbone, from Gaussians fitted on real training images (Lee et al., "A simple unified framework
+for detecting out-of-distribution samples and adversarial attacks", NeurIPS 2018: their feature
+ensemble, class-agnostic here, with Ledoit-Wolf shrinkage as features outnumber images). Each
+stage's distance is z-scored on held-out real images and the score is the largest z: early
+stages see texture (the 4-px blocks of an undertrained DiT: benchmarks/results/bench_ood.md),
+the last sees findings. It does not use the generator, so it can judge any generator's samples,
+a label-conditioned DiT's included.
 
 ``OODScorer``: reconstruction under the normal-X-ray diffusion model. As in ddpm-ood (Graham et al., "Denoising diffusion models for out-of-distribution
 detection", CVPR Workshops 2023): noise an image to a few levels t of the forward chain,
@@ -24,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from models.classifier import pooled_features
+from models.classifier import stage_features
 from models.dit import condition, is_conditioned, predict_noise, to_model_range
 from models.sampling import Generators, ddim_step, noised_known
 
@@ -79,10 +82,11 @@ def ledoit_wolf(features: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
 
 
 class FeatureScorer:
-    """Fit on real training images (the Gaussian) and held-out real images (the threshold, at
-    ``false_rejection``); ``score`` is the Mahalanobis distance of the classifier's features."""
+    """Fit on real training images (one Gaussian per backbone stage) and held-out real images
+    (each stage's z, then the threshold at ``false_rejection``); ``score`` is the largest
+    per-stage z of an image's Mahalanobis distances."""
 
-    what = "feature distance"
+    what = "feature z"
 
     def __init__(self, classifier, reference01: torch.Tensor, calibration01: torch.Tensor,
                  false_rejection: float = 0.05):
@@ -91,16 +95,27 @@ class FeatureScorer:
         if not 0 < false_rejection < 1:
             raise ValueError("false_rejection must be between 0 and 1")
         self.classifier = classifier
-        self.mean, covariance, self.shrinkage = ledoit_wolf(self._features(reference01))
-        self.precision = np.linalg.inv(covariance)
+        self.gaussians = []
+        for features in self._features(reference01):
+            mean, covariance, shrinkage = ledoit_wolf(features)
+            self.gaussians.append((mean, np.linalg.inv(covariance), shrinkage))
+        distances = self.distances(calibration01)
+        self.mean, self.std = distances.mean(axis=0), distances.std(axis=0).clip(min=1e-12)
         self.threshold = _calibrated(self.score(calibration01), false_rejection)
 
-    def _features(self, images01: torch.Tensor) -> np.ndarray:
-        return pooled_features(self.classifier, images01).double().numpy()
+    def _features(self, images01: torch.Tensor) -> list[np.ndarray]:
+        return [f.double().numpy() for f in stage_features(self.classifier, images01)]
+
+    def distances(self, images01: torch.Tensor) -> np.ndarray:
+        """(N, stages): each image's Mahalanobis distance at each stage."""
+        out = []
+        for features, (mean, precision, _) in zip(self._features(images01), self.gaussians):
+            gap = features - mean
+            out.append(np.sqrt(np.einsum("nc,cd,nd->n", gap, precision, gap).clip(min=0)))
+        return np.stack(out, axis=1)
 
     def score(self, images01: torch.Tensor) -> np.ndarray:
-        gap = self._features(images01) - self.mean
-        return np.sqrt(np.einsum("nc,cd,nd->n", gap, self.precision, gap).clip(min=0))
+        return ((self.distances(images01) - self.mean) / self.std).max(axis=1)
 
     def accept(self, images01: torch.Tensor) -> np.ndarray:
         return self.score(images01) <= self.threshold

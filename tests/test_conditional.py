@@ -107,7 +107,7 @@ def test_a_label_conditioned_generator_is_not_its_own_ood_judge(conditional_run,
     threshold = work.ood_scorer(run["dataset"], settings, run["classifier"], run["generator"]).threshold
     assert len(rows) == len(run["batch"]) and all(r["ood_score"] is not None for r in rows)
     for r in rows:
-        if "feature distance=" in r["verdict"]:
+        if "feature z=" in r["verdict"]:
             assert r["ood_score"] > threshold
         elif r["ood_score"] > threshold:
             assert r["verdict"] != "ok"  # an earlier check (removal, quality) said why first

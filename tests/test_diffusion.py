@@ -243,10 +243,11 @@ def test_an_inpainting_dit_fills_a_hole_from_its_surroundings():
 
 def test_the_feature_ood_score_is_a_shrunk_mahalanobis_distance_calibrated_on_held_out_images():
     """models/ood.FeatureScorer mechanics: Ledoit-Wolf as scikit-learn computes it, the threshold
-    rejecting the stated share of its calibration set, and far-off images scored higher."""
+    rejecting the stated share of its calibration set, far-off images scored higher, and the
+    stages of a plain and a headed classifier alike (what it catches: benchmarks/bench_ood.py)."""
     from sklearn.covariance import ledoit_wolf as reference
 
-    from models.classifier import ClassifierConfig, build_classifier
+    from models.classifier import ClassifierConfig, build_classifier, stage_features
     from models.ood import FeatureScorer, ledoit_wolf
 
     rng = np.random.default_rng(0)
@@ -266,6 +267,8 @@ def test_the_feature_ood_score_is_a_shrunk_mahalanobis_distance_calibrated_on_he
     assert np.median(scorer.score(noise)) > np.median(scorer.score(films[80:]))
     with pytest.raises(ValueError, match="at least 20"):
         FeatureScorer(net, films[:10], films[80:])
+    headed = build_classifier(ClassifierConfig("resnet18", 3, 32, se=True))  # TRCGL-Net parts: the backbone's stages
+    assert [f.shape for f in stage_features(headed, films[:3])] == [f.shape for f in stage_features(net, films[:3])]
 
 
 def test_ood_scores_are_per_image_reproducible_and_calibrated_to_the_false_rejection_rate():

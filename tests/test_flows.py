@@ -505,7 +505,7 @@ def test_the_report_is_readable_and_the_ui_copy_embeds_its_pictures(tiny_run, tm
     assert written["ui_markdown"].count("data:image/png;base64,") == 2  # the UI copy carries chart and sheet
 
 
-@pytest.mark.parametrize("method, what", [("features", "feature distance"), ("reconstruction", "reconstruction z")])
+@pytest.mark.parametrize("method, what", [("features", "feature z"), ("reconstruction", "reconstruction z")])
 def test_the_ood_filter_scores_every_generated_row_and_rejects_what_it_cannot_reconstruct(tiny_run, tmp_path,
                                                                                           method, what):
     """Issue 16, OOD post-selection (on by default): every generated row records its score; a
