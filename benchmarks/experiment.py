@@ -144,7 +144,9 @@ def markdown(part: str, result: dict, data: dict, seconds: float) -> str:
              *[f"\nRows {', '.join(f'`{s}`' for s in a['settings'])} added at commit `{a['commit']}` "
                f"({a['seconds'] / 60:.0f} min; `{a['command']}`): each seed's baseline, fine-tuned again, reproduced "
                "the saved test probabilities to within "
-               f"{max(a['baseline_max_difference'].values()):.4f}." for a in result.get("added", [])], "",
+               f"{max(a['baseline_max_difference'].values()):.4f}."
+               + (f" Replaced at commit `{a['replaced_at']}` (below)." if a.get("replaced_at") else "")
+               for a in result.get("added", [])], "",
              f"- Data: {data['source']}; split train {result['split']['train']} / val {result['split']['val']} / "
              f"test {result['split']['test']}." + (f" Generator: {'; '.join(generators)}." if generators else ""),
              f"- Head: {', '.join(result['head'])}. Tail (marked *): {', '.join(tail)}.",
@@ -275,6 +277,9 @@ def add_rows(saved: dict, new: dict) -> dict:
     saved["config"]["settings"] = list(dict.fromkeys([*saved["config"]["settings"], *added]))
     if new.get("label_generator"):
         saved["label_generator"] = new["label_generator"]
+    for earlier in saved.get("added", []):
+        if set(earlier["settings"]) & set(added):
+            earlier["replaced_at"] = new["commit"]
     saved.setdefault("added", []).append({
         "settings": added, "commit": new["commit"], "machine": new["machine"], "seconds": new["seconds"],
         "command": new["command"], "baseline_max_difference": differences, "augment": new["config"]["augment"]})

@@ -120,6 +120,13 @@ def test_rows_are_added_to_a_saved_experiment_only_when_its_baseline_reproduces(
     assert merged["per_seed"][0]["finetune"]["baseline"]["test_probs"] == [[0.2], [0.7]]  # the saved one stays
     assert merged["added"][0]["settings"] == ["conditional"]
     assert merged["added"][0]["baseline_max_difference"][0] == pytest.approx(ADD_TOLERANCE / 2)
+    again = _experiment(["baseline", "conditional"], [[0.2], [0.7]])  # the row made anew: it replaces the first
+    again["commit"] = "beef"
+    again["per_seed"][0]["finetune"]["conditional"]["test_probs"] = [[0.4], [0.6]]
+    merged = add_rows(merged, again)
+    assert merged["config"]["settings"] == ["baseline", "cb", "conditional"]
+    assert merged["per_seed"][0]["finetune"]["conditional"]["test_probs"] == [[0.4], [0.6]]
+    assert [a.get("replaced_at") for a in merged["added"]] == ["beef", None]
 
     drifted = _experiment(["baseline", "conditional"], [[0.2], [0.7 - 2 * ADD_TOLERANCE]])
     with pytest.raises(SystemExit, match="seed 0's baseline does not reproduce"):
