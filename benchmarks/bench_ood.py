@@ -143,6 +143,8 @@ def nih1000_conditional() -> dict | None:
     train = load_tensors(str(work), splits=("train",), limit=512).images
     calibration = load_tensors(str(work), splits=("val",)).images
     real = load_tensors(str(work), splits=("test",)).images
+    quality = QualityScorer(load_tensors(str(work), splits=("train",), normal_only=True, limit=512).images)
+    broken_films = broken_sets(real)
     out = {"real_test_images": int(real.shape[0]), "calibration_images": int(calibration.shape[0]), "seeds": {}}
     for folder in seeds:
         rows = load_tensors(str(folder), columns=("classifier_id", "generator_id", "accepted"))
@@ -151,14 +153,13 @@ def nih1000_conditional() -> dict | None:
         dit, dit_config, _ = load_dit(store.read_bytes(str(models / f"dit-{generator_id[:16]}.pt")))
         scorers = {"features": FeatureScorer(classifier, train, calibration),
                    "own_reconstruction": OODScorer(dit.eval(), build_scheduler(dit_config), calibration),
-                   "quality": QualityScorer(load_tensors(str(work), splits=("train",), normal_only=True,
-                                                         limit=512).images)}
+                   "quality": quality}
         cuts = {"features": scorers["features"].threshold, "own_reconstruction": scorers["own_reconstruction"].threshold,
                 "quality": AugmentSettings().quality_max_z}
         accepted = np.array(rows.table.column("accepted").to_pylist(), dtype=bool)
         sets = {"conditional (all)": rows.images, "conditional (accepted then)": rows.images[accepted]}
         table, real_rejected = compare(scorers, cuts, real, sets)
-        broken_table, _ = compare({k: scorers[k] for k in ("features", "quality")}, cuts, real, broken_sets(real))
+        broken_table, _ = compare({k: scorers[k] for k in ("features", "quality")}, cuts, real, broken_films)
         out["seeds"][folder.parent.name] = {"classifier": classifier_id[:16], "generator": generator_id[:16],
                                             "rows": int(len(accepted)), "accepted_then": int(accepted.sum()),
                                             "cuts": {k: round(v, 3) for k, v in cuts.items()},

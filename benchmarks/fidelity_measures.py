@@ -30,8 +30,6 @@ import scipy.linalg
 import torch
 import torch.nn.functional as F
 
-from models.classifier import pooled_features
-
 HALF = 0.5
 
 
@@ -119,8 +117,15 @@ def kernel_distance(a: np.ndarray, b: np.ndarray) -> float:
                  - 2 * kab.mean())
 
 
+def features(encoder, images: torch.Tensor) -> np.ndarray:
+    """A timm classifier's pooled penultimate features (the FID/KID encoder), 64 images at a time."""
+    with torch.no_grad():
+        return torch.cat([encoder.forward_head(encoder.forward_features(images[i:i + 64]), pre_logits=True)
+                          for i in range(0, len(images), 64)]).double().numpy()
+
+
 def distances(encoder, a: torch.Tensor, b: torch.Tensor) -> dict:
     """FID and KID of two image sets in ``encoder``'s feature space, and the set sizes."""
-    fa, fb = pooled_features(encoder, a).double().numpy(), pooled_features(encoder, b).double().numpy()
+    fa, fb = features(encoder, a), features(encoder, b)
     return {"fid": round(frechet_distance(fa, fb), 3), "kid": round(kernel_distance(fa, fb), 5),
             "n": [len(a), len(b)]}

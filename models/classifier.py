@@ -36,7 +36,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from models import checkpoint
-from models.heads import HeadedClassifier, from_tokens
+from models.heads import HeadedClassifier
 
 IN_CHANS = 1  # chest films are single-channel
 CHECKPOINT_FORMAT = "tailforge.classifier/1"
@@ -136,25 +136,6 @@ def build_classifier(config: ClassifierConfig, cooccurrence: torch.Tensor | None
         return model
     return HeadedClassifier(model, config.num_classes, se=config.se, attention=config.head == "attention",
                             cooccurrence=cooccurrence if config.gcn else None, drop_rate=config.drop_rate)
-
-
-@torch.no_grad()
-def pooled_features(model: nn.Module, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-    """(N, 1, S, S) -> (N, C): the pooled features before the classification layer (timm's
-    ``pre_logits``; for a ``HeadedClassifier`` the backbone's pooling after SE), in eval mode."""
-    was_training = model.training
-    model.eval()
-    try:
-        out = []
-        for i in range(0, images.shape[0], batch_size):
-            x = images[i:i + batch_size].float()
-            if isinstance(model, HeadedClassifier):
-                out.append(model.backbone.forward_head(from_tokens(model.features(x)), pre_logits=True))
-            else:
-                out.append(model.forward_head(model.forward_features(x), pre_logits=True))
-    finally:
-        model.train(was_training)
-    return torch.cat(out) if out else torch.zeros(0)
 
 
 @torch.no_grad()

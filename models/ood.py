@@ -81,7 +81,21 @@ def ledoit_wolf(features: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     return mean, (1 - shrinkage) * sample + shrinkage * mu * np.eye(c), shrinkage
 
 
-class FeatureScorer:
+class _Filter:
+    """The interface both detectors share: ``score`` (higher = further from real films),
+    ``threshold`` (calibrated on held-out real images) and ``what`` (the verdict's name for it)."""
+
+    what: str
+    threshold: float
+
+    def score(self, images01: torch.Tensor) -> np.ndarray:
+        raise NotImplementedError
+
+    def accept(self, images01: torch.Tensor) -> np.ndarray:
+        return self.score(images01) <= self.threshold
+
+
+class FeatureScorer(_Filter):
     """Fit on real training images (one Gaussian per backbone stage) and held-out real images
     (each stage's z, then the threshold at ``false_rejection``); ``score`` is the largest
     per-stage z of an image's Mahalanobis distances."""
@@ -101,7 +115,7 @@ class FeatureScorer:
             self.gaussians.append((mean, np.linalg.inv(covariance), shrinkage))
         distances = self.distances(calibration01)
         self.mean, self.std = distances.mean(axis=0), distances.std(axis=0).clip(min=1e-12)
-        self.threshold = _calibrated(self.score(calibration01), false_rejection)
+        self.threshold = _calibrated(self._z(distances), false_rejection)
 
     def _features(self, images01: torch.Tensor) -> list[np.ndarray]:
         return [f.double().numpy() for f in stage_features(self.classifier, images01)]
@@ -114,14 +128,14 @@ class FeatureScorer:
             out.append(np.sqrt(np.einsum("nc,cd,nd->n", gap, precision, gap).clip(min=0)))
         return np.stack(out, axis=1)
 
+    def _z(self, distances: np.ndarray) -> np.ndarray:
+        return ((distances - self.mean) / self.std).max(axis=1)
+
     def score(self, images01: torch.Tensor) -> np.ndarray:
-        return ((self.distances(images01) - self.mean) / self.std).max(axis=1)
-
-    def accept(self, images01: torch.Tensor) -> np.ndarray:
-        return self.score(images01) <= self.threshold
+        return self._z(self.distances(images01))
 
 
-class OODScorer:
+class OODScorer(_Filter):
     """Fit on held-out real images (the kind the generated ones should pass for); ``score``
     gives the mean z over levels, ``accept`` compares it with the calibrated threshold. A
     label-conditioned generator must not be its own judge: it reconstructs its own artefacts
@@ -147,6 +161,3 @@ class OODScorer:
 
     def score(self, images01: torch.Tensor) -> np.ndarray:
         return self._z(self._errors(images01))
-
-    def accept(self, images01: torch.Tensor) -> np.ndarray:
-        return self.score(images01) <= self.threshold
