@@ -121,13 +121,14 @@ def compare(scorers: dict, cuts: dict, real: torch.Tensor, sets: dict[str, torch
     the share of the real images over each cut-off."""
     real_scores = {name: scorer.score(real) for name, scorer in scorers.items()}
     table = {}
-    for kind, images in sets.items():
+    for done, (kind, images) in enumerate(sets.items(), 1):
         row = {}
         for name, scorer in scorers.items():
             neg, pos = real_scores[name], scorer.score(images)
             row[name] = {"auroc": round(auroc(np.r_[neg, pos], np.r_[np.zeros(len(neg)), np.ones(len(pos))]), 4),
                          "rejected": round(float((pos > cuts[name]).mean()), 4)}
         table[kind] = row
+        print(f"bench_ood: {kind} scored by {', '.join(scorers)} ({done}/{len(sets)})", flush=True)
     return table, {name: round(float((real_scores[name] > cuts[name]).mean()), 4) for name in scorers}
 
 
@@ -147,6 +148,7 @@ def nih1000_conditional() -> dict | None:
     broken_films = broken_sets(real)
     out = {"real_test_images": int(real.shape[0]), "calibration_images": int(calibration.shape[0]), "seeds": {}}
     for folder in seeds:
+        print(f"bench_ood: nih1000 {folder.parent.name}", flush=True)
         rows = load_tensors(str(folder), columns=("classifier_id", "generator_id", "accepted"))
         classifier_id, generator_id = (rows.table.column(c)[0].as_py() for c in ("classifier_id", "generator_id"))
         classifier = load_checkpoint(store.read_bytes(str(models / f"classifier-{classifier_id[:16]}.pt")))[0].eval()
