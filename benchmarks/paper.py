@@ -8,6 +8,8 @@ and the normal DiT (through the factory's own plan / candidates / run_batch code
     all-cam       none    cam      every head finding of a candidate inpainted (no LKG)
     lkg-cam       rules   cam      entangled head findings kept (LKG, rules judge)
     lkg-random    rules   random   the same masks moved to random places (control)
+    llm-cam       anthropic cam    LKG with the LLM judge (benchmarks/experiment.py: against the
+                                   fake Messages server, to show the path, not an LLM effect)
 
 then fine-tune the pretrained classifier once per setting:
 
@@ -25,6 +27,10 @@ and the long-tail baselines any gain must beat (issue 16; Holste et al.'s NIH-CX
     cRT           -               baseline, then the last layer re-trained class-aware (Kang et al.)
     +LKG+ldam-drw lkg-cam         PIL with LDAM-DRW
     +LKG+cRT      lkg-cam         PIL, then cRT
+    +inpainting+ldam-drw all-cam  every generated sample each epoch, with LDAM-DRW
+    +inpainting+cb all-cam        the same with the class-balanced loss (inpainting on top of
+                                  whichever long-tail baseline proves stronger)
+    +LKG-llm      llm-cam         PIL (the LLM judge's decisions instead of the rules table's)
 
 and the paper's DfT-Caption baseline (its Table 3): the same LKG candidates, each image sampled
 from noise for its kept finding set by a DiT conditioned on labels, trained on the train split:
@@ -56,7 +62,8 @@ from tasks.tensors import load_tensors
 
 # generated set -> (judge, mask placement, generator: the normal DiT inpaints; the label DiT samples)
 VARIANTS = {"all-cam": ("none", "cam", "dit"), "lkg-cam": ("rules", "cam", "dit"),
-            "lkg-random": ("rules", "random", "dit"), "lkg-conditional": ("rules", "-", "label_dit")}
+            "lkg-random": ("rules", "random", "dit"), "lkg-conditional": ("rules", "-", "label_dit"),
+            "llm-cam": ("anthropic", "cam", "dit")}
 CRT_EPOCHS = 2  # cRT: after the fine-tune, the last layer alone on class-aware batches
 # setting -> (generated set, schedule, fine-tune overrides: the long-tail baselines of issue 16)
 SETTINGS = {"baseline": (None, "baseline", {}), "+inpainting": ("all-cam", "augmented", {}),
@@ -65,7 +72,11 @@ SETTINGS = {"baseline": (None, "baseline", {}), "+inpainting": ("all-cam", "augm
             "cRT": (None, "baseline", {"crt_epochs": CRT_EPOCHS}),
             "+LKG+ldam-drw": ("lkg-cam", "pil", {"loss": "ldam_drw"}),
             "+LKG+cRT": ("lkg-cam", "pil", {"crt_epochs": CRT_EPOCHS}),
+            "+inpainting+ldam-drw": ("all-cam", "augmented", {"loss": "ldam_drw"}),
+            "+inpainting+cb": ("all-cam", "augmented", {"loss": "cb"}),
+            "+LKG-llm": ("llm-cam", "pil", {}),
             "conditional": ("lkg-conditional", "pil", {})}
+LONGTAIL = ("cb", "ldam-drw", "cRT")  # the long-tail baselines (no generated images)
 
 
 @dataclass(frozen=True)
@@ -80,6 +91,11 @@ class ExperimentConfig:
 
     def to_json(self) -> dict:
         return asdict(self)
+
+
+def judges_needed(settings) -> set[str]:
+    """The knowledge judges these settings' generated sets are planned with."""
+    return {VARIANTS[SETTINGS[s][0]][0] for s in settings if SETTINGS[s][0]}
 
 
 def generators_needed(settings) -> set[str]:
