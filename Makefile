@@ -25,7 +25,7 @@ bench: $(STAMP)
 	$(VENV)/bin/python -m benchmarks.bench_ingest
 	$(VENV)/bin/python -m benchmarks.bench_plan --llm
 
-# the paper's experiment on nih1000 and the phantom, and the factory's throughput (about an hour on 2 cores)
+# the paper's experiment on nih1000 and the phantom (5 seeds), and the factory's throughput (hours on 2 cores)
 experiment: $(STAMP)
 	$(VENV)/bin/python -m benchmarks.experiment
 

@@ -3,6 +3,7 @@
     python -m benchmarks.experiment                       # everything (hours on 2 cores)
     python -m benchmarks.experiment --part nih1000 --seeds 0 1 2
     python -m benchmarks.experiment --part phantom
+    python -m benchmarks.experiment --part phantom128 --seeds 0 --settings ldam-drw +inpainting   # at 128 px
     python -m benchmarks.experiment --part throughput
     python -m benchmarks.experiment --quick --out /tmp/x  # a small smoke run of the whole path
     python -m benchmarks.experiment --rebuild             # tables and plots again from saved results
@@ -12,8 +13,9 @@ Parts:
 - ``nih1000``: ../shared/data/nih1000 with its fixed split, the DiT trained on the real adult
   normals of ../shared/data/normals (trained here first if no checkpoint with the same settings
   exists: about 42 min), settings and seeds as in benchmarks/paper.py;
-- ``phantom``: the same on a phantom of ``--phantom-n`` images, plus what ground truth gives
-  (benchmarks/phantom_truth.py);
+- ``phantom``: the same on a phantom of ``--phantom-n`` images at 64 px, plus what ground truth gives
+  (benchmarks/phantom_truth.py); ``phantom128`` the same at 128 px (the DiT ``make fidelity`` trains
+  at 128 px is reused: patch 8, 4,000 steps);
 - ``throughput``: benchmarks/throughput.py.
 
 ``--settings`` runs some settings only (the baseline always), and trains only the generators they
@@ -55,6 +57,7 @@ from tasks.pretrain import train_label_dit, train_normal_dit
 from tasks.tensors import load_tensors
 
 PHANTOM_SEED = 21
+PHANTOM_SIZES = {"phantom": 64, "phantom128": 128}  # part -> image side
 ADD_TOLERANCE = 2e-3  # max |test probability difference| of the rerun baseline vs the saved one (saved at 4 decimals)
 
 
@@ -98,20 +101,20 @@ def nih1000(args, work: Path, models_uri: str, needs_dit: bool = True
     return dataset, dit, config, data
 
 
-def phantom(args, work: Path, models_uri: str, needs_dit: bool = True
+def phantom(args, work: Path, models_uri: str, needs_dit: bool = True, size: int = 64
             ) -> tuple[str, dict | None, paper.ExperimentConfig, dict]:
-    dataset = str(work.parent / f"phantom64-{args.phantom_n}-s{PHANTOM_SEED}")  # the one bench_models.py uses
-    ingest_phantom(dataset, args.phantom_n, size=64, seed=PHANTOM_SEED)
-    # the normal DiT benchmarks/fidelity.py measured at 64 px (its 4,000-step one is reused when there)
-    dit = generator(dataset, models_uri, DiTConfig(image_size=64, patch_size=4, depth=6, num_heads=4, head_dim=32,
-                                                   prediction="sample"),
+    dataset = str(work.parent / f"phantom{size}-{args.phantom_n}-s{PHANTOM_SEED}")  # the ones fidelity.py uses
+    ingest_phantom(dataset, args.phantom_n, size=size, seed=PHANTOM_SEED)
+    # the normal DiT benchmarks/fidelity.py measured at this size (its 4,000-step one is reused when there)
+    dit = generator(dataset, models_uri, DiTConfig(image_size=size, patch_size=4 if size <= 64 else 8, depth=6,
+                                                   num_heads=4, head_dim=32, prediction="sample"),
                     DiTTrainConfig(steps=args.dit_steps_phantom, batch_size=32, warmup_steps=100)
                     ) if needs_dit else None
     config = paper.ExperimentConfig(seeds=tuple(args.seeds),
                                     pretrain=TrainConfig(epochs=args.pretrain_epochs_phantom, batch_size=32),
                                     finetune=FinetuneSettings(epochs=args.finetune_epochs, beta=0.5),
                                     bootstrap=args.bootstrap)
-    data = {"source": f"built-in phantom, {args.phantom_n} images at 64 px, seed {PHANTOM_SEED}",
+    data = {"source": f"built-in phantom, {args.phantom_n} images at {size} px, seed {PHANTOM_SEED}",
             "normals": "the phantom's own normal train images, for the DiT"}
     return dataset, dit, config, data
 
@@ -158,10 +161,12 @@ def versus_best_longtail(payload: dict, runs: dict, labels: np.ndarray, bootstra
     rows = [best, *(s for s in runs if paper.SETTINGS[s][0])]
     if len(rows) == 1:
         return None
+    comparison = compare_settings({s: runs[s] for s in rows}, labels, payload["findings"], payload["head"],
+                                  payload["tail"], baseline=best, bootstrap=bootstrap, seed=0)
+    for row in comparison["settings"].values():
+        row.pop("classes")  # the group means answer the question; per class is in the main comparison
     return {"baseline": best, "chosen_by": "highest seed-mean tail F1 (val-tuned thresholds) on test among "
-            + ", ".join(tail_f1), "tail_f1": tail_f1,
-            "comparison": compare_settings({s: runs[s] for s in rows}, labels, payload["findings"], payload["head"],
-                                           payload["tail"], baseline=best, bootstrap=bootstrap, seed=0)}
+            + ", ".join(tail_f1), "tail_f1": tail_f1, "comparison": comparison}
 
 
 def ground_truth(result: dict, dataset: str, work: Path) -> dict:
@@ -272,8 +277,8 @@ def run_part(part: str, args, out_dir: Path) -> None:
         raise SystemExit(f"--add: the saved {part} run has other seeds than {args.seeds}: give the same --seeds")
     settings = tuple(dict.fromkeys(["baseline", *args.settings])) if args.settings else tuple(paper.SETTINGS)
     needed = paper.generators_needed(settings)
-    dataset, dit, config, data = (nih1000 if part == "nih1000" else phantom)(args, work, models_uri,
-                                                                           needs_dit="dit" in needed)
+    dataset, dit, config, data = (nih1000(args, work, models_uri, needs_dit="dit" in needed) if part == "nih1000" else
+                                  phantom(args, work, models_uri, needs_dit="dit" in needed, size=PHANTOM_SIZES[part]))
     config = replace(config, settings=settings)
     if args.quick:
         config = replace(config, pretrain=replace(config.pretrain, epochs=1),
@@ -286,7 +291,7 @@ def run_part(part: str, args, out_dir: Path) -> None:
         result = paper.run(dataset, {k: g for k, g in generators.items() if g}, part_dir, models_uri, config,
                            log=lambda m: print(f"[{part}] {m}", flush=True))
     result["notes"] = notes
-    if part == "phantom" and not args.add:
+    if part in PHANTOM_SIZES and not args.add:
         result["ground_truth"] = ground_truth(result, dataset, part_dir)
     seconds = time.perf_counter() - started
     payload = {"commit": commit(), "machine": machine(), "part": part, "data": data, "seconds": round(seconds, 1),
@@ -379,7 +384,8 @@ def rebuild(part: str, out_dir: Path, bootstrap: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=["nih1000", "phantom", "throughput", "all"], default="all")
+    parser.add_argument("--part", choices=["nih1000", *PHANTOM_SIZES, "throughput", "all"], default="all",
+                        help="all: nih1000, phantom (64 px) and throughput; phantom128 only when named")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--phantom-n", type=int, default=3000)
     parser.add_argument("--pretrain-epochs-nih", type=int, default=15)
@@ -403,8 +409,8 @@ def main() -> None:
         for part in (["nih1000", "phantom"] if args.part == "all" else [args.part]):
             rebuild(part, args.out, args.bootstrap)
         return
-    if args.add and (not args.settings or args.part not in ("nih1000", "phantom")):
-        raise SystemExit("--add needs --settings and --part nih1000 or phantom")
+    if args.add and (not args.settings or args.part not in ("nih1000", *PHANTOM_SIZES)):
+        raise SystemExit(f"--add needs --settings and --part one of nih1000, {', '.join(PHANTOM_SIZES)}")
     if args.quick and args.out == RESULTS:
         raise SystemExit("--quick results are not results: give --out DIR")
     parts = ["nih1000", "phantom", "throughput"] if args.part == "all" else [args.part]

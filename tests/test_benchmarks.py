@@ -133,3 +133,44 @@ def test_rows_are_added_to_a_saved_experiment_only_when_its_baseline_reproduces(
         add_rows(_experiment(["baseline", "cb"], [[0.2], [0.7]]), drifted)
     with pytest.raises(SystemExit, match="seeds differ"):
         add_rows(_experiment(["baseline"], [[0.2], [0.7]]), _experiment(["baseline", "cb"], [[0.2], [0.7]], seeds=(0,)))
+
+
+def test_every_augmented_row_is_compared_with_the_strongest_long_tail_baseline():
+    from benchmarks.experiment import versus_best_longtail
+    from models.metrics import compare_settings
+    rng = np.random.default_rng(0)
+    labels = (rng.random((60, 2)) < 0.4).astype(np.float32)
+    noise = lambda: rng.random((60, 2))  # noqa: E731
+    runs = {"baseline": [(noise(), np.full(2, 0.5))], "cb": [(noise(), np.full(2, 0.5))],
+            "ldam-drw": [(0.8 * labels + 0.1, np.full(2, 0.5))],  # the strongest: near-perfect
+            "+inpainting": [(0.3 * labels + 0.7 * noise(), np.full(2, 0.5))]}
+    payload = {"findings": ["A", "B"], "head": ["A"], "tail": ["B"], "comparison": compare_settings(
+        runs, labels, ["A", "B"], ["A"], ["B"], baseline="baseline", bootstrap=50)}
+    versus = versus_best_longtail(payload, runs, labels, bootstrap=50)
+    assert versus["baseline"] == "ldam-drw" and set(versus["tail_f1"]) == {"cb", "ldam-drw"}
+    comparison = versus["comparison"]
+    assert comparison["baseline"] == "ldam-drw" and list(comparison["settings"]) == ["ldam-drw", "+inpainting"]
+    tail = comparison["settings"]["+inpainting"]["means"]["tail"]["f1_tuned"]
+    assert tail["gain"] < 0 and tail["gain_ci95"][0] <= tail["gain"] <= tail["gain_ci95"][1]
+    assert versus_best_longtail(payload, {s: runs[s] for s in ("baseline", "+inpainting")}, labels, 50) is None
+
+
+def test_the_llm_row_asks_the_fake_messages_server_and_leaves_the_environment_as_it_was(monkeypatch):
+    import os
+
+    from benchmarks.experiment import llm_judge
+    from tasks.knowledge import AnthropicJudge, LLMSettings
+    from tasks.knowledge.decision import Question
+    monkeypatch.delenv("ANTHROPIC_BASE_URL", raising=False)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "the user's")
+    notes: list[str] = []
+    with llm_judge(["baseline", "+LKG-llm"], notes):
+        assert os.environ["ANTHROPIC_BASE_URL"].startswith("http://127.0.0.1:")
+        decision = AnthropicJudge(LLMSettings(max_retries=0)).decide(Question.of(["Effusion"], ["Edema"]),
+                                                                      ["Effusion", "Edema"])
+    assert decision.source == "llm" and decision.keep == ("Effusion",)
+    assert "ANTHROPIC_BASE_URL" not in os.environ and os.environ["ANTHROPIC_API_KEY"] == "the user's"
+    assert len(notes) == 1 and "1 requests" in notes[0]
+    with llm_judge(["baseline", "+LKG"], notes):  # no anthropic-judged row: no server, no note
+        assert "ANTHROPIC_BASE_URL" not in os.environ
+    assert len(notes) == 1
