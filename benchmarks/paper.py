@@ -37,12 +37,16 @@ from noise for its kept finding set by a DiT conditioned on labels, trained on t
 
     conditional   lkg-conditional PIL
 
-Thresholds are tuned on val; test is only scored. Checkpoints and generated sets are reused
-on a rerun with the same settings (``trained_before``, done output ids).
+Thresholds are tuned on val; test is only scored. Checkpoints, generated sets and each
+fine-tune's result are reused on a rerun with the same settings (``trained_before``, done output
+ids, ``finetuned_before``), so a run stopped part-way resumes where it stopped.
 """
 
 from __future__ import annotations
 
+import hashlib
+import inspect
+import json
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -103,6 +107,53 @@ def generators_needed(settings) -> set[str]:
     return {VARIANTS[SETTINGS[s][0]][2] for s in settings if SETTINGS[s][0]}
 
 
+def _fine_tune_code() -> str:
+    """A digest of the code a fine-tune's result depends on: a saved result is not reused across a
+    change to it."""
+    from models import classifier, losses, metrics, schedule, training
+    from tasks import finetune
+    return hashlib.sha256("".join(inspect.getsource(m) for m in (finetune, training, classifier, losses, metrics,
+                                                                 schedule)).encode()).hexdigest()
+
+
+def finetune_key(classifier_id: str, schedule: str, options: FinetuneSettings, generated) -> str:
+    """What one fine-tune's result depends on: the pretrained classifier (hence dataset and seed),
+    the schedule, the fine-tune settings, the generated samples in their order, and the code."""
+    ids = "\n".join(generated.sample_ids) if generated is not None else ""
+    blob = json.dumps({"classifier": classifier_id, "schedule": schedule, "options": asdict(options),
+                       "generated": hashlib.sha256(ids.encode()).hexdigest(), "code": _fine_tune_code()},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def finetuned_before(folder: Path, key: str) -> dict | None:
+    path = folder / f"{key}.json"
+    return {**json.loads(path.read_text()), "reused": True} if path.exists() else None
+
+
+def fine_tune(setting: str, original, generated, classifier: dict, val, test, options: FinetuneSettings,
+              folder: Path) -> dict:
+    """One setting's fine-tune, scored: val-tuned thresholds and test probabilities (full
+    precision), saved under ``folder`` and reused by a rerun with the same inputs."""
+    schedule = SETTINGS[setting][1]
+    key = finetune_key(classifier["id"], schedule, options, generated)
+    found = finetuned_before(folder, key)
+    if found:
+        return found
+    started = time.perf_counter()
+    seed_everything(options.seed)
+    model, per_epoch, _ = fit_setting(schedule, original, generated, classifier["uri"], val, options)
+    thresholds = tune_thresholds(predict_probs(model, val.images), val.labels.numpy())
+    probs = predict_probs(model, test.images)
+    seconds = time.perf_counter() - started
+    entry = {"generated_per_epoch": per_epoch, "thresholds": thresholds.tolist(), "seconds": round(seconds, 1),
+             "train_images_per_s": round(sum(len(original) + g for g in per_epoch) / seconds, 1),
+             "test_probs": probs.astype(np.float64).tolist()}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{key}.json").write_text(json.dumps(entry))
+    return entry
+
+
 def generate(dataset: str, out: str, classifier: dict, generator: dict, variant: str,
              config: ExperimentConfig, cache: str) -> dict:
     """One augmented set through the factory's code path; skips what a previous run wrote."""
@@ -157,21 +208,13 @@ def run(dataset: str, generators: dict[str, dict], work_dir: Path, models_uri: s
             sets[variant] = load_generated(out, config.finetune.accepted_only)
             log(f"seed {seed}: {variant} {record['generated'][variant]}")
         for setting in config.settings:
-            variant, schedule, overrides = SETTINGS[setting]
-            options = replace(config.finetune, seed=seed, **overrides)
-            started = time.perf_counter()
-            seed_everything(seed)
-            model, per_epoch, history = fit_setting(schedule, original, sets.get(variant), classifier["uri"], val,
-                                                    options)
-            thresholds = tune_thresholds(predict_probs(model, val.images), val.labels.numpy())
-            probs = predict_probs(model, test.images)
-            runs[setting].append((probs, thresholds))
-            record["finetune"][setting] = {"generated_per_epoch": per_epoch, "thresholds": thresholds.tolist(),
-                                           "seconds": round(time.perf_counter() - started, 1),
-                                           "train_images_per_s": round(sum(len(original) + g for g in per_epoch)
-                                                                       / (time.perf_counter() - started), 1),
-                                           "test_probs": np.round(probs.astype(np.float64), 4).tolist()}
-            log(f"seed {seed}: {setting} fine-tuned in {record['finetune'][setting]['seconds']} s")
+            variant, _, overrides = SETTINGS[setting]
+            entry = fine_tune(setting, original, sets.get(variant), classifier, val, test,
+                              replace(config.finetune, seed=seed, **overrides), work_dir / f"seed{seed}" / "finetune")
+            runs[setting].append((np.asarray(entry["test_probs"]), np.asarray(entry["thresholds"])))
+            record["finetune"][setting] = {**entry, "test_probs": np.round(entry["test_probs"], 4).tolist()}
+            log(f"seed {seed}: {setting} " + ("reused" if entry.get("reused") else
+                                              f"fine-tuned in {entry['seconds']} s"))
         per_seed.append(record)
     comparison = compare_settings(runs, test.labels.numpy(), findings, head, tail, baseline="baseline",
                                   bootstrap=config.bootstrap, seed=0)

@@ -174,3 +174,28 @@ def test_the_llm_row_asks_the_fake_messages_server_and_leaves_the_environment_as
     with llm_judge(["baseline", "+LKG"], notes):  # no anthropic-judged row: no server, no note
         assert "ANTHROPIC_BASE_URL" not in os.environ
     assert len(notes) == 1
+
+
+def test_a_fine_tune_result_is_reused_only_for_the_same_inputs(tmp_path):
+    from dataclasses import replace
+
+    from benchmarks import paper
+    from models.classifier import ClassifierConfig
+    from models.training import TrainConfig
+    from tasks.finetune import FinetuneSettings
+    from tasks.pretrain import train_classifier
+    dataset = str(tmp_path / "ph")
+    ingest_phantom(dataset, 90, size=32, seed=3)
+    classifier = train_classifier(dataset, str(tmp_path / "models"), ClassifierConfig("resnet18", 14, 32),
+                                  TrainConfig(epochs=1))
+    train, val, test = (load_tensors(dataset, splits=(s,)) for s in ("train", "val", "test"))
+    options, folder = FinetuneSettings(epochs=1, seed=0), tmp_path / "finetune"
+    first = paper.fine_tune("baseline", train, None, classifier, val, test, options, folder)
+    assert not first.get("reused") and len(first["test_probs"]) == len(test)
+    again = paper.fine_tune("baseline", train, None, classifier, val, test, options, folder)
+    assert again["reused"] and again["test_probs"] == first["test_probs"] and again["thresholds"] == first["thresholds"]
+    other = paper.fine_tune("baseline", train, None, classifier, val, test, replace(options, seed=1), folder)
+    assert not other.get("reused") and len(list(folder.glob("*.json"))) == 2
+    generated = load_tensors(dataset, splits=("train",))
+    assert paper.finetune_key(classifier["id"], "augmented", options, generated) != \
+        paper.finetune_key(classifier["id"], "augmented", options, None)
