@@ -40,6 +40,8 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from benchmarks import paper, phantom_truth, tables
 from benchmarks.bench_models import trained_before
@@ -58,7 +60,7 @@ from tasks.tensors import load_tensors
 
 PHANTOM_SEED = 21
 PHANTOM_SIZES = {"phantom": 64, "phantom128": 128}  # part -> image side
-ADD_TOLERANCE = 2e-3  # max |test probability difference| of the rerun baseline vs the saved one (saved at 4 decimals)
+ADD_TOLERANCE = 2e-3  # max |test probability difference| of the rerun baseline vs the saved one (earlier runs saved them at 4 decimals)
 
 
 def generator(dataset: str, models_uri: str, config: DiTConfig, train: DiTTrainConfig) -> dict:
@@ -194,7 +196,9 @@ def markdown(part: str, result: dict, data: dict, seconds: float) -> str:
              f"Commit `{result['commit']}`, {result['machine']['cpu']} ({result['machine']['cores']} cores, no GPU), "
              f"{seconds / 60:.0f} min. Command: `{result['command']}`."
              + "".join(f" {note}" for note in result.get("notes", []))
-             + (f" Tables rebuilt from the saved probabilities (4 decimals) at commit `{result['summarised_at_commit']}` "
+             + (f" Tables rebuilt from the saved probabilities"
+                f"{' (' + result['probs_precision'] + ')' if result.get('probs_precision') else ''} at commit "
+                f"`{result['summarised_at_commit']}` "
                 f"(`--rebuild` / `--add`)." if result.get("summarised_at_commit") else ""),
              *[f"\nRows {', '.join(f'`{s}`' for s in a['settings'])} added at commit `{a['commit']}` "
                f"({a['seconds'] / 60:.0f} min; `{a['command']}`): each seed's baseline, fine-tuned again, reproduced "
@@ -259,13 +263,40 @@ def markdown(part: str, result: dict, data: dict, seconds: float) -> str:
 
 
 def write_json(out_dir: Path, part: str, payload: dict) -> None:
-    """experiment_<part>.json (indented) and, apart and compact, every run's test probabilities
-    (experiment_<part>_probs.json: {seed: {setting: (N, K)}}, rows in test_sample_ids order)."""
-    probs = {str(r["seed"]): {s: [[round(v, 4) for v in row] for row in f.pop("test_probs")]
-                              for s, f in r["finetune"].items()} for r in payload["per_seed"]}
-    payload["test_probs_file"] = f"experiment_{part}_probs.json"
-    (out_dir / f"experiment_{part}_probs.json").write_text(json.dumps(probs, separators=(",", ":")) + "\n")
+    """experiment_<part>.json (indented) and, apart, every run's test probabilities as float32
+    log-odds in Parquet (experiment_<part>_probs.parquet: seed, setting, sample_id, logits (K,)
+    in ``findings`` order). Log-odds keep the ranking that AUROC and AP need: probabilities
+    rounded or cast to float32 tie near 0 and 1 (the 4-decimal JSON of earlier runs did)."""
+    rows = {"seed": [], "setting": [], "sample_id": [], "logits": []}
+    for record in payload["per_seed"]:
+        for setting, entry in record["finetune"].items():
+            p = np.clip(np.asarray(entry.pop("test_probs"), dtype=np.float64), 1e-300, 1 - 1e-16)
+            logits = (np.log(p) - np.log1p(-p)).astype(np.float32)
+            rows["seed"] += [record["seed"]] * len(logits)
+            rows["setting"] += [setting] * len(logits)
+            rows["sample_id"] += payload["test_sample_ids"]
+            rows["logits"] += list(logits)
+    table = pa.table({"seed": pa.array(rows["seed"], pa.int32()), "setting": pa.array(rows["setting"]),
+                      "sample_id": pa.array(rows["sample_id"]),
+                      "logits": pa.array(rows["logits"], pa.list_(pa.float32(), len(payload["findings"])))})
+    payload["test_probs_file"] = f"experiment_{part}_probs.parquet"
+    pq.write_table(table, out_dir / payload["test_probs_file"], compression="zstd")
     (out_dir / f"experiment_{part}.json").write_text(json.dumps(payload, indent=1) + "\n")
+
+
+def saved_probs(out_dir: Path, payload: dict) -> dict[str, dict[str, np.ndarray]]:
+    """{seed: {setting: (N, K) test probabilities}} of a saved run, rows in test_sample_ids order:
+    from the Parquet log-odds, or from the 4-decimal JSON of runs saved before it."""
+    path = out_dir / payload["test_probs_file"]
+    if path.suffix == ".json":
+        payload["probs_precision"] = "4 decimals, which ties scores near 0 and 1"
+        return {seed: {s: np.asarray(v) for s, v in by.items()} for seed, by in json.loads(path.read_text()).items()}
+    table = pq.read_table(path).to_pydict()
+    order = {sid: i for i, sid in enumerate(payload["test_sample_ids"])}
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for seed, setting, sid, logits in zip(table["seed"], table["setting"], table["sample_id"], table["logits"]):
+        out.setdefault(str(seed), {}).setdefault(setting, np.empty((len(order), len(logits))))[order[sid]] = logits
+    return {seed: {s: 1.0 / (1.0 + np.exp(-v)) for s, v in by.items()} for seed, by in out.items()}
 
 
 def run_part(part: str, args, out_dir: Path) -> None:
@@ -317,7 +348,7 @@ def run_part(part: str, args, out_dir: Path) -> None:
 def load_saved(part: str, out_dir: Path) -> dict:
     """A saved run, each fine-tune's test probabilities put back in its entry (``test_probs``)."""
     payload = json.loads((out_dir / f"experiment_{part}.json").read_text())
-    probs = json.loads((out_dir / payload["test_probs_file"]).read_text())
+    probs = saved_probs(out_dir, payload)
     for record in payload["per_seed"]:
         for setting, entry in record["finetune"].items():
             entry["test_probs"] = probs[str(record["seed"])][setting]
@@ -355,7 +386,7 @@ def add_rows(saved: dict, new: dict) -> dict:
 
 
 def summarise(part: str, out_dir: Path, payload: dict, bootstrap: int) -> None:
-    """The comparison over every saved row (from the test probabilities at 4 decimals), then the
+    """The comparison over every saved row (from the saved test probabilities), then the
     .json, .md and .png."""
     labels, runs = test_labels(payload), runs_of(payload)
     payload["comparison"] = compare_settings(runs, labels, payload["findings"], payload["head"], payload["tail"],

@@ -212,7 +212,7 @@ def run(dataset: str, generators: dict[str, dict], work_dir: Path, models_uri: s
             entry = fine_tune(setting, original, sets.get(variant), classifier, val, test,
                               replace(config.finetune, seed=seed, **overrides), work_dir / f"seed{seed}" / "finetune")
             runs[setting].append((np.asarray(entry["test_probs"]), np.asarray(entry["thresholds"])))
-            record["finetune"][setting] = {**entry, "test_probs": np.round(entry["test_probs"], 4).tolist()}
+            record["finetune"][setting] = entry  # full precision: rounding ties scores near 0 and 1 (AUROC, AP)
             log(f"seed {seed}: {setting} " + ("reused" if entry.get("reused") else
                                               f"fine-tuned in {entry['seconds']} s"))
         per_seed.append(record)

@@ -135,6 +135,25 @@ def test_rows_are_added_to_a_saved_experiment_only_when_its_baseline_reproduces(
         add_rows(_experiment(["baseline"], [[0.2], [0.7]]), _experiment(["baseline", "cb"], [[0.2], [0.7]], seeds=(0,)))
 
 
+def test_saved_test_probabilities_keep_the_ranking_near_0_and_1(tmp_path):
+    """AUROC and AP rank the scores: saved probabilities must not tie scores that were distinct (the
+    4-decimal JSON of earlier runs turned a sharp long-tail loss's 0.99991 and 0.99996 into one value)."""
+    from benchmarks.experiment import load_saved, write_json
+    probs = np.array([[1 - 4e-5, 1e-9], [1 - 9e-5, 3e-9], [0.5, 1 - 1e-12], [1e-7, 1 - 3e-12]])
+    payload = {"findings": ["A", "B"], "test_sample_ids": ["s0", "s1", "s2", "s3"], "config": {"seeds": [0]},
+               "per_seed": [{"seed": 0, "finetune": {"baseline": {"test_probs": probs.tolist(), "thresholds": [0.5, 0.5]},
+                                                      "cb": {"test_probs": (1 - probs).tolist(), "thresholds": [0.5, 0.5]}}}]}
+    write_json(tmp_path, "toy", payload)
+    assert payload["test_probs_file"] == "experiment_toy_probs.parquet"
+    saved = load_saved("toy", tmp_path)["per_seed"][0]["finetune"]
+    for setting, expected in (("baseline", probs), ("cb", 1 - probs)):
+        got = np.asarray(saved[setting]["test_probs"])
+        assert got.shape == expected.shape and np.allclose(got, expected, rtol=1e-5, atol=1e-12)
+        for j in range(2):
+            assert list(np.argsort(got[:, j])) == list(np.argsort(expected[:, j]))
+            assert len(set(got[:, j])) == 4  # no ties where there were none
+
+
 def test_every_augmented_row_is_compared_with_the_strongest_long_tail_baseline():
     from benchmarks.experiment import versus_best_longtail
     from models.metrics import compare_settings
