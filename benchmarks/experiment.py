@@ -140,9 +140,12 @@ def llm_judge(settings, notes: list[str]):
         finally:
             for key, value in saved.items():
                 os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
-            notes.append(f"The anthropic judge (setting `+LKG-llm`) asked the fake Messages server of "
-                         f"tests/fake_anthropic.py ({len(fake.message_requests)} requests; it keeps the first head "
-                         "finding offered): the row shows the path, not an LLM's effect.")
+            asked = len(fake.message_requests)
+            notes.append("The anthropic judge (setting `+LKG-llm`) asked the fake Messages server of "
+                         "tests/fake_anthropic.py (" + (f"{asked} requests" if asked else
+                                                         "no request this run: its decisions were cached by an "
+                                                         "earlier run of this part") +
+                         "; it keeps the first head finding offered): the row shows the path, not an LLM's effect.")
 
 
 def runs_of(payload: dict) -> dict[str, list]:
