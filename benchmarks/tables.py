@@ -71,16 +71,16 @@ def gains_png(comparison: dict, title: str) -> bytes:
                     continue
                 x = g + (k - (len(settings) - 1) / 2) * width
                 lo, hi = e["gain_ci95"] or (e["gain"], e["gain"])
-                ax.bar(x, e["gain"], width, color=f"C{k}", label=name if g == 0 else None)
+                ax.bar(x, e["gain"], width, color=plt.get_cmap("tab20")(k % 20), label=name if g == 0 else None)
                 ax.errorbar(x, e["gain"], yerr=[[e["gain"] - lo], [hi - e["gain"]]], color="black", capsize=2, lw=1)
         ax.axhline(0, color="gray", lw=0.8)
         ax.set_xticks([0, 1], ["head mean", "tail mean"])
         ax.set_title(METRIC_NAMES[metric], fontsize=10)
     axes[0].set_ylabel("gain over baseline")
-    axes[-1].legend(fontsize=8, loc="best")
-    fig.suptitle(title, fontsize=11)
+    fig.legend(*axes[0].get_legend_handles_labels(), fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.suptitle(title, fontsize=11)  # the legend sits right of the panels: inside, it hid the bars
     fig.tight_layout()
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     return buffer.getvalue()
