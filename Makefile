@@ -29,8 +29,9 @@ bench: $(STAMP)
 experiment: $(STAMP)
 	$(VENV)/bin/python -m benchmarks.experiment
 
-# re-train the shipped normal-X-ray generator (weights/normal_dit_128.*) on ../shared/data/normals
+# re-train the shipped normal-X-ray generators (weights/normal_dit_{64,128}.*) on ../shared/data/normals (about 80 min)
 weights: $(STAMP)
+	$(VENV)/bin/python -m benchmarks.train_normal_dit --source real --size 64 --steps 3000 --ship
 	$(VENV)/bin/python -m benchmarks.train_normal_dit --source real --size 128 --steps 2000 --ship
 
 # sample fidelity on phantom ground truth at 64 and 128 px (about an hour on 2 cores, with training)

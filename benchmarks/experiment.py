@@ -8,11 +8,13 @@
     python -m benchmarks.experiment --quick --out /tmp/x  # a small smoke run of the whole path
     python -m benchmarks.experiment --rebuild             # tables and plots again from saved results
     python -m benchmarks.experiment --part nih1000 --settings conditional --add   # new rows into a saved run
+    python -m benchmarks.experiment --part nih1000 --seeds 3 4 --add   # new seeds into a saved run
 
 Parts:
-- ``nih1000``: ../shared/data/nih1000 with its fixed split, the DiT trained on the real adult
-  normals of ../shared/data/normals (trained here first if no checkpoint with the same settings
-  exists: about 42 min), settings and seeds as in benchmarks/paper.py;
+- ``nih1000``: ../shared/data/nih1000 with its fixed split, the normal DiT the product ships for
+  64 px (weights/normal_dit_64.safetensors: trained on the real adult normals of
+  ../shared/data/normals; ``--dit-steps-real N`` trains one here instead, about 40 min for 3,000
+  steps), settings and seeds as in benchmarks/paper.py;
 - ``phantom``: the same on a phantom of ``--phantom-n`` images at 64 px, plus what ground truth gives
   (benchmarks/phantom_truth.py); ``phantom128`` the same at 128 px (the DiT ``make fidelity`` trains
   at 128 px is reused: patch 8, 4,000 steps);
@@ -20,8 +22,10 @@ Parts:
 
 ``--settings`` runs some settings only (the baseline always), and trains only the generators they
 need. With ``--add`` their rows join the part's saved results: the baseline is fine-tuned again
-and must reproduce the saved one (test probabilities within ``ADD_TOLERANCE``, else nothing is
-written), then the comparison is recomputed over every row.
+and must reproduce the saved one (test probabilities within ``experiment_results.ADD_TOLERANCE``,
+else nothing is written), then the comparison is recomputed over every row. ``--add`` without ``--settings`` joins
+new ``--seeds`` (every saved setting) to the saved run instead: a part too long for one sitting is
+made a few seeds at a time (benchmarks/experiment_results.py says what must match).
 
 Writes benchmarks/results/experiment_<part>.json (settings, seeds, split, data, per-seed test
 probabilities and thresholds, the comparison), .md (Table 2 layout and means with intervals)
@@ -40,14 +44,14 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from benchmarks import paper, phantom_truth, tables
 from benchmarks.bench_models import trained_before
 from benchmarks.common import RESULTS, SHARED_DATA, commit, ingest_nih1000, machine
+from benchmarks.experiment_results import add_rows, add_seeds, check_same_experiment, load_saved, write_json
 from benchmarks.train_normal_dit import dataset as normals_dataset
 from flows.settings import tailforge_home
+from models.checkpoint import checkpoint_id
 from models.dit import DiTConfig, DiTTrainConfig
 from models.metrics import compare_settings
 from models.training import TrainConfig
@@ -55,12 +59,11 @@ from tasks.finetune import FinetuneSettings
 from tasks.ingest import ingest_phantom
 from tasks.knowledge import NoGuidanceJudge, RulesJudge, plan
 from tasks.dataset import read_manifest
-from tasks.pretrain import train_label_dit, train_normal_dit
+from tasks.pretrain import shipped_dit, train_label_dit, train_normal_dit
 from tasks.tensors import load_tensors
 
 PHANTOM_SEED = 21
 PHANTOM_SIZES = {"phantom": 64, "phantom128": 128}  # part -> image side
-ADD_TOLERANCE = 2e-3  # max |test probability difference| of the rerun baseline vs the saved one (earlier runs saved them at 4 decimals)
 
 
 def generator(dataset: str, models_uri: str, config: DiTConfig, train: DiTTrainConfig) -> dict:
@@ -90,16 +93,25 @@ def nih1000(args, work: Path, models_uri: str, needs_dit: bool = True
     if not (root / "Data_Entry_2017_v2020.csv").exists():
         raise SystemExit(f"{root} is missing: the nih1000 part needs ../shared/data/nih1000")
     dataset = ingest_nih1000(str(work / "nih1000"))
-    dit = generator(normals_dataset("real", 64, 0), models_uri,
-                    DiTConfig(image_size=64, patch_size=4, depth=6, num_heads=4, head_dim=32, prediction="sample"),
-                    DiTTrainConfig(steps=args.dit_steps_real, batch_size=32, lr=3e-4, warmup_steps=200, seed=0)
-                    ) if needs_dit else None
+    shipped = shipped_dit(64) if args.dit_steps_real is None else None
+    if not needs_dit:
+        dit, normals = None, ""
+    elif shipped:  # what `tailforge run` uses on 64 px real data (flows.pretrain.shipped_generator)
+        dit = {"kind": "dit", "id": checkpoint_id(Path(shipped).read_bytes()), "uri": shipped, "reused": True}
+        normals = ("the shipped generator weights/normal_dit_64.safetensors (its card: the adult normals of "
+                   "../shared/data/normals)")
+    else:
+        dit = generator(normals_dataset("real", 64, 0), models_uri,
+                        DiTConfig(image_size=64, patch_size=4, depth=6, num_heads=4, head_dim=32, prediction="sample"),
+                        DiTTrainConfig(steps=args.dit_steps_real or 3000, batch_size=32, lr=3e-4, warmup_steps=200,
+                                       seed=0))
+        normals = "../shared/data/normals (adult rows) for the DiT"
     config = paper.ExperimentConfig(seeds=tuple(args.seeds),
                                     pretrain=TrainConfig(epochs=args.pretrain_epochs_nih, batch_size=32, augment=True),
                                     finetune=FinetuneSettings(epochs=args.finetune_epochs, beta=0.5),
                                     bootstrap=args.bootstrap)
     data = {"source": "../shared/data/nih1000 (NIH ChestX-ray14 images, NIH labels, split.csv)",
-            "normals": "../shared/data/normals (adult rows) for the DiT"}
+            "normals": normals}
     return dataset, dit, config, data
 
 
@@ -203,12 +215,7 @@ def markdown(part: str, result: dict, data: dict, seconds: float) -> str:
                 f"{' (' + result['probs_precision'] + ')' if result.get('probs_precision') else ''} at commit "
                 f"`{result['summarised_at_commit']}` "
                 f"(`--rebuild` / `--add`)." if result.get("summarised_at_commit") else ""),
-             *[f"\nRows {', '.join(f'`{s}`' for s in a['settings'])} added at commit `{a['commit']}` "
-               f"({a['seconds'] / 60:.0f} min; `{a['command']}`): each seed's baseline, fine-tuned again, reproduced "
-               "the saved test probabilities to within "
-               f"{max(a['baseline_max_difference'].values()):.4f}."
-               + (f" Replaced at commit `{a['replaced_at']}` (below)." if a.get("replaced_at") else "")
-               for a in result.get("added", [])], "",
+             *[added_line(a) for a in result.get("added", [])], "",
              f"- Data: {data['source']}; split train {result['split']['train']} / val {result['split']['val']} / "
              f"test {result['split']['test']}." + (f" Generator: {'; '.join(generators)}." if generators else ""),
              f"- Head: {', '.join(result['head'])}. Tail (marked *): {', '.join(tail)}.",
@@ -240,8 +247,10 @@ def markdown(part: str, result: dict, data: dict, seconds: float) -> str:
             lines += ["", f"### {tables.METRIC_NAMES[metric]}", "", tables.means_table(versus["comparison"], metric)]
     truth = result.get("ground_truth")
     if truth:
-        lines += ["", "## Ground truth (phantom)", "", "CAM localisation of head lesions on test images "
-                  "(pointing game: the map's maximum inside the lesion, 2 px tolerance):", "",
+        lines += ["", "## Ground truth (phantom)", "", "Grad-CAM localisation of head lesions on test images "
+                  "(the classifier's Grad-CAM, not the infill maps the product masks with by default: "
+                  "benchmarks/results/fidelity_64.md measures those; pointing game: the map's maximum inside "
+                  "the lesion, 2 px tolerance):", "",
                   "| seed | pairs | pointing game | IoU |", "|---|---|---|---|"]
         for seed, c in truth["cam_localisation"].items():
             lines.append(f"| {seed} | {c['n']} | {c['pointing_game']:.3f} | {c['iou_mean']:.3f} |")
@@ -265,41 +274,16 @@ def markdown(part: str, result: dict, data: dict, seconds: float) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_json(out_dir: Path, part: str, payload: dict) -> None:
-    """experiment_<part>.json (indented) and, apart, every run's test probabilities as float32
-    log-odds in Parquet (experiment_<part>_probs.parquet: seed, setting, sample_id, logits (K,)
-    in ``findings`` order). Log-odds keep the ranking that AUROC and AP need: probabilities
-    rounded or cast to float32 tie near 0 and 1 (the 4-decimal JSON of earlier runs did)."""
-    rows = {"seed": [], "setting": [], "sample_id": [], "logits": []}
-    for record in payload["per_seed"]:
-        for setting, entry in record["finetune"].items():
-            p = np.clip(np.asarray(entry.pop("test_probs"), dtype=np.float64), 1e-300, 1 - 1e-16)
-            logits = (np.log(p) - np.log1p(-p)).astype(np.float32)
-            rows["seed"] += [record["seed"]] * len(logits)
-            rows["setting"] += [setting] * len(logits)
-            rows["sample_id"] += payload["test_sample_ids"]
-            rows["logits"] += list(logits)
-    table = pa.table({"seed": pa.array(rows["seed"], pa.int32()), "setting": pa.array(rows["setting"]),
-                      "sample_id": pa.array(rows["sample_id"]),
-                      "logits": pa.array(rows["logits"], pa.list_(pa.float32(), len(payload["findings"])))})
-    payload["test_probs_file"] = f"experiment_{part}_probs.parquet"
-    pq.write_table(table, out_dir / payload["test_probs_file"], compression="zstd")
-    (out_dir / f"experiment_{part}.json").write_text(json.dumps(payload, indent=1) + "\n")
-
-
-def saved_probs(out_dir: Path, payload: dict) -> dict[str, dict[str, np.ndarray]]:
-    """{seed: {setting: (N, K) test probabilities}} of a saved run, rows in test_sample_ids order:
-    from the Parquet log-odds, or from the 4-decimal JSON of runs saved before it."""
-    path = out_dir / payload["test_probs_file"]
-    if path.suffix == ".json":
-        payload["probs_precision"] = "4 decimals, which ties scores near 0 and 1"
-        return {seed: {s: np.asarray(v) for s, v in by.items()} for seed, by in json.loads(path.read_text()).items()}
-    table = pq.read_table(path).to_pydict()
-    order = {sid: i for i, sid in enumerate(payload["test_sample_ids"])}
-    out: dict[str, dict[str, np.ndarray]] = {}
-    for seed, setting, sid, logits in zip(table["seed"], table["setting"], table["sample_id"], table["logits"]):
-        out.setdefault(str(seed), {}).setdefault(setting, np.empty((len(order), len(logits))))[order[sid]] = logits
-    return {seed: {s: 1.0 / (1.0 + np.exp(-v)) for s, v in by.items()} for seed, by in out.items()}
+def added_line(a: dict) -> str:
+    """One join to a saved run (``--add``): rows, or seeds."""
+    if "seeds" in a:
+        return (f"\nSeeds {a['seeds']} added at commit `{a['commit']}` ({a['seconds'] / 60:.0f} min; `{a['command']}`; "
+                f"{a['machine']['cpu']}, {a['machine']['cores']} cores): every saved setting, with the same experiment "
+                "settings and generators (checked).")
+    return (f"\nRows {', '.join(f'`{s}`' for s in a['settings'])} added at commit `{a['commit']}` "
+            f"({a['seconds'] / 60:.0f} min; `{a['command']}`): each seed's baseline, fine-tuned again, reproduced "
+            f"the saved test probabilities to within {max(a['baseline_max_difference'].values()):.4f}."
+            + (f" Replaced at commit `{a['replaced_at']}` (below)." if a.get("replaced_at") else ""))
 
 
 def run_part(part: str, args, out_dir: Path) -> None:
@@ -307,9 +291,14 @@ def run_part(part: str, args, out_dir: Path) -> None:
     work = tailforge_home() / "bench" / "experiment"
     models_uri = str(tailforge_home() / "models")
     saved = load_saved(part, out_dir) if args.add else None
-    if saved and saved["config"]["seeds"] != list(args.seeds):
-        raise SystemExit(f"--add: the saved {part} run has other seeds than {args.seeds}: give the same --seeds")
-    settings = tuple(dict.fromkeys(["baseline", *args.settings])) if args.settings else tuple(paper.SETTINGS)
+    if saved and args.settings and saved["config"]["seeds"] != list(args.seeds):
+        raise SystemExit(f"--add: the saved {part} run has seeds {saved['config']['seeds']}, not {args.seeds}: "
+                         "give the same --seeds to add rows")
+    if saved and not args.settings and set(saved["config"]["seeds"]) & set(args.seeds):
+        raise SystemExit(f"--add: the saved {part} run has seeds {saved['config']['seeds']} already: "
+                         "give only new --seeds to add seeds")
+    settings = (tuple(dict.fromkeys(["baseline", *args.settings])) if args.settings else
+                tuple(saved["config"]["settings"]) if saved else tuple(paper.SETTINGS))
     needed = paper.generators_needed(settings)
     dataset, dit, config, data = (nih1000(args, work, models_uri, needs_dit="dit" in needed) if part == "nih1000" else
                                   phantom(args, work, models_uri, needs_dit="dit" in needed, size=PHANTOM_SIZES[part]))
@@ -320,12 +309,14 @@ def run_part(part: str, args, out_dir: Path) -> None:
                          augment=replace(config.augment, max_images=16, inpaint=replace(config.augment.inpaint, steps=5)))
     part_dir = work / (f"{part}-quick" if args.quick else part)
     generators = {"dit": dit, "label_dit": label_generator(dataset, models_uri, args) if "label_dit" in needed else None}
+    if saved and not args.settings:  # new seeds: the same experiment, checked before hours of work
+        check_same_experiment(saved, config.to_json(), {"generator": dit, "label_generator": generators["label_dit"]})
     notes: list[str] = []
     with llm_judge(settings, notes):
         result = paper.run(dataset, {k: g for k, g in generators.items() if g}, part_dir, models_uri, config,
                            log=lambda m: print(f"[{part}] {m}", flush=True))
     result["notes"] = notes
-    if part in PHANTOM_SIZES and not args.add:
+    if part in PHANTOM_SIZES and not (args.add and args.settings):
         result["ground_truth"] = ground_truth(result, dataset, part_dir)
     seconds = time.perf_counter() - started
     payload = {"commit": commit(), "machine": machine(), "part": part, "data": data, "seconds": round(seconds, 1),
@@ -334,9 +325,11 @@ def run_part(part: str, args, out_dir: Path) -> None:
         kept = part_dir / "added_run.json"
         kept.write_text(json.dumps(payload) + "\n")
         print(f"[{part}] this run: {kept}", flush=True)
-        summarise(part, out_dir, add_rows(saved, payload), args.bootstrap)
-        print(f"[{part}] added {list(settings[1:])} to {out_dir}/experiment_{part}.{{json,md,png}} "
-              f"({seconds / 60:.1f} min)", flush=True)
+        added = (f"rows {list(settings[1:])}" if args.settings else f"seeds {list(args.seeds)}")
+        summarise(part, out_dir, add_rows(saved, payload) if args.settings else add_seeds(saved, payload),
+                  args.bootstrap)
+        print(f"[{part}] added {added} to {out_dir}/experiment_{part}.{{json,md,png}} ({seconds / 60:.1f} min)",
+              flush=True)
         return
     payload["versus_best_longtail"] = versus_best_longtail(payload, runs_of(payload), test_labels(payload),
                                                            args.bootstrap)
@@ -346,46 +339,6 @@ def run_part(part: str, args, out_dir: Path) -> None:
     (out_dir / f"experiment_{part}.png").write_bytes(
         tables.gains_png(result["comparison"], f"{part}: gain over baseline (seed means, paired 95% CI)"))
     print(f"[{part}] written: {out_dir}/experiment_{part}.{{json,md,png}} ({seconds / 60:.1f} min)", flush=True)
-
-
-def load_saved(part: str, out_dir: Path) -> dict:
-    """A saved run, each fine-tune's test probabilities put back in its entry (``test_probs``)."""
-    payload = json.loads((out_dir / f"experiment_{part}.json").read_text())
-    probs = saved_probs(out_dir, payload)
-    for record in payload["per_seed"]:
-        for setting, entry in record["finetune"].items():
-            entry["test_probs"] = probs[str(record["seed"])][setting]
-    return payload
-
-
-def add_rows(saved: dict, new: dict) -> dict:
-    """``saved`` with the non-baseline settings of ``new`` (a run of the same part and seeds) added
-    or replaced. Refused, with the reason, unless ``new``'s baseline reproduces the saved one."""
-    if new["test_sample_ids"] != saved["test_sample_ids"] or list(new["config"]["seeds"]) != saved["config"]["seeds"]:
-        raise SystemExit("--add: this run's test split or seeds differ from the saved run's: rerun the whole part")
-    differences = {}
-    for old, fresh in zip(saved["per_seed"], new["per_seed"]):
-        differences[fresh["seed"]] = float(np.abs(np.asarray(fresh["finetune"]["baseline"]["test_probs"])
-                                                  - np.asarray(old["finetune"]["baseline"]["test_probs"])).max())
-        if differences[fresh["seed"]] > ADD_TOLERANCE:
-            raise SystemExit(f"--add: seed {fresh['seed']}'s baseline does not reproduce the saved one (max |dp| "
-                             f"{differences[fresh['seed']]:.4f} > {ADD_TOLERANCE}): nothing written; rerun the whole "
-                             "part instead")
-    added = [s for s in new["config"]["settings"] if s != "baseline"]
-    for old, fresh in zip(saved["per_seed"], new["per_seed"]):
-        old["generated"].update(fresh["generated"])
-        old["finetune"].update({s: fresh["finetune"][s] for s in added})
-    saved["config"]["settings"] = list(dict.fromkeys([*saved["config"]["settings"], *added]))
-    if new.get("label_generator"):
-        saved["label_generator"] = new["label_generator"]
-    saved["notes"] = list(dict.fromkeys([*saved.get("notes", []), *new.get("notes", [])]))
-    for earlier in saved.get("added", []):
-        if set(earlier["settings"]) & set(added):
-            earlier["replaced_at"] = new["commit"]
-    saved.setdefault("added", []).append({
-        "settings": added, "commit": new["commit"], "machine": new["machine"], "seconds": new["seconds"],
-        "command": new["command"], "baseline_max_difference": differences, "augment": new["config"]["augment"]})
-    return saved
 
 
 def summarise(part: str, out_dir: Path, payload: dict, bootstrap: int) -> None:
@@ -425,7 +378,9 @@ def main() -> None:
     parser.add_argument("--pretrain-epochs-nih", type=int, default=15)
     parser.add_argument("--pretrain-epochs-phantom", type=int, default=8)
     parser.add_argument("--finetune-epochs", type=int, default=5)
-    parser.add_argument("--dit-steps-real", type=int, default=3000)
+    parser.add_argument("--dit-steps-real", type=int, help="nih1000: train the normal DiT on the real normals "
+                        "with this many steps instead of using the shipped weights/normal_dit_64 (trained with 3000 "
+                        "when none is shipped)")
     parser.add_argument("--dit-steps-phantom", type=int, default=4000, help="the phantom's normal DiT "
                         "(benchmarks/fidelity.py --sizes 64 --dit-steps 4000 trains the same one)")
     parser.add_argument("--dit-steps-label", type=int, default=800, help="the label-conditioned DiT (DfT-Caption)")
@@ -435,7 +390,8 @@ def main() -> None:
     parser.add_argument("--settings", nargs="+", choices=list(paper.SETTINGS), metavar="SETTING",
                         help=f"run only these settings (and the baseline); one of {', '.join(paper.SETTINGS)}")
     parser.add_argument("--add", action="store_true",
-                        help="add the --settings rows to the part's saved results (the baseline must reproduce)")
+                        help="join this run to the part's saved results: with --settings, those rows for the saved "
+                        "seeds (the baseline must reproduce); without, new --seeds for the saved settings")
     parser.add_argument("--rebuild", action="store_true",
                         help="redo the comparison, tables and plot from the saved results (no training)")
     args = parser.parse_args()
@@ -443,8 +399,8 @@ def main() -> None:
         for part in (["nih1000", "phantom"] if args.part == "all" else [args.part]):
             rebuild(part, args.out, args.bootstrap)
         return
-    if args.add and (not args.settings or args.part not in ("nih1000", *PHANTOM_SIZES)):
-        raise SystemExit(f"--add needs --settings and --part one of nih1000, {', '.join(PHANTOM_SIZES)}")
+    if args.add and args.part not in ("nih1000", *PHANTOM_SIZES):
+        raise SystemExit(f"--add needs --part one of nih1000, {', '.join(PHANTOM_SIZES)}")
     if args.quick and args.out == RESULTS:
         raise SystemExit("--quick results are not results: give --out DIR")
     parts = ["nih1000", "phantom", "throughput"] if args.part == "all" else [args.part]

@@ -108,7 +108,7 @@ def _experiment(settings, baseline_probs, seeds=(0, 1)):
 
 
 def test_rows_are_added_to_a_saved_experiment_only_when_its_baseline_reproduces():
-    from benchmarks.experiment import ADD_TOLERANCE, add_rows
+    from benchmarks.experiment_results import ADD_TOLERANCE, add_rows
     saved = _experiment(["baseline", "cb"], [[0.2], [0.7]])
     new = _experiment(["baseline", "conditional"], [[0.2 + ADD_TOLERANCE / 2], [0.7]])
     new["config"]["seeds"] = (0, 1)  # a fresh run's config holds a tuple, the saved one a list
@@ -135,10 +135,40 @@ def test_rows_are_added_to_a_saved_experiment_only_when_its_baseline_reproduces(
         add_rows(_experiment(["baseline"], [[0.2], [0.7]]), _experiment(["baseline", "cb"], [[0.2], [0.7]], seeds=(0,)))
 
 
+def test_seeds_join_a_saved_experiment_only_when_everything_but_the_seeds_is_the_same():
+    from benchmarks.experiment import added_line
+    from benchmarks.experiment_results import add_seeds
+    saved = _experiment(["baseline", "cb"], [[0.2], [0.7]], seeds=(0, 2))
+    saved["generator"] = {"id": "dit-a"}
+    new = _experiment(["baseline", "cb"], [[0.3], [0.6]], seeds=(1, 3))
+    new["config"]["seeds"], new["generator"], new["commit"] = (1, 3), {"id": "dit-a"}, "beef"
+    merged = add_seeds(saved, new)
+    assert merged["config"]["seeds"] == [0, 1, 2, 3] and [r["seed"] for r in merged["per_seed"]] == [0, 1, 2, 3]
+    assert merged["per_seed"][1]["finetune"]["baseline"]["test_probs"] == [[0.3], [0.6]]
+    assert merged["per_seed"][2]["finetune"]["baseline"]["test_probs"] == [[0.2], [0.7]]
+    assert merged["added"] == [{"seeds": [1, 3], "commit": "beef", "machine": {}, "seconds": 60.0,
+                                "command": "python -m benchmarks.experiment"}]
+    assert "Seeds [1, 3] added at commit `beef`" in added_line({**merged["added"][0], "machine": {"cpu": "x", "cores": 2}})
+
+    def refused(change, match, seeds=(5,)):
+        base = _experiment(["baseline", "cb"], [[0.2], [0.7]])
+        base["generator"] = {"id": "dit-a"}
+        other = _experiment(["baseline", "cb"], [[0.2], [0.7]], seeds=seeds)
+        other["generator"] = {"id": "dit-a"}
+        change(other)
+        with pytest.raises(SystemExit, match=match):
+            add_seeds(base, other)
+    refused(lambda r: None, r"seeds \[1\] are in the saved run already", seeds=(1, 5))
+    refused(lambda r: r["config"].update(settings=["baseline"]), "must run the saved settings")
+    refused(lambda r: r["config"].update(augment={"max_images": 16}), "augment differ")
+    refused(lambda r: r.update(generator={"id": "dit-b"}), "generator differ")
+    refused(lambda r: r.update(test_sample_ids=["a", "c"]), "test split differs")
+
+
 def test_saved_test_probabilities_keep_the_ranking_near_0_and_1(tmp_path):
     """AUROC and AP rank the scores: saved probabilities must not tie scores that were distinct (the
     4-decimal JSON of earlier runs turned a sharp long-tail loss's 0.99991 and 0.99996 into one value)."""
-    from benchmarks.experiment import load_saved, write_json
+    from benchmarks.experiment_results import load_saved, write_json
     probs = np.array([[1 - 4e-5, 1e-9], [1 - 9e-5, 3e-9], [0.5, 1 - 1e-12], [1e-7, 1 - 3e-12]])
     payload = {"findings": ["A", "B"], "test_sample_ids": ["s0", "s1", "s2", "s3"], "config": {"seeds": [0]},
                "per_seed": [{"seed": 0, "finetune": {"baseline": {"test_probs": probs.tolist(), "thresholds": [0.5, 0.5]},

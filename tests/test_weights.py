@@ -34,7 +34,7 @@ def test_a_safetensors_checkpoint_loads_like_the_torch_one():
 @pytest.mark.parametrize("settings, size, real, chosen", [
     (GeneratorSettings(), 128, True, True),
     (GeneratorSettings(), 128, False, False),  # the phantom trains its own
-    (GeneratorSettings(), 64, True, False),  # none shipped at this size
+    (GeneratorSettings(), 64, True, False),  # none in this folder at this size
     (GeneratorSettings(normals=("s3://b/normals",)), 128, True, False),  # a corpus named: train on it
     (GeneratorSettings(conditioning="labels"), 128, True, False),
     (GeneratorSettings(conditioning="mask"), 128, True, False),
@@ -49,16 +49,18 @@ def test_the_shipped_generator_is_used_only_where_the_settings_leave_the_choice_
     assert found == (str(tmp_path / "weights" / "normal_dit_128.safetensors") if chosen else None)
 
 
-def test_the_shipped_weights_match_their_card_and_draw_films(monkeypatch):
+@pytest.mark.parametrize("size", [64, 128])
+def test_the_shipped_weights_match_their_card_and_draw_films(size, monkeypatch):
     monkeypatch.delenv("TAILFORGE_CHECKOUT", raising=False)
-    path = WEIGHTS / "normal_dit_128.safetensors"
+    path = WEIGHTS / f"normal_dit_{size}.safetensors"
     data = path.read_bytes()
     assert len(data) <= 25e6 and is_safetensors(data)
-    assert pretrain.shipped_dit(128) == str(path)
-    card = (WEIGHTS / "normal_dit_128.md").read_text()
+    assert pretrain.shipped_dit(size) == str(path)
+    card = (WEIGHTS / f"normal_dit_{size}.md").read_text()
     assert checkpoint_id(data) in card and re.search(r"\| free samples vs held-out normals \| [\d.]+ \|", card)
     model, config, extra = load_dit(data)
-    assert config.image_size == 128 and config.prediction == "sample" and extra["steps"] >= 1000
-    films = sample(model, build_scheduler(config), 2, 128, steps=4, generator=torch.Generator().manual_seed(0))
-    lungs, body = films[:, 0, 40:90, 30:50].mean(), films[:, 0, 100:120, 50:78].mean()
+    assert config.image_size == size and config.prediction == "sample" and extra["steps"] >= 1000
+    films = sample(model, build_scheduler(config), 2, size, steps=4, generator=torch.Generator().manual_seed(0))
+    at = lambda *sides: slice(size * sides[0] // 128, size * sides[1] // 128)  # noqa: E731 (128 px coordinates)
+    lungs, body = films[:, 0, at(40, 90), at(30, 50)].mean(), films[:, 0, at(100, 120), at(50, 78)].mean()
     assert films.std() > 0.1 and lungs < body  # a film, not flat grey: dark lungs above a brighter abdomen
