@@ -8,7 +8,7 @@ TORCH_INDEX ?=
 PIP = $(VENV)/bin/python -m pip
 STAMP = $(VENV)/.installed
 
-.PHONY: demo test bench experiment fidelity weights reliability clean
+.PHONY: demo test bench experiment fidelity weights reliability gpu-wheels clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,16 @@ fidelity: $(STAMP)
 # holder on a real Prefect server (about 5 minutes on 2 cores; --no-prefect skips the server)
 reliability: $(STAMP)
 	$(VENV)/bin/python -m benchmarks.reliability
+
+# wheels a lent GPU machine lacks for benchmarks/gpu_check.py (it has torch, timm's needs, pyarrow, numpy):
+# they travel in .whl (README, "On a GPU"); grad-cam ships no wheel, so it is built here
+WHEEL_TARGET = --only-binary=:all: --python-version 3.12 --implementation cp --platform any \
+	--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64
+gpu-wheels:
+	rm -rf .whl && mkdir .whl
+	$(PYTHON) -m pip download -q --no-deps $(WHEEL_TARGET) -c constraints.txt -d .whl \
+		diffusers timm ttach importlib_metadata
+	$(PYTHON) -m pip wheel -q --no-deps -c constraints.txt -w .whl grad-cam
 
 clean:
 	rm -rf $(VENV) .tailforge

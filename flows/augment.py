@@ -11,7 +11,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 
 from flows.crashes import mark_crashed
-from flows.gpu import gpu_slots
+from flows.gpu import gpu_slots, say_device
 from flows.runners import batch_submitter
 from flows.settings import KnowledgeSettings
 from flows.stages import write_result
@@ -61,6 +61,8 @@ def run_batches(todo: list, shared: dict, options: work.AugmentSettings, progres
                                f"rerun goes on from them): {where} (augment.batch_timeout_s)") from exc
         update_progress_artifact(progress_id, 100.0 * len(results) / len(todo))
 
+    if options.runner == "local":  # on Dask each batch reports its worker's device ("devices")
+        say_device(logger)
     with gpu_slots(options.parallel, logger) as slots, \
             batch_submitter(augment_batch, options.runner, options.dask_address, options.dask_resource) as submit:
         for index, batch in todo:
@@ -141,5 +143,6 @@ def _fan_out(dataset_uri: str, out_uri: str, classifier: dict, generator: dict, 
             "accepted": counts["accepted"], "rejected": counts["rejected"], "by_class": counts["by_class"],
             "quarantined": quarantined, "decisions_uri": decisions_uri, "wall_seconds": round(wall, 2), "model_seconds": round(model_seconds, 2),
             "task_seconds": round(sum(r["seconds"] for r in results), 2),  # inside the batch tasks: model + I/O
+            "devices": counts["devices"],  # where the batches' models ran (models/device.py)
             # with the gpu limit at 1, batches run one at a time and this is the non-model share
             "orchestration_share": round(max(0.0, 1 - model_seconds / wall), 3) if results and wall > 0 else None}

@@ -6,7 +6,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.crashes import mark_crashed
-from flows.gpu import gpu_slots
+from flows.gpu import gpu_slots, say_device
 from flows.progress import StepProgress
 from flows.stages import write_result
 from tasks import finetune as work
@@ -47,6 +47,7 @@ def finetune_flow(dataset_uri: str, augmented_uri: str | None, classifier_uri: s
     # sequential: each setting seeds torch's process-wide RNG (see flows/pretrain.py); one `gpu`
     # slot for all of them (flows/gpu.py: once per run)
     with gpu_slots(1, get_run_logger()):
+        say_device(get_run_logger())
         results = {name: finetune_setting(name, dataset_uri, augmented_uri, classifier_uri, settings) for name in run}
     return write_result(result_uri, {
         "settings": settings.__dict__, "dataset": dataset_uri, "augmented": augmented_uri,

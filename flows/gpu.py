@@ -13,6 +13,8 @@ from typing import Iterator
 
 from prefect.concurrency.sync import concurrency
 
+from models.device import DEVICE_VARIABLE, describe_device, resolve_device
+
 
 # The `gpu` slot's lease (issue 12, defect 5). Prefect renews it from a thread in the holder every
 # 0.75 of the term (prefect/concurrency/_leases.py, _RENEWAL_FRACTION), so a long batch keeps its slot;
@@ -80,3 +82,11 @@ def gpu_slots(wanted: int, logger, wait_s: float = GPU_WAIT_S) -> Iterator[int]:
                 f"held them all that time; see which in the Prefect UI (Concurrency, `gpu`), or raise the limit"
             ) from exc
         yield slots
+
+
+def say_device(logger) -> str:
+    """Resolve where this process's models run (models/device.py; a bad ``$TAILFORGE_DEVICE``
+    fails here, before any work) and log it: an operator sees whether a GPU worker used its GPU."""
+    where = describe_device(resolve_device())
+    logger.info(f"models run on {where} in this process (${DEVICE_VARIABLE}: auto, cpu, cuda or cuda:N)")
+    return where

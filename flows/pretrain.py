@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger, task
 
 from flows.crashes import mark_crashed
-from flows.gpu import gpu_slots
+from flows.gpu import gpu_slots, say_device
 from flows.progress import StepProgress
 from flows.settings import ClassifierSettings, GeneratorSettings
 from flows.stages import write_result
@@ -97,6 +97,7 @@ def pretrain_flow(dataset_uri: str, models_uri: str, classifier: ClassifierSetti
     parameters = {"dataset_uri": dataset_uri, "classifier": classifier.__dict__, "generator": generator.__dict__}
     with recorded_run(models_uri, new_run_id(), "pretrain", parameters, utcnow(), on_crashed=mark_crashed) as done, \
             gpu_slots(1, get_run_logger()):  # one `gpu` slot for both trainings (flows/gpu.py: once per run)
+        say_device(get_run_logger())
         # one after the other: training seeds torch's process-wide RNG, so threads would race on it;
         # hosts with several GPUs run pretrain deployments on separate workers instead
         classifier_handle = train_classifier_task(dataset_uri, models_uri, classifier, len(manifest["labels"]),

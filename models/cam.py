@@ -40,6 +40,7 @@ import models  # noqa: F401  (torchvision guard before pytorch_grad_cam)
 from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
+from models.device import model_device
 from models.heads import class_attention_maps
 from models.training import predict_probs
 
@@ -142,7 +143,8 @@ def receptive_centre(model: torch.nn.Module, layer: torch.nn.Module, image_size:
     """
     captured: list[torch.Tensor] = []
     handle = layer.register_forward_hook(lambda _m, _i, out: captured.append(out))
-    probe = torch.rand(1, 1, image_size, image_size, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+    probe = torch.rand(1, 1, image_size, image_size, generator=torch.Generator().manual_seed(0))
+    probe = probe.to(model_device(model)).requires_grad_(True)
     try:
         with torch.enable_grad():
             model(probe)
@@ -152,7 +154,7 @@ def receptive_centre(model: torch.nn.Module, layer: torch.nn.Module, image_size:
     finally:
         handle.remove()
         model.zero_grad(set_to_none=True)
-    weight = probe.grad[0, 0].abs().double()  # (S, S)
+    weight = probe.grad[0, 0].abs().double().cpu()  # (S, S)
     rows = (weight.sum(1) * torch.arange(image_size)).sum() / weight.sum()
     stride = image_size / h
     return float(rows) - (h // 2) * stride, stride
@@ -189,7 +191,7 @@ def cam_maps(model: torch.nn.Module, images: torch.Tensor, classes: list[int], m
     model.eval()
     with CAM_METHODS[method](model=model, target_layers=[layer], reshape_transform=reshape) as cam:
         cam.get_target_width_height = lambda _input: None  # keep maps at the layer's resolution
-        small = cam(input_tensor=images, targets=[ClassifierOutputTarget(int(c)) for c in classes])  # (N, h, w)
+        small = cam(input_tensor=images.to(model_device(model)), targets=[ClassifierOutputTarget(int(c)) for c in classes])  # (N, h, w)
     small = np.nan_to_num(np.asarray(small, dtype=np.float32))
     if reshape is not None:  # patch tokens: token k covers pixels k*p .. k*p + p - 1
         stride = size / small.shape[-1]

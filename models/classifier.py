@@ -36,6 +36,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from models import checkpoint
+from models.device import model_device
 from models.heads import HeadedClassifier
 
 IN_CHANS = 1  # chest films are single-channel
@@ -147,8 +148,10 @@ def stage_features(model: nn.Module, images: torch.Tensor, batch_size: int = 64)
     was_training = model.training
     model.eval()
     try:
-        batches = [[f.float().mean(dim=(2, 3)) for f in net.forward_intermediates(
-            images[i:i + batch_size].float(), intermediates_only=True)] for i in range(0, images.shape[0], batch_size)]
+        device = model_device(model)
+        batches = [[f.float().mean(dim=(2, 3)).cpu() for f in net.forward_intermediates(
+            images[i:i + batch_size].float().to(device), intermediates_only=True)]
+            for i in range(0, images.shape[0], batch_size)]
     finally:
         model.train(was_training)
     return [torch.cat([b[k] for b in batches]) for k in range(len(batches[0]))] if batches else []

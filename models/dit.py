@@ -41,6 +41,7 @@ from diffusers import DDPMScheduler, DiTTransformer2DModel
 from torch import nn
 
 from models import checkpoint
+from models.device import model_device, on_device
 from models.training import EMA, seed_everything
 
 
@@ -204,7 +205,7 @@ def predict_noise(model: DiTTransformer2DModel, x: torch.Tensor, t: torch.Tensor
     out = network_output(model, x, t, cond, labels)
     if model.prediction == "epsilon":
         return out
-    ab = model.alphas_cumprod.to(x.device)[t].view(-1, 1, 1, 1)
+    ab = model.alphas_cumprod.to(x.device)[t.to(x.device)].view(-1, 1, 1, 1)
     return (x - ab.sqrt() * out) / (1 - ab).sqrt()
 
 
@@ -217,9 +218,8 @@ def diffusion_loss(model, scheduler: DDPMScheduler, x0: torch.Tensor, generator:
     would drown the hole's signal (measured: a full-image loss removed 0.47 of oracle-masked
     lesions at 64 px against 0.82 for the plain DiT). ``labels``: a label-conditioned model's
     (N, K + 1) ``label_input``."""
-    noise = torch.randn(x0.shape, generator=generator, device=x0.device)
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=generator,
-                      device=x0.device)
+    noise = torch.randn(x0.shape, generator=generator).to(x0.device)  # drawn on the CPU (models/device.py)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=generator).to(x0.device)
     noisy = scheduler.add_noise(x0, noise, t)
     cond = None if masks is None else condition(x0, masks.to(x0.device))
     out = network_output(model, noisy, t, cond, labels)
@@ -244,9 +244,11 @@ def to_unit_range(images: torch.Tensor) -> torch.Tensor:
 
 def train_dit(images01: torch.Tensor, config: DiTConfig, train: DiTTrainConfig,
               progress: Callable[[int, float], None] | None = None,
-              labels: torch.Tensor | None = None) -> tuple[DiTTransformer2DModel, EMA, dict]:
+              labels: torch.Tensor | None = None, device: torch.device | None = None
+              ) -> tuple[DiTTransformer2DModel, EMA, dict]:
     """Train on (N, 1, S, S) images in [0, 1] (normals; for conditioning "labels" any images
-    with their (N, K) ``labels``). Returns the raw model, its EMA and the history."""
+    with their (N, K) ``labels``) on ``device`` (default: ``models.device.resolve_device()``).
+    Returns the raw model, its EMA and the history."""
     if images01.ndim != 4 or images01.shape[1:] != (1, config.image_size, config.image_size):
         raise ValueError(f"expected (N, 1, {config.image_size}, {config.image_size}) images, got {tuple(images01.shape)}")
     if images01.shape[0] < 2:
@@ -258,11 +260,11 @@ def train_dit(images01: torch.Tensor, config: DiTConfig, train: DiTTrainConfig,
                          f"got {tuple(labels.shape)}")
     seed_everything(train.seed)
     generator = torch.Generator().manual_seed(train.seed)
-    model, scheduler = build_dit(config), build_scheduler(config)
+    model, scheduler = on_device(build_dit(config), device), build_scheduler(config)
     ema = EMA(model, max_decay=train.ema_decay)
     optimiser = torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
     warmup = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: min(1.0, (s + 1) / max(1, train.warmup_steps)))
-    data = to_model_range(images01.float())
+    data = to_model_range(images01.float()).to(model_device(model))
     losses, started = [], time.perf_counter()
     model.train()
     for step in range(train.steps):
@@ -272,8 +274,8 @@ def train_dit(images01: torch.Tensor, config: DiTConfig, train: DiTTrainConfig,
         vectors = None
         if labels is not None:
             dropped = torch.rand(train.batch_size, generator=generator) < train.label_dropout
-            vectors = label_input(labels[index], dropped)
-        loss = diffusion_loss(model, scheduler, data[index], generator, masks, vectors)
+            vectors = label_input(labels[index], dropped).to(data.device)
+        loss = diffusion_loss(model, scheduler, data[index.to(data.device)], generator, masks, vectors)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.device import model_device
+
 GCN_HIDDEN = 256  # width of the GCN's middle layer
 TAU, P_NEIGHBOURS = 0.4, 0.2  # ML-GCN's binarisation threshold and neighbour share (its values)
 
@@ -211,8 +213,8 @@ def class_attention_maps(model: nn.Module, images: torch.Tensor) -> torch.Tensor
     was_training = model.training
     model.eval()
     try:
-        tokens = model.features(images)
+        tokens = model.features(images.to(model_device(model)))
         maps = head.attention.maps(tokens.spatial)  # (N, K, h*w)
     finally:
         model.train(was_training)
-    return maps.reshape(*maps.shape[:2], *tokens.grid)
+    return maps.reshape(*maps.shape[:2], *tokens.grid).float().cpu()

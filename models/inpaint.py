@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from models.device import model_device
 from models.dit import condition, is_conditioned, predict_noise, to_model_range, to_unit_range
 from models.sampling import Generators, ddim_step, ddim_timesteps, noised_known, randn, renoise
 
@@ -82,7 +83,8 @@ def inpaint(model, scheduler, images: torch.Tensor, mask: torch.Tensor, config: 
     generator, or one per image (then each result is independent of its batch-mates)."""
     if images.shape != mask.shape or images.ndim != 4 or images.shape[1] != 1:
         raise ValueError(f"images {tuple(images.shape)} and mask {tuple(mask.shape)} must both be (N, 1, H, W)")
-    mask = (mask > 0.5).to(images.dtype)
+    device, home = model_device(model), images.device
+    images, mask = images.to(device), (mask > 0.5).to(device, images.dtype)
     x0 = to_model_range(images)
     times = ddim_timesteps(scheduler, config.steps) + [-1]  # index k -> timestep; last = clean
     if config.init == "harmonic":
@@ -90,9 +92,9 @@ def inpaint(model, scheduler, images: torch.Tensor, mask: torch.Tensor, config: 
 
         limit = config.strength * (scheduler.config.num_train_timesteps - 1)
         times = [t for t in times[:-1] if t <= limit] + [-1]
-        x = noised_known(scheduler, to_model_range(harmonic_fill(images, mask)), times[0], generator)
+        x = noised_known(scheduler, to_model_range(harmonic_fill(images.cpu(), mask.cpu()).to(device)), times[0], generator)
     else:
-        x = randn(x0.shape, generator)
+        x = randn(x0.shape, generator, device)
     n = images.shape[0]
     cond = condition(x0, mask) if is_conditioned(model) else None  # an inpainting DiT sees the known image
     for i, j in jump_schedule(len(times) - 1, config.jump_length, config.resample):
@@ -105,4 +107,4 @@ def inpaint(model, scheduler, images: torch.Tensor, mask: torch.Tensor, config: 
             x = renoise(scheduler, x, t, t_next, generator)  # t = -1 (clean) works: alpha_bar(-1) = 1
     generated = to_unit_range(x)
     weight = feather_weights(mask, config.feather_px)
-    return torch.where(mask > 0, weight * generated + (1 - weight) * images, images)
+    return torch.where(mask > 0, weight * generated + (1 - weight) * images, images).to(home)

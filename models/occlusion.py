@@ -26,6 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from models.device import model_device
+
 
 def _gaussian(sigma: float) -> torch.Tensor:
     radius = max(1, int(math.ceil(3 * sigma)))
@@ -36,7 +38,7 @@ def _gaussian(sigma: float) -> torch.Tensor:
 
 def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur of (B, 1, h, w) with replicated edges."""
-    k = _gaussian(sigma)
+    k = _gaussian(sigma).to(x.device)
     r = len(k) // 2
     x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
     return F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1))
@@ -80,9 +82,11 @@ def infill_maps(model: torch.nn.Module, images: torch.Tensor, classes: list[int]
     if len(classes) != images.shape[0]:
         raise ValueError("give one target class per image row")
     model.eval()
+    device = model_device(model)
+    images = images.to(device)
     size = images.shape[-1]
     boxes = windows(size, window, stride)
-    masks = torch.zeros(len(boxes), 1, size, size)
+    masks = torch.zeros(len(boxes), 1, size, size, device=device)
     for k, (top, left, side) in enumerate(boxes):
         masks[k, :, top:top + side, left:left + side] = 1.0
     cover = masks.sum(dim=0)[0].clamp(min=1.0)  # (S, S) windows per pixel
@@ -98,5 +102,5 @@ def infill_maps(model: torch.nn.Module, images: torch.Tensor, classes: list[int]
         drop = (base[c] - scored[:, c]).clamp(min=0)  # (W,)
         heat = ((drop.view(-1, 1, 1, 1) * masks).sum(dim=0) / cover)[0]  # (S, S)
         heat = _blur(heat[None, None], sigma)[0, 0] if sigma else heat
-        out[n] = (heat / heat.max().clamp(min=1e-7)).numpy()
+        out[n] = (heat / heat.max().clamp(min=1e-7)).float().cpu().numpy()
     return out

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from models.classifier import stage_features
+from models.device import model_device
 from models.dit import condition, is_conditioned, predict_noise, to_model_range
 from models.sampling import Generators, ddim_step, noised_known
 
@@ -47,7 +48,7 @@ class OODConfig:
 def reconstruction_errors(model, scheduler, images01: torch.Tensor, config: OODConfig = OODConfig(),
                           generator: Generators = None) -> np.ndarray:
     """(N, L): mean squared reconstruction error of each image from each level."""
-    x0 = to_model_range(images01.float())
+    x0 = to_model_range(images01.float().to(model_device(model)))
     n = x0.shape[0]
     cond = condition(torch.zeros_like(x0), torch.ones_like(x0)) if is_conditioned(model) else None
     errors = []
@@ -58,7 +59,7 @@ def reconstruction_errors(model, scheduler, images01: torch.Tensor, config: OODC
             eps = predict_noise(model, x, torch.full((n,), t, dtype=torch.long), cond)
             x = ddim_step(scheduler, x, eps, t, t_next)
         errors.append(((x - x0) ** 2).mean(dim=(1, 2, 3)))
-    return torch.stack(errors, dim=1).numpy()
+    return torch.stack(errors, dim=1).cpu().numpy()
 
 
 def _calibrated(scores: np.ndarray, false_rejection: float) -> float:

@@ -13,19 +13,21 @@ from typing import Sequence, Union
 import torch
 from diffusers import DDPMScheduler
 
+from models.device import model_device
 from models.dit import condition, is_conditioned, label_input, predict_noise, to_unit_range
 
 Generators = Union[torch.Generator, Sequence[torch.Generator], None]
 
 
-def randn(shape: torch.Size, generator: Generators) -> torch.Tensor:
-    """Standard normal noise; with one generator per row, each row depends only on its own
+def randn(shape: torch.Size, generator: Generators, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Standard normal noise on ``device``, drawn on the CPU (models/device.py: a seed gives the
+    same noise on every device); with one generator per row, each row depends only on its own
     generator, so an image's result does not depend on the batch it was in."""
     if generator is None or isinstance(generator, torch.Generator):
-        return torch.randn(shape, generator=generator)
+        return torch.randn(shape, generator=generator).to(device)
     if len(generator) != shape[0]:
         raise ValueError(f"{len(generator)} generators for a batch of {shape[0]}")
-    return torch.stack([torch.randn(shape[1:], generator=g) for g in generator])
+    return torch.stack([torch.randn(shape[1:], generator=g) for g in generator]).to(device)
 
 
 def ddim_timesteps(scheduler, steps: int) -> list[int]:
@@ -48,14 +50,14 @@ def ddim_step(scheduler, x: torch.Tensor, eps: torch.Tensor, t: int, t_prev: int
         return x0
     sigma = eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)).sqrt()
     direction = (1 - ab_prev - sigma**2).clamp(min=0).sqrt() * eps
-    noise = randn(x.shape, generator) if eta > 0 else 0.0
+    noise = randn(x.shape, generator, x.device) if eta > 0 else 0.0
     return ab_prev.sqrt() * x0 + direction + sigma * noise
 
 
 def renoise(scheduler, x: torch.Tensor, t_from: int, t_to: int, generator: Generators) -> torch.Tensor:
     """Forward chain q(x_{t_to} | x_{t_from}) for t_to > t_from (RePaint's jump back)."""
     ratio = _alpha_bar(scheduler, t_to) / _alpha_bar(scheduler, t_from)
-    return ratio.sqrt() * x + (1 - ratio).sqrt() * randn(x.shape, generator)
+    return ratio.sqrt() * x + (1 - ratio).sqrt() * randn(x.shape, generator, x.device)
 
 
 def noised_known(scheduler, x0: torch.Tensor, t: int, generator: Generators) -> torch.Tensor:
@@ -63,7 +65,7 @@ def noised_known(scheduler, x0: torch.Tensor, t: int, generator: Generators) -> 
     if t < 0:
         return x0
     ab = _alpha_bar(scheduler, t)
-    return ab.sqrt() * x0 + (1 - ab).sqrt() * randn(x0.shape, generator)
+    return ab.sqrt() * x0 + (1 - ab).sqrt() * randn(x0.shape, generator, x0.device)
 
 
 @torch.no_grad()
@@ -74,9 +76,9 @@ def sample(model, scheduler: DDPMScheduler, n: int, image_size: int, steps: int 
     eq. 12 with eta = 0). Returns (n, 1, S, S) in [0, 1]. A label-conditioned DiT samples the
     (n, K) finding sets ``labels`` (None: unconditionally), with classifier-free guidance
     (Ho & Salimans): eps = eps_free + guidance (eps_set - eps_free); 1 is the conditional model alone."""
-    x = randn(torch.Size((n, 1, image_size, image_size)), generator)
+    x = randn(torch.Size((n, 1, image_size, image_size)), generator, model_device(model))
     cond = condition(torch.zeros_like(x), torch.ones_like(x)) if is_conditioned(model) else None  # all unknown
-    vectors = label_input(labels) if labels is not None else None
+    vectors = label_input(labels.to(x.device)) if labels is not None else None
     times = ddim_timesteps(scheduler, steps)
     for i, t in enumerate(times):
         t_prev = times[i + 1] if i + 1 < len(times) else -1
@@ -86,4 +88,4 @@ def sample(model, scheduler: DDPMScheduler, n: int, image_size: int, steps: int 
             free = predict_noise(model, x, now, cond)
             eps = free + guidance * (eps - free)
         x = ddim_step(scheduler, x, eps, t, t_prev)
-    return to_unit_range(x)
+    return to_unit_range(x).cpu()

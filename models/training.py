@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.device import model_device
 from models.losses import NEEDS_COUNTS, make_loss
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # images (N, 1, H, W), labels (N, K)
@@ -160,10 +161,6 @@ def augment_batch(images: torch.Tensor, config: TrainConfig, generator: torch.Ge
     return ((out - mean) * contrast + mean + brightness).clamp(0, 1)
 
 
-def _device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
 @torch.no_grad()
 def _counts(config: TrainConfig, labels: torch.Tensor | None, epoch_data) -> dict:
     """{"counts": positives per class} for a loss built from them (class-balanced), from the
@@ -179,7 +176,7 @@ def _counts(config: TrainConfig, labels: torch.Tensor | None, epoch_data) -> dic
 def _mean_loss(model: nn.Module, loss_fn: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                batch_size: int) -> float:
     """Loss over a whole set, weighting each batch by its known labels (eval mode)."""
-    device, total, weight = _device(model), 0.0, 0
+    device, total, weight = model_device(model), 0.0, 0
     for start in range(0, images.shape[0], batch_size):
         x = images[start:start + batch_size].to(device)
         y = labels[start:start + batch_size].to(device)
@@ -209,10 +206,10 @@ def fit_classifier(model: nn.Module, images: torch.Tensor | None, labels: torch.
         _check_data(val[0], val[1], "val data")
     seed_everything(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
-    loss_fn = make_loss(config.loss, **_counts(config, labels, epoch_data), **config.loss_kwargs)
+    device = model_device(model)
+    loss_fn = make_loss(config.loss, **_counts(config, labels, epoch_data), **config.loss_kwargs).to(device)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
                                   lr=config.lr, weight_decay=config.weight_decay)
-    device = _device(model)
     history: dict[str, list] = {"epoch": [], "n_train": [], "lr": [], "train_loss": [], "val_loss": [], "seconds": []}
 
     for epoch in range(config.epochs):
@@ -321,7 +318,7 @@ def predict_probs(model: nn.Module, images: torch.Tensor, batch_size: int = 64) 
     """Sigmoid probabilities (N, K) as float32 NumPy, in eval mode; the model's mode is restored."""
     if images.ndim != 4 or images.shape[1] != 1:
         raise ValueError(f"images must be (N, 1, H, W), got {tuple(images.shape)}")
-    was_training, device = model.training, _device(model)
+    was_training, device = model.training, model_device(model)
     model.eval()
     try:
         out = [torch.sigmoid(model(images[s:s + batch_size].to(device))).float().cpu()

@@ -37,6 +37,7 @@ import torch
 
 from models.cam import LocaliseConfig, MaskConfig, MaskResult
 from models.classifier import load_checkpoint
+from models.device import describe_device, model_device, on_device
 from models.dit import build_scheduler, load_dit
 from models.inpaint import InpaintConfig
 from models.ood import FeatureScorer, OODConfig, OODScorer
@@ -225,7 +226,7 @@ def finish_output(out_uri: str, dataset_uri: str, manifest: dict, classifier: di
 
 def totals(results: list[dict]) -> dict:
     """Batch results summed: written, accepted, model seconds, quarantine rows and rejected rows
-    by reason, and [written, accepted] per removed class."""
+    by reason, [written, accepted] per removed class, and the devices the batches ran on."""
     quarantined: dict[str, int] = {}
     rejected: dict[str, int] = {}
     by_class: dict[str, list[int]] = {}
@@ -240,7 +241,8 @@ def totals(results: list[dict]) -> dict:
             entry[1] += accepted
     return {"written": sum(r["written"] for r in results), "accepted": sum(r["accepted"] for r in results),
             "model_seconds": sum(r["model_seconds"] for r in results), "quarantined": quarantined,
-            "rejected": rejected, "by_class": {k: by_class[k] for k in sorted(by_class)}}
+            "rejected": rejected, "by_class": {k: by_class[k] for k in sorted(by_class)},
+            "devices": sorted({r["device"] for r in results if r.get("device")})}
 
 
 def output_totals(out_uri: str) -> dict:
@@ -262,13 +264,13 @@ _MODEL_LOCK = threading.Lock()
 @lru_cache(maxsize=4)
 def _classifier(uri: str):
     model, config, card = load_checkpoint(store.read_bytes(uri))
-    return model.eval(), card
+    return on_device(model).eval(), card
 
 
 @lru_cache(maxsize=4)
 def _generator(uri: str):
     model, config, _ = load_dit(store.read_bytes(uri))
-    return model.eval(), build_scheduler(config), config
+    return on_device(model).eval(), build_scheduler(config), config
 
 
 def check_ood(settings: AugmentSettings, generator: dict) -> None:
@@ -366,6 +368,7 @@ def run_batch(dataset_uri: str, out_uri: str, batch: list[Candidate], classifier
             "accepted": verdicts.count("ok"), "rejected": _reasons(verdicts),
             "by_class": _by_class([batch[i].remove for i in ok], verdicts),
             "model_seconds": round(model_seconds, 3), "seconds": round(time.perf_counter() - started, 3),
+            "device": describe_device(model_device(_classifier(classifier["uri"])[0])),
             "removed_prob_drop_mean": float(np.mean(removed_drop)) if removed_drop else None}
 
 

@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 import torch
 
 from models.classifier import load_checkpoint
+from models.device import on_device
 from models.metrics import evaluate, tune_thresholds
 from models.schedule import epoch_indices, pil_prefix
 from models.training import TrainConfig, fit_classifier, predict_probs, retrain_classifier
@@ -149,7 +150,7 @@ def fit_setting(setting: str, original: TensorSet, generated: TensorSet | None, 
     samples used per epoch and the training history."""
     if setting not in SETTINGS:
         raise ValueError(f"unknown fine-tune setting {setting!r}; choose from {SETTINGS}")
-    model, _, _ = load_checkpoint(store.read_bytes(classifier_uri))
+    model = on_device(load_checkpoint(store.read_bytes(classifier_uri))[0])
     n_generated = len(generated) if generated is not None and setting != "baseline" else 0
 
     def chosen(n: int) -> torch.Tensor:  # the generated samples epoch n adds

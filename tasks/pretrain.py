@@ -22,6 +22,7 @@ from PIL import Image
 
 from models.checkpoint import checkpoint_id
 from models.classifier import ClassifierCard, ClassifierConfig, build_classifier, save_checkpoint
+from models.device import on_device
 from models.dit import DiTConfig, DiTTrainConfig, build_scheduler, save_dit, train_dit
 from models.heads import cooccurrence
 from models.metrics import evaluate, tune_thresholds
@@ -85,7 +86,7 @@ def train_classifier(dataset_uri: str, models_uri: str, config: ClassifierConfig
     val = load_tensors(dataset_uri, splits=("val",))
     test = load_tensors(dataset_uri, splits=("test",))
     seed_everything(train.seed)
-    model = build_classifier(config, cooccurrence(data.labels))  # the label graph's counts, for gcn
+    model = on_device(build_classifier(config, cooccurrence(data.labels)))  # the co-occurrence counts: for gcn
     history = fit_classifier(model, data.images, data.labels, train,
                              val=(val.images, val.labels) if len(val) else None, progress=progress)
     thresholds = tune_thresholds(predict_probs(model, val.images), val.labels.numpy()) if len(val) else None

@@ -43,6 +43,7 @@ def test_factory_returns_everything_it_promised(tiny_run):
     assert {result["models"]["classifier"]["kind"], result["models"]["generator"]["kind"]} == {"classifier", "dit"}
     augment = result["augment"]
     assert augment["candidates"] > 0 and augment["written"] > 0 and augment["batches_run"] == augment["batches"]
+    assert augment["devices"] == ["cpu"]  # where the batches' models ran: this host has no GPU
     assert augment["written"] + sum(augment["quarantined"].values()) == augment["candidates"]
     assert set(result["finetune"]["results"]) == {"baseline", "augmented", "pil"}
     assert result["finetune"]["generated"] == augment["accepted"] > 0
