@@ -174,11 +174,22 @@ def generate(dataset: str, out: str, classifier: dict, generator: dict, variant:
             "new_this_run": work.totals(results), "seconds": round(time.perf_counter() - started, 1)}
 
 
+def test_set(dataset: str, test_dataset: str | None = None):
+    """The images every setting is scored on: ``dataset``'s test split, or every row of
+    ``test_dataset`` (which must have the same labels)."""
+    if test_dataset is None:
+        return load_tensors(dataset, splits=("test",))
+    if read_manifest(test_dataset)["labels"] != read_manifest(dataset)["labels"]:
+        raise ValueError(f"{test_dataset} does not have the labels of {dataset}")
+    return load_tensors(test_dataset)
+
+
 def run(dataset: str, generators: dict[str, dict], work_dir: Path, models_uri: str, config: ExperimentConfig,
-        log=print) -> dict:
+        log=print, test_dataset: str | None = None) -> dict:
     """Every seed and setting on ``dataset``; returns the results (JSON-ready) and the test
     probabilities, for the tables. ``generators``: {"dit": the normal DiT, "label_dit": the
-    label-conditioned one (needed by the "conditional" setting only)}."""
+    label-conditioned one (needed by the "conditional" setting only)}. ``test_dataset``: score
+    on all of its rows instead of ``dataset``'s test split (a larger held-out set, same labels)."""
     needed = generators_needed(config.settings) - set(generators)
     if needed:
         raise ValueError(f"settings {list(config.settings)} need generators {sorted(needed)}")
@@ -186,7 +197,7 @@ def run(dataset: str, generators: dict[str, dict], work_dir: Path, models_uri: s
     findings, head, tail = manifest["labels"], manifest["head_tail"]["head"], manifest["head_tail"]["tail"]
     original = load_tensors(dataset, splits=("train",))
     val = load_tensors(dataset, splits=("val",))
-    test = load_tensors(dataset, splits=("test",))
+    test = test_set(dataset, test_dataset)
     runs: dict[str, list] = {s: [] for s in config.settings}
     per_seed: list[dict] = []
     for seed in config.seeds:
@@ -218,7 +229,7 @@ def run(dataset: str, generators: dict[str, dict], work_dir: Path, models_uri: s
         per_seed.append(record)
     comparison = compare_settings(runs, test.labels.numpy(), findings, head, tail, baseline="baseline",
                                   bootstrap=config.bootstrap, seed=0)
-    return {"dataset": dataset, "findings": findings, "head": head, "tail": tail,
+    return {"dataset": dataset, "test_dataset": test_dataset, "findings": findings, "head": head, "tail": tail,
             "split": {"train": len(original), "val": len(val), "test": len(test)},
             "test_sample_ids": test.sample_ids, "generator": generators.get("dit"),
             "label_generator": generators.get("label_dit"), "config": config.to_json(),

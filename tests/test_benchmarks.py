@@ -248,3 +248,18 @@ def test_a_fine_tune_result_is_reused_only_for_the_same_inputs(tmp_path):
     generated = load_tensors(dataset, splits=("train",))
     assert paper.finetune_key(classifier["id"], "augmented", options, generated) != \
         paper.finetune_key(classifier["id"], "augmented", options, None)
+
+
+def test_a_separate_test_stream_replaces_the_test_split_only_with_the_same_labels(phantom, tmp_path):
+    from benchmarks.paper import test_set
+
+    own = test_set(phantom)
+    assert len(own) and set(own.table.column("split").to_pylist()) == {"test"}
+    other = str(tmp_path / "stream")
+    ingest_phantom(other, 40, size=32, seed=4)
+    held_out = test_set(phantom, other)
+    assert len(held_out) == 40 and not set(held_out.sample_ids) & set(own.sample_ids)  # every row, other patients
+    chexpert = str(tmp_path / "chexpert")
+    ingest_phantom(chexpert, 10, size=32, seed=4, vocab="chexpert")
+    with pytest.raises(ValueError, match="does not have the labels"):
+        test_set(phantom, chexpert)
