@@ -43,14 +43,19 @@ fidelity: $(STAMP)
 reliability: $(STAMP)
 	$(VENV)/bin/python -m benchmarks.reliability
 
-# wheels a lent GPU machine lacks for benchmarks/gpu_check.py (it has torch, timm's needs, pyarrow, numpy):
-# they travel in .whl (README, "On a GPU"); grad-cam ships no wheel, so it is built here
+# wheels a lent GPU machine lacks (it has torch, timm's needs, pyarrow, numpy): the first line for
+# benchmarks/gpu_check.py, the second for benchmarks/experiment.py too (the knowledge step's DuckDB cache and the
+# anthropic SDK the +LKG-llm row calls against the fake server). They travel in .whl, about 40 MB
+# (README, "Where the models compute"); grad-cam ships no wheel, so it is built here
 WHEEL_TARGET = --only-binary=:all: --python-version 3.12 --implementation cp --platform any \
 	--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64
 gpu-wheels:
 	rm -rf .whl && mkdir .whl
 	$(PYTHON) -m pip download -q --no-deps $(WHEEL_TARGET) -c constraints.txt -d .whl \
 		diffusers timm ttach importlib_metadata
+	$(PYTHON) -m pip download -q --no-deps $(WHEEL_TARGET) -c constraints.txt -d .whl \
+		duckdb anthropic annotated-types docstring_parser httpcore2 httpx2 jiter opentelemetry-api pydantic \
+		pydantic_core sniffio truststore typing-inspection typing_extensions
 	$(PYTHON) -m pip wheel -q --no-deps -c constraints.txt -w .whl grad-cam
 
 clean:
