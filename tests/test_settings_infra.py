@@ -133,6 +133,8 @@ def test_dockerfiles_install_the_package_and_start_a_worker_of_their_pool(name, 
     assert {"constraints.txt", "pyproject.toml", "flows", "tasks", "models"} <= copied
     command = json.loads(next(line for line in lines if line.startswith("CMD "))[4:])
     assert command[:3] == ["prefect", "worker", "start"] and command[command.index("--pool") + 1] == pool
+    # the GPU image insists on the GPU (a container started without one fails, not runs on its CPU)
+    assert ("TAILFORGE_DEVICE=cuda" in text) == (pool == "gpu")
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert 'tailforge = "flows.cli:main"' in pyproject  # the entry point the image installs
     assert importlib.import_module("flows.cli").main
