@@ -203,6 +203,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256])
     parser.add_argument("--peak-tflops", type=float, help="the GPU's bf16 dense peak (default: from its name)")
+    parser.add_argument("--commit", help="the commit measured (default: git's; a copied tree without .git has none)")
     parser.add_argument("--cpu-smoke", action="store_true",
                         help="run tiny on the CPU against itself: checks the script, its figures mean nothing")
     args = parser.parse_args(argv)
@@ -213,7 +214,7 @@ def main(argv: list[str] | None = None) -> dict:
     peak = args.peak_tflops or next((v for k, v in BF16_PEAK.items() if k in name), None)
     quick = args.cpu_smoke
     torch.manual_seed(0)
-    result = {"commit": commit(), "machine": machine(), "device": describe_device(device), "torch": torch.__version__,
+    result = {"commit": args.commit or commit(), "machine": machine(), "device": describe_device(device), "torch": torch.__version__,
               "bf16_peak_tflops": peak, "matmul_tflops": matmul_tflops(device, 512 if quick else 8192),
               "agreement": agreement(device, quick)}
     print(json.dumps(result["agreement"]), flush=True)
