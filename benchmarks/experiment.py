@@ -60,7 +60,6 @@ from tasks.ingest import ingest_phantom
 from tasks.knowledge import NoGuidanceJudge, RulesJudge, plan
 from tasks.dataset import read_manifest
 from tasks.pretrain import shipped_dit, train_label_dit, train_normal_dit
-from tasks.tensors import load_tensors
 
 PHANTOM_SEED = 21
 PHANTOM_SIZES = {"phantom": 64, "phantom128": 128}  # part -> image side
