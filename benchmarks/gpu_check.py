@@ -99,6 +99,8 @@ def agreement(device: torch.device, quick: bool = False) -> dict:
     thresholds = [float(t) for t in tune_thresholds(predict_probs(classifier, images[576:]), labels[576:].numpy())]
     rows = [i for i in range(len(test)) if truth[i, head] == 1][:4 if quick else 16]
     out = {"images": len(rows), "finding": head}
+    if not rows:
+        return {**out, "ok": False, "why": "no test film holds the commonest finding"}
     results = {}
     for name, dev in (("cuda", device), ("cpu", torch.device("cpu"))):
         net, gen = classifier.to(dev).eval(), dit.to(dev).eval()
@@ -133,7 +135,8 @@ def throughput(size: int, device: torch.device, peak: float | None, ceiling: flo
     def epoch():  # the product's trainer: one epoch, batches moved from the CPU as in a run
         fit_classifier(net, images, labels, train)
 
-    def one_step():  # one batch forward and backward, for its FLOPs
+    def one_step():  # one batch forward and backward in training mode, for its FLOPs
+        net.train()
         nn.functional.binary_cross_entropy_with_logits(net(x[:batch]), labels[:batch].to(device)).backward()
 
     out["classifier_train_img_s"] = len(images) / cuda_seconds(epoch)
@@ -182,6 +185,7 @@ def markdown(result: dict) -> str:
              f"{result['bf16_peak_tflops']} TFLOP/s (data sheet), 8192^3 bf16 matmul measured "
              f"{result['matmul_tflops']:.0f} TFLOP/s. Command: `python -m benchmarks.gpu_check`.\n",
              "## CUDA against CPU (same weights, the product's removal)\n",
+             f"Not compared: {a['why']}.\n" if "why" in a else
              f"{a['images']} films, finding {a['finding']} removed: masked {a['masked_cuda']} on CUDA, "
              f"{a['masked_cpu']} on the CPU; mask IoU {a['mask_iou_mean']}; largest probability gap "
              f"{a['probability_gap_max']:.2e}; pixels changed outside the masks {a['changed_outside_masks_cuda']} / "

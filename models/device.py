@@ -7,9 +7,12 @@ gives each worker one visible GPU, so ``cuda`` is that GPU.
 
 The convention the models keep: data stays on the CPU (it comes from Parquet and goes back to
 it); a function that runs a model moves its inputs to the model's device and returns CPU
-tensors or NumPy arrays. Random draws are made on the CPU with the caller's seeded generator and
-then moved, so a seed gives the same noise on every device (results then differ only by the
-device's arithmetic, bf16 autocast on CUDA included).
+tensors or NumPy arrays. The noise the samplers, the DiT loss and the classifier's augmentation
+draw comes from the caller's seeded CPU generator and is then moved, so a seed gives the same
+noise on every device; models (cRT's re-initialised head too) are initialised on the CPU.
+Dropout, drop-path and the DiT's label dropout use the device's own generator, and CUDA's
+arithmetic (bf16 autocast for the DiT, TF32 convolutions) differs from the CPU's: a GPU run
+does not repeat a CPU run to the bit.
 """
 
 from __future__ import annotations

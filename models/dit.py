@@ -179,8 +179,9 @@ def network_output(model: DiTTransformer2DModel, x: torch.Tensor, t: torch.Tenso
     arithmetic stays in float32."""
     if is_conditioned(model) != (cond is not None):
         raise ValueError("an inpainting DiT needs cond (the known image and the mask); a plain one takes none")
+    x, t = x.to(model_device(model)), t.to(model_device(model))  # models/device.py: inputs go to the model
     if cond is not None:
-        x = torch.cat([x, cond.to(x.dtype)], dim=1)
+        x = torch.cat([x, cond.to(x.device, x.dtype)], dim=1)
     k = label_count(model)
     if labels is not None and labels.shape != (x.shape[0], k + 1):
         raise ValueError(f"labels must be label_input rows (N, {k + 1}) for this DiT, got {tuple(labels.shape)}"
@@ -193,7 +194,7 @@ def network_output(model: DiTTransformer2DModel, x: torch.Tensor, t: torch.Tenso
         labels = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)  # one class: normal
     if x.is_cuda:
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            return model(x, timestep=t.to(x.device), class_labels=labels).sample.float()
+            return model(x, timestep=t, class_labels=labels).sample.float()
     return model(x, timestep=t, class_labels=labels).sample  # (N, 1, H, W)
 
 
@@ -205,7 +206,8 @@ def predict_noise(model: DiTTransformer2DModel, x: torch.Tensor, t: torch.Tensor
     out = network_output(model, x, t, cond, labels)
     if model.prediction == "epsilon":
         return out
-    ab = model.alphas_cumprod.to(x.device)[t.to(x.device)].view(-1, 1, 1, 1)
+    x, t = x.to(out.device), t.to(out.device)
+    ab = model.alphas_cumprod.to(x.device)[t].view(-1, 1, 1, 1)
     return (x - ab.sqrt() * out) / (1 - ab).sqrt()
 
 
@@ -302,6 +304,12 @@ def save_dit(model: DiTTransformer2DModel, config: DiTConfig, extra: dict | None
 def save_dit_safetensors(model: DiTTransformer2DModel, config: DiTConfig, extra: dict | None = None) -> bytes:
     """``save_dit`` as a safetensors file (shipped weights); ``load_dit`` reads both."""
     return checkpoint.save_safetensors(DIT_FORMAT, config, model.state_dict(), extra=extra or {})
+
+
+def load_dit_config(data: bytes) -> DiTConfig:
+    """The config of checkpoint bytes, without building the network (what a generator is, read
+    where its weights are not needed)."""
+    return checkpoint.from_dict(DiTConfig, checkpoint.load(data, DIT_FORMAT, aliases=("normal-dit",))["config"])
 
 
 def load_dit(data: bytes) -> tuple[DiTTransformer2DModel, DiTConfig, dict]:

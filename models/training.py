@@ -290,9 +290,12 @@ def retrain_classifier(model: nn.Module, images: torch.Tensor, labels: torch.Ten
                          f"with parameters (timm models have one)")
     _check_data(images, labels, "cRT data")
     seed_everything(config.seed)
+    device = model_device(head)
+    head.cpu()  # re-initialised from the CPU's generator, as on a CPU host (models/device.py)
     for layer in head.modules():
         if hasattr(layer, "reset_parameters"):
             layer.reset_parameters()
+    head.to(device)
     trainable = {id(p) for p in head.parameters()}
     frozen = [p for p in model.parameters() if id(p) not in trainable and p.requires_grad]
     for p in frozen:

@@ -38,7 +38,7 @@ import torch
 from models.cam import LocaliseConfig, MaskConfig, MaskResult
 from models.classifier import load_checkpoint
 from models.device import describe_device, model_device, on_device
-from models.dit import build_scheduler, load_dit
+from models.dit import build_scheduler, load_dit, load_dit_config
 from models.inpaint import InpaintConfig
 from models.ood import FeatureScorer, OODConfig, OODScorer
 from models.quality import QualityScorer
@@ -273,12 +273,18 @@ def _generator(uri: str):
     return on_device(model).eval(), build_scheduler(config), config
 
 
+@lru_cache(maxsize=4)
+def _generator_config(uri: str):
+    """The generator's config alone: the flow's process checks it without loading the model on its device."""
+    return load_dit_config(store.read_bytes(uri))
+
+
 def check_ood(settings: AugmentSettings, generator: dict) -> None:
     """Refuse, before any work, a generator judging its own samples: a label-conditioned DiT
     reconstructs its own artefacts better than real films (issue 16: blocky nih1000 samples
     scored below real ones), so its rows need the feature filter."""
     if settings.ood_filter and settings.ood_method == "reconstruction" and \
-            _generator(generator["uri"])[2].conditioning == "labels":
+            _generator_config(generator["uri"]).conditioning == "labels":
         raise ValueError(f"augment.ood_method 'reconstruction' would have the label-conditioned generator "
                          f"{generator['id'][:16]} judge its own samples; use ood_method: features")
 
@@ -328,7 +334,7 @@ def run_batch(dataset_uri: str, out_uri: str, batch: list[Candidate], classifier
     images = parents.images[rows]  # (B, 1, S, S)
     findings = parents.findings
     kept = kept_sets(parents.labels[rows], findings, batch)  # (B, K): each row's labels after the removal
-    conditional = _generator(generator["uri"])[2].conditioning == "labels"
+    conditional = _generator_config(generator["uri"]).conditioning == "labels"
     with _MODEL_LOCK:
         model_started = time.perf_counter()
         masks, generated, scores, ood, probs_before, probs_after = _generate(
