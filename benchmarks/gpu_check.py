@@ -3,19 +3,19 @@ fast is the product's model work on the GPU?
 
     python -m benchmarks.gpu_check --out DIR        # on a host where torch sees CUDA; refuses otherwise
 
-It imports models/ and the phantom only (no Prefect, DuckDB or S3), so on a lent machine that
-lacks them only the wheels ``make gpu-wheels`` downloads into .whl must travel (README,
-"On a GPU"). It writes DIR/gpu_check.json and DIR/gpu_check.md.
+It imports models/, the phantom and the product's augment settings (no Prefect or S3), so on
+a lent machine only the wheels ``make gpu-wheels`` downloads into .whl must travel (README,
+"Where the models compute"). It writes DIR/gpu_check.json and DIR/gpu_check.md.
 
 1. **Agreement.** A classifier and a DiT trained briefly on CUDA (the product's trainers, which
    train where the model is), copied to the CPU; the product's lesion removal
-   (models.removal.remove_lesions with the augment defaults of tasks/augment.AugmentSettings,
-   mirrored in REMOVAL below) on the same phantom films on both. Reported: the classifier's largest
+   (models.removal.remove_lesions with the defaults of tasks/augment.AugmentSettings) on the
+   same phantom films on both. Reported: the classifier's largest
    probability gap, mask IoU, how many images got a mask on each, and pixels changed outside the
    masks (must be 0 on both: the fill keeps every known pixel).
 2. **Throughput** at 64, 128 and 256 px: classifier training and inference (ResNet-18, float32 as
    the product trains it), the infill class maps the product masks with, DiT training, and
-   inpainting with the product's sampler (InpaintConfig defaults). Each with images/s and, where
+   inpainting with the product's sampler (AugmentSettings' inpaint settings). Each with images/s and, where
    the work is matrix products, its FLOP/s (torch.utils.flop_counter) as a share of the GPU's
    bf16 dense peak and of a measured 8192^3 bf16 matrix product.
 """
@@ -33,7 +33,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.common import RESULTS, commit, machine
-from models.cam import LocaliseConfig, MaskConfig, raw_maps
+from models.cam import raw_maps
 from models.classifier import ClassifierConfig, build_classifier
 from models.device import describe_device
 from models.dit import DiTConfig, DiTTrainConfig, build_scheduler, diffusion_loss, to_model_range, train_dit
@@ -41,11 +41,12 @@ from models.inpaint import InpaintConfig, inpaint
 from models.metrics import tune_thresholds
 from models.removal import dit_fill, remove_lesions
 from models.training import TrainConfig, fit_classifier, predict_probs
+from tasks.augment import AugmentSettings
 from tasks.phantom import phantom_images
 
 # dense bf16 tensor-core peak, TFLOP/s, from the vendors' data sheets (SXM parts)
 BF16_PEAK = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10": 125.0}
-REMOVAL = {"method": "infill", "rounds": 4, "target": 0.25}  # tasks/augment.AugmentSettings' defaults
+PRODUCT = AugmentSettings()  # the augment defaults: map method, masks, removal rounds, sampler
 
 
 def films(n: int, size: int, seed: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,10 +107,10 @@ def agreement(device: torch.device, quick: bool = False) -> dict:
         net, gen = classifier.to(dev).eval(), dit.to(dev).eval()
         probs = predict_probs(net, test[rows])
         removal = remove_lesions(net, test[rows], [[head]] * len(rows), list(range(len(rows))),
-                                 dit_fill(gen, build_scheduler(dit_config(64)), InpaintConfig()),
-                                 method=REMOVAL["method"], mask=MaskConfig(), localise=LocaliseConfig(),
-                                 thresholds=thresholds, rounds=REMOVAL["rounds"],
-                                 target=REMOVAL["target"], probs=probs)
+                                 dit_fill(gen, build_scheduler(dit_config(64)), PRODUCT.inpaint),
+                                 method=PRODUCT.cam_method, mask=PRODUCT.mask, localise=PRODUCT.localise,
+                                 thresholds=thresholds, rounds=PRODUCT.removal_rounds,
+                                 target=PRODUCT.removal_target, probs=probs)
         outside = [int(((removal.generated[k] != test[rows][i]) & ~torch.from_numpy(removal.masks[i].mask)).sum())
                    for k, i in enumerate(removal.ok)]
         results[name] = (probs, removal, outside)
@@ -150,7 +151,7 @@ def throughput(size: int, device: torch.device, peak: float | None, ceiling: flo
     out["classifier_infer_tflops"] = flops(infer) / (len(x) / out["classifier_infer_img_s"]) / 1e12
     n_maps = 2 if quick else 16
     out["infill_maps_img_s"] = n_maps / cuda_seconds(
-        lambda: raw_maps(net.eval(), images[:n_maps], [0] * n_maps, LocaliseConfig(), "infill"), 1)
+        lambda: raw_maps(net.eval(), images[:n_maps], [0] * n_maps, PRODUCT.localise, PRODUCT.cam_method), 1)
     config = dit_config(size)
     dit = train_dit(images, config, DiTTrainConfig(steps=1, batch_size=8, warmup_steps=1), device=device)[0]
     scheduler, gen = build_scheduler(config), torch.Generator().manual_seed(0)
@@ -166,7 +167,7 @@ def throughput(size: int, device: torch.device, peak: float | None, ceiling: flo
     n_fill = 4 if quick else 64
     mask = torch.zeros_like(images[:n_fill])
     mask[..., size // 4: size // 2, size // 4: size // 2] = 1
-    config = InpaintConfig(steps=2, jump_length=1, resample=1) if quick else InpaintConfig()
+    config = InpaintConfig(steps=2, jump_length=1, resample=1) if quick else PRODUCT.inpaint
 
     def fill():
         inpaint(dit, scheduler, images[:n_fill], mask, config, [torch.Generator().manual_seed(i) for i in range(n_fill)])

@@ -179,7 +179,8 @@ def network_output(model: DiTTransformer2DModel, x: torch.Tensor, t: torch.Tenso
     arithmetic stays in float32."""
     if is_conditioned(model) != (cond is not None):
         raise ValueError("an inpainting DiT needs cond (the known image and the mask); a plain one takes none")
-    x, t = x.to(model_device(model)), t.to(model_device(model))  # models/device.py: inputs go to the model
+    device = model_device(model)
+    x, t = x.to(device), t.to(device)  # models/device.py: inputs go to the model
     if cond is not None:
         x = torch.cat([x, cond.to(x.device, x.dtype)], dim=1)
     k = label_count(model)
