@@ -54,7 +54,7 @@ gpu-wheels:
 	$(PYTHON) -m pip download -q --no-deps $(WHEEL_TARGET) -c constraints.txt -d .whl \
 		diffusers timm ttach importlib_metadata
 	$(PYTHON) -m pip download -q --no-deps $(WHEEL_TARGET) -c constraints.txt -d .whl \
-		duckdb anthropic annotated-types docstring_parser httpcore2 httpx2 jiter opentelemetry-api pydantic \
+		duckdb pytz anthropic annotated-types docstring_parser httpcore2 httpx2 jiter opentelemetry-api pydantic \
 		pydantic_core sniffio truststore typing-inspection typing_extensions
 	$(PYTHON) -m pip wheel -q --no-deps -c constraints.txt -w .whl grad-cam
 

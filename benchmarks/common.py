@@ -36,16 +36,31 @@ def machine() -> dict:
             cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": _gpu(), "python": platform.python_version(),
             "platform": platform.platform()}
+
+
+def _gpu() -> str | None:
+    """The GPU the models run on (models/device.py resolves $TAILFORGE_DEVICE), None on the CPU."""
+    import torch
+
+    from models.device import resolve_device
+
+    device = resolve_device()
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else None
+
+
+def described(machine_: dict) -> str:
+    """A results file's machine, in words: "<cpu> (<n> cores, <gpu or no GPU>)"."""
+    return f"{machine_['cpu']} ({machine_['cores']} cores, {machine_.get('gpu') or 'no GPU'})"
 
 
 def commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                               cwd=Path(__file__).parent, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+    except (OSError, subprocess.CalledProcessError):  # a copied tree (a lent GPU machine) has no .git
+        return os.environ.get("TAILFORGE_COMMIT", "unknown")
 
 
 def timed(fn: Callable[[], object], repeats: int) -> tuple[list[float], object]:

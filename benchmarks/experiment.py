@@ -9,6 +9,9 @@
     python -m benchmarks.experiment --rebuild             # tables and plots again from saved results
     python -m benchmarks.experiment --part nih1000 --settings conditional --add   # new rows into a saved run
     python -m benchmarks.experiment --part nih1000 --seeds 3 4 --add   # new seeds into a saved run
+    python -m benchmarks.experiment --part phantom128 --prepare   # data and generators only, then seeds apart:
+    python -m benchmarks.experiment --part phantom128 --seeds 0 --bootstrap 0 --out runs/seed0   # (one per process)
+    python -m benchmarks.experiment --part phantom128 --join runs/seed*/ --out benchmarks/results
 
 Parts:
 - ``nih1000``: ../shared/data/nih1000 with its fixed split, the normal DiT the product ships for
@@ -25,7 +28,10 @@ need. With ``--add`` their rows join the part's saved results: the baseline is f
 and must reproduce the saved one (test probabilities within ``experiment_results.ADD_TOLERANCE``,
 else nothing is written), then the comparison is recomputed over every row. ``--add`` without ``--settings`` joins
 new ``--seeds`` (every saved setting) to the saved run instead: a part too long for one sitting is
-made a few seeds at a time (benchmarks/experiment_results.py says what must match).
+made a few seeds at a time (benchmarks/experiment_results.py says what must match). ``--prepare``
+ingests the part's data and trains its generators, then stops; seeds run from that
+TAILFORGE_HOME in separate processes (benchmarks/gpu_session.sh runs all five at once on one
+GPU) and ``--join`` makes them one run with one shared bootstrap.
 
 Writes benchmarks/results/experiment_<part>.json (settings, seeds, split, data, per-seed test
 probabilities and thresholds, the comparison), .md (Table 2 layout and means with intervals)
@@ -36,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import sys
@@ -47,7 +54,7 @@ import numpy as np
 
 from benchmarks import paper, phantom_truth, tables
 from benchmarks.bench_models import trained_before
-from benchmarks.common import RESULTS, SHARED_DATA, commit, ingest_nih1000, machine
+from benchmarks.common import RESULTS, SHARED_DATA, commit, described, ingest_nih1000, machine
 from benchmarks.experiment_results import add_rows, add_seeds, check_same_experiment, load_saved, write_json
 from benchmarks.train_normal_dit import dataset as normals_dataset
 from flows.settings import tailforge_home
@@ -121,7 +128,7 @@ def nih1000(args, work: Path, models_uri: str, needs_dit: bool = True
 def phantom(args, work: Path, models_uri: str, needs_dit: bool = True, size: int = 64
             ) -> tuple[str, dict | None, paper.ExperimentConfig, dict]:
     dataset = str(work.parent / f"phantom{size}-{args.phantom_n}-s{PHANTOM_SEED}")  # the ones fidelity.py uses
-    ingest_phantom(dataset, args.phantom_n, size=size, seed=PHANTOM_SEED)
+    ingest_once(dataset, args.phantom_n, size, PHANTOM_SEED)
     # the normal DiT benchmarks/fidelity.py measured at this size (its 4,000-step one is reused when there)
     dit = generator(dataset, models_uri, DiTConfig(image_size=size, patch_size=4 if size <= 64 else 8, depth=6,
                                                    num_heads=4, head_dim=32, prediction="sample"),
@@ -136,10 +143,21 @@ def phantom(args, work: Path, models_uri: str, needs_dit: bool = True, size: int
     test_n = args.phantom_test_n if args.phantom_test_n is not None else PHANTOM_TEST_N[size]
     if test_n:  # a held-out set large enough for the rare classes: other patients (seed + 1), all of them test
         data["test_dataset"] = str(work.parent / f"phantom{size}-{test_n}-s{PHANTOM_SEED + 1}-test")
-        ingest_phantom(data["test_dataset"], test_n, size=size, seed=PHANTOM_SEED + 1)
+        ingest_once(data["test_dataset"], test_n, size, PHANTOM_SEED + 1)
         data["test_source"] = (f"every image of a second phantom stream, {test_n} images at {size} px, seed "
                                f"{PHANTOM_SEED + 1} (other patients), instead of the test split")
     return dataset, dit, config, data
+
+
+def ingest_once(dataset: str, n: int, size: int, seed: int) -> None:
+    """``ingest_phantom``, unless a completed ingest of the same images is recorded in the
+    dataset's runs/: it would render all ``n`` again only to find them there (the 128 px part's
+    12,000 images take minutes)."""
+    wanted = {"source": "phantom", "n": n, "size": size, "seed": seed, "vocab": "nih"}
+    records = (json.loads(p.read_text()) for p in sorted((Path(dataset) / "runs").glob("*.json")))
+    if not any(r.get("flow") == "ingest" and r.get("status") == "completed" and r.get("parameters") == wanted
+               for r in records):
+        ingest_phantom(dataset, n, size=size, seed=seed, workers=os.cpu_count() or 1)
 
 
 @contextlib.contextmanager
@@ -217,13 +235,13 @@ def markdown(part: str, result: dict, data: dict, seconds: float) -> str:
         [f"the label-conditioned DiT (DfT-Caption) on the labelled train split (`{result['label_generator']['id'][:16]}`)"]
         if result.get("label_generator") else [])
     lines = [f"# The paper's experiment: {part}", "",
-             f"Commit `{result['commit']}`, {result['machine']['cpu']} ({result['machine']['cores']} cores, no GPU), "
+             f"Commit `{result['commit']}`, {described(result['machine'])}, "
              f"{seconds / 60:.0f} min. Command: `{result['command']}`."
              + "".join(f" {note}" for note in result.get("notes", []))
              + (f" Tables rebuilt from the saved probabilities"
                 f"{' (' + result['probs_precision'] + ')' if result.get('probs_precision') else ''} at commit "
                 f"`{result['summarised_at_commit']}` "
-                f"(`--rebuild` / `--add`)." if result.get("summarised_at_commit") else ""),
+                f"(`--rebuild`, `--add` or `--join`)." if result.get("summarised_at_commit") else ""),
              *[added_line(a) for a in result.get("added", [])], "",
              f"- Data: {data['source']}; split train {result['split']['train']} / val {result['split']['val']} / "
              f"test {result['split']['test']}" + (f" ({data['test_source']})" if data.get("test_source") else "")
@@ -319,6 +337,11 @@ def run_part(part: str, args, out_dir: Path) -> None:
                          augment=replace(config.augment, max_images=16, inpaint=replace(config.augment.inpaint, steps=5)))
     part_dir = work / (f"{part}-quick" if args.quick else part)
     generators = {"dit": dit, "label_dit": label_generator(dataset, models_uri, args) if "label_dit" in needed else None}
+    if args.prepare:
+        print(f"[{part}] prepared in {(time.perf_counter() - started) / 60:.1f} min under {tailforge_home()}: "
+              f"{dataset}{', ' + data['test_dataset'] if data.get('test_dataset') else ''}; generators "
+              f"{ {k: g['id'][:12] for k, g in generators.items() if g} }", flush=True)
+        return
     if saved and not args.settings:  # new seeds: the same experiment, checked before hours of work
         check_same_experiment(saved, config.to_json(), {"generator": dit, "label_generator": generators["label_dit"]})
     notes: list[str] = []
@@ -372,6 +395,23 @@ def test_labels(payload: dict) -> np.ndarray:
     return test.labels.numpy()[[order[sid] for sid in payload["test_sample_ids"]]]
 
 
+def join(part: str, folders: list[Path], out_dir: Path, bootstrap: int) -> None:
+    """Runs of one part made apart, a few seeds each (in parallel processes or on other
+    machines, from one prepared TAILFORGE_HOME), as one run in ``out_dir``: joined like
+    ``--add`` (refused, with the reason, unless they are the same experiment), then compared with
+    one shared bootstrap of ``bootstrap`` resamples."""
+    missing = [str(folder) for folder in folders if not (folder / f"experiment_{part}.json").is_file()]
+    if missing:
+        raise SystemExit(f"--join: no saved {part} run (experiment_{part}.json) in {', '.join(missing)}")
+    runs = sorted((load_saved(part, folder) for folder in folders), key=lambda p: min(p["config"]["seeds"]))
+    joined = functools.reduce(add_seeds, runs)
+    joined["config"]["bootstrap"] = bootstrap  # the runs may have skipped the intervals (--bootstrap 0)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summarise(part, out_dir, joined, bootstrap)
+    print(f"[{part}] joined seeds {joined['config']['seeds']} from {len(runs)} runs: "
+          f"{out_dir}/experiment_{part}.{{json,md,png}}", flush=True)
+
+
 def rebuild(part: str, out_dir: Path, bootstrap: int) -> None:
     """Tables, plot and comparison again from a saved run (its thresholds and test probabilities):
     for a change in how results are summarised, without training anything."""
@@ -408,14 +448,25 @@ def main() -> None:
                         "seeds (the baseline must reproduce); without, new --seeds for the saved settings")
     parser.add_argument("--rebuild", action="store_true",
                         help="redo the comparison, tables and plot from the saved results (no training)")
+    parser.add_argument("--prepare", action="store_true",
+                        help="ingest the part's data and train the generators its settings need, then stop: seeds "
+                        "can then run apart from this TAILFORGE_HOME (see --join)")
+    parser.add_argument("--join", type=Path, nargs="+", metavar="DIR",
+                        help="join the part's saved runs in these folders (other seeds of the same experiment, "
+                        "e.g. one per process) into --out, with one bootstrap of --bootstrap resamples")
     args = parser.parse_args()
+    if args.join:
+        if args.part not in ("nih1000", *PHANTOM_SIZES):
+            raise SystemExit(f"--join needs --part one of nih1000, {', '.join(PHANTOM_SIZES)}")
+        join(args.part, args.join, args.out, args.bootstrap)
+        return
     if args.rebuild:
         for part in (["nih1000", "phantom"] if args.part == "all" else [args.part]):
             rebuild(part, args.out, args.bootstrap)
         return
     if args.add and args.part not in ("nih1000", *PHANTOM_SIZES):
         raise SystemExit(f"--add needs --part one of nih1000, {', '.join(PHANTOM_SIZES)}")
-    if args.quick and args.out == RESULTS:
+    if args.quick and args.out == RESULTS and not args.prepare:
         raise SystemExit("--quick results are not results: give --out DIR")
     parts = ["nih1000", "phantom", "throughput"] if args.part == "all" else [args.part]
     for part in parts:

@@ -345,18 +345,20 @@ def ingest_source(kind: str, table: str, images: str, out_uri: str, options: Ing
 
 def ingest_phantom(out_uri: str, n: int, size: int = 64, seed: int = 0, vocab: str = "nih",
                    shard_rows: int = 1024, explicit_tail: tuple[str, ...] | None = None,
-                   progress: Progress | None = None) -> IngestReport:
-    """Write ``n`` built-in phantom images (tasks/phantom/) as a dataset, masks included."""
+                   progress: Progress | None = None, workers: int = 1) -> IngestReport:
+    """Write ``n`` built-in phantom images (tasks/phantom/) as a dataset, masks included;
+    ``workers`` processes render them (the same images in the same order)."""
     parameters = {"source": "phantom", "n": n, "size": size, "seed": seed, "vocab": vocab}
     run_id = new_run_id()
     with dataset_lock(out_uri, "phantom"), recorded_run(out_uri, run_id, "ingest", parameters, utcnow()) as done:
-        report = _ingest_phantom(out_uri, n, size, seed, vocab, shard_rows, explicit_tail, progress, run_id)
+        report = _ingest_phantom(out_uri, n, size, seed, vocab, shard_rows, explicit_tail, progress, run_id, workers)
         done(report.to_json())
         return report
 
 
 def _ingest_phantom(out_uri: str, n: int, size: int, seed: int, vocab: str, shard_rows: int,
-                    explicit_tail: tuple[str, ...] | None, progress: Progress | None, run_id: str) -> IngestReport:
+                    explicit_tail: tuple[str, ...] | None, progress: Progress | None, run_id: str,
+                    workers: int = 1) -> IngestReport:
     from tasks.images import encode_mask
     from tasks.labels import vocabulary
     from tasks.phantom import phantom_images
@@ -368,7 +370,7 @@ def _ingest_phantom(out_uri: str, n: int, size: int, seed: int, vocab: str, shar
     known_ids = set(before.column("sample_id").to_pylist()) if before is not None else set()
     writer = ShardWriter(out_uri, sample_schema(), shard_rows, run_id=run_id)
     report = IngestReport(out_uri)
-    for done, item in enumerate(phantom_images(n, size=size, seed=seed, vocab=vocabulary_), start=1):
+    for done, item in enumerate(phantom_images(n, size=size, seed=seed, vocab=vocabulary_, workers=workers), start=1):
         sample_id = content_id(item.image)
         if sample_id in known_ids:
             report.already_present += 1

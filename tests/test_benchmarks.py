@@ -263,3 +263,61 @@ def test_a_separate_test_stream_replaces_the_test_split_only_with_the_same_label
     ingest_phantom(chexpert, 10, size=32, seed=4, vocab="chexpert")
     with pytest.raises(ValueError, match="does not have the labels"):
         test_set(phantom, chexpert)
+
+
+def _saved_run(dataset, seed, generator="dit-a"):
+    """A run of one seed as benchmarks/experiment.py saves it, scored on ``dataset``'s test split."""
+    from benchmarks.paper import test_set
+    manifest, test = read_manifest(dataset), test_set(dataset)
+    rng = np.random.default_rng(seed)
+    k = len(manifest["labels"])
+    return {"commit": f"c{seed}", "machine": {"cpu": "toy", "cores": 16, "gpu": "toy GPU"}, "part": "toy",
+            "data": {"source": "toy", "normals": "toy normals"}, "seconds": 60.0, "command": "python -m benchmarks.experiment --seeds 0",
+            "dataset": dataset, "test_dataset": None, "findings": manifest["labels"],
+            "head": manifest["head_tail"]["head"], "tail": manifest["head_tail"]["tail"],
+            "split": {"train": 0, "val": 0, "test": len(test)}, "test_sample_ids": test.sample_ids,
+            "generator": {"id": generator}, "label_generator": None, "notes": [],
+            "config": {"seeds": [seed], "settings": ["baseline", "ldam-drw", "+inpainting"], "bootstrap": 0,
+                       "augment": {}},
+            "per_seed": [{"seed": seed, "generated": {}, "finetune": {
+                s: {"test_probs": rng.random((len(test), k)).tolist(), "thresholds": [0.5] * k}
+                for s in ("baseline", "ldam-drw", "+inpainting")}}]}
+
+
+def test_seeds_made_apart_are_joined_into_one_run_with_one_bootstrap(phantom, tmp_path):
+    from benchmarks.experiment import join
+    from benchmarks.experiment_results import load_saved, write_json
+    folders = []
+    for seed in (1, 0):
+        folders.append(tmp_path / f"seed{seed}")
+        folders[-1].mkdir()
+        write_json(folders[-1], "toy", _saved_run(phantom, seed))
+    join("toy", folders, tmp_path / "joined", bootstrap=30)
+    joined = load_saved("toy", tmp_path / "joined")
+    assert joined["config"]["seeds"] == [0, 1] and joined["config"]["bootstrap"] == 30
+    assert [r["seed"] for r in joined["per_seed"]] == [0, 1] and joined["added"][0]["seeds"] == [1]
+    gain = joined["comparison"]["settings"]["+inpainting"]["means"]["macro"]["auroc"]
+    assert joined["comparison"]["bootstrap"]["resamples"] == 30 and gain["gain_ci95"] is not None
+    assert joined["versus_best_longtail"]["baseline"] == "ldam-drw"
+    assert "toy (16 cores, toy GPU)" in (tmp_path / "joined" / "experiment_toy.md").read_text()
+    other = tmp_path / "other"
+    other.mkdir()
+    write_json(other, "toy", _saved_run(phantom, 2, generator="dit-b"))
+    with pytest.raises(SystemExit, match="generator differ"):
+        join("toy", [folders[0], other], tmp_path / "refused", bootstrap=30)
+    assert not (tmp_path / "refused").exists()
+    with pytest.raises(SystemExit, match="no saved toy run"):
+        join("toy", [folders[0], tmp_path / "seed0.log"], tmp_path / "refused", bootstrap=30)
+
+
+def test_a_phantom_ingested_before_is_not_rendered_again(tmp_path, monkeypatch):
+    from benchmarks import experiment
+    uri = str(tmp_path / "p")
+    experiment.ingest_once(uri, 20, 32, 5)
+    assert len(existing_rows(uri, ["sample_id"])) == 20
+    monkeypatch.setattr(experiment, "ingest_phantom", lambda *a, **k: pytest.fail("rendered again"))
+    experiment.ingest_once(uri, 20, 32, 5)
+    rendered = []
+    monkeypatch.setattr(experiment, "ingest_phantom", lambda *a, **k: rendered.append(a))
+    experiment.ingest_once(uri, 30, 32, 5)  # another size of stream: ingested
+    assert rendered == [(uri, 30)]

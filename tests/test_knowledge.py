@@ -331,3 +331,19 @@ def test_a_second_fallback_records_its_own_error_kind(hand_dataset, tmp_path, ll
     with DecisionCache(cache, read_only=True) as c:
         kinds = sorted(d.error for d in c.all())
     assert kinds == ["rate_limit"] * 5 + ["server_error"] * 5
+
+
+def test_a_second_process_waits_for_the_decision_cache_then_is_refused_naming_it(tmp_path):
+    cache = tmp_path / "d.duckdb"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print('held', flush=True); "
+         "time.sleep(2.0); c.close()", str(cache)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RuntimeError, match=f"{cache.name} is in use by another process"):
+            DecisionCache(cache, wait_s=0.3)  # held longer than this: refused, not hung
+        with DecisionCache(cache) as c:  # waits (LOCK_WAIT_S) until the holder closes it
+            assert c.all() == []
+        assert holder.wait(timeout=30) == 0
+    finally:
+        holder.kill()

@@ -59,6 +59,15 @@ def test_a_shorter_stream_is_a_prefix_of_a_longer_one():
     assert all(_same(a, b) for a, b in zip(short, long[:10]))
 
 
+def test_rendering_in_worker_processes_gives_the_same_stream_in_order():
+    one = list(phantom_images(21, size=48, seed=11, vocab="chexpert"))
+    pooled = list(phantom_images(21, size=48, seed=11, vocab="chexpert", workers=3))
+    assert [x.index for x in pooled] == list(range(21))
+    assert all(_same(a, b) for a, b in zip(one, pooled, strict=True))
+    with pytest.raises(ValueError, match="workers"):
+        phantom_images(3, workers=0)
+
+
 def test_one_image_depends_only_on_seed_and_index():
     rng = np.random.default_rng([5, 7])
     labels = sample_labels(rng, vocabulary("nih"))

@@ -1,12 +1,14 @@
 """The decision cache: one DuckDB table keyed by sha256(judge, model, prompt_version, label set).
 
 A DuckDB file takes one writer, so decisions are made in the planning step, before any
-fan-out. Decisions are immutable (first write wins). Fallback decisions are recorded under
+fan-out; a second process opening the same cache waits for it (``LOCK_WAIT_S`` at most), then
+is refused with a message naming the cache. Decisions are immutable (first write wins). Fallback decisions are recorded under
 their own id and never served as hits: the next run asks the LLM again.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import duckdb
@@ -31,19 +33,28 @@ CREATE TABLE IF NOT EXISTS decisions (
 """
 
 
-class DecisionCache:
-    """Open with ``with DecisionCache(path) as cache:``; ``read_only`` for listing."""
+LOCK_WAIT_S = 30.0  # how long an open waits for another process's writer to close the cache
 
-    def __init__(self, path: str | Path, read_only: bool = False):
+
+class DecisionCache:
+    """Open with ``with DecisionCache(path) as cache:``; ``read_only`` for listing. While another
+    process holds the file (DuckDB takes one writer), waits up to ``wait_s``, then refuses."""
+
+    def __init__(self, path: str | Path, read_only: bool = False, wait_s: float = LOCK_WAIT_S):
         path = Path(path)
         if read_only and not path.exists():
             raise FileNotFoundError(f"no decision cache at {path} (run `tailforge plan` first)")
         path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self.con = duckdb.connect(str(path), read_only=read_only)
-        except duckdb.IOException as exc:
-            raise RuntimeError(f"the decision cache {path} is in use by another process "
-                               f"(DuckDB takes one writer): {exc}") from exc
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                self.con = duckdb.connect(str(path), read_only=read_only)
+                break
+            except duckdb.IOException as exc:
+                if "lock" not in str(exc).lower() or time.monotonic() >= deadline:
+                    raise RuntimeError(f"the decision cache {path} is in use by another process "
+                                       f"(DuckDB takes one writer; waited {wait_s:.0f} s): {exc}") from exc
+                time.sleep(0.25)
         if not read_only:
             self.con.execute(_CREATE)
 

@@ -3,8 +3,10 @@ with its findings, ground-truth masks and film grain."""
 
 from __future__ import annotations
 
+import multiprocessing
 import zlib
 from dataclasses import dataclass
+from functools import partial
 from typing import Iterator
 
 import numpy as np
@@ -35,34 +37,44 @@ class PhantomImage:
 
 
 def phantom_images(
-    n: int, size: int = 64, seed: int = 0, vocab: str | Vocabulary = "nih"
+    n: int, size: int = 64, seed: int = 0, vocab: str | Vocabulary = "nih", workers: int = 1
 ) -> Iterator[PhantomImage]:
     """Stream ``n`` phantom images; image ``i`` depends only on ``(seed, i)``, ``size``, ``vocab``.
+    ``workers`` > 1 renders them in that many forked processes, in the same order (rendering is
+    ~16 ms per 128 px image on one core).
 
     Arguments are checked here (not at the first ``next``): ValueError on a bad one.
     """
     n = check_int("n", n, lo=0)
     size = check_size(size)
     seed = check_int("seed", seed, lo=0)
+    workers = check_int("workers", workers, lo=1)
     voc = resolve_vocab(vocab)
-    label_model(voc)  # calibrate now so the first image is not the slow one
-    return _stream(n, size, seed, voc)
+    label_model(voc)  # calibrate now so the first image is not the slow one (and workers inherit it)
+    if workers > 1 and n > 1:
+        return _pooled(n, size, seed, voc, workers)
+    return (_image(i, seed, size, voc) for i in range(n))
 
 
-def _stream(n: int, size: int, seed: int, voc: Vocabulary) -> Iterator[PhantomImage]:
-    for i in range(n):
-        rng = np.random.default_rng([seed, i])
-        labels = sample_labels(rng, voc)
-        split = draw_split(rng)
-        image, masks = render(labels, voc, size, rng)
-        yield PhantomImage(
-            index=i,
-            patient_id=f"phantom-{seed}-{i:06d}",
-            split=split,
-            image=image,
-            labels=labels,
-            lesion_masks=masks,
-        )
+def _image(i: int, seed: int, size: int, voc: Vocabulary) -> PhantomImage:
+    rng = np.random.default_rng([seed, i])
+    labels = sample_labels(rng, voc)
+    split = draw_split(rng)
+    image, masks = render(labels, voc, size, rng)
+    return PhantomImage(
+        index=i,
+        patient_id=f"phantom-{seed}-{i:06d}",
+        split=split,
+        image=image,
+        labels=labels,
+        lesion_masks=masks,
+    )
+
+
+def _pooled(n: int, size: int, seed: int, voc: Vocabulary, workers: int) -> Iterator[PhantomImage]:
+    # fork: the workers need only NumPy and this module, and inherit the calibrated label model
+    with multiprocessing.get_context("fork").Pool(min(workers, n)) as pool:
+        yield from pool.imap(partial(_image, seed=seed, size=size, voc=voc), range(n), chunksize=8)
 
 
 def render(

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Issue 17's GPU work as one command on a lent GPU machine (README, "Where the models compute"):
+#
+#   TAILFORGE_COMMIT=<commit> bash benchmarks/gpu_session.sh OUT [SECONDS] [all|seeds]
+#
+# all (default), within SECONDS (default 540) of its start:
+#   1. benchmarks/gpu_check.py (CUDA against the CPU, throughput at 64/128/256 px), while the
+#      128 px phantom part's data are ingested on the CPU (experiment --prepare --settings baseline);
+#   2. the part's generators (experiment --prepare): the normal DiT and the label-conditioned one;
+#   3. its seeds, one process each, all at once on the one GPU (a seed's small batches leave most of
+#      it idle), each with --bootstrap 0 (the intervals are CPU work, done at the join);
+#   4. OUT/session.tar.xz.* (split to come back in parts): each seed's saved run and log.
+# seeds: step 3 again for the seeds without a saved run (a second call on the still-warm machine;
+# every finished fine-tune and generated set is reused), then step 4.
+#
+# Then, where the parts land: cat session.tar.xz.* | tar -xJ, and
+#   python -m benchmarks.experiment --part phantom128 --join gpu-session/seed*/ --out benchmarks/results
+# joins the seeds (refused unless they are one experiment) with one shared bootstrap.
+#
+# Env: TAILFORGE_HOME (default /tmp/tf), SEEDS (default "0 1 2 3 4"), PYTHON (default python3),
+# EXPERIMENT_ARGS and GPU_CHECK_ARGS (extra arguments; a CPU smoke test passes small ones).
+set -u
+out=${1:?give the folder for the results}
+budget=${2:-540}
+stage=${3:-all}
+started=$SECONDS
+export TAILFORGE_HOME=${TAILFORGE_HOME:-/tmp/tf} PYTHONUNBUFFERED=1
+py=${PYTHON:-python3}
+seeds=${SEEDS:-0 1 2 3 4}
+runs=$TAILFORGE_HOME/gpu-session
+threads=$(( $(nproc) / $(echo $seeds | wc -w) ))
+mkdir -p "$out" "$runs"
+left() { echo $(( budget - (SECONDS - started) )); }
+say() { echo "[gpu_session $(( SECONDS - started )) s] $*"; }
+experiment="$py -m benchmarks.experiment --part phantom128 --bootstrap 0 ${EXPERIMENT_ARGS:-}"
+
+if [ "$stage" = all ]; then
+  say "ingesting the phantom128 part's data on the CPU; gpu_check on the GPU"
+  $experiment --prepare --settings baseline > "$runs/ingest.log" 2>&1 &
+  ingest=$!
+  timeout $(( $(left) / 2 )) $py -m benchmarks.gpu_check --commit "${TAILFORGE_COMMIT:-unknown}" --out "$out" \
+    ${GPU_CHECK_ARGS:-} 2>&1 | tee "$out/gpu_check.log"
+  wait $ingest || say "ingest failed: $(tail -3 "$runs/ingest.log")"
+  say "training the generators"
+  timeout "$(left)" $experiment --prepare > "$runs/prepare.log" 2>&1 || say "prepare failed: $(tail -5 "$runs/prepare.log")"
+  tail -1 "$runs/prepare.log"
+fi
+
+say "seeds $seeds, $threads CPU threads each, until $budget s"
+if command -v nvidia-smi > /dev/null; then  # how busy the one GPU is with every seed on it
+  nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 15 > "$runs/gpu_use.csv" 2>&1 &
+  watcher=$!
+fi
+pids=""
+for seed in $seeds; do
+  [ -f "$runs/seed$seed/experiment_phantom128.json" ] && continue
+  OMP_NUM_THREADS=$threads timeout "$(( $(left) - 25 ))" $experiment --seeds "$seed" --out "$runs/seed$seed" \
+    > "$runs/seed$seed.log" 2>&1 &
+  pids="$pids $!"
+done
+[ -n "$pids" ] && wait $pids
+[ -n "${watcher:-}" ] && kill "$watcher"
+for seed in $seeds; do
+  say "seed $seed: $(tail -1 "$runs/seed$seed.log" | cut -c1-200)"
+done
+rm -f "$out"/session.tar.xz.*
+tar -C "$TAILFORGE_HOME" -cf - gpu-session | xz -T0 -2 | split -b 15M - "$out/session.tar.xz."
+say "bundled: $(ls "$out" | tr '\n' ' ')"
