@@ -56,11 +56,15 @@ def described(machine_: dict) -> str:
 
 
 def commit() -> str:
+    """The commit measured: $TAILFORGE_COMMIT when set (a copied tree on a lent machine, whose
+    git, if any, may describe another commit), else git's short HEAD."""
+    if os.environ.get("TAILFORGE_COMMIT"):
+        return os.environ["TAILFORGE_COMMIT"]
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                               cwd=Path(__file__).parent, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):  # a copied tree (a lent GPU machine) has no .git
-        return os.environ.get("TAILFORGE_COMMIT", "unknown")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
 def timed(fn: Callable[[], object], repeats: int) -> tuple[list[float], object]:

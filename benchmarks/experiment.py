@@ -306,7 +306,7 @@ def added_line(a: dict) -> str:
     """One join to a saved run (``--add``): rows, or seeds."""
     if "seeds" in a:
         return (f"\nSeeds {a['seeds']} added at commit `{a['commit']}` ({a['seconds'] / 60:.0f} min; `{a['command']}`; "
-                f"{a['machine']['cpu']}, {a['machine']['cores']} cores): every saved setting, with the same experiment "
+                f"{described(a['machine'])}): every saved setting, with the same experiment "
                 "settings and generators (checked).")
     return (f"\nRows {', '.join(f'`{s}`' for s in a['settings'])} added at commit `{a['commit']}` "
             f"({a['seconds'] / 60:.0f} min; `{a['command']}`): each seed's baseline, fine-tuned again, reproduced "
@@ -389,13 +389,32 @@ def summarise(part: str, out_dir: Path, payload: dict, bootstrap: int) -> None:
 
 
 def test_labels(payload: dict) -> np.ndarray:
-    """The test labels (N, K) in the run's ``test_sample_ids`` order."""
-    test = paper.test_set(payload["dataset"], payload.get("test_dataset"))
+    """The test labels (N, K) in the run's ``test_sample_ids`` order, read from its datasets
+    (``local_dataset``). Refused when they do not hold the images the run scored."""
+    test = paper.test_set(local_dataset(payload["dataset"], payload["part"]),
+                          local_dataset(payload.get("test_dataset"), payload["part"]))
     order = {sid: i for i, sid in enumerate(test.sample_ids)}
+    missing = [sid for sid in payload["test_sample_ids"] if sid not in order]
+    if missing:
+        raise SystemExit(f"the test set here lacks {len(missing)} of the {len(payload['test_sample_ids'])} images "
+                         f"the {payload['part']} run scored (e.g. {missing[0]}): not the same data")
     return test.labels.numpy()[[order[sid] for sid in payload["test_sample_ids"]]]
 
 
-def join(part: str, folders: list[Path], out_dir: Path, bootstrap: int) -> None:
+def local_dataset(path: str | None, part: str) -> str | None:
+    """A saved run's dataset on this machine: where the run had it, else the folder of the same
+    name under this TAILFORGE_HOME's bench/ (a run made on another machine, a lent GPU's /tmp).
+    The phantom renders the same images everywhere, and ``test_labels`` checks the sample ids."""
+    if path is None or Path(path).exists():
+        return path
+    here = tailforge_home() / "bench" / Path(path).name
+    if here.exists():
+        return str(here)
+    raise SystemExit(f"the {part} run's dataset {path} is not on this machine, nor at {here}: make it with "
+                     f"`python -m benchmarks.experiment --part {part} --prepare --settings baseline`")
+
+
+def join(part: str, folders: list[Path], out_dir: Path, bootstrap: int, note: str | None = None) -> None:
     """Runs of one part made apart, a few seeds each (in parallel processes or on other
     machines, from one prepared TAILFORGE_HOME), as one run in ``out_dir``: joined like
     ``--add`` (refused, with the reason, unless they are the same experiment), then compared with
@@ -406,6 +425,8 @@ def join(part: str, folders: list[Path], out_dir: Path, bootstrap: int) -> None:
     runs = sorted((load_saved(part, folder) for folder in folders), key=lambda p: min(p["config"]["seeds"]))
     joined = functools.reduce(add_seeds, runs)
     joined["config"]["bootstrap"] = bootstrap  # the runs may have skipped the intervals (--bootstrap 0)
+    if note:
+        joined["notes"] = [*joined.get("notes", []), note]
     out_dir.mkdir(parents=True, exist_ok=True)
     summarise(part, out_dir, joined, bootstrap)
     print(f"[{part}] joined seeds {joined['config']['seeds']} from {len(runs)} runs: "
@@ -454,11 +475,12 @@ def main() -> None:
     parser.add_argument("--join", type=Path, nargs="+", metavar="DIR",
                         help="join the part's saved runs in these folders (other seeds of the same experiment, "
                         "e.g. one per process) into --out, with one bootstrap of --bootstrap resamples")
+    parser.add_argument("--note", help="with --join: a sentence for the results' notes (where and how the runs were made)")
     args = parser.parse_args()
     if args.join:
         if args.part not in ("nih1000", *PHANTOM_SIZES):
             raise SystemExit(f"--join needs --part one of nih1000, {', '.join(PHANTOM_SIZES)}")
-        join(args.part, args.join, args.out, args.bootstrap)
+        join(args.part, args.join, args.out, args.bootstrap, args.note)
         return
     if args.rebuild:
         for part in (["nih1000", "phantom"] if args.part == "all" else [args.part]):

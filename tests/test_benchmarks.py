@@ -292,14 +292,15 @@ def test_seeds_made_apart_are_joined_into_one_run_with_one_bootstrap(phantom, tm
         folders.append(tmp_path / f"seed{seed}")
         folders[-1].mkdir()
         write_json(folders[-1], "toy", _saved_run(phantom, seed))
-    join("toy", folders, tmp_path / "joined", bootstrap=30)
+    join("toy", folders, tmp_path / "joined", bootstrap=30, note="Made apart.")
     joined = load_saved("toy", tmp_path / "joined")
     assert joined["config"]["seeds"] == [0, 1] and joined["config"]["bootstrap"] == 30
     assert [r["seed"] for r in joined["per_seed"]] == [0, 1] and joined["added"][0]["seeds"] == [1]
     gain = joined["comparison"]["settings"]["+inpainting"]["means"]["macro"]["auroc"]
     assert joined["comparison"]["bootstrap"]["resamples"] == 30 and gain["gain_ci95"] is not None
     assert joined["versus_best_longtail"]["baseline"] == "ldam-drw"
-    assert "toy (16 cores, toy GPU)" in (tmp_path / "joined" / "experiment_toy.md").read_text()
+    report = (tmp_path / "joined" / "experiment_toy.md").read_text()
+    assert "toy (16 cores, toy GPU)" in report and "Made apart." in report and "Seeds [1] added" in report
     other = tmp_path / "other"
     other.mkdir()
     write_json(other, "toy", _saved_run(phantom, 2, generator="dit-b"))
@@ -321,3 +322,19 @@ def test_a_phantom_ingested_before_is_not_rendered_again(tmp_path, monkeypatch):
     monkeypatch.setattr(experiment, "ingest_phantom", lambda *a, **k: rendered.append(a))
     experiment.ingest_once(uri, 30, 32, 5)  # another size of stream: ingested
     assert rendered == [(uri, 30)]
+
+
+def test_a_run_made_on_another_machine_finds_its_phantom_here_by_name_and_checks_the_images():
+    from benchmarks.experiment import test_labels
+    from benchmarks.paper import test_set
+    from flows.settings import tailforge_home
+    here = str(tailforge_home() / "bench" / "ph-12-s3")
+    ingest_phantom(here, 12, size=32, seed=3)
+    test = test_set(here)
+    ids = list(reversed(test.sample_ids))
+    run = {"part": "toy", "dataset": "/tmp/elsewhere/bench/ph-12-s3", "test_dataset": None, "test_sample_ids": ids}
+    assert np.array_equal(test_labels(run), test.labels.numpy()[::-1])
+    with pytest.raises(SystemExit, match="lacks 1 of the"):
+        test_labels({**run, "test_sample_ids": [*ids[:-1], "not-this-image"]})
+    with pytest.raises(SystemExit, match="is not on this machine"):
+        test_labels({**run, "dataset": "/tmp/elsewhere/bench/ph-99-s3"})
