@@ -67,7 +67,7 @@ from tasks.tensors import load_tensors
 # generated set -> (judge, mask placement, generator: the normal DiT inpaints; the label DiT samples)
 VARIANTS = {"all-cam": ("none", "cam", "dit"), "lkg-cam": ("rules", "cam", "dit"),
             "lkg-random": ("rules", "random", "dit"), "lkg-conditional": ("rules", "-", "label_dit"),
-            "llm-cam": ("anthropic", "cam", "dit")}
+            "llm-cam": ("anthropic", "cam", "dit"), "all-random": ("none", "random", "dit")}
 CRT_EPOCHS = 2  # cRT: after the fine-tune, the last layer alone on class-aware batches
 # setting -> (generated set, schedule, fine-tune overrides: the long-tail baselines of issue 16)
 SETTINGS = {"baseline": (None, "baseline", {}), "+inpainting": ("all-cam", "augmented", {}),
@@ -78,6 +78,8 @@ SETTINGS = {"baseline": (None, "baseline", {}), "+inpainting": ("all-cam", "augm
             "+LKG+cRT": ("lkg-cam", "pil", {"crt_epochs": CRT_EPOCHS}),
             "+inpainting+ldam-drw": ("all-cam", "augmented", {"loss": "ldam_drw"}),
             "+inpainting+cb": ("all-cam", "augmented", {"loss": "cb"}),
+            # its control: the same recipe with each mask moved to a random place (the 128 px phantom's one gain)
+            "random-ctrl+cb": ("all-random", "augmented", {"loss": "cb"}),
             "+LKG-llm": ("llm-cam", "pil", {}),
             "conditional": ("lkg-conditional", "pil", {})}
 LONGTAIL = ("cb", "ldam-drw", "cRT")  # the long-tail baselines (no generated images)
