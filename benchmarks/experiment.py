@@ -20,7 +20,8 @@ Parts:
   steps), settings and seeds as in benchmarks/paper.py;
 - ``phantom``: the same on a phantom of ``--phantom-n`` images at 64 px, plus what ground truth gives
   (benchmarks/phantom_truth.py); ``phantom128`` the same at 128 px (the DiT ``make fidelity`` trains
-  at 128 px is reused: patch 8, 4,000 steps);
+  at 128 px is reused: patch 8, 4,000 steps) and ``phantom256`` at 256 px (patch 16), each scored
+  on a second phantom stream of 9,000 other patients (GPU work: benchmarks/gpu_session.sh);
 - ``throughput``: benchmarks/throughput.py.
 
 ``--settings`` runs some settings only (the baseline always), and trains only the generators they
@@ -69,11 +70,11 @@ from tasks.dataset import read_manifest
 from tasks.pretrain import shipped_dit, train_label_dit, train_normal_dit
 
 PHANTOM_SEED = 21
-PHANTOM_SIZES = {"phantom": 64, "phantom128": 128}  # part -> image side
+PHANTOM_SIZES = {"phantom": 64, "phantom128": 128, "phantom256": 256}  # part -> image side
 # part's side -> images of the separate test stream (0: the dataset's own test split). Pneumonia, the
 # rarest tail class but Hernia, is 1.3% of phantom films: 9,000 of seed 22 hold 126 (Fibrosis 149,
 # Edema 152, ...; Hernia, 0.23%, holds 22 and would need ~43,500 for 100)
-PHANTOM_TEST_N = {64: 0, 128: 9000}
+PHANTOM_TEST_N = {64: 0, 128: 9000, 256: 9000}
 
 
 def generator(dataset: str, models_uri: str, config: DiTConfig, train: DiTTrainConfig) -> dict:
@@ -89,7 +90,9 @@ def generator(dataset: str, models_uri: str, config: DiTConfig, train: DiTTrainC
 def label_generator(dataset: str, models_uri: str, args) -> dict:
     """The DfT-Caption DiT (conditioning "labels") on ``dataset``'s labelled train split: reused, else trained."""
     manifest = read_manifest(dataset)
-    config = DiTConfig(image_size=manifest["image_size"], patch_size=4, depth=4, num_heads=4, head_dim=32,
+    # patch 4 up to 128 px (1,024 tokens), larger patches above so the token count stays there
+    config = DiTConfig(image_size=manifest["image_size"], patch_size=max(4, manifest["image_size"] // 32), depth=4,
+                       num_heads=4, head_dim=32,
                        conditioning="labels", num_labels=len(manifest["labels"]), prediction="sample")
     print(f"the label-conditioned DiT on {dataset} ({args.dit_steps_label} steps; reused if made before)", flush=True)
     handle = train_label_dit(dataset, models_uri, config,
@@ -130,7 +133,8 @@ def phantom(args, work: Path, models_uri: str, needs_dit: bool = True, size: int
     dataset = str(work.parent / f"phantom{size}-{args.phantom_n}-s{PHANTOM_SEED}")  # the ones fidelity.py uses
     ingest_once(dataset, args.phantom_n, size, PHANTOM_SEED)
     # the normal DiT benchmarks/fidelity.py measured at this size (its 4,000-step one is reused when there)
-    dit = generator(dataset, models_uri, DiTConfig(image_size=size, patch_size=4 if size <= 64 else 8, depth=6,
+    # patch 4 at 64 px, else 256 tokens at every side (patch 8 at 128 px, 16 at 256 px)
+    dit = generator(dataset, models_uri, DiTConfig(image_size=size, patch_size=4 if size <= 64 else size // 16, depth=6,
                                                    num_heads=4, head_dim=32, prediction="sample"),
                     DiTTrainConfig(steps=args.dit_steps_phantom, batch_size=32, warmup_steps=100)
                     ) if needs_dit else None
@@ -443,7 +447,7 @@ def rebuild(part: str, out_dir: Path, bootstrap: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", choices=["nih1000", *PHANTOM_SIZES, "throughput", "all"], default="all",
-                        help="all: nih1000, phantom (64 px) and throughput; phantom128 only when named")
+                        help="all: nih1000, phantom (64 px) and throughput; phantom128 and phantom256 only when named")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--phantom-n", type=int, default=3000)
     parser.add_argument("--phantom-test-n", type=int, help="score on this many images of a second phantom stream "

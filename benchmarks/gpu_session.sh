@@ -17,7 +17,8 @@
 #   python -m benchmarks.experiment --part phantom128 --join gpu-session/seed*/ --out benchmarks/results
 # joins the seeds (refused unless they are one experiment) with one shared bootstrap.
 #
-# Env: TAILFORGE_HOME (default /tmp/tf), SEEDS (default "0 1 2 3 4"), PYTHON (default python3),
+# Env: PART (default phantom128; phantom256 is the same at 256 px, about 25 min of an H200 by the
+# 128 px run's timings: more than one lease), TAILFORGE_HOME (default /tmp/tf), SEEDS (default "0 1 2 3 4"), PYTHON (default python3),
 # EXPERIMENT_ARGS and GPU_CHECK_ARGS (extra arguments; a CPU smoke test passes small ones).
 set -u
 out=${1:?give the folder for the results}
@@ -26,16 +27,17 @@ stage=${3:-all}
 started=$SECONDS
 export TAILFORGE_HOME=${TAILFORGE_HOME:-/tmp/tf} PYTHONUNBUFFERED=1
 py=${PYTHON:-python3}
+part=${PART:-phantom128}
 seeds=${SEEDS:-0 1 2 3 4}
 runs=$TAILFORGE_HOME/gpu-session
 threads=$(( $(nproc) / $(echo $seeds | wc -w) ))
 mkdir -p "$out" "$runs"
 left() { echo $(( budget - (SECONDS - started) )); }
 say() { echo "[gpu_session $(( SECONDS - started )) s] $*"; }
-experiment="$py -m benchmarks.experiment --part phantom128 --bootstrap 0 ${EXPERIMENT_ARGS:-}"
+experiment="$py -m benchmarks.experiment --part $part --bootstrap 0 ${EXPERIMENT_ARGS:-}"
 
 if [ "$stage" = all ]; then
-  say "ingesting the phantom128 part's data on the CPU; gpu_check on the GPU"
+  say "ingesting the $part part's data on the CPU; gpu_check on the GPU"
   $experiment --prepare --settings baseline > "$runs/ingest.log" 2>&1 &
   ingest=$!
   timeout $(( $(left) / 2 )) $py -m benchmarks.gpu_check --commit "${TAILFORGE_COMMIT:-unknown}" --out "$out" \
@@ -53,7 +55,7 @@ if command -v nvidia-smi > /dev/null; then  # how busy the one GPU is with every
 fi
 pids=""
 for seed in $seeds; do
-  [ -f "$runs/seed$seed/experiment_phantom128.json" ] && continue
+  [ -f "$runs/seed$seed/experiment_$part.json" ] && continue
   OMP_NUM_THREADS=$threads timeout "$(( $(left) - 25 ))" $experiment --seeds "$seed" --out "$runs/seed$seed" \
     > "$runs/seed$seed.log" 2>&1 &
   pids="$pids $!"
