@@ -64,7 +64,7 @@ from models.dit import DiTConfig, DiTTrainConfig
 from models.metrics import compare_settings
 from models.training import TrainConfig
 from tasks.finetune import FinetuneSettings
-from tasks.ingest import ingest_phantom
+from tasks.ingest import ingest_phantom, phantom_ingested
 from tasks.knowledge import NoGuidanceJudge, RulesJudge, plan
 from tasks.dataset import read_manifest
 from tasks.pretrain import shipped_dit, train_label_dit, train_normal_dit
@@ -154,13 +154,9 @@ def phantom(args, work: Path, models_uri: str, needs_dit: bool = True, size: int
 
 
 def ingest_once(dataset: str, n: int, size: int, seed: int) -> None:
-    """``ingest_phantom``, unless a completed ingest of the same images is recorded in the
-    dataset's runs/: it would render all ``n`` again only to find them there (the 128 px part's
-    12,000 images take minutes)."""
-    wanted = {"source": "phantom", "n": n, "size": size, "seed": seed, "vocab": "nih"}
-    records = (json.loads(p.read_text()) for p in sorted((Path(dataset) / "runs").glob("*.json")))
-    if not any(r.get("flow") == "ingest" and r.get("status") == "completed" and r.get("parameters") == wanted
-               for r in records):
+    """``ingest_phantom`` on every core, unless these images were ingested there before (the
+    128 px part's 12,000 images take minutes to render)."""
+    if not phantom_ingested(dataset, n, size, seed):
         ingest_phantom(dataset, n, size=size, seed=seed, workers=os.cpu_count() or 1)
 
 
@@ -481,17 +477,16 @@ def main() -> None:
                         "e.g. one per process) into --out, with one bootstrap of --bootstrap resamples")
     parser.add_argument("--note", help="with --join: a sentence for the results' notes (where and how the runs were made)")
     args = parser.parse_args()
+    joining = "--join" if args.join else "--add" if args.add else None
+    if joining and args.part not in ("nih1000", *PHANTOM_SIZES):
+        raise SystemExit(f"{joining} needs --part one of nih1000, {', '.join(PHANTOM_SIZES)}")
     if args.join:
-        if args.part not in ("nih1000", *PHANTOM_SIZES):
-            raise SystemExit(f"--join needs --part one of nih1000, {', '.join(PHANTOM_SIZES)}")
         join(args.part, args.join, args.out, args.bootstrap, args.note)
         return
     if args.rebuild:
         for part in (["nih1000", "phantom"] if args.part == "all" else [args.part]):
             rebuild(part, args.out, args.bootstrap)
         return
-    if args.add and args.part not in ("nih1000", *PHANTOM_SIZES):
-        raise SystemExit(f"--add needs --part one of nih1000, {', '.join(PHANTOM_SIZES)}")
     if args.quick and args.out == RESULTS and not args.prepare:
         raise SystemExit("--quick results are not results: give --out DIR")
     parts = ["nih1000", "phantom", "throughput"] if args.part == "all" else [args.part]

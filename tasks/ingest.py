@@ -348,12 +348,24 @@ def ingest_phantom(out_uri: str, n: int, size: int = 64, seed: int = 0, vocab: s
                    progress: Progress | None = None, workers: int = 1) -> IngestReport:
     """Write ``n`` built-in phantom images (tasks/phantom/) as a dataset, masks included;
     ``workers`` processes render them (the same images in the same order)."""
-    parameters = {"source": "phantom", "n": n, "size": size, "seed": seed, "vocab": vocab}
+    parameters = _phantom_parameters(n, size, seed, vocab)
     run_id = new_run_id()
     with dataset_lock(out_uri, "phantom"), recorded_run(out_uri, run_id, "ingest", parameters, utcnow()) as done:
         report = _ingest_phantom(out_uri, n, size, seed, vocab, shard_rows, explicit_tail, progress, run_id, workers)
         done(report.to_json())
         return report
+
+
+def phantom_ingested(out_uri: str, n: int, size: int = 64, seed: int = 0, vocab: str = "nih") -> bool:
+    """Whether ``out_uri``'s run records hold a completed ``ingest_phantom`` of these images: a
+    rerun would render all ``n`` again only to find them present."""
+    wanted = _phantom_parameters(n, size, seed, vocab)
+    return any(r.get("flow") == "ingest" and r.get("status") == "completed" and r.get("parameters") == wanted
+               for r in map(store.read_json, store.glob(store.join(out_uri, "runs"), "*.json")))
+
+
+def _phantom_parameters(n: int, size: int, seed: int, vocab: str) -> dict:
+    return {"source": "phantom", "n": n, "size": size, "seed": seed, "vocab": vocab}
 
 
 def _ingest_phantom(out_uri: str, n: int, size: int, seed: int, vocab: str, shard_rows: int,

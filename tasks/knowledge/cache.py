@@ -2,8 +2,9 @@
 
 A DuckDB file takes one writer, so decisions are made in the planning step, before any
 fan-out; a second process opening the same cache waits for it (``LOCK_WAIT_S`` at most), then
-is refused with a message naming the cache. Decisions are immutable (first write wins). Fallback decisions are recorded under
-their own id and never served as hits: the next run asks the LLM again.
+is refused with a message naming the cache. Decisions are immutable (first write wins).
+Fallback decisions are recorded under their own id and never served as hits: the next run asks
+the LLM again.
 """
 
 from __future__ import annotations
