@@ -206,7 +206,8 @@ def versus_best_longtail(payload: dict, runs: dict, labels: np.ndarray, bootstra
     if len(rows) == 1:
         return None
     comparison = compare_settings({s: runs[s] for s in rows}, labels, payload["findings"], payload["head"],
-                                  payload["tail"], baseline=best, bootstrap=bootstrap, seed=0)
+                                  payload["tail"], baseline=best, bootstrap=bootstrap, seed=0,
+                                  progress=lambda m: print(f"[against {best}] {m}", flush=True))
     for row in comparison["settings"].values():
         row.pop("classes")  # the group means answer the question; per class is in the main comparison
     return {"baseline": best, "chosen_by": "highest seed-mean tail F1 (val-tuned thresholds) on test among "
@@ -379,7 +380,8 @@ def summarise(part: str, out_dir: Path, payload: dict, bootstrap: int) -> None:
     .json, .md and .png."""
     labels, runs = test_labels(payload), runs_of(payload)
     payload["comparison"] = compare_settings(runs, labels, payload["findings"], payload["head"], payload["tail"],
-                                             baseline="baseline", bootstrap=bootstrap, seed=0)
+                                             baseline="baseline", bootstrap=bootstrap, seed=0,
+                                             progress=lambda m: print(f"[{part}] {m}", flush=True))
     payload["versus_best_longtail"] = versus_best_longtail(payload, runs, labels, bootstrap)
     payload["summarised_at_commit"] = commit()
     write_json(out_dir, part, payload)

@@ -230,7 +230,7 @@ def run(dataset: str, generators: dict[str, dict], work_dir: Path, models_uri: s
                                               f"fine-tuned in {entry['seconds']} s"))
         per_seed.append(record)
     comparison = compare_settings(runs, test.labels.numpy(), findings, head, tail, baseline="baseline",
-                                  bootstrap=config.bootstrap, seed=0)
+                                  bootstrap=config.bootstrap, seed=0, progress=log)
     return {"dataset": dataset, "test_dataset": test_dataset, "findings": findings, "head": head, "tail": tail,
             "split": {"train": len(original), "val": len(val), "test": len(test)},
             "test_sample_ids": test.sample_ids, "generator": generators.get("dit"),

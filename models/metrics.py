@@ -20,7 +20,7 @@ cumulative sum per class.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -255,7 +255,7 @@ def evaluate(probs, labels, class_names: Sequence[str], head: Sequence[str] = ()
 
 def compare_settings(runs: dict[str, list[tuple[np.ndarray, np.ndarray | None]]], labels, class_names: Sequence[str],
                      head: Sequence[str] = (), tail: Sequence[str] = (), baseline: str | None = None,
-                     bootstrap: int = 1000, seed: int = 0) -> dict:
+                     bootstrap: int = 1000, seed: int = 0, progress: Callable[[str], None] | None = None) -> dict:
     """Several settings, each trained with several seeds, scored on the same test images.
 
     ``runs`` maps a setting to one (probs (N, K), val-tuned thresholds (K,) or None) per seed.
@@ -265,6 +265,7 @@ def compare_settings(runs: dict[str, list[tuple[np.ndarray, np.ndarray | None]]]
     (sample standard deviation). Classes without test positives or negatives are left out of
     the means, as in ``evaluate``. ``gain_seed_sd`` is the spread over seeds of the per-seed gain
     (seed i of a setting against seed i of the baseline): the intervals do not include it.
+    ``progress``, if given, gets a line after each setting is scored.
     """
     if not runs or any(not seeds for seeds in runs.values()):
         raise ValueError("give at least one seed's (probs, thresholds) for every setting")
@@ -292,7 +293,11 @@ def compare_settings(runs: dict[str, list[tuple[np.ndarray, np.ndarray | None]]]
     defined = (weights @ (y == 1) > 0) & (weights @ (y == 0) > 0)  # (1 + B, K)
     usable = {g: np.concatenate([[True], defined[1:, idx].all(axis=1)]) if idx else np.ones(1 + bootstrap, bool)
               for g, idx in groups.items()}
-    per_seed = {s: [scored(p, t) for p, t in seeds] for s, seeds in runs.items()}
+    per_seed = {}
+    for done, (s, seeds) in enumerate(runs.items(), start=1):
+        per_seed[s] = [scored(p, t) for p, t in seeds]
+        if progress:  # a large test set with many resamples takes minutes
+            progress(f"scored {s} ({done}/{len(runs)} settings, {len(seeds)} seeds, {n} images, {bootstrap} resamples)")
     mean = {s: {m: np.mean([r[m] for r in rs], axis=0) for m in METRICS} for s, rs in per_seed.items()}
 
     def summary(values: np.ndarray, seeds: list[np.ndarray], base: np.ndarray | None,

@@ -284,7 +284,7 @@ def _saved_run(dataset, seed, generator="dit-a"):
                 for s in ("baseline", "ldam-drw", "+inpainting")}}]}
 
 
-def test_seeds_made_apart_are_joined_into_one_run_with_one_bootstrap(phantom, tmp_path):
+def test_seeds_made_apart_are_joined_into_one_run_with_one_bootstrap(phantom, tmp_path, capsys):
     from benchmarks.experiment import join
     from benchmarks.experiment_results import load_saved, write_json
     folders = []
@@ -293,6 +293,7 @@ def test_seeds_made_apart_are_joined_into_one_run_with_one_bootstrap(phantom, tm
         folders[-1].mkdir()
         write_json(folders[-1], "toy", _saved_run(phantom, seed))
     join("toy", folders, tmp_path / "joined", bootstrap=30, note="Made apart.")
+    assert "scored +inpainting (3/3 settings, 2 seeds" in capsys.readouterr().out  # progress of a long join
     joined = load_saved("toy", tmp_path / "joined")
     assert joined["config"]["seeds"] == [0, 1] and joined["config"]["bootstrap"] == 30
     assert [r["seed"] for r in joined["per_seed"]] == [0, 1] and joined["added"][0]["seeds"] == [1]
