@@ -53,7 +53,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks import paper, phantom_truth, tables
+from benchmarks import paper, phantom_truth, shortcut, tables
 from benchmarks.bench_models import trained_before
 from benchmarks.common import RESULTS, SHARED_DATA, commit, described, ingest_nih1000, machine
 from benchmarks.experiment_results import add_rows, add_seeds, check_same_experiment, load_saved, write_json
@@ -216,14 +216,15 @@ def versus_best_longtail(payload: dict, runs: dict, labels: np.ndarray, bootstra
 
 def ground_truth(result: dict, dataset: str, work: Path) -> dict:
     """Phantom only: CAM localisation per seed, lesion outcomes per generated set, decisions' error."""
-    out: dict = {"cam_localisation": {}, "lesions": {}, "entanglement": {}}
+    out: dict = {"cam_localisation": {}, "lesions": {}, "shortcut": {}, "entanglement": {}}
     for record in result["per_seed"]:
         seed = record["seed"]
         out["cam_localisation"][seed] = phantom_truth.cam_localisation(record["classifier"]["uri"], dataset)["_all"]
+        inpainted = [v for v in record["generated"] if paper.VARIANTS[v][2] == "dit"]  # conditional rows: no parent
         out["lesions"][seed] = {variant: phantom_truth.lesion_outcomes(dataset, str(work / f"seed{seed}" / variant),
-                                                                       result["tail"])
-                                for variant in record["generated"]
-                                if paper.VARIANTS[variant][2] == "dit"}  # conditional rows have no parent to compare
+                                                                       result["tail"]) for variant in inpainted}
+        out["shortcut"][seed] = {variant: shortcut.probe(record["classifier"]["uri"], dataset,
+                                                         str(work / f"seed{seed}" / variant)) for variant in inpainted}
     for name, judge in (("rules", RulesJudge()), ("none", NoGuidanceJudge())):
         _, decisions = plan(dataset, str(work / "decisions.duckdb"), judge)
         out["entanglement"][name] = phantom_truth.entanglement_error(dataset, decisions, result["head"], result["tail"])
@@ -293,6 +294,7 @@ def markdown(part: str, result: dict, data: dict, seconds: float) -> str:
                              f"{o.get('head_removal_rate')} | {o.get('head_lesion_mask_coverage_mean')} | "
                              f"{o.get('tail_lesions', 0)} | {o.get('tail_retention_rate')} | "
                              f"{o.get('tail_lesion_share_inside_mask_mean')} |")
+        lines += audit_lines(truth)
         lines += ["", "Entanglement decisions against true overlap (train candidates, one row per present head "
                   "finding; truth: its lesion, grown 2 px, touches a present tail lesion; predicted: kept):", "",
                   "| judge | head findings | true overlaps | kept | precision | recall | error rate |",
@@ -301,6 +303,44 @@ def markdown(part: str, result: dict, data: dict, seconds: float) -> str:
             lines.append(f"| {judge} | {e['pairs']} | {e['true_overlaps']} | {e['kept']} | {e['precision']} | "
                          f"{e['recall']} | {e['error_rate']} |")
     return "\n".join(lines) + "\n"
+
+
+def audit_lines(truth: dict) -> list[str]:
+    """The label audit of the generated rows (phantom_truth.lesion_outcomes' ``audit``) and the
+    shortcut probe (benchmarks/shortcut.py), per seed and set; empty for runs made before them."""
+    rows = [(seed, variant, o["audit"]) for seed, sets in truth["lesions"].items() for variant, o in sets.items()
+            if "audit" in o]
+    if not rows:
+        return []
+    lines = ["", "Label audit (issue 33): what fine-tuning reads. Removal by the signed criterion of "
+             "benchmarks/fidelity_measures.py (`make fidelity`'s) and by the absolute one (the table above); "
+             "`all` every generated row, `accepted` the rows fine-tuning reads, `masked` the accepted rows' head "
+             "lesions that their mask touches. Labels right: the share of judged rows whose every removed head "
+             "lesion is gone (signed) and every tail lesion kept. Probe: cross-validated ROC-AUC of a linear probe "
+             "on the pretrained classifier's features telling accepted rows from their parents (0.5: "
+             "indistinguishable).", "",
+             "| seed | set | rows all / accepted | removed signed all / accepted / masked | removed absolute all / "
+             "accepted | tail kept (signed, accepted) | labels right (accepted) | probe ROC-AUC |",
+             "|---|---|---|---|---|---|---|---|"]
+    for seed, variant, a in rows:
+        probe = truth.get("shortcut", {}).get(seed, {}).get(variant, {})
+        lines.append(f"| {seed} | {variant} | {a['all']['rows']} / {a['accepted']['rows']} | "
+                     f"{a['all']['removed_signed']} / {a['accepted']['removed_signed']} / "
+                     f"{a['accepted_masked']['removed_signed']} | {a['all']['removed_absolute']} / "
+                     f"{a['accepted']['removed_absolute']} | {a['accepted']['retained_signed']} | "
+                     f"{a['accepted']['rows_all_labels_right']} | {probe.get('roc_auc')} |")
+    precision: dict[str, dict[str, list]] = {}
+    for _, variant, a in rows:
+        for label, entry in a["accepted"]["label_precision"].items():
+            cell = precision.setdefault(variant, {}).setdefault(label, [0, 0.0])
+            if entry["right"] is not None:
+                cell[0] += entry["n"]
+                cell[1] += entry["n"] * entry["right"]
+    lines += ["", "Label precision of the accepted rows per class, over seeds (a head class's 0 after removal, a "
+              "tail class's 1): right / judged.", "", "| set | class (label) | judged | right |", "|---|---|---|---|"]
+    for variant, classes in precision.items():
+        lines += [f"| {variant} | {label} | {n} | {right / n:.3f} |" for label, (n, right) in classes.items() if n]
+    return lines
 
 
 def added_line(a: dict) -> str:

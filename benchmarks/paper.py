@@ -32,6 +32,14 @@ and the long-tail baselines any gain must beat (issue 16; Holste et al.'s NIH-CX
                                   whichever long-tail baseline proves stronger)
     +LKG-llm      llm-cam         PIL (the LLM judge's decisions instead of the rules table's)
 
+and what the pixels add (issue 33): the accepted rows of all-cam with their pixels unchanged,
+
+    +copies       all-cam-copies  every accepted row's parent again, with its own labels (random
+                                  oversampling of the same images: what extra tail exposure gives)
+    +relabel      all-cam-relabel every accepted row's parent, labelled as the generated row (the
+                                  removed head findings dropped): the label change alone
+    +copies+cb, +relabel+cb       the same with the class-balanced loss
+
 and the paper's DfT-Caption baseline (its Table 3): the same LKG candidates, each image sampled
 from noise for its kept finding set by a DiT conditioned on labels, trained on the train split:
 
@@ -52,6 +60,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
 
 from benchmarks.bench_models import trained_before
 from models.classifier import ClassifierConfig
@@ -62,12 +73,15 @@ from tasks.dataset import read_manifest
 from tasks.finetune import FinetuneSettings, fit_setting, load_generated
 from tasks.knowledge import make_judge, plan
 from tasks.pretrain import train_classifier
-from tasks.tensors import load_tensors
+from tasks.tensors import TensorSet, load_tensors
 
 # generated set -> (judge, mask placement, generator: the normal DiT inpaints; the label DiT samples)
 VARIANTS = {"all-cam": ("none", "cam", "dit"), "lkg-cam": ("rules", "cam", "dit"),
             "lkg-random": ("rules", "random", "dit"), "lkg-conditional": ("rules", "-", "label_dit"),
             "llm-cam": ("anthropic", "cam", "dit"), "all-random": ("none", "random", "dit")}
+# control set -> (the generated set whose accepted rows it follows, what it holds): each accepted row's
+# parent image unchanged, with the parent's labels ("copies") or the generated row's ("relabel")
+CONTROLS = {"all-cam-copies": ("all-cam", "copies"), "all-cam-relabel": ("all-cam", "relabel")}
 CRT_EPOCHS = 2  # cRT: after the fine-tune, the last layer alone on class-aware batches
 # setting -> (generated set, schedule, fine-tune overrides: the long-tail baselines of issue 16)
 SETTINGS = {"baseline": (None, "baseline", {}), "+inpainting": ("all-cam", "augmented", {}),
@@ -81,6 +95,9 @@ SETTINGS = {"baseline": (None, "baseline", {}), "+inpainting": ("all-cam", "augm
             # its control: the same recipe with each mask moved to a random place (the 128 px phantom's one gain)
             "random-ctrl+cb": ("all-random", "augmented", {"loss": "cb"}),
             "+LKG-llm": ("llm-cam", "pil", {}),
+            "+copies": ("all-cam-copies", "augmented", {}), "+relabel": ("all-cam-relabel", "augmented", {}),
+            "+copies+cb": ("all-cam-copies", "augmented", {"loss": "cb"}),
+            "+relabel+cb": ("all-cam-relabel", "augmented", {"loss": "cb"}),
             "conditional": ("lkg-conditional", "pil", {})}
 LONGTAIL = ("cb", "ldam-drw", "cRT")  # the long-tail baselines (no generated images)
 
@@ -99,14 +116,36 @@ class ExperimentConfig:
         return asdict(self)
 
 
+def generated_sets(settings) -> set[str]:
+    """The generated sets (keys of ``VARIANTS``) these settings read, a control's own set included."""
+    return {CONTROLS.get(SETTINGS[s][0], (SETTINGS[s][0],))[0] for s in settings if SETTINGS[s][0]}
+
+
 def judges_needed(settings) -> set[str]:
     """The knowledge judges these settings' generated sets are planned with."""
-    return {VARIANTS[SETTINGS[s][0]][0] for s in settings if SETTINGS[s][0]}
+    return {VARIANTS[v][0] for v in generated_sets(settings)}
 
 
 def generators_needed(settings) -> set[str]:
     """The generators (keys of ``VARIANTS``' third field) these settings' generated sets need."""
-    return {VARIANTS[SETTINGS[s][0]][2] for s in settings if SETTINGS[s][0]}
+    return {VARIANTS[v][2] for v in generated_sets(settings)}
+
+
+def parents_of(generated_uri: str, original, holds: str):
+    """A control set (``CONTROLS``): for each accepted row of ``generated_uri``, its parent's train
+    image from ``original`` with the parent's labels ("copies") or the generated row's ("relabel").
+    Its ids name the control and the generated row, so the fine-tune key tells copies from relabel.
+    None where nothing was accepted."""
+    accepted = load_generated(generated_uri, accepted_only=True)
+    if accepted is None:
+        return None
+    rows = load_tensors(generated_uri, where=pc.is_in(pc.field("sample_id"), pa.array(accepted.sample_ids)),
+                        columns=("parent_id",))
+    by_id = {sid: i for i, sid in enumerate(original.sample_ids)}
+    pick = torch.tensor([by_id[p] for p in rows.table.column("parent_id").to_pylist()], dtype=torch.long)
+    labels = original.labels[pick] if holds == "copies" else rows.labels
+    return TensorSet(original.images[pick], labels.clone(), [f"{holds}:{sid}" for sid in rows.sample_ids],
+                     original.findings, rows.table.select(["sample_id"]))
 
 
 def _fine_tune_code() -> str:
@@ -214,12 +253,15 @@ def run(dataset: str, generators: dict[str, dict], work_dir: Path, models_uri: s
                   "generated": {}, "finetune": {}}
         log(f"seed {seed}: classifier {classifier['id'][:12]} ({record['classifier']['seconds']} s)")
         sets = {}
-        for variant in sorted({SETTINGS[s][0] for s in config.settings} - {None}):
+        for variant in sorted(generated_sets(config.settings)):
             out = str(work_dir / f"seed{seed}" / variant)
             record["generated"][variant] = generate(dataset, out, classifier, generators[VARIANTS[variant][2]],
                                                     variant, config, str(work_dir / "decisions.duckdb"))
             sets[variant] = load_generated(out, config.finetune.accepted_only)
             log(f"seed {seed}: {variant} {record['generated'][variant]}")
+        for control in sorted({SETTINGS[s][0] for s in config.settings} & set(CONTROLS)):
+            source, holds = CONTROLS[control]
+            sets[control] = parents_of(str(work_dir / f"seed{seed}" / source), original, holds)
         for setting in config.settings:
             variant, _, overrides = SETTINGS[setting]
             entry = fine_tune(setting, original, sets.get(variant), classifier, val, test,

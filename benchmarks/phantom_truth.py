@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 import torch
 
 from benchmarks.bench_models import localisation
+from benchmarks.fidelity_measures import HALF, rate, removal, retention
 from models.classifier import load_checkpoint
 from tasks import store
 from tasks.dataset import existing_rows
@@ -27,9 +28,6 @@ from tasks.labels import vocabulary
 from tasks.phantom import render, sample_labels
 from tasks.phantom.stream import draw_split
 from tasks.tensors import lesion_masks, load_tensors
-
-HALF = 0.5
-
 
 def cam_localisation(classifier_uri: str, dataset: str) -> dict:
     """Pointing game and IoU of the classifier's Grad-CAM for the head lesions of test images."""
@@ -49,8 +47,14 @@ def _replay(source_uri: str, labels: np.ndarray, vocab_name: str, size: int) -> 
 
 
 def lesion_outcomes(dataset: str, generated: str, tail: list[str], vocab_name: str = "nih") -> dict:
-    """Head-lesion removal and tail-lesion retention over every generated image of ``generated``."""
-    rows = existing_rows(generated, ["parent_id", "image", "mask", "labels", "removed_labels"])
+    """Head-lesion removal and tail-lesion retention over every generated image of ``generated``
+    (the absolute criterion: the keys the committed results have), and ``audit``: the same lesions
+    under both of benchmarks/fidelity_measures.py's criteria, for every row, the accepted rows (what
+    fine-tuning reads) and the accepted rows whose mask touches the lesion, with the label precision
+    per class (a removed head class's 0 is right when its lesion is gone by the signed criterion, a
+    tail class's 1 when its lesion keeps half its signed contrast) and the share of rows whose labels
+    are all right."""
+    rows = existing_rows(generated, ["parent_id", "image", "mask", "labels", "removed_labels", "accepted"])
     if rows is None:
         return {"images": 0}
     parents = load_tensors(dataset, where=pc.is_in(pc.field("sample_id"), rows.column("parent_id").unique()),
@@ -58,8 +62,8 @@ def lesion_outcomes(dataset: str, generated: str, tail: list[str], vocab_name: s
     by_id = {sid: i for i, sid in enumerate(parents.sample_ids)}
     truth = lesion_masks(parents.table)
     findings = parents.findings
-    removed, coverage, kept, tail_in_mask = [], [], [], []
-    for row in rows.to_pylist():
+    lesions: list[dict] = []  # one per (row, judged lesion): the row's acceptance, the class, the outcome
+    for r, row in enumerate(rows.to_pylist()):
         i = by_id[row["parent_id"]]
         original = parents.images[i, 0].numpy()
         new = decode_png(row["image"]).astype(np.float32) / 255
@@ -67,15 +71,13 @@ def lesion_outcomes(dataset: str, generated: str, tail: list[str], vocab_name: s
         after = np.asarray(row["labels"], dtype=np.float32)
         source = parents.table.column("source_uri")[i].as_py()
         ideal = _replay(source, np.nan_to_num(after), vocab_name, original.shape[-1])
+        common = {"row": r, "accepted": bool(row["accepted"])}
         for name in row["removed_labels"]:
             lesion = truth[i].get(name)
-            if lesion is None or not lesion.any():
-                continue
-            before = float(np.abs(original - ideal)[lesion].mean())
-            if before <= 1e-3:  # the lesion draws nothing visible at this size
-                continue
-            removed.append(float(np.abs(new - ideal)[lesion].mean()) <= HALF * before)
-            coverage.append(float((lesion & mask).sum() / lesion.sum()))
+            outcome = removal(original, new, ideal, lesion) if lesion is not None and lesion.any() else None
+            if outcome is not None:
+                lesions.append({**common, "kind": "head", "class": name, "right": outcome["signed"],
+                                "absolute": outcome["absolute"], "inside": float((lesion & mask).sum() / lesion.sum())})
         for k in np.nonzero(after == 1.0)[0]:
             name = findings[k]
             lesion = truth[i].get(name) if name in tail else None
@@ -87,13 +89,38 @@ def lesion_outcomes(dataset: str, generated: str, tail: list[str], vocab_name: s
             reference = float(np.abs(ideal - clean)[lesion].mean())
             if reference <= 1e-3:
                 continue
-            kept.append(float(np.abs(new - clean)[lesion].mean()) >= HALF * reference)
-            tail_in_mask.append(float((lesion & mask).sum() / lesion.sum()))
+            lesions.append({**common, "kind": "tail", "class": name, "right": retention(new, ideal, clean, lesion),
+                            "absolute": float(np.abs(new - clean)[lesion].mean()) >= HALF * reference,
+                            "inside": float((lesion & mask).sum() / lesion.sum())})
+    head = [e for e in lesions if e["kind"] == "head"]
+    kept = [e for e in lesions if e["kind"] == "tail"]
+    accepted = [e for e in lesions if e["accepted"]]
     return {"images": rows.num_rows,
-            "head_lesions": len(removed), "head_removal_rate": _rate(removed),
-            "head_lesion_mask_coverage_mean": _mean(coverage),
-            "tail_lesions": len(kept), "tail_retention_rate": _rate(kept),
-            "tail_lesion_share_inside_mask_mean": _mean(tail_in_mask)}
+            "head_lesions": len(head), "head_removal_rate": rate([e["absolute"] for e in head]),
+            "head_lesion_mask_coverage_mean": _mean([e["inside"] for e in head]),
+            "tail_lesions": len(kept), "tail_retention_rate": rate([e["absolute"] for e in kept]),
+            "tail_lesion_share_inside_mask_mean": _mean([e["inside"] for e in kept]),
+            "audit": {"all": _audit(lesions, rows.num_rows),
+                      "accepted": _audit(accepted, sum(bool(a) for a in rows.column("accepted").to_pylist())),
+                      "accepted_masked": _audit([e for e in accepted if e["kind"] == "tail" or e["inside"] > 0])}}
+
+
+def _audit(lesions: list[dict], rows: int | None = None) -> dict:
+    """Removal (signed and absolute), retention and label precision per class over these lesions."""
+    head = [e for e in lesions if e["kind"] == "head"]
+    tail = [e for e in lesions if e["kind"] == "tail"]
+    wrong_rows = {e["row"] for e in lesions if e["right"] is False}
+    judged_rows = {e["row"] for e in lesions}
+    classes = sorted({(e["kind"], e["class"]) for e in lesions})
+    return {"rows": rows, "head_lesions": len(head), "removed_signed": rate([e["right"] for e in head]),
+            "removed_absolute": rate([e["absolute"] for e in head]),
+            "tail_lesions": len(tail), "retained_signed": rate([e["right"] for e in tail]),
+            "rows_judged": len(judged_rows),
+            "rows_all_labels_right": rate([r not in wrong_rows for r in sorted(judged_rows)]),
+            "label_precision": {f"{name} ({'0' if kind == 'head' else '1'})":
+                                {"n": sum(1 for e in lesions if e["class"] == name and e["kind"] == kind),
+                                 "right": rate([e["right"] for e in lesions if e["class"] == name and e["kind"] == kind])}
+                                for kind, name in classes}}
 
 
 def entanglement_error(dataset: str, decisions: list[Decision], head: list[str], tail: list[str]) -> dict:
@@ -120,10 +147,6 @@ def entanglement_error(dataset: str, decisions: list[Decision], head: list[str],
     return {"pairs": len(p), "true_overlaps": int(t.sum()), "kept": int(p.sum()),
             "precision": round(tp / max(1, tp + fp), 3), "recall": round(tp / max(1, tp + fn), 3),
             "error_rate": round((fp + fn) / max(1, len(p)), 3), "tp": tp, "fp": fp, "fn": fn, "tn": tn}
-
-
-def _rate(flags: list[bool]) -> float | None:
-    return round(float(np.mean(flags)), 3) if flags else None
 
 
 def _mean(values: list[float]) -> float | None:

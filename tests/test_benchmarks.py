@@ -1,8 +1,11 @@
 """The experiment's ground-truth measures (benchmarks/phantom_truth.py) on hand-made outcomes:
 a perfect removal, no removal, and a removal that also wipes the tail lesion."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+import torch
 
 from benchmarks.phantom_truth import _replay, entanglement_error, lesion_outcomes
 from tasks.dataset import ShardWriter, existing_rows, read_manifest, sample_schema
@@ -37,6 +40,7 @@ def _parents(phantom, limit=6):
 def _write(phantom, out, outcome):
     data, masks, chosen = _parents(phantom)
     assert len(chosen) >= 3, "the phantom should hold images with separate head and tail lesions"
+    accepted = {i for i, _, _ in chosen[::2]}  # every other row passed the product's checks
     writer = ShardWriter(out, sample_schema())
     for i, heads, tails in chosen:
         source = data.table.column("source_uri")[i].as_py()
@@ -55,8 +59,9 @@ def _write(phantom, out, outcome):
             region = region | np.any([masks[i][t] for t in tails], axis=0)
         writer.add({"sample_id": f"{outcome}-{i}", "image": encode_png(np.round(image * 255).astype(np.uint8)),
                     "labels": [float(v) for v in labels], "parent_id": data.sample_ids[i],
-                    "removed_labels": heads, "mask": encode_mask(region)})
+                    "removed_labels": heads, "mask": encode_mask(region), "accepted": i in accepted})
     writer.close()
+    Path(out, "dataset.json").write_text(Path(phantom, "dataset.json").read_text())  # the vocabulary
     return out
 
 
@@ -70,6 +75,63 @@ def test_lesion_outcomes_on_known_results(phantom, tmp_path, outcome, removed, r
     assert result["head_lesions"] >= 3 and result["tail_lesions"] >= 3
     assert result["head_removal_rate"] == removed and result["tail_retention_rate"] == retained
     assert result["head_lesion_mask_coverage_mean"] == 1.0  # the masks were the lesions themselves
+    audit = result["audit"]
+    assert audit["all"]["rows"] == result["images"] and audit["accepted"]["rows"] == (result["images"] + 1) // 2
+    assert audit["all"]["removed_signed"] == audit["accepted"]["removed_signed"] == removed
+    assert audit["accepted"]["retained_signed"] == retained
+    assert audit["accepted"]["rows_all_labels_right"] == (1.0 if removed and retained else 0.0)
+    assert 0 < audit["accepted"]["head_lesions"] < audit["all"]["head_lesions"]
+    precision = audit["accepted"]["label_precision"]
+    assert any(label.endswith("(0)") for label in precision) and any(label.endswith("(1)") for label in precision)
+    assert {entry["right"] for entry in precision.values()} <= {removed, retained}
+
+
+def test_the_copies_and_relabel_controls_hold_the_accepted_rows_parents(phantom, tmp_path):
+    """Issue 33: +copies adds each accepted row's parent with its own labels, +relabel with the
+    generated row's labels; pixels are the parent's in both, and their ids differ (the fine-tune key)."""
+    from benchmarks import paper
+    out = _write(phantom, str(tmp_path / "perfect"), "perfect")
+    original = load_tensors(phantom)
+    generated = load_tensors(out, columns=("parent_id", "accepted"))
+    accepted = [i for i, a in enumerate(generated.table.column("accepted").to_pylist()) if a]
+    copies = paper.parents_of(out, original, "copies")
+    relabel = paper.parents_of(out, original, "relabel")
+    assert len(copies) == len(relabel) == len(accepted) >= 2
+    parents = [original.sample_ids.index(generated.table.column("parent_id")[i].as_py()) for i in accepted]
+    assert torch.equal(copies.images, original.images[parents]) and torch.equal(relabel.images, copies.images)
+    assert torch.equal(copies.labels.nan_to_num(-1), original.labels[parents].nan_to_num(-1))
+    assert torch.equal(relabel.labels.nan_to_num(-1), generated.labels[accepted].nan_to_num(-1))
+    assert not torch.equal(relabel.labels.nan_to_num(-1), copies.labels.nan_to_num(-1))  # head findings dropped
+    assert set(copies.sample_ids).isdisjoint(relabel.sample_ids)
+    assert {paper.SETTINGS[s][0] for s in ("+copies", "+relabel")} <= set(paper.CONTROLS)
+    assert paper.generated_sets(["+copies", "+relabel+cb"]) == {"all-cam"}
+
+
+def test_the_shortcut_probe_finds_a_marked_inpainting_and_not_an_untouched_one(phantom, tmp_path):
+    from benchmarks.shortcut import probe
+    from models.classifier import ClassifierCard, ClassifierConfig, build_classifier, save_checkpoint
+    manifest = read_manifest(phantom)
+    torch.manual_seed(0)
+    config = ClassifierConfig(backbone="test_resnet", num_classes=len(manifest["labels"]), image_size=32)
+    card = ClassifierCard(labels=manifest["labels"], head=manifest["head_tail"]["head"],
+                          tail=manifest["head_tail"]["tail"], thresholds=[0.5] * len(manifest["labels"]),
+                          train_shards_sha256=[], seed=0, metrics={})
+    (tmp_path / "c.pt").write_bytes(save_checkpoint(build_classifier(config), config, card))
+    data = load_tensors(phantom, limit=40)
+    scores = {}
+    for outcome in ("untouched", "marked"):  # the parent again, or with a bright corner: a cue a network can learn
+        writer = ShardWriter(str(tmp_path / outcome), sample_schema())
+        for i, sid in enumerate(data.sample_ids):
+            image = data.images[i, 0].numpy().copy()
+            if outcome == "marked":
+                image[:6, :6] = 1.0
+            writer.add({"sample_id": f"{outcome}-{i}", "image": encode_png(np.round(image * 255).astype(np.uint8)),
+                        "labels": [float(v) for v in data.labels[i]], "parent_id": sid, "accepted": True})
+        writer.close()
+        Path(tmp_path, outcome, "dataset.json").write_text(Path(phantom, "dataset.json").read_text())
+        scores[outcome] = probe(str(tmp_path / "c.pt"), phantom, str(tmp_path / outcome))
+    assert scores["untouched"]["pairs"] == scores["marked"]["pairs"] == 40
+    assert scores["untouched"]["roc_auc"] <= 0.6 and scores["marked"]["roc_auc"] >= 0.9
 
 
 def test_entanglement_error_counts_against_true_overlap(phantom, tmp_path):
