@@ -44,7 +44,7 @@ def build(root: Path, rows: int) -> list[str]:
         real.add({"sample_id": sid, "image": png, "height": 8, "width": 8, "labels": [0.0] * 14, "split": "train",
                   "source_uri": f"{i:08d}.png", "origin": "real", "patient_id": str(i // 3)})
     real.close()
-    finish_manifest(str(root / "datasets" / "real"), name="real", vocab_name="nih", image_size=8,
+    finish_manifest(str(root / "datasets" / "real"), name="real", kind="real", vocab_name="nih", image_size=8,
                     source={"kind": "nih", "images_root": "/data/nih/images"}, run_id="ingest")
     out = root / "runs" / "nightly" / "augmented"
     generated = ShardWriter(str(out), sample_schema(), shard_rows=50_000, run_id="night-1")
@@ -59,7 +59,8 @@ def build(root: Path, rows: int) -> list[str]:
                        "decision_id": d.decision_id, "seed": i, "quality": 0.5, "accepted": bool(i % 5)})
     generated.close()
     export_decisions(decisions, str(out / "decisions"))
-    finish_manifest(str(out), name="augmented", vocab_name="nih", image_size=8, source={"kind": "augment"},
+    finish_manifest(str(out), name="augmented", kind="augmented", vocab_name="nih", image_size=8,
+                    source={"kind": "augment"},
                     run_id="night-1", explicit_tail=list(vocab.findings[7:]))
     return generated_ids
 

@@ -12,12 +12,13 @@ from prefect.artifacts import create_progress_artifact, create_table_artifact, u
 
 from flows.crashes import mark_crashed
 from flows.gpu import gpu_slots, say_device
+from flows.permanent import retry_unless_permanent
 from flows.runners import batch_submitter
 from flows.settings import KnowledgeSettings
 from flows.stages import write_result
 from tasks import augment as work
 from tasks import store
-from tasks.dataset import new_run_id, read_manifest, utcnow
+from tasks.dataset import check_writable, new_run_id, read_manifest, utcnow
 from tasks.knowledge import export_decisions, plan
 from tasks.locks import dataset_lock
 from tasks.runs import recorded_run
@@ -32,7 +33,8 @@ def plan_task(dataset_uri: str, cache_path: str, knowledge: KnowledgeSettings) -
     return summary, decisions
 
 
-@task(retries=2, retry_delay_seconds=5, task_run_name="augment-batch-{index}")
+@task(retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless_permanent,
+      task_run_name="augment-batch-{index}")
 def augment_batch(index: int, dataset_uri: str, out_uri: str, batch: list[work.Candidate], classifier: dict,
                   generator: dict, settings: dict, run_id: str) -> dict:
     """One batch of images; GPU-bound: it runs inside its run's `gpu` slots (gpu_slots)."""
@@ -89,7 +91,10 @@ def augment_flow(dataset_uri: str, out_uri: str, classifier: dict, generator: di
                  cache_path: str | None = None, result_uri: str | None = None) -> dict:
     """Generate tail-class samples for every planned candidate not already in ``out_uri``. One
     writer per output (tasks/locks.py): a second run into it is refused, naming the holder. The
-    summary is also written to ``result_uri`` when the factory runs this as a deployment."""
+    summary is also written to ``result_uri`` when the factory runs this as a deployment. An
+    output that is not this dataset's augmented set is refused before a lock or run record."""
+    manifest = read_manifest(dataset_uri)
+    check_writable(out_uri, "augmented", manifest["vocabulary"], manifest["image_size"], parent=dataset_uri)
     with dataset_lock(out_uri, "augment"):
         return write_result(result_uri, _augment(dataset_uri, out_uri, classifier, generator, knowledge, settings,
                                                  cache_path))

@@ -3,6 +3,7 @@
     tailforge ingest nih|chexpert|mimic|folder TABLE IMAGES_DIR [--out URI] [--split-csv CSV] [--size N]
     tailforge phantom [--n N] [--size S] [--seed K] [--vocab nih|chexpert] [--out URI]
     tailforge info URI [--json]
+    tailforge verify URI [--json]
     tailforge plan DATASET_URI [--judge rules|anthropic|none] [--json] [--export URI]
     tailforge decisions [--json] [--export URI]
     tailforge lineage SAMPLE_ID [--root URI] [--json]
@@ -100,6 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--reasons", action="store_true", help="list the quarantine rows: reason, table line, path")
     info.add_argument("--limit", type=int, default=50, help="with --reasons: at most this many rows (default 50)")
     info.add_argument("--json", action="store_true")
+
+    verify = commands.add_parser("verify", help="read every shard of a dataset and check it against the digest in "
+                                 "its name (every command checks the shards it reads; this checks them all)")
+    verify.add_argument("uri")
+    verify.add_argument("--json", action="store_true")
 
     plan = commands.add_parser("plan", help="head/tail split, label sets, LKG decisions and candidate images")
     plan.add_argument("uri", help="dataset URI")
@@ -242,6 +248,20 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=2))
     else:
         print_summary(summary)
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from tasks.dataset import verify_dataset
+
+    report = verify_dataset(args.uri)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    unchecked = report["shards"] - report["sealed"]
+    print(f"{args.uri}: {report['shards']} shards, {report['bytes'] / 1e6:.1f} MB, match their names "
+          f"({report['seconds']:.1f} s)" + (f"; {unchecked} written before content digests could not be checked"
+                                            if unchecked else ""))
     return 0
 
 
@@ -460,7 +480,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"ingest": cmd_ingest, "phantom": cmd_phantom, "info": cmd_info, "plan": cmd_plan,
+COMMANDS = {"ingest": cmd_ingest, "phantom": cmd_phantom, "info": cmd_info, "verify": cmd_verify, "plan": cmd_plan,
             "decisions": cmd_decisions, "lineage": cmd_lineage, "query": cmd_query, "runs": cmd_runs,
             "pretrain": cmd_pretrain, "augment": cmd_augment, "finetune": cmd_finetune, "run": cmd_run,
             "config": cmd_config, "demo": cmd_demo}

@@ -10,6 +10,7 @@ from prefect import flow, get_run_logger, task
 from flows.augment import augment_flow
 from flows.crashes import mark_crashed
 from flows.finetune import finetune_flow, report_task
+from flows.permanent import retry_unless_permanent
 from flows.progress import counted
 from flows.pretrain import pretrain_flow
 from flows.settings import (SOURCES, DatasetSettings, FactorySettings, finetune_settings, load_settings,
@@ -21,7 +22,8 @@ from tasks.ingest import ingest_phantom
 from tasks.runs import recorded_run
 
 
-@task(retries=1, retry_delay_seconds=10, task_run_name="ingest-{settings.source}")
+@task(retries=1, retry_delay_seconds=10, retry_condition_fn=retry_unless_permanent,
+      task_run_name="ingest-{settings.source}")
 def ingest_task(settings: DatasetSettings, uri: str) -> dict:
     """Add what is new to the dataset (re-runs skip rows already there)."""
     if settings.source == "existing":

@@ -6,6 +6,7 @@ from prefect import flow, get_run_logger, task
 
 from flows.crashes import mark_crashed
 from flows.gpu import gpu_slots, say_device
+from flows.permanent import retry_unless_permanent
 from flows.progress import StepProgress
 from flows.settings import ClassifierSettings, GeneratorSettings
 from flows.stages import write_result
@@ -16,7 +17,8 @@ from tasks import pretrain, store
 from tasks.runs import recorded_run
 
 
-@task(retries=1, retry_delay_seconds=10, task_run_name="train-classifier")
+@task(retries=1, retry_delay_seconds=10, retry_condition_fn=retry_unless_permanent,
+      task_run_name="train-classifier")
 def train_classifier_task(dataset_uri: str, models_uri: str, settings: ClassifierSettings, num_classes: int,
                           image_size: int) -> dict:
     if settings.checkpoint:
@@ -31,7 +33,8 @@ def train_classifier_task(dataset_uri: str, models_uri: str, settings: Classifie
             "test_macro": handle["metrics"]["means"]["macro"] if handle["metrics"] else None}
 
 
-@task(retries=1, retry_delay_seconds=10, task_run_name="train-dit")
+@task(retries=1, retry_delay_seconds=10, retry_condition_fn=retry_unless_permanent,
+      task_run_name="train-dit")
 def train_generator_task(dataset_uri: str, normals: list[str], models_uri: str, settings: GeneratorSettings,
                          image_size: int, num_labels: int, real_data: bool = False) -> dict:
     """The normal DiT (on ``normals``), or with conditioning "labels" the DfT-Caption DiT (on the

@@ -77,6 +77,12 @@ def print_summary(summary: dict) -> None:
     console.print(f"head/tail rule: {summary['head_tail_rule']}")
     for code, n in summary["quarantine_reasons"].items():
         console.print(f"quarantined {code}: {n}")
+    leaking = summary.get("patients_in_several_splits") or {}
+    if leaking:
+        patient, where = next(iter(leaking.items()))
+        console.print(f"[bold red]{len(leaking)} patients have images in more than one split[/] (e.g. patient "
+                      f"{patient} in {', '.join(where)}): test figures on this dataset are optimistic; re-ingest "
+                      f"into a new dataset with one split per patient")
     duplicates = summary.get("duplicate_ids") or {}
     if duplicates:
         console.print(f"[bold red]{len(duplicates)} sample ids are held more than once[/] "
@@ -119,6 +125,8 @@ def print_lineage(result: dict) -> None:
 
     summary = result["summary"]
     source = f"its real source {summary['source']}" if summary["source"] else "a real source not under this root"
+    if summary["source"] and summary.get("source_exists") is False:
+        source += " (NOT FOUND there now: moved or deleted since it was ingested)"
     if summary["origin"] == "conditional":
         source = "no real source: sampled from its finding set by the label-conditioned generator"
     print(f"{summary['sample_id']} ({summary['origin']}), {summary['depth']} step(s) from {source}")
@@ -139,8 +147,9 @@ def print_lineage(result: dict) -> None:
                   f"quality {step['quality']:.2f}, "
                   f"accepted {step['accepted']} ({step.get('verdict') or 'no removal check recorded'})")
             print(f"    classifier {step['classifier'].get('id', '')[:16]}, generator {step['generator'].get('id', '')[:16]}")
-        elif step.get("source_path"):
-            print(f"    source {step['source_path']}")
+        elif step.get("source_path") or step.get("source_note"):
+            note = f" ({step['source_note']})" if step.get("source_note") else ""
+            print(f"    source {step.get('source_path') or step['source_uri']}{note}")
         if step.get("run_link"):
             print(f"    {step['run_link']}")
 

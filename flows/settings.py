@@ -236,16 +236,43 @@ def settings_or_defaults(path: str | None) -> FactorySettings:
     return load_settings(path) if path else FactorySettings()
 
 
+MAX_SETTINGS_BYTES = 256 * 1024  # a settings file is a few kB: a larger one is a mistake or an attack
+MAX_SETTINGS_VALUES = 10_000  # YAML nodes once aliases are expanded (a 413-byte alias bomb expands to 10^9)
+
+
 def load_settings(path: str) -> FactorySettings:
     import yaml
 
     if not os.path.exists(path):
         raise FileNotFoundError(f"no settings file at {path}")
+    size = os.path.getsize(path)
+    if size > MAX_SETTINGS_BYTES:
+        raise ValueError(f"{path} is {size:,} bytes; a settings file is a few kB (at most {MAX_SETTINGS_BYTES:,})")
     with open(path) as fh:
-        try:
-            data = yaml.safe_load(fh) or {}
-        except yaml.YAMLError as exc:
-            raise ValueError(f"{path} is not valid YAML: {exc}") from exc
+        text = fh.read()
+    try:
+        _check_expanded_size(yaml.compose(text, Loader=yaml.SafeLoader), path)
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
         raise ValueError(f"{path} must hold a mapping of sections")
     return settings_from_dict(data)
+
+
+def _check_expanded_size(root, path: str) -> None:
+    """Count the YAML graph's nodes as loading would expand them (an alias counts its whole
+    target again), stopping at ``MAX_SETTINGS_VALUES``: refused before anything is built."""
+    import yaml
+
+    stack, seen = [root] if root is not None else [], 0
+    while stack:
+        node = stack.pop()
+        seen += 1
+        if seen > MAX_SETTINGS_VALUES:
+            raise ValueError(f"{path} expands to more than {MAX_SETTINGS_VALUES:,} values (YAML aliases repeated "
+                             f"inside each other?): a settings file names a few hundred at most")
+        if isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            stack.extend(part for pair in node.value for part in pair)

@@ -46,8 +46,8 @@ from models.removal import dit_fill, kept_classes, remove_lesions
 from models.sampling import sample
 from models.training import predict_probs
 from tasks import store
-from tasks.dataset import (SAMPLES, ShardWriter, existing_quarantine_ids, existing_rows, finish_manifest, label_matrix,
-                           read_manifest, sample_schema)
+from tasks.dataset import (SAMPLES, ShardWriter, check_writable, existing_quarantine_ids, existing_rows,
+                           finish_manifest, label_matrix, read_manifest, sample_schema)
 from tasks.images import decode_png, encode_mask, encode_png
 from tasks.knowledge.decision import Decision
 from tasks.knowledge.planner import candidate_codes, question_of
@@ -173,6 +173,7 @@ def prepare(dataset_uri: str, out_uri: str, manifest: dict, decisions: list[Deci
             generator_id: str, settings: AugmentSettings) -> Prepared:
     """The one augment preparation (the flow submits ``todo`` as tasks; the paper experiment and
     the tests loop over it): recipe -> candidates -> batches -> what is not done yet."""
+    check_writable(out_uri, "augmented", manifest["vocabulary"], manifest["image_size"], parent=dataset_uri)
     check_judging(out_uri, settings)
     recipe = recipe_id(settings, classifier_id, generator_id)
     candidates = build_candidates(dataset_uri, manifest["labels"], manifest["head_tail"]["head"],
@@ -217,7 +218,8 @@ def done_ids(out_uri: str) -> set[str]:
 def finish_output(out_uri: str, dataset_uri: str, manifest: dict, classifier: dict, generator: dict, recipe: str,
                   judge: str, settings: AugmentSettings, run_id: str, name: str) -> dict:
     """Write the augmented dataset's manifest, recording where its rows came from."""
-    return finish_manifest(out_uri, name=name, vocab_name=manifest["vocabulary"], image_size=manifest["image_size"],
+    return finish_manifest(out_uri, name=name, kind="augmented", vocab_name=manifest["vocabulary"],
+                           image_size=manifest["image_size"],
                            run_id=run_id, explicit_tail=manifest["head_tail"]["tail"],
                            source={"kind": "augment", "parent": dataset_uri, "classifier_id": classifier["id"],
                                    "generator_id": generator["id"], "recipe": recipe, "judge": judge},

@@ -83,10 +83,13 @@ def open_catalog(root: str, timeout_s: float | None = TIMEOUT_S, memory_limit: s
     datasets = [m.rsplit("/", 1)[0] for m in manifests]
     prefix = original_prefix(root)
     names = {d: store.read_json(m).get("name") for d, m in zip(datasets, manifests)}
-    for view, kind in (("samples", "samples"), ("quarantine", "quarantine")):
-        files = [f for d in datasets for f in store.glob(d, f"{kind}/part-*.parquet")]
-        _view_over(con, view, [fenced_url(f) for f in files], prefix, names)
-    decision_files = [fenced_url(f) for f in store.glob(root, "**/decisions/part-*.parquet")]
+    files = {kind: [f for d in datasets for f in store.glob(d, f"{kind}/part-*.parquet")]
+             for kind in ("samples", "quarantine")}
+    decisions = store.glob(root, "**/decisions/part-*.parquet")
+    store.verify_shards([*files["samples"], *files["quarantine"], *decisions])  # a changed shard: refused by name
+    for view in ("samples", "quarantine"):
+        _view_over(con, view, [fenced_url(f) for f in files[view]], prefix, names)
+    decision_files = [fenced_url(f) for f in decisions]
     if decision_files:
         con.execute(f"CREATE VIEW decisions AS SELECT DISTINCT ON (decision_id) * "
                     f"FROM read_parquet({_sql_list(decision_files)}, union_by_name = true)")

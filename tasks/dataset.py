@@ -8,6 +8,7 @@ not be ingested or generated, each with its reason).
 from __future__ import annotations
 
 import datetime as dt
+import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ SCHEMA_VERSION = 1
 MANIFEST = "dataset.json"
 SAMPLES = "samples"
 QUARANTINE = "quarantine"
+KINDS = ("real", "phantom", "augmented")  # what a dataset holds: one kind per dataset (check_writable)
 
 BOX = pa.struct([("label", pa.string()), ("x", pa.float32()), ("y", pa.float32()),
                  ("w", pa.float32()), ("h", pa.float32())])
@@ -213,7 +215,40 @@ def label_matrix(table: pa.Table, n_labels: int) -> np.ndarray:
     return np.asarray(flat, dtype=np.float32).reshape(-1, n_labels)
 
 
-def finish_manifest(dataset_uri: str, *, name: str, vocab_name: str, image_size: int, source: dict,
+def dataset_kind(manifest: dict) -> str:
+    """What a dataset holds (``KINDS``): recorded in its manifest, or read from the source of a
+    manifest written before kinds were."""
+    if "kind" in manifest:
+        return manifest["kind"]
+    return {"augment": "augmented", "phantom": "phantom"}.get((manifest.get("source") or {}).get("kind"), "real")
+
+
+def check_writable(dataset_uri: str, kind: str, vocab_name: str | None = None, image_size: int | None = None,
+                   parent: str | None = None) -> dict | None:
+    """Refuse, before any work and in one line, to add ``kind`` rows to an existing dataset of
+    another kind (phantom rows in a real dataset, generated rows in an ingested one), of another
+    vocabulary or size, or (generated rows) made from another parent dataset: such a write would
+    change its counts, name and head/tail without a word. A new folder is always writable.
+    Returns the existing manifest (None for a new folder)."""
+    try:
+        manifest = read_manifest(dataset_uri)
+    except FileNotFoundError:
+        return None
+    have = dataset_kind(manifest)
+    if have != kind:
+        raise ValueError(f"{dataset_uri} is a {have} dataset ({manifest['name']!r}); adding {kind} rows would mix "
+                         f"them into it. Choose another --out")
+    if vocab_name is not None and (manifest["vocabulary"], manifest["image_size"]) != (vocab_name, image_size):
+        raise ValueError(f"{dataset_uri} already holds a {manifest['vocabulary']} dataset at {manifest['image_size']} "
+                         f"px; this write is {vocab_name} at {image_size} px. Choose another --out.")
+    made_from = (manifest.get("source") or {}).get("parent")
+    if parent is not None and made_from not in (None, parent):
+        raise ValueError(f"{dataset_uri} holds samples generated from {made_from}, not from {parent}: choose "
+                         f"another --out")
+    return manifest
+
+
+def finish_manifest(dataset_uri: str, *, name: str, kind: str, vocab_name: str, image_size: int, source: dict,
                     run_id: str, explicit_tail: list[str] | None = None, extra_columns: list[str] = (),
                     extra: dict | None = None) -> dict:
     """Recompute the head/tail split over all rows and write dataset.json atomically."""
@@ -228,6 +263,7 @@ def finish_manifest(dataset_uri: str, *, name: str, vocab_name: str, image_size:
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "name": name,
+        "kind": kind,
         "vocabulary": vocab.name,
         "labels": list(vocab.findings),
         "normal_label": vocab.normal_label,
@@ -247,7 +283,7 @@ def summarize(dataset_uri: str) -> dict:
     """Rows, per-split and per-class counts, head/tail classes and quarantine counts."""
     manifest = read_manifest(dataset_uri)
     findings = manifest["labels"]
-    rows = existing_rows(dataset_uri, ["sample_id", "labels", "split", "origin"])
+    rows = existing_rows(dataset_uri, ["sample_id", "labels", "split", "origin", "patient_id"])
     splits: Counter = Counter()
     per_class = {f: Counter() for f in findings}
     normal: Counter = Counter()
@@ -280,7 +316,37 @@ def summarize(dataset_uri: str) -> dict:
         "quarantined": int(sum(reasons.values())),
         "quarantine_reasons": dict(reasons.most_common()),
         "duplicate_ids": duplicate_ids(rows),
+        "patients_in_several_splits": patients_in_several_splits(rows),
     }
+
+
+def verify_dataset(dataset_uri: str) -> dict:
+    """Every shard of a dataset (samples, quarantine, decisions) read whole and checked against its
+    name (tasks/store.py); ``ShardCorrupt`` names the first that differs."""
+    read_manifest(dataset_uri)  # a folder that is no dataset: the usual one line
+    started = time.perf_counter()
+    counts = store.verify_shards(store.glob(dataset_uri, f"**/{store.SHARD_PREFIX}*.parquet"))
+    return {"uri": dataset_uri, **counts, "seconds": round(time.perf_counter() - started, 3)}
+
+
+def patient_splits(rows: pa.Table | None) -> dict[str, str]:
+    """{patient id: the split of its first row} over rows with ``patient_id`` and ``split``."""
+    found: dict[str, str] = {}
+    if rows is not None:
+        for patient, split in zip(rows.column("patient_id").to_pylist(), rows.column("split").to_pylist()):
+            if patient:
+                found.setdefault(patient, split)
+    return found
+
+
+def patients_in_several_splits(rows: pa.Table | None) -> dict[str, list[str]]:
+    """{patient id: its splits} for every patient whose rows sit in more than one split."""
+    splits: dict[str, set[str]] = {}
+    if rows is not None:
+        for patient, split in zip(rows.column("patient_id").to_pylist(), rows.column("split").to_pylist()):
+            if patient:
+                splits.setdefault(patient, set()).add(split)
+    return {p: sorted(s) for p, s in sorted(splits.items()) if len(s) > 1}
 
 
 def duplicate_ids(rows: pa.Table | None) -> dict[str, int]:

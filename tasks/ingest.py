@@ -20,8 +20,8 @@ from stat import S_ISBLK, S_ISCHR, S_ISDIR, S_ISFIFO, S_ISREG, S_ISSOCK
 from typing import Callable, Iterator
 
 from tasks import sources, store
-from tasks.dataset import (ShardWriter, existing_quarantine_ids, existing_rows, finish_manifest, new_run_id,
-                           read_manifest, retire_quarantine, sample_schema, utcnow)
+from tasks.dataset import (ShardWriter, check_writable, existing_quarantine_ids, existing_rows, finish_manifest,
+                           new_run_id, patient_splits, read_manifest, retire_quarantine, sample_schema, utcnow)
 from tasks.images import (DEFAULT_MAX_ASPECT, DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, ImageError, check_plausible,
                           content_id, decode, encode_png, resize_square)
 from tasks.locks import dataset_lock
@@ -196,22 +196,13 @@ def _load(root: _ImageRoot, record: SourceRecord, options: IngestOptions) -> _Lo
                    16 if pixels.dtype.itemsize == 2 else 8)
 
 
-def _check_compatible(out_uri: str, vocab_name: str, size: int) -> None:
-    try:
-        manifest = read_manifest(out_uri)
-    except FileNotFoundError:
-        return
-    if manifest["vocabulary"] != vocab_name or manifest["image_size"] != size:
-        raise ValueError(
-            f"{out_uri} already holds a {manifest['vocabulary']} dataset at {manifest['image_size']} px; "
-            f"this ingest is {vocab_name} at {size} px. Choose another --out.")
-
-
 def ingest(source: SourceTable, images_root: str, out_uri: str,
            options: IngestOptions = IngestOptions(), progress: Progress | None = None) -> IngestReport:
     """Decode, validate and write every record of ``source`` to the dataset at ``out_uri``
     (one writer at a time: tasks/locks.py)."""
     run_id = new_run_id()  # the record's and the rows' (so a row finds the run that wrote it)
+    check_writable(out_uri, "real", source.vocab.name, options.size)  # refused before a lock or run record (again
+    # under the lock: two writers of different kinds may start on one new folder at once)
     with dataset_lock(out_uri, f"ingest {source.kind}"), \
             recorded_run(out_uri, run_id, "ingest", {"source": source.kind, "images": images_root,
                                                      "options": asdict(options)}, utcnow()) as done:
@@ -223,10 +214,11 @@ def ingest(source: SourceTable, images_root: str, out_uri: str,
 def _ingest(source: SourceTable, images_root: str, out_uri: str, options: IngestOptions,
             progress: Progress | None, run_id: str) -> IngestReport:
     started = time.perf_counter()
-    _check_compatible(out_uri, source.vocab.name, options.size)
-    before = existing_rows(out_uri, ["sample_id", "source_uri"])
+    existing = check_writable(out_uri, "real", source.vocab.name, options.size)
+    before = existing_rows(out_uri, ["sample_id", "source_uri", "patient_id", "split", "run_id"])
     known_ids = set(before.column("sample_id").to_pylist()) if before is not None else set()
-    known_paths = set(before.column("source_uri").to_pylist()) if before is not None else set()
+    known_paths = _paths_from(before, (existing or {}).get("images_roots"), _describe(images_root))
+    split_of_patient = patient_splits(before)
     writer = ShardWriter(out_uri, sample_schema(source.extra_columns), options.shard_rows, run_id=run_id,
                          known_quarantine=existing_quarantine_ids(out_uri))
     report = IngestReport(out_uri, filtered=dict(source.filtered))
@@ -244,6 +236,12 @@ def _ingest(source: SourceTable, images_root: str, out_uri: str, options: Ingest
             report.already_present += 1
         elif record.label_error is not None:
             _quarantine(writer, record, "bad_label", record.label_error)
+        elif record.patient_id and split_of_patient.setdefault(record.patient_id, _split(record)) != _split(record):
+            _quarantine(writer, record, "patient_in_other_split",
+                        f"patient {record.patient_id} already has images in {split_of_patient[record.patient_id]}; "
+                        f"this row would put them in {_split(record)} too, which makes every test figure "
+                        f"optimistic. Give all of a patient's images one split (the split table), or ingest into "
+                        f"a new dataset")
         else:
             todo.append(record)
 
@@ -266,10 +264,12 @@ def _ingest(source: SourceTable, images_root: str, out_uri: str, options: Ingest
             progress(done, len(todo))
     writer.close()
     report.retired = retire_quarantine(out_uri, known_paths)  # rows that failed before and are in now
-    finish_manifest(out_uri, name=options.name or source.kind, vocab_name=source.vocab.name,
-                    image_size=options.size, source={**source.description, "images_root": _describe(images_root)},
+    # each run's image folder: rows keep their run id, so lineage joins a row to the folder it came from
+    roots = {**(existing or {}).get("images_roots", {}), writer.run_id: _describe(images_root)}
+    finish_manifest(out_uri, name=options.name or (existing or {}).get("name") or source.kind, kind="real",
+                    vocab_name=source.vocab.name, image_size=options.size, source=source.description,
                     run_id=writer.run_id, explicit_tail=list(options.explicit_tail) if options.explicit_tail else None,
-                    extra_columns=source.extra_columns)
+                    extra_columns=source.extra_columns, extra={"images_roots": roots})
     report.rows_written = writer.written
     report.shards_written = len(writer.shards)
     report.quarantined = dict(writer.quarantined)
@@ -313,12 +313,27 @@ def _decode_all(root: _ImageRoot, records: list[SourceRecord], options: IngestOp
             yield from zip(chunk, pool.map(lambda r: _load(root, r, options), chunk))
 
 
+def _paths_from(rows, roots: dict[str, str] | None, root: str) -> set[str]:
+    """The source paths already ingested from the folder ``root``: rows whose run read that folder
+    (``roots``: run id -> folder; None in a manifest from before it was kept: every row counts). A
+    path from another folder names another file, however alike the names."""
+    if rows is None:
+        return set()
+    return {path for path, run in zip(rows.column("source_uri").to_pylist(), rows.column("run_id").to_pylist())
+            if roots is None or roots.get(run) == root}
+
+
+def _split(record: SourceRecord) -> str:
+    """The record's split: the source's or the split table's, else the patient hash."""
+    return record.split or default_split(record.patient_id or record.path)
+
+
 def _row(record: SourceRecord, loaded: _Loaded) -> dict:
     return {
         "sample_id": loaded.sample_id, "image": loaded.png, "height": loaded.height,
         "width": loaded.width, "bit_depth": loaded.bit_depth,
         "labels": [float(v) for v in record.labels],
-        "split": record.split or default_split(record.patient_id or record.path),
+        "split": _split(record),
         "patient_id": record.patient_id, "view": record.view, "source_uri": record.path,
         "origin": "real", "boxes": record.boxes or None, **record.extra,
     }
@@ -350,6 +365,7 @@ def ingest_phantom(out_uri: str, n: int, size: int = 64, seed: int = 0, vocab: s
     ``workers`` processes render them (the same images in the same order)."""
     parameters = _phantom_parameters(n, size, seed, vocab)
     run_id = new_run_id()
+    check_writable(out_uri, "phantom", vocab, size)  # refused before a lock or run record (again under the lock)
     with dataset_lock(out_uri, "phantom"), recorded_run(out_uri, run_id, "ingest", parameters, utcnow()) as done:
         report = _ingest_phantom(out_uri, n, size, seed, vocab, shard_rows, explicit_tail, progress, run_id, workers)
         done(report.to_json())
@@ -377,7 +393,7 @@ def _ingest_phantom(out_uri: str, n: int, size: int, seed: int, vocab: str, shar
 
     started = time.perf_counter()
     vocabulary_ = vocabulary(vocab)
-    _check_compatible(out_uri, vocabulary_.name, size)
+    check_writable(out_uri, "phantom", vocabulary_.name, size)
     before = existing_rows(out_uri, ["sample_id"])
     known_ids = set(before.column("sample_id").to_pylist()) if before is not None else set()
     writer = ShardWriter(out_uri, sample_schema(), shard_rows, run_id=run_id)
@@ -398,7 +414,7 @@ def _ingest_phantom(out_uri: str, n: int, size: int, seed: int, vocab: str, shar
         if progress:
             progress(done, n)
     writer.close()
-    finish_manifest(out_uri, name="phantom", vocab_name=vocabulary_.name, image_size=size,
+    finish_manifest(out_uri, name="phantom", kind="phantom", vocab_name=vocabulary_.name, image_size=size,
                     source={"kind": "phantom", "n": n, "seed": seed}, run_id=writer.run_id,
                     explicit_tail=list(explicit_tail) if explicit_tail else None)
     report.rows_written = writer.written

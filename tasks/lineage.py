@@ -46,6 +46,25 @@ def _row(catalog: Catalog, sample_id: str) -> dict | None:
                                   for r in rows[1:]]}
 
 
+def _source(manifest: dict, row: dict) -> dict:
+    """Where a real row's image was read from: its path joined to the image folder of the run that
+    ingested it (manifest ``images_roots``; manifests written before it name only the last
+    ingest's folder), and whether that file is there now: a path is never printed as if it were."""
+    path = row["source_uri"]
+    if path and path.startswith("phantom://"):  # rendered again from its seed and index, not a file
+        return {"source_uri": path, "source_path": path, "source_exists": None}
+    if path and "://" not in path:
+        roots = manifest.get("images_roots")
+        root = roots.get(row["run_id"]) if roots is not None else manifest.get("source", {}).get("images_root")
+        if root is None:
+            return {"source_uri": path, "source_path": None, "source_exists": False,
+                    "source_note": "the folder it was ingested from is not recorded"}
+        path = store.join(root, path)
+    found = bool(path) and store.exists(path)
+    return {"source_uri": row["source_uri"], "source_path": path, "source_exists": found,
+            **({} if found or not path else {"source_note": "not there now: moved or deleted since it was ingested"})}
+
+
 def _manifest(dataset_uri: str, cache: dict) -> dict:
     if dataset_uri not in cache:
         cache[dataset_uri] = store.read_json(store.join(dataset_uri, "dataset.json"))
@@ -131,10 +150,7 @@ def lineage(catalog: Catalog, sample_id: str) -> dict:
                 "generator": _record(catalog, "checkpoints", "id", row["generator_id"]) or {"id": row["generator_id"]},
                 "run": _record(catalog, "runs", "run_id", row["run_id"])})
         else:
-            root = manifest.get("source", {}).get("images_root")
-            step["source_uri"] = row["source_uri"]
-            step["source_path"] = store.join(root, row["source_uri"]) if root and row["source_uri"] and \
-                "://" not in row["source_uri"] else row["source_uri"]
+            step.update(_source(manifest, row))
         chain.append(step)
         if not row["parent_id"]:
             break
@@ -146,7 +162,8 @@ def lineage(catalog: Catalog, sample_id: str) -> dict:
     first = chain[0]
     real = next((s for s in reversed(chain) if s.get("origin") not in (None, *GENERATED_ORIGINS)), None)
     summary = {"sample_id": first["sample_id"], "origin": first["origin"], "depth": len(chain) - 1,
-               "source": real.get("source_path") if real else None}
+               "source": real.get("source_path") if real else None,
+               "source_exists": real.get("source_exists") if real else None}
     if real and first is not real:
         summary["labels_before"] = [n for n, v in real["labels"].items() if v == 1]
         summary["labels_after"] = [n for n, v in first["labels"].items() if v == 1]

@@ -6,8 +6,12 @@ names an S3-compatible endpoint such as MinIO; keys come from the standard AWS c
 (``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``, profiles, instance roles).
 
 Writes are atomic: locally a temporary name in the same folder and ``os.replace``; on S3 one
-PUT of the whole object. Shards are named by what they contain, so writing one twice gives
-the same object and a reader never sees half a shard.
+PUT of the whole object. Shards are named by what they contain: ``part-<rows>-<bytes>.parquet``,
+a digest of the rows' keys (writing the same rows twice finds the first shard and writes nothing)
+and a digest of the file's bytes, which every read checks (``read_verified``): a shard that
+changed at rest (a flipped bit, a truncated copy) is refused by name instead of decoding to
+wrong labels. Shards written before content digests (``part-<rows>.parquet``) are read
+unchecked; ``tailforge verify`` counts them.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import io
 import json
 import os
 import posixpath
+import re
 import uuid
 from typing import Any, Iterable, Mapping
 
@@ -25,6 +30,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 SHARD_PREFIX = "part-"
+KEYS_DIGEST, CONTENT_DIGEST = 20, 16  # hex characters of each sha256 in a shard's name
+_SEALED = re.compile(rf"^{SHARD_PREFIX}[0-9a-f]{{{KEYS_DIGEST}}}-(?P<content>[0-9a-f]{{{CONTENT_DIGEST}}})\.parquet$")
+
+
+class ShardCorrupt(ValueError):
+    """A shard whose bytes do not match the digest in its name, or that is not Parquet at all."""
 
 
 def storage_options_from_env(env: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -119,10 +130,53 @@ def list_shards(folder_uri: str) -> list[str]:
     return glob(folder_uri, f"{SHARD_PREFIX}*.parquet")
 
 
-def shard_name(keys: Iterable[str]) -> str:
-    """Name a shard by the sorted keys of its rows: same content, same name."""
-    digest = hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()[:20]
-    return f"{SHARD_PREFIX}{digest}.parquet"
+def shard_stem(keys: Iterable[str]) -> str:
+    """The part of a shard's name that its rows' sorted keys decide: same rows, same stem."""
+    return f"{SHARD_PREFIX}{hashlib.sha256(chr(10).join(sorted(keys)).encode()).hexdigest()[:KEYS_DIGEST]}"
+
+
+def shard_name(keys: Iterable[str], data: bytes) -> str:
+    """The stem of the keys, then the digest of the file's bytes that readers check."""
+    return f"{shard_stem(keys)}-{hashlib.sha256(data).hexdigest()[:CONTENT_DIGEST]}.parquet"
+
+
+def sealed_digest(uri: str) -> str | None:
+    """The content digest a shard's name records; None for a name from before content digests."""
+    found = _SEALED.match(uri.rsplit("/", 1)[-1])
+    return found["content"] if found else None
+
+
+def verify(uri: str, data: bytes) -> bool:
+    """True when ``data`` matches the digest in ``uri``'s name, False when the name records none;
+    ``ShardCorrupt`` (one line naming the shard) when they differ."""
+    expected = sealed_digest(uri)
+    if expected is None:
+        return False
+    found = hashlib.sha256(data).hexdigest()[:CONTENT_DIGEST]
+    if found != expected:
+        raise ShardCorrupt(f"shard {uri} is corrupt: its bytes hash to {found}, its name says {expected} (it "
+                           f"changed after it was written). Restore it from a copy, or remove it and re-run the "
+                           f"stage that wrote it; `tailforge verify` checks every shard of a dataset")
+    return True
+
+
+def read_verified(uri: str) -> bytes:
+    """A shard's bytes, checked against its name."""
+    data = read_bytes(uri)
+    verify(uri, data)
+    return data
+
+
+def verify_shards(uris: Iterable[str]) -> dict:
+    """Every shard read whole and checked against its name (``ShardCorrupt`` at the first that
+    differs): how many, how many had a digest to check (``sealed``), their bytes."""
+    counts = {"shards": 0, "sealed": 0, "bytes": 0}
+    for uri in uris:
+        data = read_bytes(uri)
+        counts["sealed"] += verify(uri, data)
+        counts["shards"] += 1
+        counts["bytes"] += len(data)
+    return counts
 
 
 def parquet_bytes(table: pa.Table) -> bytes:
@@ -132,12 +186,16 @@ def parquet_bytes(table: pa.Table) -> bytes:
 
 
 def write_shard(folder_uri: str, table: pa.Table, key_column: str) -> tuple[str, bool]:
-    """Write ``table`` as one shard named by its keys. Returns (uri, written); an existing
-    shard of the same name already holds these rows and is left as it is (idempotent)."""
-    uri = join(folder_uri, shard_name(table.column(key_column).to_pylist()))
-    if exists(uri):
-        return uri, False
-    write_bytes_atomic(uri, parquet_bytes(table))
+    """Write ``table`` as one shard named by its keys and bytes. Returns (uri, written); a shard
+    with the same keys already holds these rows and is left as it is (idempotent)."""
+    keys = table.column(key_column).to_pylist()
+    stem = shard_stem(keys)
+    found = glob(folder_uri, f"{stem}.parquet") + glob(folder_uri, f"{stem}-*.parquet")
+    if found:
+        return found[0], False
+    data = parquet_bytes(table)
+    uri = join(folder_uri, shard_name(keys, data))
+    write_bytes_atomic(uri, data)
     return uri, True
 
 
@@ -151,12 +209,16 @@ def remove(uri: str) -> None:
 
 
 def read_parquet(uris: list[str], columns: list[str] | None = None) -> pa.Table | None:
-    """These Parquet files as one table (None for an empty list)."""
+    """These Parquet files as one table (None for an empty list), each checked against its name
+    first; a file that is not Parquet is ``ShardCorrupt`` naming it."""
     tables = []
     for uri in uris:
-        fs, path = filesystem(uri)
-        with fs.open(path, "rb") as fh:
-            tables.append(pq.read_table(fh, columns=columns))
+        data = read_verified(uri)
+        try:
+            tables.append(pq.read_table(pa.BufferReader(data), columns=columns))
+        except (pa.ArrowException, OSError) as exc:
+            raise ShardCorrupt(f"shard {uri} cannot be read as Parquet ({str(exc).splitlines()[0][:160]}): restore "
+                               f"it from a copy, or remove it and re-run the stage that wrote it") from exc
     return pa.concat_tables(tables, promote_options="default") if tables else None
 
 

@@ -38,7 +38,8 @@ def small_run(tmp_path_factory):
     batch = work.prepare(dataset, out, manifest, decisions, classifier["id"], generator["id"], settings).candidates[:6]
     work.run_batch(dataset, out, batch, classifier, generator, settings, "run-0001")
     export_decisions(decisions, store.join(out, "decisions"))
-    finish_manifest(out, name="augmented", vocab_name="nih", image_size=32, source={"kind": "augment"},
+    finish_manifest(out, name="augmented", kind="augmented", vocab_name="nih", image_size=32,
+                    source={"kind": "augment"},
                     run_id="run-0001", explicit_tail=manifest["head_tail"]["tail"])
     write_run_record(out, "run-0001", "augment", {"dataset_uri": dataset, "api_key": "nope"}, "completed", utcnow(),
                      {"written": len(batch)})

@@ -72,7 +72,8 @@ def conditional_run(tmp_path_factory):
     prepared = work.prepare(dataset, out, manifest, decisions, classifier["id"], generator["id"], settings)
     batch = prepared.candidates[:5]
     result = work.run_batch(dataset, out, batch, classifier, generator, settings, "run-cond")
-    finish_manifest(out, name="conditional", vocab_name="nih", image_size=32, source={"kind": "augment"},
+    finish_manifest(out, name="conditional", kind="augmented", vocab_name="nih", image_size=32,
+                    source={"kind": "augment"},
                     run_id="run-cond", explicit_tail=manifest["head_tail"]["tail"])
     return {"root": str(root), "dataset": dataset, "out": out, "batch": batch, "result": result,
             "generator": generator, "classifier": classifier, "findings": manifest["labels"]}

@@ -25,7 +25,8 @@ def empty_run(tmp_path_factory):
     classifier = train_classifier(dataset, str(root / "models"), ClassifierConfig("resnet18", 14, 32),
                                   TrainConfig(epochs=1))
     manifest = read_manifest(dataset)
-    finish_manifest(augmented, name="augmented", vocab_name="nih", image_size=32, source={"kind": "augment"},
+    finish_manifest(augmented, name="augmented", kind="augmented", vocab_name="nih", image_size=32,
+                    source={"kind": "augment"},
                     run_id="run-empty", explicit_tail=manifest["head_tail"]["tail"])
     return {"root": root, "dataset": dataset, "augmented": augmented, "classifier": classifier}
 

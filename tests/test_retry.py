@@ -76,3 +76,4 @@ def test_not_retryable_fails_at_once_and_retries_are_counted():
 def test_retry_after_header_forms(headers, seconds):
     now = 1445412480.0  # 2015-10-21 07:28:00 UTC
     assert retry_after_s(headers, now=now) == seconds
+

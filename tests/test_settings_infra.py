@@ -195,3 +195,26 @@ def test_settings_reference_covers_every_setting_and_the_readme_copy_is_current(
     readme = (ROOT / "README.md").read_text()
     block = readme.split("<!-- settings-reference:start -->\n")[1].split("<!-- settings-reference:end -->")[0]
     assert block == printed, "README's settings reference is stale: paste `tailforge config --reference` into it"
+
+
+@pytest.mark.parametrize("key", ["dataset.tail", "generator.normals", "name"])
+def test_an_alias_bomb_or_a_huge_settings_file_is_refused_before_it_is_expanded(tmp_path, key):
+    """Issue 35: 413 bytes of nested aliases expand to 10^9 values (110 s to a MemoryError);
+    a settings file is refused in one line once its expanded size passes the bound."""
+    from flows.settings import MAX_SETTINGS_BYTES, MAX_SETTINGS_VALUES
+
+    lines = ['l0: &l0 ["x", "x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]" for i in range(1, 9)]
+    section, _, field = key.rpartition(".")
+    lines.append(f"{section}: {{{field}: *l8}}" if section else f"{field}: *l8")
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=f"more than {MAX_SETTINGS_VALUES:,} values"):  # before expanding it
+        load_settings(str(bomb))
+    huge = tmp_path / "huge.yaml"
+    huge.write_text("dataset:\n  tail:\n" + "    - Hernia\n" * (MAX_SETTINGS_BYTES // 12))
+    with pytest.raises(ValueError, match="a settings file is a few kB"):
+        load_settings(str(huge))
+    small = tmp_path / "anchors.yaml"  # anchors a person writes stay fine
+    small.write_text("dataset: &d {n: 40}\n")
+    load_settings(str(small))
