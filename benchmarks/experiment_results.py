@@ -18,6 +18,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tasks.augment import AugmentSettings
+
 ADD_TOLERANCE = 2e-3  # max |test probability difference| of the rerun baseline vs the saved one (earlier runs saved them at 4 decimals)
 
 
@@ -132,8 +134,10 @@ def check_same_experiment(saved: dict, config: dict, generators: dict) -> None:
     if list(config["settings"]) != list(saved["config"]["settings"]):
         raise SystemExit(f"--add: new seeds must run the saved settings {saved['config']['settings']}, not "
                          f"{list(config['settings'])}")
-    changed = sorted(k for k in {*saved["config"], *config} - {"seeds", "settings"}
-                     if _plain(saved["config"].get(k)) != _plain(config.get(k)))
+    # an augment setting added after the saved run was made did, at its default, what the run did
+    before = {**saved["config"], "augment": {**AugmentSettings().to_dict(), **saved["config"].get("augment", {})}}
+    changed = sorted(k for k in {*before, *config} - {"seeds", "settings"}
+                     if _plain(before.get(k)) != _plain(config.get(k)))
     changed += [g for g in GENERATORS if (saved.get(g) or {}).get("id") != (generators.get(g) or {}).get("id")]
     if changed:
         raise SystemExit(f"--add: this run's {', '.join(changed)} differ from the saved run's: its seeds would "

@@ -40,6 +40,13 @@ and what the pixels add (issue 33): the accepted rows of all-cam with their pixe
                                   removed head findings dropped): the label change alone
     +copies+cb, +relabel+cb       the same with the class-balanced loss
 
+and the first lever, more rows from the same parents: all-cam-x4 / all-random-x4 make four
+images per parent (augment.variants = 4, each with its own seed):
+
+    +inpainting-x4+cb   all-cam-x4         every accepted row each epoch, class-balanced loss
+    +copies-x4+cb       all-cam-x4-copies  its parents, once per accepted row (the same exposure)
+    random-ctrl-x4+cb   all-random-x4      its masks moved to random places
+
 and the paper's DfT-Caption baseline (its Table 3): the same LKG candidates, each image sampled
 from noise for its kept finding set by a DiT conditioned on labels, trained on the train split:
 
@@ -78,10 +85,14 @@ from tasks.tensors import TensorSet, load_tensors
 # generated set -> (judge, mask placement, generator: the normal DiT inpaints; the label DiT samples)
 VARIANTS = {"all-cam": ("none", "cam", "dit"), "lkg-cam": ("rules", "cam", "dit"),
             "lkg-random": ("rules", "random", "dit"), "lkg-conditional": ("rules", "-", "label_dit"),
-            "llm-cam": ("anthropic", "cam", "dit"), "all-random": ("none", "random", "dit")}
+            "llm-cam": ("anthropic", "cam", "dit"), "all-random": ("none", "random", "dit"),
+            "all-cam-x4": ("none", "cam", "dit"), "all-random-x4": ("none", "random", "dit")}
+# generated set -> augment settings of its own: four images per parent, each with its own seed (issue 33's lever)
+VARIANT_AUGMENT = {"all-cam-x4": {"variants": 4}, "all-random-x4": {"variants": 4}}
 # control set -> (the generated set whose accepted rows it follows, what it holds): each accepted row's
 # parent image unchanged, with the parent's labels ("copies") or the generated row's ("relabel")
-CONTROLS = {"all-cam-copies": ("all-cam", "copies"), "all-cam-relabel": ("all-cam", "relabel")}
+CONTROLS = {"all-cam-copies": ("all-cam", "copies"), "all-cam-relabel": ("all-cam", "relabel"),
+            "all-cam-x4-copies": ("all-cam-x4", "copies")}
 CRT_EPOCHS = 2  # cRT: after the fine-tune, the last layer alone on class-aware batches
 # setting -> (generated set, schedule, fine-tune overrides: the long-tail baselines of issue 16)
 SETTINGS = {"baseline": (None, "baseline", {}), "+inpainting": ("all-cam", "augmented", {}),
@@ -98,6 +109,9 @@ SETTINGS = {"baseline": (None, "baseline", {}), "+inpainting": ("all-cam", "augm
             "+copies": ("all-cam-copies", "augmented", {}), "+relabel": ("all-cam-relabel", "augmented", {}),
             "+copies+cb": ("all-cam-copies", "augmented", {"loss": "cb"}),
             "+relabel+cb": ("all-cam-relabel", "augmented", {"loss": "cb"}),
+            "+inpainting-x4+cb": ("all-cam-x4", "augmented", {"loss": "cb"}),
+            "+copies-x4+cb": ("all-cam-x4-copies", "augmented", {"loss": "cb"}),
+            "random-ctrl-x4+cb": ("all-random-x4", "augmented", {"loss": "cb"}),
             "conditional": ("lkg-conditional", "pil", {})}
 LONGTAIL = ("cb", "ldam-drw", "cRT")  # the long-tail baselines (no generated images)
 
@@ -199,8 +213,8 @@ def generate(dataset: str, out: str, classifier: dict, generator: dict, variant:
              config: ExperimentConfig, cache: str) -> dict:
     """One augmented set through the factory's code path; skips what a previous run wrote."""
     judge_name, placement, _ = VARIANTS[variant]
-    options = config.augment if placement == "-" else replace(config.augment,
-                                                              mask=replace(config.augment.mask, placement=placement))
+    options = replace(config.augment, **VARIANT_AUGMENT.get(variant, {}))
+    options = options if placement == "-" else replace(options, mask=replace(options.mask, placement=placement))
     manifest = read_manifest(dataset)
     report, decisions = plan(dataset, cache, make_judge(judge_name))
     prepared = work.prepare(dataset, out, manifest, decisions, classifier["id"], generator["id"], options)

@@ -315,10 +315,9 @@ def cmd_lineage(args: argparse.Namespace) -> int:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    from tasks.catalog import query
+    from tasks.bounded_query import bounded_query
 
-    with _catalog(args) as catalog:
-        columns, rows = query(catalog, args.sql, args.limit)
+    columns, rows = bounded_query(args.root or str(tailforge_home()), args.sql, args.limit, args.timeout)
     if args.json:
         print(json.dumps([dict(zip(columns, r)) for r in rows], indent=2, default=str))
     elif args.csv:
@@ -368,8 +367,11 @@ def _use_prefect_server(start_local: bool) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from flows.settings import load_settings
+    from tasks import store
 
-    load_settings(args.config)  # fail on a bad file before any server or flow starts
+    settings = load_settings(args.config)  # fail on a bad file before any server or flow starts
+    for uri in (settings.dataset_uri(), settings.output_uri(), settings.models_uri()):
+        store.exists(uri)  # storage reached with these credentials, or one line before any stage
     url = _use_prefect_server(start_local=args.local_server)
     from flows.factory import factory_flow
 
@@ -503,6 +505,15 @@ def storage_errors() -> tuple[type[Exception], ...]:
     return tuple(errors)
 
 
+def credential_errors() -> tuple[type[Exception], ...]:
+    """What s3fs raises when no (or half a) set of AWS credentials is configured."""
+    try:
+        from botocore.exceptions import NoCredentialsError, PartialCredentialsError
+    except ImportError:
+        return ()
+    return NoCredentialsError, PartialCredentialsError
+
+
 def storage_message(exc: Exception) -> str:
     """One line: which endpoint could not be reached, and what to do."""
     from urllib.parse import urlsplit
@@ -541,6 +552,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except USER_ERRORS as exc:
         print(f"tailforge {args.command}: error: {user_message(exc)}", file=sys.stderr)
+        return 2
+    except credential_errors() as exc:
+        print(f"tailforge {args.command}: error: no usable AWS credentials for S3 ({exc}): set AWS_ACCESS_KEY_ID "
+              f"and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) for the bucket, then run the same command again",
+              file=sys.stderr)
         return 2
     except storage_errors() as exc:  # an S3 outage: one line, not a botocore traceback
         print(f"tailforge {args.command}: error: {storage_message(exc)}", file=sys.stderr)

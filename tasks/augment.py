@@ -75,6 +75,7 @@ class AugmentSettings:
     ood_false_rejection: float = 0.05  # share of the dataset's val images the OOD threshold would reject
     seed: int = 0  # mixed into every image's seed
     max_images: int | None = None  # cap on candidates (smallest output ids first); None = all
+    variants: int = 1  # generated images per parent, each with its own seed (more rows from the same parents)
     parallel: int = 1  # batches in flight at once; the run holds as many `gpu` slots (at most the limit) throughout
     runner: str = "local"  # where batches run: "local" (the flow's threads) or "dask" (the cluster at dask_address)
     dask_address: str | None = None  # runner "dask": the scheduler, tcp://HOST:8786
@@ -105,6 +106,8 @@ class AugmentSettings:
         if not 0 < self.removal_target <= 1:
             raise ValueError("augment.removal_target must be in (0, 1]: the share of a class's threshold that "
                              "another removal round aims below (1 = until the classifier no longer calls it)")
+        if self.variants < 1:
+            raise ValueError("augment.variants must be at least 1 (generated images per parent)")
         if self.batch_timeout_s <= 0:
             raise ValueError("augment.batch_timeout_s must be positive (seconds a batch may take)")
 
@@ -133,9 +136,11 @@ def recipe_id(settings: AugmentSettings, classifier_id: str, generator_id: str) 
 
 
 def build_candidates(dataset_uri: str, findings: list[str], head: list[str], tail: list[str],
-                     decisions: list[Decision], recipe: str, max_images: int | None = None) -> list[Candidate]:
+                     decisions: list[Decision], recipe: str, max_images: int | None = None,
+                     variants: int = 1) -> list[Candidate]:
     """The planner's candidates (tasks.knowledge.planner.candidate_codes: train images with a
-    head and a tail finding) whose decision removes something."""
+    head and a tail finding) whose decision removes something, ``variants`` per image: variant 0
+    keeps the id (and seed) it has without variants, so raising the count only adds rows."""
     by_question = {(d.head, d.tail): d for d in decisions}
     head_idx, tail_idx = [findings.index(h) for h in head], [findings.index(t) for t in tail]
     out = []
@@ -148,9 +153,11 @@ def build_candidates(dataset_uri: str, findings: list[str], head: list[str], tai
             decision = by_question.get((question.head, question.tail)) if question else None
             if decision is None or not decision.remove:
                 continue
-            output_id = hashlib.sha256(f"{sample_id}\n{decision.decision_id}\n{recipe}".encode()).hexdigest()
-            out.append(Candidate(output_id, sample_id, shard, decision.remove, decision.keep, decision.decision_id,
-                                 int(output_id[:8], 16)))
+            for variant in range(variants):
+                key = f"{sample_id}\n{decision.decision_id}\n{recipe}" + (f"\n{variant}" if variant else "")
+                output_id = hashlib.sha256(key.encode()).hexdigest()
+                out.append(Candidate(output_id, sample_id, shard, decision.remove, decision.keep,
+                                     decision.decision_id, int(output_id[:8], 16)))
     out.sort(key=lambda c: c.output_id)
     return out[:max_images] if max_images is not None else out
 
@@ -177,7 +184,8 @@ def prepare(dataset_uri: str, out_uri: str, manifest: dict, decisions: list[Deci
     check_judging(out_uri, settings)
     recipe = recipe_id(settings, classifier_id, generator_id)
     candidates = build_candidates(dataset_uri, manifest["labels"], manifest["head_tail"]["head"],
-                                  manifest["head_tail"]["tail"], decisions, recipe, settings.max_images)
+                                  manifest["head_tail"]["tail"], decisions, recipe, settings.max_images,
+                                  settings.variants)
     done = done_ids(out_uri)
     chunks = batches(candidates, settings.batch_size)
     todo = [(i, b) for i, b in enumerate(chunks) if not all(c.output_id in done for c in b)]

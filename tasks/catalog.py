@@ -190,8 +190,13 @@ def query(catalog: Catalog, sql: str, limit: int | None = 10_000,
     except QueryTimeout as exc:
         raise QueryRefused(f"query {exc}") from exc
     except duckdb.PermissionException as exc:
-        raise QueryRefused(f"refused: the query reaches outside {catalog.root} ({exc})") from exc
+        raise QueryRefused(f"refused: the query reaches outside {catalog.root} ({_first_line(exc)})") from exc
     except duckdb.OutOfMemoryException as exc:
-        raise QueryRefused(f"query needs more than the catalog's memory limit; narrow it ({exc})") from exc
+        raise QueryRefused(f"query needs more than the catalog's memory limit; narrow it ({_first_line(exc)})") from exc
     except duckdb.Error as exc:
-        raise QueryRefused(f"query failed: {exc}") from exc
+        raise QueryRefused(f"query failed: {_first_line(exc)}") from exc
+
+
+def _first_line(exc: Exception) -> str:
+    """DuckDB's message without the advice paragraphs it appends (one line for the user)."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -261,6 +261,18 @@ def test_cli_refuses_in_one_line_with_rc_2(world, unchanged, capsys):
     assert capsys.readouterr().out.splitlines() == ["n", "24"]
 
 
+@pytest.mark.parametrize("sql", ["SELECT length(repeat('x', 3000000000))",
+                                 "SELECT max(length(repeat('x', 200000000 + r.range))) FROM range(40) r"])
+def test_an_allocation_past_the_memory_limit_is_refused_in_one_line(world, unchanged, capsys, sql):
+    """Issue 35: repeat() built a 3 GB string past the 2 GB limit (5.9 GB peak); the query's
+    child process has its address space capped, so the query is refused instead."""
+    assert main(["query", sql, "--root", world["root"]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "memory" in err, err
+    assert main(["query", "SELECT count(*) AS n FROM samples", "--root", world["root"], "--csv"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["n", "24"]
+
+
 def test_check_names_what_it_refuses():
     with pytest.raises(FenceError, match="COPY inside the query"):
         check_select("WITH x AS (COPY (SELECT 1) TO '/tmp/a.csv') SELECT 1")

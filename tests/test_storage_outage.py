@@ -37,3 +37,20 @@ def test_an_s3_outage_is_one_line_with_status_2(doomed_s3, capsys):
     assert len(err.strip().splitlines()) == 1
     assert endpoint in err and "run the same command again" in err and "Traceback" not in err
     assert shards  # written before the outage
+
+
+def test_missing_s3_credentials_are_one_line_with_status_2_in_every_command(doomed_s3, monkeypatch, tmp_path, capsys):
+    """Issue 34: no credentials gave a 68-330-line botocore traceback and exit 1; `run` says so
+    before any server or stage starts."""
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in {"AWS_CONFIG_FILE": str(tmp_path / "none"), "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+                       "AWS_EC2_METADATA_DISABLED": "true", "PREFECT_API_URL": "http://127.0.0.1:9/api"}.items():
+        monkeypatch.setenv(key, value)
+    settings = tmp_path / "s3.yaml"
+    settings.write_text('dataset: {uri: "s3://outage/datasets/ph"}\n')
+    for command in (["info", "s3://outage/datasets/ph"], ["query", "SELECT 1", "--root", "s3://outage/datasets"],
+                    ["phantom", "--n", "4", "--size", "32", "--out", "s3://outage/datasets/ph"], ["run", str(settings)]):
+        assert main(command) == 2, command
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "no usable AWS credentials" in err, (command, err)
