@@ -1,5 +1,6 @@
 """Reliability suite (issue 12): kill -9 of ingest and of augment and resume, a hostile ingest
-corpus, the query fence probes, LLM fault modes, two writers into one dataset (ingest, plan,
+corpus, corruption at rest and other integrity trials (benchmarks/reliability_integrity.py), the
+query fence probes, LLM fault modes, two writers into one dataset (ingest, plan,
 augment), an S3 outage during ingest and augment, and a killed holder of the `gpu` slot on a
 real Prefect server; on loopback and small data.
 
@@ -23,19 +24,22 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks import reliability_integrity
 from benchmarks.common import RESULTS, ROOT, save
 from benchmarks.reliability_sections import COUNTS, add, tally
 
 
-SECTION_LIMIT_S = {"ingest_kill": 600, "augment_kill": 1500, "hostile": 300, "fence": 300, "llm": 480,
-                   "concurrent": 400, "concurrent_augment": 600, "s3_outage": 1800, "gpu_lease": 600}
+SECTION_LIMIT_S = {"ingest_kill": 600, "augment_kill": 1500, "hostile": 300, "integrity": 1500, "fence": 300,
+                   "llm": 480, "concurrent": 400, "concurrent_augment": 600, "s3_outage": 1800, "gpu_lease": 600}
 NEEDS_PREFECT = ("augment_kill", "concurrent_augment", "s3_outage", "gpu_lease")  # a local Prefect server
 
 
 def section(name: str):
-    from benchmarks import reliability_augment, reliability_lease, reliability_s3, reliability_sections
+    from benchmarks import (reliability_augment, reliability_integrity, reliability_lease, reliability_s3,
+                            reliability_sections)
 
-    for module in (reliability_sections, reliability_augment, reliability_s3, reliability_lease):
+    for module in (reliability_sections, reliability_augment, reliability_s3, reliability_lease,
+                   reliability_integrity):
         if hasattr(module, f"section_{name}"):
             return getattr(module, f"section_{name}")
     raise ValueError(f"no section {name}")
@@ -83,7 +87,7 @@ def _passthrough(args: argparse.Namespace) -> list[str]:
             "--llm-n", str(args.llm_n), "--llm-bound", str(args.llm_bound), "--lease-hold", str(args.lease_hold),
             "--augment-n", str(args.augment_n), "--augment-images", str(args.augment_images),
             "--augment-batch", str(args.augment_batch), "--augment-kills", str(args.augment_kills),
-            "--outages", str(args.outages)]
+            "--outages", str(args.outages), "--flips", str(args.flips)]
 
 
 def totals(results: dict) -> dict:
@@ -230,6 +234,7 @@ def _outage_lines(r: dict) -> list[str]:
 
 
 DETAILS = {"ingest_kill": _kill_lines, "augment_kill": _augment_kill_lines, "hostile": _hostile_lines,
+           "integrity": reliability_integrity.lines,
            "fence": _fence_lines, "llm": _llm_lines, "concurrent": _concurrent_lines,
            "concurrent_augment": _concurrent_lines, "s3_outage": _outage_lines, "gpu_lease": _lease_lines}
 
@@ -250,6 +255,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--augment-batch", type=int, default=4, help="images per augment batch (one shard each)")
     parser.add_argument("--augment-kills", type=int, default=20, help="kill -9 trials of augment (default 20)")
     parser.add_argument("--outages", type=int, default=4, help="S3 outages per writer kind (ingest, augment)")
+    parser.add_argument("--flips", type=int, default=50, help="single-bit flips in shards, each read by 4 commands")
     parser.add_argument("--no-prefect", action="store_true", help="skip the sections that need a Prefect server")
     parser.add_argument("--only", nargs="+", choices=list(SECTION_LIMIT_S), help="run only these sections")
     parser.add_argument("--section", choices=list(SECTION_LIMIT_S), help=argparse.SUPPRESS)
