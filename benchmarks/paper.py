@@ -60,7 +60,6 @@ ids, ``finetuned_before``), so a run stopped part-way resumes where it stopped.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -78,6 +77,7 @@ from models.training import TrainConfig, predict_probs, seed_everything
 from tasks import augment as work
 from tasks.dataset import read_manifest
 from tasks.finetune import FinetuneSettings, fit_setting, load_generated
+from tasks.finetune_cache import code_digest
 from tasks.knowledge import make_judge, plan
 from tasks.pretrain import train_classifier
 from tasks.tensors import TensorSet, load_tensors
@@ -162,21 +162,12 @@ def parents_of(generated_uri: str, original, holds: str):
                      original.findings, rows.table.select(["sample_id"]))
 
 
-def _fine_tune_code() -> str:
-    """A digest of the code a fine-tune's result depends on: a saved result is not reused across a
-    change to it."""
-    from models import classifier, losses, metrics, schedule, training
-    from tasks import finetune
-    return hashlib.sha256("".join(inspect.getsource(m) for m in (finetune, training, classifier, losses, metrics,
-                                                                 schedule)).encode()).hexdigest()
-
-
 def finetune_key(classifier_id: str, schedule: str, options: FinetuneSettings, generated) -> str:
     """What one fine-tune's result depends on: the pretrained classifier (hence dataset and seed),
     the schedule, the fine-tune settings, the generated samples in their order, and the code."""
     ids = "\n".join(generated.sample_ids) if generated is not None else ""
     blob = json.dumps({"classifier": classifier_id, "schedule": schedule, "options": asdict(options),
-                       "generated": hashlib.sha256(ids.encode()).hexdigest(), "code": _fine_tune_code()},
+                       "generated": hashlib.sha256(ids.encode()).hexdigest(), "code": code_digest()},
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 

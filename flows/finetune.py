@@ -10,6 +10,7 @@ from flows.gpu import gpu_slots, say_device
 from flows.progress import StepProgress
 from flows.stages import write_result
 from tasks import finetune as work
+from tasks import finetune_cache
 from tasks import report
 from tasks.runs import recorded_run
 
@@ -18,9 +19,17 @@ from tasks.runs import recorded_run
 def finetune_setting(setting: str, dataset_uri: str, augmented_uri: str | None, classifier_uri: str,
                      settings: work.FinetuneSettings) -> dict:
     one = work.FinetuneSettings(**{**settings.__dict__, "settings": (setting,)})
+    key = finetune_cache.result_key(dataset_uri, augmented_uri, classifier_uri, one)
+    found = finetune_cache.reused(classifier_uri, key)
+    if found is not None:
+        get_run_logger().info(f"fine-tune {setting}: reusing the result of the same data, generated set, classifier, "
+                              f"settings and code ({finetune_cache.cache_uri(classifier_uri)}/{key}.json)")
+        return found
     progress = StepProgress(f"fine-tune {setting}", settings.epochs + settings.crt_epochs, "epoch",
                             key=f"finetune-{setting}")
-    return work.finetune(dataset_uri, augmented_uri, classifier_uri, one, progress.epoch)["results"][setting]
+    result = work.finetune(dataset_uri, augmented_uri, classifier_uri, one, progress.epoch)["results"][setting]
+    finetune_cache.keep(classifier_uri, key, result)
+    return result
 
 
 @task(task_run_name="report")

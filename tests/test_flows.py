@@ -405,6 +405,26 @@ def test_a_rerun_reuses_the_models_made_from_the_same_data_and_settings(tiny_run
     assert changed["generator"]["id"] != result["models"]["generator"]["id"]
 
 
+def test_a_rerun_reuses_the_fine_tunes_of_the_same_inputs(tiny_run, monkeypatch):
+    """Issue 34: a rerun with nothing changed retrained every fine-tune setting (240 of 256 s).
+    Now a setting's result is kept by its inputs; a changed setting trains anew."""
+    from flows.finetune import finetune_flow
+    from flows.settings import finetune_settings, settings_from_dict
+    from tasks import finetune as work
+
+    result, _ = tiny_run
+    settings = finetune_settings(settings_from_dict(TINY))
+    args = (result["dataset_uri"], store.join(result["output_uri"], "augmented"), result["models"]["classifier"]["uri"])
+    trained = []
+    real_finetune = work.finetune
+    monkeypatch.setattr(work, "finetune", lambda *a, **k: trained.append(a[3].settings) or real_finetune(*a, **k))
+    again = finetune_flow(*args, settings)
+    assert trained == [] and again["results"] == result["finetune"]["results"]
+    other = dataclasses.replace(settings, seed=settings.seed + 1, settings=("baseline",))
+    assert finetune_flow(*args, other)["results"]["baseline"] != result["finetune"]["results"]["baseline"]
+    assert trained == [("baseline",)]
+
+
 def test_runs_lists_every_kind_of_run_under_the_root_as_a_table(tiny_run, capsys, monkeypatch):
     """Issue 15: `tailforge runs` was raw JSON and knew only factory and augment runs."""
     from flows.cli import main
