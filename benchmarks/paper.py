@@ -114,6 +114,11 @@ SETTINGS = {"baseline": (None, "baseline", {}), "+inpainting": ("all-cam", "augm
             "random-ctrl-x4+cb": ("all-random-x4", "augmented", {"loss": "cb"}),
             "conditional": ("lkg-conditional", "pil", {})}
 LONGTAIL = ("cb", "ldam-drw", "cRT")  # the long-tail baselines (no generated images)
+# a generated-data setting -> the controls it must beat on the same terms: the same parents again
+# (+copies), their labels changed without pixels (+relabel), the same recipe at random places
+CONTROLLED = {"+inpainting": ("+copies", "+relabel"),
+              "+inpainting+cb": ("+copies+cb", "+relabel+cb", "random-ctrl+cb"),
+              "+inpainting-x4+cb": ("+copies-x4+cb", "random-ctrl-x4+cb", "+inpainting+cb")}
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,13 @@ def means_table(comparison: dict, metric: str) -> str:
     return "\n".join(lines)
 
 
+def gain_cell(entry: dict | None) -> str:
+    """'+0.012 [0.002, 0.023]': a gain and its paired interval, or – where there is none."""
+    if not entry or entry.get("gain") is None:
+        return "–"
+    return f"{entry['gain']:+.3f} {_interval(entry.get('gain_ci95'))}"
+
+
 def gains_png(comparison: dict, title: str) -> bytes:
     """Gain over the baseline of the head and tail means, per metric and setting, with paired 95% CIs."""
     import matplotlib
