@@ -21,7 +21,7 @@ from typing import Callable, Iterator
 
 from tasks import sources, store
 from tasks.dataset import (ShardWriter, check_writable, existing_quarantine_ids, existing_rows, finish_manifest,
-                           new_run_id, patient_splits, read_manifest, retire_quarantine, sample_schema, utcnow)
+                           new_run_id, patient_splits, retire_quarantine, sample_schema, utcnow)
 from tasks.images import (DEFAULT_MAX_ASPECT, DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, ImageError, check_plausible,
                           content_id, decode, encode_png, resize_square)
 from tasks.locks import dataset_lock
