@@ -161,7 +161,11 @@ def verify(uri: str, data: bytes) -> bool:
 
 
 def read_verified(uri: str) -> bytes:
-    """A shard's bytes, checked against its name."""
+    """A shard's bytes, checked against its name. A local shard that is a symbolic link is
+    refused: a dataset's shards are its own files, and a link may point anywhere."""
+    if not is_remote(uri) and os.path.islink(uri.removeprefix("file://")):
+        raise ShardCorrupt(f"shard {uri} is a symbolic link (to {os.path.realpath(uri.removeprefix('file://'))}): a "
+                           f"dataset's shards are its own files; copy the file in place of the link, or remove it")
     data = read_bytes(uri)
     verify(uri, data)
     return data
@@ -172,8 +176,8 @@ def verify_shards(uris: Iterable[str]) -> dict:
     differs): how many, how many had a digest to check (``sealed``), their bytes."""
     counts = {"shards": 0, "sealed": 0, "bytes": 0}
     for uri in uris:
-        data = read_bytes(uri)
-        counts["sealed"] += verify(uri, data)
+        data = read_verified(uri)
+        counts["sealed"] += sealed_digest(uri) is not None
         counts["shards"] += 1
         counts["bytes"] += len(data)
     return counts

@@ -78,3 +78,16 @@ def test_a_shard_that_is_not_parquet_is_named(clean, tmp_path):
     Path(legacy).write_bytes(Path(legacy).read_bytes()[:-40])  # truncated
     with pytest.raises(store.ShardCorrupt, match=os.path.basename(legacy)):
         summarize(uri)
+
+
+def test_a_shard_that_is_a_symbolic_link_is_refused(clean, tmp_path):
+    """Issue 35: a symlinked shard pointing outside the root was followed by `info`."""
+    uri = str(tmp_path / "linked")
+    shutil.copytree(clean, uri)
+    shard = store.list_shards(store.join(uri, SAMPLES))[0]
+    outside = tmp_path / "outside.parquet"
+    os.replace(shard, outside)
+    os.symlink(outside, shard)
+    for read in (summarize, verify_dataset):
+        with pytest.raises(store.ShardCorrupt, match="symbolic link"):
+            read(uri)
