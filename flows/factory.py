@@ -19,6 +19,7 @@ from flows.stages import run_stage
 from tasks import store
 from tasks.dataset import new_run_id, read_manifest, summarize, utcnow
 from tasks.ingest import ingest_phantom
+from tasks.locks import dataset_lock
 from tasks.runs import recorded_run
 
 
@@ -48,7 +49,9 @@ def factory_flow(config_path: str | None = None, overrides: dict | None = None) 
     settings = _settings(config_path, overrides)
     dataset_uri, output = settings.dataset_uri(), settings.output_uri()
     run_id, started_at = new_run_id(), utcnow()
-    with recorded_run(output, run_id, "factory", settings.to_dict(), started_at, on_crashed=mark_crashed) as done:
+    # one factory run per output: an overlapping nightly is refused before it ingests or trains
+    with dataset_lock(output, "factory"), \
+            recorded_run(output, run_id, "factory", settings.to_dict(), started_at, on_crashed=mark_crashed) as done:
         return _run_factory(settings, dataset_uri, output, run_id, started, done)
 
 

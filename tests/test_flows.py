@@ -425,6 +425,16 @@ def test_a_rerun_reuses_the_fine_tunes_of_the_same_inputs(tiny_run, monkeypatch)
     assert trained == [("baseline",)]
 
 
+def test_an_overlapping_factory_run_on_one_output_is_refused_before_it_ingests(prefect_server, tmp_path):
+    """Issue 35: a nightly overlapping another repeated ingest and pretraining before it was refused."""
+    output, dataset = tmp_path / "out", tmp_path / "dataset"
+    overrides = {**TINY, "output": str(output), "dataset": {**TINY["dataset"], "uri": str(dataset)}}
+    with dataset_lock(str(output), "factory (the first nightly)"):
+        with pytest.raises(DatasetLocked, match="first nightly"):
+            factory_flow(overrides=overrides)
+    assert not dataset.exists() and not (output / "runs").exists()
+
+
 def test_runs_lists_every_kind_of_run_under_the_root_as_a_table(tiny_run, capsys, monkeypatch):
     """Issue 15: `tailforge runs` was raw JSON and knew only factory and augment runs."""
     from flows.cli import main
