@@ -134,10 +134,10 @@ def check_same_experiment(saved: dict, config: dict, generators: dict) -> None:
     if list(config["settings"]) != list(saved["config"]["settings"]):
         raise SystemExit(f"--add: new seeds must run the saved settings {saved['config']['settings']}, not "
                          f"{list(config['settings'])}")
-    # an augment setting added after the saved run was made did, at its default, what the run did
-    before = {**saved["config"], "augment": {**AugmentSettings().to_dict(), **saved["config"].get("augment", {})}}
-    changed = sorted(k for k in {*before, *config} - {"seeds", "settings"}
-                     if _plain(before.get(k)) != _plain(config.get(k)))
+    # an augment setting added after a run was made did, at its default, what that run did
+    before, now = ({**c, "augment": {**AugmentSettings().to_dict(), **c.get("augment", {})}}
+                   for c in (saved["config"], config))
+    changed = sorted(k for k in {*before, *now} - {"seeds", "settings"} if _plain(before.get(k)) != _plain(now.get(k)))
     changed += [g for g in GENERATORS if (saved.get(g) or {}).get("id") != (generators.get(g) or {}).get("id")]
     if changed:
         raise SystemExit(f"--add: this run's {', '.join(changed)} differ from the saved run's: its seeds would "

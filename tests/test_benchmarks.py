@@ -223,6 +223,11 @@ def test_seeds_join_a_saved_experiment_only_when_everything_but_the_seeds_is_the
     refused(lambda r: None, r"seeds \[1\] are in the saved run already", seeds=(1, 5))
     refused(lambda r: r["config"].update(settings=["baseline"]), "must run the saved settings")
     refused(lambda r: r["config"].update(augment={"max_images": 16}), "augment differ")
+    refused(lambda r: r["config"].update(augment={"variants": 4}), "augment differ")
+    first = _experiment(["baseline", "cb"], [[0.2], [0.7]], seeds=(0, 2))
+    later = _experiment(["baseline", "cb"], [[0.2], [0.7]], seeds=(7,))  # a setting added since, at its default
+    first["generator"], later["generator"], later["config"]["augment"] = {"id": "dit-a"}, {"id": "dit-a"}, {"variants": 1}
+    assert add_seeds(first, later)["config"]["seeds"] == [0, 2, 7]
     refused(lambda r: r.update(generator={"id": "dit-b"}), "generator differ")
     refused(lambda r: r.update(test_sample_ids=["a", "c"]), "test split differs")
 
