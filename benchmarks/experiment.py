@@ -288,17 +288,7 @@ def markdown(part: str, result: dict, data: dict, seconds: float) -> str:
                   f"`gain` below is over {versus['baseline']}, with the same paired bootstrap."]
         for metric in ("f1_tuned", "auroc", "ap"):
             lines += ["", f"### {tables.METRIC_NAMES[metric]}", "", tables.means_table(versus["comparison"], metric)]
-    if result.get("versus_controls"):
-        lines += ["", "## Against the controls", "", "Each generated-data setting against the same parents added "
-                  "again with their own labels (`+copies`), with the generated labels and unchanged pixels "
-                  "(`+relabel`), and the same recipe at random places (`random-ctrl`): gains of the seed means with "
-                  "paired 95% intervals (the same bootstrap of the test images).", "",
-                  "| setting | against | tail F1 | tail AUROC | head F1 |", "|---|---|---|---|---|"]
-        for method, controls in result["versus_controls"].items():
-            for control, means in controls.items():
-                cells = [tables.gain_cell(means[group][metric])
-                         for group, metric in (("tail", "f1_tuned"), ("tail", "auroc"), ("head", "f1_tuned"))]
-                lines.append(f"| {method} | {control} | " + " | ".join(cells) + " |")
+    lines += controls_lines(result.get("versus_controls"))
     truth = result.get("ground_truth")
     if truth:
         lines += ["", "## Ground truth (phantom)", "", "Grad-CAM localisation of head lesions on test images "
@@ -327,6 +317,23 @@ def markdown(part: str, result: dict, data: dict, seconds: float) -> str:
             lines.append(f"| {judge} | {e['pairs']} | {e['true_overlaps']} | {e['kept']} | {e['precision']} | "
                          f"{e['recall']} | {e['error_rate']} |")
     return "\n".join(lines) + "\n"
+
+
+def controls_lines(versus: dict | None) -> list[str]:
+    """The table of each generated-data setting against its controls (``versus_controls``)."""
+    if not versus:
+        return []
+    lines = ["", "## Against the controls", "", "Each generated-data setting against the same parents added again "
+             "with their own labels (`+copies`), with the generated labels and unchanged pixels (`+relabel`), and "
+             "the same recipe at random places (`random-ctrl`): gains of the seed means with paired 95% intervals "
+             "(the same bootstrap of the test images).", "",
+             "| setting | against | tail F1 | tail AUROC | head F1 |", "|---|---|---|---|---|"]
+    for method, controls in versus.items():
+        for control, means in controls.items():
+            cells = [tables.gain_cell(means[group][metric])
+                     for group, metric in (("tail", "f1_tuned"), ("tail", "auroc"), ("head", "f1_tuned"))]
+            lines.append(f"| {method} | {control} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def audit_lines(truth: dict) -> list[str]:
