@@ -262,10 +262,12 @@ def print_example_lineage(augmented_uri: str, dataset_uri: str, console) -> None
     from tasks.dataset import existing_rows
     from tasks.lineage import lineage
 
-    generated = existing_rows(augmented_uri, ["sample_id"])
+    generated = existing_rows(augmented_uri, ["sample_id", "accepted"])
     if generated is None or generated.num_rows == 0:
         return
-    sample_id = generated.column("sample_id")[0].as_py()
+    accepted = [s for s, ok in zip(generated.column("sample_id").to_pylist(), generated.column("accepted").to_pylist())
+                if ok]  # one that fine-tuning reads; a rejected one only where none was accepted
+    sample_id = accepted[0] if accepted else generated.column("sample_id")[0].as_py()
     local = not any("://" in u for u in (augmented_uri, dataset_uri))
     root = os.path.commonpath([os.path.abspath(augmented_uri), os.path.abspath(dataset_uri)]) if local else None
     if not root or root == os.path.sep:
