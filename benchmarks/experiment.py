@@ -121,7 +121,7 @@ def nih1000(args, work: Path, models_uri: str, needs_dit: bool = True
         normals = "../shared/data/normals (adult rows) for the DiT"
     config = paper.ExperimentConfig(seeds=tuple(args.seeds),
                                     pretrain=TrainConfig(epochs=args.pretrain_epochs_nih, batch_size=32, augment=True),
-                                    finetune=FinetuneSettings(epochs=args.finetune_epochs, beta=0.5),
+                                    finetune=FinetuneSettings(epochs=args.finetune_epochs, beta=0.5, loss="bce"),
                                     bootstrap=args.bootstrap)
     data = {"source": "../shared/data/nih1000 (NIH ChestX-ray14 images, NIH labels, split.csv)",
             "normals": normals}
@@ -140,7 +140,7 @@ def phantom(args, work: Path, models_uri: str, needs_dit: bool = True, size: int
                     ) if needs_dit else None
     config = paper.ExperimentConfig(seeds=tuple(args.seeds),
                                     pretrain=TrainConfig(epochs=args.pretrain_epochs_phantom, batch_size=32),
-                                    finetune=FinetuneSettings(epochs=args.finetune_epochs, beta=0.5),
+                                    finetune=FinetuneSettings(epochs=args.finetune_epochs, beta=0.5, loss="bce"),
                                     bootstrap=args.bootstrap)
     data = {"source": f"built-in phantom, {args.phantom_n} images at {size} px, seed {PHANTOM_SEED}",
             "normals": "the phantom's own normal train images, for the DiT"}

@@ -44,7 +44,7 @@ class FinetuneSettings:
     settings: tuple[str, ...] = SETTINGS  # which of baseline / augmented / pil to run
     accepted_only: bool = True  # use generated samples that passed the quality and removal checks (accepted)
     bootstrap: int = 500  # bootstrap draws for the metrics' confidence intervals
-    loss: str = "bce"  # bce | focal | asl | cb (class-balanced) | ldam_drw (models/losses.py: long-tail floors to beat)
+    loss: str = "cb"  # cb (class-balanced; the strongest long-tail loss on the phantom) | bce | focal | asl | ldam_drw
     crt_epochs: int = 0  # then classifier re-training (cRT): the last layer alone, class-aware batches; 0 = off
 
     def __post_init__(self) -> None:

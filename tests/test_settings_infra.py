@@ -166,7 +166,7 @@ def test_config_prints_every_effective_setting_and_round_trips(tmp_path, capsys)
     assert main(["config", str(ROOT / "flows" / "demo.yaml")]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["dataset"]["n"] == 1500 and printed["augment"]["mask"]["dilate_px"] == 2
-    assert printed["knowledge"]["llm_budget"] == 90.0 and printed["finetune"]["loss"] == "bce"
+    assert printed["knowledge"]["llm_budget"] == 90.0 and printed["finetune"]["loss"] == "cb"
     assert printed["knowledge"]["cache"].endswith("decisions.duckdb")
     again = tmp_path / "effective.yaml"
     again.write_text(yaml.safe_dump(printed))
