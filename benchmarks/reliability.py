@@ -6,7 +6,7 @@ real Prefect server; on loopback and small data.
 
     python -m benchmarks.reliability [--n 300] [--size 32] [--kills 12] [--augment-kills 20] [--no-prefect]
 
-Writes benchmarks/results/reliability.{json,md}: per section trials, survived, lost, duplicated,
+Writes benchmarks/results/reliability.{json,md} (with ``--only``: reliability_<sections>.{json,md}): per section trials, survived, lost, duplicated,
 crashes, hangs and leaks. Each section runs in its own process under a time limit (a section
 that runs past it counts as a hang and is killed with everything it started), and every command
 a section starts has a limit too, so the suite always ends by itself. Not part of `make test`.
@@ -280,10 +280,11 @@ def main(argv: list[str] | None = None) -> int:
     settings = {k: v for k, v in vars(args).items() if k not in ("section", "section_out")}
     payload = {"settings": {**settings, "argv": sys.argv[1:] if argv is None else argv}, "totals": totals(results),
                "sections": results, "seconds": round(time.monotonic() - started, 1)}
-    path = save("reliability", payload)
-    (RESULTS / "reliability.md").write_text(markdown(json.loads(path.read_text())) + "\n")
+    name = "reliability" + ("_" + "_".join(args.only) if args.only else "")  # a partial run keeps the whole report
+    path = save(name, payload)
+    (RESULTS / f"{name}.md").write_text(markdown(json.loads(path.read_text())) + "\n")
     counts = ", ".join(f"{k} {v}" for k, v in payload["totals"].items())
-    print(f"wrote {path} and {RESULTS / 'reliability.md'}: {counts}")
+    print(f"wrote {path} and {RESULTS / f'{name}.md'}: {counts}")
     return 0
 
 
