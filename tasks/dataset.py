@@ -223,6 +223,15 @@ def dataset_kind(manifest: dict) -> str:
     return {"augment": "augmented", "phantom": "phantom"}.get((manifest.get("source") or {}).get("kind"), "real")
 
 
+def image_root(manifest: dict, run_id: str | None) -> tuple[str | None, bool]:
+    """(the image folder a real row's ingest run read, whether that is known for certain). A
+    manifest written before ``images_roots`` names only its last ingest's folder (uncertain)."""
+    roots = manifest.get("images_roots") or {}
+    if run_id in roots:
+        return roots[run_id], True
+    return (manifest.get("source") or {}).get("images_root"), False
+
+
 def check_writable(dataset_uri: str, kind: str, vocab_name: str | None = None, image_size: int | None = None,
                    parent: str | None = None) -> dict | None:
     """Refuse, before any work and in one line, to add ``kind`` rows to an existing dataset of
@@ -252,6 +261,8 @@ def finish_manifest(dataset_uri: str, *, name: str, kind: str, vocab_name: str, 
                     run_id: str, explicit_tail: list[str] | None = None, extra_columns: list[str] = (),
                     extra: dict | None = None) -> dict:
     """Recompute the head/tail split over all rows and write dataset.json atomically."""
+    if kind not in KINDS:
+        raise ValueError(f"dataset kind {kind!r} is not one of {KINDS}")
     vocab = vocabulary(vocab_name)
     rows = existing_rows(dataset_uri, ["labels", "split"])
     if rows is None or rows.num_rows == 0:

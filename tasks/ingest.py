@@ -21,7 +21,7 @@ from typing import Callable, Iterator
 
 from tasks import sources, store
 from tasks.dataset import (ShardWriter, check_writable, existing_quarantine_ids, existing_rows, finish_manifest,
-                           new_run_id, patient_splits, retire_quarantine, sample_schema, utcnow)
+                           image_root, new_run_id, patient_splits, retire_quarantine, sample_schema, utcnow)
 from tasks.images import (DEFAULT_MAX_ASPECT, DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, ImageError, check_plausible,
                           content_id, decode, encode_png, resize_square)
 from tasks.locks import dataset_lock
@@ -217,7 +217,7 @@ def _ingest(source: SourceTable, images_root: str, out_uri: str, options: Ingest
     existing = check_writable(out_uri, "real", source.vocab.name, options.size)
     before = existing_rows(out_uri, ["sample_id", "source_uri", "patient_id", "split", "run_id"])
     known_ids = set(before.column("sample_id").to_pylist()) if before is not None else set()
-    known_paths = _paths_from(before, (existing or {}).get("images_roots"), _describe(images_root))
+    known_paths = _paths_from(before, existing, _describe(images_root))
     split_of_patient = patient_splits(before)
     writer = ShardWriter(out_uri, sample_schema(source.extra_columns), options.shard_rows, run_id=run_id,
                          known_quarantine=existing_quarantine_ids(out_uri))
@@ -313,14 +313,16 @@ def _decode_all(root: _ImageRoot, records: list[SourceRecord], options: IngestOp
             yield from zip(chunk, pool.map(lambda r: _load(root, r, options), chunk))
 
 
-def _paths_from(rows, roots: dict[str, str] | None, root: str) -> set[str]:
+def _paths_from(rows, manifest: dict | None, root: str) -> set[str]:
     """The source paths already ingested from the folder ``root``: rows whose run read that folder
-    (``roots``: run id -> folder; None in a manifest from before it was kept: every row counts). A
-    path from another folder names another file, however alike the names."""
+    (``image_root``; in a manifest from before folders were kept per run, the one folder it names,
+    or every row where it names none). A path from another folder names another file, however
+    alike the names."""
     if rows is None:
         return set()
+    folders = {run: image_root(manifest or {}, run)[0] for run in set(rows.column("run_id").to_pylist())}
     return {path for path, run in zip(rows.column("source_uri").to_pylist(), rows.column("run_id").to_pylist())
-            if roots is None or roots.get(run) == root}
+            if folders[run] in (root, None)}
 
 
 def _split(record: SourceRecord) -> str:

@@ -15,7 +15,7 @@ import numpy as np
 
 from tasks import store
 from tasks.catalog import Catalog, QueryRefused
-from tasks.dataset import GENERATED_ORIGINS
+from tasks.dataset import GENERATED_ORIGINS, image_root
 from tasks.images import decode_mask
 
 ROW_COLUMNS = ("dataset", "sample_id", "labels", "split", "patient_id", "source_uri", "origin", "parent_id",
@@ -53,16 +53,19 @@ def _source(manifest: dict, row: dict) -> dict:
     path = row["source_uri"]
     if path and path.startswith("phantom://"):  # rendered again from its seed and index, not a file
         return {"source_uri": path, "source_path": path, "source_exists": None}
+    certain = True
     if path and "://" not in path:
-        roots = manifest.get("images_roots")
-        root = roots.get(row["run_id"]) if roots is not None else manifest.get("source", {}).get("images_root")
+        root, certain = image_root(manifest, row["run_id"])
         if root is None:
             return {"source_uri": path, "source_path": None, "source_exists": False,
                     "source_note": "the folder it was ingested from is not recorded"}
         path = store.join(root, path)
     found = bool(path) and store.exists(path)
+    note = ("not there now: moved or deleted since it was ingested" if path and not found else
+            "the dataset records only its last ingest's folder: this may be another folder's file" if not certain
+            else None)
     return {"source_uri": row["source_uri"], "source_path": path, "source_exists": found,
-            **({} if found or not path else {"source_note": "not there now: moved or deleted since it was ingested"})}
+            **({"source_note": note} if note else {})}
 
 
 def _manifest(dataset_uri: str, cache: dict) -> dict:

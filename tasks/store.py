@@ -194,7 +194,7 @@ def write_shard(folder_uri: str, table: pa.Table, key_column: str) -> tuple[str,
     with the same keys already holds these rows and is left as it is (idempotent)."""
     keys = table.column(key_column).to_pylist()
     stem = shard_stem(keys)
-    found = glob(folder_uri, f"{stem}.parquet") + glob(folder_uri, f"{stem}-*.parquet")
+    found = glob(folder_uri, f"{stem}*.parquet")  # this stem, with or without a content digest
     if found:
         return found[0], False
     data = parquet_bytes(table)

@@ -5,6 +5,7 @@ silently takes rows of another kind."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -52,6 +53,15 @@ def test_lineage_joins_each_row_to_the_folder_it_came_from_and_says_when_the_fil
     assert main(["lineage", first["sample_id"], "--root", str(tmp_path / "root")]) == 0
     printed = capsys.readouterr().out
     assert str(tmp_path / "first" / "a.png") in printed and "NOT FOUND" in printed
+    # a manifest from before folders were kept per run names one folder: lineage says it may be wrong
+    manifest = json.loads(Path(out, "dataset.json").read_text())
+    manifest["source"]["images_root"] = str(tmp_path / "second")
+    del manifest["images_roots"]
+    Path(out, "dataset.json").write_text(json.dumps(manifest))
+    with open_catalog(str(tmp_path / "root")) as catalog:
+        step = lineage(catalog, first["sample_id"])["chain"][0]
+    assert step["source_path"] == str(tmp_path / "second" / "a.png") and step["source_exists"]
+    assert "only its last ingest's folder" in step["source_note"]
 
 
 def test_a_patient_cannot_sit_in_two_splits(tmp_path, capsys):
