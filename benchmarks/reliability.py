@@ -7,9 +7,10 @@ real Prefect server; on loopback and small data.
     python -m benchmarks.reliability [--n 300] [--size 32] [--kills 12] [--augment-kills 20] [--no-prefect]
 
 Writes benchmarks/results/reliability.{json,md} (with ``--only``: reliability_<sections>.{json,md}):
-per section trials, survived, lost, duplicated, crashes, hangs and leaks. Each section runs in its own process under a time limit (a section
-that runs past it counts as a hang and is killed with everything it started), and every command
-a section starts has a limit too, so the suite always ends by itself. Not part of `make test`.
+per section trials, survived, lost, duplicated, crashes, hangs and leaks. Each section runs in
+its own process under a time limit (a section that runs past it counts as a hang and is killed
+with everything it started), and every command a section starts has a limit too, so the suite
+always ends by itself. Not part of `make test`.
 """
 
 from __future__ import annotations
