@@ -66,11 +66,10 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 import torch
 
 from benchmarks.bench_models import trained_before
+from benchmarks.shortcut import accepted_rows
 from models.classifier import ClassifierConfig
 from models.metrics import compare_settings, tune_thresholds
 from models.training import TrainConfig, predict_probs, seed_everything
@@ -156,11 +155,9 @@ def parents_of(generated_uri: str, original, holds: str):
     image from ``original`` with the parent's labels ("copies") or the generated row's ("relabel").
     Its ids name the control and the generated row, so the fine-tune key tells copies from relabel.
     None where nothing was accepted."""
-    accepted = load_generated(generated_uri, accepted_only=True)
-    if accepted is None:
+    rows = accepted_rows(generated_uri)
+    if rows is None:
         return None
-    rows = load_tensors(generated_uri, where=pc.is_in(pc.field("sample_id"), pa.array(accepted.sample_ids)),
-                        columns=("parent_id",))
     by_id = {sid: i for i, sid in enumerate(original.sample_ids)}
     pick = torch.tensor([by_id[p] for p in rows.table.column("parent_id").to_pylist()], dtype=torch.long)
     labels = original.labels[pick] if holds == "copies" else rows.labels

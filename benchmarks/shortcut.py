@@ -22,20 +22,29 @@ from sklearn.preprocessing import StandardScaler
 
 from models.classifier import load_checkpoint, stage_features
 from tasks import store
-from tasks.finetune import load_generated
+from tasks.dataset import SAMPLES
 from tasks.tensors import load_tensors
 
 FOLDS = 5
 
 
+def accepted_rows(generated_uri: str):
+    """The accepted rows of a generated set with their ``parent_id``, decoded once; None where
+    there are none (no dataset, no shards, nothing accepted)."""
+    if not store.exists(store.join(generated_uri, "dataset.json")) or \
+            not store.list_shards(store.join(generated_uri, SAMPLES)):
+        return None
+    accepted = pc.field("accepted") == True  # noqa: E712 (an arrow expression)
+    rows = load_tensors(generated_uri, where=accepted, columns=("parent_id", "accepted"))
+    return rows if len(rows) else None
+
+
 def probe(classifier_uri: str, dataset: str, generated_uri: str) -> dict:
     """Cross-validated ROC-AUC of a linear probe telling ``generated_uri``'s accepted rows from their
     parents in ``dataset``, on the classifier's pooled stage features; None where too few rows."""
-    accepted = load_generated(generated_uri, accepted_only=True)
-    if accepted is None or len(accepted) < 2 * FOLDS:
-        return {"pairs": 0 if accepted is None else len(accepted), "roc_auc": None}
-    rows = load_tensors(generated_uri, where=pc.is_in(pc.field("sample_id"), pa.array(accepted.sample_ids)),
-                        columns=("parent_id",))
+    rows = accepted_rows(generated_uri)
+    if rows is None or len(rows) < 2 * FOLDS:
+        return {"pairs": 0 if rows is None else len(rows), "roc_auc": None}
     parent_ids = rows.table.column("parent_id").to_pylist()
     parents = load_tensors(dataset, where=pc.is_in(pc.field("sample_id"), pa.array(sorted(set(parent_ids)))))
     by_id = {sid: i for i, sid in enumerate(parents.sample_ids)}
