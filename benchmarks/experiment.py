@@ -66,7 +66,8 @@ from models.training import TrainConfig
 from tasks.finetune import FinetuneSettings
 from tasks.ingest import ingest_phantom, phantom_ingested
 from tasks.knowledge import NoGuidanceJudge, RulesJudge, plan
-from tasks.dataset import read_manifest
+from tasks.dataset import existing_rows, read_manifest
+from tasks.phantom import Regime
 from tasks.pretrain import shipped_dit, train_label_dit, train_normal_dit
 
 PHANTOM_SEED = 21
@@ -130,11 +131,15 @@ def nih1000(args, work: Path, models_uri: str, needs_dit: bool = True
 
 def phantom(args, work: Path, models_uri: str, needs_dit: bool = True, size: int = 64
             ) -> tuple[str, dict | None, paper.ExperimentConfig, dict]:
-    dataset = str(work.parent / f"phantom{size}-{args.phantom_n}-s{PHANTOM_SEED}")  # the ones fidelity.py uses
-    ingest_once(dataset, args.phantom_n, size, PHANTOM_SEED)
+    regime = args.regime
+    normals = str(work.parent / f"phantom{size}-{args.phantom_n}-s{PHANTOM_SEED}")  # the ones fidelity.py uses
+    ingest_once(normals, args.phantom_n, size, PHANTOM_SEED)
+    dataset = normals + regime.suffix()  # a regime changes abnormal films only: the DiT of the same normals serves
+    if dataset != normals:
+        ingest_once(dataset, args.phantom_n, size, PHANTOM_SEED, regime)
     # the normal DiT benchmarks/fidelity.py measured at this size (its 4,000-step one is reused when there)
     # patch 4 at 64 px, else 256 tokens at every side (patch 8 at 128 px, 16 at 256 px)
-    dit = generator(dataset, models_uri, DiTConfig(image_size=size, patch_size=4 if size <= 64 else size // 16, depth=6,
+    dit = generator(normals, models_uri, DiTConfig(image_size=size, patch_size=4 if size <= 64 else size // 16, depth=6,
                                                    num_heads=4, head_dim=32, prediction="sample"),
                     DiTTrainConfig(steps=args.dit_steps_phantom, batch_size=32, warmup_steps=100)
                     ) if needs_dit else None
@@ -144,20 +149,37 @@ def phantom(args, work: Path, models_uri: str, needs_dit: bool = True, size: int
                                     bootstrap=args.bootstrap)
     data = {"source": f"built-in phantom, {args.phantom_n} images at {size} px, seed {PHANTOM_SEED}",
             "normals": "the phantom's own normal train images, for the DiT"}
+    if not regime.is_default:
+        data["regime"] = regime_facts(dataset, regime)
+        data["source"] += f", regime {regime.query().lstrip('?')} (tasks/phantom/regime.py)"
+        data["normals"] += f" (the same images as the default regime's: {Path(normals).name})"
     test_n = args.phantom_test_n if args.phantom_test_n is not None else PHANTOM_TEST_N[size]
     if test_n:  # a held-out set large enough for the rare classes: other patients (seed + 1), all of them test
-        data["test_dataset"] = str(work.parent / f"phantom{size}-{test_n}-s{PHANTOM_SEED + 1}-test")
-        ingest_once(data["test_dataset"], test_n, size, PHANTOM_SEED + 1)
+        data["test_dataset"] = str(work.parent / f"phantom{size}-{test_n}-s{PHANTOM_SEED + 1}-test{regime.suffix()}")
+        ingest_once(data["test_dataset"], test_n, size, PHANTOM_SEED + 1, regime)
         data["test_source"] = (f"every image of a second phantom stream, {test_n} images at {size} px, seed "
                                f"{PHANTOM_SEED + 1} (other patients), instead of the test split")
     return dataset, dit, config, data
 
 
-def ingest_once(dataset: str, n: int, size: int, seed: int) -> None:
+def ingest_once(dataset: str, n: int, size: int, seed: int, regime: Regime = Regime()) -> None:
     """``ingest_phantom`` on every core, unless these images were ingested there before (the
     128 px part's 12,000 images take minutes to render)."""
-    if not phantom_ingested(dataset, n, size, seed):
-        ingest_phantom(dataset, n, size=size, seed=seed, workers=os.cpu_count() or 1)
+    if not phantom_ingested(dataset, n, size, seed, regime=regime):
+        ingest_phantom(dataset, n, size=size, seed=seed, workers=os.cpu_count() or 1, regime=regime)
+
+
+def regime_facts(dataset: str, regime: Regime) -> dict:
+    """The regime's settings and what they make of the train split: the share of its
+    tail-positive films that show a head finding too (the axis issue 33's map asks about)."""
+    manifest = read_manifest(dataset)
+    table = existing_rows(dataset, ["labels", "split"])
+    labels = np.array(table.column("labels").to_pylist(), dtype=np.float32)[
+        np.array(table.column("split").to_pylist()) == "train"]
+    tail = np.isin(manifest["labels"], manifest["head_tail"]["tail"])
+    with_tail = (labels[:, tail] == 1).any(axis=1)
+    return asdict(regime) | {"train_tail_films": int(with_tail.sum()), "train_tail_films_with_head": round(
+        float((labels[with_tail][:, ~tail] == 1).any(axis=1).mean()), 3)}
 
 
 @contextlib.contextmanager
@@ -387,10 +409,13 @@ def added_line(a: dict) -> str:
 
 
 def run_part(part: str, args, out_dir: Path) -> None:
+    """One part's run; a phantom ``--regime`` other than the default is its own run, its files named
+    ``experiment_<part><regime suffix>`` (e.g. experiment_phantom-tail_contrast0.5.json)."""
     started = time.perf_counter()
     work = tailforge_home() / "bench" / "experiment"
     models_uri = str(tailforge_home() / "models")
-    saved = load_saved(part, out_dir) if args.add else None
+    name = part + args.regime.suffix()
+    saved = load_saved(name, out_dir) if args.add else None
     if saved and args.settings and saved["config"]["seeds"] != list(args.seeds):
         raise SystemExit(f"--add: the saved {part} run has seeds {saved['config']['seeds']}, not {args.seeds}: "
                          "give the same --seeds to add rows")
@@ -407,10 +432,10 @@ def run_part(part: str, args, out_dir: Path) -> None:
         config = replace(config, pretrain=replace(config.pretrain, epochs=1),
                          finetune=replace(config.finetune, epochs=2),
                          augment=replace(config.augment, max_images=16, inpaint=replace(config.augment.inpaint, steps=5)))
-    part_dir = work / (f"{part}-quick" if args.quick else part)
+    part_dir = work / (f"{name}-quick" if args.quick else name)
     generators = {"dit": dit, "label_dit": label_generator(dataset, models_uri, args) if "label_dit" in needed else None}
     if args.prepare:
-        print(f"[{part}] prepared in {(time.perf_counter() - started) / 60:.1f} min under {tailforge_home()}: "
+        print(f"[{name}] prepared in {(time.perf_counter() - started) / 60:.1f} min under {tailforge_home()}: "
               f"{dataset}{', ' + data['test_dataset'] if data.get('test_dataset') else ''}; generators "
               f"{ {k: g['id'][:12] for k, g in generators.items() if g} }", flush=True)
         return
@@ -419,7 +444,7 @@ def run_part(part: str, args, out_dir: Path) -> None:
     notes: list[str] = []
     with llm_judge(settings, notes):
         result = paper.run(dataset, {k: g for k, g in generators.items() if g}, part_dir, models_uri, config,
-                           log=lambda m: print(f"[{part}] {m}", flush=True), test_dataset=data.get("test_dataset"))
+                           log=lambda m: print(f"[{name}] {m}", flush=True), test_dataset=data.get("test_dataset"))
     result["notes"] = notes
     if part in PHANTOM_SIZES and not (args.add and args.settings):
         result["ground_truth"] = ground_truth(result, dataset, part_dir)
@@ -429,22 +454,22 @@ def run_part(part: str, args, out_dir: Path) -> None:
     if args.add:  # kept first, so a refusal loses nothing: the checkpoints and generated sets are reused anyway
         kept = part_dir / "added_run.json"
         kept.write_text(json.dumps(payload) + "\n")
-        print(f"[{part}] this run: {kept}", flush=True)
+        print(f"[{name}] this run: {kept}", flush=True)
         added = (f"rows {list(settings[1:])}" if args.settings else f"seeds {list(args.seeds)}")
-        summarise(part, out_dir, add_rows(saved, payload) if args.settings else add_seeds(saved, payload),
+        summarise(name, out_dir, add_rows(saved, payload) if args.settings else add_seeds(saved, payload),
                   args.bootstrap)
-        print(f"[{part}] added {added} to {out_dir}/experiment_{part}.{{json,md,png}} ({seconds / 60:.1f} min)",
+        print(f"[{name}] added {added} to {out_dir}/experiment_{name}.{{json,md,png}} ({seconds / 60:.1f} min)",
               flush=True)
         return
     payload["versus_best_longtail"] = versus_best_longtail(payload, runs_of(payload), test_labels(payload),
                                                            args.bootstrap)
     payload["versus_controls"] = versus_controls(payload, runs_of(payload), test_labels(payload), args.bootstrap)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir, part, payload)
-    (out_dir / f"experiment_{part}.md").write_text(markdown(part, payload, data, seconds))
-    (out_dir / f"experiment_{part}.png").write_bytes(
-        tables.gains_png(result["comparison"], f"{part}: gain over baseline (seed means, paired 95% CI)"))
-    print(f"[{part}] written: {out_dir}/experiment_{part}.{{json,md,png}} ({seconds / 60:.1f} min)", flush=True)
+    write_json(out_dir, name, payload)
+    (out_dir / f"experiment_{name}.md").write_text(markdown(name, payload, data, seconds))
+    (out_dir / f"experiment_{name}.png").write_bytes(
+        tables.gains_png(result["comparison"], f"{name}: gain over baseline (seed means, paired 95% CI)"))
+    print(f"[{name}] written: {out_dir}/experiment_{name}.{{json,md,png}} ({seconds / 60:.1f} min)", flush=True)
 
 
 def summarise(part: str, out_dir: Path, payload: dict, bootstrap: int) -> None:
@@ -534,6 +559,9 @@ def main() -> None:
     parser.add_argument("--dit-steps-phantom", type=int, default=4000, help="the phantom's normal DiT "
                         "(benchmarks/fidelity.py --sizes 64 --dit-steps 4000 trains the same one)")
     parser.add_argument("--dit-steps-label", type=int, default=800, help="the label-conditioned DiT (DfT-Caption)")
+    parser.add_argument("--regime", type=Regime.parse, default=Regime(), metavar="K=V,...",
+                        help="phantom parts: the world the phantom draws (tasks/phantom/regime.py), e.g. "
+                        "tail_contrast=0.5,tail_with_head=0.9; its own datasets, run and result files")
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--quick", action="store_true", help="tiny epochs and sets: checks the path, not the method")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder (default benchmarks/results)")
@@ -555,12 +583,14 @@ def main() -> None:
     joining = "--join" if args.join else "--add" if args.add else None
     if joining and args.part not in ("nih1000", *PHANTOM_SIZES):
         raise SystemExit(f"{joining} needs --part one of nih1000, {', '.join(PHANTOM_SIZES)}")
+    if not args.regime.is_default and args.part not in PHANTOM_SIZES:
+        raise SystemExit(f"--regime needs --part one of {', '.join(PHANTOM_SIZES)}")
     if args.join:
-        join(args.part, args.join, args.out, args.bootstrap, args.note)
+        join(args.part + args.regime.suffix(), args.join, args.out, args.bootstrap, args.note)
         return
     if args.rebuild:
         for part in (["nih1000", "phantom"] if args.part == "all" else [args.part]):
-            rebuild(part, args.out, args.bootstrap)
+            rebuild(part + args.regime.suffix(), args.out, args.bootstrap)
         return
     if args.quick and args.out == RESULTS and not args.prepare:
         raise SystemExit("--quick results are not results: give --out DIR")

@@ -25,7 +25,8 @@ from tasks.dataset import existing_rows
 from tasks.images import decode_mask, decode_png
 from tasks.knowledge import Decision
 from tasks.labels import vocabulary
-from tasks.phantom import render, sample_labels
+from tasks.phantom import render
+from tasks.phantom.regime import draw_labels, split_source_uri
 from tasks.phantom.stream import draw_split
 from tasks.tensors import lesion_masks, load_tensors
 
@@ -37,13 +38,13 @@ def cam_localisation(classifier_uri: str, dataset: str) -> dict:
 
 
 def _replay(source_uri: str, labels: np.ndarray, vocab_name: str, size: int) -> np.ndarray:
-    """The phantom patient behind ``phantom://seed/index`` rendered with ``labels``, in [0, 1]."""
-    seed, index = (int(part) for part in source_uri.removeprefix("phantom://").split("/"))
+    """The phantom patient behind ``phantom://seed/index[?regime]`` rendered with ``labels``, in [0, 1]."""
+    seed, index, regime = split_source_uri(source_uri)
     vocab = vocabulary(vocab_name)
     rng = np.random.default_rng([seed, index])
-    sample_labels(rng, vocab)
+    draw_labels(rng, vocab, regime)
     draw_split(rng)
-    return render(labels, vocab, size, rng)[0].astype(np.float32) / 255
+    return render(labels, vocab, size, rng, regime.tail_contrast)[0].astype(np.float32) / 255
 
 
 def lesion_outcomes(dataset: str, generated: str, tail: list[str], vocab_name: str = "nih") -> dict:

@@ -25,6 +25,7 @@ from tasks.dataset import (ShardWriter, check_writable, existing_quarantine_ids,
 from tasks.images import (DEFAULT_MAX_ASPECT, DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, ImageError, check_plausible,
                           content_id, decode, encode_png, resize_square)
 from tasks.locks import dataset_lock
+from tasks.phantom.regime import Regime
 from tasks.runs import recorded_run
 from tasks.sources import SourceRecord, SourceTable, default_split
 
@@ -362,33 +363,38 @@ def ingest_source(kind: str, table: str, images: str, out_uri: str, options: Ing
 
 def ingest_phantom(out_uri: str, n: int, size: int = 64, seed: int = 0, vocab: str = "nih",
                    shard_rows: int = 1024, explicit_tail: tuple[str, ...] | None = None,
-                   progress: Progress | None = None, workers: int = 1) -> IngestReport:
+                   progress: Progress | None = None, workers: int = 1, regime: Regime = Regime()) -> IngestReport:
     """Write ``n`` built-in phantom images (tasks/phantom/) as a dataset, masks included;
-    ``workers`` processes render them (the same images in the same order)."""
-    parameters = _phantom_parameters(n, size, seed, vocab)
+    ``workers`` processes render them (the same images in the same order). A ``regime`` other
+    than the default is named in the run's parameters, the manifest's source and every row's
+    ``source_uri``."""
+    parameters = _phantom_parameters(n, size, seed, vocab, regime)
     run_id = new_run_id()
     check_writable(out_uri, "phantom", vocab, size)  # refused before a lock or run record (again under the lock)
     with dataset_lock(out_uri, "phantom"), recorded_run(out_uri, run_id, "ingest", parameters, utcnow()) as done:
-        report = _ingest_phantom(out_uri, n, size, seed, vocab, shard_rows, explicit_tail, progress, run_id, workers)
+        report = _ingest_phantom(out_uri, n, size, seed, vocab, shard_rows, explicit_tail, progress, run_id, workers,
+                                 regime)
         done(report.to_json())
         return report
 
 
-def phantom_ingested(out_uri: str, n: int, size: int = 64, seed: int = 0, vocab: str = "nih") -> bool:
+def phantom_ingested(out_uri: str, n: int, size: int = 64, seed: int = 0, vocab: str = "nih",
+                     regime: Regime = Regime()) -> bool:
     """Whether ``out_uri``'s run records hold a completed ``ingest_phantom`` of these images: a
     rerun would render all ``n`` again only to find them present."""
-    wanted = _phantom_parameters(n, size, seed, vocab)
+    wanted = _phantom_parameters(n, size, seed, vocab, regime)
     return any(r.get("flow") == "ingest" and r.get("status") == "completed" and r.get("parameters") == wanted
                for r in map(store.read_json, store.glob(store.join(out_uri, "runs"), "*.json")))
 
 
-def _phantom_parameters(n: int, size: int, seed: int, vocab: str) -> dict:
-    return {"source": "phantom", "n": n, "size": size, "seed": seed, "vocab": vocab}
+def _phantom_parameters(n: int, size: int, seed: int, vocab: str, regime: Regime) -> dict:
+    default = {"source": "phantom", "n": n, "size": size, "seed": seed, "vocab": vocab}
+    return default if regime.is_default else default | {"regime": asdict(regime)}
 
 
 def _ingest_phantom(out_uri: str, n: int, size: int, seed: int, vocab: str, shard_rows: int,
                     explicit_tail: tuple[str, ...] | None, progress: Progress | None, run_id: str,
-                    workers: int = 1) -> IngestReport:
+                    workers: int = 1, regime: Regime = Regime()) -> IngestReport:
     from tasks.images import encode_mask
     from tasks.labels import vocabulary
     from tasks.phantom import phantom_images
@@ -400,7 +406,8 @@ def _ingest_phantom(out_uri: str, n: int, size: int, seed: int, vocab: str, shar
     known_ids = set(before.column("sample_id").to_pylist()) if before is not None else set()
     writer = ShardWriter(out_uri, sample_schema(), shard_rows, run_id=run_id)
     report = IngestReport(out_uri)
-    for done, item in enumerate(phantom_images(n, size=size, seed=seed, vocab=vocabulary_, workers=workers), start=1):
+    images = phantom_images(n, size=size, seed=seed, vocab=vocabulary_, workers=workers, regime=regime)
+    for done, item in enumerate(images, start=1):
         sample_id = content_id(item.image)
         if sample_id in known_ids:
             report.already_present += 1
@@ -409,7 +416,8 @@ def _ingest_phantom(out_uri: str, n: int, size: int, seed: int, vocab: str, shar
             writer.add({
                 "sample_id": sample_id, "image": encode_png(item.image), "height": size, "width": size,
                 "bit_depth": 8, "labels": [float(v) for v in item.labels], "split": item.split,
-                "patient_id": item.patient_id, "view": "PA", "source_uri": f"phantom://{seed}/{item.index}",
+                "patient_id": item.patient_id, "view": "PA",
+                "source_uri": f"phantom://{seed}/{item.index}{regime.query()}",
                 "origin": "phantom", "seed": seed,
                 "lesion_masks": [{"label": k, "mask": encode_mask(m)} for k, m in item.lesion_masks.items()] or None,
             })
@@ -417,7 +425,8 @@ def _ingest_phantom(out_uri: str, n: int, size: int, seed: int, vocab: str, shar
             progress(done, n)
     writer.close()
     finish_manifest(out_uri, name="phantom", kind="phantom", vocab_name=vocabulary_.name, image_size=size,
-                    source={"kind": "phantom", "n": n, "seed": seed}, run_id=writer.run_id,
+                    source={"kind": "phantom", "n": n, "seed": seed}
+                    | ({} if regime.is_default else {"regime": asdict(regime)}), run_id=writer.run_id,
                     explicit_tail=list(explicit_tail) if explicit_tail else None)
     report.rows_written = writer.written
     report.shards_written = len(writer.shards)

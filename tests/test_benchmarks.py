@@ -406,3 +406,27 @@ def test_a_run_made_on_another_machine_finds_its_phantom_here_by_name_and_checks
         test_labels({**run, "test_sample_ids": [*ids[:-1], "not-this-image"]})
     with pytest.raises(SystemExit, match="is not on this machine"):
         test_labels({**run, "dataset": "/tmp/elsewhere/bench/ph-99-s3"})
+
+
+def _means(tail_f1, tail_auroc, head_f1):
+    """compare_settings-shaped means with these (gain, interval low, interval high)."""
+    entry = lambda g: {"gain": g[0], "gain_ci95": [g[1], g[2]]}  # noqa: E731
+    return {"tail": {"f1_tuned": entry(tail_f1), "auroc": entry(tail_auroc)}, "head": {"f1_tuned": entry(head_f1)}}
+
+
+def test_the_regime_map_calls_a_win_only_on_the_issues_terms():
+    from benchmarks.regime_map import regime_row, verdict
+    assert verdict(_means((0.02, 0.001, 0.04), (0.01, 0.002, 0.02), (-0.005, -0.01, 0.0)))["wins"]
+    assert not verdict(_means((0.02, -0.001, 0.04), (0.01, 0.002, 0.02), (0.0, -0.01, 0.01)))["wins"]  # F1 CI has 0
+    assert not verdict(_means((0.02, 0.001, 0.04), (0.01, -0.002, 0.02), (0.0, -0.01, 0.01)))["wins"]  # AUROC
+    assert not verdict(_means((0.02, 0.001, 0.04), (0.01, 0.002, 0.02), (-0.02, -0.03, 0.0)))["wins"]  # head drop
+    won, lost = _means((0.02, 0.001, 0.04), (0.01, 0.002, 0.02), (0.0, -0.01, 0.01)), _means(
+        (0.0, -0.01, 0.01), (0.01, 0.002, 0.02), (0.0, -0.01, 0.01))
+    payload = {"commit": "c0ffee", "config": {"seeds": [0]}, "data": {"regime": {"tail_contrast": 0.5,
+                                                                                  "tail_with_head": 0.9}},
+               "versus_best_longtail": {"baseline": "cb",
+                                        "comparison": {"settings": {"+inpainting+cb": {"means": won}}}},
+               "versus_controls": {"+inpainting+cb": {"+copies+cb": lost}}}
+    row = regime_row(payload)
+    assert row["against"]["cb"]["wins"] and not row["against"]["+copies+cb"]["wins"] and not row["wins_all"]
+    assert regime_row({**payload, "versus_best_longtail": None}) is None

@@ -31,6 +31,7 @@ from __future__ import annotations
 from tasks.phantom.checks import MAX_SIZE, MIN_SIZE
 from tasks.phantom.lesions import LESION_KIND
 from tasks.phantom.prevalence import CO_OCCURRENCE, sample_labels
+from tasks.phantom.regime import Regime
 from tasks.phantom.stream import MASK_THRESHOLD, SPLIT_SHARES, PhantomImage, phantom_images, render
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "MAX_SIZE",
     "MIN_SIZE",
     "PhantomImage",
+    "Regime",
     "SPLIT_SHARES",
     "phantom_images",
     "render",

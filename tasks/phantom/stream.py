@@ -15,7 +15,8 @@ from tasks.labels import Vocabulary
 from tasks.phantom.anatomy import MODIFIERS, Anatomy, draw_anatomy
 from tasks.phantom.checks import check_int, check_labels, check_size, resolve_vocab
 from tasks.phantom.lesions import LESIONS, LESION_KIND
-from tasks.phantom.prevalence import label_model, sample_labels
+from tasks.phantom.prevalence import label_model
+from tasks.phantom.regime import Regime, draw_labels, tail_findings
 from tasks.phantom.scene import Scene
 
 MASK_THRESHOLD = 0.02  # brightness change (0..1 scale, ~5 grey levels) that puts a pixel in a mask
@@ -37,9 +38,11 @@ class PhantomImage:
 
 
 def phantom_images(
-    n: int, size: int = 64, seed: int = 0, vocab: str | Vocabulary = "nih", workers: int = 1
+    n: int, size: int = 64, seed: int = 0, vocab: str | Vocabulary = "nih", workers: int = 1,
+    regime: Regime = Regime(),
 ) -> Iterator[PhantomImage]:
-    """Stream ``n`` phantom images; image ``i`` depends only on ``(seed, i)``, ``size``, ``vocab``.
+    """Stream ``n`` phantom images; image ``i`` depends only on ``(seed, i)``, ``size``, ``vocab``
+    and ``regime`` (tasks/phantom/regime.py; a normal image not on the regime).
     ``workers`` > 1 renders them in that many forked processes, in the same order (rendering is
     ~16 ms per 128 px image on one core).
 
@@ -50,17 +53,19 @@ def phantom_images(
     seed = check_int("seed", seed, lo=0)
     workers = check_int("workers", workers, lo=1)
     voc = resolve_vocab(vocab)
+    if not isinstance(regime, Regime):
+        raise ValueError(f"regime must be a tasks.phantom.regime.Regime, got {type(regime).__name__}")
     label_model(voc)  # calibrate now so the first image is not the slow one (and workers inherit it)
     if workers > 1 and n > 1:
-        return _pooled(n, size, seed, voc, workers)
-    return (_image(i, seed, size, voc) for i in range(n))
+        return _pooled(n, size, seed, voc, workers, regime)
+    return (_image(i, seed, size, voc, regime) for i in range(n))
 
 
-def _image(i: int, seed: int, size: int, voc: Vocabulary) -> PhantomImage:
+def _image(i: int, seed: int, size: int, voc: Vocabulary, regime: Regime = Regime()) -> PhantomImage:
     rng = np.random.default_rng([seed, i])
-    labels = sample_labels(rng, voc)
+    labels = draw_labels(rng, voc, regime)
     split = draw_split(rng)
-    image, masks = render(labels, voc, size, rng)
+    image, masks = render(labels, voc, size, rng, regime.tail_contrast)
     return PhantomImage(
         index=i,
         patient_id=f"phantom-{seed}-{i:06d}",
@@ -71,16 +76,17 @@ def _image(i: int, seed: int, size: int, voc: Vocabulary) -> PhantomImage:
     )
 
 
-def _pooled(n: int, size: int, seed: int, voc: Vocabulary, workers: int) -> Iterator[PhantomImage]:
+def _pooled(n: int, size: int, seed: int, voc: Vocabulary, workers: int, regime: Regime) -> Iterator[PhantomImage]:
     # fork: the workers need only NumPy and this module, and inherit the calibrated label model
     with multiprocessing.get_context("fork").Pool(min(workers, n)) as pool:
-        yield from pool.imap(partial(_image, seed=seed, size=size, voc=voc), range(n), chunksize=8)
+        yield from pool.imap(partial(_image, seed=seed, size=size, voc=voc, regime=regime), range(n), chunksize=8)
 
 
 def render(
-    labels: np.ndarray, vocab: Vocabulary, size: int, rng: np.random.Generator
+    labels: np.ndarray, vocab: Vocabulary, size: int, rng: np.random.Generator, tail_contrast: float = 1.0
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Draw one patient with the findings in ``labels``: ``(uint8 image, {finding: bool mask})``.
+    """Draw one patient with the findings in ``labels``: ``(uint8 image, {finding: bool mask})``;
+    a tail finding's density change is ``tail_contrast`` times its usual one (a ``Regime``'s).
 
     The generator's draws do not depend on ``labels`` (anatomy first, then one seed per finding
     and one for noise), so the same generator state renders the same patient with or without
@@ -116,6 +122,10 @@ def render(
         if f not in modifiers:
             deltas[f] = LESIONS[LESION_KIND[f]](scene, lesion_rng(f)).astype(np.float32, copy=False)
             total += deltas[f]
+    if tail_contrast != 1.0:  # each tail finding's change scaled, the anatomy's included
+        for f in set(present) & tail_findings(vocab):
+            total += (tail_contrast - 1.0) * deltas[f]
+            deltas[f] = tail_contrast * deltas[f]
 
     bright = scene.brightness(total)
     masks: dict[str, np.ndarray] = {}
