@@ -211,7 +211,7 @@ def generate(dataset: str, out: str, classifier: dict, generator: dict, variant:
     options = options if placement == "-" else replace(options, mask=replace(options.mask, placement=placement))
     manifest = read_manifest(dataset)
     report, decisions = plan(dataset, cache, make_judge(judge_name))
-    prepared = work.prepare(dataset, out, manifest, decisions, classifier["id"], generator["id"], options)
+    prepared = work.prepare(dataset, out, manifest, decisions, classifier, generator["id"], options)
     started, run_id = time.perf_counter(), f"experiment-{variant}"
     results = [work.run_batch(dataset, out, batch, classifier, generator, options, run_id) for _, batch in prepared.todo]
     work.finish_output(out, dataset, manifest, classifier, generator, prepared.recipe, judge_name, options, run_id,

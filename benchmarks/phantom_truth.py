@@ -55,9 +55,29 @@ def lesion_outcomes(dataset: str, generated: str, tail: list[str], vocab_name: s
     per class (a removed head class's 0 is right when its lesion is gone by the signed criterion, a
     tail class's 1 when its lesion keeps half its signed contrast) and the share of rows whose labels
     are all right."""
-    rows = existing_rows(generated, ["parent_id", "image", "mask", "labels", "removed_labels", "accepted"])
+    rows, lesions = judged_lesions(dataset, generated, tail, vocab_name)
     if rows is None:
         return {"images": 0}
+    head = [e for e in lesions if e["kind"] == "head"]
+    kept = [e for e in lesions if e["kind"] == "tail"]
+    accepted = [e for e in lesions if e["accepted"]]
+    return {"images": rows.num_rows,
+            "head_lesions": len(head), "head_removal_rate": rate([e["absolute"] for e in head]),
+            "head_lesion_mask_coverage_mean": _mean([e["inside"] for e in head]),
+            "tail_lesions": len(kept), "tail_retention_rate": rate([e["absolute"] for e in kept]),
+            "tail_lesion_share_inside_mask_mean": _mean([e["inside"] for e in kept]),
+            "audit": {"all": _audit(lesions, rows.num_rows),
+                      "accepted": _audit(accepted, sum(bool(a) for a in rows.column("accepted").to_pylist())),
+                      "accepted_masked": _audit([e for e in accepted if e["kind"] == "tail" or e["inside"] > 0])}}
+
+
+def judged_lesions(dataset: str, generated: str, tail: list[str], vocab_name: str = "nih"):
+    """(the generated rows, one entry per judged lesion of a row: its row index, acceptance, kind
+    ("head": a removed class, "tail": a kept tail class), class, ``right`` by the signed criterion,
+    ``absolute`` and the share of the lesion inside the row's mask); (None, []) when none."""
+    rows = existing_rows(generated, ["parent_id", "image", "mask", "labels", "removed_labels", "accepted"])
+    if rows is None:
+        return None, []
     parents = load_tensors(dataset, where=pc.is_in(pc.field("sample_id"), rows.column("parent_id").unique()),
                            columns=("lesion_masks", "source_uri"))
     by_id = {sid: i for i, sid in enumerate(parents.sample_ids)}
@@ -93,17 +113,7 @@ def lesion_outcomes(dataset: str, generated: str, tail: list[str], vocab_name: s
             lesions.append({**common, "kind": "tail", "class": name, "right": retention(new, ideal, clean, lesion),
                             "absolute": float(np.abs(new - clean)[lesion].mean()) >= HALF * reference,
                             "inside": float((lesion & mask).sum() / lesion.sum())})
-    head = [e for e in lesions if e["kind"] == "head"]
-    kept = [e for e in lesions if e["kind"] == "tail"]
-    accepted = [e for e in lesions if e["accepted"]]
-    return {"images": rows.num_rows,
-            "head_lesions": len(head), "head_removal_rate": rate([e["absolute"] for e in head]),
-            "head_lesion_mask_coverage_mean": _mean([e["inside"] for e in head]),
-            "tail_lesions": len(kept), "tail_retention_rate": rate([e["absolute"] for e in kept]),
-            "tail_lesion_share_inside_mask_mean": _mean([e["inside"] for e in kept]),
-            "audit": {"all": _audit(lesions, rows.num_rows),
-                      "accepted": _audit(accepted, sum(bool(a) for a in rows.column("accepted").to_pylist())),
-                      "accepted_masked": _audit([e for e in accepted if e["kind"] == "tail" or e["inside"] > 0])}}
+    return rows, lesions
 
 
 def _audit(lesions: list[dict], rows: int | None = None) -> dict:

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 from benchmarks.common import ROOT
-from benchmarks.reliability_sections import (_kill_when, _shards, _start, add, cli, finish,
-                                             leftovers, tally)
+from benchmarks.reliability_sections import (_kill_when, _shards, add, cli, finish, leftovers, start_cli,
+                                             tally)
 
 # the fast end of the product: EigenCAM needs no trained gradients and the removal check is off,
 # so every candidate becomes a row at this size; the writes are the product's
@@ -192,7 +192,7 @@ def section_concurrent_augment(args, work: Path) -> dict:
         else:  # two plans on one (fresh) decision cache: DuckDB takes one writer
             cache = work / f"plan-{k}.duckdb"
             command, check = ["plan", world["dataset"], "--cache", str(cache), "--json"], "plan"
-        pair = [_start(command, world["env"]) for _ in (0, 1)]
+        pair = [start_cli(command, world["env"]) for _ in (0, 1)]
         results = [finish(child) for child in pair]
         rerun = cli(command, env=world["env"])
         refused = [r for r in results if r["rc"] == 2]

@@ -7,21 +7,28 @@ another kind, hostile settings and queries, each through the real `tailforge` co
 - ``contaminate``: `phantom --out` a real dataset and `ingest` into a phantom one: refused in one
   line, the dataset byte-identical after.
 - ``bounds``: a settings file of nested aliases (`config`), a string past the query's memory
-  limit and a query past its time limit: one line, exit 2.
+  limit, a query past its time limit, outputs in system folders and a name that climbs out of
+  $TAILFORGE_HOME: one line, exit 2.
+- ``stops``: SIGTERM and SIGINT to a writing `phantom`: one line, exit 143 / 130, its run
+  record "interrupted", no temporary file, and a rerun writes none of the finished shards again.
+- ``runs`` over a dataset with a flipped bit: the run records still list (exit 0).
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import random
 import shutil
+import signal
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
 from benchmarks.reliability_corpus import NIH_HEADER, image_bytes, pattern
-from benchmarks.reliability_sections import cli, tally
+from benchmarks.reliability_sections import cli, finish, leftovers, start_cli, tally
 
 COMMANDS = {"info": lambda ds, work: ["info", ds, "--json"], "verify": lambda ds, work: ["verify", ds],
             "query": lambda ds, work: ["query", "SELECT split, count(*) FROM samples GROUP BY ALL", "--root", ds],
@@ -40,7 +47,7 @@ def section_integrity(args, work: Path) -> dict:
     rng = random.Random(args.seed)
     details = [trial for i in range(args.flips)
                for trial in _flip(clean, work / f"flip{i}", rng, ("labels", "image", "anywhere")[i % 3])]
-    details += [*_contaminate(clean, work), *_bounds(work, str(clean))]
+    details += [*_contaminate(clean, work), *_bounds(work, str(clean)), *_stops(work), _runs_beside(clean, work)]
     counts = {k: sum(d[k] for d in details) for k in ("survived", "lost", "crashes", "hangs", "leaks")}
     return {**tally(trials=len(details), **counts), "flips": args.flips, "details": details}
 
@@ -113,13 +120,66 @@ def _bounds(work: Path, root: str) -> list[dict]:
             ("repeat() past the memory limit", ["query", "SELECT length(repeat('x', 3000000000))", "--root", root],
              "memory"),
             ("a cross join past --timeout 2", ["query", "SELECT count(*) FROM range(100000) a, range(100000) b, "
-                                               "range(100000) c", "--root", root, "--timeout", "2"], "time limit")):
+                                               "range(100000) c", "--root", root, "--timeout", "2"], "time limit"),
+            *((f"settings {text}", ["config", str(_settings(work, i, text))], says) for i, (text, says) in enumerate((
+                ("output: /etc", "system folder /etc"), ('name: "../../x"', "plain name"),
+                ("name: !!binary eA==", "plain name"), ("models: /", "root folder")))),
+            ("phantom --out /proc/x", ["phantom", "--n", "4", "--size", "32", "--out", "/proc/x"], "system folder")):
         done = cli(command, limit_s=60)
         err = done["err"].strip().splitlines()
         out.append({"trial": name, "rc": done["rc"], "seconds": done["seconds"], "message": (err or [""])[-1][:200],
                     "survived": done["rc"] == 2 and len(err) == 1 and says in err[0], "lost": 0,
                     "crashes": done["rc"] not in (0, 2, None), "hangs": done["rc"] is None, "leaks": 0})
     return out
+
+
+def _settings(work: Path, i: int, text: str) -> Path:
+    path = work / f"settings{i}.yaml"
+    path.write_text(text + "\n")
+    return path
+
+
+def _stops(work: Path) -> list[dict]:
+    """SIGTERM and SIGINT to a `phantom` once its first shard is written, then the same command again."""
+    out = []
+    for name in ("SIGTERM", "SIGINT"):
+        folder = work / f"stopped-{name}"
+        command = ["phantom", "--n", "200000", "--size", "32", "--shard-rows", "64", "--out", str(folder)]
+        started = time.monotonic()
+        child = start_cli(command)
+        deadline = started + 120
+        while not list(folder.glob("samples/part-*.parquet")) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        child.send_signal(getattr(signal, name))
+        done = finish(child, 120)
+        err = done["err"].strip().splitlines()
+        records = [json.loads(p.read_text()) for p in folder.glob("runs/*.json")]
+        shards = len(list(folder.glob("samples/part-*.parquet")))
+        again = cli(["phantom", "--n", str(64 * shards), "--size", "32", "--shard-rows", "64", "--out", str(folder),
+                     "--json"])
+        rewritten = json.loads(again["out"] or "{}").get("rows_written") if again["rc"] == 0 else None
+        right = (done["rc"] == (143 if name == "SIGTERM" else 130) and len(err) == 1
+                 and [r["status"] for r in records] == ["interrupted"] and not leftovers(folder) and rewritten == 0)
+        out.append({"trial": f"{name} to phantom after {shards} shards, then the same command", "rc": done["rc"],
+                    "seconds": round(time.monotonic() - started, 2), "message": (err or [""])[-1][:200],
+                    "survived": right, "lost": int(rewritten is None), "crashes": done["rc"] not in (130, 143, None),
+                    "hangs": done["rc"] is None, "leaks": len(leftovers(folder))})
+    return out
+
+
+def _runs_beside(clean: Path, work: Path) -> dict:
+    """`tailforge runs` reads run records only: a flipped bit in a shard does not hide them."""
+    copy = work / "runs-flipped"
+    shutil.copytree(clean, copy)
+    shard = sorted((copy / "samples").glob("part-*.parquet"))[0]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 1
+    shard.write_bytes(bytes(data))
+    done = cli(["runs", "--root", str(copy), "--json"])
+    listed = done["rc"] == 0 and '"flow": "ingest"' in done["out"]
+    return {"trial": "runs over a dataset with a flipped bit", "rc": done["rc"], "seconds": done["seconds"],
+            "message": "lists the run records" if listed else done["err"].strip()[-200:], "survived": listed,
+            "lost": 0, "crashes": done["rc"] not in (0, 2, None), "hangs": done["rc"] is None, "leaks": 0}
 
 
 def _tree(folder: Path) -> dict[str, str]:

@@ -20,7 +20,7 @@ import threading
 import time
 from pathlib import Path
 
-from benchmarks.reliability_sections import _start, add, cli, finish, plain_table, tally, writer_commands
+from benchmarks.reliability_sections import add, cli, finish, plain_table, start_cli, tally, writer_commands
 
 OUTAGE_BOUND_S = 150.0  # a writer cut off from S3 must have stopped by itself within this
 MODES = ("refused", "reset")
@@ -111,7 +111,7 @@ def outage_trial(command: list[str], env: dict, gate: Gate, mode: str, after_sha
                  prefix: str) -> dict:
     """Run ``command`` through the gate, close it once ``after_shards`` shards exist, wait for the
     writer to stop, open the gate, run the command again."""
-    child = _start(command, env)
+    child = start_cli(command, env)
     started = time.monotonic()
     while child.poll() is None and _shard_count(client, bucket, prefix) < after_shards:
         time.sleep(0.02)

@@ -36,7 +36,7 @@ def add(total: dict, part: dict) -> None:
 def cli(args: list[str], limit_s: float = COMMAND_LIMIT_S, env: dict | None = None) -> dict:
     """``python -m flows.cli ARGS`` from this checkout; rc None when it ran past ``limit_s``."""
     started = time.monotonic()
-    done = finish(_start(args, env), limit_s)
+    done = finish(start_cli(args, env), limit_s)
     return {**done, "seconds": round(time.monotonic() - started, 2)}
 
 
@@ -200,7 +200,7 @@ def section_concurrent(args, work: Path) -> dict:
     for k in range(args.concurrent):
         kind = list(commands)[k % len(commands)]
         out = work / f"both-{k}"
-        pair = [_start(commands[kind](str(out)) + ["--shard-rows", str(args.shard_rows + 7 * i)]) for i in (0, 1)]
+        pair = [start_cli(commands[kind](str(out)) + ["--shard-rows", str(args.shard_rows + 7 * i)]) for i in (0, 1)]
         results = [finish(child) for child in pair]
         rerun = cli(commands[kind](str(out)))  # whatever a refused writer left to do
         ids, got = dataset_rows(out)
@@ -217,7 +217,7 @@ def section_concurrent(args, work: Path) -> dict:
     return {**total, "details": trials}
 
 
-def _start(command: list[str], env: dict | None = None) -> subprocess.Popen:
+def start_cli(command: list[str], env: dict | None = None) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "flows.cli", *command], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 

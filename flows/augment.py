@@ -8,11 +8,12 @@ import time
 from collections import deque
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.artifacts import create_table_artifact
 
 from flows.crashes import mark_crashed
 from flows.gpu import gpu_slots, say_device
 from flows.permanent import retry_unless_permanent
+from flows.progress import StepProgress
 from flows.runners import batch_submitter
 from flows.settings import KnowledgeSettings
 from flows.stages import write_result
@@ -37,20 +38,25 @@ def plan_task(dataset_uri: str, cache_path: str, knowledge: KnowledgeSettings) -
       task_run_name="augment-batch-{index}")
 def augment_batch(index: int, dataset_uri: str, out_uri: str, batch: list[work.Candidate], classifier: dict,
                   generator: dict, settings: dict, run_id: str) -> dict:
-    """One batch of images; GPU-bound: it runs inside its run's `gpu` slots (gpu_slots)."""
+    """One batch of images; GPU-bound: it runs inside its run's `gpu` slots (gpu_slots). Each
+    step of its model work is a log line (on a CPU a batch takes minutes)."""
+    logger, started = get_run_logger(), time.monotonic()
     return work.run_batch(dataset_uri, out_uri, batch, classifier, generator,
-                          work.AugmentSettings.from_dict(settings), run_id)
+                          work.AugmentSettings.from_dict(settings), run_id,
+                          lambda text: logger.info(f"batch {index}: {text} ({time.monotonic() - started:.0f} s)"))
 
 
 class BatchTimeout(RuntimeError):  # not TimeoutError: Prefect would call the flow run itself timed out
     """A batch did not finish within augment.batch_timeout_s; the message says where to look."""
 
 
-def run_batches(todo: list, shared: dict, options: work.AugmentSettings, progress_id, logger) -> list[dict]:
+def run_batches(todo: list, shared: dict, options: work.AugmentSettings, logger) -> list[dict]:
     """Every batch of ``todo`` ((index, candidates) pairs), at most one per `gpu` slot the run
-    holds in flight, on the configured runner; their results in order."""
+    holds in flight, on the configured runner; their results in order. Images done, rate and ETA
+    are logged as batches finish (flows/progress.py)."""
     in_flight: deque = deque()
     results: list[dict] = []
+    progress = StepProgress("augment", sum(len(batch) for _, batch in todo), "image", "augment-progress")
 
     def finish_one() -> None:
         try:
@@ -61,7 +67,7 @@ def run_batches(todo: list, shared: dict, options: work.AugmentSettings, progres
             raise BatchTimeout(f"a batch was not done {options.batch_timeout_s:g} s after the run began waiting on "
                                f"it ({len(results)} of {len(todo)} batches done; the done ones are written and a "
                                f"rerun goes on from them): {where} (augment.batch_timeout_s)") from exc
-        update_progress_artifact(progress_id, 100.0 * len(results) / len(todo))
+        progress.update(sum(len(batch) for _, batch in todo[:len(results)]))
 
     if options.runner == "local":  # on Dask each batch reports its worker's device ("devices")
         say_device(logger)
@@ -120,16 +126,19 @@ def _fan_out(dataset_uri: str, out_uri: str, classifier: dict, generator: dict, 
              done) -> dict:
     logger = get_run_logger()
     plan_summary, decisions = plan_task(dataset_uri, cache_path or knowledge.cache_path(), knowledge)
-    prepared = work.prepare(dataset_uri, out_uri, manifest, decisions, classifier["id"], generator["id"], options)
+    prepared = work.prepare(dataset_uri, out_uri, manifest, decisions, classifier, generator["id"], options)
     candidates, all_batches, todo, recipe = prepared.candidates, prepared.batches, prepared.todo, prepared.recipe
+    gate = {k: prepared.gate.get(k, {}) for k in ("weak", "unjudged")}
+    for name, why in gate["weak"].items():
+        logger.warning(f"not removing {name}: the classifier cannot localise it ({why}; augment.min_class_auroc); "
+                       f"its images keep it, or have nothing else to remove")
+    for name, why in gate["unjudged"].items():
+        logger.warning(f"removing {name} unjudged by the classifier gate: {why}")
     logger.info(f"{len(candidates)} candidates in {len(all_batches)} batches; {len(todo)} to run, "
                 f"{len(all_batches) - len(todo)} already done")
-    progress_id = create_progress_artifact(0.0, key="augment-progress", description="batches finished (%)")
     shared = {"dataset_uri": dataset_uri, "out_uri": out_uri, "classifier": classifier, "generator": generator,
               "settings": options.to_dict(), "run_id": run_id}
-    results = run_batches(todo, shared, options, progress_id, logger) if todo else []
-    if not todo:
-        update_progress_artifact(progress_id, 100.0)
+    results = run_batches(todo, shared, options, logger) if todo else []
     decisions_uri = export_decisions(decisions, store.join(out_uri, "decisions"))
     work.finish_output(out_uri, dataset_uri, manifest, classifier, generator, recipe, knowledge.judge, options,
                        run_id, name=f"augmented-{manifest['name']}")
@@ -141,12 +150,14 @@ def _fan_out(dataset_uri: str, out_uri: str, classifier: dict, generator: dict, 
     done({
         "candidates": len(candidates), "batches_run": len(todo), "written": counts["written"],
         "accepted": counts["accepted"], "rejected": counts["rejected"], "by_class": counts["by_class"],
-        "quarantined": quarantined, "llm_calls": plan_summary["llm_calls"], "fallbacks": plan_summary["fallbacks"]})
+        "quarantined": quarantined, "llm_calls": plan_summary["llm_calls"], "fallbacks": plan_summary["fallbacks"],
+        "not_removed": gate["weak"], "unjudged": gate["unjudged"]})
     return {"run_id": run_id, "out_uri": out_uri, "plan": plan_summary, "candidates": len(candidates),
             "output": work.output_totals(out_uri),  # the whole output: what earlier runs wrote too
             "batches": len(all_batches), "batches_run": len(todo), "written": counts["written"],
             "accepted": counts["accepted"], "rejected": counts["rejected"], "by_class": counts["by_class"],
-            "quarantined": quarantined, "decisions_uri": decisions_uri, "wall_seconds": round(wall, 2), "model_seconds": round(model_seconds, 2),
+            "quarantined": quarantined, "not_removed": gate["weak"], "unjudged": gate["unjudged"],
+            "decisions_uri": decisions_uri, "wall_seconds": round(wall, 2), "model_seconds": round(model_seconds, 2),
             "task_seconds": round(sum(r["seconds"] for r in results), 2),  # inside the batch tasks: model + I/O
             "devices": counts["devices"],  # where the batches' models ran (models/device.py)
             # with the gpu limit at 1, batches run one at a time and this is the non-model share

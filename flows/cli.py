@@ -26,8 +26,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 
+from flows.permanent import PERMANENT_ERRNO
 from flows.printers import (print_augment, print_csv, print_decisions, print_finetune, print_ingest_report,
                             print_lineage, print_plan, print_pretrain, print_quarantine, print_run, print_runs,
                             print_summary, print_table, progress_bar)
@@ -296,10 +299,11 @@ def cmd_decisions(args: argparse.Namespace) -> int:
     return 0
 
 
-def _catalog(args: argparse.Namespace):
+def _catalog(args: argparse.Namespace, shards: bool = True):
     from tasks.catalog import TIMEOUT_S, open_catalog
 
-    return open_catalog(args.root or str(tailforge_home()), timeout_s=getattr(args, "timeout", TIMEOUT_S))
+    return open_catalog(args.root or str(tailforge_home()), timeout_s=getattr(args, "timeout", TIMEOUT_S),
+                        shards=shards)
 
 
 def cmd_lineage(args: argparse.Namespace) -> int:
@@ -331,7 +335,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     from tasks.catalog import query
     from tasks.lineage import drop_nulls
 
-    with _catalog(args) as catalog:
+    with _catalog(args, shards=False) as catalog:  # run records only: a corrupt shard does not hide them
         columns, rows = query(catalog, "SELECT run_id, flow, status, started_at, ended_at, counts "
                                        f"FROM runs ORDER BY started_at DESC LIMIT {int(args.limit)}")
     records = [dict(zip(columns, r)) for r in rows]
@@ -541,12 +545,28 @@ def user_message(exc: Exception) -> str:
     return str(exc)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler or `kill` stopping the command), raised where Ctrl-C would be: every
+    run record open then ends "interrupted" and temp files are removed on the way out."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         status = COMMANDS[args.command](args)
         sys.stdout.flush()  # a closed pipe shows here, not as a traceback at interpreter exit
         return status
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: one line; the run records say "interrupted"
+        what = "stopped by SIGTERM" if isinstance(exc, Terminated) else "interrupted (Ctrl-C)"
+        print(f"tailforge {args.command}: {what}: what was written stays, and the same command goes on from it",
+              file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
     except BrokenPipeError:  # `tailforge ... --json | head`: the reader left; no traceback
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
@@ -560,6 +580,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except storage_errors() as exc:  # an S3 outage: one line, not a botocore traceback
         print(f"tailforge {args.command}: error: {storage_message(exc)}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a full disk, a quota, a read-only mount: the user frees or moves, then reruns
+        if exc.errno not in PERMANENT_ERRNO:
+            raise
+        where = f" writing {exc.filename}" if exc.filename else ""
+        print(f"tailforge {args.command}: error: {os.strerror(exc.errno)}{where}: free space or write elsewhere, "
+              f"then run the same command again (finished shards are kept, nothing half-written)", file=sys.stderr)
         return 2
 
 

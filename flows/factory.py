@@ -82,11 +82,20 @@ def _run_factory(settings: FactorySettings, dataset_uri: str, output: str, run_i
                "llm_calls": augmented["plan"]["llm_calls"], "classifier": models["classifier"]["id"][:16],
                "generator": models["generator"]["id"][:16],
                "augment_orchestration_share": augmented["orchestration_share"]}
-    written = report_task(store.join(output, "report"), tuned, augmented_uri, dataset_uri, summary)
+    written = report_task(store.join(output, "reports", run_id), tuned, augmented_uri, dataset_uri, summary)
+    latest_report(written["uris"], store.join(output, "report"), run_id)
     done(summary)
     return {"run_id": run_id, "settings": settings.to_dict(), "dataset_uri": dataset_uri, "output_uri": output,
             "models": models, "augment": augmented, "finetune": tuned, "report": written["uris"],
             "table": written["rows"], "seconds": round(time.perf_counter() - started, 1)}
+
+
+def latest_report(uris: dict, latest_uri: str, run_id: str) -> None:
+    """Each run's report stays in ``reports/<run id>/``; ``report/`` holds a copy of the latest
+    one, with ``run.json`` naming its run (a rerun no longer overwrites the only report)."""
+    for uri in uris.values():
+        store.write_bytes_atomic(store.join(latest_uri, uri.rsplit("/", 1)[-1]), store.read_bytes(uri))
+    store.write_json(store.join(latest_uri, "run.json"), {"run_id": run_id, "report": uris})
 
 
 def _settings(config_path: str | None, overrides: dict | None) -> FactorySettings:

@@ -8,6 +8,7 @@ tests can isolate it. Unknown keys in the YAML are errors that name the key and 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -163,6 +164,18 @@ class FactorySettings:
     stages: StageSettings = field(default_factory=StageSettings)  # where pretrain, augment and fine-tune run
     output: str | None = None  # run outputs (default: $TAILFORGE_HOME/runs/<name>)
     models: str | None = None  # checkpoints (default: $TAILFORGE_HOME/models)
+
+    def __post_init__(self) -> None:
+        from tasks.store import check_output_location
+
+        if not isinstance(self.name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", self.name):
+            raise ValueError(f"name must be a plain name (letters, digits, '.', '_', '-', at most 100; no '/' or "
+                             f"'..': default outputs are named after it), got {self.name!r}")
+        for what, uri in (("output", self.output), ("models", self.models), ("dataset.uri", self.dataset.uri)):
+            if uri is not None:
+                if not isinstance(uri, str):
+                    raise ValueError(f"{what} must be a folder or s3:// URI, got {uri!r}")
+                check_output_location(uri, what)
 
     def output_uri(self) -> str:
         return self.output or str(tailforge_home() / "runs" / self.name)

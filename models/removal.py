@@ -65,7 +65,8 @@ def dit_fill(dit, scheduler, config: InpaintConfig) -> Fill:
 def remove_lesions(classifier: torch.nn.Module, images: torch.Tensor, remove: list[list[int]], seeds: list[int],
                    fill: Fill, *, method: str, mask: MaskConfig, localise: LocaliseConfig, thresholds: list[float],
                    priors: dict[int, np.ndarray] | None = None, rounds: int = 1, target: float = 1.0,
-                   probs: np.ndarray | None = None, keep: list[list[int]] | None = None) -> Removal:
+                   probs: np.ndarray | None = None, keep: list[list[int]] | None = None,
+                   progress: Callable[[str], None] | None = None) -> Removal:
     """Remove the classes ``remove[i]`` from each of the (N, 1, H, W) ``images`` in [0, 1]:
     up to ``rounds`` localise -> fill passes. ``probs`` are the classifier's probabilities on
     ``images`` when the caller has them; ``seeds`` give each image its own fill and, for the
@@ -73,7 +74,8 @@ def remove_lesions(classifier: torch.nn.Module, images: torch.Tensor, remove: li
     is at least ``target`` x its threshold (1: until the classifier no longer calls it; lower
     pushes on past the call, to what the classifier still half sees). ``keep[i]`` are the classes
     image i keeps (its findings not removed): where their maps on the original point
-    (``MaskConfig.protect``) no round repaints."""
+    (``MaskConfig.protect``) no round repaints. ``progress`` gets a line after the masks and after
+    each round's fill (a batch on a CPU takes minutes)."""
     if rounds < 1 or not 0 < target <= 1:
         raise ValueError("rounds must be at least 1 and 0 < target <= 1")
     if len(seeds) != len(remove) or len(remove) != images.shape[0]:
@@ -82,12 +84,15 @@ def remove_lesions(classifier: torch.nn.Module, images: torch.Tensor, remove: li
     first = removal_masks(classifier, images, remove, method, mask, seeds=seeds, localise=localise,
                           priors=priors, thresholds=thresholds, probs=probs, keep=keep)
     ok = [i for i, m in enumerate(first) if m.outcome == "ok"]
+    say = progress or (lambda text: None)
+    say(f"masks for {len(ok)} of {len(first)} images")
     protected = {i: first[i].protected if first[i].protected is not None else np.zeros_like(first[i].mask) for i in ok}
     union = {i: first[i].mask for i in ok}
     used = {i: 1 for i in ok}
     results = images.clone()
     if ok:
         results[ok] = _fill_rows(fill, images, union, ok, seeds)
+        say(f"round 1 of at most {rounds}: {len(ok)} images filled")
     after = predict_probs(classifier, results[ok]) if ok else np.zeros((0, len(cut)), np.float32)
     after_of = dict(zip(ok, after))
     for r in range(2, rounds + 1):
@@ -107,6 +112,7 @@ def remove_lesions(classifier: torch.nn.Module, images: torch.Tensor, remove: li
         if not grown:
             break
         results[grown] = _fill_rows(fill, images, union, grown, seeds)
+        say(f"round {r} of at most {rounds}: {len(grown)} images filled again with grown masks")
         for i, p in zip(grown, predict_probs(classifier, results[grown])):
             after_of[i] = p
     masks = [MaskResult(union[i], "ok", float(union[i].mean()), protected[i]) if i in union else m

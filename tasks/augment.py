@@ -29,6 +29,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -46,6 +47,7 @@ from models.removal import dit_fill, kept_classes, remove_lesions
 from models.sampling import sample
 from models.training import predict_probs
 from tasks import store
+from tasks.classifier_gate import class_report
 from tasks.dataset import (SAMPLES, ShardWriter, check_writable, existing_quarantine_ids, existing_rows,
                            finish_manifest, label_matrix, read_manifest, sample_schema)
 from tasks.images import decode_png, encode_mask, encode_png
@@ -81,6 +83,7 @@ class AugmentSettings:
     dask_address: str | None = None  # runner "dask": the scheduler, tcp://HOST:8786
     dask_resource: str | None = "GPU"  # runner "dask": the worker resource each batch takes one of; null: none
     batch_timeout_s: float = 7200.0  # a batch not done this long after the run waits on it fails the run, saying so
+    min_class_auroc: float = 0.7  # a head class whose val AUROC is below this is kept, not removed (0: no gate)
 
     @classmethod
     def from_dict(cls, data: dict) -> "AugmentSettings":
@@ -108,6 +111,9 @@ class AugmentSettings:
                              "another removal round aims below (1 = until the classifier no longer calls it)")
         if self.variants < 1:
             raise ValueError("augment.variants must be at least 1 (generated images per parent)")
+        if not 0 <= self.min_class_auroc < 1:
+            raise ValueError("augment.min_class_auroc must be in [0, 1): the val AUROC a class to be removed needs "
+                             "(0 turns the classifier gate off)")
         if self.batch_timeout_s <= 0:
             raise ValueError("augment.batch_timeout_s must be positive (seconds a batch may take)")
 
@@ -137,10 +143,12 @@ def recipe_id(settings: AugmentSettings, classifier_id: str, generator_id: str) 
 
 def build_candidates(dataset_uri: str, findings: list[str], head: list[str], tail: list[str],
                      decisions: list[Decision], recipe: str, max_images: int | None = None,
-                     variants: int = 1) -> list[Candidate]:
+                     variants: int = 1, not_removed: frozenset[str] = frozenset()) -> list[Candidate]:
     """The planner's candidates (tasks.knowledge.planner.candidate_codes: train images with a
     head and a tail finding) whose decision removes something, ``variants`` per image: variant 0
-    keeps the id (and seed) it has without variants, so raising the count only adds rows."""
+    keeps the id (and seed) it has without variants, so raising the count only adds rows. Classes
+    in ``not_removed`` (the classifier gate's) are kept instead; a candidate left with nothing to
+    remove is dropped, and one that lost a class gets its own id."""
     by_question = {(d.head, d.tail): d for d in decisions}
     head_idx, tail_idx = [findings.index(h) for h in head], [findings.index(t) for t in tail]
     out = []
@@ -151,12 +159,15 @@ def build_candidates(dataset_uri: str, findings: list[str], head: list[str], tai
         for sample_id, code in zip(rows.column("sample_id").to_pylist(), codes.tolist()):
             question = questions.get(code)
             decision = by_question.get((question.head, question.tail)) if question else None
-            if decision is None or not decision.remove:
+            remove = tuple(r for r in decision.remove if r not in not_removed) if decision else ()
+            if not remove:
                 continue
+            gated = tuple(r for r in decision.remove if r in not_removed)
             for variant in range(variants):
-                key = f"{sample_id}\n{decision.decision_id}\n{recipe}" + (f"\n{variant}" if variant else "")
+                key = (f"{sample_id}\n{decision.decision_id}\n{recipe}" + (f"\n{variant}" if variant else "")
+                       + (f"\nnot removed: {','.join(gated)}" if gated else ""))
                 output_id = hashlib.sha256(key.encode()).hexdigest()
-                out.append(Candidate(output_id, sample_id, shard, decision.remove, decision.keep,
+                out.append(Candidate(output_id, sample_id, shard, remove, decision.keep + gated,
                                      decision.decision_id, int(output_id[:8], 16)))
     out.sort(key=lambda c: c.output_id)
     return out[:max_images] if max_images is not None else out
@@ -174,22 +185,29 @@ class Prepared:
     candidates: list[Candidate]
     batches: list[list[Candidate]]
     todo: list[tuple[int, list[Candidate]]]
+    gate: dict = field(default_factory=dict)  # tasks.classifier_gate.class_report: the classes not removed, why
 
 
-def prepare(dataset_uri: str, out_uri: str, manifest: dict, decisions: list[Decision], classifier_id: str,
+def prepare(dataset_uri: str, out_uri: str, manifest: dict, decisions: list[Decision], classifier: dict,
             generator_id: str, settings: AugmentSettings) -> Prepared:
     """The one augment preparation (the flow submits ``todo`` as tasks; the paper experiment and
-    the tests loop over it): recipe -> candidates -> batches -> what is not done yet."""
+    the tests loop over it): the classifier gate (tasks/classifier_gate.py) -> recipe ->
+    candidates -> batches -> what is not done yet."""
     check_writable(out_uri, "augmented", manifest["vocabulary"], manifest["image_size"], parent=dataset_uri)
     check_judging(out_uri, settings)
-    recipe = recipe_id(settings, classifier_id, generator_id)
+    removable = sorted({r for d in decisions for r in d.remove})
+    gate = {}
+    if removable and settings.min_class_auroc > 0:
+        model, card = _classifier(classifier["uri"])
+        gate = class_report(dataset_uri, model, card.labels, removable, settings.min_class_auroc)
+    recipe = recipe_id(settings, classifier["id"], generator_id)
     candidates = build_candidates(dataset_uri, manifest["labels"], manifest["head_tail"]["head"],
                                   manifest["head_tail"]["tail"], decisions, recipe, settings.max_images,
-                                  settings.variants)
+                                  settings.variants, frozenset(gate.get("weak", {})))
     done = done_ids(out_uri)
     chunks = batches(candidates, settings.batch_size)
     todo = [(i, b) for i, b in enumerate(chunks) if not all(c.output_id in done for c in b)]
-    return Prepared(recipe, candidates, chunks, todo)
+    return Prepared(recipe, candidates, chunks, todo, gate)
 
 
 # The settings that decide a row's verdict but not its pixels (so not in the recipe): a rerun
@@ -330,8 +348,9 @@ def _quality(dataset_uri: str) -> QualityScorer:
 
 
 def run_batch(dataset_uri: str, out_uri: str, batch: list[Candidate], classifier: dict, generator: dict,
-              settings: AugmentSettings, run_id: str) -> dict:
-    """Generate one batch and write it; returns counts and timings (a handle, no pixels)."""
+              settings: AugmentSettings, run_id: str, progress: Callable[[str], None] | None = None) -> dict:
+    """Generate one batch and write it; returns counts and timings (a handle, no pixels).
+    ``progress`` gets a line at each step of the model work (masks, each removal round)."""
     started = time.perf_counter()
     wanted = pa.array([c.parent_id for c in batch])
     parents = load_tensors(dataset_uri, where=pc.is_in(pc.field("sample_id"), wanted),
@@ -348,7 +367,7 @@ def run_batch(dataset_uri: str, out_uri: str, batch: list[Candidate], classifier
     with _MODEL_LOCK:
         model_started = time.perf_counter()
         masks, generated, scores, ood, probs_before, probs_after = _generate(
-            dataset_uri, images, kept, conditional, findings, batch, classifier, generator, settings)
+            dataset_uri, images, kept, conditional, findings, batch, classifier, generator, settings, progress)
         model_seconds = time.perf_counter() - model_started
     ok = [i for i, m in enumerate(masks) if m.outcome == "ok"]
 
@@ -447,7 +466,8 @@ def _reasons(verdicts: list[str]) -> dict[str, int]:
 
 
 def _generate(dataset_uri: str, images: torch.Tensor, kept: torch.Tensor, conditional: bool, findings: list[str],
-              batch: list[Candidate], classifier: dict, generator: dict, settings: AugmentSettings):
+              batch: list[Candidate], classifier: dict, generator: dict, settings: AugmentSettings,
+              progress: Callable[[str], None] | None = None):
     """CAM masks that leave the ``kept`` findings alone -> inpainting (or, ``conditional``, a
     label-conditioned generator samples the kept finding sets from noise) -> quality score and
     classifier probabilities (the model work)."""
@@ -469,7 +489,7 @@ def _generate(dataset_uri: str, images: torch.Tensor, kept: torch.Tensor, condit
                                  method=settings.cam_method, mask=settings.mask, localise=settings.localise,
                                  thresholds=card.thresholds, priors=priors, rounds=settings.removal_rounds,
                                  target=settings.removal_target, probs=before,
-                                 keep=kept_classes(kept.numpy(), remove))
+                                 keep=kept_classes(kept.numpy(), remove), progress=progress)
         masks, generated, ok, after = removal.masks, removal.generated, removal.ok, removal.probs
         if not ok:
             return masks, generated, np.zeros(0), None, None, None

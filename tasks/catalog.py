@@ -67,11 +67,13 @@ class Catalog:
 
 
 def open_catalog(root: str, timeout_s: float | None = TIMEOUT_S, memory_limit: str = MEMORY_LIMIT,
-                 threads: int = THREADS) -> Catalog:
+                 threads: int = THREADS, shards: bool = True) -> Catalog:
     """Build the views over everything under ``root`` and lock the connection down.
 
     Files are read through ``ReadOnlyFileSystem`` under its own protocol (views name fenced
-    URLs; the ``dataset`` column is mapped back to the user's URI)."""
+    URLs; the ``dataset`` column is mapped back to the user's URI). ``shards=False`` (`tailforge
+    runs`): the samples, quarantine and decisions views are empty and no shard is read, so a
+    corrupt shard does not hide the run records that say what wrote it."""
     if not store.exists(root):
         raise FileNotFoundError(f"no catalog root at {root}")
     root = root.rstrip("/") if store.is_remote(root) else os.path.abspath(root)
@@ -83,9 +85,9 @@ def open_catalog(root: str, timeout_s: float | None = TIMEOUT_S, memory_limit: s
     datasets = [m.rsplit("/", 1)[0] for m in manifests]
     prefix = original_prefix(root)
     names = {d: store.read_json(m).get("name") for d, m in zip(datasets, manifests)}
-    files = {kind: [f for d in datasets for f in store.glob(d, f"{kind}/part-*.parquet")]
+    files = {kind: [f for d in datasets for f in store.glob(d, f"{kind}/part-*.parquet")] if shards else []
              for kind in ("samples", "quarantine")}
-    decisions = store.glob(root, "**/decisions/part-*.parquet")
+    decisions = store.glob(root, "**/decisions/part-*.parquet") if shards else []
     store.verify_shards([*files["samples"], *files["quarantine"], *decisions])  # a changed shard: refused by name
     for view in ("samples", "quarantine"):
         _view_over(con, view, [fenced_url(f) for f in files[view]], prefix, names)

@@ -238,7 +238,8 @@ def check_writable(dataset_uri: str, kind: str, vocab_name: str | None = None, i
     another kind (phantom rows in a real dataset, generated rows in an ingested one), of another
     vocabulary or size, or (generated rows) made from another parent dataset: such a write would
     change its counts, name and head/tail without a word. A new folder is always writable.
-    Returns the existing manifest (None for a new folder)."""
+    Returns the existing manifest (None for a new folder). A system folder is refused too."""
+    store.check_output_location(dataset_uri, "dataset")
     try:
         manifest = read_manifest(dataset_uri)
     except FileNotFoundError:

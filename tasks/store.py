@@ -53,6 +53,23 @@ def is_remote(uri: str) -> bool:
     return "://" in uri and not uri.startswith("file://")
 
 
+# folders the system owns: no dataset, model or run output belongs in (or under) one
+SYSTEM_FOLDERS = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/proc", "/run", "/sbin", "/sys",
+                  "/usr", "/var/log", "/var/run")  # /var/lib/<app> is where a service keeps its state: allowed
+
+
+def check_output_location(uri: str, what: str = "output") -> None:
+    """Refuse, in one line, to write under the file system's root itself or a system folder
+    (`output: /etc`); ``..`` and symlinks are resolved first. Remote URIs are the store's own."""
+    if is_remote(uri):
+        return
+    path = os.path.realpath(uri.removeprefix("file://"))
+    system = next((s for s in SYSTEM_FOLDERS if path == s or path.startswith(s + "/")), "/" if path == "/" else None)
+    if system:
+        raise ValueError(f"{what} {uri} is {'the root folder' if system == '/' else 'in the system folder ' + system}"
+                         f": write under your own folder or $TAILFORGE_HOME instead")
+
+
 def filesystem(uri: str, storage_options: Mapping[str, Any] | None = None):
     """``(fs, path)`` for a URI; local paths are made absolute."""
     if not is_remote(uri):

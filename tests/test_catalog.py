@@ -35,7 +35,7 @@ def small_run(tmp_path_factory):
     manifest = read_manifest(dataset)
     settings = work.AugmentSettings.from_dict({"cam_method": "eigencam", "mask": {"max_area": 0.7},
                                                "inpaint": {"steps": 2, "jump_length": 2, "resample": 1}})
-    batch = work.prepare(dataset, out, manifest, decisions, classifier["id"], generator["id"], settings).candidates[:6]
+    batch = work.prepare(dataset, out, manifest, decisions, classifier, generator["id"], settings).candidates[:6]
     work.run_batch(dataset, out, batch, classifier, generator, settings, "run-0001")
     export_decisions(decisions, store.join(out, "decisions"))
     finish_manifest(out, name="augmented", kind="augmented", vocab_name="nih", image_size=32,

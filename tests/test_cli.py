@@ -72,6 +72,53 @@ def test_a_reader_that_leaves_early_gets_no_traceback():
         assert child.returncode == 1 and b"Traceback" not in err and b"BrokenPipe" not in err, err.decode()[-2000:]
 
 
+@pytest.mark.parametrize("stop", ["SIGTERM", "SIGINT"])
+def test_a_stopped_command_says_so_in_one_line_and_records_it(tmp_path, stop, capsys):
+    """SIGTERM (a scheduler, `kill`) and Ctrl-C end a command with one line, its run record
+    "interrupted" (not "running" for good), no temp file, and the same command goes on after."""
+    import signal
+    import time
+
+    out = tmp_path / "phantom"
+    command = [sys.executable, "-m", "flows.cli", "phantom", "--n", "200000", "--size", "32", "--shard-rows", "64",
+               "--out", str(out)]
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             cwd=Path(__file__).resolve().parents[1])
+    deadline = time.monotonic() + 120
+    while not list(out.glob("samples/part-*.parquet")) and time.monotonic() < deadline:  # working, past imports
+        time.sleep(0.2)
+    child.send_signal(getattr(signal, stop))
+    _, err = child.communicate(timeout=120)
+    assert child.returncode == (143 if stop == "SIGTERM" else 130), err.decode()[-2000:]
+    lines = err.decode().strip().splitlines()
+    assert len(lines) == 1 and ("stopped by SIGTERM" if stop == "SIGTERM" else "interrupted (Ctrl-C)") in lines[0]
+    (record,) = [json.loads(p.read_text()) for p in out.glob("runs/*.json")]
+    assert record["status"] == "interrupted"
+    assert not [p for p in out.rglob("*") if ".tmp-" in p.name]
+    written = len(list(out.glob("samples/part-*.parquet")))
+    assert main(["phantom", "--n", str(64 * written), "--size", "32", "--shard-rows", "64", "--out", str(out),
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["rows_written"] == 0  # the shards it finished are kept
+
+
+@pytest.mark.parametrize("code", ["ENOSPC", "EDQUOT", "EROFS"])
+def test_a_full_disk_is_one_line_and_leaves_no_partial_shard(tmp_path, monkeypatch, capsys, code):
+    import errno
+    import os
+
+    from tasks import store
+
+    def full(uri, data):
+        raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)), uri)
+
+    monkeypatch.setattr(store, "write_bytes_atomic", full)
+    out = tmp_path / "phantom"
+    assert main(["phantom", "--n", "20", "--size", "32", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and os.strerror(getattr(errno, code)) in err[0] and "run the same command again" in err[0]
+    assert not list(out.glob("samples/*.parquet"))
+
+
 def test_piped_output_is_not_wrapped_at_80_columns_and_a_slow_temporary_server_says_what_to_do():
     from flows.cli import EPHEMERAL_TIMEOUT, user_message
     from flows.printers import stdout_console

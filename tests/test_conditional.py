@@ -69,7 +69,7 @@ def conditional_run(tmp_path_factory):
     generator = train_label_dit(dataset, models, config, DiTTrainConfig(steps=4, batch_size=8))
     _, decisions = plan(dataset, root / "d.duckdb")
     settings = work.AugmentSettings.from_dict({"inpaint": {"steps": 3}, "ood_filter": False})
-    prepared = work.prepare(dataset, out, manifest, decisions, classifier["id"], generator["id"], settings)
+    prepared = work.prepare(dataset, out, manifest, decisions, classifier, generator["id"], settings)
     batch = prepared.candidates[:5]
     result = work.run_batch(dataset, out, batch, classifier, generator, settings, "run-cond")
     finish_manifest(out, name="conditional", kind="augmented", vocab_name="nih", image_size=32,

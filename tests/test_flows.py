@@ -5,6 +5,7 @@ equals an uninterrupted one."""
 import dataclasses
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -170,7 +171,7 @@ def test_interrupted_augment_resumes_to_the_same_samples(tiny_run, tmp_path):
     _, decisions = plan(dataset, cache)
     manifest = read_manifest(dataset)
     resumed = str(tmp_path / "resumed")
-    chunks = work.prepare(dataset, resumed, manifest, decisions, models["classifier"]["id"], models["generator"]["id"],
+    chunks = work.prepare(dataset, resumed, manifest, decisions, models["classifier"], models["generator"]["id"],
                           settings).batches
     assert len(chunks) >= 3
     work.run_batch(dataset, resumed, chunks[0], models["classifier"], models["generator"], settings, "killed-run")
@@ -221,7 +222,7 @@ def test_random_placement_moves_the_same_masks(tiny_run, tmp_path):
         settings = work.AugmentSettings.from_dict({**TINY["augment"], "removal_rounds": 1,
                                                    "mask": {**TINY["augment"]["mask"], "placement": placement}})
         out = str(tmp_path / placement)
-        batch = work.prepare(dataset, out, manifest, decisions, models["classifier"]["id"], models["generator"]["id"],
+        batch = work.prepare(dataset, out, manifest, decisions, models["classifier"], models["generator"]["id"],
                              settings).candidates
         parents_wanted = parents_wanted or {c.parent_id for c in batch[:8]}  # the same parents both times
         batch = [c for c in batch if c.parent_id in parents_wanted]
@@ -271,6 +272,38 @@ def test_api_key_from_a_prefect_secret_block(prefect_server, tiny_run, tmp_path,
     assert report.llm_calls > 0 and report.fallbacks == {}
     assert key in (sent.get("x-api-key"), sent.get("authorization", "").removeprefix("Bearer "))
     assert key not in (tmp_path / "d.duckdb").read_bytes().decode("latin-1")
+
+
+def test_classes_the_classifier_cannot_tell_apart_are_kept_and_the_run_says_so(tiny_run, tmp_path, caplog):
+    """The classifier gate (tasks/classifier_gate.py) with a bar no 2-epoch classifier clears:
+    every removable class is named with its val AUROC, nothing it would have removed is removed."""
+    result, _ = tiny_run
+    dataset, models = result["dataset_uri"], result["models"]
+    out = str(tmp_path / "gated")
+    with caplog.at_level("WARNING"):
+        summary = augment_flow(dataset, out, models["classifier"], models["generator"], KnowledgeSettings(cache=None),
+                               {**TINY["augment"], "min_class_auroc": 0.999}, str(tmp_path / "d.duckdb"))
+    assert summary["not_removed"] and all(why.startswith("val AUROC") for why in summary["not_removed"].values())
+    assert set(summary["not_removed"]) | set(summary["unjudged"]) >= set(result["augment"]["by_class"])
+    removed = {name for name in summary["by_class"]}
+    assert not removed & set(summary["not_removed"])
+    assert all(f"not removing {name}" in caplog.text for name in summary["not_removed"])
+    (record,) = [json.loads(p.read_text()) for p in Path(out, "runs").glob("*.json")]
+    assert record["counts"]["not_removed"] == summary["not_removed"]
+
+
+def test_augment_logs_each_step_of_a_batch_and_images_done_with_an_eta(tiny_run, tmp_path, caplog):
+    """Issue 34: on the CPU a batch of 32 ran 131 s without a line, and the progress artifact
+    only ever said 100%."""
+    result, _ = tiny_run
+    dataset, models = result["dataset_uri"], result["models"]
+    with caplog.at_level("INFO"):
+        summary = augment_flow(dataset, str(tmp_path / "logged"), models["classifier"], models["generator"],
+                               KnowledgeSettings(cache=None), TINY["augment"], str(tmp_path / "d.duckdb"))
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(re.fullmatch(r"batch 0: masks for \d+ of \d+ images \(\d+ s\)", line) for line in lines), lines
+    assert any(re.match(r"batch \d+: round 1 of at most 4: \d+ images filled", line) for line in lines), lines
+    assert f"augment: image {summary['candidates']}/{summary['candidates']}, " in "\n".join(lines)
 
 
 def test_a_failed_augment_says_so_in_its_run_record(tiny_run, tmp_path, capsys):
@@ -425,6 +458,20 @@ def test_a_rerun_reuses_the_fine_tunes_of_the_same_inputs(tiny_run, monkeypatch)
     assert trained == [("baseline",)]
 
 
+def test_each_factory_run_keeps_its_report_and_report_is_the_latest(tiny_run):
+    """Issue 34: a rerun overwrote the first run's report (then "generated_this_run: 0")."""
+    result, home = tiny_run
+    again = factory_flow(overrides=TINY)
+    assert again["augment"]["written"] == 0 and again["run_id"] != result["run_id"]
+    reports = Path(result["output_uri"], "reports")
+    first, second = (reports / run / "report.md" for run in (result["run_id"], again["run_id"]))
+    assert f"- **generated_this_run**: {result['augment']['written']}" in first.read_text()
+    assert "- **generated_this_run**: 0" in second.read_text()
+    latest = Path(result["output_uri"], "report")
+    assert json.loads((latest / "run.json").read_text())["run_id"] == again["run_id"]
+    assert (latest / "report.md").read_bytes() == second.read_bytes() != first.read_bytes()
+
+
 def test_an_overlapping_factory_run_on_one_output_is_refused_before_it_ingests(prefect_server, tmp_path):
     """Issue 35: a nightly overlapping another repeated ingest and pretraining before it was refused."""
     output, dataset = tmp_path / "out", tmp_path / "dataset"
@@ -453,7 +500,7 @@ def test_runs_lists_every_kind_of_run_under_the_root_as_a_table(tiny_run, capsys
     table = capsys.readouterr().out
     # the factory's own ingest step ran inside its flow run: both rows carry that run id
     factory_line = next(line for line in table.splitlines() if result["run_id"] in line and "factory" in line)
-    assert "completed" in factory_line and " s " in factory_line
+    assert "completed" in factory_line and re.search(r" \d+(\.\d+)? (s|min) ", factory_line)  # its duration
     assert f"generated {result['augment']['written']}" in factory_line and "{" not in table
     from tasks.catalog import open_catalog, query
     from tasks.lineage import lineage
@@ -546,7 +593,7 @@ def test_the_ood_filter_scores_every_generated_row_and_rejects_what_it_cannot_re
     settings = work.AugmentSettings.from_dict({**TINY["augment"], "ood_filter": True, "ood_method": method})
     _, decisions = plan(dataset, str(tmp_path / "d.duckdb"))
     out = str(tmp_path / "ood")
-    batch = work.prepare(dataset, out, read_manifest(dataset), decisions, models["classifier"]["id"],
+    batch = work.prepare(dataset, out, read_manifest(dataset), decisions, models["classifier"],
                          models["generator"]["id"], settings).candidates[:8]
     work.run_batch(dataset, out, batch, models["classifier"], models["generator"], settings, "r")
     threshold = work.ood_scorer(dataset, settings, models["classifier"], models["generator"]).threshold

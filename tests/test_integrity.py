@@ -66,6 +66,8 @@ def test_a_flipped_byte_is_refused_by_every_reader_naming_the_shard(clean, tmp_p
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and name in err and "corrupt" in err, (command, err)
     assert summarize(clean)["rows"] == 80  # the untouched copy still reads
+    assert main(["runs", "--root", uri, "--json"]) == 0  # the run records that say what wrote it still show
+    assert '"flow": "ingest"' in capsys.readouterr().out
 
 
 def test_a_shard_that_is_not_parquet_is_named(clean, tmp_path):

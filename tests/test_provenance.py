@@ -110,7 +110,7 @@ def test_phantom_and_generated_rows_are_refused_by_a_real_dataset_which_stays_by
     assert len(err.splitlines()) == 1 and "is a real dataset" in err and "phantom rows" in err
     manifest = read_manifest(real)
     with pytest.raises(ValueError, match="is a real dataset"):
-        prepare(str(tmp_path / "phantom"), real, manifest, [], "c" * 64, "g" * 64, AugmentSettings())
+        prepare(str(tmp_path / "phantom"), real, manifest, [], {"id": "c" * 64}, "g" * 64, AugmentSettings())
     assert _tree(real) == before
     phantom = str(tmp_path / "phantom")
     ingest_phantom(phantom, 20, size=64)

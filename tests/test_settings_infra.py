@@ -218,3 +218,25 @@ def test_an_alias_bomb_or_a_huge_settings_file_is_refused_before_it_is_expanded(
     small = tmp_path / "anchors.yaml"  # anchors a person writes stay fine
     small.write_text("dataset: &d {n: 40}\n")
     load_settings(str(small))
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    ("output: /etc", "in the system folder /etc"), ("models: /usr/lib/x", "in the system folder /usr"),
+    ("output: /tmp/../etc/tf", "in the system folder /etc"), ("dataset: {uri: /}", "the root folder"),
+    ('name: "../../x"', "name must be a plain name"), ("name: !!binary eA==", "name must be a plain name"),
+    ("name: a/b", "name must be a plain name")])
+def test_outputs_and_names_stay_out_of_system_folders(tmp_path, text, says):
+    """Issue 35: `output: /etc` was accepted and written, `name: ../../x` resolved outside
+    $TAILFORGE_HOME and `!!binary` as a name was a TypeError traceback."""
+    path = tmp_path / "settings.yaml"
+    path.write_text(text + "\n")
+    with pytest.raises(ValueError, match=says):
+        load_settings(str(path))
+
+
+def test_a_dataset_write_into_a_system_folder_is_refused_before_any_work(tmp_path, capsys):
+    from flows.cli import main
+
+    assert main(["phantom", "--n", "4", "--size", "32", "--out", "/proc/tailforge"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "in the system folder /proc" in err

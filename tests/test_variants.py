@@ -23,9 +23,10 @@ def phantom(tmp_path_factory):
 def test_variants_add_rows_with_their_own_seeds_and_keep_the_first(phantom, tmp_path):
     manifest = read_manifest(phantom)
     _, decisions = plan(phantom, str(tmp_path / "d.duckdb"), NoGuidanceJudge())
-    one = prepare(phantom, str(tmp_path / "one"), manifest, decisions, "c" * 64, "g" * 64, AugmentSettings())
-    three = prepare(phantom, str(tmp_path / "three"), manifest, decisions, "c" * 64, "g" * 64,
-                    replace(AugmentSettings(), variants=3))
+    no_gate = AugmentSettings(min_class_auroc=0)  # no classifier here (tests/test_classifier_gate.py)
+    one = prepare(phantom, str(tmp_path / "one"), manifest, decisions, {"id": "c" * 64}, "g" * 64, no_gate)
+    three = prepare(phantom, str(tmp_path / "three"), manifest, decisions, {"id": "c" * 64}, "g" * 64,
+                    replace(no_gate, variants=3))
     assert len(one.candidates) >= 5 and len(three.candidates) == 3 * len(one.candidates)
     assert {c.output_id for c in one.candidates} < {c.output_id for c in three.candidates}
     assert len({c.seed for c in three.candidates}) == len(three.candidates)
