@@ -458,9 +458,10 @@ def test_a_rerun_reuses_the_fine_tunes_of_the_same_inputs(tiny_run, monkeypatch)
     assert trained == [("baseline",)]
 
 
-def test_each_factory_run_keeps_its_report_and_report_is_the_latest(tiny_run):
+def test_each_factory_run_keeps_its_report_and_report_is_the_latest(tiny_run, monkeypatch):
     """Issue 34: a rerun overwrote the first run's report (then "generated_this_run: 0")."""
     result, home = tiny_run
+    monkeypatch.setenv("TAILFORGE_HOME", str(home))  # the first run's home: the same outputs
     again = factory_flow(overrides=TINY)
     assert again["augment"]["written"] == 0 and again["run_id"] != result["run_id"]
     reports = Path(result["output_uri"], "reports")
