@@ -202,8 +202,11 @@ def ingest(source: SourceTable, images_root: str, out_uri: str,
     """Decode, validate and write every record of ``source`` to the dataset at ``out_uri``
     (one writer at a time: tasks/locks.py)."""
     run_id = new_run_id()  # the record's and the rows' (so a row finds the run that wrote it)
-    check_writable(out_uri, "real", source.vocab.name, options.size)  # refused before a lock or run record (again
-    # under the lock: two writers of different kinds may start on one new folder at once)
+    existing = check_writable(out_uri, "real", source.vocab.name, options.size)  # refused before a lock or run
+    # record (again under the lock: two writers of different kinds may start on one new folder at once)
+    if existing is None and not options.allow_missing:  # a new dataset from a wrong folder: not even a folder
+        check_images_found(_ImageRoot(images_root, options.max_file_bytes, options.max_read_s),
+                           [r for r in source.records if r.label_error is None], images_root)
     with dataset_lock(out_uri, f"ingest {source.kind}"), \
             recorded_run(out_uri, run_id, "ingest", {"source": source.kind, "images": images_root,
                                                      "options": asdict(options)}, utcnow()) as done:

@@ -137,7 +137,7 @@ def test_a_wrong_image_folder_stops_before_any_work(small_nih, tmp_path, capsys)
     assert main(["ingest", "nih", str(table), str(wrong), "--out", str(out), "--size", "32"]) == 2
     err = capsys.readouterr().err
     assert "9 of 9 sampled image paths" in err and f"{wrong}/0.png" in err and "--allow-missing" in err
-    assert not list(out.rglob("*.parquet"))  # nothing written, not even quarantine rows
+    assert not out.exists()  # nothing written: no rows, no lock file, no run record (issue 34), no folder
     assert main(["ingest", "nih", str(table), str(wrong), "--out", str(out), "--size", "32", "--allow-missing",
                  "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["quarantined"] == {"missing_file": 9}
