@@ -47,7 +47,7 @@ def f1_chart_png(results: dict, metric: str = METRIC) -> bytes:
         ax.bar(x, [v or 0.0 for v in values], width, label=name)
         for xi, v in zip(x, values):
             if v is None:  # undefined (no positive in the split) is not a zero
-                ax.text(xi, 0.01, "n/a", rotation=90, ha="center", va="bottom", fontsize=6, color="0.4")
+                ax.text(xi, 0.01, "n/a", rotation=90, ha="center", va="bottom", fontsize=8, color="0.25")
     ax.set_xticks(np.arange(len(classes)) + width * (len(settings) - 1) / 2)
     ax.set_xticklabels([f"{c}*" if c in tail else c for c in classes], rotation=45, ha="right", fontsize=8)
     ax.set_ylabel(metric.replace("_", " ")), ax.set_title("per-class F1 on test (* = tail class)")
