@@ -25,9 +25,11 @@ OPTIONAL_COLUMNS = ("verdict", "ood_score")
 MAX_DEPTH = 16
 
 
-def _row(catalog: Catalog, sample_id: str) -> dict | None:
+def _row(catalog: Catalog, sample_id: str, prefer: str | None = None) -> dict | None:
     """The sample a full id or a prefix names; with ``copies``: every other dataset and run that
-    holds the same sample (the same content written again, e.g. by two runs into two outputs)."""
+    holds the same sample (the same content written again, e.g. by two runs into two outputs).
+    The copy in dataset ``prefer`` comes first when there is one (a generated row's parent in the
+    dataset its run read, not wherever the same image was ingested first)."""
     key = sample_id.strip().lower()
     if len(key) < 8:
         raise QueryRefused("give at least 8 characters of the sample id")
@@ -42,8 +44,16 @@ def _row(catalog: Catalog, sample_id: str) -> dict | None:
     columns = ROW_COLUMNS + tuple(c for c in OPTIONAL_COLUMNS if c in present)  # older shards lack the newer ones
     rows = [dict(zip(columns, r)) for r in catalog.con.execute(
         f"SELECT {', '.join(columns)} FROM samples WHERE sample_id = ? ORDER BY created_at, dataset", ids).fetchall()]
+    if prefer:
+        rows.sort(key=lambda r: _same_place(r["dataset"], prefer), reverse=True)  # stable: created_at order kept
     return {**rows[0], "copies": [{"dataset": r["dataset"], "run_id": r["run_id"], "created_at": str(r["created_at"])}
                                   for r in rows[1:]]}
+
+
+def _same_place(a: str, b: str) -> bool:
+    """Whether two dataset URIs name one folder (local paths compared absolute)."""
+    norm = [u.rstrip("/") if store.is_remote(u) else os.path.abspath(u) for u in (a, b)]
+    return norm[0] == norm[1]
 
 
 def _source(manifest: dict, row: dict) -> dict:
@@ -157,7 +167,7 @@ def lineage(catalog: Catalog, sample_id: str) -> dict:
         chain.append(step)
         if not row["parent_id"]:
             break
-        parent = _row(catalog, row["parent_id"])
+        parent = _row(catalog, row["parent_id"], prefer=(manifest.get("source") or {}).get("parent"))
         if parent is None:
             chain.append({"sample_id": row["parent_id"], "missing": f"its parent is not under {catalog.root}: give a "
                           f"--root that holds both datasets (e.g. $TAILFORGE_HOME)"})

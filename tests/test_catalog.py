@@ -172,6 +172,27 @@ def test_lineage_lists_every_copy_of_a_sample_and_says_where_a_parent_is_missing
         shutil.rmtree(copy.parent)
 
 
+def test_lineage_follows_a_parent_into_the_dataset_its_run_read(small_run, tmp_path):
+    """Issue 34: lineage named the dataset a parent image was first ingested into, not the one
+    the generated row's run read (the same image ingested into two datasets)."""
+    import json
+    import shutil
+
+    root = tmp_path / "root"
+    shutil.copytree(small_run["root"], root)
+    first = root / "datasets" / "aa-ingested-first"  # the same rows, sorted before the run's dataset
+    shutil.copytree(root / "datasets" / "ph", first)
+    out = root / "runs" / "r1" / "augmented"
+    manifest = json.loads((out / "dataset.json").read_text())
+    manifest["source"]["parent"] = str(root / "datasets" / "ph")  # what tasks.augment.finish_output records
+    (out / "dataset.json").write_text(json.dumps(manifest))
+    sample = next(r["sample_id"] for r in existing_rows(str(out), ["sample_id"]).to_pylist())
+    with open_catalog(str(root)) as catalog:
+        step, parent = lineage(catalog, sample)["chain"]
+    assert parent["dataset"] == str(root / "datasets" / "ph")
+    assert [c["dataset"] for c in parent["also_in"]] == [str(first)]
+
+
 def test_cli_lineage_query_runs(small_run, capsys):
     sample = small_run["batch"][0].output_id
     generated = existing_rows(small_run["out"], ["sample_id"]).column("sample_id").to_pylist()
