@@ -75,7 +75,8 @@ def replay(dataset: str, generated: str, classifier_uri: str, tail: list[str]) -
     head = [e for e in lesions if e["accepted"] and e["kind"] == "head"]
     coverage = {f"{'right' if right else 'wrong'} removals": {
         "lesions": sum(e["right"] is right for e in head),
-        "lesion_share_inside_mask": _mean([e["inside"] for e in head if e["right"] is right])} for right in (True, False)}
+        "lesion_share_inside_mask": _mean([e["inside"] for e in head if e["right"] is right])}
+        for right in (True, False)}
     return {"rows": rows.num_rows, "accepted": int(accepted.sum()), "rules": out, "accepted_head_lesions": coverage}
 
 

@@ -251,7 +251,7 @@ def versus_controls(payload: dict, runs: dict, labels: np.ndarray, bootstrap: in
 
 def ground_truth(result: dict, dataset: str, work: Path) -> dict:
     """Phantom only: CAM localisation per seed, lesion outcomes per generated set, decisions' error."""
-    out: dict = {"cam_localisation": {}, "lesions": {}, "shortcut": {}, "entanglement": {}}
+    out: dict = {"cam_localisation": {}, "lesions": {}, "shortcut": {}, "shortcut_same_labels": {}, "entanglement": {}}
     for record in result["per_seed"]:
         seed = record["seed"]
         out["cam_localisation"][seed] = phantom_truth.cam_localisation(record["classifier"]["uri"], dataset)["_all"]
@@ -260,6 +260,8 @@ def ground_truth(result: dict, dataset: str, work: Path) -> dict:
                                                                        result["tail"]) for variant in inpainted}
         out["shortcut"][seed] = {variant: shortcut.probe(record["classifier"]["uri"], dataset,
                                                          str(work / f"seed{seed}" / variant)) for variant in inpainted}
+        out["shortcut_same_labels"][seed] = {variant: shortcut.probe_same_labels(
+            record["classifier"]["uri"], dataset, str(work / f"seed{seed}" / variant)) for variant in inpainted}
     for name, judge in (("rules", RulesJudge()), ("none", NoGuidanceJudge())):
         _, decisions = plan(dataset, str(work / "decisions.duckdb"), judge)
         out["entanglement"][name] = phantom_truth.entanglement_error(dataset, decisions, result["head"], result["tail"])
@@ -370,18 +372,20 @@ def audit_lines(truth: dict) -> list[str]:
              "`all` every generated row, `accepted` the rows fine-tuning reads, `masked` the accepted rows' head "
              "lesions that their mask touches. Labels right: the share of judged rows whose every removed head "
              "lesion is gone (signed) and every tail lesion kept. Probe: cross-validated ROC-AUC of a linear probe "
-             "on the pretrained classifier's features telling accepted rows from their parents (0.5: "
-             "indistinguishable).", "",
+             "on the pretrained classifier's features telling accepted rows from their parents, then from real "
+             "train images with exactly their labels (0.5: indistinguishable).", "",
              "| seed | set | rows all / accepted | removed signed all / accepted / masked | removed absolute all / "
-             "accepted | tail kept (signed, accepted) | labels right (accepted) | probe ROC-AUC |",
+             "accepted | tail kept (signed, accepted) | labels right (accepted) | probe ROC-AUC vs parents / "
+             "vs same labels |",
              "|---|---|---|---|---|---|---|---|"]
     for seed, variant, a in rows:
         probe = truth.get("shortcut", {}).get(seed, {}).get(variant, {})
+        same = truth.get("shortcut_same_labels", {}).get(seed, {}).get(variant, {})
         lines.append(f"| {seed} | {variant} | {a['all']['rows']} / {a['accepted']['rows']} | "
                      f"{a['all']['removed_signed']} / {a['accepted']['removed_signed']} / "
                      f"{a['accepted_masked']['removed_signed']} | {a['all']['removed_absolute']} / "
                      f"{a['accepted']['removed_absolute']} | {a['accepted']['retained_signed']} | "
-                     f"{a['accepted']['rows_all_labels_right']} | {probe.get('roc_auc')} |")
+                     f"{a['accepted']['rows_all_labels_right']} | {probe.get('roc_auc')} / {same.get('roc_auc')} |")
     precision: dict[str, dict[str, list]] = {}
     for _, variant, a in rows:
         for label, entry in a["accepted"]["label_precision"].items():

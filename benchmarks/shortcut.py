@@ -1,5 +1,9 @@
 """Can a network tell generated rows from real ones? A linear probe on the classifier's features.
 
+Two probes: against each row's parent (``probe``: part of what it sees is the intended change,
+the head lesion gone) and against real train images with exactly the row's labels
+(``probe_same_labels``: what is left is the generated pixels themselves).
+
 Inpainted regions that a network can recognise teach it the wrong cue: a fine-tune may learn
 "inpainted texture" instead of "no head lesion". The probe takes every accepted row of a generated
 set and its parent (the same patient, real pixels), the pretrained classifier's features of each
@@ -50,9 +54,40 @@ def probe(classifier_uri: str, dataset: str, generated_uri: str) -> dict:
     by_id = {sid: i for i, sid in enumerate(parents.sample_ids)}
     pair = np.array([by_id[p] for p in parent_ids])  # a parent with several children: one group
     real = parents.images[torch.from_numpy(pair)]
+    return _cv_auc(classifier_uri, rows.images, real, pair)
+
+
+def probe_same_labels(classifier_uri: str, dataset: str, generated_uri: str, seed: int = 0) -> dict:
+    """The same probe against real train images that carry exactly the accepted row's labels (not
+    its parent; each real image used once where there are enough): what is left is the
+    generated pixels themselves, not the head lesion they no longer show."""
+    rows = accepted_rows(generated_uri)
+    if rows is None:
+        return {"pairs": 0, "roc_auc": None}
+    train = load_tensors(dataset, splits=("train",))
+    labels = np.nan_to_num(train.labels.numpy(), nan=-1.0)
+    rng, used = np.random.default_rng(seed), set()
+    picked, kept = [], []
+    for i, (want, parent) in enumerate(zip(np.nan_to_num(rows.labels.numpy(), nan=-1.0),
+                                           rows.table.column("parent_id").to_pylist())):
+        same = [j for j in np.nonzero((labels == want).all(axis=1))[0] if train.sample_ids[j] != parent]
+        fresh = [j for j in same if j not in used] or same
+        if fresh:
+            j = int(rng.choice(fresh))
+            used.add(j)
+            picked.append(j)
+            kept.append(i)
+    if len(kept) < 2 * FOLDS:
+        return {"pairs": len(kept), "roc_auc": None}
+    return _cv_auc(classifier_uri, rows.images[kept], train.images[picked], np.arange(len(kept)))
+
+
+def _cv_auc(classifier_uri: str, generated: torch.Tensor, real: torch.Tensor, pair: np.ndarray) -> dict:
+    """5-fold cross-validated ROC-AUC of a logistic regression on the classifier's pooled stage
+    features, generated (1) against real (0); a pair's two images always in one fold."""
     model = load_checkpoint(store.read_bytes(classifier_uri))[0].eval()
-    features = torch.cat(stage_features(model, torch.cat([rows.images, real])), dim=1).double().numpy()
-    n = len(rows)
+    features = torch.cat(stage_features(model, torch.cat([generated, real])), dim=1).double().numpy()
+    n = len(generated)
     target = np.r_[np.ones(n), np.zeros(n)]
     groups = np.r_[pair, pair]
     scores = cross_val_score(make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=5000)), features,
