@@ -28,7 +28,7 @@ from fsspec import AbstractFileSystem
 PROTOCOL = "tailforge-ro"
 QUERY_NODES = {"SELECT_NODE", "SET_OPERATION_NODE", "RECURSIVE_CTE_NODE", "CTE_NODE"}
 TABLE_FUNCTIONS = {"range", "generate_series", "unnest"}  # value generators: they touch no file
-DENIED_FUNCTIONS = re.compile(r"^(read_|parquet_|sniff_|iceberg_|delta_|glob$|query$|query_table$|getenv$)")
+DENIED_FUNCTIONS = re.compile(r"^(read_|parquet_|sniff_|iceberg_|delta_|glob$|query$|query_table$|getenv$|current_setting$)")
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")
 
 
@@ -87,7 +87,8 @@ def _check_node(node: dict) -> None:
             raise FenceError(f"table function {name}() is not allowed here; query the views "
                              f"(samples, quarantine, decisions, runs, checkpoints)")
     elif node.get("class") == "FUNCTION" and DENIED_FUNCTIONS.match(str(node.get("function_name", "")).lower()):
-        raise FenceError(f"function {node['function_name']}() is not allowed here; it reads files or runs SQL")
+        raise FenceError(f"function {node['function_name']}() is not allowed here; it reads files, runs SQL or "
+                         f"shows the host's settings and paths")
     elif kind == "BASE_TABLE":
         for part in ("catalog_name", "schema_name", "table_name"):
             if node.get(part) and not IDENTIFIER.match(node[part]):

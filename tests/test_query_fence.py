@@ -121,6 +121,8 @@ PROBES = {
     "read_inside_root_by_path": "SELECT * FROM read_text('{manifest}')",
     "query_function": "SELECT * FROM query('SELECT 1')",
     "getenv": "SELECT getenv('HOME')",
+    "current_setting": "SELECT current_setting('secret_directory')",  # issue 35: host paths
+    "current_setting_upper": "SELECT CURRENT_SETTING('temp_directory')",
     "settings_table": "SELECT * FROM duckdb_settings()",
 }
 
