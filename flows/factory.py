@@ -4,6 +4,7 @@ PIL fine-tune with controls -> report. Parameters come from one YAML file (``tai
 from __future__ import annotations
 
 import time
+import uuid
 
 from prefect import flow, get_run_logger, task
 
@@ -73,8 +74,17 @@ def _run_factory(settings: FactorySettings, dataset_uri: str, output: str, run_i
     augmented = stage("augment", augment_flow, dataset_uri=dataset_uri, out_uri=augmented_uri,
                       classifier=models["classifier"], generator=models["generator"], knowledge=settings.knowledge,
                       settings=settings.augment)
-    tuned = stage("finetune", finetune_flow, dataset_uri=dataset_uri, augmented_uri=augmented_uri,
-                  classifier_uri=models["classifier"]["uri"], settings=finetune_settings(settings))
+    own_report = store.join(output, "reports", run_id)
+    tuning = finetune_settings(settings)
+    # the fine-tune stage's own record, beside its report (as `tailforge finetune` keeps one), a child of this run
+    parameters = {"dataset_uri": dataset_uri, "augmented_uri": augmented_uri,
+                  "classifier_uri": models["classifier"]["uri"], "settings": tuning.__dict__}
+    # its own id: new_run_id() here would be the factory's, and the ingest rows carry that one
+    with recorded_run(own_report, str(uuid.uuid4()), "finetune", parameters, utcnow(), on_crashed=mark_crashed,
+                      parent=run_id) as finetune_done:
+        tuned = stage("finetune", finetune_flow, dataset_uri=dataset_uri, augmented_uri=augmented_uri,
+                      classifier_uri=models["classifier"]["uri"], settings=tuning)
+        finetune_done({"generated": tuned["generated"], "settings": list(tuned["results"]), "skipped": tuned["skipped"]})
     summary = {"dataset": dataset_uri, "images": summarize(dataset_uri)["rows"], "augmented": augmented_uri,
                "candidates": augmented["candidates"], "generated": augmented["output"]["rows"],
                "accepted": augmented["output"]["accepted"], "generated_this_run": augmented["written"],
@@ -82,7 +92,7 @@ def _run_factory(settings: FactorySettings, dataset_uri: str, output: str, run_i
                "llm_calls": augmented["plan"]["llm_calls"], "classifier": models["classifier"]["id"][:16],
                "generator": models["generator"]["id"][:16],
                "augment_orchestration_share": augmented["orchestration_share"]}
-    written = report_task(store.join(output, "reports", run_id), tuned, augmented_uri, dataset_uri, summary)
+    written = report_task(own_report, tuned, augmented_uri, dataset_uri, summary)
     latest_report(written["uris"], store.join(output, "report"), run_id)
     done(summary)
     return {"run_id": run_id, "settings": settings.to_dict(), "dataset_uri": dataset_uri, "output_uri": output,

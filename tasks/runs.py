@@ -75,11 +75,14 @@ def write_run_record(out_uri: str, run_id: str, flow: str, parameters: dict, sta
 
 @contextmanager
 def recorded_run(out_uri: str, run_id: str, flow: str, parameters: dict, started_at,
-                 on_crashed: Callable[[dict], None] | None = None) -> Iterator[Callable[[dict], str]]:
+                 on_crashed: Callable[[dict], None] | None = None,
+                 parent: str | None = None) -> Iterator[Callable[[dict], str]]:
     """A run's record from start to end: "running" now; the body calls the yielded function with
     its counts to record "completed"; a body that raises leaves "failed" with the error (or
     "interrupted" on Ctrl-C), never "running" (issue 14: failed runs say so)."""
     fields = run_fields(run_id, flow, parameters, started_at)
+    if parent:  # a stage recorded by the run that holds it (the factory's fine-tune), not by a subflow
+        fields["parent_run_id"] = parent
 
     def write(status: str, counts: dict | None = None, **extra) -> str:
         return write_run_record(out_uri, run_id, flow, parameters, status, started_at, counts, fields=fields, **extra)

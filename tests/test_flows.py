@@ -495,7 +495,10 @@ def test_runs_lists_every_kind_of_run_under_the_root_as_a_table(tiny_run, capsys
     by_flow = {}
     for r in records:
         by_flow.setdefault(r["flow"], []).append(r)
-    assert {"ingest", "pretrain", "augment", "factory"} <= set(by_flow)
+    assert {"ingest", "pretrain", "augment", "finetune", "factory"} <= set(by_flow)  # every stage (issue 34)
+    (record,) = [json.loads(p.read_text()) for p in Path(result["output_uri"], "reports", result["run_id"], "runs")
+                 .glob("*.json")]
+    assert record["flow"] == "finetune" and record["parent_run_id"] == result["run_id"]
     assert by_flow["ingest"][-1]["counts"]["rows_written"] > 0
     assert main(["runs", "--root", str(home)]) == 0
     table = capsys.readouterr().out
