@@ -1,8 +1,9 @@
 """Reliability suite (issue 12): kill -9 of ingest and of augment and resume, a hostile ingest
 corpus, corruption at rest and other integrity trials (benchmarks/reliability_integrity.py), the
 query fence probes, LLM fault modes, two writers into one dataset (ingest, plan,
-augment), an S3 outage during ingest and augment, and a killed holder of the `gpu` slot on a
-real Prefect server; on loopback and small data.
+augment), an S3 outage during ingest and augment, a killed holder of the `gpu` slot and a Prefect
+server killed mid-run (benchmarks/reliability_server.py) on a real Prefect server; on loopback and
+small data.
 
     python -m benchmarks.reliability [--n 300] [--size 32] [--kills 12] [--augment-kills 20] [--no-prefect]
 
@@ -25,22 +26,22 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks import reliability_integrity
+from benchmarks import reliability_integrity, reliability_server
 from benchmarks.common import RESULTS, ROOT, save
 from benchmarks.reliability_sections import COUNTS, add, tally
 
 
 SECTION_LIMIT_S = {"ingest_kill": 600, "augment_kill": 1500, "hostile": 300, "integrity": 1500, "fence": 300,
-                   "llm": 480, "concurrent": 400, "concurrent_augment": 600, "s3_outage": 1800, "gpu_lease": 600}
-NEEDS_PREFECT = ("augment_kill", "concurrent_augment", "s3_outage", "gpu_lease")  # a local Prefect server
+                   "llm": 480, "concurrent": 400, "concurrent_augment": 600, "s3_outage": 1800, "gpu_lease": 600, "server_lost": 1500}
+NEEDS_PREFECT = ("augment_kill", "concurrent_augment", "s3_outage", "gpu_lease", "server_lost")  # a local Prefect server
 
 
 def section(name: str):
     from benchmarks import (reliability_augment, reliability_integrity, reliability_lease, reliability_s3,
-                            reliability_sections)
+                            reliability_sections, reliability_server)
 
     for module in (reliability_sections, reliability_augment, reliability_s3, reliability_lease,
-                   reliability_integrity):
+                   reliability_integrity, reliability_server):
         if hasattr(module, f"section_{name}"):
             return getattr(module, f"section_{name}")
     raise ValueError(f"no section {name}")
@@ -237,7 +238,8 @@ def _outage_lines(r: dict) -> list[str]:
 DETAILS = {"ingest_kill": _kill_lines, "augment_kill": _augment_kill_lines, "hostile": _hostile_lines,
            "integrity": reliability_integrity.lines,
            "fence": _fence_lines, "llm": _llm_lines, "concurrent": _concurrent_lines,
-           "concurrent_augment": _concurrent_lines, "s3_outage": _outage_lines, "gpu_lease": _lease_lines}
+           "concurrent_augment": _concurrent_lines, "s3_outage": _outage_lines, "gpu_lease": _lease_lines,
+           "server_lost": reliability_server.lines}
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:

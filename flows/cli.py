@@ -29,11 +29,13 @@ import os
 import signal
 import sys
 import threading
+import _thread
 
 from flows.permanent import PERMANENT_ERRNO
 from flows.printers import (print_augment, print_csv, print_decisions, print_finetune, print_ingest_report,
                             print_lineage, print_plan, print_pretrain, print_quarantine, print_run, print_runs,
                             print_summary, print_table, progress_bar)
+from flows.server_watch import GRACE_S, ServerWatch, answers
 from flows.settings import JUDGES, DatasetSettings, KnowledgeSettings, default_dataset_uri, tailforge_home
 
 USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, RuntimeError, LookupError)
@@ -348,13 +350,17 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
-def _use_prefect_server(start_local: bool) -> str:
-    """PREFECT_API_URL when set; else the demo's local server (started if needed)."""
+def _use_prefect_server(args: argparse.Namespace, start_local: bool | None = None) -> str:
+    """PREFECT_API_URL when set (it must answer now); else the demo's local server (started if
+    needed). A server the run uses is watched: lost mid-run, it ends the command with one line."""
     from flows import server
 
     url = os.environ.get("PREFECT_API_URL")
+    if url and not answers(url):
+        raise RuntimeError(f"the Prefect server at {url} (PREFECT_API_URL) does not answer: start it, or point "
+                           f"PREFECT_API_URL at one that runs, or unset it to run on a temporary local server")
     if not url:
-        if not start_local:
+        if not (args.local_server if start_local is None else start_local):
             # Prefect's temporary server waits 20 s by default, too little on a busy machine
             os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", str(EPHEMERAL_START_S))
             return ""
@@ -366,7 +372,27 @@ def _use_prefect_server(start_local: bool) -> str:
         url = running or server.start()
         os.environ["PREFECT_API_URL"] = url
         os.environ.setdefault("PREFECT_HOME", str(server.prefect_home()))
+    _watch_server(url, args.command)
     return url
+
+
+_WATCH: list[ServerWatch] = []  # the server watch of the command running in this process
+
+
+def _watch_server(url: str, command: str) -> None:
+    """Watch the Prefect server at ``url`` while the command runs (flows/server_watch.py): when it
+    is lost, one line, the main thread interrupted, and exit 2 if the run is not over in GRACE_S."""
+    def lost(silent: float) -> None:
+        print(f"tailforge {command}: error: lost the Prefect server at {url} (no answer for {silent:.0f} s); the "
+              f"run stopped and what it wrote stays. Start the server again and run the same command: it marks "
+              f"this run Crashed in the UI and goes on from what was written", file=sys.stderr, flush=True)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())  # Prefect's own retries: noise now
+        _thread.interrupt_main()
+        if not watch.wait_stopped(GRACE_S):  # Prefect still reporting the crash to the dead server
+            os._exit(2)
+
+    watch = ServerWatch(url, lost).__enter__()
+    _WATCH.append(watch)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -376,7 +402,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)  # fail on a bad file before any server or flow starts
     for uri in (settings.dataset_uri(), settings.output_uri(), settings.models_uri()):
         store.exists(uri)  # storage reached with these credentials, or one line before any stage
-    url = _use_prefect_server(start_local=args.local_server)
+    url = _use_prefect_server(args)
     from flows.factory import factory_flow
 
     result = factory_flow(config_path=args.config)
@@ -407,7 +433,7 @@ def _print_result(result: dict, as_json: bool, printer) -> int:
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     settings = _step_settings(args)
-    _use_prefect_server(start_local=args.local_server)
+    _use_prefect_server(args)
     from flows.pretrain import pretrain_flow
 
     result = pretrain_flow(args.uri, args.models or settings.models_uri(), settings.classifier, settings.generator)
@@ -421,7 +447,7 @@ def cmd_augment(args: argparse.Namespace) -> int:
     settings = _step_settings(args)
     classifier, generator = reuse("classifier", args.classifier), reuse("dit", args.generator)
     out = args.out or store.join(settings.output_uri(), "augmented")
-    _use_prefect_server(start_local=args.local_server)
+    _use_prefect_server(args)
     from flows.augment import augment_flow
 
     result = augment_flow(args.uri, out, classifier, generator, settings.knowledge, settings.augment,
@@ -437,7 +463,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     settings = _step_settings(args)
     reuse("classifier", args.classifier)  # fails clearly when absent
     out = args.out or store.join(settings.output_uri(), "report")
-    _use_prefect_server(start_local=args.local_server)
+    _use_prefect_server(args)
     from flows.finetune import finetune_and_report_flow
 
     result = finetune_and_report_flow(args.uri, args.augmented, args.classifier, out, finetune_settings(settings))
@@ -474,7 +500,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 0
     print(f"tailforge demo: all state in {tailforge_home()}")
     started = time.perf_counter()
-    url = _use_prefect_server(start_local=True)
+    url = _use_prefect_server(args, start_local=True)
     server.ensure_gpu_limit(1)
     from flows.factory import factory_flow
 
@@ -558,6 +584,21 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminate)
+    try:
+        status = _run_command(args)
+    except BaseException:
+        if not any(watch.lost for watch in _WATCH):
+            raise
+        status = 2
+    finally:
+        lost = any(watch.lost for watch in _WATCH)
+        while _WATCH:
+            _WATCH.pop().stop()
+    return 2 if lost else status  # a lost server: its watch said so in one line
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    """The command, with every mistake a user can fix as one line and exit 2."""
     try:
         status = COMMANDS[args.command](args)
         sys.stdout.flush()  # a closed pipe shows here, not as a traceback at interpreter exit

@@ -9,9 +9,9 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
+from flows.server_watch import answers
 from flows.settings import tailforge_home
 
 HOST = "127.0.0.1"
@@ -27,14 +27,6 @@ def _pid_file() -> Path:
 
 def _url_file() -> Path:
     return prefect_home() / "server.url"
-
-
-def healthy(api_url: str, timeout: float = 2.0) -> bool:
-    try:
-        with urllib.request.urlopen(f"{api_url.rstrip('/')}/health", timeout=timeout) as response:
-            return response.status == 200
-    except OSError:
-        return False
 
 
 def _free_port(preferred: int) -> int:
@@ -55,7 +47,7 @@ def running_url() -> str | None:
     """The URL of a demo server that this home already started and that still answers."""
     if _url_file().exists() and _pid_file().exists():
         url = _url_file().read_text().strip()
-        if healthy(url):
+        if answers(url):
             return url
     return None
 
@@ -79,7 +71,7 @@ def start(port: int = 4200, timeout: float = 120.0) -> str:
         if process.poll() is not None:
             raise RuntimeError(f"the Prefect server exited (status {process.returncode}); "
                                f"see {prefect_home() / 'server.log'}")
-        if healthy(url):
+        if answers(url):
             return url
         time.sleep(1.0)
     stop()

@@ -121,6 +121,9 @@ def parent_run_id() -> str | None:
     return str(parent) if parent else None
 
 
+UNTOLD = ("failed", "interrupted")  # ends a run may not have reached its Prefect server with
+
+
 def process_gone(record: dict) -> bool:
     """True when the record's process is known to have ended: same host, and its pid is free or
     now belongs to a process that started later. Records of other hosts or without a pid: False."""
@@ -140,20 +143,29 @@ def process_gone(record: dict) -> bool:
 def mark_crashed_runs(out_uri: str, current_run_id: str,
                       on_crashed: Callable[[dict], None] | None = None) -> list[str]:
     """Mark "running" records of ``out_uri`` whose process is gone as "crashed", with the reason,
-    and call ``on_crashed`` with each new record. Returns their run ids."""
+    and call ``on_crashed`` with each new record. Returns their run ids.
+
+    A run that ended "failed" or "interrupted" while its Prefect server was gone could not tell the
+    server (its flow run stays Running there): ``on_crashed`` also gets each such record once
+    (``server_checked`` is then set), and leaves a flow run that is already final as it is."""
     crashed = []
     for uri in store.glob(out_uri, "runs/*.json"):
         try:
             record = store.read_json(uri)
         except (ValueError, FileNotFoundError):
             continue  # not a record (or removed meanwhile): nothing to mark
-        if record.get("status") != "running" or record.get("run_id") == current_run_id or not process_gone(record):
+        if record.get("run_id") == current_run_id or not process_gone(record):
             continue
-        reason = (f"process {record['pid']} on {record['host']} ended without finishing the run "
-                  f"(killed or lost); noticed at {utcnow().isoformat()} by run {current_run_id}")
-        record = {**record, "status": "crashed", "counts": {**(record.get("counts") or {}), "error": reason}}
-        store.write_json(uri, record)
-        crashed.append(record.get("run_id"))
+        if record.get("status") == "running":
+            reason = (f"process {record['pid']} on {record['host']} ended without finishing the run "
+                      f"(killed or lost); noticed at {utcnow().isoformat()} by run {current_run_id}")
+            record = {**record, "status": "crashed", "counts": {**(record.get("counts") or {}), "error": reason}}
+            crashed.append(record.get("run_id"))
+        elif on_crashed is None or not (record.get("status") in UNTOLD and record.get("prefect_flow_run")
+                                        and not record.get("server_checked")):
+            continue
         if on_crashed is not None:
             on_crashed(record)
+            record["server_checked"] = True
+        store.write_json(uri, record)
     return crashed

@@ -46,6 +46,23 @@ def test_a_killed_run_is_marked_crashed_by_the_next_run(tmp_path, capsys):
     assert shown == {"killed-run": "crashed", "alive-run": "running", "next-run": "running"}
 
 
+def test_a_run_that_ended_without_its_server_is_told_to_the_server_once(tmp_path):
+    """A run that ended "failed" or "interrupted" while its Prefect server was gone left its flow
+    run Running there: the next run hands each such record to ``on_crashed`` once."""
+    out = str(tmp_path / "runs" / "nightly")
+    gone = {"pid": 2 ** 22 + 7, "host": socket.gethostname(), "prefect_flow_run": True}  # above any Linux pid_max: gone
+    for run_id, status in (("lost-server", "interrupted"), ("failed-run", "failed"), ("fine", "completed")):
+        write_run_record(out, run_id, "factory", {}, status, utcnow(), fields={"run_id": run_id, **gone})
+    write_run_record(out, "local-run", "ingest", {}, "failed", utcnow(),
+                     fields={"run_id": "local-run", **gone, "prefect_flow_run": False})
+    told = []
+    write_run_record(out, "next-run", "factory", {}, "running", utcnow(), on_crashed=told.append)
+    assert sorted(r["run_id"] for r in told) == ["failed-run", "lost-server"]
+    assert _record(out, "lost-server")["status"] == "interrupted" and _record(out, "lost-server")["server_checked"]
+    write_run_record(out, "third-run", "factory", {}, "running", utcnow(), on_crashed=told.append)
+    assert len(told) == 2  # once each
+
+
 def test_other_hosts_old_records_and_reused_pids():
     me = {"pid": os.getpid(), "host": socket.gethostname(), "process_start": process_start(os.getpid())}
     assert not process_gone(me)
@@ -71,12 +88,17 @@ def test_the_prefect_flow_run_of_a_crashed_record_is_marked_crashed(prefect_serv
         flow_run = client.create_flow_run(killed, state=Running())
         running = client.create_task_run(_task(), flow_run.id, dynamic_key="0", state=Running())
         finished = client.create_task_run(_task(), flow_run.id, dynamic_key="1", state=Completed())
+        stage = client.create_task_run(_task(), flow_run.id, dynamic_key="2", state=Running())  # a subflow's
+        subflow = client.create_flow_run(killed, parent_task_run_id=stage.id, state=Running())
+        inside = client.create_task_run(_task(), subflow.id, dynamic_key="0", state=Running())
         record = {"run_id": str(flow_run.id), "flow": "augment", "counts": {"error": "process 1 on h ended"}}
         assert mark_crashed(record)
         assert client.read_flow_run(flow_run.id).state.is_crashed()
         assert client.read_flow_run(flow_run.id).state.message == "process 1 on h ended"
         assert client.read_task_run(running.id).state.is_crashed()
         assert client.read_task_run(finished.id).state.is_completed()  # finished work stays as it was
+        assert client.read_flow_run(subflow.id).state.is_crashed()  # the stage's run, and what it ran
+        assert client.read_task_run(inside.id).state.is_crashed()
         assert not mark_crashed(record)  # already final: nothing to do
     assert not mark_crashed({"run_id": "local-20261129-1"})  # not a Prefect run id
     assert not mark_crashed({"run_id": "00000000-0000-4000-8000-000000000000"})  # unknown to the server
