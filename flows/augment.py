@@ -12,7 +12,7 @@ from prefect.artifacts import create_table_artifact
 
 from flows.crashes import mark_crashed
 from flows.gpu import gpu_slots, say_device
-from flows.permanent import retry_unless_permanent
+from flows.permanent import fails_in_one_line, retry_unless_permanent
 from flows.progress import StepProgress
 from flows.runners import batch_submitter
 from flows.settings import KnowledgeSettings
@@ -92,6 +92,7 @@ def acceptance_artifact(counts: dict) -> None:
 
 
 @flow(name="augment", log_prints=True)
+@fails_in_one_line
 def augment_flow(dataset_uri: str, out_uri: str, classifier: dict, generator: dict,
                  knowledge: KnowledgeSettings = KnowledgeSettings(), settings: dict | None = None,
                  cache_path: str | None = None, result_uri: str | None = None) -> dict:

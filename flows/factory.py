@@ -11,7 +11,7 @@ from prefect import flow, get_run_logger, task
 from flows.augment import augment_flow
 from flows.crashes import mark_crashed
 from flows.finetune import finetune_flow, report_task
-from flows.permanent import retry_unless_permanent
+from flows.permanent import fails_in_one_line, retry_unless_permanent
 from flows.progress import counted
 from flows.pretrain import pretrain_flow
 from flows.settings import (SOURCES, DatasetSettings, FactorySettings, finetune_settings, load_settings,
@@ -44,6 +44,7 @@ def ingest_task(settings: DatasetSettings, uri: str) -> dict:
 
 
 @flow(name="factory", log_prints=True)
+@fails_in_one_line
 def factory_flow(config_path: str | None = None, overrides: dict | None = None) -> dict:
     """Run the whole factory. ``config_path`` is a YAML file; ``overrides`` (same shape) wins."""
     started = time.perf_counter()

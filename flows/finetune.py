@@ -7,6 +7,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.crashes import mark_crashed
 from flows.gpu import gpu_slots, say_device
+from flows.permanent import fails_in_one_line
 from flows.progress import StepProgress
 from flows.stages import write_result
 from tasks import finetune as work
@@ -36,14 +37,16 @@ def finetune_setting(setting: str, dataset_uri: str, augmented_uri: str | None, 
 def report_task(report_uri: str, result: dict, augmented_uri: str | None, dataset_uri: str, summary: dict) -> dict:
     written = report.write_report(report_uri, result, augmented_uri, dataset_uri, summary)
     if written["rows"]:
-        create_table_artifact(written["rows"], key="factory-metrics",
-                              description="macro / head / tail means per fine-tune setting (test split)")
+        create_table_artifact(report.ui_rows(written["rows"]), key="factory-metrics",
+                              description="macro / head / tail means per fine-tune setting (test split; "
+                                          "F1 at val-tuned thresholds; every metric in metrics.json)")
     create_markdown_artifact(written["ui_markdown"], key="factory-report",
                              description="factory run summary, per-class metrics, the chart and the before/after sheet")
     return written
 
 
 @flow(name="finetune", log_prints=True)
+@fails_in_one_line
 def finetune_flow(dataset_uri: str, augmented_uri: str | None, classifier_uri: str,
                   settings: work.FinetuneSettings = work.FinetuneSettings(), result_uri: str | None = None) -> dict:
     """Every setting from the same pretrained classifier, then metrics per setting (also written
@@ -65,6 +68,7 @@ def finetune_flow(dataset_uri: str, augmented_uri: str | None, classifier_uri: s
 
 
 @flow(name="finetune-and-report", log_prints=True)
+@fails_in_one_line
 def finetune_and_report_flow(dataset_uri: str, augmented_uri: str | None, classifier_uri: str, report_uri: str,
                              settings: work.FinetuneSettings = work.FinetuneSettings()) -> dict:
     """`tailforge finetune`: the fine-tune flow, then the report (as the factory ends)."""

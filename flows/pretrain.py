@@ -6,7 +6,7 @@ from prefect import flow, get_run_logger, task
 
 from flows.crashes import mark_crashed
 from flows.gpu import gpu_slots, say_device
-from flows.permanent import retry_unless_permanent
+from flows.permanent import fails_in_one_line, retry_unless_permanent
 from flows.progress import StepProgress
 from flows.settings import ClassifierSettings, GeneratorSettings
 from flows.stages import write_result
@@ -89,6 +89,7 @@ def reuse(kind: str, uri: str) -> dict:
 
 
 @flow(name="pretrain", log_prints=True)
+@fails_in_one_line
 def pretrain_flow(dataset_uri: str, models_uri: str, classifier: ClassifierSettings = ClassifierSettings(),
                   generator: GeneratorSettings = GeneratorSettings(), result_uri: str | None = None) -> dict:
     """Train (or reuse) both models; returns their checkpoint handles (also written to

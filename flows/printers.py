@@ -270,10 +270,17 @@ def print_example_lineage(augmented_uri: str, dataset_uri: str, console) -> None
     sample_id = accepted[0] if accepted else generated.column("sample_id")[0].as_py()
     local = not any("://" in u for u in (augmented_uri, dataset_uri))
     root = os.path.commonpath([os.path.abspath(augmented_uri), os.path.abspath(dataset_uri)]) if local else None
+    hint = (f"trace a generated sample: tailforge lineage {sample_id[:16]} --root <a folder holding "
+            f"{augmented_uri} and {dataset_uri}>")
     if not root or root == os.path.sep:
-        console.print(f"trace a generated sample: tailforge lineage {sample_id[:16]} --root <a folder holding "
-                      f"{augmented_uri} and {dataset_uri}>")
+        console.print(hint)
+        return
+    try:  # the catalog reads every dataset under root (e.g. all of /tmp): one bad one is not the run's
+        with open_catalog(root) as catalog:
+            found = lineage(catalog, sample_id)
+    except Exception as exc:
+        console.print(f"{hint} (the example could not read the catalog under {root}: "
+                      f"{(str(exc).splitlines() or [type(exc).__name__])[0][:300]})")
         return
     console.print(f"one generated sample and where it came from (tailforge lineage {sample_id[:16]} --root {root}):")
-    with open_catalog(root) as catalog:
-        print_lineage(lineage(catalog, sample_id))
+    print_lineage(found)
