@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from models.cam import LocaliseConfig, MaskConfig, MaskResult
+from models.cam import MAP_METHODS, LocaliseConfig, MaskConfig, MaskResult
 from models.classifier import load_checkpoint
 from models.device import describe_device, model_device, on_device
 from models.dit import build_scheduler, load_dit, load_dit_config
@@ -94,6 +94,8 @@ class AugmentSettings:
         return cls(**data)
 
     def __post_init__(self) -> None:
+        if self.cam_method not in MAP_METHODS:  # at load, not inside the first batch (issue 37)
+            raise ValueError(f"augment.cam_method must be one of {', '.join(MAP_METHODS)}, not {self.cam_method!r}")
         if self.runner not in ("local", "dask"):
             raise ValueError(f"augment.runner must be 'local' or 'dask', not {self.runner!r}")
         if self.runner == "dask" and not self.dask_address:

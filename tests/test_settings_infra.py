@@ -27,6 +27,7 @@ def test_demo_and_nightly_settings_load():
     ({"augment": {"batchsize": 3}}, "bad augment"),
     ({"augment": {"mask": {"threshold": 2.0}}}, "threshold"),
     ({"finetune": {"settings": ["nope"]}}, "unknown fine-tune"),
+    ({"augment": {"cam_method": "gradcm"}}, "augment.cam_method must be one of gradcam, .*infill.*'gradcm'"),
 ])
 def test_bad_settings_name_what_is_wrong(data, message):
     with pytest.raises(ValueError, match=message):
