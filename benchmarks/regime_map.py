@@ -45,8 +45,12 @@ def regime_row(payload: dict, method: str = METHOD) -> dict | None:
     controls = payload.get("versus_controls", {}).get(method, {})
     against |= {control: verdict(means) for control, means in controls.items()}
     regime = payload["data"].get("regime") or default_regime(payload["dataset"])
+    settings = payload["comparison"]["settings"]
+    tail = {name: {metric: settings[name]["means"]["tail"][metric]["value"] for metric in ("f1_tuned", "auroc")}
+            for name in settings}  # every setting's tail means: which one a user should run here
     return {"regime": regime, "seeds": payload["config"]["seeds"], "commit": payload["commit"],
-            "baseline": best["baseline"], "against": against, "wins_all": all(v["wins"] for v in against.values())}
+            "baseline": best["baseline"], "against": against, "wins_all": all(v["wins"] for v in against.values()),
+            "tail": tail}
 
 
 def default_regime(dataset: str) -> dict:
@@ -78,18 +82,29 @@ def markdown(rows: list[dict], part: str) -> str:
              "of tail-positive train films that also show a head finding (the regime's setting, else as drawn).", "",
              "| regime | seeds | against | tail F1 | tail AUROC | head F1 | wins |", "|---|---|---|---|---|---|---|"]
     for row in rows:
-        regime = row["regime"]
-        drawn = regime.get("train_tail_films_with_head")
-        name = (f"contrast {regime['tail_contrast']:g}, with head "
-                f"{regime['tail_with_head'] if regime['tail_with_head'] is not None else 'as drawn'}"
-                + (f" ({drawn:.2f} of {regime['train_tail_films']} train tail films)" if drawn is not None else ""))
+        name = _name(row["regime"], films=True)
         for control, v in row["against"].items():
             g = v["gains"]
             lines.append(f"| {name} | {row['seeds']} | {control} | {gain_cell(g['tail f1_tuned'])} | "
                          f"{gain_cell(g['tail auroc'])} | {gain_cell(g['head f1_tuned'])} | "
                          f"{'yes' if v['wins'] else 'no'} |")
+    lines += ["", "Every setting's tail means per regime (the best of each column in bold; test split, seed means):",
+              "", "| regime | setting | tail F1 | tail AUROC |", "|---|---|---|---|"]
+    for row in rows:
+        best = {m: max(v[m] for v in row["tail"].values()) for m in ("f1_tuned", "auroc")}
+        for setting, v in row["tail"].items():
+            cells = [f"**{v[m]:.3f}**" if v[m] == best[m] else f"{v[m]:.3f}" for m in ("f1_tuned", "auroc")]
+            lines.append(f"| {_name(row['regime'])} | {setting} | {cells[0]} | {cells[1]} |")
     lines += ["", "Runs: " + ", ".join(f"`{r['file']}` (commit `{r['commit']}`)" for r in rows)]
     return "\n".join(lines) + "\n"
+
+
+def _name(regime: dict, films: bool = False) -> str:
+    drawn = regime.get("train_tail_films_with_head")
+    return (f"contrast {regime['tail_contrast']:g}, with head "
+            f"{regime['tail_with_head'] if regime['tail_with_head'] is not None else 'as drawn'}"
+            + (f" ({drawn:.2f} of {regime['train_tail_films']} train tail films)" if films and drawn is not None
+               else ""))
 
 
 def main() -> None:

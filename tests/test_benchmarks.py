@@ -426,7 +426,10 @@ def test_the_regime_map_calls_a_win_only_on_the_issues_terms():
                                                                                   "tail_with_head": 0.9}},
                "versus_best_longtail": {"baseline": "cb",
                                         "comparison": {"settings": {"+inpainting+cb": {"means": won}}}},
-               "versus_controls": {"+inpainting+cb": {"+copies+cb": lost}}}
+               "versus_controls": {"+inpainting+cb": {"+copies+cb": lost}},
+               "comparison": {"settings": {name: {"means": {"tail": {"f1_tuned": {"value": f1}, "auroc": {"value": au}}}}
+                                           for name, f1, au in (("cb", 0.4, 0.85), ("+inpainting+cb", 0.45, 0.8))}}}
     row = regime_row(payload)
     assert row["against"]["cb"]["wins"] and not row["against"]["+copies+cb"]["wins"] and not row["wins_all"]
+    assert row["tail"] == {"cb": {"f1_tuned": 0.4, "auroc": 0.85}, "+inpainting+cb": {"f1_tuned": 0.45, "auroc": 0.8}}
     assert regime_row({**payload, "versus_best_longtail": None}) is None
