@@ -79,12 +79,17 @@ def said_reused(handle: dict) -> None:
                               f"(delete {handle['kind']}'s recipe-*.json beside it to retrain)")
 
 
+def must_exist(kind: str, uri: str | None) -> None:
+    """A checkpoint the user named is there (the factory asks before its first stage)."""
+    if uri and not store.exists(uri):
+        raise FileNotFoundError(f"{kind} checkpoint {uri} does not exist")
+
+
 def reuse(kind: str, uri: str) -> dict:
     """A checkpoint the user named: its id is the sha256 of its bytes."""
     from models.checkpoint import checkpoint_id
 
-    if not store.exists(uri):
-        raise FileNotFoundError(f"{kind} checkpoint {uri} does not exist")
+    must_exist(kind, uri)
     return {"kind": kind, "id": checkpoint_id(store.read_bytes(uri)), "uri": uri, "reused": True}
 
 

@@ -63,7 +63,8 @@ def start(port: int = 4200, timeout: float = 120.0) -> str:
     log = open(prefect_home() / "server.log", "ab")
     process = subprocess.Popen(
         [str(Path(sys.executable).with_name("prefect")), "server", "start", "--host", HOST, "--port", str(port),
-         "--analytics-off"], env=server_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+         "--analytics-off"], env={**server_env(), "PREFECT_SERVER_UI_API_URL": url},  # the UI's API: this port
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     _pid_file().write_text(str(process.pid))
     _url_file().write_text(url)
     deadline = time.monotonic() + timeout

@@ -65,3 +65,16 @@ def test_a_fixable_failure_is_one_line_in_the_ui_and_reaches_the_caller(prefect_
         run = _run_of(client, "flow-with-a-bug")  # a bug is Prefect's as before: traceback, pickled exception
         _, artifacts = _shown(client, run.id)
         assert run.state.is_failed() and "ZeroDivisionError" in run.state.message and len(artifacts) == 1
+
+
+def test_a_missing_checkpoint_stops_the_factory_before_its_first_stage(prefect_server, tmp_path, monkeypatch):
+    """Seen: a nightly naming a missing generator checkpoint ingested and trained the classifier
+    first, then failed inside the pretrain stage."""
+    from flows.factory import factory_flow
+    from tests.tiny_factory import TINY
+
+    monkeypatch.setenv("TAILFORGE_HOME", str(tmp_path))
+    missing = str(tmp_path / "missing-dit.pt")
+    with pytest.raises(FileNotFoundError, match=f"dit checkpoint {missing} does not exist"):
+        factory_flow(overrides={**TINY, "generator": {**TINY["generator"], "checkpoint": missing}})
+    assert not (tmp_path / "datasets").exists() and not (tmp_path / "runs").exists()  # nothing ingested, no record
