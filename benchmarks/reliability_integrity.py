@@ -12,6 +12,9 @@ another kind, hostile settings and queries, each through the real `tailforge` co
 - ``stops``: SIGTERM and SIGINT to a writing `phantom`: one line, exit 143 / 130, its run
   record "interrupted", no temporary file, and a rerun writes none of the finished shards again.
 - ``runs`` over a dataset with a flipped bit: the run records still list (exit 0).
+- ``symlinked``: a shard replaced by a link to a file outside the dataset: `info` and `query`
+  refuse it by name. ``disk_full`` (as root): `phantom` onto a 1 MB tmpfs: one line, exit 2, no
+  temporary file left.
 """
 
 from __future__ import annotations
@@ -19,9 +22,11 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import random
 import shutil
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -47,7 +52,8 @@ def section_integrity(args, work: Path) -> dict:
     rng = random.Random(args.seed)
     details = [trial for i in range(args.flips)
                for trial in _flip(clean, work / f"flip{i}", rng, ("labels", "image", "anywhere")[i % 3])]
-    details += [*_contaminate(clean, work), *_bounds(work, str(clean)), *_stops(work), _runs_beside(clean, work)]
+    details += [*_contaminate(clean, work), *_bounds(work, str(clean)), *_stops(work), _runs_beside(clean, work),
+                *_symlinked(clean, work), *_disk_full(work)]
     counts = {k: sum(d[k] for d in details) for k in ("survived", "lost", "crashes", "hangs", "leaks")}
     return {**tally(trials=len(details), **counts), "flips": args.flips, "details": details}
 
@@ -124,7 +130,9 @@ def _bounds(work: Path, root: str) -> list[dict]:
             *((f"settings {text}", ["config", str(_settings(work, i, text))], says) for i, (text, says) in enumerate((
                 ("output: /etc", "system folder /etc"), ('name: "../../x"', "plain name"),
                 ("name: !!binary eA==", "plain name"), ("models: /", "root folder")))),
-            ("phantom --out /proc/x", ["phantom", "--n", "4", "--size", "32", "--out", "/proc/x"], "system folder")):
+            ("phantom --out /proc/x", ["phantom", "--n", "4", "--size", "32", "--out", "/proc/x"], "system folder"),
+            ("query current_setting()", ["query", "SELECT current_setting('secret_directory')", "--root", root],
+             "current_setting")):
         done = cli(command, limit_s=60)
         err = done["err"].strip().splitlines()
         out.append({"trial": name, "rc": done["rc"], "seconds": done["seconds"], "message": (err or [""])[-1][:200],
@@ -180,6 +188,46 @@ def _runs_beside(clean: Path, work: Path) -> dict:
     return {"trial": "runs over a dataset with a flipped bit", "rc": done["rc"], "seconds": done["seconds"],
             "message": "lists the run records" if listed else done["err"].strip()[-200:], "survived": listed,
             "lost": 0, "crashes": done["rc"] not in (0, 2, None), "hangs": done["rc"] is None, "leaks": 0}
+
+
+def _symlinked(clean: Path, work: Path) -> list[dict]:
+    """A shard replaced by a symbolic link to a file outside the dataset: refused by name, not followed."""
+    copy = work / "symlinked"
+    shutil.copytree(clean, copy)
+    shard = sorted((copy / "samples").glob("part-*.parquet"))[0]
+    outside = work / "outside.parquet"
+    shutil.move(shard, outside)
+    shard.symlink_to(outside)
+    out = []
+    for name in ("info", "query"):
+        done = cli(COMMANDS[name](str(copy), work))
+        err = done["err"].strip().splitlines()
+        right = done["rc"] == 2 and len(err) == 1 and "symbolic link" in err[0] and shard.name in err[0]
+        out.append({"trial": f"a shard that is a symbolic link out of the dataset: {name}", "rc": done["rc"],
+                    "seconds": done["seconds"], "message": (err or [""])[-1][:200], "survived": right,
+                    "lost": int(done["rc"] == 0), "crashes": done["rc"] not in (0, 2, None),
+                    "hangs": done["rc"] is None, "leaks": 0})
+    return out
+
+
+def _disk_full(work: Path) -> list[dict]:
+    """A phantom written onto a 1 MB tmpfs: one line, exit 2, no temporary file (root only: mount)."""
+    if os.geteuid() != 0:
+        return []
+    disk = work / "full-disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True).returncode:
+        return []
+    try:
+        done = cli(["phantom", "--n", "3000", "--size", "64", "--shard-rows", "64", "--out", str(disk / "ds")])
+        err = done["err"].strip().splitlines()
+        left = leftovers(disk / "ds") if (disk / "ds").exists() else []
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
+    right = done["rc"] == 2 and len(err) == 1 and "No space left" in err[0] and not left
+    return [{"trial": "phantom onto a full disk (1 MB tmpfs)", "rc": done["rc"], "seconds": done["seconds"],
+             "message": (err or [""])[-1][:200], "survived": right, "lost": 0,
+             "crashes": done["rc"] not in (2, None), "hangs": done["rc"] is None, "leaks": len(left)}]
 
 
 def _tree(folder: Path) -> dict[str, str]:

@@ -30,20 +30,21 @@ def retry_unless_permanent(task, task_run, state) -> bool:
 
 
 def fails_in_one_line(body):
-    """A flow body whose permanent failure (or a stage's ``StageFailed``) ends its flow run Failed
-    with the one line as its state message and one log line: no traceback in the UI, and no pickled
-    exception in Prefect's result storage (Prefect writes one for every flow that raises, and the
+    """A flow body whose permanent failure (or a stage's ``StageFailed``, or an output another run
+    holds: ``DatasetLocked``) ends its flow run Failed with the one line as its state message and
+    one log line: no traceback in the UI, and no pickled exception in Prefect's result storage (Prefect writes one for every flow that raises, and the
     server shows each as a key-less "unknown" artifact). The caller still gets the exception itself
     (the state carries it in memory), so the CLI's one line and exit 2 are unchanged. Put it under
     ``@flow``; any other exception is raised as before, with its traceback."""
     from flows.stages import StageFailed
+    from tasks.locks import DatasetLocked
 
     @functools.wraps(body)
     def run(*args, **kwargs):
         try:
             return body(*args, **kwargs)
         except Exception as exc:
-            if not (is_permanent(exc) or isinstance(exc, StageFailed)):
+            if not (is_permanent(exc) or isinstance(exc, (StageFailed, DatasetLocked))):
                 raise
             from prefect import get_run_logger
             from prefect.states import Failed
