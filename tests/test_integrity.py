@@ -93,3 +93,24 @@ def test_a_shard_that_is_a_symbolic_link_is_refused(clean, tmp_path):
     for read in (summarize, verify_dataset):
         with pytest.raises(store.ShardCorrupt, match="symbolic link"):
             read(uri)
+
+
+def test_run_and_finetune_name_the_corrupt_shard_in_one_line(clean, tmp_path, capsys, prefect_server, monkeypatch):
+    """The factory (`tailforge run`, over the dataset it would grow) and `tailforge finetune` stop
+    on a flipped byte with the shard's name, exit 2, before any training."""
+    import yaml
+
+    monkeypatch.setenv("TAILFORGE_HOME", str(tmp_path / "home"))
+    uri, name = _flipped(clean, tmp_path, "labels")
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"name": "corrupt", "output": str(tmp_path / "out"),
+                                      "dataset": {"source": "phantom", "n": 80, "size": 32, "seed": 5, "uri": uri}}))
+    classifier = tmp_path / "classifier.pt"
+    classifier.write_bytes(b"never loaded: the data is read first")
+    for command in (["run", str(config)], ["finetune", uri, "--classifier", str(classifier),
+                                           "--out", str(tmp_path / "report")]):
+        assert main(command) == 2, command
+        shown = capsys.readouterr().err  # Prefect's INFO lines of the run, then the CLI's line
+        err = [line for line in shown.strip().splitlines() if line.startswith("tailforge")]
+        assert len(err) == 1 and name in err[0] and "corrupt" in err[0], (command, err)
+        assert "Traceback" not in shown
