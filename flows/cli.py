@@ -399,9 +399,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from flows.settings import load_settings
     from tasks import store
 
+    from flows.pretrain import must_exist
+
     settings = load_settings(args.config)  # fail on a bad file before any server or flow starts
     for uri in (settings.dataset_uri(), settings.output_uri(), settings.models_uri()):
         store.exists(uri)  # storage reached with these credentials, or one line before any stage
+    must_exist("classifier", settings.classifier.checkpoint)  # (the flow checks again: a nightly has no CLI)
+    must_exist("dit", settings.generator.checkpoint)
     url = _use_prefect_server(args)
     from flows.factory import factory_flow
 

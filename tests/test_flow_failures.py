@@ -78,3 +78,18 @@ def test_a_missing_checkpoint_stops_the_factory_before_its_first_stage(prefect_s
     with pytest.raises(FileNotFoundError, match=f"dit checkpoint {missing} does not exist"):
         factory_flow(overrides={**TINY, "generator": {**TINY["generator"], "checkpoint": missing}})
     assert not (tmp_path / "datasets").exists() and not (tmp_path / "runs").exists()  # nothing ingested, no record
+
+
+def test_run_names_a_missing_checkpoint_before_any_flow_starts(tmp_path, monkeypatch, capsys):
+    """`tailforge run` checks named checkpoints with its other pre-flight checks: one line, exit 2,
+    and no flow run (seen from a fresh clone: 5 lines, after a flow run had started)."""
+    from flows.cli import main
+
+    monkeypatch.setenv("TAILFORGE_HOME", str(tmp_path))
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    config = tmp_path / "run.yaml"
+    config.write_text(f"name: nightly\nclassifier: {{checkpoint: {tmp_path / 'gone.pt'}}}\n")
+    assert main(["run", str(config)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.strip() == f"tailforge run: error: classifier checkpoint {tmp_path / 'gone.pt'} does not exist"
+    assert captured.out == "" and not (tmp_path / "runs").exists()
