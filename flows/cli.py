@@ -28,8 +28,8 @@ import json
 import os
 import signal
 import sys
-import threading
 import _thread
+import threading
 
 from flows.permanent import PERMANENT_ERRNO
 from flows.printers import (print_augment, print_csv, print_decisions, print_finetune, print_ingest_report,
@@ -396,10 +396,9 @@ def _watch_server(url: str, command: str) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from flows.pretrain import must_exist
     from flows.settings import load_settings
     from tasks import store
-
-    from flows.pretrain import must_exist
 
     settings = load_settings(args.config)  # fail on a bad file before any server or flow starts
     for uri in (settings.dataset_uri(), settings.output_uri(), settings.models_uri()):
