@@ -136,6 +136,21 @@ def _run_link(catalog: Catalog, row: dict) -> str | None:
     return ui_link(row["run_id"]) if found and found[0] else None
 
 
+
+def _parent_missing(root: str, dataset: str, parent_dataset: str | None) -> str:
+    """What to do when a generated row's parent is outside the catalog: the folder that holds the
+    row's dataset and the one its run read (from its manifest), when they share one."""
+    if not parent_dataset:
+        return f"its parent is not under {root}: give a --root that holds both datasets"
+    shared = []
+    for a, b in zip(dataset.rstrip("/").split("/"), parent_dataset.rstrip("/").split("/")):
+        if a != b:
+            break
+        shared.append(a)
+    named = [part for part in shared if part and not part.endswith(":")]  # a folder or bucket, not only "s3:"
+    hint = f"--root {'/'.join(shared)}" if named else "a --root that holds both datasets"
+    return f"its parent is not under {root}: its run read {parent_dataset}; give {hint}"
+
 def lineage(catalog: Catalog, sample_id: str) -> dict:
     """The chain from ``sample_id`` to its real source; raises LookupError when unknown."""
     manifests: dict = {}
@@ -167,10 +182,11 @@ def lineage(catalog: Catalog, sample_id: str) -> dict:
         chain.append(step)
         if not row["parent_id"]:
             break
-        parent = _row(catalog, row["parent_id"], prefer=(manifest.get("source") or {}).get("parent"))
+        parent_dataset = (manifest.get("source") or {}).get("parent")
+        parent = _row(catalog, row["parent_id"], prefer=parent_dataset)
         if parent is None:
-            chain.append({"sample_id": row["parent_id"], "missing": f"its parent is not under {catalog.root}: give a "
-                          f"--root that holds both datasets (e.g. $TAILFORGE_HOME)"})
+            chain.append({"sample_id": row["parent_id"], "missing": _parent_missing(catalog.root, row["dataset"],
+                                                                                   parent_dataset)})
         row = parent
     first = chain[0]
     real = next((s for s in reversed(chain) if s.get("origin") not in (None, *GENERATED_ORIGINS)), None)

@@ -1,6 +1,7 @@
 """Lineage and the read-only catalog, on a small phantom run, locally and on S3 (moto)."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -170,6 +171,17 @@ def test_lineage_lists_every_copy_of_a_sample_and_says_where_a_parent_is_missing
         assert "its parent is not under" in shown and "--root that holds both" in shown and "None" not in shown
     finally:
         shutil.rmtree(copy.parent)
+
+
+def test_a_missing_parent_names_the_folder_that_holds_both_datasets():
+    """Seen from a fresh clone: lineage without --root suggested $TAILFORGE_HOME, the root it had used."""
+    from tasks.lineage import _parent_missing
+
+    assert _parent_missing("/home/x", "/srv/out/augmented", "/srv/datasets/nih").endswith(
+        "its run read /srv/datasets/nih; give --root /srv")
+    assert _parent_missing("/r", "s3://lake/out", "s3://lake/nih").endswith("give --root s3://lake")
+    for dataset, parent in (("/data/out", "/home/nih"), ("s3://a/out", "s3://b/nih"), ("/x", None)):
+        assert _parent_missing("/r", dataset, parent).endswith("give a --root that holds both datasets")
 
 
 def test_lineage_follows_a_parent_into_the_dataset_its_run_read(small_run, tmp_path):
