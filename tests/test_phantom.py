@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
+import os
 from functools import lru_cache
 
 import numpy as np
 import pytest
 
 from tasks.labels import vocabulary
+from tasks.phantom import stream
+from tasks.phantom.stream import _image
 from tasks.phantom import (
     CO_OCCURRENCE,
     LESION_KIND,
@@ -66,6 +69,24 @@ def test_rendering_in_worker_processes_gives_the_same_stream_in_order():
     assert all(_same(a, b) for a, b in zip(one, pooled, strict=True))
     with pytest.raises(ValueError, match="workers"):
         phantom_images(3, workers=0)
+
+
+def _dies_at_five(i, **kwargs):
+    if i == 5 and os.getpid() != _PARENT:
+        os._exit(3)
+    return _image(i, **kwargs)
+
+
+_PARENT = os.getpid()
+
+
+def test_a_worker_that_dies_leaves_the_stream_whole_and_in_order(monkeypatch):
+    one = list(phantom_images(21, size=32, seed=4))
+    monkeypatch.setattr(stream, "_image", _dies_at_five)
+    with pytest.warns(UserWarning, match="worker process died"):
+        pooled = list(phantom_images(21, size=32, seed=4, workers=3))
+    assert [x.index for x in pooled] == list(range(21))
+    assert all(_same(a, b) for a, b in zip(one, pooled, strict=True))
 
 
 def test_one_image_depends_only_on_seed_and_index():

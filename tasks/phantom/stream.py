@@ -4,7 +4,10 @@ with its findings, ground-truth masks and film grain."""
 from __future__ import annotations
 
 import multiprocessing
+import warnings
 import zlib
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from functools import partial
 from typing import Iterator
@@ -77,9 +80,22 @@ def _image(i: int, seed: int, size: int, voc: Vocabulary, regime: Regime = Regim
 
 
 def _pooled(n: int, size: int, seed: int, voc: Vocabulary, workers: int, regime: Regime) -> Iterator[PhantomImage]:
-    # fork: the workers need only NumPy and this module, and inherit the calibrated label model
-    with multiprocessing.get_context("fork").Pool(min(workers, n)) as pool:
-        yield from pool.imap(partial(_image, seed=seed, size=size, voc=voc, regime=regime), range(n), chunksize=8)
+    # fork: the workers need only NumPy and this module, and inherit the calibrated label model.
+    # A worker that dies (a fork of a many-threaded parent can) breaks the pool instead of
+    # leaving a wait without end (multiprocessing.Pool loses that worker's tasks); the images not
+    # yet given are then drawn here: the stream stays whole and in order.
+    one = partial(_image, seed=seed, size=size, voc=voc, regime=regime)
+    done = 0
+    pool = ProcessPoolExecutor(min(workers, n), mp_context=multiprocessing.get_context("fork"))
+    try:
+        for item in pool.map(one, range(n), chunksize=8):
+            yield item
+            done += 1
+    except BrokenProcessPool as exc:
+        warnings.warn(f"phantom rendering: a worker process died ({exc}); drawing images {done}..{n - 1} in this process")
+        yield from (one(i) for i in range(done, n))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def render(
