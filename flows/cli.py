@@ -396,16 +396,15 @@ def _watch_server(url: str, command: str) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from flows.pretrain import must_exist
     from flows.settings import load_settings
     from tasks import store
 
     settings = load_settings(args.config)  # fail on a bad file before any server or flow starts
     for uri in (settings.dataset_uri(), settings.output_uri(), settings.models_uri()):
         store.exists(uri)  # storage reached with these credentials, or one line before any stage
-    must_exist("classifier", settings.classifier.checkpoint)  # (the flow checks again: a nightly has no CLI)
-    must_exist("dit", settings.generator.checkpoint)
-    url = _use_prefect_server(args)
+    store.must_exist("classifier checkpoint", settings.classifier.checkpoint)  # (the flow checks again: a nightly
+    store.must_exist("dit checkpoint", settings.generator.checkpoint)  # has no CLI)
+    url = _use_prefect_server(args)  # before Prefect is imported: it reads PREFECT_API_URL once, at import
     from flows.factory import factory_flow
 
     result = factory_flow(config_path=args.config)
@@ -444,11 +443,11 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_augment(args: argparse.Namespace) -> int:
-    from flows.pretrain import reuse
     from tasks import store
+    from tasks.pretrain import named_checkpoint
 
     settings = _step_settings(args)
-    classifier, generator = reuse("classifier", args.classifier), reuse("dit", args.generator)
+    classifier, generator = named_checkpoint("classifier", args.classifier), named_checkpoint("dit", args.generator)
     out = args.out or store.join(settings.output_uri(), "augmented")
     _use_prefect_server(args)
     from flows.augment import augment_flow
@@ -459,12 +458,12 @@ def cmd_augment(args: argparse.Namespace) -> int:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from flows.pretrain import reuse
     from flows.settings import finetune_settings
     from tasks import store
+    from tasks.pretrain import named_checkpoint
 
     settings = _step_settings(args)
-    reuse("classifier", args.classifier)  # fails clearly when absent
+    named_checkpoint("classifier", args.classifier)  # fails clearly when absent
     out = args.out or store.join(settings.output_uri(), "report")
     _use_prefect_server(args)
     from flows.finetune import finetune_and_report_flow

@@ -13,7 +13,7 @@ from flows.crashes import mark_crashed
 from flows.finetune import finetune_flow, report_task
 from flows.permanent import fails_in_one_line, retry_unless_permanent
 from flows.progress import counted
-from flows.pretrain import must_exist, pretrain_flow
+from flows.pretrain import pretrain_flow
 from flows.settings import (SOURCES, DatasetSettings, FactorySettings, finetune_settings, load_settings,
                             settings_from_dict)
 from flows.stages import run_stage
@@ -50,8 +50,8 @@ def factory_flow(config_path: str | None = None, overrides: dict | None = None) 
     started = time.perf_counter()
     settings = _settings(config_path, overrides)
     dataset_uri, output = settings.dataset_uri(), settings.output_uri()
-    must_exist("classifier", settings.classifier.checkpoint)  # now, not after the ingest and a training
-    must_exist("dit", settings.generator.checkpoint)
+    store.must_exist("classifier checkpoint", settings.classifier.checkpoint)  # now, not after the ingest and a training
+    store.must_exist("dit checkpoint", settings.generator.checkpoint)
     run_id, started_at = new_run_id(), utcnow()
     # one factory run per output: an overlapping nightly is refused before it ingests or trains
     with dataset_lock(output, "factory"), \

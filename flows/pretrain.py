@@ -13,7 +13,7 @@ from flows.stages import write_result
 from models.classifier import ClassifierConfig
 from models.dit import DiTConfig, DiTTrainConfig
 from models.training import TrainConfig
-from tasks import pretrain, store
+from tasks import pretrain
 from tasks.runs import recorded_run
 
 
@@ -22,7 +22,7 @@ from tasks.runs import recorded_run
 def train_classifier_task(dataset_uri: str, models_uri: str, settings: ClassifierSettings, num_classes: int,
                           image_size: int) -> dict:
     if settings.checkpoint:
-        return reuse("classifier", settings.checkpoint)
+        return pretrain.named_checkpoint("classifier", settings.checkpoint)
     config = ClassifierConfig(backbone=settings.backbone, num_classes=num_classes, image_size=image_size,
                               se=settings.se, head=settings.head, gcn=settings.gcn)
     train = TrainConfig(epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr, seed=settings.seed)
@@ -42,13 +42,13 @@ def train_generator_task(dataset_uri: str, normals: list[str], models_uri: str, 
     (``real_data``: not the phantom) with no checkpoint and no normals named, the shipped
     generator for the size (weights/, tasks.pretrain.shipped_dit) when there is one."""
     if settings.checkpoint:
-        return reuse("dit", settings.checkpoint)
+        return pretrain.named_checkpoint("dit", settings.checkpoint)
     labelled = settings.conditioning == "labels"
     shipped = shipped_generator(settings, image_size, real_data)
     if shipped:
         get_run_logger().info(f"using the shipped normal-X-ray generator {shipped} (its card is beside it); "
                               "set generator.checkpoint, or generator.normals to train one, to use another")
-        return {**reuse("dit", shipped), "shipped": True}
+        return {**pretrain.named_checkpoint("dit", shipped), "shipped": True}
     config = DiTConfig(image_size=image_size, patch_size=settings.patch_size, depth=settings.depth,
                        num_heads=settings.num_heads, head_dim=settings.head_dim, conditioning=settings.conditioning,
                        num_labels=num_labels if labelled else 0, prediction=settings.prediction)
@@ -77,20 +77,6 @@ def said_reused(handle: dict) -> None:
     if handle.get("reused"):
         get_run_logger().info(f"reusing {handle['uri']}: made before from the same data and settings "
                               f"(delete {handle['kind']}'s recipe-*.json beside it to retrain)")
-
-
-def must_exist(kind: str, uri: str | None) -> None:
-    """A checkpoint the user named is there (the factory asks before its first stage)."""
-    if uri and not store.exists(uri):
-        raise FileNotFoundError(f"{kind} checkpoint {uri} does not exist")
-
-
-def reuse(kind: str, uri: str) -> dict:
-    """A checkpoint the user named: its id is the sha256 of its bytes."""
-    from models.checkpoint import checkpoint_id
-
-    must_exist(kind, uri)
-    return {"kind": kind, "id": checkpoint_id(store.read_bytes(uri)), "uri": uri, "reused": True}
 
 
 @flow(name="pretrain", log_prints=True)

@@ -37,15 +37,15 @@ import torch
 import torch.nn.functional as F
 
 import models  # noqa: F401  (torchvision guard before pytorch_grad_cam)
-from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from models.device import model_device
 from models.heads import class_attention_maps
 from models.training import predict_probs
 
-CAM_METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "hirescam": HiResCAM, "layercam": LayerCAM,
-               "eigencam": EigenCAM}
+# pytorch_grad_cam's class for each name; imported when a Grad-CAM map is made (its import, with
+# matplotlib and scipy, takes seconds that every command would pay)
+CAM_METHODS = {"gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "hirescam": "HiResCAM", "layercam": "LayerCAM",
+               "eigencam": "EigenCAM"}
 # infill: counterfactual occlusion maps (models/occlusion.py); attention: the class-attention head's maps
 MAP_METHODS = (*CAM_METHODS, "infill", "attention")
 OUTCOMES = ("ok", "empty", "too_large", "not_detected", "on_kept")
@@ -189,7 +189,11 @@ def cam_maps(model: torch.nn.Module, images: torch.Tensor, classes: list[int], m
     layer = target_layer if target_layer is not None else default_target_layer(model, size)[1]
     reshape = _reshape_transform(model, size)
     model.eval()
-    with CAM_METHODS[method](model=model, target_layers=[layer], reshape_transform=reshape) as cam:
+    import pytorch_grad_cam
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    cam_class = getattr(pytorch_grad_cam, CAM_METHODS[method])
+    with cam_class(model=model, target_layers=[layer], reshape_transform=reshape) as cam:
         cam.get_target_width_height = lambda _input: None  # keep maps at the layer's resolution
         small = cam(input_tensor=images.to(model_device(model)), targets=[ClassifierOutputTarget(int(c)) for c in classes])  # (N, h, w)
     small = np.nan_to_num(np.asarray(small, dtype=np.float32))

@@ -48,6 +48,13 @@ def _write_checkpoint(models_uri: str, kind: str, data: bytes, card: dict) -> di
     return {"kind": kind, "id": model_id, "uri": uri}
 
 
+def named_checkpoint(kind: str, uri: str) -> dict:
+    """The handle of a checkpoint the user named (or the shipped one): its id is the sha256 of
+    its bytes; FileNotFoundError naming it when it is not there."""
+    store.must_exist(f"{kind} checkpoint", uri)
+    return {"kind": kind, "id": checkpoint_id(store.read_bytes(uri)), "uri": uri, "reused": True}
+
+
 def recipe_id(kind: str, shards: list[str], **settings) -> str:
     """What a model is made from, hashed before it is trained: its kind, the content hashes of the
     shards it learns from, and every setting (dataclasses as dicts)."""

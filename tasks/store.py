@@ -100,6 +100,12 @@ def exists(uri: str) -> bool:
     return fs.exists(path)
 
 
+def must_exist(what: str, uri: str | None) -> None:
+    """A file the user named (a checkpoint) is there: FileNotFoundError naming it if not."""
+    if uri and not exists(uri):
+        raise FileNotFoundError(f"{what} {uri} does not exist")
+
+
 def read_bytes(uri: str) -> bytes:
     fs, path = filesystem(uri)
     return fs.cat_file(path)

@@ -11,6 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from flows.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
 from flows.server_watch import ServerWatch, answers
 
 REPO = Path(__file__).resolve().parents[1]
@@ -108,3 +110,38 @@ def test_a_server_that_does_not_answer_at_the_start_is_one_line(tmp_path, monkey
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"the Prefect server at {url} (PREFECT_API_URL) does not answer" in err[0]
     assert not (tmp_path / "out" / "runs").exists()  # no run started
+
+
+_IMPORT_ORDER = """
+import sys
+from flows import cli
+import tasks.pretrain
+
+class Chosen(Exception):
+    pass
+
+def choose(args, start_local=None):
+    print(args.command, "prefect" in sys.modules)
+    raise Chosen
+
+cli._use_prefect_server = choose
+from flows.settings import settings_or_defaults
+cli._step_settings = lambda args: settings_or_defaults(None)
+tasks.pretrain.named_checkpoint = lambda kind, uri: {"kind": kind, "uri": uri}
+for argv in (["run", sys.argv[1]], ["pretrain", "d"], ["augment", "d", "--classifier", "c", "--generator", "g"],
+             ["finetune", "d", "--classifier", "c"], ["demo"]):
+    try:
+        cli.COMMANDS[argv[0]](cli.build_parser().parse_args(argv))
+    except Chosen:
+        pass
+"""
+
+
+def test_the_prefect_server_is_chosen_before_prefect_is_imported(tmp_path):
+    # Prefect reads PREFECT_API_URL once, at import: imported earlier, a run on the local server
+    # went to a temporary one instead (seen: `tailforge run --local-server` after a checkpoint check)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    out = subprocess.run([sys.executable, "-c", _IMPORT_ORDER, str(ROOT / "flows" / "demo.yaml")], env=env,
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert [line for line in out.stdout.split("\n") if line.endswith(("True", "False"))] == [f"{c} False" for c in ("run", "pretrain", "augment", "finetune", "demo")]

@@ -15,13 +15,14 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any
-
-import anthropic
+from typing import TYPE_CHECKING, Any
 
 from tasks.knowledge.decision import Decision, Question, make_decision
 from tasks.knowledge.retry import RETRYABLE_STATUS, Failure, GiveUp, RetryPolicy, call_with_retries, retry_after_s
 from tasks.knowledge.rules import RulesJudge
+
+if TYPE_CHECKING:
+    import anthropic
 
 PROMPT_VERSION = "lkg-v1"
 TOOL_NAME = "record_entanglement"
@@ -123,6 +124,8 @@ class AnthropicJudge:
         self.policy = RetryPolicy(max_retries=settings.max_retries, max_wait_s=settings.max_wait_s,
                                   budget_s=settings.budget_s)
         # max_retries=0: the SDK would sleep for any Retry-After; retries are ours (self.policy)
+        import anthropic  # here, not at import: its import costs every command a second or two
+
         self.client = (client.with_options(max_retries=0) if client else
                        anthropic.Anthropic(api_key=resolve_api_key(settings), timeout=settings.timeout_s,
                                            max_retries=0))
@@ -150,6 +153,8 @@ class AnthropicJudge:
         waiting = self.blocked_until - time.monotonic()
         if waiting > 0:
             raise JudgeError("rate_limit", f"the API asked not to be called for another {waiting:.0f} s")
+        import anthropic
+
         body = request_body(question, vocabulary, self.settings)
         try:
             message = call_with_retries(lambda timeout: self.client.messages.create(**body, timeout=timeout),
@@ -164,6 +169,8 @@ class AnthropicJudge:
 
 def classify(exc: Exception) -> Failure:
     """An SDK exception as a Failure: its kind, whether to retry, the server's Retry-After."""
+    import anthropic
+
     if isinstance(exc, anthropic.APITimeoutError):
         return Failure("timeout", True)
     if isinstance(exc, anthropic.APIConnectionError):
