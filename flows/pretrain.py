@@ -49,18 +49,18 @@ def train_generator_task(dataset_uri: str, normals: list[str], models_uri: str, 
         get_run_logger().info(f"using the shipped normal-X-ray generator {shipped} (its card is beside it); "
                               "set generator.checkpoint, or generator.normals to train one, to use another")
         return {**pretrain.named_checkpoint("dit", shipped), "shipped": True}
-    config = DiTConfig(image_size=image_size, patch_size=settings.patch_size, depth=settings.depth,
-                       num_heads=settings.num_heads, head_dim=settings.head_dim, conditioning=settings.conditioning,
+    config = DiTConfig(image_size=image_size, **settings.sizes(image_size), conditioning=settings.conditioning,
                        num_labels=num_labels if labelled else 0, prediction=settings.prediction)
     train = DiTTrainConfig(steps=settings.steps, batch_size=settings.batch_size, lr=settings.lr, seed=settings.seed,
                            warmup_steps=settings.warmup_steps or min(200, max(1, settings.steps // 10)))
     label = "label-conditioned DiT training" if labelled else "normal DiT training"
     progress = StepProgress(label, train.steps, "step", key="train-dit")
     if labelled:
-        handle = pretrain.train_label_dit(dataset_uri, models_uri, config, train, progress=progress.step)
+        handle = pretrain.train_label_dit(dataset_uri, models_uri, config, train, progress=progress.step,
+                                          processes=settings.processes)
     else:
         handle = pretrain.train_normal_dit(normals, models_uri, config, train, adult_only=settings.adult_only,
-                                           progress=progress.step)
+                                           progress=progress.step, processes=settings.processes)
     said_reused(handle)
     return {"kind": "dit", "id": handle["id"], "uri": handle["uri"], "reused": bool(handle.get("reused")),
             "history": handle["history"]}

@@ -91,6 +91,7 @@ class ClassifierSettings:
 class GeneratorSettings:
     normals: tuple[str, ...] = ()  # dataset URIs of normal X-rays (default: the dataset's own normals)
     adult_only: bool = True  # leave out pediatric rows when a dataset records age_group
+    preset: str | None = None  # tiny | small (DiT-S) | base (DiT-B): sets the four sizes below, the patch for 256 tokens
     patch_size: int = 4  # DiT patch side in pixels (tokens = (size / patch) ** 2)
     depth: int = 6  # transformer blocks
     num_heads: int = 4  # attention heads
@@ -102,7 +103,31 @@ class GeneratorSettings:
     lr: float = 3e-4  # AdamW learning rate
     warmup_steps: int | None = None  # linear learning-rate warm-up (default: a tenth of the steps, at most 200)
     seed: int = 0  # initialisation, noise and shuffling
+    processes: int = 1  # training processes (torchrun: one per GPU, or CPU processes); batch_size must split over them
     checkpoint: str | None = None  # use this checkpoint URI instead of training (null on real data: weights/ when it has the size)
+
+    def __post_init__(self) -> None:
+        if self.preset is not None:  # (models imports torch: only for a preset named)
+            from models.dit import PRESETS
+
+            if self.preset not in PRESETS:
+                raise ValueError(f"generator.preset must be one of {', '.join(PRESETS)}, not {self.preset!r}")
+            default = {f.name: f.default for f in fields(self)}
+            if any(getattr(self, k) != default[k] for k in ("patch_size", "depth", "num_heads", "head_dim")):
+                raise ValueError("set generator.preset or the sizes (patch_size, depth, num_heads, head_dim), "
+                                 "not both")
+        if self.processes < 1 or self.batch_size % self.processes:
+            raise ValueError(f"generator.processes must be at least 1 and split generator.batch_size "
+                             f"({self.batch_size}) evenly, got {self.processes}")
+
+    def sizes(self, image_size: int) -> dict:
+        """The DiT's patch_size, depth, num_heads and head_dim at ``image_size`` px."""
+        from models.dit import preset_sizes
+
+        if self.preset is not None:
+            return preset_sizes(self.preset, image_size)
+        return {"patch_size": self.patch_size, "depth": self.depth, "num_heads": self.num_heads,
+                "head_dim": self.head_dim}
 
 
 JUDGES = ("rules", "anthropic", "none")  # tasks.knowledge.make_judge builds each

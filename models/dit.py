@@ -40,7 +40,7 @@ import torch
 from diffusers import DDPMScheduler, DiTTransformer2DModel
 from torch import nn
 
-from models import checkpoint
+from models import checkpoint, distributed
 from models.device import model_device, on_device
 from models.training import EMA, seed_everything
 
@@ -75,6 +75,39 @@ class DiTConfig:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         if min(self.depth, self.num_heads, self.head_dim, self.patch_size) < 1:
             raise ValueError("depth, num_heads, head_dim and patch_size must be positive")
+
+
+# DiT sizes by name (Peebles & Xie, "Scalable Diffusion Models with Transformers", table 1: DiT-S
+# and DiT-B); "tiny" is the size this project trains on a CPU. The patch follows the image size
+# so that every preset sees 256 tokens (16 x 16), as DiT's /2 models do on 32 x 32 latents.
+PRESETS = {
+    "tiny": {"depth": 6, "num_heads": 4, "head_dim": 32},  # width 128
+    "small": {"depth": 12, "num_heads": 6, "head_dim": 64},  # width 384, DiT-S
+    "base": {"depth": 12, "num_heads": 12, "head_dim": 64},  # width 768, DiT-B
+}
+PRESET_TOKENS_PER_SIDE = 16
+
+
+def preset_sizes(preset: str, image_size: int) -> dict:
+    """The DiTConfig sizes of ``preset`` at ``image_size`` px: depth, heads, width per head, patch."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown generator preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    if image_size % PRESET_TOKENS_PER_SIDE:
+        raise ValueError(f"a preset needs an image size divisible by {PRESET_TOKENS_PER_SIDE}, got {image_size}")
+    return {**PRESETS[preset], "patch_size": max(1, image_size // PRESET_TOKENS_PER_SIDE)}
+
+
+def flops_per_call(config: DiTConfig) -> int:
+    """Floating-point operations of one network call on one image (a multiply-add counts 2): per
+    block the qkv, output and MLP (4x) projections, 24 T W^2, attention's two products, 4 T^2 W,
+    and the adaLN modulation, 12 W^2; then the patch embedding and the output layer (T tokens of
+    width W, patch p). torch's FlopCounterMode agrees except for attention on the CPU, which it
+    does not count (a test compares them)."""
+    tokens, width = (config.image_size // config.patch_size) ** 2, config.num_heads * config.head_dim
+    pixels = config.patch_size ** 2
+    channels_in = 3 if config.conditioning == "mask" else 1
+    block = 24 * tokens * width ** 2 + 4 * tokens ** 2 * width + 12 * width ** 2
+    return config.depth * block + 2 * tokens * pixels * width * (channels_in + 1) + 4 * width ** 2
 
 
 @dataclass(frozen=True)
@@ -116,9 +149,12 @@ def build_dit(config: DiTConfig) -> DiTTransformer2DModel:
         in_channels=3 if config.conditioning == "mask" else 1, out_channels=1,
         num_layers=config.depth, sample_size=config.image_size, patch_size=config.patch_size,
         norm_num_groups=1, num_embeds_ada_norm=1)
-    if config.conditioning == "labels":
-        for block in model.transformer_blocks:  # block 0's also conditions the output layer
+    for block in model.transformer_blocks:  # block 0's also conditions the output layer
+        if config.conditioning == "labels":
             block.norm1.emb.class_embedder = LabelSetEmbedding(config.num_labels, config.num_heads * config.head_dim)
+        else:  # one class ("normal"): diffusers' 10% label dropout would train a null label no sampler
+            # uses, drawn from the process-wide RNG (so a batch split over processes drew other drops)
+            block.norm1.emb.class_embedder.dropout_prob = 0.0
     # what predict_noise needs to turn a clean-image prediction into epsilon (plain attributes,
     # not weights: the checkpoint's config rebuilds them)
     model.prediction = config.prediction
@@ -169,12 +205,14 @@ def build_scheduler(config: DiTConfig) -> DDPMScheduler:
 
 
 def network_output(model: DiTTransformer2DModel, x: torch.Tensor, t: torch.Tensor,
-                   cond: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> torch.Tensor:
+                   cond: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                   net: nn.Module | None = None) -> torch.Tensor:
     """What the network itself predicts at (x_t, t[, cond][, labels]): the noise, or for a
     clean-image model (prediction "sample") x0. ``x`` is (N, 1, H, W), ``t`` is (N,) long,
     ``cond`` the inpainting model's (N, 2, H, W) ``condition`` (None for an unconditioned model),
     ``labels`` a label-conditioned model's (N, K + 1) ``label_input`` (None: no labels, the
-    unconditional model). On CUDA the transformer runs under bf16 autocast (attention is
+    unconditional model); ``net``: what runs the forward pass when it is not ``model`` itself
+    (its DistributedDataParallel wrapper). On CUDA the transformer runs under bf16 autocast (attention is
     PyTorch's fused scaled_dot_product_attention, the diffusers default); the sampler's
     arithmetic stays in float32."""
     if is_conditioned(model) != (cond is not None):
@@ -193,10 +231,11 @@ def network_output(model: DiTTransformer2DModel, x: torch.Tensor, t: torch.Tenso
             if labels is None else labels.to(x.device)
     else:
         labels = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)  # one class: normal
+    net = model if net is None else net
     if x.is_cuda:
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            return model(x, timestep=t, class_labels=labels).sample.float()
-    return model(x, timestep=t, class_labels=labels).sample  # (N, 1, H, W)
+            return net(x, timestep=t, class_labels=labels).sample.float()
+    return net(x, timestep=t, class_labels=labels).sample  # (N, 1, H, W)
 
 
 def predict_noise(model: DiTTransformer2DModel, x: torch.Tensor, t: torch.Tensor,
@@ -213,19 +252,26 @@ def predict_noise(model: DiTTransformer2DModel, x: torch.Tensor, t: torch.Tensor
 
 
 def diffusion_loss(model, scheduler: DDPMScheduler, x0: torch.Tensor, generator: torch.Generator,
-                   masks: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> torch.Tensor:
+                   masks: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                   part: slice = slice(None), net: nn.Module | None = None) -> torch.Tensor:
     """DDPM simple loss: || eps - eps_theta(sqrt(ab_t) x0 + sqrt(1 - ab_t) eps, t) ||^2 (eq. 14);
     for a clean-image model (prediction "sample") the v-loss of its x0 (module docstring).
     An inpainting model also sees ``condition(x0, masks)`` and is scored inside the masks only:
     where x0 is given, eps follows from x_t by a formula, and those pixels (most of the film)
     would drown the hole's signal (measured: a full-image loss removed 0.47 of oracle-masked
     lesions at 64 px against 0.82 for the plain DiT). ``labels``: a label-conditioned model's
-    (N, K + 1) ``label_input``."""
-    noise = torch.randn(x0.shape, generator=generator).to(x0.device)  # drawn on the CPU (models/device.py)
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=generator).to(x0.device)
+    (N, K + 1) ``label_input``. ``part``: the rows this process scores of the batch (all of
+    them; a share under data parallelism, models/distributed.py), the noise being drawn for
+    the whole batch; ``net`` as in ``network_output``."""
+    noise = torch.randn(x0.shape, generator=generator)[part].to(x0.device)  # drawn on the CPU (models/device.py)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=generator)[part]
+    t = t.to(x0.device)
+    x0 = x0[part]
+    masks = None if masks is None else masks[part]
+    labels = None if labels is None else labels[part]
     noisy = scheduler.add_noise(x0, noise, t)
     cond = None if masks is None else condition(x0, masks.to(x0.device))
-    out = network_output(model, noisy, t, cond, labels)
+    out = network_output(model, noisy, t, cond, labels, net)
     if model.prediction == "epsilon":
         error = (out - noise) ** 2
     else:  # the v-loss of the clean-image prediction: |x0_hat - x0|^2 / (1 - ab_t), capped (JiT)
@@ -246,12 +292,20 @@ def to_unit_range(images: torch.Tensor) -> torch.Tensor:
 
 
 def train_dit(images01: torch.Tensor, config: DiTConfig, train: DiTTrainConfig,
-              progress: Callable[[int, float], None] | None = None,
-              labels: torch.Tensor | None = None, device: torch.device | None = None
+              progress: Callable[[int, torch.Tensor], None] | None = None,
+              labels: torch.Tensor | None = None, device: torch.device | None = None,
+              resume: dict | None = None, save: Callable[[dict], None] | None = None, save_every: int = 200
               ) -> tuple[DiTTransformer2DModel, EMA, dict]:
     """Train on (N, 1, S, S) images in [0, 1] (normals; for conditioning "labels" any images
     with their (N, K) ``labels``) on ``device`` (default: ``models.device.resolve_device()``).
-    Returns the raw model, its EMA and the history."""
+    Returns the raw model, its EMA and the history.
+
+    Inside a torch.distributed process group each process trains its share of every batch
+    (models/distributed.py). ``progress(step, loss)`` gets the loss as a tensor (reading it
+    waits for the device: do that only when showing it). ``save(state)`` is handed the
+    whole training state every ``save_every`` steps (on rank 0 only); ``resume`` continues
+    from such a state: the rest of the run is the run that was not stopped (the generator's
+    state is in it)."""
     if images01.ndim != 4 or images01.shape[1:] != (1, config.image_size, config.image_size):
         raise ValueError(f"expected (N, 1, {config.image_size}, {config.image_size}) images, got {tuple(images01.shape)}")
     if images01.shape[0] < 2:
@@ -261,16 +315,26 @@ def train_dit(images01: torch.Tensor, config: DiTConfig, train: DiTTrainConfig,
     if labels is not None and labels.shape != (images01.shape[0], config.num_labels):
         raise ValueError(f"labels must be (N, {config.num_labels}) for {images01.shape[0]} images, "
                          f"got {tuple(labels.shape)}")
+    part = distributed.share(train.batch_size)
     seed_everything(train.seed)
     generator = torch.Generator().manual_seed(train.seed)
     model, scheduler = on_device(build_dit(config), device), build_scheduler(config)
     ema = EMA(model, max_decay=train.ema_decay)
     optimiser = torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
     warmup = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: min(1.0, (s + 1) / max(1, train.warmup_steps)))
+    curve, pending, first = [], [], 0  # the loss per step (mean over ranks), and this rank's not yet averaged
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        ema.load_state_dict(resume["ema"])
+        optimiser.load_state_dict(resume["optimiser"])
+        warmup.load_state_dict(resume["warmup"])
+        generator.set_state(resume["generator"])
+        curve, first = list(resume["loss"]), int(resume["step"])
+    net = distributed.wrap(model)
     data = to_model_range(images01.float()).to(model_device(model))
-    losses, started = [], time.perf_counter()
+    started = time.perf_counter()
     model.train()
-    for step in range(train.steps):
+    for step in range(first, train.steps):
         index = torch.randint(0, data.shape[0], (train.batch_size,), generator=generator)
         masks = (random_masks(train.batch_size, config.image_size, generator, train.full_mask_share)
                  if config.conditioning == "mask" else None)
@@ -278,18 +342,26 @@ def train_dit(images01: torch.Tensor, config: DiTConfig, train: DiTTrainConfig,
         if labels is not None:
             dropped = torch.rand(train.batch_size, generator=generator) < train.label_dropout
             vectors = label_input(labels[index], dropped).to(data.device)
-        loss = diffusion_loss(model, scheduler, data[index.to(data.device)], generator, masks, vectors)
+        loss = diffusion_loss(model, scheduler, data[index.to(data.device)], generator, masks, vectors, part, net)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
         optimiser.step()
         warmup.step()
         ema.update(model)
-        losses.append(float(loss.detach()))
+        pending.append(loss.detach())
         if progress:
-            progress(step + 1, losses[-1])
+            progress(step + 1, pending[-1])
+        if save and (step + 1) % save_every == 0 and step + 1 < train.steps:
+            curve, pending = curve + distributed.mean_over_ranks(torch.stack(pending)).tolist(), []
+            if distributed.is_main():
+                save({"model": model.state_dict(), "ema": ema.state_dict(), "optimiser": optimiser.state_dict(),
+                      "warmup": warmup.state_dict(), "generator": generator.get_state(), "step": step + 1,
+                      "loss": curve})
+    if pending:
+        curve += distributed.mean_over_ranks(torch.stack(pending)).tolist()
     model.eval()
-    history = {"loss": losses, "seconds": time.perf_counter() - started,
+    history = {"loss": curve, "seconds": time.perf_counter() - started,
                "parameters": sum(p.numel() for p in model.parameters())}
     return model, ema, history
 

@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import os
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
@@ -30,6 +31,7 @@ from models.sampling import sample
 from models.training import TrainConfig, fit_classifier, predict_probs, seed_everything
 from tasks import store
 from tasks.dataset import SAMPLES, read_manifest
+from tasks.distributed import train_dit_processes
 from tasks.tensors import lesion_masks, load_tensors
 
 
@@ -153,17 +155,18 @@ def load_normals(dataset_uris: list[str], image_size: int, adult_only: bool = Tr
 
 def train_normal_dit(dataset_uris: list[str], models_uri: str, config: DiTConfig, train: DiTTrainConfig,
                      adult_only: bool = True, splits: tuple[str, ...] | None = ("train",),
-                     progress: Callable | None = None) -> dict:
+                     progress: Callable | None = None, processes: int = 1) -> dict:
     """Train the DiT on normals only (train split by default, so val/test stay held out);
     returns the checkpoint handle (EMA weights). One made before from the same shards and
-    settings is reused, not retrained. (A DiT conditioned on labels: ``train_label_dit``.)"""
+    settings is reused, not retrained. ``processes`` > 1 trains data-parallel under
+    torchrun (tasks/distributed.py). (A DiT conditioned on labels: ``train_label_dit``.)"""
     recipe = recipe_id("dit", sorted(h for uri in dataset_uris for h in shard_hashes(uri)), datasets=dataset_uris,
                        config=config, train=train, adult_only=adult_only, splits=splits)
     known = trained_before(models_uri, "dit", recipe)
     if known:
         return known
     images, shards = load_normals(dataset_uris, config.image_size, adult_only, splits)
-    return _fit_dit(models_uri, recipe, config, train, images, None, shards, dataset_uris, progress)
+    return _fit_dit(models_uri, recipe, config, train, images, None, shards, dataset_uris, progress, processes)
 
 
 def weights_dir() -> Path:
@@ -179,7 +182,7 @@ def shipped_dit(image_size: int) -> str | None:
 
 
 def train_label_dit(dataset_uri: str, models_uri: str, config: DiTConfig, train: DiTTrainConfig,
-                    progress: Callable | None = None) -> dict:
+                    progress: Callable | None = None, processes: int = 1) -> dict:
     """The DfT-Caption generator (models/dit.py, conditioning "labels"): the DiT trained on every
     train-split image of ``dataset_uri`` with its finding set; reused like the normal DiT."""
     manifest = read_manifest(dataset_uri)
@@ -192,12 +195,20 @@ def train_label_dit(dataset_uri: str, models_uri: str, config: DiTConfig, train:
     if known:
         return known
     data = load_tensors(dataset_uri, splits=("train",))
-    return _fit_dit(models_uri, recipe, config, train, data.images, data.labels, shards, [dataset_uri], progress)
+    return _fit_dit(models_uri, recipe, config, train, data.images, data.labels, shards, [dataset_uri], progress,
+                    processes)
 
 
 def _fit_dit(models_uri: str, recipe: str, config: DiTConfig, train: DiTTrainConfig, images: torch.Tensor,
-             labels: torch.Tensor | None, shards: list[str], datasets: list[str], progress: Callable | None) -> dict:
-    model, ema, history = train_dit(images, config, train, progress, labels=labels)
+             labels: torch.Tensor | None, shards: list[str], datasets: list[str], progress: Callable | None,
+             processes: int = 1) -> dict:
+    if processes > 1:  # a killed rank leaves its saved state in this folder; the next launch resumes
+        work = (Path(tempfile.gettempdir()) / "tailforge" if store.is_remote(models_uri)
+                else Path(models_uri.removeprefix("file://")))
+        model, ema, history = train_dit_processes(processes, images, config, train, work / "training" / f"dit-{recipe}",
+                                                  labels, progress)
+    else:
+        model, ema, history = train_dit(images, config, train, progress, labels=labels)
     ema.copy_to(model)
     data = save_dit(model, config, {"train_shards_sha256": shards, "train_images": int(images.shape[0]),
                                     "steps": train.steps, "seed": train.seed})

@@ -289,3 +289,24 @@ def test_ood_scores_are_per_image_reproducible_and_calibrated_to_the_false_rejec
     assert np.allclose(scorer.score(images[:5]), scorer.score(images[:10])[:5])  # batch-mates do not matter
     with pytest.raises(ValueError, match="at least 20"):
         OODScorer(model, scheduler, images[:5], ood_config)
+
+
+def test_presets_give_dit_sizes_with_256_tokens_and_their_flops():
+    from models.dit import PRESETS, flops_per_call, preset_sizes
+
+    assert preset_sizes("small", 128) == {"depth": 12, "num_heads": 6, "head_dim": 64, "patch_size": 8}
+    assert preset_sizes("base", 256)["patch_size"] == 16 and preset_sizes("tiny", 64)["patch_size"] == 4
+    with pytest.raises(ValueError, match="tiny, small, base"):
+        preset_sizes("huge", 64)
+    # the shipped size (width 128, depth 6, 256 tokens): ~0.81 GFLOP a call
+    config = DiTConfig(image_size=64, **preset_sizes("tiny", 64))
+    tiny = flops_per_call(config)
+    assert 0.80e9 < tiny < 0.82e9
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:  # counts all but CPU attention
+        build_dit(config)(torch.zeros(1, 1, 64, 64), timestep=torch.zeros(1, dtype=torch.long),
+                          class_labels=torch.zeros(1, dtype=torch.long))
+    attention = config.depth * 4 * 256 ** 2 * 128
+    assert abs(counter.get_total_flops() + attention - tiny) / tiny < 0.01
+    assert set(PRESETS) == {"tiny", "small", "base"}

@@ -28,6 +28,9 @@ def test_demo_and_nightly_settings_load():
     ({"augment": {"mask": {"threshold": 2.0}}}, "threshold"),
     ({"finetune": {"settings": ["nope"]}}, "unknown fine-tune"),
     ({"augment": {"cam_method": "gradcm"}}, "augment.cam_method must be one of gradcam, .*infill.*'gradcm'"),
+    ({"generator": {"preset": "large"}}, "generator.preset must be one of tiny, small, base, not 'large'"),
+    ({"generator": {"preset": "small", "depth": 3}}, "preset or the sizes"),
+    ({"generator": {"processes": 3}}, r"split generator.batch_size \(32\) evenly, got 3"),
 ])
 def test_bad_settings_name_what_is_wrong(data, message):
     with pytest.raises(ValueError, match=message):

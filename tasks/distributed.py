@@ -1,0 +1,178 @@
+"""DiT pretraining on several processes: ``torchrun`` (torch.distributed's elastic launcher)
+starts one worker per process (one per GPU with NCCL; CPU processes with gloo), each runs
+``models.dit.train_dit`` inside the process group (models/distributed.py), and rank 0 saves
+the training state every few hundred steps into a work folder. A rank that dies ends the
+whole group (torchrun stops the others) and the launch fails with one message naming the
+rank, how it died and the step the next launch resumes from: launching again with the same
+work folder continues from the last saved state, so no more than ``save_every`` steps are
+lost.
+
+    python -m tasks.distributed WORK_FOLDER   # what torchrun runs in each process
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import deque
+from dataclasses import asdict
+from datetime import timedelta
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from models import distributed
+from models.device import resolve_device
+from models.dit import DiTConfig, DiTTrainConfig, build_dit, train_dit
+from models.training import EMA
+
+PROGRESS = "tailforge-progress"  # rank 0's progress lines on the launcher's pipe
+GROUP_TIMEOUT = timedelta(minutes=10)  # a collective that waits longer ends the group
+SAVE_EVERY = 200  # steps between saved training states (what a killed rank can cost)
+
+
+class DistributedFailed(RuntimeError):
+    """A rank of the training group died or raised; the message says which and how to resume."""
+
+
+def train_dit_processes(processes: int, images01: torch.Tensor, config: DiTConfig, train: DiTTrainConfig,
+                        work: Path, labels: torch.Tensor | None = None,
+                        progress: Callable[[int, float], None] | None = None,
+                        save_every: int = SAVE_EVERY) -> tuple[torch.nn.Module, EMA, dict]:
+    """``train_dit`` on ``processes`` processes launched by torchrun; returns what it returns
+    (the model and EMA on the CPU). ``work`` (a local folder) holds the inputs and the saved
+    state while it runs and is removed once the result is read; a failed launch leaves it, and
+    the next launch with it resumes. Raises DistributedFailed when a rank dies."""
+    if processes < 1:
+        raise ValueError(f"processes must be at least 1, got {processes}")
+    if train.batch_size % processes:
+        raise ValueError(f"a batch of {train.batch_size} does not split evenly over {processes} processes; use a "
+                         f"generator.batch_size that is a multiple of {processes}")
+    work.mkdir(parents=True, exist_ok=True)
+    _write_inputs(work, images01, labels, config, train, save_every)
+    tail = _launch(processes, work, progress)
+    if tail is not None:
+        raise DistributedFailed(_failure(processes, work, tail))
+    result = torch.load(work / "result.pt", map_location="cpu", weights_only=False)
+    model = build_dit(config)
+    model.load_state_dict(result["model"])
+    ema = EMA(model, max_decay=train.ema_decay)
+    ema.load_state_dict(result["ema"])
+    model.eval()
+    shutil.rmtree(work, ignore_errors=True)
+    return model, ema, result["history"]
+
+
+def _write_inputs(work: Path, images01: torch.Tensor, labels: torch.Tensor | None, config: DiTConfig,
+                  train: DiTTrainConfig, save_every: int) -> None:
+    as_bytes = (images01 * 255).round().to(torch.uint8)
+    lossless = torch.equal(as_bytes.float() / 255, images01.float())  # images decoded from 8-bit files
+    _save(work / "inputs.pt", {"images": as_bytes if lossless else images01, "labels": labels,
+                               "config": asdict(config), "train": asdict(train), "save_every": save_every})
+
+
+def _launch(processes: int, work: Path, progress: Callable | None) -> deque | None:
+    """Run the group; None when every rank finished, else the last lines it printed."""
+    threads = max(1, (os.cpu_count() or 1) // processes)
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads))}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
+               f"--nproc-per-node={processes}", "--max-restarts=0", "-m", "tasks.distributed", str(work)]
+    tail: deque = deque(maxlen=80)
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                          cwd=Path(__file__).resolve().parents[1]) as child:
+        for line in child.stdout:
+            if line.startswith(PROGRESS):
+                _, step, loss = line.split()
+                if progress:
+                    progress(int(step), float(loss))
+            else:
+                tail.append(line.rstrip())
+    return None if child.returncode == 0 else tail
+
+
+def _failure(processes: int, work: Path, tail: deque) -> str:
+    text = "\n".join(tail)
+    deaths = [(int(rank), int(code)) for rank, code in
+              re.findall(r"rank\s*:\s*(\d+)[^\n]*\n(?:[^\n]*\n)?\s*exitcode\s*:\s*(-?\d+)", text)]
+    # torchrun stops the surviving ranks with SIGTERM: the rank that died first is another one
+    killed = sorted(((r, c) for r, c in deaths if c < 0), key=lambda d: d[1] == -signal.SIGTERM)
+    errors = [line.strip() for line in tail if re.match(r"\s*\w+(Error|Exception): ", line)]
+    if killed:
+        rank, code = killed[0]
+        how = f"rank {rank} of {processes} was killed ({signal.Signals(-code).name})"
+    elif errors:
+        how = f"a rank raised {errors[-1]}"
+    elif deaths:
+        rank, code = deaths[0]
+        how = f"rank {rank} of {processes} exited with status {code}"
+    else:
+        how = f"torchrun failed: {tail[-1] if tail else 'no output'}"
+    step = _saved_step(work)
+    where = (f"training state saved at step {step} in {work}: run the stage again to resume from it" if step
+             else f"no training state saved yet (every {_save_every(work)} steps): running the stage again starts over")
+    return f"DiT training on {processes} processes failed: {how}; {where}"
+
+
+def _saved_step(work: Path) -> int:
+    try:
+        return int(json.loads((work / "state.json").read_text())["step"])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def _save_every(work: Path) -> int:
+    try:
+        return int(torch.load(work / "inputs.pt", map_location="cpu", weights_only=False)["save_every"])
+    except (OSError, KeyError, RuntimeError):
+        return SAVE_EVERY
+
+
+def _save(path: Path, obj) -> None:
+    partial = path.with_name(path.name + f".{os.getpid()}.partial")
+    torch.save(obj, partial)
+    os.replace(partial, path)
+
+
+def _worker(work: Path) -> None:
+    """One rank: join the group, train its share, rank 0 saves the state and the result."""
+    device = resolve_device()
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    torch.distributed.init_process_group(distributed.backend(device), timeout=GROUP_TIMEOUT)
+    rank = torch.distributed.get_rank()
+    (work / f"rank-{rank}.pid").write_text(str(os.getpid()))
+    inputs = torch.load(work / "inputs.pt", map_location="cpu", weights_only=False)
+    images = inputs["images"].float() / 255 if inputs["images"].dtype == torch.uint8 else inputs["images"]
+    state = work / "state.pt"
+    resume = torch.load(state, map_location="cpu", weights_only=False) if state.exists() else None
+    last = [0.0]
+
+    def report(step: int, loss: torch.Tensor) -> None:
+        if rank == 0 and (time.monotonic() - last[0] >= 1.0 or step == inputs["train"]["steps"]):
+            last[0] = time.monotonic()
+            print(f"{PROGRESS} {step} {float(loss):.6f}", flush=True)
+
+    def save(training_state: dict) -> None:
+        _save(state, training_state)
+        (work / "state.json").write_text(json.dumps({"step": training_state["step"]}))
+
+    model, ema, history = train_dit(images, DiTConfig(**inputs["config"]), DiTTrainConfig(**inputs["train"]),
+                                    report, labels=inputs["labels"], device=device, resume=resume, save=save,
+                                    save_every=inputs["save_every"])
+    if rank == 0:
+        _save(work / "result.pt", {"model": {k: v.cpu() for k, v in model.state_dict().items()},
+                                   "ema": ema.state_dict(), "history": history})
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    _worker(Path(sys.argv[1]))
