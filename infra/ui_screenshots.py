@@ -20,10 +20,13 @@ from pathlib import Path
 
 
 def latest_factory_run(client) -> str:
-    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+    from prefect.client.schemas.filters import (FlowFilter, FlowFilterName, FlowRunFilter,
+                                                FlowRunFilterStartTime)
     from prefect.client.schemas.sorting import FlowRunSort
 
+    # runs that started: a deployed nightly also has its next nights scheduled, not yet run
     runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["factory"])),
+                                 flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(is_null_=False)),
                                  sort=FlowRunSort.START_TIME_DESC, limit=1)
     if not runs:
         raise SystemExit("no factory flow run on this server; run `tailforge demo` first, or pass --flow-run")

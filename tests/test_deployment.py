@@ -123,3 +123,33 @@ def test_a_stage_that_does_not_finish_in_time_is_cancelled_and_named(prefect_ser
     with get_client(sync_client=True) as client:
         (child,) = [r for r in client.read_flow_runs() if r.deployment_id and r.work_pool_name == "pool-nobody"]
         assert child.state.type.value in ("CANCELLING", "CANCELLED")
+
+
+def test_a_worker_run_that_fails_on_a_fixable_mistake_shows_one_line_in_its_logs(prefect_server, tmp_path):
+    """A nightly started by a worker with a checkpoint that is not there: its logs in the UI hold
+    the one line and its Failed state, not the flow engine's traceback of the same error (the
+    engine raises a deployment run's failure again at its end and logs it)."""
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL
+
+    with get_client(sync_client=True) as client:
+        client.create_work_pool(WorkPoolCreate(name="test-fixable", type="process"), overwrite=True)
+    missing = str(tmp_path / "classifier-from-last-week.pt")
+    flow.from_source(source=str(ROOT), entrypoint="flows/factory.py:factory_flow").deploy(
+        name="missing-checkpoint", work_pool_name="test-fixable", print_next_steps=False,
+        parameters={"overrides": {**TINY, "classifier": {"checkpoint": missing}}})
+    run = run_deployment("factory/missing-checkpoint", timeout=0)
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "TAILFORGE_HOME": str(tmp_path / "home")}
+    subprocess.run([str(Path(sys.executable).with_name("prefect")), "worker", "start", "--pool", "test-fixable",
+                    "--type", "process", "--run-once"], env=env, capture_output=True, text=True, timeout=600)
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(run.id).state
+        logs = [entry.message for entry in client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))]
+    line = f"FileNotFoundError: classifier checkpoint {missing} does not exist"
+    assert state.is_failed() and state.message == line
+    assert line in logs
+    assert not [m for m in logs if "Traceback" in m or "unexpected exception" in m], logs
