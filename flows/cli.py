@@ -391,7 +391,7 @@ def _watch_server(url: str, command: str) -> None:
         if not watch.wait_stopped(GRACE_S):  # Prefect still reporting the crash to the dead server
             os._exit(2)
 
-    watch = ServerWatch(url, lost).__enter__()
+    watch = ServerWatch(url, lost).start()
     _WATCH.append(watch)
 
 

@@ -49,9 +49,12 @@ class ServerWatch:
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="prefect-server-watch", daemon=True)
 
-    def __enter__(self) -> "ServerWatch":
+    def start(self) -> "ServerWatch":
         self._thread.start()
         return self
+
+    def __enter__(self) -> "ServerWatch":
+        return self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()

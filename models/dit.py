@@ -247,7 +247,9 @@ def predict_noise(model: DiTTransformer2DModel, x: torch.Tensor, t: torch.Tensor
     if model.prediction == "epsilon":
         return out
     x, t = x.to(out.device), t.to(out.device)
-    ab = model.alphas_cumprod.to(x.device)[t].view(-1, 1, 1, 1)
+    if model.alphas_cumprod.device != x.device:  # moved once, not on every call
+        model.alphas_cumprod = model.alphas_cumprod.to(x.device)
+    ab = model.alphas_cumprod[t].view(-1, 1, 1, 1)
     return (x - ab.sqrt() * out) / (1 - ab).sqrt()
 
 

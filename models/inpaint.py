@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from models.device import model_device
 from models.dit import condition, is_conditioned, predict_noise, to_model_range, to_unit_range
-from models.sampling import Generators, ddim_step, ddim_timesteps, noised_known, randn, renoise
+from models.sampling import Generators, NoiseTape, ddim_step, ddim_timesteps, noised_known, randn, renoise
 
 
 @dataclass(frozen=True)
@@ -75,12 +75,20 @@ def feather_weights(mask: torch.Tensor, feather_px: int) -> torch.Tensor:
     return (weight / feather_px).clamp(max=1.0) * mask
 
 
-@torch.no_grad()
+def draws(moves: list[tuple[int, int]], times: list[int], eta: float) -> int:
+    """How many noise tensors ``inpaint`` draws: the start, one known-region noising per
+    denoising move (and its DDIM noise when eta > 0, but not on the last step), one per jump back."""
+    return 1 + sum(1 + (eta > 0 and times[j] >= 0) if j > i else 1 for i, j in moves)
+
+
+@torch.inference_mode()
 def inpaint(model, scheduler, images: torch.Tensor, mask: torch.Tensor, config: InpaintConfig = InpaintConfig(),
-            generator: Generators = None) -> torch.Tensor:
+            generator: Generators = None, tape: bool | None = None) -> torch.Tensor:
     """Regenerate the masked region of (N, 1, H, W) images in [0, 1]; returns [0, 1], with
     every pixel where ``mask`` is 0 equal to the input exactly. ``generator`` is one
-    generator, or one per image (then each result is independent of its batch-mates)."""
+    generator, or one per image (then each result is independent of its batch-mates).
+    ``tape``: draw the whole run's noise first (models/sampling.NoiseTape; the same numbers),
+    by default on CUDA, where a copy per step would wait for the host."""
     if images.shape != mask.shape or images.ndim != 4 or images.shape[1] != 1:
         raise ValueError(f"images {tuple(images.shape)} and mask {tuple(mask.shape)} must both be (N, 1, H, W)")
     device, home = model_device(model), images.device
@@ -88,16 +96,20 @@ def inpaint(model, scheduler, images: torch.Tensor, mask: torch.Tensor, config: 
     x0 = to_model_range(images)
     times = ddim_timesteps(scheduler, config.steps) + [-1]  # index k -> timestep; last = clean
     if config.init == "harmonic":
-        from models.fill import harmonic_fill
-
         limit = config.strength * (scheduler.config.num_train_timesteps - 1)
         times = [t for t in times[:-1] if t <= limit] + [-1]
+    moves = jump_schedule(len(times) - 1, config.jump_length, config.resample)
+    if tape if tape is not None else device.type == "cuda":
+        generator = NoiseTape(generator, x0.shape, draws(moves, times, config.eta), device)
+    if config.init == "harmonic":
+        from models.fill import harmonic_fill
+
         x = noised_known(scheduler, to_model_range(harmonic_fill(images.cpu(), mask.cpu()).to(device)), times[0], generator)
     else:
         x = randn(x0.shape, generator, device)
     n = images.shape[0]
     cond = condition(x0, mask) if is_conditioned(model) else None  # an inpainting DiT sees the known image
-    for i, j in jump_schedule(len(times) - 1, config.jump_length, config.resample):
+    for i, j in moves:
         t, t_next = times[i], times[j]
         if j > i:  # denoise one step, with the known region at the current noise level
             x = mask * x + (1 - mask) * noised_known(scheduler, x0, t, generator)
