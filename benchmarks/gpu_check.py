@@ -18,6 +18,8 @@ a lent machine only the wheels ``make gpu-wheels`` downloads into .whl must trav
    inpainting with the product's sampler (AugmentSettings' inpaint settings). Each with images/s and, where
    the work is matrix products, its FLOP/s (torch.utils.flop_counter) as a share of the GPU's
    bf16 dense peak and of a measured 8192^3 bf16 matrix product.
+3. **Generator presets** (tiny, small, base) at 128 and 256 px: training steps/s and free
+   sampling images/s, with ``models.dit.flops_per_call`` as a share of the bf16 peak.
 """
 
 from __future__ import annotations
@@ -180,6 +182,41 @@ def throughput(size: int, device: torch.device, peak: float | None, ceiling: flo
     return out
 
 
+def presets(size: int, device: torch.device, peak: float | None, quick: bool = False,
+            names: list[str] | None = None) -> list[dict]:
+    """Each generator preset (models/dit.py PRESETS) at ``size`` px: training steps/s on a batch
+    of 32 and free sampling images/s (50 DDIM steps, batch 64), with the FLOPs ``flops_per_call``
+    counts (a training step ~ 3 calls per image: forward and backward) as a share of the peak."""
+    from models.dit import PRESETS, build_dit, flops_per_call, preset_sizes
+    from models.sampling import sample
+
+    rows = []
+    for name in names or list(PRESETS):
+        config = DiTConfig(image_size=size, prediction="sample", **preset_sizes(name, size))
+        per_call = flops_per_call(config)
+        torch.manual_seed(0)
+        dit, scheduler = build_dit(config).to(device), build_scheduler(config)
+        batch, n, steps = (4, 2, 2) if quick else (32, 64, 50)
+        data, gen = to_model_range(torch.rand(batch, 1, size, size, device=device)), torch.Generator().manual_seed(0)
+        optimiser = torch.optim.AdamW(dit.parameters(), lr=1e-4)
+
+        def train_step():
+            dit.train()
+            optimiser.zero_grad(set_to_none=True)
+            diffusion_loss(dit, scheduler, data, gen).backward()
+            optimiser.step()
+
+        steps_s = 1 / cuda_seconds(train_step, 2 if quick else 10)
+        images_s = n / cuda_seconds(lambda: sample(dit.eval(), scheduler, n, size, steps, torch.Generator()), 1)
+        train_tflops, sample_tflops = 3 * batch * per_call * steps_s / 1e12, steps * per_call * images_s / 1e12
+        rows.append({"preset": name, "size": size, "parameters": sum(p.numel() for p in dit.parameters()),
+                     "gflop_per_call": per_call / 1e9, "train_steps_s": steps_s, "train_batch": batch,
+                     "train_share_of_peak": train_tflops / peak if peak else None, "sample_img_s": images_s,
+                     "sample_share_of_peak": sample_tflops / peak if peak else None})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def markdown(result: dict) -> str:
     a = result["agreement"]
     lines = [f"# GPU check\n\nCommit `{result['commit']}`, {result['device']}; bf16 dense peak "
@@ -200,6 +237,14 @@ def markdown(result: dict) -> str:
             lines.append(f"| {row['size']} | {stage} | {row[f'{stage}_{rate}']:.1f} | {row[f'{stage}_tflops']:.2f} | "
                          f"{'-' if share is None else f'{share:.4f}'} | {row[f'{stage}_share_of_matmul']:.4f} |")
         lines.append(f"| {row['size']} | infill maps | {row['infill_maps_img_s']:.1f} | | | |")
+    lines += ["\n## Generator presets (bf16 autocast; a training step counted as 3 network calls per image)\n",
+              "| preset | px | parameters | GFLOP/call | train steps/s (batch) | train share of peak | "
+              "sample images/s (50 steps) | sample share of peak |", "|---|---|---|---|---|---|---|---|"]
+    share = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+    for row in result.get("presets", []):
+        lines.append(f"| {row['preset']} | {row['size']} | {row['parameters'] / 1e6:.1f} M | {row['gflop_per_call']:.2f} | "
+                     f"{row['train_steps_s']:.1f} ({row['train_batch']}) | {share(row['train_share_of_peak'])} | "
+                     f"{row['sample_img_s']:.1f} | {share(row['sample_share_of_peak'])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -207,6 +252,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256])
+    parser.add_argument("--preset-sizes", type=int, nargs="+", default=[128, 256],
+                        help="image sizes at which each generator preset is timed")
+    parser.add_argument("--presets", nargs="+", help="which presets (default: all)")
     parser.add_argument("--peak-tflops", type=float, help="the GPU's bf16 dense peak (default: from its name)")
     parser.add_argument("--commit", help="the commit measured (default: git's; a copied tree without .git has none)")
     parser.add_argument("--cpu-smoke", action="store_true",
@@ -227,6 +275,7 @@ def main(argv: list[str] | None = None) -> dict:
     for size in args.sizes:
         result["throughput"].append(throughput(size, device, peak, result["matmul_tflops"], quick))
         print(json.dumps(result["throughput"][-1]), flush=True)
+    result["presets"] = [row for size in args.preset_sizes for row in presets(size, device, peak, quick, args.presets)]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "gpu_check.json").write_text(json.dumps(result, indent=1) + "\n")
     (args.out / "gpu_check.md").write_text(markdown(result))

@@ -91,7 +91,7 @@ def pretrain_flow(dataset_uri: str, models_uri: str, classifier: ClassifierSetti
     normals = list(generator.normals) or [dataset_uri]
     parameters = {"dataset_uri": dataset_uri, "classifier": classifier.__dict__, "generator": generator.__dict__}
     with recorded_run(models_uri, new_run_id(), "pretrain", parameters, utcnow(), on_crashed=mark_crashed) as done, \
-            gpu_slots(1, get_run_logger()):  # one `gpu` slot for both trainings (flows/gpu.py: once per run)
+            gpu_slots(generator.processes, get_run_logger()):  # a `gpu` slot per training process, once per run
         say_device(get_run_logger())
         # one after the other: training seeds torch's process-wide RNG, so threads would race on it;
         # hosts with several GPUs run pretrain deployments on separate workers instead

@@ -322,7 +322,8 @@ def train_dit(images01: torch.Tensor, config: DiTConfig, train: DiTTrainConfig,
     generator = torch.Generator().manual_seed(train.seed)
     model, scheduler = on_device(build_dit(config), device), build_scheduler(config)
     ema = EMA(model, max_decay=train.ema_decay)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay,
+                                  fused=model_device(model).type == "cuda" or None)
     warmup = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: min(1.0, (s + 1) / max(1, train.warmup_steps)))
     curve, pending, first = [], [], 0  # the loss per step (mean over ranks), and this rank's not yet averaged
     if resume is not None:

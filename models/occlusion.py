@@ -72,35 +72,44 @@ def windows(size: int, window: float, stride: float) -> list[tuple[int, int, int
     return [(top, left, side) for top in starts for left in starts]
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def infill_maps(model: torch.nn.Module, images: torch.Tensor, classes: list[int], window: float, stride: float,
                 batch: int = 256, smooth: bool = True) -> np.ndarray:
     """(N, S, S) maps in [0, 1]: per pixel, the mean drop of the class probability over the
     infilled windows that cover it (negative drops count as 0), smoothed by half a window step
     (``smooth=False``: not, for benchmarks/infill_sweep.py). ``window`` and ``stride`` as in
-    ``models.cam.LocaliseConfig``, whose defaults are the product's."""
+    ``models.cam.LocaliseConfig``, whose defaults are the product's.
+
+    Rows of the same image in a row (one per class) share its infilled windows. Every (image,
+    window) pair is scored in batches of ``batch`` across images, and the maps come back in one
+    copy (on CUDA the classifier runs under bf16 autocast)."""
     if len(classes) != images.shape[0]:
         raise ValueError("give one target class per image row")
     model.eval()
     device = model_device(model)
-    images = images.to(device)
-    size = images.shape[-1]
+    n_rows, size = images.shape[0], images.shape[-1]
+    # which rows repeat the row before (compared on the host copy: no device round trip per row)
+    host = images.cpu()
+    firsts = [n for n in range(n_rows) if n == 0 or not torch.equal(host[n], host[n - 1])]
+    owner = torch.tensor(np.searchsorted(firsts, np.arange(n_rows), side="right") - 1, device=device)
+    unique = images[firsts].to(device)
     boxes = windows(size, window, stride)
     masks = torch.zeros(len(boxes), 1, size, size, device=device)
     for k, (top, left, side) in enumerate(boxes):
         masks[k, :, top:top + side, left:left + side] = 1.0
     cover = masks.sum(dim=0)[0].clamp(min=1.0)  # (S, S) windows per pixel
     sigma = window_step(size, window, stride)[1] / 2 if smooth else 0.0
-    out = np.zeros((len(classes), size, size), np.float32)
-    last = None  # rows of the same image in a row (several classes) share its infilled windows
-    for n, c in enumerate(classes):
-        if last is None or not torch.equal(images[n], images[last]):
-            base = torch.sigmoid(model(images[n:n + 1]))[0]  # (K,)
-            scored = torch.cat([torch.sigmoid(model(smooth_infill(images[n:n + 1].expand(len(m), -1, -1, -1), m)))
-                                for m in masks.split(batch)])  # (W, K)
-            last = n
-        drop = (base[c] - scored[:, c]).clamp(min=0)  # (W,)
-        heat = ((drop.view(-1, 1, 1, 1) * masks).sum(dim=0) / cover)[0]  # (S, S)
-        heat = _blur(heat[None, None], sigma)[0, 0] if sigma else heat
-        out[n] = (heat / heat.max().clamp(min=1e-7)).float().cpu().numpy()
-    return out
+
+    def probs(x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            return torch.sigmoid(model(x).float())
+
+    base = torch.cat([probs(part) for part in unique.split(batch)])  # (U, K)
+    pairs = torch.arange(len(firsts) * len(boxes), device=device)  # pair p: image p // W, window p % W
+    scored = torch.cat([probs(smooth_infill(unique[p // len(boxes)], masks[p % len(boxes)]))
+                        for p in pairs.split(batch)]).view(len(firsts), len(boxes), -1)  # (U, W, K)
+    target = torch.tensor(classes, device=device)
+    drop = (base[owner, target][:, None] - scored[owner, :, target]).clamp(min=0)  # (N, W)
+    heat = torch.einsum("nw,wij->nij", drop, masks[:, 0]) / cover  # (N, S, S)
+    heat = _blur(heat[:, None], sigma)[:, 0] if sigma else heat
+    return (heat / heat.amax(dim=(1, 2), keepdim=True).clamp(min=1e-7)).float().cpu().numpy()

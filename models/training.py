@@ -30,6 +30,9 @@ from models.losses import NEEDS_COUNTS, make_loss
 Batch = tuple[torch.Tensor, torch.Tensor]  # images (N, 1, H, W), labels (N, K)
 
 
+ON_DEVICE_BYTES = 2 * 1024**3  # a training set at most this large is kept on the GPU while it trains
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (all devices). CPU runs are then repeatable."""
     random.seed(seed)
@@ -233,13 +236,16 @@ def fit_classifier(model: nn.Module, images: torch.Tensor | None, labels: torch.
                 if isinstance(layer, nn.modules.batchnorm._BatchNorm):
                     layer.eval()
         order = torch.randperm(images.shape[0], generator=generator)
+        # on a GPU a set that fits goes there once per epoch: batches are gathered where they train
+        source = ((images.to(device), labels.to(device))
+                  if cuda and images.numel() * images.element_size() <= ON_DEVICE_BYTES else (images, labels))
         # the epoch's loss summed on the device: reading it each step would wait for the device
         total, weight = torch.zeros((), dtype=torch.float64, device=device), torch.zeros((), dtype=torch.long, device=device)
         for start in range(0, order.numel(), config.batch_size):
             idx = order[start:start + config.batch_size]
             if idx.numel() == 1 and config.batch_size > 1 and order.numel() > 1:
                 continue  # a lone last image breaks BatchNorm statistics; it is seen next epoch
-            x, y = images[idx], labels[idx]
+            x, y = source[0][idx.to(source[0].device)], source[1][idx.to(source[1].device)]
             if config.augment:
                 x = augment_batch(x, config, generator)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
