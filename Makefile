@@ -45,7 +45,7 @@ reliability: $(STAMP)
 
 # wheels a lent GPU machine lacks (it has torch, timm's needs, pyarrow, numpy) for benchmarks/gpu_check.py and
 # benchmarks/experiment.py: the models' diffusers and grad-cam, and what tasks/ imports (the knowledge step's DuckDB
-# cache, the anthropic SDK). They travel in .whl, about 40 MB (README, "Where the models compute");
+# cache, the anthropic SDK). They travel in .whl, about 40 MB (docs/operations.md, "Where the models compute");
 # grad-cam ships no wheel, so it is built here
 WHEEL_TARGET = --only-binary=:all: --python-version 3.12 --implementation cp --platform any \
 	--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64

@@ -4,7 +4,7 @@ fast is the product's model work on the GPU?
     python -m benchmarks.gpu_check --out DIR        # on a host where torch sees CUDA; refuses otherwise
 
 It imports models/, the phantom and the product's augment settings (no Prefect or S3), so on
-a lent machine only the wheels ``make gpu-wheels`` downloads into .whl must travel (README,
+a lent machine only the wheels ``make gpu-wheels`` downloads into .whl must travel (docs/operations.md,
 "Where the models compute"). It writes DIR/gpu_check.json and DIR/gpu_check.md.
 
 1. **Agreement.** A classifier and a DiT trained briefly on CUDA (the product's trainers, which

@@ -3,7 +3,7 @@
 One table answers "where does setting X come from and what is its default": the rows are the
 fields of the settings dataclasses (flows/settings.py, and the augment and fine-tune settings
 the tasks define), the meaning is the comment on the field's line, the default is the field's
-own default. `tailforge config --reference` prints it; the README carries a copy that a test
+own default. `tailforge config --reference` prints it; docs/settings.md carries a copy that a test
 keeps equal to it, so the docs cannot drift from the code.
 """
 

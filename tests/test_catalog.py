@@ -116,7 +116,7 @@ def test_queries_that_write_or_reach_outside_are_refused(small_run):
     _check_refusals(small_run["root"])
 
 
-README_QUERIES = [  # the ready queries the README shows
+README_QUERIES = [  # the ready queries the user guide shows
     "SELECT night, class, count(*) AS n FROM (SELECT date_trunc('day', s.created_at) AS night, unnest(d.tail) AS class "
     "FROM samples s JOIN decisions d USING (decision_id) WHERE s.origin = 'inpainted' AND s.accepted) "
     "GROUP BY ALL ORDER BY ALL",
@@ -134,8 +134,8 @@ README_QUERIES = [  # the ready queries the README shows
 
 @pytest.mark.parametrize("sql", README_QUERIES)
 def test_readme_queries_run(small_run, sql):
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    assert sql in " ".join(readme.split())
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "guide.md").read_text()
+    assert sql in " ".join(guide.split())
     with open_catalog(small_run["root"]) as catalog:
         columns, rows = query(catalog, sql)
     assert columns

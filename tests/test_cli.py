@@ -166,8 +166,9 @@ def test_info_reasons_lists_each_quarantine_row_with_its_table_line(small_nih, t
 
 
 def _readme_commands() -> list[str]:
-    """Every `tailforge ...` line of the README's bash blocks, continuation lines joined."""
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    """Every `tailforge ...` line of the bash blocks of the README and docs/, continuation lines joined."""
+    root = Path(__file__).resolve().parents[1]
+    readme = "\n".join(p.read_text() for p in [root / "README.md", *sorted((root / "docs").glob("*.md"))])
     commands, in_bash, pending = [], False, ""
     for line in readme.splitlines():
         if line.startswith("```"):

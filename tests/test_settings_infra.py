@@ -184,9 +184,9 @@ def _leaves(tree: dict, prefix: str = "") -> set[str]:
     return out
 
 
-def test_settings_reference_covers_every_setting_and_the_readme_copy_is_current(capsys):
+def test_settings_reference_covers_every_setting_and_the_docs_copy_is_current(capsys):
     """One table names every setting the YAML takes (the leaves of `tailforge config`), with
-    its default and a meaning; the README's copy is the table `config --reference` prints."""
+    its default and a meaning; docs/settings.md holds the table `config --reference` prints."""
     from flows.cli import main
     from flows.settings import FactorySettings
     from flows.settings_reference import rows
@@ -196,9 +196,9 @@ def test_settings_reference_covers_every_setting_and_the_readme_copy_is_current(
     assert [key for key, _, meaning, _ in table if not meaning] == []  # every setting says what it does
     assert main(["config", "--reference"]) == 0
     printed = capsys.readouterr().out
-    readme = (ROOT / "README.md").read_text()
-    block = readme.split("<!-- settings-reference:start -->\n")[1].split("<!-- settings-reference:end -->")[0]
-    assert block == printed, "README's settings reference is stale: paste `tailforge config --reference` into it"
+    page = (ROOT / "docs" / "settings.md").read_text()
+    block = page.split("<!-- settings-reference:start -->\n")[1].split("<!-- settings-reference:end -->")[0]
+    assert block == printed, "docs/settings.md is stale: paste `tailforge config --reference` into it"
 
 
 @pytest.mark.parametrize("key", ["dataset.tail", "generator.normals", "name"])
