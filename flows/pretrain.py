@@ -27,7 +27,8 @@ def train_classifier_task(dataset_uri: str, models_uri: str, settings: Classifie
                               se=settings.se, head=settings.head, gcn=settings.gcn)
     train = TrainConfig(epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr, seed=settings.seed)
     progress = StepProgress("classifier training", train.epochs, "epoch", key="train-classifier")
-    handle = pretrain.train_classifier(dataset_uri, models_uri, config, train, progress=progress.epoch)
+    handle = pretrain.train_classifier(dataset_uri, models_uri, config, train, progress=progress.epoch,
+                                       processes=settings.processes)
     said_reused(handle)
     return {"kind": "classifier", "id": handle["id"], "uri": handle["uri"], "reused": bool(handle.get("reused")),
             "test_macro": handle["metrics"]["means"]["macro"] if handle["metrics"] else None}
@@ -91,7 +92,7 @@ def pretrain_flow(dataset_uri: str, models_uri: str, classifier: ClassifierSetti
     normals = list(generator.normals) or [dataset_uri]
     parameters = {"dataset_uri": dataset_uri, "classifier": classifier.__dict__, "generator": generator.__dict__}
     with recorded_run(models_uri, new_run_id(), "pretrain", parameters, utcnow(), on_crashed=mark_crashed) as done, \
-            gpu_slots(generator.processes, get_run_logger()):  # a `gpu` slot per training process, once per run
+            gpu_slots(max(classifier.processes, generator.processes), get_run_logger()):  # a slot per process
         say_device(get_run_logger())
         # one after the other: training seeds torch's process-wide RNG, so threads would race on it;
         # hosts with several GPUs run pretrain deployments on separate workers instead

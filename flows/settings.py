@@ -84,7 +84,13 @@ class ClassifierSettings:
     se: bool = False  # squeeze-and-excitation channel weights on the backbone's final feature map
     head: str = "linear"  # "linear" (pooled features) or "attention" (one spatial map per class; cam_method attention)
     gcn: bool = False  # class vectors from a GCN over the train split's label co-occurrence (ML-GCN)
+    processes: int = 1  # training processes (torchrun: one per GPU, or CPU processes); batch_size must split over them
     checkpoint: str | None = None  # reuse this checkpoint URI instead of training
+
+    def __post_init__(self) -> None:
+        if self.processes < 1 or self.batch_size % self.processes:
+            raise ValueError(f"classifier.processes must be at least 1 and split classifier.batch_size "
+                             f"({self.batch_size}) evenly, got {self.processes}")
 
 
 @dataclass(frozen=True)

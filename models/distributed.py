@@ -37,16 +37,23 @@ def wrap(model: nn.Module) -> nn.Module:
     if world()[1] == 1:
         return model
     device = next(model.parameters()).device
+    if device.type == "cuda":  # one BatchNorm statistic over the whole batch (NCCL only)
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
-def mean_over_ranks(values: torch.Tensor) -> torch.Tensor:
-    """``values`` averaged over the processes (every rank must call it at the same point)."""
+def sum_over_ranks(values: torch.Tensor) -> torch.Tensor:
+    """``values`` summed over the processes (every rank must call it at the same point)."""
     if world()[1] == 1:
         return values
     total = values.clone()
     dist.all_reduce(total)
-    return total / world()[1]
+    return total
+
+
+def mean_over_ranks(values: torch.Tensor) -> torch.Tensor:
+    """``values`` averaged over the processes (every rank must call it at the same point)."""
+    return sum_over_ranks(values) / world()[1]
 
 
 def is_main() -> bool:

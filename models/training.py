@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models import distributed
 from models.device import model_device
 from models.losses import NEEDS_COUNTS, make_loss
 
@@ -202,6 +203,10 @@ def fit_classifier(model: nn.Module, images: torch.Tensor | None, labels: torch.
     a val loss per epoch. ``progress`` gets each epoch's history row as a dict. ``frozen_norms``:
     normalisation layers keep their running statistics (eval mode) while the rest trains.
     Deterministic on CPU for a fixed ``config.seed`` and the same initial weights.
+
+    Inside a torch.distributed process group (models/distributed.py) every rank draws and
+    augments each whole batch and trains its share of it; the epoch's loss is summed over the
+    ranks. BatchNorm statistics are per rank on the CPU and synchronised on CUDA.
     """
     if epoch_data is None:
         if images is None or labels is None:
@@ -218,6 +223,8 @@ def fit_classifier(model: nn.Module, images: torch.Tensor | None, labels: torch.
         model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
                                   lr=config.lr, weight_decay=config.weight_decay, fused=cuda or None)
+    rank, world = distributed.world()
+    net = distributed.wrap(model)
     history: dict[str, list] = {"epoch": [], "n_train": [], "lr": [], "train_loss": [], "val_loss": [], "seconds": []}
 
     for epoch in range(config.epochs):
@@ -245,15 +252,20 @@ def fit_classifier(model: nn.Module, images: torch.Tensor | None, labels: torch.
             idx = order[start:start + config.batch_size]
             if idx.numel() == 1 and config.batch_size > 1 and order.numel() > 1:
                 continue  # a lone last image breaks BatchNorm statistics; it is seen next epoch
+            shares = [len(s) for s in torch.tensor_split(idx, world)]
+            if world > 1 and min(shares) < 2 <= config.batch_size:
+                continue  # too few to give every process two: they are seen next epoch
             x, y = source[0][idx.to(source[0].device)], source[1][idx.to(source[1].device)]
-            if config.augment:
+            if config.augment:  # the whole batch on every rank: the generator stays in step
                 x = augment_batch(x, config, generator)
+            mine = slice(sum(shares[:rank]), sum(shares[:rank + 1]))
+            x, y = x[mine], y[mine]
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             if cuda:
                 with torch.autocast("cuda", dtype=torch.bfloat16):
-                    logits = model(x.contiguous(memory_format=torch.channels_last)).float()  # (B, K)
+                    logits = net(x.contiguous(memory_format=torch.channels_last)).float()  # (B, K)
             else:
-                logits = model(x)  # (B, K)
+                logits = net(x)  # (B, K)
             if logits.shape != y.shape:
                 raise ValueError(f"the model gives {tuple(logits.shape)} logits for labels {tuple(y.shape)}: "
                                  f"num_classes must match the label vocabulary")
@@ -267,7 +279,7 @@ def fit_classifier(model: nn.Module, images: torch.Tensor | None, labels: torch.
             total += loss.detach().double() * known
             weight += known
         model.eval()
-        total, weight = float(total), int(weight)
+        total, weight = float(distributed.sum_over_ranks(total)), int(distributed.sum_over_ranks(weight))
         row = {"epoch": epoch, "n_train": int(images.shape[0]), "lr": lr,
                "train_loss": total / weight if weight else 0.0,
                "val_loss": _mean_loss(model, loss_fn, val[0], val[1], config.batch_size) if val is not None else None,

@@ -1,17 +1,19 @@
-"""DiT pretraining on several processes: ``torchrun`` (torch.distributed's elastic launcher)
-starts one worker per process (one per GPU with NCCL; CPU processes with gloo), each runs
-``models.dit.train_dit`` inside the process group (models/distributed.py), and rank 0 saves
+"""Pretraining on several processes: ``torchrun`` (torch.distributed's elastic launcher)
+starts one worker per process (one per GPU with NCCL; CPU processes with gloo), each runs the
+product's trainer inside the process group (models/distributed.py): ``models.dit.train_dit``
+for the DiT, ``models.training.fit_classifier`` for the classifier. For the DiT rank 0 saves
 the training state every few hundred steps into a work folder. A rank that dies ends the
 whole group (torchrun stops the others) and the launch fails with one message naming the
-rank, how it died and the step the next launch resumes from: launching again with the same
-work folder continues from the last saved state, so no more than ``save_every`` steps are
-lost.
+rank and how it died; launching the DiT again with the same work folder continues from the
+last saved state, so no more than ``save_every`` steps are lost (the classifier, minutes where
+the DiT takes hours, starts over).
 
     python -m tasks.distributed WORK_FOLDER   # what torchrun runs in each process
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -31,7 +33,7 @@ import torch
 from models import distributed
 from models.device import resolve_device
 from models.dit import DiTConfig, DiTTrainConfig, build_dit, train_dit
-from models.training import EMA
+from models.training import EMA, TrainConfig, fit_classifier
 
 PROGRESS = "tailforge-progress"  # rank 0's progress lines on the launcher's pipe
 GROUP_TIMEOUT = timedelta(minutes=10)  # a collective that waits longer ends the group
@@ -50,32 +52,54 @@ def train_dit_processes(processes: int, images01: torch.Tensor, config: DiTConfi
     (the model and EMA on the CPU). ``work`` (a local folder) holds the inputs and the saved
     state while it runs and is removed once the result is read; a failed launch leaves it, and
     the next launch with it resumes. Raises DistributedFailed when a rank dies."""
-    if processes < 1:
-        raise ValueError(f"processes must be at least 1, got {processes}")
-    if train.batch_size % processes:
-        raise ValueError(f"a batch of {train.batch_size} does not split evenly over {processes} processes; use a "
-                         f"generator.batch_size that is a multiple of {processes}")
-    work.mkdir(parents=True, exist_ok=True)
-    _write_inputs(work, images01, labels, config, train, save_every)
-    tail = _launch(processes, work, progress)
-    if tail is not None:
-        raise DistributedFailed(_failure(processes, work, tail))
-    result = torch.load(work / "result.pt", map_location="cpu", weights_only=False)
+    _check(processes, train.batch_size, "generator.batch_size")
+    _write_inputs(work, "dit", images01, labels, {"config": asdict(config), "train": asdict(train),
+                                                  "save_every": save_every})
+    result = _run(processes, work, "DiT training", lambda payload: progress and progress(*payload))
     model = build_dit(config)
     model.load_state_dict(result["model"])
     ema = EMA(model, max_decay=train.ema_decay)
     ema.load_state_dict(result["ema"])
     model.eval()
-    shutil.rmtree(work, ignore_errors=True)
     return model, ema, result["history"]
 
 
-def _write_inputs(work: Path, images01: torch.Tensor, labels: torch.Tensor | None, config: DiTConfig,
-                  train: DiTTrainConfig, save_every: int) -> None:
+def fit_classifier_processes(processes: int, model: torch.nn.Module, images01: torch.Tensor, labels: torch.Tensor,
+                             train: TrainConfig, work: Path, val: tuple | None = None,
+                             progress: Callable[[dict], None] | None = None) -> dict:
+    """``fit_classifier`` on ``processes`` processes launched by torchrun, from ``model``'s
+    weights (the whole module travels); the trained weights are loaded back into ``model``.
+    Returns the history. Raises DistributedFailed when a rank dies."""
+    _check(processes, train.batch_size, "classifier.batch_size")
+    _write_inputs(work, "classifier", images01, labels, {"model": copy.deepcopy(model).cpu(), "train": train,
+                                                          "val": val})
+    result = _run(processes, work, "classifier training", lambda payload: progress and progress(payload))
+    model.load_state_dict(result["model"])
+    return result["history"]
+
+
+def _check(processes: int, batch_size: int, setting: str) -> None:
+    if processes < 1:
+        raise ValueError(f"processes must be at least 1, got {processes}")
+    if batch_size % processes:
+        raise ValueError(f"a batch of {batch_size} does not split evenly over {processes} processes; use a "
+                         f"{setting} that is a multiple of {processes}")
+
+
+def _run(processes: int, work: Path, what: str, progress: Callable) -> dict:
+    tail = _launch(processes, work, progress)
+    if tail is not None:
+        raise DistributedFailed(_failure(what, processes, work, tail))
+    result = torch.load(work / "result.pt", map_location="cpu", weights_only=False)
+    shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+def _write_inputs(work: Path, job: str, images01: torch.Tensor, labels: torch.Tensor | None, rest: dict) -> None:
+    work.mkdir(parents=True, exist_ok=True)
     as_bytes = (images01 * 255).round().to(torch.uint8)
     lossless = torch.equal(as_bytes.float() / 255, images01.float())  # images decoded from 8-bit files
-    _save(work / "inputs.pt", {"images": as_bytes if lossless else images01, "labels": labels,
-                               "config": asdict(config), "train": asdict(train), "save_every": save_every})
+    _save(work / "inputs.pt", {"job": job, "images": as_bytes if lossless else images01, "labels": labels, **rest})
 
 
 def _launch(processes: int, work: Path, progress: Callable | None) -> deque | None:
@@ -89,15 +113,13 @@ def _launch(processes: int, work: Path, progress: Callable | None) -> deque | No
                           cwd=Path(__file__).resolve().parents[1]) as child:
         for line in child.stdout:
             if line.startswith(PROGRESS):
-                _, step, loss = line.split()
-                if progress:
-                    progress(int(step), float(loss))
+                progress(json.loads(line[len(PROGRESS):]))
             else:
                 tail.append(line.rstrip())
     return None if child.returncode == 0 else tail
 
 
-def _failure(processes: int, work: Path, tail: deque) -> str:
+def _failure(what: str, processes: int, work: Path, tail: deque) -> str:
     text = "\n".join(tail)
     deaths = [(int(rank), int(code)) for rank, code in
               re.findall(r"rank\s*:\s*(\d+)[^\n]*\n(?:[^\n]*\n)?\s*exitcode\s*:\s*(-?\d+)", text)]
@@ -116,8 +138,8 @@ def _failure(processes: int, work: Path, tail: deque) -> str:
         how = f"torchrun failed: {tail[-1] if tail else 'no output'}"
     step = _saved_step(work)
     where = (f"training state saved at step {step} in {work}: run the stage again to resume from it" if step
-             else f"no training state saved yet (every {_save_every(work)} steps): running the stage again starts over")
-    return f"DiT training on {processes} processes failed: {how}; {where}"
+             else "no training state saved yet: running the stage again starts over")
+    return f"{what} on {processes} processes failed: {how}; {where}"
 
 
 def _saved_step(work: Path) -> int:
@@ -125,13 +147,6 @@ def _saved_step(work: Path) -> int:
         return int(json.loads((work / "state.json").read_text())["step"])
     except (OSError, ValueError, KeyError):
         return 0
-
-
-def _save_every(work: Path) -> int:
-    try:
-        return int(torch.load(work / "inputs.pt", map_location="cpu", weights_only=False)["save_every"])
-    except (OSError, KeyError, RuntimeError):
-        return SAVE_EVERY
 
 
 def _save(path: Path, obj) -> None:
@@ -151,6 +166,18 @@ def _worker(work: Path) -> None:
     (work / f"rank-{rank}.pid").write_text(str(os.getpid()))
     inputs = torch.load(work / "inputs.pt", map_location="cpu", weights_only=False)
     images = inputs["images"].float() / 255 if inputs["images"].dtype == torch.uint8 else inputs["images"]
+    result = (_dit_job if inputs["job"] == "dit" else _classifier_job)(work, rank, inputs, images, device)
+    if rank == 0:
+        _save(work / "result.pt", result)
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
+
+
+def _say(payload) -> None:
+    print(f"{PROGRESS} {json.dumps(payload)}", flush=True)
+
+
+def _dit_job(work: Path, rank: int, inputs: dict, images: torch.Tensor, device: torch.device) -> dict:
     state = work / "state.pt"
     resume = torch.load(state, map_location="cpu", weights_only=False) if state.exists() else None
     last = [0.0]
@@ -158,7 +185,7 @@ def _worker(work: Path) -> None:
     def report(step: int, loss: torch.Tensor) -> None:
         if rank == 0 and (time.monotonic() - last[0] >= 1.0 or step == inputs["train"]["steps"]):
             last[0] = time.monotonic()
-            print(f"{PROGRESS} {step} {float(loss):.6f}", flush=True)
+            _say([step, float(loss)])
 
     def save(training_state: dict) -> None:
         _save(state, training_state)
@@ -167,11 +194,14 @@ def _worker(work: Path) -> None:
     model, ema, history = train_dit(images, DiTConfig(**inputs["config"]), DiTTrainConfig(**inputs["train"]),
                                     report, labels=inputs["labels"], device=device, resume=resume, save=save,
                                     save_every=inputs["save_every"])
-    if rank == 0:
-        _save(work / "result.pt", {"model": {k: v.cpu() for k, v in model.state_dict().items()},
-                                   "ema": ema.state_dict(), "history": history})
-    torch.distributed.barrier()
-    torch.distributed.destroy_process_group()
+    return {"model": {k: v.cpu() for k, v in model.state_dict().items()}, "ema": ema.state_dict(), "history": history}
+
+
+def _classifier_job(work: Path, rank: int, inputs: dict, images: torch.Tensor, device: torch.device) -> dict:
+    model = inputs["model"].to(device)
+    history = fit_classifier(model, images, inputs["labels"], inputs["train"], val=inputs["val"],
+                             progress=_say if rank == 0 else None)
+    return {"model": {k: v.cpu() for k, v in model.state_dict().items()}, "history": history}
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from models.sampling import sample
 from models.training import TrainConfig, fit_classifier, predict_probs, seed_everything
 from tasks import store
 from tasks.dataset import SAMPLES, read_manifest
-from tasks.distributed import train_dit_processes
+from tasks.distributed import fit_classifier_processes, train_dit_processes
 from tasks.tensors import lesion_masks, load_tensors
 
 
@@ -83,9 +83,10 @@ def _remember(models_uri: str, kind: str, recipe: str, handle: dict) -> None:
 
 
 def train_classifier(dataset_uri: str, models_uri: str, config: ClassifierConfig, train: TrainConfig,
-                     progress: Callable | None = None) -> dict:
+                     progress: Callable | None = None, processes: int = 1) -> dict:
     """Fit on the train split, tune thresholds on val, score test; returns the checkpoint handle.
-    A classifier made before from the same shards and settings is reused, not retrained."""
+    A classifier made before from the same shards and settings is reused, not retrained.
+    ``processes`` > 1 trains data-parallel under torchrun (tasks/distributed.py)."""
     recipe = recipe_id("classifier", shard_hashes(dataset_uri), dataset=dataset_uri, config=config, train=train)
     known = trained_before(models_uri, "classifier", recipe)
     if known:
@@ -96,8 +97,12 @@ def train_classifier(dataset_uri: str, models_uri: str, config: ClassifierConfig
     test = load_tensors(dataset_uri, splits=("test",))
     seed_everything(train.seed)
     model = on_device(build_classifier(config, cooccurrence(data.labels)))  # the co-occurrence counts: for gcn
-    history = fit_classifier(model, data.images, data.labels, train,
-                             val=(val.images, val.labels) if len(val) else None, progress=progress)
+    held = (val.images, val.labels) if len(val) else None
+    if processes > 1:
+        history = fit_classifier_processes(processes, model, data.images, data.labels, train,
+                                           _work_folder(models_uri, f"classifier-{recipe}"), held, progress)
+    else:
+        history = fit_classifier(model, data.images, data.labels, train, val=held, progress=progress)
     thresholds = tune_thresholds(predict_probs(model, val.images), val.labels.numpy()) if len(val) else None
     head, tail = manifest["head_tail"]["head"], manifest["head_tail"]["tail"]
     metrics = evaluate(predict_probs(model, test.images), test.labels.numpy(), data.findings, head, tail,
@@ -203,10 +208,8 @@ def _fit_dit(models_uri: str, recipe: str, config: DiTConfig, train: DiTTrainCon
              labels: torch.Tensor | None, shards: list[str], datasets: list[str], progress: Callable | None,
              processes: int = 1) -> dict:
     if processes > 1:  # a killed rank leaves its saved state in this folder; the next launch resumes
-        work = (Path(tempfile.gettempdir()) / "tailforge" if store.is_remote(models_uri)
-                else Path(models_uri.removeprefix("file://")))
-        model, ema, history = train_dit_processes(processes, images, config, train, work / "training" / f"dit-{recipe}",
-                                                  labels, progress)
+        model, ema, history = train_dit_processes(processes, images, config, train,
+                                                  _work_folder(models_uri, f"dit-{recipe}"), labels, progress)
     else:
         model, ema, history = train_dit(images, config, train, progress, labels=labels)
     ema.copy_to(model)
@@ -221,6 +224,14 @@ def _fit_dit(models_uri: str, recipe: str, config: DiTConfig, train: DiTTrainCon
         "train_images": int(images.shape[0]), "history": summary})
     _remember(models_uri, "dit", recipe, {**handle, "history": summary})
     return {**handle, "history": summary, "loss": losses}
+
+
+def _work_folder(models_uri: str, name: str) -> Path:
+    """Where a training on several processes keeps its inputs and saved state: beside the
+    models when they are on this host, else under the temporary folder."""
+    local = Path(tempfile.gettempdir()) / "tailforge" if store.is_remote(models_uri) else \
+        Path(models_uri.removeprefix("file://"))
+    return local / "training" / name
 
 
 def grid_png(images01: torch.Tensor, columns: int = 8) -> bytes:

@@ -93,3 +93,33 @@ def test_the_pretrain_task_trains_on_processes_and_writes_one_checkpoint(tmp_pat
     assert torch.allclose(torch.tensor(two["loss"]), torch.tensor(one["loss"]), rtol=1e-4, atol=1e-5)
     assert Path(two["uri"]).exists() and two["uri"].startswith(str(tmp_path / "two"))
     assert not list((tmp_path / "two" / "training").iterdir())  # the work folder went with the result
+
+
+def test_two_processes_train_the_classifier_as_one_does(tmp_path, monkeypatch):
+    """Without BatchNorm a row's gradient does not depend on its batch-mates: then the two
+    halves' averaged gradients are the one-process step's. (With it, each process normalises its
+    own half on the CPU; on CUDA the statistics are synchronised.)"""
+    from models.classifier import ClassifierConfig, build_classifier
+    from models.training import TrainConfig, fit_classifier, seed_everything
+    from tasks.distributed import fit_classifier_processes
+
+    monkeypatch.setenv("TAILFORGE_DEVICE", "cpu")
+    generator = torch.Generator().manual_seed(5)
+    images = torch.randint(0, 256, (40, 1, 32, 32), generator=generator).float() / 255
+    labels = (torch.rand(40, 3, generator=generator) > 0.6).float()
+    train = TrainConfig(epochs=2, batch_size=8, lr=1e-3)
+    seed_everything(0)
+    start = build_classifier(ClassifierConfig("resnet18", 3, 32))
+    for name, layer in list(start.named_modules()):  # no batch statistics: each row's gradient is its own
+        if isinstance(layer, torch.nn.BatchNorm2d):
+            parent, _, attr = name.rpartition(".")
+            setattr(start.get_submodule(parent) if parent else start, attr, torch.nn.Identity())
+    one, two = (start, __import__("copy").deepcopy(start))
+    rows: list[dict] = []
+    history_one = fit_classifier(one, images, labels, train)
+    history_two = fit_classifier_processes(2, two, images, labels, train, tmp_path / "work", progress=rows.append)
+    assert [row["epoch"] for row in rows] == [0, 1]
+    assert history_two["train_loss"] == pytest.approx(history_one["train_loss"], rel=1e-4)
+    for name, value in one.state_dict().items():
+        if value.is_floating_point():
+            assert torch.allclose(two.state_dict()[name], value, rtol=1e-3, atol=1e-4), name
