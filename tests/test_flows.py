@@ -470,6 +470,23 @@ def test_a_rerun_reuses_the_models_made_from_the_same_data_and_settings(tiny_run
     assert changed["generator"]["id"] != result["models"]["generator"]["id"]
 
 
+def test_the_pretrain_stage_trains_both_models_on_two_processes(tiny_run, tmp_path, monkeypatch):
+    """generator.processes and classifier.processes: the stage launches torchrun (2 gloo
+    processes here), reports progress as one process does, and leaves no work folder."""
+    from flows.pretrain import pretrain_flow
+    from flows.settings import settings_from_dict
+
+    monkeypatch.setenv("TAILFORGE_DEVICE", "cpu")
+    result, _ = tiny_run
+    settings = settings_from_dict({**TINY, "classifier": {**TINY["classifier"], "processes": 2, "epochs": 1},
+                                   "generator": {**TINY["generator"], "processes": 2, "steps": 4}})
+    models_uri = str(tmp_path / "models")
+    made = pretrain_flow(result["dataset_uri"], models_uri, settings.classifier, settings.generator)
+    assert not made["classifier"]["reused"] and not made["generator"]["reused"]
+    assert made["generator"]["history"]["parameters"] > 0 and made["classifier"]["test_macro"] is not None
+    assert not any((tmp_path / "models" / "training").iterdir())
+
+
 def test_a_rerun_reuses_the_fine_tunes_of_the_same_inputs(tiny_run, monkeypatch):
     """Issue 34: a rerun with nothing changed retrained every fine-tune setting (240 of 256 s).
     Now a setting's result is kept by its inputs; a changed setting trains anew."""
