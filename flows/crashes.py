@@ -1,4 +1,4 @@
-"""A killed run, shown as crashed in the Prefect UI too (issue 12, low items).
+"""A killed run, shown as crashed in the Prefect UI too.
 
 A run killed with SIGKILL never reports its end: its flow run and the task runs it had started
 stay "Running" on the Prefect server forever; so does a run that ended while its Prefect server

@@ -1,6 +1,6 @@
 """The global `gpu` concurrency limit: how a run takes its slots, once, for all its GPU work.
 
-A slot request costs ~2 s on a SQLite-backed Prefect server (issue 14; docs/guide.md, "Why once per
+A slot request costs ~2 s on a SQLite-backed Prefect server (docs/guide.md, "Why once per
 run"), so runs take their slots once instead of per batch or per task. With no `gpu` limit on
 the server nothing is held and nothing is logged (Prefect would warn "Concurrency limits
 ['gpu'] do not exist" at every request).
@@ -16,7 +16,7 @@ from prefect.concurrency.sync import concurrency
 from models.device import DEVICE_VARIABLE, describe_device, resolve_device
 
 
-# The `gpu` slot's lease (issue 12, defect 5). Prefect renews it from a thread in the holder every
+# The `gpu` slot's lease. Prefect renews it from a thread in the holder every
 # 0.75 of the term (prefect/concurrency/_leases.py, _RENEWAL_FRACTION), so a long batch keeps its slot;
 # a killed holder stops renewing and the server's repossessor (every 15 s) frees the slot once the
 # term ends. 60 s is the shortest term the server accepts (lease_duration ge=60 in
@@ -62,8 +62,8 @@ def gpu_slots(wanted: int, logger, wait_s: float = GPU_WAIT_S) -> Iterator[int]:
     """Hold slots of the global `gpu` limit for a whole fan-out; yields how many batches may be
     in flight. The run takes ``wanted`` slots (at most the limit) once and keeps them until its
     last batch ends, so the limit still bounds GPU work across runs, processes and hosts, but no
-    batch pays for a slot: on a SQLite-backed server each slot request costs ~2 s (issue 14;
-    docs/guide.md, "Why once per run, not per batch"). No `gpu` limit on the server: nothing to hold,
+    batch pays for a slot: on a SQLite-backed server each slot request costs ~2 s
+    (docs/guide.md, "Why once per run, not per batch"). No `gpu` limit on the server: nothing to hold,
     ``wanted`` in flight. Slots still taken after ``wait_s`` seconds: GpuWaitTimeout."""
     limit = read_gpu_limit(logger)
     if limit is None:

@@ -1,7 +1,7 @@
 """Which task failures are worth a retry: ``retry_condition_fn`` for the flows' tasks.
 
 A missing file, a wrong column, a corrupt shard or a full disk fails the same way on every try:
-retrying it only delays the one line the operator needs (issue 34: a 10 s retry before a
+retrying it only delays the one line the operator needs (a 10 s retry before a
 missing table's message). Connection errors, timeouts and whatever else may pass on its own
 keep their retries.
 """

@@ -1,6 +1,6 @@
 """Progress of a long step (classifier training, DiT training, each fine-tune): a log line with
 how far it is, its rate, ETA and latest loss, at most every ``every_s`` seconds (10) and at the end,
-on the terminal and in the Prefect UI's logs, plus a progress artifact (issue 15: long steps
+on the terminal and in the Prefect UI's logs, plus a progress artifact (long steps
 printed nothing). The model code calls it through its ``progress`` callback."""
 
 from __future__ import annotations

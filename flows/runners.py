@@ -1,5 +1,5 @@
 """Where an augment run's batches run: the flow's own threads (one host, the default) or a Dask
-cluster that spans hosts, through prefect-dask's ``DaskTaskRunner(address=...)`` (issue 14).
+cluster that spans hosts, through prefect-dask's ``DaskTaskRunner(address=...)``.
 
 On Dask each batch takes one unit of a worker resource (``augment.dask_resource``, default
 ``GPU``), so the scheduler places one batch per GPU across hosts and runs; workers declare it

@@ -1,4 +1,4 @@
-"""A Prefect server lost in the middle of a run ends the run in seconds, not minutes (issue 35 item 5).
+"""A Prefect server lost in the middle of a run ends the run in seconds, not minutes.
 
 Prefect's client retries a request to a server that stopped answering with exponential back-off
 (five retries, ~62 s per request), and the engine then reports the crash to the same dead server:

@@ -1,6 +1,6 @@
 """Where the factory's stages run: in the factory's own process (a subflow, the default) or as a
 deployment on another work pool, e.g. pretrain and augment on the `gpu` pool while the nightly
-parent runs on the `cpu` pool (issue 14). One YAML still drives the whole run: its `stages`
+parent runs on the `cpu` pool. One YAML still drives the whole run: its `stages`
 section names the deployment of each stage that should run elsewhere.
 
 A stage run as a deployment gets the same parameters as the subflow, plus ``result_uri``: the

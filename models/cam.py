@@ -251,10 +251,8 @@ def protected_region(maps: list[np.ndarray], shape: tuple[int, int], config: Mas
     """Where the findings an image keeps are: the strongest of the kept classes' maps (each
     relative to its own maximum) >= ``config.protect`` (nothing when protection is off); a pixel
     where the strongest map of the classes being removed (``removed``) is stronger still is
-    theirs. Measured on the phantom at 128 px (the retention set of benchmarks/fidelity.py, 80 tail
-    lesions beside a head removal; 0.725 of them kept unprotected): at protect 0.3, 0.975 kept
-    with or without that second rule, but the head removal there fell from 0.876 to 0.670 without
-    it and to 0.742 with it; at 0.2 (the default) all 80 were kept."""
+    theirs: without that second rule a wider protection kept the tail lesions but cost the head
+    removal beside them (the phantom's retention set, benchmarks/fidelity.py; docs/benchmarks.md)."""
     if config.protect <= 0 or not maps:
         return np.zeros(shape, dtype=bool)
     kept = _strongest(maps)

@@ -1,4 +1,4 @@
-"""TRCGL-Net's classifier parts, as options on a timm backbone (issue 16).
+"""TRCGL-Net's classifier parts, as options on a timm backbone.
 
 - ``SqueezeExcite``: channel weights from the final feature map's mean (Hu et al.,
   "Squeeze-and-Excitation Networks", reduction 16).

@@ -5,9 +5,8 @@ smooth infill, as a lesion-free film would look there) and the classifier scores
 window's evidence for class c is the drop in c's probability; a pixel's map value is the mean
 drop over the windows that cover it, smoothed by a Gaussian of half a window step. Unsmoothed,
 the map is constant over cells one step wide and its maximum falls on a cell's top-left corner,
-up to a step away from the lesion; on the phantom at 128 px (validation split, head lesions the
-classifier calls) smoothing raised the pointing game from 0.85 to 0.90 with the default windows,
-and from 0.74 to 0.80 with windows twice as wide. This is occlusion sensitivity (Zeiler & Fergus,
+up to a step away from the lesion; smoothing raised the pointing game on the phantom
+(docs/benchmarks.md, benchmarks/infill_sweep.py). This is occlusion sensitivity (Zeiler & Fergus,
 "Visualizing and Understanding Convolutional Networks") with an infill instead of a grey patch,
 after FIDO (Chang et al., "Explaining Image Classifiers by Counterfactual Generation", ICLR
 2019): a grey patch is itself an out-of-distribution object, an infill asks the question the

@@ -17,7 +17,7 @@ denoise it back with a few DDIM steps, and measure how far the reconstruction is
 image. An image the model knows comes back close; broken pixels (noise, blank patches, pasted
 anatomy in the wrong place) do not. Each level's error is z-scored on held-out real images and
 the image's score is the mean z over levels; a threshold set on held-out real images at a
-stated false-rejection rate turns the score into a verdict (issue 16, "OOD post-selection").
+stated false-rejection rate turns the score into a verdict.
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ class OODScorer(_Filter):
     """Fit on held-out real images (the kind the generated ones should pass for); ``score``
     gives the mean z over levels, ``accept`` compares it with the calibrated threshold. A
     label-conditioned generator must not be its own judge: it reconstructs its own artefacts
-    better than real films (issue 16); give it a ``FeatureScorer`` or a normal DiT."""
+    better than real films; give it a ``FeatureScorer`` or a normal DiT."""
 
     what = "reconstruction z"
 

@@ -3,7 +3,7 @@ on the result, localise again on the result and repaint with the grown mask (``r
 
 One round is the factory's first design: the maps of the classes to remove (models/cam.py) ->
 one union mask -> the DiT fills it (models/inpaint.py). A mask from a class map covers only
-part of a lesion (about 60% at 128 px, benchmarks/results/fidelity_128.md), and a partly
+part of a lesion (docs/benchmarks.md, sample fidelity), and a partly
 covered lesion is partly still there. So after a round the classifier looks at the result;
 on each image where it still calls a removed class, the map of that class *on the result*
 points at what is left, that mask joins the union, and the image is filled again from its
@@ -18,9 +18,9 @@ then says the class is still called.
 The findings an image keeps (its tail findings, and any head finding the knowledge step keeps)
 are never repainted: their own maps on the original mark a protected region that every round's
 mask leaves out (``MaskConfig.protect``). Without it a later round, pushing the removed class's
-probability lower, reaches for whatever else the classifier links to it: on the phantom at
-128 px, of 80 tail lesions beside a head removal, one round kept 76 and four rounds 58 (0.725;
-benchmarks/results/fidelity_128.md before protection, at commit d58beef); protected, 80.
+probability lower, reaches for whatever else the classifier links to it (on the phantom, four
+rounds without protection lost about a quarter of the tail lesions beside a head removal; the
+figures are in docs/benchmarks.md).
 
 With ``placement="random"`` (the control) every round's mask is moved at random, so the
 control gets as many rounds, and as much area, as the method it controls for.

@@ -94,7 +94,7 @@ class AugmentSettings:
         return cls(**data)
 
     def __post_init__(self) -> None:
-        if self.cam_method not in MAP_METHODS:  # at load, not inside the first batch (issue 37)
+        if self.cam_method not in MAP_METHODS:  # at load, not inside the first batch
             raise ValueError(f"augment.cam_method must be one of {', '.join(MAP_METHODS)}, not {self.cam_method!r}")
         if self.runner not in ("local", "dask"):
             raise ValueError(f"augment.runner must be 'local' or 'dask', not {self.runner!r}")
@@ -277,7 +277,7 @@ def totals(results: list[dict]) -> dict:
 
 def output_totals(out_uri: str) -> dict:
     """The whole output, not only what one run added: rows and accepted rows (a rerun that adds
-    nothing still reports what is there; issue 15)."""
+    nothing still reports what is there)."""
     rows = existing_rows(out_uri, ["accepted"])
     if rows is None:
         return {"rows": 0, "accepted": 0}
@@ -311,7 +311,7 @@ def _generator_config(uri: str):
 
 def check_ood(settings: AugmentSettings, generator: dict) -> None:
     """Refuse, before any work, a generator judging its own samples: a label-conditioned DiT
-    reconstructs its own artefacts better than real films (issue 16: blocky nih1000 samples
+    reconstructs its own artefacts better than real films (blocky nih1000 samples
     scored below real ones), so its rows need the feature filter."""
     if settings.ood_filter and settings.ood_method == "reconstruction" and \
             _generator_config(generator["uri"]).conditioning == "labels":

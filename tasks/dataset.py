@@ -175,7 +175,7 @@ STANDING_REASONS = ("duplicate_row", "duplicate_image")  # about another row: st
 
 def retire_quarantine(dataset_uri: str, landed_paths: set[str], stage: str = "ingest") -> int:
     """Drop the ``stage`` quarantine rows whose source path is now a sample (a re-ingest after
-    the folder was fixed, issue 15); returns how many. Each shard that held one is rewritten
+    the folder was fixed); returns how many. Each shard that held one is rewritten
     without them: the new content-named shard first, then the old one removed, so a crash in
     between leaves the old rows beside the new ones, never fewer (the next re-ingest retires
     them). Call it under the dataset's lock."""

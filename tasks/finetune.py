@@ -123,7 +123,7 @@ def settings_to_run(settings: FinetuneSettings, n_generated: int) -> tuple[tuple
     """The requested settings worth running and, for each other one, why not: without generated
     samples ``augmented`` and ``pil`` would be the baseline again (only the baseline runs); a PIL
     schedule that adds no generated sample in any epoch (epoch n adds 1 - exp(-beta n) of them,
-    none at n = 0) would be the baseline again too (issue 15: a silent no-op)."""
+    none at n = 0) would be the baseline again too (a silent no-op)."""
     requested = tuple(settings.settings)
     if not n_generated:
         return ("baseline",), {s: NO_GENERATED for s in requested if s != "baseline"}

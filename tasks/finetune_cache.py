@@ -1,4 +1,4 @@
-"""Fine-tune results reused by their inputs, as pretrained models are (issue 34: a rerun with
+"""Fine-tune results reused by their inputs, as pretrained models are (a rerun with
 nothing changed retrained every setting, 240 of its 256 s).
 
 A result's key: the dataset's and the generated set's shard names (which carry their rows' and

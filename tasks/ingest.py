@@ -293,7 +293,7 @@ class MissingImages(ValueError):
 def check_images_found(root: "_ImageRoot", todo: list[SourceRecord], images_root: str) -> None:
     """Stop before any work when none of a sample of the new rows' image paths (the first ones
     and some spread over the table) has a file, or more than half of a sample of 20 or more: a
-    wrong folder is an error, not a success with a quarantine row per image (issue 15)."""
+    wrong folder is an error, not a success with a quarantine row per image."""
     if not todo:
         return
     step = max(1, len(todo) // MISSING_PROBE)

@@ -69,7 +69,7 @@ def _recipe_uri(models_uri: str, kind: str, recipe: str) -> str:
 
 
 def trained_before(models_uri: str, kind: str, recipe: str) -> dict | None:
-    """The handle of a checkpoint already made from this recipe (issue 15: reruns retrained), or
+    """The handle of a checkpoint already made from this recipe (reruns retrained), or
     None. A pointer whose checkpoint is gone does not count."""
     uri = _recipe_uri(models_uri, kind, recipe)
     if not store.exists(uri):

@@ -2,8 +2,8 @@
 
 A record names the process that writes it (pid, host, the process's start time). A run that is
 killed never writes its final record; the next run that writes into the same output marks such
-a record ``crashed`` when its process is gone (issue 12, low items: killed runs stayed
-"running" forever). Only records of this host can be checked; others are left as they are."""
+a record ``crashed`` when its process is gone (else it would stay "running" for good). Only
+records of this host can be checked; others are left as they are."""
 
 from __future__ import annotations
 
@@ -79,7 +79,7 @@ def recorded_run(out_uri: str, run_id: str, flow: str, parameters: dict, started
                  parent: str | None = None) -> Iterator[Callable[[dict], str]]:
     """A run's record from start to end: "running" now; the body calls the yielded function with
     its counts to record "completed"; a body that raises leaves "failed" with the error (or
-    "interrupted" on Ctrl-C), never "running" (issue 14: failed runs say so)."""
+    "interrupted" on Ctrl-C), never "running" (failed runs say so)."""
     fields = run_fields(run_id, flow, parameters, started_at)
     if parent:  # a stage recorded by the run that holds it (the factory's fine-tune), not by a subflow
         fields["parent_run_id"] = parent
