@@ -37,7 +37,8 @@ from tasks.ingest import ingest_phantom
 from tasks.labels import vocabulary
 from tasks.phantom import render, sample_labels
 from tasks.phantom.stream import draw_split
-from tasks.pretrain import grid_png, train_classifier, train_normal_dit
+from benchmarks.grids import grid_png
+from tasks.pretrain import train_classifier, train_normal_dit
 from tasks.tensors import lesion_masks, load_tensors
 
 INPAINT = InpaintConfig(steps=25, jump_length=5, resample=2)

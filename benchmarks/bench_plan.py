@@ -67,7 +67,7 @@ def main() -> None:
                    "cold_decisions_made": cold.cache_misses, "warm_cache_hits": warm.cache_hits,
                    "images_to_generate": cold.images_to_generate}
             if args.llm:
-                from tests.fake_anthropic import FakeAnthropic
+                from benchmarks.fake_anthropic import FakeAnthropic
 
                 with FakeAnthropic("ok") as fake:
                     os.environ.update({"ANTHROPIC_API_KEY": "bench", "ANTHROPIC_BASE_URL": fake.url})

@@ -24,7 +24,8 @@ from flows.settings import tailforge_home
 from models.dit import DiTConfig, DiTTrainConfig, build_scheduler, train_dit
 from models.sampling import sample
 from tasks.ingest import ingest_phantom
-from tasks.pretrain import grid_png, load_normals
+from benchmarks.grids import grid_png
+from tasks.pretrain import load_normals
 
 
 def main() -> None:

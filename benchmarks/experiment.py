@@ -185,13 +185,13 @@ def regime_facts(dataset: str, regime: Regime) -> dict:
 @contextlib.contextmanager
 def llm_judge(settings, notes: list[str]):
     """For settings planned with the anthropic judge: the fake Messages server of
-    tests/fake_anthropic.py (mode "ok": it keeps the first head finding offered) as the API, for
+    benchmarks/fake_anthropic.py (mode "ok": it keeps the first head finding offered) as the API, for
     this run only. It shows the path (real Messages JSON, the SDK, the decision cache), not what a
     real LLM would decide; no real key or endpoint is used."""
     if "anthropic" not in paper.judges_needed(settings):
         yield
         return
-    from tests.fake_anthropic import FakeAnthropic
+    from benchmarks.fake_anthropic import FakeAnthropic
 
     saved = {k: os.environ.get(k) for k in ("ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL")}
     with FakeAnthropic("ok") as fake:
@@ -203,7 +203,7 @@ def llm_judge(settings, notes: list[str]):
                 os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
             asked = len(fake.message_requests)
             notes.append("The anthropic judge (setting `+LKG-llm`) asked the fake Messages server of "
-                         "tests/fake_anthropic.py (" + (f"{asked} requests" if asked else
+                         "benchmarks/fake_anthropic.py (" + (f"{asked} requests" if asked else
                                                          "no request this run: its decisions were cached by an "
                                                          "earlier run of this part") +
                          "; it keeps the first head finding offered): the row shows the path, not an LLM's effect.")

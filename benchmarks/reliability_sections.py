@@ -21,7 +21,7 @@ COMMAND_LIMIT_S = 180.0  # one CLI command of this suite at its small sizes take
 API_KEY = "sk-ant-reliability-KEY-do-not-leak"
 LLM_MODES = {"ok": None, "timeout": "timeout", "429": "rate_limit", "500": "server_error", "529": "overloaded",
              "429-day": "rate_limit", "malformed": "malformed", "notool": "malformed",
-             "invalid": "invalid_answer", "refusal": "refusal"}  # tests/fake_anthropic.py mode -> fallback kind
+             "invalid": "invalid_answer", "refusal": "refusal"}  # benchmarks/fake_anthropic.py mode -> fallback kind
 
 
 def tally(**counts: int) -> dict:
@@ -258,7 +258,7 @@ def _column(dataset: Path | str, part: str, name: str) -> list:
 def section_fence(args, work: Path) -> dict:
     """The probes of tests/test_query_fence.py through `query` (layer 1 and 2), and the raw writes
     on the connection alone (layer 2): each refused, nothing written anywhere."""
-    from tests import test_query_fence as probes
+    from benchmarks import query_probes as probes
     from tasks.catalog import QueryRefused, open_catalog, query
 
     world = probes.build_world(work)
@@ -266,11 +266,11 @@ def section_fence(args, work: Path) -> dict:
     details = []
     for layer, table in (("query", probes.PROBES), ("connection", probes.RAW_WRITES)):
         for name, sql in sorted(table.items()):
-            before = probes._snapshot(world["root"], world["outside"], world["cwd"])
+            before = probes.snapshot(world["root"], world["outside"], world["cwd"])
             with open_catalog(world["root"]) as catalog:
                 refused = _refused(catalog, sql.format(**world), layer, QueryRefused)
                 whole = query(catalog, "SELECT count(*) FROM samples")[1] == [(24,)]
-            wrote = probes._snapshot(world["root"], world["outside"], world["cwd"]) != before
+            wrote = probes.snapshot(world["root"], world["outside"], world["cwd"]) != before
             details.append({"probe": name, "layer": layer, "refused": refused, "wrote": wrote, "catalog_whole": whole})
     writes = sum(d["wrote"] for d in details)
     return {**tally(trials=len(details), survived=sum(d["refused"] and not d["wrote"] and d["catalog_whole"]
@@ -295,9 +295,9 @@ def _refused(catalog, sql: str, layer: str, refusal: type) -> bool:
 
 
 def section_llm(args, work: Path) -> dict:
-    """`plan --judge anthropic` against tests/fake_anthropic.py in every mode, each under a
+    """`plan --judge anthropic` against benchmarks/fake_anthropic.py in every mode, each under a
     wall-clock bound: it finishes, falls back with the right kind, and the key leaks nowhere."""
-    from tests.fake_anthropic import FakeAnthropic
+    from benchmarks.fake_anthropic import FakeAnthropic
     from tasks.ingest import ingest_phantom
 
     dataset = str(work / "llm-ds")

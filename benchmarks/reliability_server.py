@@ -66,7 +66,7 @@ def _overlap(config: Path, output: Path, child) -> dict:
 
 def section_server_lost(args, work: Path) -> dict:
     from flows import server
-    from tests.tiny_factory import TINY
+    from benchmarks.tiny_factory import TINY
 
     config = work / "nightly.yaml"
     output = work / "out"

@@ -231,7 +231,7 @@ def orchestration(work: Path, images: int, per_image: int, real_rate: float | No
 
 def llm_calls(dataset: str, work: Path) -> dict:
     """Anthropic calls (against the test suite's fake Messages server) for a plan and its rerun."""
-    from tests.fake_anthropic import FakeAnthropic
+    from benchmarks.fake_anthropic import FakeAnthropic
 
     cache = str(work / "llm.duckdb")
     with FakeAnthropic("ok", delay_s=0.0) as fake:

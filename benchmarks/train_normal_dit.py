@@ -31,7 +31,8 @@ from models.dit import DiTConfig, DiTTrainConfig, load_dit
 from models.quality import fidelity
 from tasks import sources, store
 from tasks.ingest import IngestOptions, ingest, ingest_phantom
-from tasks.pretrain import grid_png, load_normals, sample_grid, train_normal_dit
+from benchmarks.grids import grid_png, sample_grid
+from tasks.pretrain import load_normals, train_normal_dit
 
 
 def dataset(source: str, size: int, phantom_n: int) -> str:

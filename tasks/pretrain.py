@@ -8,7 +8,6 @@ flows pass handles, never tensors.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import tempfile
@@ -19,15 +18,13 @@ from typing import Callable
 import numpy as np
 import pyarrow.compute as pc
 import torch
-from PIL import Image
 
 from models.checkpoint import checkpoint_id
 from models.classifier import ClassifierCard, ClassifierConfig, build_classifier, save_checkpoint
 from models.device import on_device
-from models.dit import DiTConfig, DiTTrainConfig, build_scheduler, save_dit, train_dit
+from models.dit import DiTConfig, DiTTrainConfig, save_dit, train_dit
 from models.heads import cooccurrence
 from models.metrics import evaluate, tune_thresholds
-from models.sampling import sample
 from models.training import TrainConfig, fit_classifier, predict_probs, seed_everything
 from tasks import store
 from tasks.dataset import SAMPLES, read_manifest
@@ -232,20 +229,3 @@ def _work_folder(models_uri: str, name: str) -> Path:
     local = Path(tempfile.gettempdir()) / "tailforge" if store.is_remote(models_uri) else \
         Path(models_uri.removeprefix("file://"))
     return local / "training" / name
-
-
-def grid_png(images01: torch.Tensor, columns: int = 8) -> bytes:
-    """(N, 1, H, W) in [0, 1] -> one PNG contact sheet."""
-    n, _, height, width = images01.shape
-    rows = (n + columns - 1) // columns
-    sheet = np.zeros((rows * height, columns * width), dtype=np.uint8)
-    for i, image in enumerate((images01[:, 0].clamp(0, 1).numpy() * 255).round().astype(np.uint8)):
-        r, c = divmod(i, columns)
-        sheet[r * height:(r + 1) * height, c * width:(c + 1) * width] = image
-    buffer = io.BytesIO()
-    Image.fromarray(sheet).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def sample_grid(model, config: DiTConfig, n: int = 16, steps: int = 50, seed: int = 0) -> torch.Tensor:
-    return sample(model, build_scheduler(config), n, config.image_size, steps, torch.Generator().manual_seed(seed))

@@ -1,3 +1,4 @@
-"""The tests, and the test doubles the benchmarks share with them (``tests.fake_anthropic``, the
-query-fence probes of ``tests.test_query_fence``): import them as ``tests.X`` from the checkout's
-root. Not installed: pyproject.toml's package discovery takes flows, tasks and models only."""
+"""The tests. The test doubles and probes they share with the benchmarks live in benchmarks/
+(``benchmarks.fake_anthropic``, ``benchmarks.tiny_factory``, ``benchmarks.query_probes``): the
+benchmarks import nothing from here. Not installed: pyproject.toml's package discovery takes
+flows, tasks and models only."""

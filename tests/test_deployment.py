@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.tiny_factory import TINY
+from benchmarks.tiny_factory import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
 

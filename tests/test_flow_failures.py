@@ -71,7 +71,7 @@ def test_a_missing_checkpoint_stops_the_factory_before_its_first_stage(prefect_s
     """Seen: a nightly naming a missing generator checkpoint ingested and trained the classifier
     first, then failed inside the pretrain stage."""
     from flows.factory import factory_flow
-    from tests.tiny_factory import TINY
+    from benchmarks.tiny_factory import TINY
 
     monkeypatch.setenv("TAILFORGE_HOME", str(tmp_path))
     missing = str(tmp_path / "missing-dit.pt")

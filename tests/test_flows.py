@@ -20,8 +20,8 @@ from tasks.dataset import QUARANTINE, SAMPLES, existing_rows, read_manifest
 from tasks.images import decode_mask, decode_png
 from tasks.knowledge import plan
 from tasks.locks import DatasetLocked, dataset_lock
-from tests.fake_anthropic import FakeAnthropic
-from tests.tiny_factory import TINY
+from benchmarks.fake_anthropic import FakeAnthropic
+from benchmarks.tiny_factory import TINY
 
 
 @pytest.fixture(scope="module")

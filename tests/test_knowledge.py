@@ -18,7 +18,7 @@ from tasks.knowledge import (AnthropicJudge, ConfigError, DecisionCache, JudgeEr
 from tasks.knowledge.llm import request_body
 from tasks.knowledge.rules import entangled, rules_table, shared_zones
 from tasks.labels import vocabulary
-from tests.fake_anthropic import FakeAnthropic
+from benchmarks.fake_anthropic import FakeAnthropic
 from tests.imagefiles import pattern, png_bytes, write_csv
 
 API_KEY = "sk-ant-test-KEY-4f1e9c0d-do-not-leak"

@@ -62,3 +62,12 @@ def test_no_module_imports_a_name_it_never_uses():
                    if name not in used | exported | {"annotations"} and "noqa" not in lines[line - 1]
                    and f'"{name}' not in text and f"'{name}" not in text]  # names in string annotations
     assert unused == []
+
+
+def test_the_product_imports_no_benchmark_and_the_benchmarks_no_test():
+    """(Imports inside functions count: ast.walk sees them.)"""
+    product = [f for layer in ("flows", "tasks", "models") for f in (ROOT / layer).rglob("*.py")]
+    assert [str(f.relative_to(ROOT)) for f in product if _imports(f) & {"benchmarks", "tests"}] == []
+    benchmarks = list((ROOT / "benchmarks").rglob("*.py"))
+    assert benchmarks
+    assert [str(f.relative_to(ROOT)) for f in benchmarks if "tests" in _imports(f)] == []
