@@ -1,6 +1,7 @@
 """The experiment's ground-truth measures (benchmarks/phantom_truth.py) on hand-made outcomes:
 a perfect removal, no removal, and a removal that also wipes the tail lesion."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -433,3 +434,20 @@ def test_the_regime_map_calls_a_win_only_on_the_issues_terms():
     assert row["against"]["cb"]["wins"] and not row["against"]["+copies+cb"]["wins"] and not row["wins_all"]
     assert row["tail"] == {"cb": {"f1_tuned": 0.4, "auroc": 0.85}, "+inpainting+cb": {"f1_tuned": 0.45, "auroc": 0.8}}
     assert regime_row({**payload, "versus_best_longtail": None}) is None
+
+
+def test_staleness_counts_the_code_commits_since_each_result(tmp_path):
+    import subprocess
+
+    from benchmarks.staleness import ROOT, staleness
+
+    if subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True).returncode:
+        pytest.skip("needs the checkout's git history")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    first = subprocess.run(["git", "rev-list", "--max-parents=0", "HEAD"], cwd=ROOT, capture_output=True,
+                           text=True).stdout.split()[0]
+    (tmp_path / "now.json").write_text(json.dumps({"commit": head}))
+    (tmp_path / "then.md").write_text(f"# A result\n\nCommit `{first[:7]}`, somewhere.\n")
+    (tmp_path / "unnamed.json").write_text("{}")
+    rows = {Path(r["result"]).name: r["code_commits_since"] for r in staleness(tmp_path)}
+    assert rows["now.json"] == 0 and rows["then.md"] > 0 and "unnamed.json" not in rows
