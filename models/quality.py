@@ -46,7 +46,7 @@ def fidelity(samples: torch.Tensor, held_out: torch.Tensor, train: torch.Tensor,
 class QualityScorer:
     """Robust z-score of an image's NN distance against real-to-real NN distances. Fit on real
     normals (or the dataset's real images); the cut-off is the augment verdict's
-    (tasks/augment.py, ``quality_max_z``)."""
+    (tasks/augment, ``quality_max_z``)."""
 
     reference: torch.Tensor  # (M, 1, S, S) real images
     side: int = 32

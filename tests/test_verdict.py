@@ -4,7 +4,9 @@ import numpy as np
 import torch
 
 from models.cam import MaskResult
-from tasks.augment import Candidate, _by_class, _mask_reason, totals, verdict
+from tasks.augment import Candidate, totals, verdict
+from tasks.augment.batch import _mask_reason
+from tasks.augment.verdict import _by_class
 
 FINDINGS = ["Effusion", "Hernia", "Mass"]
 CUT = [0.5, 0.3, 0.4]
