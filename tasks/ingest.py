@@ -115,12 +115,13 @@ class _ImageRoot:
         return self.fs.exists(full) if self.remote else os.path.lexists(full)
 
     def _full(self, relative: str) -> tuple[str, bool]:
-        """The path under the root, and whether it stays inside the root."""
-        if self.remote:
-            full = posixpath.normpath(posixpath.join(self.root, relative))
-            return full, full.startswith(self.root + "/") and not relative.startswith("/")
-        full = os.path.realpath(os.path.join(self.root, relative))
-        return full, full.startswith(self.root + os.sep)
+        """The path under the root, and whether the table's path stays inside the root. The check
+        is on the path as written (no ``..`` out, not absolute): a table cannot reach outside
+        the folder, while symlinks the operator put in the folder are followed wherever they
+        point (a folder of links into an archive is a common way to deliver films)."""
+        join, sep = (posixpath, "/") if self.remote else (os.path, os.sep)
+        full = join.normpath(join.join(self.root, relative))
+        return full, full.startswith(self.root + sep) and not join.isabs(relative)
 
     def _check_size(self, size: int | None) -> None:
         if size is not None and size > self.max_file_bytes:
