@@ -12,6 +12,7 @@ is tuned on the test split.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from typing import Callable
@@ -22,7 +23,7 @@ import torch
 from models.classifier import load_checkpoint
 from models.device import on_device
 from models.metrics import evaluate, tune_thresholds
-from models.schedule import epoch_indices, pil_prefix
+from models.schedule import epoch_indices, pil_prefix, pil_share
 from models.training import TrainConfig, fit_classifier, predict_probs, retrain_classifier
 from tasks import store
 from tasks.dataset import SAMPLES, read_manifest
@@ -133,9 +134,14 @@ def settings_to_run(settings: FinetuneSettings, n_generated: int) -> tuple[tuple
 
 
 def pil_never_adds(settings: FinetuneSettings, n_generated: int) -> str:
-    return (f"PIL skipped: with finetune.epochs = {settings.epochs} and beta = {settings.beta}, no epoch adds any of "
-            f"the {n_generated} generated samples (epoch n adds 1 - exp(-beta n) of them, none in epoch 0), so it "
-            f"would be the baseline again; use at least 2 epochs and beta > 0")
+    what = (f"PIL skipped: with finetune.epochs = {settings.epochs} and beta = {settings.beta}, no epoch adds any of "
+            f"the {n_generated} generated samples (epoch n adds 1 - exp(-beta n) of them, rounded down; none in "
+            f"epoch 0), so it would be the baseline again; ")
+    last = pil_share(settings.epochs - 1, settings.beta)
+    if settings.epochs < 2 or last <= 0:
+        return what + "use at least 2 epochs and beta > 0"
+    return what + (f"its last epoch would use {last:.2f} of them, under one sample: that takes at least "
+                   f"{math.ceil(1 / last)} accepted samples, or more epochs or a larger beta")
 
 
 def skip_warnings(skipped: dict[str, str]) -> list[str]:

@@ -42,6 +42,10 @@ def test_settings_to_run_without_generated_samples_or_with_a_pil_schedule_that_a
         assert run == ("baseline", "augmented") and list(skipped) == ["pil"]
         assert "would be the baseline again" in skipped["pil"] and work.skip_warnings(skipped) == [skipped["pil"]]
     assert work.settings_to_run(work.FinetuneSettings(epochs=2, beta=0.5), 12)[0][-1] == "pil"  # epoch 1 adds 4
+    # enough epochs, too few samples (seen: 1 accepted sample, 5 epochs, advice to use 2 epochs)
+    run, skipped = work.settings_to_run(work.FinetuneSettings(epochs=5, beta=0.5), 1)
+    assert "pil" not in run and "under one sample: that takes at least 2 accepted samples" in skipped["pil"]
+    assert "use at least 2 epochs" not in skipped["pil"]
 
 
 def test_empty_augment_gives_a_baseline_only_finetune_and_a_report_that_says_so(empty_run, caplog):
