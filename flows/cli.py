@@ -57,6 +57,9 @@ def _add_common_ingest(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-missing", action="store_true", default=DatasetSettings.allow_missing,
                         help="ingest even when most image paths have no file (default: stop before any work, "
                              "naming the folder and a path it looked for)")
+    parser.add_argument("--follow-symlinks", action="store_true", default=DatasetSettings.follow_symlinks,
+                        help="read symlinks in the images folder that lead outside it (default: quarantined as "
+                             "path_escape; most of a sample so: stop before any work)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
@@ -213,7 +216,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     given = {name: getattr(args, name) for name in READER_OPTIONS if hasattr(args, name)}  # this kind's options
     settings = DatasetSettings(source=args.kind, table=args.table, images=args.images, split_csv=args.split_csv,
                                size=args.size, tail=_tail(args.tail), shard_rows=args.shard_rows,
-                               workers=args.workers, allow_missing=args.allow_missing, **given)
+                               workers=args.workers, allow_missing=args.allow_missing,
+                               follow_symlinks=args.follow_symlinks, **given)
     out = args.out or default_dataset_uri(args.kind)
     with progress_bar(f"ingest {args.kind}", not args.json) as progress:
         report = settings.ingest(out, progress)

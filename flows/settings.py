@@ -45,6 +45,7 @@ class DatasetSettings:
     shard_rows: int = 1024  # rows per Parquet shard
     workers: int = 4  # decoding threads
     allow_missing: bool = False  # ingest even when most sampled image paths have no file (default: stop, wrong folder?)
+    follow_symlinks: bool = False  # read symlinks in the images folder that lead outside it (default: path_escape)
     bbox_table: str | None = None  # nih: BBox_List_2017.csv (default: found beside the table)
     views: str = "frontal"  # chexpert, mimic: frontal | lateral | all
     uncertain: str = "ignore"  # chexpert, mimic: uncertain (-1) labels become NaN (ignore), 1 (ones) or 0 (zeros)
@@ -65,7 +66,8 @@ class DatasetSettings:
         from tasks.ingest import IngestOptions, ingest_source
 
         options = IngestOptions(size=self.size, shard_rows=self.shard_rows, workers=self.workers,
-                                explicit_tail=self.tail, name=self.source, allow_missing=self.allow_missing)
+                                explicit_tail=self.tail, name=self.source, allow_missing=self.allow_missing,
+                                follow_symlinks=self.follow_symlinks)
         return ingest_source(self.source, self.table, self.images, uri, options, self.reader_options(),
                              self.split_csv, progress)
 

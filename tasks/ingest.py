@@ -50,6 +50,7 @@ class IngestOptions:
     name: str | None = None  # dataset name; default: the source kind
     explicit_tail: tuple[str, ...] | None = None  # overrides the below-median rule
     allow_missing: bool = False  # ingest even when most sampled image paths have no file (else stop: wrong folder?)
+    follow_symlinks: bool = False  # read symlinks in the image folder that point outside it (else path_escape)
 
     def __post_init__(self) -> None:
         if not 8 <= self.size <= 4096:
@@ -89,7 +90,9 @@ class _ImageRoot:
     could stream forever; those, sockets and dangling or looping symlinks are quarantined as
     ``not_regular_file`` (folders as ``not_an_image``). Reads are bounded in bytes and time."""
 
-    def __init__(self, root: str, max_file_bytes: int, max_read_s: float = DEFAULT_MAX_READ_S):
+    def __init__(self, root: str, max_file_bytes: int, max_read_s: float = DEFAULT_MAX_READ_S,
+                 follow_symlinks: bool = False):
+        self.follow_symlinks = follow_symlinks
         self.remote = store.is_remote(root)
         self.fs, path = store.filesystem(root)
         self.root = path.rstrip("/") if self.remote else os.path.realpath(path)
@@ -115,13 +118,24 @@ class _ImageRoot:
         return self.fs.exists(full) if self.remote else os.path.lexists(full)
 
     def _full(self, relative: str) -> tuple[str, bool]:
-        """The path under the root, and whether the table's path stays inside the root. The check
-        is on the path as written (no ``..`` out, not absolute): a table cannot reach outside
-        the folder, while symlinks the operator put in the folder are followed wherever they
-        point (a folder of links into an archive is a common way to deliver films)."""
+        """The path under the root, and whether it stays inside the root: the table's path as
+        written (no ``..`` out, not absolute), and unless ``follow_symlinks``, where it leads (a
+        symlink in the folder that points outside is an escape too: an upload folder someone
+        else can write to must not pull in files from elsewhere on the host)."""
         join, sep = (posixpath, "/") if self.remote else (os.path, os.sep)
         full = join.normpath(join.join(self.root, relative))
-        return full, full.startswith(self.root + sep) and not join.isabs(relative)
+        inside = full.startswith(self.root + sep) and not join.isabs(relative)
+        if inside and not self.remote and not self.follow_symlinks:
+            inside = os.path.realpath(full).startswith(self.root + sep)
+        return full, inside
+
+    def links_outside(self, relative: str) -> bool:
+        """A path inside the folder as written that a symlink leads out of."""
+        if self.remote or "\0" in relative:
+            return False
+        full = os.path.normpath(os.path.join(self.root, relative))
+        return (full.startswith(self.root + os.sep) and not os.path.isabs(relative)
+                and not os.path.realpath(full).startswith(self.root + os.sep))
 
     def _check_size(self, size: int | None) -> None:
         if size is not None and size > self.max_file_bytes:
@@ -206,7 +220,7 @@ def ingest(source: SourceTable, images_root: str, out_uri: str,
     existing = check_writable(out_uri, "real", source.vocab.name, options.size)  # refused before a lock or run
     # record (again under the lock: two writers of different kinds may start on one new folder at once)
     if existing is None and not options.allow_missing:  # a new dataset from a wrong folder: not even a folder
-        check_images_found(_ImageRoot(images_root, options.max_file_bytes, options.max_read_s),
+        check_images_found(_ImageRoot(images_root, options.max_file_bytes, options.max_read_s, options.follow_symlinks),
                            [r for r in source.records if r.label_error is None], images_root)
     with dataset_lock(out_uri, f"ingest {source.kind}"), \
             recorded_run(out_uri, run_id, "ingest", {"source": source.kind, "images": images_root,
@@ -250,7 +264,7 @@ def _ingest(source: SourceTable, images_root: str, out_uri: str, options: Ingest
         else:
             todo.append(record)
 
-    root = _ImageRoot(images_root, options.max_file_bytes, options.max_read_s)
+    root = _ImageRoot(images_root, options.max_file_bytes, options.max_read_s, options.follow_symlinks)
     if not options.allow_missing:
         check_images_found(root, todo, images_root)
     first_seen: dict[str, str] = {}
@@ -299,8 +313,19 @@ def check_images_found(root: "_ImageRoot", todo: list[SourceRecord], images_root
         return
     step = max(1, len(todo) // MISSING_PROBE)
     probe = list({id(r): r for r in todo[:10] + todo[::step][:MISSING_PROBE - 10]}.values())
+    def most(bad: list) -> bool:
+        return len(bad) == len(probe) or (len(probe) >= MISSING_MIN_PROBE and len(bad) > MISSING_LIMIT * len(probe))
+
+    linked = [] if root.follow_symlinks else [r for r in probe if root.links_outside(r.path)]
+    if most(linked):
+        example = posixpath.join(images_root.rstrip("/"), linked[0].path)
+        raise MissingImages(
+            f"{len(linked)} of {len(probe)} sampled image paths (of {len(todo):,} new rows) are symlinks that lead "
+            f"outside {images_root}, e.g. {example} -> {os.path.realpath(example)}. Nothing was ingested. If the "
+            f"links are yours, pass --follow-symlinks (dataset.follow_symlinks: true); otherwise point the images "
+            f"folder at where the files are")
     missing = [r for r in probe if not root.exists(r.path)]
-    if len(missing) == len(probe) or (len(probe) >= MISSING_MIN_PROBE and len(missing) > MISSING_LIMIT * len(probe)):
+    if most(missing):
         example = posixpath.join(images_root.rstrip("/"), missing[0].path)
         raise MissingImages(
             f"{len(missing)} of {len(probe)} sampled image paths (of {len(todo):,} new rows) have no file under "

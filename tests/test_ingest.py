@@ -383,10 +383,14 @@ def test_a_folder_table_without_the_default_columns_says_which_options_to_use(tm
     assert source.records[0].path == "a.png"
 
 
-def test_a_folder_of_symlinks_into_an_archive_is_ingested_but_a_table_cannot_leave_the_folder(tmp_path):
-    """Films are often delivered as a folder of links into an archive: those links are followed
-    (seen: every row of such a folder quarantined as path_escape, exit 0). A table's own path
-    that leaves the folder (``..``, absolute) is still refused."""
+def test_a_folder_of_symlinks_into_an_archive_stops_in_one_line_or_ingests_when_told(tmp_path):
+    """Films are often delivered as a folder of links into an archive. Links that lead outside
+    the folder are not read unless the operator says so (an upload folder others can write to
+    must not pull in files from elsewhere); a folder of nothing else stops before any work with
+    the option to pass (seen: every row quarantined as path_escape, exit 0). With it, the links
+    are read, and a table's own path that leaves the folder is still refused."""
+    from tasks.ingest import MissingImages
+
     archive, delivery = tmp_path / "archive", tmp_path / "delivery"
     archive.mkdir()
     (delivery / "sub").mkdir(parents=True)
@@ -394,10 +398,16 @@ def test_a_folder_of_symlinks_into_an_archive_is_ingested_but_a_table_cannot_lea
         (archive / f"{k}.png").write_bytes(png_bytes(pattern(k)))
         (delivery / "sub" / f"{k}.png").symlink_to(archive / f"{k}.png")
     (delivery / "linked_dir").symlink_to(archive, target_is_directory=True)
-    table = write_csv(tmp_path / "t.csv", NIH_HEADER, [
-        ["sub/0.png", "Mass", 0, 1, 40, "M", "PA"], ["sub/1.png", "No Finding", 0, 2, 40, "M", "PA"],
-        ["linked_dir/2.png", "Mass", 0, 3, 40, "M", "PA"], ["../archive/0.png", "Mass", 0, 4, 40, "M", "PA"],
-        [str(archive / "1.png"), "Mass", 0, 5, 40, "M", "PA"]])
-    report = ingest(sources.read_nih(str(table)), str(delivery), str(tmp_path / "ds"), IngestOptions(size=32))
+    links = [["sub/0.png", "Mass", 0, 1, 40, "M", "PA"], ["sub/1.png", "No Finding", 0, 2, 40, "M", "PA"],
+             ["linked_dir/2.png", "Mass", 0, 3, 40, "M", "PA"]]
+    out = tmp_path / "ds"
+    with pytest.raises(MissingImages, match="3 of 3 sampled image paths .* are symlinks that lead outside .*"
+                                            "--follow-symlinks"):
+        ingest(sources.read_nih(str(write_csv(tmp_path / "links.csv", NIH_HEADER, links))), str(delivery), str(out),
+               IngestOptions(size=32))
+    assert not out.exists()
+    table = write_csv(tmp_path / "t.csv", NIH_HEADER, links + [["../archive/0.png", "Mass", 0, 4, 40, "M", "PA"],
+                                                               [str(archive / "1.png"), "Mass", 0, 5, 40, "M", "PA"]])
+    report = ingest(sources.read_nih(str(table)), str(delivery), str(out), IngestOptions(size=32, follow_symlinks=True))
     assert report.rows_written == 3
     assert report.quarantined == {"path_escape": 2}
