@@ -82,13 +82,21 @@ def test_a_stopped_command_says_so_in_one_line_and_records_it(tmp_path, stop, ca
     out = tmp_path / "phantom"
     command = [sys.executable, "-m", "flows.cli", "phantom", "--n", "200000", "--size", "32", "--shard-rows", "64",
                "--out", str(out)]
+    # SIGINT back to its default in the child: a test run started in the background by a
+    # non-interactive shell ignores SIGINT, and a child would inherit that and never stop
     child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             cwd=Path(__file__).resolve().parents[1])
-    deadline = time.monotonic() + 120
-    while not list(out.glob("samples/part-*.parquet")) and time.monotonic() < deadline:  # working, past imports
-        time.sleep(0.2)
-    child.send_signal(getattr(signal, stop))
-    _, err = child.communicate(timeout=120)
+                             cwd=Path(__file__).resolve().parents[1],
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 120
+        while not list(out.glob("samples/part-*.parquet")) and time.monotonic() < deadline:  # working, past imports
+            time.sleep(0.2)
+        child.send_signal(getattr(signal, stop))
+        _, err = child.communicate(timeout=120)
+    finally:
+        if child.poll() is None:  # never leave a 200,000-image phantom running after a failure
+            child.kill()
+            child.wait()
     assert child.returncode == (143 if stop == "SIGTERM" else 130), err.decode()[-2000:]
     lines = err.decode().strip().splitlines()
     assert len(lines) == 1 and ("stopped by SIGTERM" if stop == "SIGTERM" else "interrupted (Ctrl-C)") in lines[0]
