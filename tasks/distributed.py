@@ -38,6 +38,8 @@ from models.training import EMA, TrainConfig, fit_classifier
 PROGRESS = "tailforge-progress"  # rank 0's progress lines on the launcher's pipe
 GROUP_TIMEOUT = timedelta(minutes=10)  # a collective that waits longer ends the group
 SAVE_EVERY = 200  # steps between saved training states (what a killed rank can cost)
+STOP_GRACE_S = 30  # torchrun's time to stop its ranks once told to
+PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 class DistributedFailed(RuntimeError):
@@ -109,14 +111,34 @@ def _launch(processes: int, work: Path, progress: Callable | None) -> deque | No
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
                f"--nproc-per-node={processes}", "--max-restarts=0", "-m", "tasks.distributed", str(work)]
     tail: deque = deque(maxlen=80)
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                          cwd=Path(__file__).resolve().parents[1]) as child:
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                             cwd=Path(__file__).resolve().parents[1], preexec_fn=_stop_with_parent)
+    try:
         for line in child.stdout:
             if line.startswith(PROGRESS):
                 progress(json.loads(line[len(PROGRESS):]))
             else:
                 tail.append(line.rstrip())
+        child.wait()
+    finally:  # this process stopped (Ctrl-C, a cancelled stage): so does the group, torchrun ending its ranks
+        if child.poll() is None:
+            child.terminate()
+            try:
+                child.wait(timeout=STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+        child.stdout.close()
     return None if child.returncode == 0 else tail
+
+
+def _stop_with_parent() -> None:
+    """In the launched torchrun: SIGTERM when the launching process dies, even by SIGKILL (Linux's
+    parent-death signal), so no training group outlives the stage that started it."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _failure(what: str, processes: int, work: Path, tail: deque) -> str:

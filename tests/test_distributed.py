@@ -123,3 +123,47 @@ def test_two_processes_train_the_classifier_as_one_does(tmp_path, monkeypatch):
     for name, value in one.state_dict().items():
         if value.is_floating_point():
             assert torch.allclose(two.state_dict()[name], value, rtol=1e-3, atol=1e-4), name
+
+
+def test_a_launcher_killed_with_sigkill_takes_what_it_launched_with_it(tmp_path):
+    """No training group outlives the stage that started it (a rerun would start a second group on
+    the same work folder): torchrun is started with a parent-death signal. (A group that prints
+    dies of a broken pipe anyway; one in a long silent phase, a classifier epoch, would not.)
+    Here the launched program is a silent ``sleep``."""
+    import subprocess
+    import sys
+    import time
+
+    script = ("import subprocess, sys, time\n"
+              "from tasks.distributed import _stop_with_parent\n"
+              "child = subprocess.Popen(['sleep', '300'], preexec_fn=_stop_with_parent)\n"
+              "open(sys.argv[1], 'w').write(str(child.pid))\n"
+              "time.sleep(300)\n")
+    pid_file = tmp_path / "child.pid"
+    launcher = subprocess.Popen([sys.executable, "-c", script, str(pid_file)], cwd=Path(__file__).resolve().parents[1])
+    deadline = time.monotonic() + 60
+    while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    child = int(pid_file.read_text())
+    assert _alive(child)
+    launcher.kill()
+    launcher.wait()
+    deadline = time.monotonic() + 10
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    alive = _alive(child)
+    if alive:
+        os.kill(child, signal.SIGKILL)
+    assert not alive
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as stat:  # a zombie waiting for its parent is gone for our purpose
+            return stat.read().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+        return False
