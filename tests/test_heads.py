@@ -237,12 +237,12 @@ def test_the_pretrain_flow_passes_the_yaml_options_to_the_classifier(monkeypatch
 
     seen = []
 
-    def train_classifier(dataset_uri, models_uri, config, train, progress):
-        seen.append(config)
+    def train_classifier(dataset_uri, models_uri, config, train, progress, processes):
+        seen.append((config, processes))
         return {"id": "x", "uri": "m.pt", "metrics": {}}
 
     monkeypatch.setattr(flow, "StepProgress", lambda *a, **k: type("Quiet", (), {"epoch": None})())
     monkeypatch.setattr(flow.pretrain, "train_classifier", train_classifier)
     settings = ClassifierSettings(backbone="test_resnet", se=True, head="attention", gcn=True)
     flow.train_classifier_task.fn("data", "models", settings, K, 32)
-    assert seen == [ClassifierConfig("test_resnet", K, 32, se=True, head="attention", gcn=True)]
+    assert seen == [(ClassifierConfig("test_resnet", K, 32, se=True, head="attention", gcn=True), 1)]
