@@ -313,25 +313,22 @@ def check_images_found(root: "_ImageRoot", todo: list[SourceRecord], images_root
         return
     step = max(1, len(todo) // MISSING_PROBE)
     probe = list({id(r): r for r in todo[:10] + todo[::step][:MISSING_PROBE - 10]}.values())
-    def most(bad: list) -> bool:
-        return len(bad) == len(probe) or (len(probe) >= MISSING_MIN_PROBE and len(bad) > MISSING_LIMIT * len(probe))
 
-    linked = [] if root.follow_symlinks else [r for r in probe if root.links_outside(r.path)]
-    if most(linked):
-        example = posixpath.join(images_root.rstrip("/"), linked[0].path)
-        raise MissingImages(
-            f"{len(linked)} of {len(probe)} sampled image paths (of {len(todo):,} new rows) are symlinks that lead "
-            f"outside {images_root}, e.g. {example} -> {os.path.realpath(example)}. Nothing was ingested. If the "
-            f"links are yours, pass --follow-symlinks (dataset.follow_symlinks: true); otherwise point the images "
-            f"folder at where the files are")
-    missing = [r for r in probe if not root.exists(r.path)]
-    if most(missing):
-        example = posixpath.join(images_root.rstrip("/"), missing[0].path)
-        raise MissingImages(
-            f"{len(missing)} of {len(probe)} sampled image paths (of {len(todo):,} new rows) have no file under "
-            f"{images_root}, e.g. {example}. Nothing was ingested. Check the images folder (the table's paths are "
-            f"relative to it), or pass --allow-missing (dataset.allow_missing) to ingest what is there and "
-            f"quarantine the rest")
+    def stop_if_most(bad: list, says, then: str) -> None:
+        """``says(example path)``: what is wrong with them; ``then``: what to do."""
+        if len(bad) == len(probe) or (len(probe) >= MISSING_MIN_PROBE and len(bad) > MISSING_LIMIT * len(probe)):
+            example = posixpath.join(images_root.rstrip("/"), bad[0].path)
+            raise MissingImages(f"{len(bad)} of {len(probe)} sampled image paths (of {len(todo):,} new rows) "
+                                f"{says(example)}. Nothing was ingested. {then}")
+
+    if not root.follow_symlinks:
+        stop_if_most([r for r in probe if root.links_outside(r.path)],
+                     lambda e: f"are symlinks that lead outside {images_root}, e.g. {e} -> {os.path.realpath(e)}",
+                     "If the links are yours, pass --follow-symlinks (dataset.follow_symlinks: true); otherwise "
+                     "point the images folder at where the files are")
+    stop_if_most([r for r in probe if not root.exists(r.path)], lambda e: f"have no file under {images_root}, e.g. {e}",
+                 "Check the images folder (the table's paths are relative to it), or pass --allow-missing "
+                 "(dataset.allow_missing) to ingest what is there and quarantine the rest")
 
 
 def _decode_all(root: _ImageRoot, records: list[SourceRecord], options: IngestOptions
