@@ -38,7 +38,9 @@ def _run_of(client, name: str):
 
 def _shown(client, flow_run_id) -> tuple[list[str], list]:
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogHandler
 
+    APILogHandler().flush()  # runs' logs reach the server in batches, in the background: all of them now
     logs = [log.message for log in client.read_logs(log_filter=LogFilter(
         flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))]
     artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
