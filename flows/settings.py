@@ -76,6 +76,13 @@ READER_OPTIONS = ("bbox_table", "views", "uncertain", "blank", "split_table", "m
                   "path_column", "label_column", "patient_column", "split_column")
 
 
+def _check_processes(section: str, processes: int, batch_size: int) -> None:
+    """A section's training processes: at least one, and its batch split evenly over them."""
+    if processes < 1 or batch_size % processes:
+        raise ValueError(f"{section}.processes must be at least 1 and split {section}.batch_size "
+                         f"({batch_size}) evenly, got {processes}")
+
+
 @dataclass(frozen=True)
 class ClassifierSettings:
     backbone: str = "resnet18"  # timm name or a paper alias (resnet50, efficientnet_b0, ...)
@@ -90,9 +97,7 @@ class ClassifierSettings:
     checkpoint: str | None = None  # reuse this checkpoint URI instead of training
 
     def __post_init__(self) -> None:
-        if self.processes < 1 or self.batch_size % self.processes:
-            raise ValueError(f"classifier.processes must be at least 1 and split classifier.batch_size "
-                             f"({self.batch_size}) evenly, got {self.processes}")
+        _check_processes("classifier", self.processes, self.batch_size)
 
 
 @dataclass(frozen=True)
@@ -124,9 +129,7 @@ class GeneratorSettings:
             if any(getattr(self, k) != default[k] for k in ("patch_size", "depth", "num_heads", "head_dim")):
                 raise ValueError("set generator.preset or the sizes (patch_size, depth, num_heads, head_dim), "
                                  "not both")
-        if self.processes < 1 or self.batch_size % self.processes:
-            raise ValueError(f"generator.processes must be at least 1 and split generator.batch_size "
-                             f"({self.batch_size}) evenly, got {self.processes}")
+        _check_processes("generator", self.processes, self.batch_size)
 
     def sizes(self, image_size: int) -> dict:
         """The DiT's patch_size, depth, num_heads and head_dim at ``image_size`` px."""
