@@ -226,6 +226,7 @@ def fit_classifier(model: nn.Module, images: torch.Tensor | None, labels: torch.
     rank, world = distributed.world()
     net = distributed.wrap(model)
     history: dict[str, list] = {"epoch": [], "n_train": [], "lr": [], "train_loss": [], "val_loss": [], "seconds": []}
+    source, source_of = None, None  # the training set where batches are gathered, and the set it holds
 
     for epoch in range(config.epochs):
         started = time.perf_counter()
@@ -243,9 +244,12 @@ def fit_classifier(model: nn.Module, images: torch.Tensor | None, labels: torch.
                 if isinstance(layer, nn.modules.batchnorm._BatchNorm):
                     layer.eval()
         order = torch.randperm(images.shape[0], generator=generator)
-        # on a GPU a set that fits goes there once per epoch: batches are gathered where they train
-        source = ((images.to(device), labels.to(device))
-                  if cuda and images.numel() * images.element_size() <= ON_DEVICE_BYTES else (images, labels))
+        # on a GPU a set that fits goes there once (again only when epoch_data gives a new set):
+        # batches are gathered where they train
+        if source is None or source_of is not images:
+            source_of = images
+            source = ((images.to(device), labels.to(device))
+                      if cuda and images.numel() * images.element_size() <= ON_DEVICE_BYTES else (images, labels))
         # the epoch's loss summed on the device: reading it each step would wait for the device
         total, weight = torch.zeros((), dtype=torch.float64, device=device), torch.zeros((), dtype=torch.long, device=device)
         for start in range(0, order.numel(), config.batch_size):
