@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from concurrent.futures import CancelledError
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
@@ -14,7 +15,7 @@ from flows.crashes import mark_crashed
 from flows.gpu import gpu_slots, say_device
 from flows.permanent import fails_in_one_line, retry_unless_permanent
 from flows.progress import StepProgress
-from flows.runners import batch_submitter
+from flows.runners import RunnerError, batch_submitter
 from flows.settings import KnowledgeSettings
 from flows.stages import write_result
 from tasks import augment as work
@@ -58,6 +59,10 @@ def run_batches(todo: list, shared: dict, options: work.AugmentSettings, logger)
     results: list[dict] = []
     progress = StepProgress("augment", sum(len(batch) for _, batch in todo), "image", "augment-progress")
 
+    def done_so_far() -> str:
+        return (f"{len(results)} of {len(todo)} batches done; the done ones are written and a rerun goes on "
+                f"from them")
+
     def finish_one() -> None:
         try:
             results.append(in_flight.popleft().result(timeout=options.batch_timeout_s))
@@ -65,8 +70,13 @@ def run_batches(todo: list, shared: dict, options: work.AugmentSettings, logger)
             where = (f"are the Dask workers at {options.dask_address} with the {options.dask_resource!r} resource "
                      f"alive?" if options.runner == "dask" else "is the host overloaded or the batch too large?")
             raise BatchTimeout(f"a batch was not done {options.batch_timeout_s:g} s after the run began waiting on "
-                               f"it ({len(results)} of {len(todo)} batches done; the done ones are written and a "
-                               f"rerun goes on from them): {where} (augment.batch_timeout_s)") from exc
+                               f"it ({done_so_far()}): {where} (augment.batch_timeout_s)") from exc
+        except CancelledError as exc:  # Dask cancels every pending batch when its client loses the scheduler
+            if options.runner != "dask":
+                raise
+            raise RunnerError(f"the Dask scheduler at {options.dask_address} went away during the run "
+                              f"({done_so_far()}): start `dask scheduler` and its workers again, then rerun "
+                              f"({exc})") from exc
         progress.update(sum(len(batch) for _, batch in todo[:len(results)]))
 
     if options.runner == "local":  # on Dask each batch reports its worker's device ("devices")

@@ -358,8 +358,9 @@ def test_a_failed_augment_says_so_in_its_run_record(tiny_run, tmp_path, capsys):
 @pytest.fixture
 def dask_cluster(prefect_server, tmp_path):
     """A Dask scheduler and two single-thread workers (no nanny: a killed worker stays dead), each
-    offering one `GPU`, as separate processes on loopback, reporting to the test's Prefect server."""
-    import socket
+    offering one `GPU`, as separate processes on loopback, reporting to the test's Prefect server.
+    The scheduler picks its own port and names it in a scheduler file (no race for a port picked
+    here); workers give up 60 s after losing it; every wait is bounded and names the log."""
     import subprocess
     import sys
     import time
@@ -368,28 +369,54 @@ def dask_cluster(prefect_server, tmp_path):
 
     dask = str(Path(sys.executable).with_name("dask"))
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": str(Path(__file__).parents[1])}
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    address = f"tcp://127.0.0.1:{port}"
-    log = open(tmp_path / "dask.log", "wb")
-    processes = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
-                                  env=env, stdout=log, stderr=subprocess.STDOUT)]
-    for n in range(2):
-        processes.append(subprocess.Popen(
-            [dask, "worker", address, "--nthreads", "1", "--no-nanny", "--resources", "GPU=1", "--no-dashboard",
-             "--name", f"gpu{n}", "--local-directory", str(tmp_path / f"worker{n}")],
-            env=env, stdout=log, stderr=subprocess.STDOUT))
+    log_path, scheduler_file = tmp_path / "dask.log", tmp_path / "scheduler.json"
+    log = open(log_path, "wb")
+    processes = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                                   "--scheduler-file", str(scheduler_file)], env=env, stdout=log, stderr=subprocess.STDOUT)]
     from distributed import Client
 
     try:
+        deadline = time.monotonic() + 60
+        while not scheduler_file.exists() or not scheduler_file.read_text().strip().endswith("}"):
+            assert processes[0].poll() is None and time.monotonic() < deadline, \
+                f"the Dask scheduler did not start: {log_path.read_text()[-2000:]}"
+            time.sleep(0.1)
+        address = json.loads(scheduler_file.read_text())["address"]
+        for n in range(2):
+            processes.append(subprocess.Popen(
+                [dask, "worker", address, "--nthreads", "1", "--no-nanny", "--resources", "GPU=1", "--no-dashboard",
+                 "--death-timeout", "60", "--name", f"gpu{n}", "--local-directory", str(tmp_path / f"worker{n}")],
+                env=env, stdout=log, stderr=subprocess.STDOUT))
         with Client(address, timeout="60s") as client:
             client.wait_for_workers(2, timeout=120)
-            yield address, client
+            yield address, client, processes[0]
     finally:
         for process in processes[::-1]:
             process.kill()
             process.wait()
+        log.close()
+
+
+def _run_in_thread(flow, *args) -> tuple:
+    """``flow(*args)`` in a daemon thread (a stuck run cannot hold the test session open at exit):
+    the thread and a dict that receives its result or its exception."""
+    import threading
+
+    done = {}
+
+    def run():
+        try:
+            done["result"] = flow(*args)
+        except Exception as exc:  # noqa: BLE001  the test inspects it
+            done["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, done
+
+
+def _dask_log(tmp_path) -> str:
+    return (tmp_path / "dask.log").read_text(errors="replace")[-3000:]
 
 
 def test_augment_on_dask_survives_a_killed_worker_and_equals_a_one_host_run(tiny_run, dask_cluster, tmp_path):
@@ -397,20 +424,17 @@ def test_augment_on_dask_survives_a_killed_worker_and_equals_a_one_host_run(tiny
     runs a batch; the scheduler re-runs that batch on the other and the output has exactly the
     rows, ids and bytes of a one-host run: nothing lost, nothing twice."""
     import signal
-    import threading
     import time
 
     result, _ = tiny_run
-    address, client = dask_cluster
+    address, client, _ = dask_cluster
     dataset, models = result["dataset_uri"], result["models"]
     slow = {**TINY["augment"], "batch_size": 4, "inpaint": {"steps": 40, "jump_length": 5, "resample": 2}}
     on_dask = {**slow, "runner": "dask", "dask_address": address, "parallel": 2}
     cache = str(tmp_path / "d.duckdb")
     out = str(tmp_path / "on-dask")
-    done = {}
-    run = threading.Thread(target=lambda: done.update(augment_flow(
-        dataset, out, models["classifier"], models["generator"], KnowledgeSettings(), on_dask, cache)))
-    run.start()
+    run, outcome = _run_in_thread(augment_flow, dataset, out, models["classifier"], models["generator"],
+                                  KnowledgeSettings(), on_dask, cache)
     pids = client.run(os.getpid)  # worker address -> its process
     killed = None
     deadline = time.monotonic() + 300
@@ -420,7 +444,9 @@ def test_augment_on_dask_survives_a_killed_worker_and_equals_a_one_host_run(tiny
             os.kill(pids[busy[0]], signal.SIGKILL)
             killed = busy[0]
         time.sleep(0.2)
-    run.join(timeout=600)
+    run.join(timeout=300)
+    assert not run.is_alive(), f"the run on Dask did not end within 300 s; Dask's log:\n{_dask_log(tmp_path)}"
+    done = outcome.get("result") or pytest.fail(f"the run on Dask failed: {outcome.get('error')!r}")
     assert killed is not None, "no batch was running on a worker to kill"
     assert done["batches_run"] == done["batches"] > 2
     assert killed not in client.scheduler_info()["workers"] and len(client.scheduler_info()["workers"]) == 1
@@ -438,11 +464,38 @@ def test_augment_on_dask_survives_a_killed_worker_and_equals_a_one_host_run(tiny
     assert states == {"plan": "COMPLETED", **{f"augment-batch-{i}": "COMPLETED" for i in range(done["batches"])}}
 
 
+def test_a_dask_scheduler_lost_mid_run_fails_the_run_in_one_clear_error(tiny_run, dask_cluster, tmp_path):
+    """The scheduler dies while batches run: the run ends at once (no wait on batches no one
+    will run) with an error naming the scheduler, what is kept and what to do."""
+    import time
+
+    from flows.runners import RunnerError
+
+    result, _ = tiny_run
+    address, _, scheduler = dask_cluster
+    dataset, models = result["dataset_uri"], result["models"]
+    slow = {**TINY["augment"], "batch_size": 4, "inpaint": {"steps": 40, "jump_length": 5, "resample": 2}}
+    out = str(tmp_path / "on-dask")
+    run, outcome = _run_in_thread(augment_flow, dataset, out, models["classifier"], models["generator"],
+                                  KnowledgeSettings(), {**slow, "runner": "dask", "dask_address": address},
+                                  str(tmp_path / "d.duckdb"))
+    deadline = time.monotonic() + 300
+    while run.is_alive() and not list(Path(out).rglob("part-*.parquet")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert run.is_alive(), f"the run ended before a batch was written: {outcome}"
+    scheduler.kill()
+    run.join(timeout=120)
+    assert not run.is_alive(), f"the run waited on a dead scheduler for 120 s; Dask's log:\n{_dask_log(tmp_path)}"
+    assert isinstance(outcome.get("error"), RunnerError), outcome
+    assert re.search(rf"scheduler at {address} went away .*\d+ of \d+ batches done; the done ones are written.*"
+                     rf"start `dask scheduler`", str(outcome["error"])), outcome["error"]
+
+
 def test_a_dask_cluster_without_gpus_or_a_scheduler_is_a_clear_error(tiny_run, dask_cluster, tmp_path):
     from flows.runners import RunnerError
 
     result, _ = tiny_run
-    address, _ = dask_cluster
+    address, _, _ = dask_cluster
     dataset, models = result["dataset_uri"], result["models"]
     args = (dataset, str(tmp_path / "x"), models["classifier"], models["generator"], KnowledgeSettings())
     with pytest.raises(RunnerError, match="offers the resource 'TPU'.*--resources TPU=1"):
