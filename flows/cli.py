@@ -36,7 +36,8 @@ from flows.printers import (print_augment, print_csv, print_decisions, print_fin
                             print_lineage, print_plan, print_pretrain, print_quarantine, print_run, print_runs,
                             print_summary, print_table, progress_bar)
 from flows.server_watch import GRACE_S, ServerWatch, answers
-from flows.settings import JUDGES, DatasetSettings, KnowledgeSettings, default_dataset_uri, tailforge_home
+from flows.settings import DatasetSettings, KnowledgeSettings, default_dataset_uri, tailforge_home
+from tasks.checked import names
 
 USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, RuntimeError, LookupError)
 EPHEMERAL_START_S = 120
@@ -76,17 +77,17 @@ def build_parser() -> argparse.ArgumentParser:
                        ("mimic", "MIMIC-CXR-JPG *-chexpert.csv (IMAGES: the folder holding files/)")):
         sub = kinds.add_parser(name, help=text)
         _add_common_ingest(sub)
-        sub.add_argument("--views", choices=["frontal", "lateral", "all"], default=DatasetSettings.views)
-        sub.add_argument("--uncertain", choices=["ignore", "ones", "zeros"], default=DatasetSettings.uncertain,
+        sub.add_argument("--views", choices=names("tasks.sources:VIEWS"), default=DatasetSettings.views)
+        sub.add_argument("--uncertain", choices=names("tasks.labels:UncertainPolicy"), default=DatasetSettings.uncertain,
                          help="uncertain (-1) labels become NaN (ignore), 1 or 0")
-        sub.add_argument("--blank", choices=["ignore", "zeros"], default=DatasetSettings.blank,
+        sub.add_argument("--blank", choices=names("tasks.labels:BlankPolicy"), default=DatasetSettings.blank,
                          help="blank labels become NaN (ignore) or 0")
         if name == "mimic":
             sub.add_argument("--split-table", help="*-split.csv (default: found beside TABLE)")
             sub.add_argument("--metadata-table", help="*-metadata.csv (default: found beside TABLE)")
     folder = kinds.add_parser("folder", help="a folder of images and a CSV: path column + '|'-separated labels")
     _add_common_ingest(folder)
-    folder.add_argument("--vocab", choices=["nih", "chexpert"], default=DatasetSettings.vocab)
+    folder.add_argument("--vocab", choices=names("tasks.labels:VOCAB_ALIASES"), default=DatasetSettings.vocab)
     folder.add_argument("--path-column", default=DatasetSettings.path_column,
                         help="the column of image paths, relative to IMAGES (default: %(default)r, NIH's name)")
     folder.add_argument("--label-column", default=DatasetSettings.label_column,
@@ -98,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     phantom.add_argument("--n", type=int, default=DatasetSettings.n, help="images (default %(default)s)")
     phantom.add_argument("--size", type=int, default=DatasetSettings.size, help="side in pixels (default %(default)s)")
     phantom.add_argument("--seed", type=int, default=DatasetSettings.seed)
-    phantom.add_argument("--vocab", choices=["nih", "chexpert"], default=DatasetSettings.vocab)
+    phantom.add_argument("--vocab", choices=names("tasks.labels:VOCAB_ALIASES"), default=DatasetSettings.vocab)
     phantom.add_argument("--out", help="dataset URI (default: $TAILFORGE_HOME/datasets/phantom)")
     phantom.add_argument("--tail", help="comma-separated tail classes; default: below the median train frequency")
     phantom.add_argument("--shard-rows", type=int, default=DatasetSettings.shard_rows)
@@ -117,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     plan = commands.add_parser("plan", help="head/tail split, label sets, LKG decisions and candidate images")
     plan.add_argument("uri", help="dataset URI")
-    plan.add_argument("--judge", choices=list(JUDGES), default=KnowledgeSettings.judge,
+    plan.add_argument("--judge", choices=names("tasks.knowledge:JUDGES"), default=KnowledgeSettings.judge,
                       help="rules: the offline clinical table (default); anthropic: the Messages API, "
                            "rules as fallback; none: no guidance, remove every head finding")
     plan.add_argument("--model", default=None, help="Anthropic model name (default: $TAILFORGE_LLM_MODEL "
@@ -187,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_argument("--json", action="store_true")
     config.add_argument("--reference", action="store_true",
                         help="print every setting with its default, meaning and defining class (markdown)")
+    config.add_argument("--schema", action="store_true",
+                        help="print the settings file's JSON Schema (for editors; docs/settings.schema.json)")
 
     demo = commands.add_parser("demo", help="start a local Prefect server and run the factory on the phantom")
     demo.add_argument("--n", type=int, default=None, help="phantom images (default: flows/demo.yaml)")
@@ -483,6 +486,11 @@ def cmd_config(args: argparse.Namespace) -> int:
         from flows.settings_reference import markdown
 
         print(markdown(), end="")
+        return 0
+    if args.schema:
+        from flows.settings_reference import schema
+
+        print(json.dumps(schema(), indent=2))
         return 0
     effective = settings_or_defaults(args.config).effective()
     if args.json:

@@ -1,17 +1,24 @@
-"""Settings: where local state lives, and one YAML file -> frozen dataclasses for the factory.
+"""Settings: where local state lives, and one YAML file -> frozen, validated dataclasses.
 
 All local state — the demo's Prefect home, the decision cache, default outputs — lives under
 one folder, ``$TAILFORGE_HOME`` (default ``./.tailforge``), so a user can move or wipe it and
-tests can isolate it. Unknown keys in the YAML are errors that name the key and the section.
+tests can isolate it. The sections are pydantic dataclasses: types, unknown keys and every
+name-valued setting (tasks/checked.py) are checked at load, and an error names the setting's
+path and what it accepts. A field's default is its one default; the comment on its line is its
+description (`tailforge config --reference`, the JSON Schema: flows/settings_reference.py).
 """
 
 from __future__ import annotations
 
 import os
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, field, fields
 from pathlib import Path
-from typing import Any
+
+from pydantic import StrictStr
+from pydantic.dataclasses import dataclass
+
+from tasks.checked import CHECKED, one_of, validated
 
 HOME_VARIABLE = "TAILFORGE_HOME"
 DEFAULT_HOME = ".tailforge"
@@ -27,12 +34,9 @@ def default_dataset_uri(name: str) -> str:
     return str(tailforge_home() / "datasets" / name)
 
 
-SOURCES = ("nih", "chexpert", "mimic", "folder")  # real sources (tasks.sources.read_source reads each)
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=CHECKED)
 class DatasetSettings:
-    source: str = "phantom"  # phantom | nih | chexpert | mimic | folder | existing (uri only)
+    source: one_of("tasks.sources:SOURCES", also=("phantom", "existing")) = "phantom"  # phantom | nih | chexpert | mimic | folder | existing (uri only)
     uri: str | None = None  # the dataset URI (default: $TAILFORGE_HOME/datasets/<name>)
     table: str | None = None  # the source's label table (real sources)
     images: str | None = None  # the folder the table's paths are relative to
@@ -40,16 +44,16 @@ class DatasetSettings:
     size: int = 64  # image side in pixels
     n: int = 600  # phantom images
     seed: int = 0  # phantom seed
-    vocab: str = "nih"  # phantom / folder vocabulary (nih | chexpert)
+    vocab: one_of("tasks.labels:VOCAB_ALIASES") = "nih"  # phantom / folder vocabulary (nih | chexpert)
     tail: tuple[str, ...] | None = None  # explicit tail classes (default: below the median train frequency)
     shard_rows: int = 1024  # rows per Parquet shard
     workers: int = 4  # decoding threads
     allow_missing: bool = False  # ingest even when most sampled image paths have no file (default: stop, wrong folder?)
     follow_symlinks: bool = False  # read symlinks in the images folder that lead outside it (default: path_escape)
     bbox_table: str | None = None  # nih: BBox_List_2017.csv (default: found beside the table)
-    views: str = "frontal"  # chexpert, mimic: frontal | lateral | all
-    uncertain: str = "ignore"  # chexpert, mimic: uncertain (-1) labels become NaN (ignore), 1 (ones) or 0 (zeros)
-    blank: str = "ignore"  # chexpert, mimic: blank labels become NaN (ignore) or 0 (zeros)
+    views: one_of("tasks.sources:VIEWS") = "frontal"  # chexpert, mimic: frontal | lateral | all
+    uncertain: one_of("tasks.labels:UncertainPolicy") = "ignore"  # chexpert, mimic: uncertain (-1) labels become NaN (ignore), 1 (ones) or 0 (zeros)
+    blank: one_of("tasks.labels:BlankPolicy") = "ignore"  # chexpert, mimic: blank labels become NaN (ignore) or 0 (zeros)
     split_table: str | None = None  # mimic: *-split.csv (default: found beside the table)
     metadata_table: str | None = None  # mimic: *-metadata.csv (default: found beside the table)
     path_column: str = "Image Index"  # folder: the column of image paths
@@ -83,7 +87,7 @@ def _check_processes(section: str, processes: int, batch_size: int) -> None:
                          f"({batch_size}) evenly, got {processes}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=CHECKED)
 class ClassifierSettings:
     backbone: str = "resnet18"  # timm name or a paper alias (resnet50, efficientnet_b0, ...)
     epochs: int = 8  # passes over the train split
@@ -91,7 +95,7 @@ class ClassifierSettings:
     lr: float = 1e-3  # AdamW peak learning rate
     seed: int = 0  # initialisation and shuffling
     se: bool = False  # squeeze-and-excitation channel weights on the backbone's final feature map
-    head: str = "linear"  # "linear" (pooled features) or "attention" (one spatial map per class; cam_method attention)
+    head: one_of("models.classifier:HEADS") = "linear"  # "linear" (pooled features) or "attention" (one spatial map per class; cam_method attention)
     gcn: bool = False  # class vectors from a GCN over the train split's label co-occurrence (ML-GCN)
     processes: int = 1  # training processes (torchrun: one per GPU, or CPU processes); batch_size must split over them
     checkpoint: str | None = None  # reuse this checkpoint URI instead of training
@@ -100,17 +104,17 @@ class ClassifierSettings:
         _check_processes("classifier", self.processes, self.batch_size)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=CHECKED)
 class GeneratorSettings:
     normals: tuple[str, ...] = ()  # dataset URIs of normal X-rays (default: the dataset's own normals)
     adult_only: bool = True  # leave out pediatric rows when a dataset records age_group
-    preset: str | None = None  # tiny | small (DiT-S) | base (DiT-B): sets the four sizes below, the patch for 256 tokens
+    preset: one_of("models.dit:PRESETS") | None = None  # tiny | small (DiT-S) | base (DiT-B): sets the four sizes below, the patch for 256 tokens
     patch_size: int = 4  # DiT patch side in pixels (tokens = (size / patch) ** 2)
     depth: int = 6  # transformer blocks
     num_heads: int = 4  # attention heads
     head_dim: int = 32  # width per head (model width = num_heads x head_dim)
-    conditioning: str = "none"  # "mask": an inpainting DiT; "labels": DfT-Caption, sampled from finding sets (models/dit.py)
-    prediction: str = "sample"  # the DiT predicts the clean image ("sample") or the noise ("epsilon"; blocky at patch 8)
+    conditioning: one_of("models.dit:CONDITIONINGS") = "none"  # "mask": an inpainting DiT; "labels": DfT-Caption, sampled from finding sets (models/dit.py)
+    prediction: one_of("models.dit:PREDICTIONS") = "sample"  # the DiT predicts the clean image ("sample") or the noise ("epsilon"; blocky at patch 8)
     steps: int = 2000  # optimiser steps
     batch_size: int = 32  # normal images per step
     lr: float = 3e-4  # AdamW learning rate
@@ -120,11 +124,7 @@ class GeneratorSettings:
     checkpoint: str | None = None  # use this checkpoint URI instead of training (null on real data: weights/ when it has the size)
 
     def __post_init__(self) -> None:
-        if self.preset is not None:  # (models imports torch: only for a preset named)
-            from models.dit import PRESETS
-
-            if self.preset not in PRESETS:
-                raise ValueError(f"generator.preset must be one of {', '.join(PRESETS)}, not {self.preset!r}")
+        if self.preset is not None:
             default = {f.name: f.default for f in fields(self)}
             if any(getattr(self, k) != default[k] for k in ("patch_size", "depth", "num_heads", "head_dim")):
                 raise ValueError("set generator.preset or the sizes (patch_size, depth, num_heads, head_dim), "
@@ -141,12 +141,9 @@ class GeneratorSettings:
                 "head_dim": self.head_dim}
 
 
-JUDGES = ("rules", "anthropic", "none")  # tasks.knowledge.make_judge builds each
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=CHECKED)
 class KnowledgeSettings:
-    judge: str = "rules"  # rules | anthropic | none (no guidance: remove every head finding)
+    judge: one_of("tasks.knowledge:JUDGES") = "rules"  # rules | anthropic | none (no guidance: remove every head finding)
     model: str | None = None  # Anthropic model (default: $TAILFORGE_LLM_MODEL, else tasks/knowledge/llm.py)
     prompt_version: str | None = None  # bump to make new decisions (default: tasks/knowledge/llm.py)
     api_key_secret: str | None = None  # Prefect Secret block name; else ANTHROPIC_API_KEY
@@ -154,10 +151,6 @@ class KnowledgeSettings:
     llm_retries: int = 2  # retries on timeouts, connection errors, 408, 429, 529 and 5xx
     llm_budget: float = 90.0  # seconds per label set, all tries and waits together
     cache: str | None = None  # DuckDB file (default: $TAILFORGE_HOME/decisions.duckdb)
-
-    def __post_init__(self) -> None:
-        if self.judge not in JUDGES:
-            raise ValueError(f"unknown judge {self.judge!r}; use one of {', '.join(JUDGES)}")
 
     def cache_path(self) -> str:
         return self.cache or str(tailforge_home() / "decisions.duckdb")
@@ -172,7 +165,7 @@ class KnowledgeSettings:
         return make_judge(self.judge, llm if self.judge == "anthropic" else None)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=CHECKED)
 class StageSettings:
     pretrain: str | None = None  # a deployment ("pretrain/pretrain") to train on its pool; null: in the factory's process
     augment: str | None = None  # a deployment ("augment/augment") to augment on its pool; null: in the factory's process
@@ -188,9 +181,9 @@ class StageSettings:
             raise ValueError("stages.timeout_s must be positive")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=CHECKED)
 class FactorySettings:
-    name: str = "factory"  # the run's name: default output, dataset and report names derive from it
+    name: StrictStr = "factory"  # the run's name: default output, dataset and report names derive from it
     dataset: DatasetSettings = field(default_factory=DatasetSettings)
     classifier: ClassifierSettings = field(default_factory=ClassifierSettings)
     generator: GeneratorSettings = field(default_factory=GeneratorSettings)
@@ -231,53 +224,31 @@ class FactorySettings:
     def effective(self) -> dict:
         """Every setting as it will be used: defaults filled in (augment and finetune too) and
         the default locations resolved (`tailforge config`)."""
-        from tasks.augment import AugmentSettings
-
-        data = {**self.to_dict(), "augment": AugmentSettings.from_dict(self.augment).to_dict(),
+        data = {**self.to_dict(), "augment": asdict(augment_settings(self)),
                 "finetune": asdict(finetune_settings(self)), "output": self.output_uri(), "models": self.models_uri()}
         data["dataset"]["uri"], data["knowledge"]["cache"] = self.dataset_uri(), self.cache_path()
         return data
 
 
-_SECTIONS = {"dataset": DatasetSettings, "classifier": ClassifierSettings, "generator": GeneratorSettings,
-             "knowledge": KnowledgeSettings, "stages": StageSettings}
-
-
-def _build(cls, data: dict, where: str):
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"unknown setting(s) {unknown} in {where}; known: {sorted(known)}")
-    values: dict[str, Any] = {}
-    for key, value in data.items():
-        values[key] = tuple(value) if isinstance(value, list) else value
-    return cls(**values)
-
-
 def settings_from_dict(data: dict) -> FactorySettings:
-    data = dict(data or {})
-    top = {f.name for f in fields(FactorySettings)}
-    unknown = sorted(set(data) - top)
-    if unknown:
-        raise ValueError(f"unknown section(s) {unknown}; known: {sorted(top)}")
-    for section, cls in _SECTIONS.items():
-        if section in data:
-            data[section] = _build(cls, data[section] or {}, f"section '{section}'")
-    settings = FactorySettings(**data)
+    """The factory's settings from a mapping of sections, every section checked now, before any
+    work (the augment and fine-tune sections too)."""
+    settings = validated(FactorySettings, data)
+    augment_settings(settings)
+    finetune_settings(settings)
+    return settings
+
+
+def augment_settings(settings: FactorySettings):
     from tasks.augment import AugmentSettings
 
-    try:  # validate now, before any work
-        AugmentSettings.from_dict(settings.augment)
-        finetune_settings(settings)
-    except TypeError as exc:
-        raise ValueError(f"bad augment or finetune setting: {exc}") from exc
-    return settings
+    return validated(AugmentSettings, settings.augment, "augment")
 
 
 def finetune_settings(settings: FactorySettings):
     from tasks.finetune import FinetuneSettings
 
-    return FinetuneSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in settings.finetune.items()})
+    return validated(FinetuneSettings, settings.finetune, "finetune")
 
 
 def settings_or_defaults(path: str | None) -> FactorySettings:

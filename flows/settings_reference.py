@@ -68,3 +68,40 @@ def markdown() -> str:
         meaning = meaning.replace("|", "\\|")  # a pipe inside a table cell
         lines.append(f"| `{key}` | {default} | {meaning} | `{where}` |")
     return "\n".join(lines) + "\n"
+
+
+def schema() -> dict:
+    """The settings file's JSON Schema (draft 2020-12, as pydantic writes it): the factory's tree
+    with the augment and fine-tune sections' own schemas in place of their mappings, every
+    name-valued setting's choices as an ``enum`` and every setting's meaning as its
+    ``description`` (the comment on its field's line, as in the reference table)."""
+    from pydantic import TypeAdapter
+
+    from flows.settings import FactorySettings, augment_settings, finetune_settings
+
+    def of(cls) -> tuple[dict, dict]:
+        tree = TypeAdapter(cls).json_schema()
+        return tree, tree.pop("$defs", {})
+
+    tree, definitions = of(FactorySettings)
+    for section, cls in (("augment", type(augment_settings(FactorySettings()))),
+                         ("finetune", type(finetune_settings(FactorySettings())))):
+        part, more = of(cls)
+        definitions.update(more)
+        definitions[cls.__name__] = part
+        tree["properties"][section] = {"$ref": f"#/$defs/{cls.__name__}"}
+    meanings = {key: meaning for key, _, meaning, _ in rows(FactorySettings)}
+    for key, meaning in meanings.items():
+        _property(tree, definitions, key.split("."))["description"] = meaning
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema",
+            "title": "tailforge settings file", **tree, "$defs": definitions}
+
+
+def _property(tree: dict, definitions: dict, path: list[str]) -> dict:
+    """The schema of the setting at ``path``, following ``$ref``s into ``definitions``."""
+    node = tree
+    for name in path:
+        while "$ref" in node:
+            node = definitions[node["$ref"].rsplit("/", 1)[1]]
+        node = node["properties"][name]
+    return node

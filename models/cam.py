@@ -31,6 +31,7 @@ apart from a gain from repainting any region of that size.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -51,21 +52,23 @@ MAP_METHODS = (*CAM_METHODS, "infill", "attention")
 OUTCOMES = ("ok", "empty", "too_large", "not_detected", "on_kept")
 
 
+MASK_METHODS = ("relative", "otsu")  # mask.method: threshold x the map's max, or Otsu's threshold
+PLACEMENTS = ("cam", "random")  # mask.placement: where the map is, or moved to a random place (control)
+
+
 @dataclass(frozen=True)
 class MaskConfig:
-    method: str = "relative"  # "relative" (threshold x map max) or "otsu"
+    method: Literal[MASK_METHODS] = "relative"  # "relative" (threshold x map max) or "otsu"
     threshold: float = 0.5  # for "relative"
     dilate_px: int = 6  # grow the mask by this many pixels (square structuring element)
     min_area: float = 0.005  # smaller union -> "empty" (fraction of the image)
     max_area: float = 0.35  # larger union -> "too_large"
-    placement: str = "cam"  # "cam": where the map is; "random": the same mask moved to a random place (control)
+    placement: Literal[PLACEMENTS] = "cam"  # "cam": where the map is; "random": the same mask moved to a random place (control)
     protect: float = 0.2  # a finding the image keeps: where its map is >= this x its max is never repainted (0: off)
 
     def __post_init__(self) -> None:
-        if self.method not in ("relative", "otsu"):
-            raise ValueError("mask method must be 'relative' or 'otsu'")
-        if self.placement not in ("cam", "random"):
-            raise ValueError("mask placement must be 'cam' or 'random'")
+        if self.method not in MASK_METHODS or self.placement not in PLACEMENTS:
+            raise ValueError(f"mask method must be one of {MASK_METHODS} and placement one of {PLACEMENTS}")
         if not 0 < self.threshold < 1 or not 0 <= self.min_area < self.max_area <= 1 or self.dilate_px < 0:
             raise ValueError("need 0 < threshold < 1, 0 <= min_area < max_area <= 1, dilate_px >= 0")
         if not 0 <= self.protect < 1:

@@ -22,6 +22,7 @@ at every step, so it paints from the surroundings instead of only being joined t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +32,9 @@ from models.dit import condition, is_conditioned, predict_noise, to_model_range,
 from models.sampling import Generators, NoiseTape, ddim_step, ddim_timesteps, noised_known, randn, renoise
 
 
+INITS = ("noise", "harmonic")  # inpaint.init: from pure noise, or from the harmonic fill noised (SDEdit)
+
+
 @dataclass(frozen=True)
 class InpaintConfig:
     steps: int = 25  # DDIM steps on the respaced schedule
@@ -38,14 +42,14 @@ class InpaintConfig:
     resample: int = 2  # RePaint: passes over each block (1 = plain masked DDIM)
     eta: float = 0.0  # DDIM stochasticity (0 = deterministic transitions)
     feather_px: int = 0  # width of the blend ramp inside the mask; 0 = hard edge
-    init: str = "noise"  # "noise": start from pure noise; "harmonic": from the harmonic fill, noised (SDEdit)
+    init: Literal[INITS] = "noise"  # "noise": start from pure noise; "harmonic": from the harmonic fill, noised (SDEdit)
     strength: float = 1.0  # with init "harmonic": the share of the schedule run (1 = from pure noise)
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.jump_length < 1 or self.resample < 1:
             raise ValueError("steps, jump_length and resample must be at least 1")
-        if self.init not in ("noise", "harmonic") or not 0 < self.strength <= 1:
-            raise ValueError("init must be 'noise' or 'harmonic', and 0 < strength <= 1")
+        if self.init not in INITS or not 0 < self.strength <= 1:
+            raise ValueError(f"init must be one of {INITS}, and 0 < strength <= 1")
         if self.feather_px < 0:
             raise ValueError("feather_px must be >= 0")
 

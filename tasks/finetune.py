@@ -19,6 +19,7 @@ from typing import Callable
 
 import pyarrow.compute as pc
 import torch
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from models.classifier import load_checkpoint
 from models.device import on_device
@@ -26,6 +27,7 @@ from models.metrics import evaluate, tune_thresholds
 from models.schedule import epoch_indices, pil_prefix, pil_share
 from models.training import TrainConfig, fit_classifier, predict_probs, retrain_classifier
 from tasks import store
+from tasks.checked import CHECKED, one_of
 from tasks.dataset import SAMPLES, read_manifest
 from tasks.tensors import TensorSet, load_tensors
 
@@ -35,23 +37,20 @@ NO_GENERATED = ("no generated samples to add (the augment produced none, or none
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@pydantic_dataclass(frozen=True, config=CHECKED)
 class FinetuneSettings:
     epochs: int = 5  # fine-tuning passes per setting
     beta: float = 0.5  # PIL growth rate
     batch_size: int = 32  # images per optimiser step
     lr: float = 3e-4  # learning rate (constant)
     seed: int = 0  # initialisation and shuffling
-    settings: tuple[str, ...] = SETTINGS  # which of baseline / augmented / pil to run
+    settings: tuple[one_of("tasks.finetune:SETTINGS"), ...] = SETTINGS  # which of baseline / augmented / pil to run
     accepted_only: bool = True  # use generated samples that passed the quality and removal checks (accepted)
     bootstrap: int = 500  # bootstrap draws for the metrics' confidence intervals
-    loss: str = "cb"  # cb (class-balanced; the strongest long-tail loss on the phantom) | bce | focal | asl | ldam_drw
+    loss: one_of("models.losses:LOSSES") = "cb"  # cb (class-balanced; the strongest long-tail loss on the phantom) | bce | focal | asl | ldam_drw
     crt_epochs: int = 0  # then classifier re-training (cRT): the last layer alone, class-aware batches; 0 = off
 
     def __post_init__(self) -> None:
-        unknown = set(self.settings) - set(SETTINGS)
-        if unknown:
-            raise ValueError(f"unknown fine-tune settings {sorted(unknown)}; choose from {SETTINGS}")
         if self.crt_epochs < 0:
             raise ValueError(f"finetune.crt_epochs must be >= 0 (0: no classifier re-training), got {self.crt_epochs}")
 

@@ -20,6 +20,8 @@ import pandas as pd
 from tasks.labels import (BlankPolicy, UncertainPolicy, UnknownLabelError, Vocabulary,
                           chexpert_vector, parse_label_list, vocabulary)
 
+SOURCES = ("nih", "chexpert", "mimic", "folder")  # the real sources read_source reads
+VIEWS = ("frontal", "lateral", "all")  # chexpert, mimic: which views are read
 SPLITS = ("train", "val", "test")
 SPLIT_SYNONYMS = {"train": "train", "training": "train", "val": "val", "valid": "val",
                   "validate": "val", "validation": "val", "test": "test"}
@@ -305,7 +307,7 @@ def read_source(kind: str, table: str, bbox_table: str | None = None, views: str
         return read_mimic(table, split_table, metadata_table, views, uncertain, blank)
     if kind == "folder":
         return read_folder(table, vocab, path_column, label_column, patient_column, split_column)
-    raise ValueError(f"unknown source {kind!r}; use nih, chexpert, mimic or folder")
+    raise ValueError(f"unknown source {kind!r}; use one of {', '.join(SOURCES)}")
 
 
 def apply_split_csv(source: SourceTable, split_csv: str) -> int:

@@ -22,13 +22,15 @@ def test_demo_and_nightly_settings_load():
 
 
 @pytest.mark.parametrize("data,message", [
-    ({"datset": {}}, "unknown section"),
-    ({"dataset": {"sise": 64}}, "sise"),
-    ({"augment": {"batchsize": 3}}, "bad augment"),
-    ({"augment": {"mask": {"threshold": 2.0}}}, "threshold"),
-    ({"finetune": {"settings": ["nope"]}}, "unknown fine-tune"),
-    ({"augment": {"cam_method": "gradcm"}}, "augment.cam_method must be one of gradcam, .*infill.*'gradcm'"),
-    ({"generator": {"preset": "large"}}, "generator.preset must be one of tiny, small, base, not 'large'"),
+    ({"datset": {}}, "unknown setting 'datset'; known at the top: name, dataset, classifier"),
+    ({"dataset": {"sise": 64}}, "unknown setting 'dataset.sise'; known in dataset: source, .*size"),
+    ({"augment": {"batchsize": 3}}, "unknown setting 'augment.batchsize'; known in augment: batch_size"),
+    ({"augment": {"mask": {"thresold": 0.5}}}, "unknown setting 'augment.mask.thresold'; known in augment.mask"),
+    ({"augment": {"mask": {"threshold": 2.0}}}, "augment.mask: need 0 < threshold < 1"),
+    ({"dataset": {"size": "big"}}, "dataset.size: Input should be a valid integer"),
+    ({"finetune": {"settings": ["nope"]}}, "finetune.settings.0: must be one of baseline, augmented, pil, not 'nope'"),
+    ({"augment": {"cam_method": "gradcm"}}, "augment.cam_method: must be one of gradcam, .*infill.*'gradcm'"),
+    ({"generator": {"preset": "large"}}, "generator.preset: must be one of tiny, small, base, not 'large'"),
     ({"generator": {"preset": "small", "depth": 3}}, "preset or the sizes"),
     ({"generator": {"processes": 3}}, r"split generator.batch_size \(32\) evenly, got 3"),
 ])
@@ -158,7 +160,7 @@ def test_knowledge_settings_and_the_llm_judge_share_their_defaults(monkeypatch):
     judge = knowledge.make_judge()
     assert judge.model == "claude-test-model" == llm.model and judge.settings == llm
     assert KnowledgeSettings(judge="anthropic", model="other", llm_budget=5.0).make_judge().settings.budget_s == 5.0
-    with pytest.raises(ValueError, match="unknown judge"):
+    with pytest.raises(ValueError, match="must be one of rules, anthropic, none"):
         KnowledgeSettings(judge="oracle")
 
 
@@ -227,7 +229,7 @@ def test_an_alias_bomb_or_a_huge_settings_file_is_refused_before_it_is_expanded(
 @pytest.mark.parametrize(("text", "says"), [
     ("output: /etc", "in the system folder /etc"), ("models: /usr/lib/x", "in the system folder /usr"),
     ("output: /tmp/../etc/tf", "in the system folder /etc"), ("dataset: {uri: /}", "the root folder"),
-    ('name: "../../x"', "name must be a plain name"), ("name: !!binary eA==", "name must be a plain name"),
+    ('name: "../../x"', "name must be a plain name"), ("name: !!binary eA==", "name: Input should be a valid string"),
     ("name: a/b", "name must be a plain name")])
 def test_outputs_and_names_stay_out_of_system_folders(tmp_path, text, says):
     """Issue 35: `output: /etc` was accepted and written, `name: ../../x` resolved outside
@@ -244,3 +246,78 @@ def test_a_dataset_write_into_a_system_folder_is_refused_before_any_work(tmp_pat
     assert main(["phantom", "--n", "4", "--size", "32", "--out", "/proc/tailforge"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "in the system folder /proc" in err
+
+
+def _schema_leaves():
+    """(key, schema node) for every setting, from the published JSON Schema."""
+    from flows.settings import FactorySettings
+    from flows.settings_reference import _property, rows, schema
+
+    tree = schema()
+    return [(key, _property(tree, tree["$defs"], key.split("."))) for key, *_ in rows(FactorySettings)]
+
+
+def _enum(node: dict) -> list | None:
+    for part in (node, node.get("items", {}), *node.get("anyOf", [])):
+        if "enum" in part:
+            return part["enum"]
+    return None
+
+
+def _is_text(node: dict) -> bool:
+    return any(part.get("type") == "string" for part in (node, node.get("items", {}), *node.get("anyOf", [])))
+
+
+# text settings that are not names from a registry: paths, URIs, columns, free names, and the
+# classifier's backbone (any timm model name: timm refuses an unknown one when the model is built)
+FREE_TEXT = {"name", "dataset.uri", "dataset.table", "dataset.images", "dataset.split_csv", "dataset.tail",
+             "dataset.bbox_table", "dataset.split_table", "dataset.metadata_table", "dataset.path_column",
+             "dataset.label_column", "dataset.patient_column", "dataset.split_column", "classifier.backbone",
+             "classifier.checkpoint", "generator.normals", "generator.checkpoint", "knowledge.model",
+             "knowledge.prompt_version", "knowledge.api_key_secret", "knowledge.cache", "augment.localise.layers",
+             "augment.dask_address", "augment.dask_resource", "stages.pretrain", "stages.augment",
+             "stages.finetune", "output", "models"}
+
+
+def test_every_name_valued_setting_is_checked_at_load_naming_its_choices():
+    """A typo in any setting that names a method, a source, a judge, a loss, ... fails when the
+    file is loaded (not inside the first GPU batch), and the error names the setting and lists
+    what it accepts; a new text setting must either name its registry or be listed as free text."""
+    named = [(key, _enum(node)) for key, node in _schema_leaves() if _is_text(node) and key not in FREE_TEXT]
+    assert [key for key, choices in named if not choices] == [], "text settings with no registry"
+    assert len(named) >= 18
+    for key, choices in named:
+        *sections, leaf = key.split(".")
+        data: dict = {}
+        inner = data
+        for section in sections:
+            inner = inner.setdefault(section, {})
+        inner[leaf] = ["zzzz"] if key == "finetune.settings" else "zzzz"
+        with pytest.raises(ValueError) as error:
+            settings_from_dict(data)
+        said = str(error.value)
+        assert said.startswith(key) and all(repr(c) in said or c in said for c in choices), said
+
+
+def test_the_json_schema_is_current_validates_the_shipped_settings_and_refuses_typos(capsys):
+    """docs/settings.schema.json (for editors: the YAML files name it) is what `tailforge config
+    --schema` prints; it accepts the demo's and the nightly's settings and refuses what the
+    loader refuses."""
+    import jsonschema
+
+    from flows.cli import main
+
+    assert main(["config", "--schema"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    published = json.loads((ROOT / "docs" / "settings.schema.json").read_text())
+    assert printed == published, "docs/settings.schema.json is stale: tailforge config --schema > it"
+    jsonschema.Draft202012Validator.check_schema(published)
+    for path in (ROOT / "flows" / "demo.yaml", ROOT / "infra" / "nightly.yaml"):
+        assert "$schema=../docs/settings.schema.json" in path.read_text().splitlines()[0]
+        jsonschema.validate(yaml.safe_load(path.read_text()), published)
+    for bad in ({"augment": {"cam_method": "gradcm"}}, {"dataset": {"sise": 64}}, {"knowledge": {"judge": "oracle"}},
+                {"augment": {"mask": {"method": "otsuu"}}}, {"generator": {"steps": "many"}}):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(bad, published)
+        with pytest.raises(ValueError):
+            settings_from_dict(bad)

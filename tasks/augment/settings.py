@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, field
 
-from models.cam import LocaliseConfig, MAP_METHODS, MaskConfig
+from pydantic.dataclasses import dataclass
+
+from models.cam import LocaliseConfig, MaskConfig
 from models.inpaint import InpaintConfig
-
+from tasks.checked import CHECKED, one_of, validated
 
 OOD_METHODS = ("features", "reconstruction")
+RUNNERS = ("local", "dask")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=CHECKED)
 class AugmentSettings:
     batch_size: int = 64  # images per task (32-128: Prefect costs ~10 ms per task)
-    cam_method: str = "infill"  # class maps: "infill" (counterfactual occlusion), a Grad-CAM variant or "attention"
+    cam_method: one_of("models.cam:MAP_METHODS") = "infill"  # class maps: "infill" (counterfactual occlusion), a Grad-CAM variant or "attention"
     localise: LocaliseConfig = field(default_factory=LocaliseConfig)  # layers, border, prior, gate
     mask: MaskConfig = field(default_factory=MaskConfig)
     inpaint: InpaintConfig = field(default_factory=InpaintConfig)
@@ -25,13 +28,13 @@ class AugmentSettings:
     tail_margin: float = 0.1  # a kept tail class may fall below its threshold by at most this much
     verify_removal: bool = True  # accept only rows whose removal the classifier confirms; False: quality alone
     ood_filter: bool = True  # reject rows that score further from real films than held-out real images do (models/ood.py)
-    ood_method: str = "features"  # "features": classifier-feature Mahalanobis; "reconstruction": the normal DiT's (not for a label-conditioned generator)
+    ood_method: one_of("tasks.augment.settings:OOD_METHODS") = "features"  # "features": classifier-feature Mahalanobis; "reconstruction": the normal DiT's (not for a label-conditioned generator)
     ood_false_rejection: float = 0.05  # share of the dataset's val images the OOD threshold would reject
     seed: int = 0  # mixed into every image's seed
     max_images: int | None = None  # cap on candidates (smallest output ids first); None = all
     variants: int = 1  # generated images per parent, each with its own seed (more rows from the same parents)
     parallel: int = 1  # batches in flight at once; the run holds as many `gpu` slots (at most the limit) throughout
-    runner: str = "local"  # where batches run: "local" (the flow's threads) or "dask" (the cluster at dask_address)
+    runner: one_of("tasks.augment.settings:RUNNERS") = "local"  # where batches run: "local" (the flow's threads) or "dask" (the cluster at dask_address)
     dask_address: str | None = None  # runner "dask": the scheduler, tcp://HOST:8786
     dask_resource: str | None = "GPU"  # runner "dask": the worker resource each batch takes one of; null: none
     batch_timeout_s: float = 7200.0  # a batch not done this long after the run waits on it fails the run, saying so
@@ -39,21 +42,11 @@ class AugmentSettings:
 
     @classmethod
     def from_dict(cls, data: dict) -> "AugmentSettings":
-        data = dict(data)
-        data["mask"] = MaskConfig(**data.get("mask", {}))
-        data["localise"] = LocaliseConfig(**data.get("localise", {}))
-        data["inpaint"] = InpaintConfig(**data.get("inpaint", {}))
-        return cls(**data)
+        return validated(cls, data, "augment")
 
     def __post_init__(self) -> None:
-        if self.cam_method not in MAP_METHODS:  # at load, not inside the first batch
-            raise ValueError(f"augment.cam_method must be one of {', '.join(MAP_METHODS)}, not {self.cam_method!r}")
-        if self.runner not in ("local", "dask"):
-            raise ValueError(f"augment.runner must be 'local' or 'dask', not {self.runner!r}")
         if self.runner == "dask" and not self.dask_address:
             raise ValueError("augment.runner 'dask' needs augment.dask_address, the scheduler (tcp://HOST:8786)")
-        if self.ood_method not in OOD_METHODS:
-            raise ValueError(f"augment.ood_method must be one of {', '.join(OOD_METHODS)}, not {self.ood_method!r}")
         if not 0 < self.ood_false_rejection < 1:
             raise ValueError("augment.ood_false_rejection must be between 0 and 1")
         if self.parallel < 1 or self.batch_size < 1:
