@@ -24,7 +24,8 @@ from benchmarks import fidelity_measures as fm
 from benchmarks.common import RESULTS, save
 from benchmarks.fidelity import head_lesions
 from flows.settings import tailforge_home
-from models.cam import LocaliseConfig, MaskConfig, map_to_mask, raw_maps
+from models.cam import LocaliseConfig, raw_maps
+from models.masks import MaskConfig, map_to_mask
 from models.classifier import ClassifierConfig, load_checkpoint
 from models.training import TrainConfig
 from tasks import store

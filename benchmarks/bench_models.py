@@ -27,7 +27,9 @@ import torch
 
 from benchmarks.common import RESULTS, SHARED_DATA, ingest_nih1000, save
 from flows.settings import tailforge_home
-from models.cam import MaskConfig, cam_maps, removal_masks
+from models.cam import removal_masks
+from models.gradcam import cam_maps
+from models.masks import MaskConfig
 from models.classifier import ClassifierConfig, load_checkpoint
 from models.dit import DiTConfig, DiTTrainConfig, build_scheduler, load_dit
 from models.inpaint import InpaintConfig, inpaint

@@ -37,7 +37,8 @@ from benchmarks.bench_models import trained_before
 from benchmarks.common import RESULTS, commit, machine, save
 from benchmarks.phantom_truth import _replay
 from flows.settings import tailforge_home
-from models.cam import LocaliseConfig, MaskConfig, class_maps, map_to_mask, raw_maps, refine, relocate
+from models.cam import LocaliseConfig, class_maps, raw_maps, refine
+from models.masks import MaskConfig, map_to_mask, relocate
 from models.classifier import ClassifierConfig, load_checkpoint
 from models.dit import DiTConfig, DiTTrainConfig, build_scheduler, load_dit
 from models.fill import harmonic_fill, paste_fill

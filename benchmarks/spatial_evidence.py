@@ -21,7 +21,8 @@ import torch
 from benchmarks.bench_models import MASKS, SEED, trained_before
 from benchmarks.common import save
 from flows.settings import tailforge_home
-from models.cam import cam_maps, map_to_mask
+from models.gradcam import cam_maps
+from models.masks import map_to_mask
 from models.classifier import load_checkpoint
 from models.training import TrainConfig
 from tasks import store

@@ -30,7 +30,7 @@ import torch
 from benchmarks.common import RESULTS, ROOT, SHARED_DATA, commit, machine, rate, timed
 from flows.settings import tailforge_home
 from models.classifier import ClassifierConfig, build_classifier
-from models.cam import cam_maps
+from models.gradcam import cam_maps
 from models.dit import DiTConfig, DiTTrainConfig, build_dit, build_scheduler, load_dit
 from models.inpaint import InpaintConfig, inpaint
 from models.training import TrainConfig, fit_classifier

@@ -167,7 +167,7 @@ class HeadedClassifier(nn.Module):
     """A timm backbone with TRCGL-Net's parts: (N, 1, S, S) in [0, 1] -> logits (N, K).
 
     The backbone keeps its own pooling (and a ConvNeXt its norm, all their dropout); only its
-    last Linear goes. Grad-CAM finds its layers under ``backbone`` (models/cam.py)."""
+    last Linear goes. Grad-CAM finds its layers under ``backbone`` (models/gradcam.py)."""
 
     def __init__(self, backbone: nn.Module, num_classes: int, se: bool = False, attention: bool = False,
                  cooccurrence: torch.Tensor | None = None, drop_rate: float = 0.0):

@@ -34,7 +34,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from models.cam import LocaliseConfig, MaskConfig, MaskResult, removal_masks
+from models.cam import LocaliseConfig, removal_masks
+from models.masks import MaskConfig, MaskResult
 from models.inpaint import InpaintConfig, inpaint
 from models.training import predict_probs
 

@@ -8,8 +8,9 @@ import torch
 
 import models  # noqa: F401
 import timm
-from models.cam import (MaskConfig, cam_maps, default_target_layer, map_to_mask, otsu_threshold, protected_region,
-                        relocate, removal_masks, union_mask)
+from models.cam import removal_masks
+from models.gradcam import cam_maps, default_target_layer
+from models.masks import MaskConfig, map_to_mask, otsu_threshold, protected_region, relocate, union_mask
 
 
 def _net(name, size, **kw):
@@ -153,7 +154,7 @@ def test_cam_peak_sits_where_the_cell_looks_not_half_a_stride_down_right(cell):
 
 
 def test_upsample_aligned_places_cell_centres():
-    from models.cam import upsample_aligned
+    from models.gradcam import upsample_aligned
     small = np.zeros((1, 4, 4), np.float32)
     small[0, 1, 2] = 1.0
     out = upsample_aligned(small, offset=0.0, stride=16.0, size=64)[0]

@@ -15,7 +15,8 @@ import torch
 import models  # noqa: F401  (torchvision guard before timm)
 import timm
 from models import cam
-from models.cam import MAP_METHODS, LocaliseConfig, cam_maps, default_target_layer, raw_maps, receptive_centre
+from models.cam import MAP_METHODS, LocaliseConfig, raw_maps
+from models.gradcam import cam_maps, default_target_layer, receptive_centre
 from models.classifier import (PAPER_BACKBONES, ClassifierCard, ClassifierConfig, build_classifier, load_checkpoint,
                                save_checkpoint)
 from models.heads import HeadedClassifier, class_attention_maps, cooccurrence, correlation_matrix

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from models.cam import LocaliseConfig, MaskConfig
+from models.cam import LocaliseConfig
+from models.masks import MaskConfig
 from models.removal import kept_classes, remove_lesions
 
 BACKGROUND = 0.2

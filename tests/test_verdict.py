@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from models.cam import MaskResult
+from models.masks import MaskResult
 from tasks.augment import Candidate, totals, verdict
 from tasks.augment.batch import _mask_reason
 from tasks.augment.verdict import _by_class

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from models.cam import MaskResult
+from models.masks import MaskResult
 from models.device import describe_device, model_device
 from models.removal import dit_fill, kept_classes, remove_lesions
 from models.sampling import sample

@@ -6,7 +6,8 @@ from dataclasses import asdict, field
 
 from pydantic.dataclasses import dataclass
 
-from models.cam import LocaliseConfig, MaskConfig
+from models.cam import LocaliseConfig
+from models.masks import MaskConfig
 from models.inpaint import InpaintConfig
 from tasks.checked import CHECKED, one_of, validated
 
