@@ -13,12 +13,13 @@
     tailforge augment DATASET_URI --classifier URI --generator URI [--config YAML] [--out URI]
     tailforge finetune DATASET_URI --classifier URI [--augmented URI] [--config YAML] [--out URI]
     tailforge run CONFIG.yaml [--local-server]
-    tailforge config [CONFIG.yaml] [--json]
+    tailforge config [CONFIG.yaml] [--json] [--reference | --schema]
     tailforge demo [--stop]
 
 Errors that a user can fix (a missing column, a missing file, an incompatible dataset, a
 dataset another writer holds, an unreachable storage endpoint) print one line saying what to
-do and exit with status 2; no traceback.
+do and exit with status 2; no traceback. The parser is flows/cli_parser.py; the one-line
+messages, flows/cli_errors.py.
 """
 
 from __future__ import annotations
@@ -31,183 +32,15 @@ import sys
 import _thread
 import threading
 
+from flows.cli_errors import (EPHEMERAL_START_S, USER_ERRORS, credential_errors, storage_errors, storage_message,
+                              user_message)
+from flows.cli_parser import build_parser
 from flows.permanent import PERMANENT_ERRNO
 from flows.printers import (print_augment, print_csv, print_decisions, print_finetune, print_ingest_report,
                             print_lineage, print_plan, print_pretrain, print_quarantine, print_run, print_runs,
                             print_summary, print_table, progress_bar)
 from flows.server_watch import GRACE_S, ServerWatch, answers
 from flows.settings import DatasetSettings, KnowledgeSettings, default_dataset_uri, tailforge_home
-from tasks.checked import names
-
-USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, RuntimeError, LookupError)
-EPHEMERAL_START_S = 120
-EPHEMERAL_TIMEOUT = "Timed out while attempting to connect to ephemeral Prefect API server"
-
-
-def _add_common_ingest(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("table", help="the source's label table (CSV)")
-    parser.add_argument("images", help="folder (or s3:// URI) the table's image paths are relative to")
-    parser.add_argument("--out", help="dataset URI: a folder or s3://bucket/prefix "
-                        "(default: $TAILFORGE_HOME/datasets/<source>)")
-    parser.add_argument("--split-csv", help="CSV with an image column and 'split' (train/val/test) that overrides splits")
-    parser.add_argument("--size", type=int, default=DatasetSettings.size, help="output side in pixels (default %(default)s)")
-    parser.add_argument("--tail", help="comma-separated tail classes; default: below the median train frequency")
-    parser.add_argument("--shard-rows", type=int, default=DatasetSettings.shard_rows,
-                        help="rows per Parquet shard (default %(default)s)")
-    parser.add_argument("--workers", type=int, default=DatasetSettings.workers, help="decoding threads (default %(default)s)")
-    parser.add_argument("--allow-missing", action="store_true", default=DatasetSettings.allow_missing,
-                        help="ingest even when most image paths have no file (default: stop before any work, "
-                             "naming the folder and a path it looked for)")
-    parser.add_argument("--follow-symlinks", action="store_true", default=DatasetSettings.follow_symlinks,
-                        help="read symlinks in the images folder that lead outside it (default: quarantined as "
-                             "path_escape; most of a sample so: stop before any work)")
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tailforge", description="Tail-class chest X-ray data factory.")
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    ingest = commands.add_parser("ingest", help="ingest a real dataset into Parquet shards")
-    kinds = ingest.add_subparsers(dest="kind", required=True)
-    nih = kinds.add_parser("nih", help="NIH ChestX-ray14: Data_Entry_2017*.csv (+ BBox_List_2017.csv beside it)")
-    _add_common_ingest(nih)
-    nih.add_argument("--bbox-table", help="NIH BBox_List_2017.csv (default: found beside TABLE)")
-    for name, text in (("chexpert", "CheXpert train.csv/valid.csv (IMAGES: the folder holding CheXpert-v1.0*/)"),
-                       ("mimic", "MIMIC-CXR-JPG *-chexpert.csv (IMAGES: the folder holding files/)")):
-        sub = kinds.add_parser(name, help=text)
-        _add_common_ingest(sub)
-        sub.add_argument("--views", choices=names("tasks.sources:VIEWS"), default=DatasetSettings.views)
-        sub.add_argument("--uncertain", choices=names("tasks.labels:UncertainPolicy"), default=DatasetSettings.uncertain,
-                         help="uncertain (-1) labels become NaN (ignore), 1 or 0")
-        sub.add_argument("--blank", choices=names("tasks.labels:BlankPolicy"), default=DatasetSettings.blank,
-                         help="blank labels become NaN (ignore) or 0")
-        if name == "mimic":
-            sub.add_argument("--split-table", help="*-split.csv (default: found beside TABLE)")
-            sub.add_argument("--metadata-table", help="*-metadata.csv (default: found beside TABLE)")
-    folder = kinds.add_parser("folder", help="a folder of images and a CSV: path column + '|'-separated labels")
-    _add_common_ingest(folder)
-    folder.add_argument("--vocab", choices=names("tasks.labels:VOCAB_ALIASES"), default=DatasetSettings.vocab)
-    folder.add_argument("--path-column", default=DatasetSettings.path_column,
-                        help="the column of image paths, relative to IMAGES (default: %(default)r, NIH's name)")
-    folder.add_argument("--label-column", default=DatasetSettings.label_column,
-                        help="the column of '|'-separated labels, 'No Finding' for normals (default: %(default)r)")
-    folder.add_argument("--patient-column", help="the patient id column (default: none; splits by path)")
-    folder.add_argument("--split-column", help="a train/val/test column (default: split 70/10/20 by patient)")
-
-    phantom = commands.add_parser("phantom", help="write the built-in synthetic chest phantom as a dataset")
-    phantom.add_argument("--n", type=int, default=DatasetSettings.n, help="images (default %(default)s)")
-    phantom.add_argument("--size", type=int, default=DatasetSettings.size, help="side in pixels (default %(default)s)")
-    phantom.add_argument("--seed", type=int, default=DatasetSettings.seed)
-    phantom.add_argument("--vocab", choices=names("tasks.labels:VOCAB_ALIASES"), default=DatasetSettings.vocab)
-    phantom.add_argument("--out", help="dataset URI (default: $TAILFORGE_HOME/datasets/phantom)")
-    phantom.add_argument("--tail", help="comma-separated tail classes; default: below the median train frequency")
-    phantom.add_argument("--shard-rows", type=int, default=DatasetSettings.shard_rows)
-    phantom.add_argument("--json", action="store_true")
-
-    info = commands.add_parser("info", help="rows, splits, per-class counts, head/tail and quarantine of a dataset")
-    info.add_argument("uri")
-    info.add_argument("--reasons", action="store_true", help="list the quarantine rows: reason, table line, path")
-    info.add_argument("--limit", type=int, default=50, help="with --reasons: at most this many rows (default 50)")
-    info.add_argument("--json", action="store_true")
-
-    verify = commands.add_parser("verify", help="read every shard of a dataset and check it against the digest in "
-                                 "its name (every command checks the shards it reads; this checks them all)")
-    verify.add_argument("uri")
-    verify.add_argument("--json", action="store_true")
-
-    plan = commands.add_parser("plan", help="head/tail split, label sets, LKG decisions and candidate images")
-    plan.add_argument("uri", help="dataset URI")
-    plan.add_argument("--judge", choices=names("tasks.knowledge:JUDGES"), default=KnowledgeSettings.judge,
-                      help="rules: the offline clinical table (default); anthropic: the Messages API, "
-                           "rules as fallback; none: no guidance, remove every head finding")
-    plan.add_argument("--model", default=None, help="Anthropic model name (default: $TAILFORGE_LLM_MODEL "
-                      "or claude-sonnet-5-5)")
-    plan.add_argument("--prompt-version", default=None, help="bump to make new decisions (default lkg-v1)")
-    plan.add_argument("--api-key-secret", help="Prefect Secret block holding the key (default: $ANTHROPIC_API_KEY)")
-    plan.add_argument("--llm-timeout", type=float, default=KnowledgeSettings.llm_timeout,
-                      help="seconds per LLM request (default %(default)s)")
-    plan.add_argument("--llm-retries", type=int, default=KnowledgeSettings.llm_retries,
-                      help="retries on timeouts, connection errors, 408, 429, 529 and 5xx (default %(default)s)")
-    plan.add_argument("--llm-budget", type=float, default=KnowledgeSettings.llm_budget,
-                      help="seconds per label set, all tries and waits together (default %(default)s)")
-    plan.add_argument("--cache", help="decision cache (default: $TAILFORGE_HOME/decisions.duckdb)")
-    plan.add_argument("--export", help="write the decisions this plan used as Parquet under this folder URI")
-    plan.add_argument("--json", action="store_true")
-
-    decisions = commands.add_parser("decisions", help="list the cached LKG decisions")
-    decisions.add_argument("--cache", help="decision cache (default: $TAILFORGE_HOME/decisions.duckdb)")
-    decisions.add_argument("--export", help="write all decisions as Parquet under this folder URI")
-    decisions.add_argument("--json", action="store_true")
-
-    lineage = commands.add_parser("lineage", help="where a sample came from: its chain back to the real image")
-    lineage.add_argument("sample_id", help="a sample id (at least 8 leading characters)")
-    lineage.add_argument("--root", help="catalog root: everything under it is searched (default: $TAILFORGE_HOME)")
-    lineage.add_argument("--json", action="store_true")
-
-    query = commands.add_parser("query", help="read-only SQL over the catalog views: "
-                                "samples, quarantine, decisions, runs, checkpoints")
-    query.add_argument("sql")
-    query.add_argument("--root", help="catalog root (default: $TAILFORGE_HOME)")
-    output = query.add_mutually_exclusive_group()
-    output.add_argument("--json", action="store_true")
-    output.add_argument("--csv", action="store_true")
-    query.add_argument("--limit", type=int, default=10_000, help="rows at most (default 10000)")
-    query.add_argument("--timeout", type=float, default=30.0,
-                       help="seconds the query may run before it is stopped (default 30; 0: no limit)")
-
-    runs = commands.add_parser("runs", help="recent runs under a root (ingest, pretrain, augment, fine-tune, "
-                                            "factory): status, duration, counts")
-    runs.add_argument("--root", help="catalog root (default: $TAILFORGE_HOME)")
-    runs.add_argument("--limit", type=int, default=20)
-    runs.add_argument("--json", action="store_true")
-
-    # the factory's steps one at a time, for a dataset made with `ingest` or `phantom`
-    pretrain = _step(commands, "pretrain", "train the classifier and the normal DiT (or reuse the YAML's "
-                     "checkpoints)", "classifier and generator sections are")
-    pretrain.add_argument("--models", help="checkpoint folder URI (default: the YAML's models)")
-    augment = _step(commands, "augment", "generate tail-class images with trained checkpoints (re-runs add "
-                    "only what is missing)", "knowledge and augment sections are")
-    augment.add_argument("--classifier", required=True, help="classifier checkpoint URI")
-    augment.add_argument("--generator", required=True, help="normal-X-ray DiT checkpoint URI")
-    augment.add_argument("--out", help="output URI (default: <the YAML's output>/augmented)")
-    finetune = _step(commands, "finetune", "fine-tune with and without PIL from the pretrained classifier and "
-                     "write the report", "finetune section is")
-    finetune.add_argument("--classifier", required=True, help="the pretrained classifier's checkpoint URI")
-    finetune.add_argument("--augmented", help="augment output URI (none: the baseline only)")
-    finetune.add_argument("--out", help="report folder URI (default: <the YAML's output>/report)")
-
-    run = commands.add_parser("run", help="run the whole factory from one YAML file (see flows/demo.yaml)")
-    run.add_argument("config", help="settings YAML")
-    run.add_argument("--local-server", action="store_true",
-                     help="start/reuse the local Prefect server under $TAILFORGE_HOME when PREFECT_API_URL is unset")
-    run.add_argument("--json", action="store_true")
-
-    config = commands.add_parser("config", help="print the effective settings of a YAML: every default filled in")
-    config.add_argument("config", nargs="?", help="settings YAML (default: the built-in defaults)")
-    config.add_argument("--json", action="store_true")
-    config.add_argument("--reference", action="store_true",
-                        help="print every setting with its default, meaning and defining class (markdown)")
-    config.add_argument("--schema", action="store_true",
-                        help="print the settings file's JSON Schema (for editors; docs/settings.schema.json)")
-
-    demo = commands.add_parser("demo", help="start a local Prefect server and run the factory on the phantom")
-    demo.add_argument("--n", type=int, default=None, help="phantom images (default: flows/demo.yaml)")
-    demo.add_argument("--stop", action="store_true", help="stop the demo's Prefect server")
-    return parser
-
-
-def _step(commands, name: str, text: str, sections: str) -> argparse.ArgumentParser:
-    """A factory step as a command: a dataset, the YAML whose sections it reads, a server."""
-    step = commands.add_parser(name, help=text)
-    step.add_argument("uri", help="dataset URI (from `tailforge ingest` or `tailforge phantom`)")
-    step.add_argument("--config", help=f"settings YAML: its {sections} used (default: the built-in "
-                      f"defaults; `tailforge config` shows them)")
-    step.add_argument("--local-server", action="store_true",
-                      help="start/reuse the local Prefect server under $TAILFORGE_HOME when PREFECT_API_URL is unset")
-    step.add_argument("--json", action="store_true")
-    return step
-
 
 def _tail(text: str | None) -> tuple[str, ...] | None:
     return tuple(t.strip() for t in text.split(",") if t.strip()) if text else None
@@ -530,59 +363,6 @@ COMMANDS = {"ingest": cmd_ingest, "phantom": cmd_phantom, "info": cmd_info, "ver
             "decisions": cmd_decisions, "lineage": cmd_lineage, "query": cmd_query, "runs": cmd_runs,
             "pretrain": cmd_pretrain, "augment": cmd_augment, "finetune": cmd_finetune, "run": cmd_run,
             "config": cmd_config, "demo": cmd_demo}
-
-
-def storage_errors() -> tuple[type[Exception], ...]:
-    """What an unreachable storage endpoint raises (botocore and aiohttp, under s3fs)."""
-    errors: list[type[Exception]] = []
-    try:
-        from botocore.exceptions import ConnectionError as BotoConnectionError  # endpoint, connect timeout
-        from botocore.exceptions import HTTPClientError  # read timeout, connection closed
-        errors += [BotoConnectionError, HTTPClientError]
-    except ImportError:
-        pass
-    try:
-        from aiohttp import ClientError
-        errors.append(ClientError)
-    except ImportError:
-        pass
-    return tuple(errors)
-
-
-def credential_errors() -> tuple[type[Exception], ...]:
-    """What s3fs raises when no (or half a) set of AWS credentials is configured."""
-    try:
-        from botocore.exceptions import NoCredentialsError, PartialCredentialsError
-    except ImportError:
-        return ()
-    return NoCredentialsError, PartialCredentialsError
-
-
-def storage_message(exc: Exception) -> str:
-    """One line: which endpoint could not be reached, and what to do."""
-    from urllib.parse import urlsplit
-
-    from tasks.store import storage_options_from_env
-
-    url = (getattr(exc, "kwargs", None) or {}).get("endpoint_url") or \
-        storage_options_from_env().get("client_kwargs", {}).get("endpoint_url")
-    parts = urlsplit(url) if url else None  # botocore names the object's URL: keep scheme and host
-    endpoint = f"{parts.scheme}://{parts.netloc}" if parts else "the default AWS S3 endpoint"
-    reason = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
-    return (f"cannot reach the storage endpoint {endpoint} ({reason}). Check that it is up and that "
-            f"TAILFORGE_S3_ENDPOINT_URL and the AWS credentials point at it, then run the same command "
-            f"again: finished shards are kept and a re-run adds only what is missing")
-
-
-def user_message(exc: Exception) -> str:
-    """One line for the user; Prefect's temporary-server timeout becomes what to do about it."""
-    if str(exc).startswith(EPHEMERAL_TIMEOUT):
-        return (f"Prefect's temporary server did not start within "
-                f"{os.environ.get('PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS', EPHEMERAL_START_S)} s (a busy "
-                f"machine, or a locked SQLite file under PREFECT_HOME). Run it on a lasting server instead: add "
-                f"--local-server (started once under $TAILFORGE_HOME, reused after), or set PREFECT_API_URL, or "
-                f"wait longer with PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS")
-    return str(exc)
 
 
 class Terminated(KeyboardInterrupt):

@@ -128,7 +128,7 @@ def test_a_full_disk_is_one_line_and_leaves_no_partial_shard(tmp_path, monkeypat
 
 
 def test_piped_output_is_not_wrapped_at_80_columns_and_a_slow_temporary_server_says_what_to_do():
-    from flows.cli import EPHEMERAL_TIMEOUT, user_message
+    from flows.cli_errors import EPHEMERAL_TIMEOUT, user_message
     from flows.printers import stdout_console
 
     assert stdout_console().width >= 400  # pytest's stdout is not a terminal
