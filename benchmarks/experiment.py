@@ -61,7 +61,7 @@ from benchmarks.train_normal_dit import dataset as normals_dataset
 from flows.settings import tailforge_home
 from models.checkpoint import checkpoint_id
 from models.dit import DiTConfig, DiTTrainConfig
-from models.metrics import compare_settings
+from benchmarks.comparison import compare_settings
 from models.training import TrainConfig
 from tasks.finetune import FinetuneSettings
 from tasks.ingest import ingest_phantom, phantom_ingested

@@ -71,7 +71,8 @@ import torch
 from benchmarks.bench_models import trained_before
 from benchmarks.shortcut import accepted_rows
 from models.classifier import ClassifierConfig
-from models.metrics import compare_settings, tune_thresholds
+from benchmarks.comparison import compare_settings
+from models.metrics import tune_thresholds
 from models.training import TrainConfig, predict_probs, seed_everything
 from tasks import augment as work
 from tasks.dataset import read_manifest

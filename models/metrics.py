@@ -20,7 +20,7 @@ cumulative sum per class.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -29,7 +29,7 @@ _CI = (2.5, 97.5)  # percentile bounds of the 95% interval
 _CELLS_PER_CHUNK = 4_000_000  # bootstrap rows are processed in chunks of about this many cells
 
 
-def _as_inputs(probs, labels) -> tuple[np.ndarray, np.ndarray]:
+def as_inputs(probs, labels) -> tuple[np.ndarray, np.ndarray]:
     """Validated float64 copies, both (N, K) (1-D inputs become one column)."""
     p = np.asarray(probs, dtype=np.float64)
     y = np.asarray(labels, dtype=np.float64)
@@ -45,7 +45,7 @@ def _as_inputs(probs, labels) -> tuple[np.ndarray, np.ndarray]:
     return p, y
 
 
-def _thresholds_vector(thresholds, k: int) -> np.ndarray:
+def thresholds_vector(thresholds, k: int) -> np.ndarray:
     t = np.broadcast_to(np.asarray(thresholds, dtype=np.float64), (k,)).copy()
     if not np.all((t >= 0) & (t <= 1)):
         raise ValueError(f"thresholds must lie in [0, 1], got {t}")
@@ -96,20 +96,20 @@ def _per_class_ranking(p: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[np.
 
 def f1_per_class(probs, labels, thresholds=0.5) -> np.ndarray:
     """F1 per class (K,) predicting ``prob >= threshold`` (a scalar or one per class); NaN when undefined."""
-    p, y = _as_inputs(probs, labels)
-    t = _thresholds_vector(thresholds, p.shape[1])
+    p, y = as_inputs(probs, labels)
+    t = thresholds_vector(thresholds, p.shape[1])
     return _weighted_f1(np.ones((1, p.shape[0])), p >= t, y)[0]
 
 
 def average_precision(scores, labels) -> float:
     """Step-wise average precision of one class (NaN labels ignored); NaN without positives or negatives."""
-    p, y = _as_inputs(np.ravel(scores), np.ravel(labels))
+    p, y = as_inputs(np.ravel(scores), np.ravel(labels))
     return float(_per_class_ranking(p, y, np.ones((1, p.shape[0])))[0][0, 0])
 
 
 def auroc(scores, labels) -> float:
     """Area under the ROC curve of one class, ties counting one half; NaN without positives or negatives."""
-    p, y = _as_inputs(np.ravel(scores), np.ravel(labels))
+    p, y = as_inputs(np.ravel(scores), np.ravel(labels))
     return float(_per_class_ranking(p, y, np.ones((1, p.shape[0])))[1][0, 0])
 
 
@@ -121,7 +121,7 @@ def tune_thresholds_with_flags(probs_val, labels_val, default: float = 0.5) -> t
     F1 the highest cut wins. A class with no known positive in val cannot be tuned: it keeps
     ``default`` and is flagged.
     """
-    p, y = _as_inputs(probs_val, labels_val)
+    p, y = as_inputs(probs_val, labels_val)
     k = p.shape[1]
     thresholds, flagged = np.full(k, float(default)), np.zeros(k, dtype=bool)
     for j in range(k):
@@ -146,7 +146,7 @@ def tune_thresholds(probs_val, labels_val, default: float = 0.5) -> np.ndarray:
     return tune_thresholds_with_flags(probs_val, labels_val, default)[0]
 
 
-def _all_metrics(p: np.ndarray, y: np.ndarray, w: np.ndarray, thresholds: np.ndarray | None) -> dict[str, np.ndarray]:
+def all_metrics(p: np.ndarray, y: np.ndarray, w: np.ndarray, thresholds: np.ndarray | None) -> dict[str, np.ndarray]:
     """Every metric as (B, K) for image weights w (B, N)."""
     out = {"f1_at_0.5": _weighted_f1(w, p >= 0.5, y)}
     out["f1_tuned"] = (_weighted_f1(w, p >= thresholds, y) if thresholds is not None
@@ -163,11 +163,11 @@ def _bootstrap(p, y, thresholds, resamples: int, seed: int) -> dict[str, np.ndar
     parts: list[dict[str, np.ndarray]] = []
     for start in range(0, resamples, chunk):
         counts = rng.multinomial(n, np.full(n, 1.0 / n), size=min(chunk, resamples - start))  # (b, N)
-        parts.append(_all_metrics(p, y, counts.astype(np.float64), thresholds))
+        parts.append(all_metrics(p, y, counts.astype(np.float64), thresholds))
     return {m: np.concatenate([part[m] for part in parts]) for m in METRICS}
 
 
-def _row_nanmean(a: np.ndarray) -> np.ndarray:
+def row_nanmean(a: np.ndarray) -> np.ndarray:
     """Mean over the finite entries of each row (B, C) -> (B,); NaN for a row with none."""
     finite = np.isfinite(a)
     count = finite.sum(axis=1)
@@ -175,11 +175,11 @@ def _row_nanmean(a: np.ndarray) -> np.ndarray:
     return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
-def _num(x) -> float | None:
+def finite_or_none(x) -> float | None:
     return None if x is None or not np.isfinite(x) else float(x)
 
 
-def _interval(samples: np.ndarray | None) -> list[float] | None:
+def percentile_interval(samples: np.ndarray | None) -> list[float] | None:
     """95% percentile interval of the defined samples, or None when there are none."""
     if samples is None:
         return None
@@ -199,7 +199,7 @@ def evaluate(probs, labels, class_names: Sequence[str], head: Sequence[str] = ()
     ``bootstrap`` resamples of the images (0 = no intervals), seeded by ``seed``.
     Returns a JSON-serialisable dict of plain floats, ints, strings and None.
     """
-    p, y = _as_inputs(probs, labels)
+    p, y = as_inputs(probs, labels)
     n, k = p.shape
     names = [str(c) for c in class_names]
     if len(names) != k or len(set(names)) != k:
@@ -212,12 +212,12 @@ def evaluate(probs, labels, class_names: Sequence[str], head: Sequence[str] = ()
         raise ValueError(f"classes cannot be both head and tail: {sorted(set(head) & set(tail))}")
     if bootstrap < 0:
         raise ValueError(f"bootstrap must be >= 0 resamples, got {bootstrap}")
-    t = None if thresholds is None else _thresholds_vector(thresholds, k)
+    t = None if thresholds is None else thresholds_vector(thresholds, k)
 
     positives, negatives = (y == 1).sum(axis=0), (y == 0).sum(axis=0)
     status = ["no_positives" if positives[j] == 0 else "no_negatives" if negatives[j] == 0 else "ok"
               for j in range(k)]
-    point = {m: v[0] for m, v in _all_metrics(p, y, np.ones((1, n)), t).items()}  # metric -> (K,)
+    point = {m: v[0] for m, v in all_metrics(p, y, np.ones((1, n)), t).items()}  # metric -> (K,)
     boot = _bootstrap(p, y, t, bootstrap, seed) if bootstrap else None  # metric -> (B, K)
 
     classes = {}
@@ -226,8 +226,8 @@ def evaluate(probs, labels, class_names: Sequence[str], head: Sequence[str] = ()
         entry = {"status": status[j], "positives": int(positives[j]), "negatives": int(negatives[j]),
                  "unknown": int(n - positives[j] - negatives[j]),
                  "threshold": None if t is None else float(t[j])}
-        entry.update({m: _num(point[m][j]) if ok else None for m in METRICS})
-        entry["ci95"] = {m: _interval(boot[m][:, j]) if ok and boot is not None and entry[m] is not None else None
+        entry.update({m: finite_or_none(point[m][j]) if ok else None for m in METRICS})
+        entry["ci95"] = {m: percentile_interval(boot[m][:, j]) if ok and boot is not None and entry[m] is not None else None
                          for m in METRICS}
         classes[name] = entry
 
@@ -237,8 +237,8 @@ def evaluate(probs, labels, class_names: Sequence[str], head: Sequence[str] = ()
                      "excluded": {c: status[names.index(c)] for c in members if status[names.index(c)] != "ok"}}
         for m in METRICS:
             defined = bool(idx) and not (m == "f1_tuned" and t is None)
-            out[m] = _num(float(np.mean(point[m][idx]))) if defined else None
-        out["ci95"] = {m: _interval(_row_nanmean(boot[m][:, idx])) if out[m] is not None and boot is not None
+            out[m] = finite_or_none(float(np.mean(point[m][idx]))) if defined else None
+        out["ci95"] = {m: percentile_interval(row_nanmean(boot[m][:, idx])) if out[m] is not None and boot is not None
                        else None for m in METRICS}
         return out
 
@@ -251,91 +251,3 @@ def evaluate(probs, labels, class_names: Sequence[str], head: Sequence[str] = ()
         "bootstrap": {"resamples": int(bootstrap), "seed": int(seed), "interval": "95% percentile",
                       "unit": "image", "means": "a class undefined in a resample is skipped in that resample's mean"},
     }
-
-
-def compare_settings(runs: dict[str, list[tuple[np.ndarray, np.ndarray | None]]], labels, class_names: Sequence[str],
-                     head: Sequence[str] = (), tail: Sequence[str] = (), baseline: str | None = None,
-                     bootstrap: int = 1000, seed: int = 0, progress: Callable[[str], None] | None = None) -> dict:
-    """Several settings, each trained with several seeds, scored on the same test images.
-
-    ``runs`` maps a setting to one (probs (N, K), val-tuned thresholds (K,) or None) per seed.
-    Each metric is the mean over the seeds. 95% intervals come from one bootstrap of the test
-    images shared by every setting and seed, so the gain of a setting over ``baseline`` (the
-    difference of the seed means) gets a paired interval. ``seed_sd`` is the spread over seeds
-    (sample standard deviation). Classes without test positives or negatives are left out of
-    the means, as in ``evaluate``. ``gain_seed_sd`` is the spread over seeds of the per-seed gain
-    (seed i of a setting against seed i of the baseline): the intervals do not include it.
-    ``progress``, if given, gets a line after each setting is scored.
-    """
-    if not runs or any(not seeds for seeds in runs.values()):
-        raise ValueError("give at least one seed's (probs, thresholds) for every setting")
-    if baseline is not None and baseline not in runs:
-        raise ValueError(f"baseline {baseline!r} is not one of the settings {sorted(runs)}")
-    y = _as_inputs(next(iter(runs.values()))[0][0], labels)[1]
-    n, k = y.shape
-    names = [str(c) for c in class_names]
-    if len(names) != k:
-        raise ValueError(f"class_names must have {k} names, got {len(names)}")
-    ok = [j for j in range(k) if (y[:, j] == 1).any() and (y[:, j] == 0).any()]
-    groups = {"macro": ok, "head": [j for j in ok if names[j] in set(head)],
-              "tail": [j for j in ok if names[j] in set(tail)]}
-    rng = np.random.default_rng(seed)
-    weights = np.vstack([np.ones((1, n)), rng.multinomial(n, np.full(n, 1.0 / n), size=bootstrap)])  # row 0: point
-
-    def scored(probs, thresholds) -> dict[str, np.ndarray]:  # metric -> (1 + B, K)
-        p = _as_inputs(probs, y)[0]
-        t = None if thresholds is None else _thresholds_vector(thresholds, k)
-        return _all_metrics(p, y, weights, t)
-
-    # a resample in which a class has no positives or no negatives cannot score it; a group mean's
-    # interval uses only the resamples where every class of the group is defined, so the mean is
-    # over the same classes in every resample (a mean that silently drops a rare class is biased)
-    defined = (weights @ (y == 1) > 0) & (weights @ (y == 0) > 0)  # (1 + B, K)
-    usable = {g: np.concatenate([[True], defined[1:, idx].all(axis=1)]) if idx else np.ones(1 + bootstrap, bool)
-              for g, idx in groups.items()}
-    per_seed = {}
-    for done, (s, seeds) in enumerate(runs.items(), start=1):
-        per_seed[s] = [scored(p, t) for p, t in seeds]
-        if progress:  # a large test set with many resamples takes minutes
-            progress(f"scored {s} ({done}/{len(runs)} settings, {len(seeds)} seeds, {n} images, {bootstrap} resamples)")
-    mean = {s: {m: np.mean([r[m] for r in rs], axis=0) for m in METRICS} for s, rs in per_seed.items()}
-
-    def summary(values: np.ndarray, seeds: list[np.ndarray], base: np.ndarray | None,
-                keep: np.ndarray | None = None, base_seeds: list[np.ndarray] | None = None) -> dict:
-        """values (1 + B,) seed means; seeds: (1 + B,) per seed; base, base_seeds: the baseline's;
-        keep (1 + B,): the resamples the interval may use."""
-        if keep is not None:
-            values, seeds = values[keep], [v[keep] for v in seeds]
-            base = None if base is None else base[keep]
-        out = {"value": _num(values[0]), "ci95": _interval(values[1:]) if bootstrap else None,
-               "seed_sd": _num(float(np.std([v[0] for v in seeds], ddof=1))) if len(seeds) > 1 else None}
-        if base is not None:
-            out["gain"] = _num(values[0] - base[0])
-            out["gain_ci95"] = _interval(values[1:] - base[1:]) if bootstrap else None
-            if base_seeds is not None and len(seeds) == len(base_seeds) > 1:  # seed i against baseline seed i
-                out["gain_seed_sd"] = _num(float(np.std([v[0] - b[0] for v, b in zip(seeds, base_seeds)], ddof=1)))
-        return out
-
-    result: dict = {}
-    for s in runs:
-        base = mean[baseline] if baseline is not None and s != baseline else None
-        base_runs = per_seed[baseline] if base is not None else None
-        classes = {names[j]: {m: summary(mean[s][m][:, j], [r[m][:, j] for r in per_seed[s]],
-                                         None if base is None else base[m][:, j], None,
-                                         None if base is None else [r[m][:, j] for r in base_runs])
-                              for m in METRICS} for j in ok}
-        means = {}
-        for group, idx in groups.items():
-            means[group] = {m: summary(_row_nanmean(mean[s][m][:, idx]), [_row_nanmean(r[m][:, idx]) for r in per_seed[s]],
-                                       None if base is None else _row_nanmean(base[m][:, idx]), usable[group],
-                                       None if base is None else [_row_nanmean(r[m][:, idx]) for r in base_runs])
-                            if idx and not (m == "f1_tuned" and runs[s][0][1] is None) else None for m in METRICS}
-        result[s] = {"seeds": len(runs[s]), "classes": classes, "means": means}
-    return {"settings": result, "baseline": baseline, "n_images": int(n),
-            "excluded": {names[j]: "no_positives" if not (y[:, j] == 1).any() else "no_negatives"
-                         for j in range(k) if j not in ok},
-            "groups": {g: [names[j] for j in idx] for g, idx in groups.items()},
-            "bootstrap": {"resamples": int(bootstrap), "seed": int(seed), "interval": "95% percentile",
-                          "unit": "test image, shared by every setting and seed (paired gains)",
-                          "group_resamples_used": {g: int(keep[1:].sum()) for g, keep in usable.items()},
-                          "group_means": "resamples where a class of the group is undefined are left out"}}

@@ -254,7 +254,7 @@ def test_saved_test_probabilities_keep_the_ranking_near_0_and_1(tmp_path):
 
 def test_every_augmented_row_is_compared_with_the_strongest_long_tail_baseline():
     from benchmarks.experiment import versus_best_longtail
-    from models.metrics import compare_settings
+    from benchmarks.comparison import compare_settings
     rng = np.random.default_rng(0)
     labels = (rng.random((60, 2)) < 0.4).astype(np.float32)
     noise = lambda: rng.random((60, 2))  # noqa: E731

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
-from models.metrics import (METRICS, auroc, average_precision, compare_settings, evaluate, f1_per_class,
+from benchmarks.comparison import compare_settings
+from models.metrics import (METRICS, auroc, average_precision, evaluate, f1_per_class,
                             tune_thresholds, tune_thresholds_with_flags)
 
 NAN = np.nan
