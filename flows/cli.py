@@ -20,6 +20,9 @@ Errors that a user can fix (a missing column, a missing file, an incompatible da
 dataset another writer holds, an unreachable storage endpoint) print one line saying what to
 do and exit with status 2; no traceback. The parser is flows/cli_parser.py; the one-line
 messages, flows/cli_errors.py.
+
+Longer than ~300 lines: one short function per command (17); the parser and the error messages
+are their own modules.
 """
 
 from __future__ import annotations

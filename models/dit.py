@@ -28,6 +28,9 @@ split, conditioned on the image's finding set (a multi-hot vector, through
 ``LabelSetEmbedding`` in place of DiT's one-class table) and sampled from noise for a chosen
 set. A share ``label_dropout`` of training rows see no labels, so the same model is also the
 unconditional one that classifier-free guidance (Ho & Salimans) steers away from.
+
+Longer than ~300 lines: the DiT, its presets and FLOPs, its loss and its training loop, which
+share the config and the noise schedule; sampling and inpainting are their own modules.
 """
 
 from __future__ import annotations

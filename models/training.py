@@ -9,6 +9,10 @@ Augmentation is deliberately mild and never flips: a chest film's left and right
 (heart on the left, the aortic knob, situs), and findings such as cardiomegaly depend on it.
 It uses small translations (border pixels extend) and brightness/contrast jitter, the
 variation between radiographs of the same patient.
+
+Longer than ~300 lines: the classifier's one training loop with what it needs beside it (EMA,
+augmentation, class-aware order, cRT, prediction); the loop's CPU, CUDA and DDP paths are one
+function on purpose.
 """
 
 from __future__ import annotations

@@ -3,6 +3,9 @@
 A dataset is a folder URI holding ``dataset.json``, ``samples/part-*.parquet`` (one row per
 image, the image embedded as PNG bytes) and ``quarantine/part-*.parquet`` (rows that could
 not be ingested or generated, each with its reason).
+
+Longer than ~300 lines: the dataset contract in one place (row schema, manifest, shard writer,
+verification, split checks), which every reader and writer of a dataset shares.
 """
 
 from __future__ import annotations

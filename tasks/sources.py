@@ -3,6 +3,9 @@
 Each reader turns a table into ``SourceRecord``s (no image is opened here) and fails early,
 before any work, with an error naming a missing column. A row whose labels cannot be read
 becomes a record with ``label_error`` set; the ingest quarantines it.
+
+Longer than ~300 lines: one reader per real source and the CSV guards they share (quoted paths,
+splits, synonyms): a source's quirks sit beside the others' so a new one follows them.
 """
 
 from __future__ import annotations

@@ -71,3 +71,15 @@ def test_the_product_imports_no_benchmark_and_the_benchmarks_no_test():
     benchmarks = list((ROOT / "benchmarks").rglob("*.py"))
     assert benchmarks
     assert [str(f.relative_to(ROOT)) for f in benchmarks if "tests" in _imports(f)] == []
+
+
+def test_a_product_module_over_about_300_lines_says_why():
+    """One job per module: a flows/, tasks/ or models/ module longer than ~300 lines states the
+    reason in its docstring ("Longer than ~300 lines: ..."), or is split."""
+    long = []
+    for path in sorted(p for layer in ("flows", "tasks", "models") for p in (ROOT / layer).rglob("*.py")):
+        lines = path.read_text().count("\n")
+        doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+        if lines > 330 and "Longer than ~300 lines: " not in doc:
+            long.append(f"{path.relative_to(ROOT)} ({lines} lines)")
+    assert long == [], "split these or say why in their docstrings"
