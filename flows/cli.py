@@ -50,9 +50,9 @@ def _tail(text: str | None) -> tuple[str, ...] | None:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from flows.settings import READER_OPTIONS
+    from tasks.sources import READERS
 
-    given = {name: getattr(args, name) for name in READER_OPTIONS if hasattr(args, name)}  # this kind's options
+    given = {name: getattr(args, name) for name in READERS[args.kind].options}  # this kind's options
     settings = DatasetSettings(source=args.kind, table=args.table, images=args.images, split_csv=args.split_csv,
                                size=args.size, tail=_tail(args.tail), shard_rows=args.shard_rows,
                                workers=args.workers, allow_missing=args.allow_missing,

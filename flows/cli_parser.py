@@ -4,9 +4,10 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import fields
 
 from flows.settings import DatasetSettings, KnowledgeSettings
-from tasks.checked import names
+from tasks.checked import choices_of, names
 
 
 def _add_common_ingest(parser: argparse.ArgumentParser) -> None:
@@ -29,6 +30,16 @@ def _add_common_ingest(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
+def _setting_flag(cls, name: str) -> dict:
+    """``add_argument`` keywords for the setting ``name`` of ``cls``: its default, its choices
+    and its meaning, read from the settings (flows/settings_reference.py)."""
+    from flows.settings_reference import meanings
+
+    default = next(f.default for f in fields(cls) if f.name == name)
+    text = meanings(cls)[name].replace("%", "%%") + (" (default %(default)s)" if default is not None else "")
+    return {"default": default, "choices": choices_of(cls, name), "help": text}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tailforge", description="Tail-class chest X-ray data factory.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -40,32 +51,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _ingest_commands(commands) -> None:
     """ingest (one subcommand per real source) and phantom: datasets in."""
+    from tasks.sources import READERS
+
     ingest = commands.add_parser("ingest", help="ingest a real dataset into Parquet shards")
     kinds = ingest.add_subparsers(dest="kind", required=True)
-    nih = kinds.add_parser("nih", help="NIH ChestX-ray14: Data_Entry_2017*.csv (+ BBox_List_2017.csv beside it)")
-    _add_common_ingest(nih)
-    nih.add_argument("--bbox-table", help="NIH BBox_List_2017.csv (default: found beside TABLE)")
-    for name, text in (("chexpert", "CheXpert train.csv/valid.csv (IMAGES: the folder holding CheXpert-v1.0*/)"),
-                       ("mimic", "MIMIC-CXR-JPG *-chexpert.csv (IMAGES: the folder holding files/)")):
-        sub = kinds.add_parser(name, help=text)
+    for name, source in READERS.items():
+        sub = kinds.add_parser(name, help=source.table)
         _add_common_ingest(sub)
-        sub.add_argument("--views", choices=names("tasks.sources:VIEWS"), default=DatasetSettings.views)
-        sub.add_argument("--uncertain", choices=names("tasks.labels:UncertainPolicy"), default=DatasetSettings.uncertain,
-                         help="uncertain (-1) labels become NaN (ignore), 1 or 0")
-        sub.add_argument("--blank", choices=names("tasks.labels:BlankPolicy"), default=DatasetSettings.blank,
-                         help="blank labels become NaN (ignore) or 0")
-        if name == "mimic":
-            sub.add_argument("--split-table", help="*-split.csv (default: found beside TABLE)")
-            sub.add_argument("--metadata-table", help="*-metadata.csv (default: found beside TABLE)")
-    folder = kinds.add_parser("folder", help="a folder of images and a CSV: path column + '|'-separated labels")
-    _add_common_ingest(folder)
-    folder.add_argument("--vocab", choices=names("tasks.labels:VOCAB_ALIASES"), default=DatasetSettings.vocab)
-    folder.add_argument("--path-column", default=DatasetSettings.path_column,
-                        help="the column of image paths, relative to IMAGES (default: %(default)r, NIH's name)")
-    folder.add_argument("--label-column", default=DatasetSettings.label_column,
-                        help="the column of '|'-separated labels, 'No Finding' for normals (default: %(default)r)")
-    folder.add_argument("--patient-column", help="the patient id column (default: none; splits by path)")
-    folder.add_argument("--split-column", help="a train/val/test column (default: split 70/10/20 by patient)")
+        for option in source.options:
+            sub.add_argument(f"--{option.replace('_', '-')}", **_setting_flag(DatasetSettings, option))
 
     phantom = commands.add_parser("phantom", help="write the built-in synthetic chest phantom as a dataset")
     phantom.add_argument("--n", type=int, default=DatasetSettings.n, help="images (default %(default)s)")

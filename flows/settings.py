@@ -36,7 +36,7 @@ def default_dataset_uri(name: str) -> str:
 
 @dataclass(frozen=True, config=CHECKED)
 class DatasetSettings:
-    source: one_of("tasks.sources:SOURCES", also=("phantom", "existing")) = "phantom"  # phantom | nih | chexpert | mimic | folder | existing (uri only)
+    source: one_of("tasks.sources:READERS", also=("phantom", "existing")) = "phantom"  # phantom | nih | chexpert | mimic | folder | existing (uri only)
     uri: str | None = None  # the dataset URI (default: $TAILFORGE_HOME/datasets/<name>)
     table: str | None = None  # the source's label table (real sources)
     images: str | None = None  # the folder the table's paths are relative to
@@ -62,8 +62,10 @@ class DatasetSettings:
     split_column: str | None = None  # folder: a train/val/test column (default: by patient hash)
 
     def reader_options(self) -> dict:
-        """What tasks.sources.read_source takes besides the kind and the table."""
-        return {name: getattr(self, name) for name in READER_OPTIONS}
+        """The options this real source's reader takes (tasks.sources.READERS)."""
+        from tasks.sources import READERS
+
+        return {name: getattr(self, name) for name in READERS[self.source].options}
 
     def ingest(self, uri: str, progress=None):
         """Ingest this real source into ``uri``: `tailforge ingest` and the factory's step alike."""
@@ -74,10 +76,6 @@ class DatasetSettings:
                                 follow_symlinks=self.follow_symlinks)
         return ingest_source(self.source, self.table, self.images, uri, options, self.reader_options(),
                              self.split_csv, progress)
-
-
-READER_OPTIONS = ("bbox_table", "views", "uncertain", "blank", "split_table", "metadata_table", "vocab",
-                  "path_column", "label_column", "patient_column", "split_column")
 
 
 def _check_processes(section: str, processes: int, batch_size: int) -> None:

@@ -17,7 +17,7 @@ import re
 _FIELD = re.compile(r"^\s+(\w+)\s*:[^=#]*(?:=[^#]*)?(?:#\s*(.*))?$")
 
 
-def _comments(cls) -> dict[str, str]:
+def meanings(cls) -> dict[str, str]:
     """Field name -> the comment on its line in the class body (empty when there is none)."""
     out: dict[str, str] = {}
     for line in inspect.getsource(cls).splitlines()[1:]:
@@ -47,7 +47,7 @@ def rows(cls, prefix: str = "") -> list[tuple[str, str, str, str]]:
 
     nested = {(FactorySettings, "augment"): AugmentSettings,
               (FactorySettings, "finetune"): type(finetune_settings(FactorySettings()))}
-    comments, out = _comments(cls), []
+    comments, out = meanings(cls), []
     for field in dataclasses.fields(cls):
         key = f"{prefix}{field.name}"
         child = nested.get((cls, field.name))
@@ -90,8 +90,7 @@ def schema() -> dict:
         definitions.update(more)
         definitions[cls.__name__] = part
         tree["properties"][section] = {"$ref": f"#/$defs/{cls.__name__}"}
-    meanings = {key: meaning for key, _, meaning, _ in rows(FactorySettings)}
-    for key, meaning in meanings.items():
+    for key, _, meaning, _ in rows(FactorySettings):
         _property(tree, definitions, key.split("."))["description"] = meaning
     return {"$schema": "https://json-schema.org/draft/2020-12/schema",
             "title": "tailforge settings file", **tree, "$defs": definitions}

@@ -87,14 +87,13 @@ MAP_MAKERS: dict[str, Callable[..., np.ndarray]] = {
     "infill": _infill,
     "attention": lambda model, images, classes, config: attention_maps(model, images, classes),
 }
-MAP_METHODS = tuple(MAP_MAKERS)
 
 
 def raw_maps(model: torch.nn.Module, images: torch.Tensor, classes: list[int], config: LocaliseConfig,
              method: str = "gradcam") -> np.ndarray:
     """(N, H, W) maps in [0, 1] before border, prior and gate, by the method ``MAP_MAKERS`` names."""
     if method not in MAP_MAKERS:
-        raise ValueError(f"unknown map method {method!r}; choose one of {list(MAP_METHODS)}")
+        raise ValueError(f"unknown map method {method!r}; choose one of {list(MAP_MAKERS)}")
     return MAP_MAKERS[method](model, images, classes, config)
 
 

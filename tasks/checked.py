@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import typing
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, ConfigDict, Field, TypeAdapter, ValidationError
@@ -28,19 +29,41 @@ def names(registry: str, also: tuple[str, ...] = ()) -> tuple[str, ...]:
     return also + tuple(getattr(entry, "value", entry) for entry in entries)
 
 
+@dataclasses.dataclass(frozen=True)
+class Choices:
+    """The registry a name-valued setting's type names (``one_of``): the CLI reads it for its
+    flags' choices."""
+    registry: str
+    also: tuple[str, ...] = ()
+
+    def names(self) -> tuple[str, ...]:
+        return names(self.registry, self.also)
+
+
 def one_of(registry: str, also: tuple[str, ...] = ()) -> Any:
     """The type of a setting that names one entry of ``registry`` (see ``names``)."""
+    choices = Choices(registry, also)
 
     def check(value: str) -> str:
-        choices = names(registry, also)
-        if value not in choices:
-            raise ValueError(f"must be one of {', '.join(choices)}, not {value!r}")
+        if value not in choices.names():
+            raise ValueError(f"must be one of {', '.join(choices.names())}, not {value!r}")
         return value
 
     def listed(schema: dict) -> None:
-        schema["enum"] = list(names(registry, also))
+        schema["enum"] = list(choices.names())
 
-    return Annotated[str, AfterValidator(check), Field(json_schema_extra=listed)]
+    return Annotated[str, choices, AfterValidator(check), Field(json_schema_extra=listed)]
+
+
+def choices_of(cls, name: str) -> tuple[str, ...] | None:
+    """The choices of the setting ``name`` of the settings dataclass ``cls``; None when it is not
+    name-valued."""
+    hint = typing.get_type_hints(cls, include_extras=True)[name]
+    for part in (hint, *typing.get_args(hint)):  # `one_of(...) | None` too
+        for meta in getattr(part, "__metadata__", ()):
+            if isinstance(meta, Choices):
+                return meta.names()
+    return None
 
 
 def validated(cls, data: Any, section: str = ""):

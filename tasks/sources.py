@@ -16,6 +16,7 @@ import hashlib
 import os
 import re
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -23,7 +24,6 @@ import pandas as pd
 from tasks.labels import (BlankPolicy, UncertainPolicy, UnknownLabelError, Vocabulary,
                           chexpert_vector, parse_label_list, vocabulary)
 
-SOURCES = ("nih", "chexpert", "mimic", "folder")  # the real sources read_source reads
 VIEWS = ("frontal", "lateral", "all")  # chexpert, mimic: which views are read
 SPLITS = ("train", "val", "test")
 SPLIT_SYNONYMS = {"train": "train", "training": "train", "val": "val", "valid": "val",
@@ -295,22 +295,37 @@ def _split_value(value: str | None) -> str | None:
     return SPLIT_SYNONYMS.get(str(value).strip().lower()) if value else None
 
 
-def read_source(kind: str, table: str, bbox_table: str | None = None, views: str = "frontal",
-                uncertain: str = "ignore", blank: str = "ignore", split_table: str | None = None,
-                metadata_table: str | None = None, vocab: str = "nih", path_column: str = "Image Index",
-                label_column: str = "Finding Labels", patient_column: str | None = None,
-                split_column: str | None = None) -> SourceTable:
+@dataclass(frozen=True)
+class Source:
+    """A real source: its reader, the ``dataset:`` settings it takes (each also its
+    ``tailforge ingest <name>`` flag: flows/cli_parser.py) and one line on its table."""
+    read: Callable[..., SourceTable]  # read(table, **options)
+    options: tuple[str, ...]
+    table: str
+
+
+# The real sources by name: the settings' choices, the CLI's `ingest` subcommands and the factory's
+# ingest read this. A new source: its reader here, one entry, and a test (a new option is also a
+# DatasetSettings field).
+READERS: dict[str, Source] = {
+    "nih": Source(read_nih, ("bbox_table",),
+                  "NIH ChestX-ray14: Data_Entry_2017*.csv (+ BBox_List_2017.csv beside it)"),
+    "chexpert": Source(read_chexpert, ("views", "uncertain", "blank"),
+                       "CheXpert train.csv/valid.csv (IMAGES: the folder holding CheXpert-v1.0*/)"),
+    "mimic": Source(read_mimic, ("split_table", "metadata_table", "views", "uncertain", "blank"),
+                    "MIMIC-CXR-JPG *-chexpert.csv (IMAGES: the folder holding files/)"),
+    "folder": Source(read_folder, ("vocab", "path_column", "label_column", "patient_column", "split_column"),
+                     "a folder of images and a CSV: path column + '|'-separated labels"),
+}
+
+
+def read_source(kind: str, table: str, **options) -> SourceTable:
     """The one reader of every real source, for `tailforge ingest` and the factory's ingest step
-    alike; each kind uses the options that apply to it (flows/settings.py, DatasetSettings)."""
-    if kind == "nih":
-        return read_nih(table, bbox_table)
-    if kind == "chexpert":
-        return read_chexpert(table, views, uncertain, blank)
-    if kind == "mimic":
-        return read_mimic(table, split_table, metadata_table, views, uncertain, blank)
-    if kind == "folder":
-        return read_folder(table, vocab, path_column, label_column, patient_column, split_column)
-    raise ValueError(f"unknown source {kind!r}; use one of {', '.join(SOURCES)}")
+    alike; each kind takes the options its ``Source`` names (flows/settings.py, DatasetSettings)."""
+    if kind not in READERS:
+        raise ValueError(f"unknown source {kind!r}; use one of {', '.join(READERS)}")
+    source = READERS[kind]
+    return source.read(table, **{name: value for name, value in options.items() if name in source.options})
 
 
 def apply_split_csv(source: SourceTable, split_csv: str) -> int:

@@ -15,7 +15,7 @@ import torch
 import models  # noqa: F401  (torchvision guard before timm)
 import timm
 from models import cam
-from models.cam import MAP_METHODS, LocaliseConfig, raw_maps
+from models.cam import MAP_MAKERS, LocaliseConfig, raw_maps
 from models.gradcam import cam_maps, default_target_layer, receptive_centre
 from models.classifier import (PAPER_BACKBONES, ClassifierCard, ClassifierConfig, build_classifier, load_checkpoint,
                                save_checkpoint)
@@ -195,7 +195,7 @@ def test_attention_maps_are_where_the_logits_come_from(backbone, kwargs, grid):
 
 
 def test_attention_map_method_refuses_a_classifier_without_the_head():
-    assert "attention" in MAP_METHODS
+    assert "attention" in MAP_MAKERS
     x = torch.rand(1, 1, 32, 32)
     for options in ({}, {"se": True}, {"gcn": True}):
         model, _ = _build(**options)

@@ -18,7 +18,7 @@ RUNNERS = ("local", "dask")
 @dataclass(frozen=True, config=CHECKED)
 class AugmentSettings:
     batch_size: int = 64  # images per task (32-128: Prefect costs ~10 ms per task)
-    cam_method: one_of("models.cam:MAP_METHODS") = "infill"  # class maps: "infill" (counterfactual occlusion), a Grad-CAM variant or "attention"
+    cam_method: one_of("models.cam:MAP_MAKERS") = "infill"  # class maps: "infill" (counterfactual occlusion), a Grad-CAM variant or "attention"
     localise: LocaliseConfig = field(default_factory=LocaliseConfig)  # layers, border, prior, gate
     mask: MaskConfig = field(default_factory=MaskConfig)
     inpaint: InpaintConfig = field(default_factory=InpaintConfig)
