@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import asdict
+from dataclasses import MISSING, asdict, fields
 import time
 from pathlib import Path
 
@@ -213,7 +213,10 @@ def trained_before(models_uri: str, kind: str, dataset: str, train: dict, config
 
 
 def _filled(cls, values: dict | None) -> dict:
-    return {**asdict(cls()), **(values or {})}
+    """``values`` with ``cls``'s defaults filled in where it has one."""
+    defaults = {f.name: f.default if f.default is not MISSING else f.default_factory()
+                for f in fields(cls) if f.default is not MISSING or f.default_factory is not MISSING}
+    return {**defaults, **(values or {})}
 
 
 def main() -> None:

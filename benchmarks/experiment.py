@@ -548,7 +548,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", choices=["nih1000", *PHANTOM_SIZES, "throughput", "all"], default="all",
                         help="all: nih1000, phantom (64 px) and throughput; phantom128 and phantom256 only when named")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(paper.ExperimentConfig.seeds))
     parser.add_argument("--phantom-n", type=int, default=3000)
     parser.add_argument("--phantom-test-n", type=int, help="score on this many images of a second phantom stream "
                         "instead of the test split (default: none at 64 px, comparable with the saved runs; "

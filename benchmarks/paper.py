@@ -70,6 +70,7 @@ import torch
 
 from benchmarks.bench_models import trained_before
 from benchmarks.shortcut import accepted_rows
+from flows.settings import ClassifierSettings
 from models.classifier import ClassifierConfig
 from benchmarks.comparison import compare_settings
 from models.metrics import tune_thresholds
@@ -123,9 +124,10 @@ CONTROLLED = {"+inpainting": ("+copies", "+relabel"),
 
 @dataclass(frozen=True)
 class ExperimentConfig:
-    seeds: tuple[int, ...] = (0, 1, 2)
-    backbone: str = "resnet18"
-    pretrain: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=8, batch_size=32))
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    backbone: str = ClassifierSettings.backbone  # the product's classifier
+    pretrain: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=ClassifierSettings.epochs,
+                                                                      batch_size=ClassifierSettings.batch_size))
     # the paper's baseline is plain BCE; the long-tail rows set their loss (SETTINGS)
     finetune: FinetuneSettings = field(default_factory=lambda: FinetuneSettings(epochs=5, beta=0.5, loss="bce"))
     augment: work.AugmentSettings = field(default_factory=lambda: work.AugmentSettings(batch_size=64))  # the product's

@@ -44,7 +44,7 @@ from tasks.tensors import load_tensors
 
 # the tail split that makes the most phantom train images candidates (about 1 in 10)
 WIDE_TAIL = ("Cardiomegaly", "Infiltration", "Nodule", "Consolidation", "Emphysema", "Fibrosis")
-REAL_SAMPLER = InpaintConfig(steps=25, jump_length=5, resample=2)
+REAL_SAMPLER = InpaintConfig()  # the product's sampler
 CHEAP = {"cam_method": "eigencam", "mask": {"max_area": 0.6},
          "inpaint": {"steps": 1, "jump_length": 1, "resample": 1}, "quality_max_z": 1000.0,
          "ood_filter": False}

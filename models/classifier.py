@@ -63,7 +63,7 @@ _RESERVED_KWARGS = {"pretrained", "in_chans", "num_classes", "img_size", "drop_r
 
 @dataclass(frozen=True)
 class ClassifierConfig:
-    backbone: str = "resnet50"  # a PAPER_BACKBONES alias or any timm model name
+    backbone: str  # a PAPER_BACKBONES alias or any timm model name (the product's default: classifier.backbone)
     num_classes: int = 14  # K: one sigmoid output per finding of the label vocabulary
     image_size: int = 224  # square input side in pixels; vit/swin are built for exactly this
     drop_rate: float = 0.0  # dropout before the classification head

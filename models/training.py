@@ -108,7 +108,7 @@ class EMA:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 10  # passes over the (per-epoch) training set
+    epochs: int  # passes over the (per-epoch) training set (the product's: classifier.epochs, finetune.epochs)
     batch_size: int = 32  # images per optimisation step
     lr: float = 1e-3  # AdamW peak learning rate
     weight_decay: float = 1e-4  # AdamW decoupled weight decay

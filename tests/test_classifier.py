@@ -287,12 +287,12 @@ def test_fit_preconditions():
     with pytest.raises(ValueError, match="1, 0 or NaN"):
         fit_classifier(model, images, labels - 1, config)
     with pytest.raises(ValueError, match="hinge"):
-        TrainConfig(loss="hinge")
+        TrainConfig(1, loss="hinge")
 
 
 def test_augmentation_keeps_range_and_never_mirrors():
     images, _ = _squares(4, 0)
-    config = TrainConfig(max_shift=0.05, intensity_jitter=0.1)
+    config = TrainConfig(1, max_shift=0.05, intensity_jitter=0.1)
     out = augment_batch(images, config, torch.Generator().manual_seed(0))
     assert out.shape == images.shape and out.min() >= 0 and out.max() <= 1
     # a left-only bright bar stays on the left after augmentation
@@ -300,7 +300,7 @@ def test_augmentation_keeps_range_and_never_mirrors():
     bar[..., :, 2:8] = 1.0
     moved = augment_batch(bar, config, torch.Generator().manual_seed(1))
     assert (moved[..., :, :16].mean() > 5 * moved[..., :, 16:].mean())
-    still = augment_batch(images, TrainConfig(max_shift=0.0, intensity_jitter=0.0), torch.Generator())
+    still = augment_batch(images, TrainConfig(1, max_shift=0.0, intensity_jitter=0.0), torch.Generator())
     assert torch.allclose(still, images, atol=1e-6)
 
 

@@ -321,3 +321,26 @@ def test_the_json_schema_is_current_validates_the_shipped_settings_and_refuses_t
             jsonschema.validate(bad, published)
         with pytest.raises(ValueError):
             settings_from_dict(bad)
+
+
+def test_the_classifier_defaults_are_written_once_in_the_settings():
+    """The product's classifier backbone and epochs are ClassifierSettings' defaults: the model
+    configs take them as arguments (no default of their own to disagree) and the experiment
+    reads them; the throughput benchmark samples with the product's sampler."""
+    from dataclasses import MISSING, fields
+
+    from benchmarks.paper import ExperimentConfig
+    from benchmarks.throughput import REAL_SAMPLER
+    from flows.settings import ClassifierSettings
+    from models.classifier import ClassifierConfig
+    from models.inpaint import InpaintConfig
+    from models.training import TrainConfig
+
+    def default(cls, name):
+        return next(f.default for f in fields(cls) if f.name == name)
+
+    assert default(ClassifierConfig, "backbone") is MISSING and default(TrainConfig, "epochs") is MISSING
+    experiment = ExperimentConfig()
+    assert (experiment.backbone, experiment.pretrain.epochs, experiment.pretrain.batch_size) == (
+        ClassifierSettings.backbone, ClassifierSettings.epochs, ClassifierSettings.batch_size)
+    assert REAL_SAMPLER == InpaintConfig()
