@@ -19,6 +19,7 @@ from pydantic import StrictStr
 from pydantic.dataclasses import dataclass
 
 from tasks.checked import CHECKED, one_of, validated
+from tasks.knowledge.llm import LLMSettings
 
 HOME_VARIABLE = "TAILFORGE_HOME"
 DEFAULT_HOME = ".tailforge"
@@ -145,9 +146,9 @@ class KnowledgeSettings:
     model: str | None = None  # Anthropic model (default: $TAILFORGE_LLM_MODEL, else tasks/knowledge/llm.py)
     prompt_version: str | None = None  # bump to make new decisions (default: tasks/knowledge/llm.py)
     api_key_secret: str | None = None  # Prefect Secret block name; else ANTHROPIC_API_KEY
-    llm_timeout: float = 30.0  # seconds per LLM request
-    llm_retries: int = 2  # retries on timeouts, connection errors, 408, 429, 529 and 5xx
-    llm_budget: float = 90.0  # seconds per label set, all tries and waits together
+    llm_timeout: float = LLMSettings.timeout_s  # seconds per LLM request
+    llm_retries: int = LLMSettings.max_retries  # retries on timeouts, connection errors, 408, 429, 529 and 5xx
+    llm_budget: float = LLMSettings.budget_s  # seconds per label set, all tries and waits together
     cache: str | None = None  # DuckDB file (default: $TAILFORGE_HOME/decisions.duckdb)
 
     def cache_path(self) -> str:
@@ -155,7 +156,7 @@ class KnowledgeSettings:
 
     def make_judge(self):
         """The judge these settings name (tasks.knowledge.make_judge)."""
-        from tasks.knowledge import LLMSettings, make_judge
+        from tasks.knowledge import make_judge
 
         named = {"model": self.model, "prompt_version": self.prompt_version}
         llm = LLMSettings(**{k: v for k, v in named.items() if v}, timeout_s=self.llm_timeout,

@@ -344,3 +344,22 @@ def test_the_classifier_defaults_are_written_once_in_the_settings():
     assert (experiment.backbone, experiment.pretrain.epochs, experiment.pretrain.batch_size) == (
         ClassifierSettings.backbone, ClassifierSettings.epochs, ClassifierSettings.batch_size)
     assert REAL_SAMPLER == InpaintConfig()
+
+
+def test_the_llm_defaults_are_written_once():
+    """The retry policy holds the retries, the longest wait and the budget; the judge's settings
+    hold the request timeout; the YAML's knowledge section reads both (it wrote them again)."""
+    import inspect
+
+    from flows.settings import KnowledgeSettings
+    from tasks.knowledge.llm import LLMSettings
+    from tasks.knowledge.retry import RetryPolicy
+
+    knowledge, llm = inspect.getsource(KnowledgeSettings), inspect.getsource(LLMSettings)
+    for text in ("llm_timeout: float = LLMSettings.timeout_s", "llm_retries: int = LLMSettings.max_retries",
+                 "llm_budget: float = LLMSettings.budget_s"):
+        assert text in knowledge
+    for text in ("max_retries: int = RetryPolicy.max_retries", "max_wait_s: float = RetryPolicy.max_wait_s",
+                 "budget_s: float = RetryPolicy.budget_s"):
+        assert text in llm
+    assert KnowledgeSettings.llm_budget is LLMSettings.budget_s is RetryPolicy.budget_s

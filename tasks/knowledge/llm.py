@@ -65,9 +65,9 @@ class LLMSettings:
     model: str = field(default_factory=default_model)  # the Messages API model name
     prompt_version: str = PROMPT_VERSION  # bump to make new decisions; old ones stay cached
     timeout_s: float = 30.0  # per request
-    max_retries: int = 2  # retries on timeouts, connection errors, 408, 429, 529, 5xx (tasks/knowledge/retry.py)
-    max_wait_s: float = 10.0  # the longest wait between tries; a longer Retry-After is not waited for
-    budget_s: float = 90.0  # wall clock per question, all tries and waits
+    max_retries: int = RetryPolicy.max_retries  # retries on timeouts, connection errors, 408, 429, 529, 5xx
+    max_wait_s: float = RetryPolicy.max_wait_s  # the longest wait between tries; a longer Retry-After is not waited for
+    budget_s: float = RetryPolicy.budget_s  # wall clock per question, all tries and waits
     max_tokens: int = 400
     api_key_secret: str | None = None  # a Prefect Secret block holding the key, else ANTHROPIC_API_KEY
 
