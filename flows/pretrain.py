@@ -53,7 +53,7 @@ def train_generator_task(dataset_uri: str, normals: list[str], models_uri: str, 
     config = DiTConfig(image_size=image_size, **settings.sizes(image_size), conditioning=settings.conditioning,
                        num_labels=num_labels if labelled else 0, prediction=settings.prediction)
     train = DiTTrainConfig(steps=settings.steps, batch_size=settings.batch_size, lr=settings.lr, seed=settings.seed,
-                           warmup_steps=settings.warmup_steps or min(200, max(1, settings.steps // 10)))
+                           warmup_steps=settings.warmup_steps)
     label = "label-conditioned DiT training" if labelled else "normal DiT training"
     progress = StepProgress(label, train.steps, "step", key="train-dit")
     if labelled:

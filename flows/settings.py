@@ -117,7 +117,7 @@ class GeneratorSettings:
     steps: int = 2000  # optimiser steps
     batch_size: int = 32  # normal images per step
     lr: float = 3e-4  # AdamW learning rate
-    warmup_steps: int | None = None  # linear learning-rate warm-up (default: a tenth of the steps, at most 200)
+    warmup_steps: int | None = None  # linear learning-rate warm-up (null: models.dit.DiTTrainConfig's, a tenth of the steps up to 200)
     seed: int = 0  # initialisation, noise and shuffling
     processes: int = 1  # training processes (torchrun: one per GPU, or CPU processes); batch_size must split over them
     checkpoint: str | None = None  # use this checkpoint URI instead of training (null on real data: weights/ when it has the size)

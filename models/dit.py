@@ -64,7 +64,9 @@ class DiTConfig:
     beta_schedule: str = "squaredcos_cap_v2"  # cosine schedule
     conditioning: str = "none"  # "none": x_t only; "mask": also the known image and the mask (inpainting); "labels"
     num_labels: int = 0  # conditioning "labels": the finding vocabulary's size K
-    prediction: str = "epsilon"  # what the network outputs: "epsilon" (the noise) or "sample" (the clean image)
+    # what the network outputs: "epsilon" (the noise) or "sample" (the clean image). The default is what a
+    # checkpoint written before this field means; the product's choice is the setting generator.prediction
+    prediction: str = "epsilon"
 
     def __post_init__(self) -> None:
         if self.conditioning not in CONDITIONINGS:
@@ -119,12 +121,16 @@ class DiTTrainConfig:
     batch_size: int = 32
     lr: float = 3e-4
     weight_decay: float = 0.0
-    warmup_steps: int = 100  # linear learning-rate warm-up
+    warmup_steps: int | None = None  # linear learning-rate warm-up; None: a tenth of the steps, at most 200
     ema_decay: float = 0.999  # upper bound; warmed up as min(decay, (1+s)/(10+s))
     seed: int = 0
     grad_clip: float = 1.0
     full_mask_share: float = 0.1  # conditioning "mask": training masks that cover everything (free sampling)
     label_dropout: float = 0.1  # conditioning "labels": training rows that see no labels (for guidance)
+
+    def __post_init__(self) -> None:
+        if self.warmup_steps is None:  # resolved here: the checkpoint's card records the number used
+            object.__setattr__(self, "warmup_steps", min(200, max(1, self.steps // 10)))
 
 
 class LabelSetEmbedding(nn.Module):
