@@ -50,6 +50,7 @@ def _tail(text: str | None) -> tuple[str, ...] | None:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
+    from tasks.ingest import ingest_source
     from tasks.sources import READERS
 
     given = {name: getattr(args, name) for name in READERS[args.kind].options}  # this kind's options
@@ -59,7 +60,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
                                follow_symlinks=args.follow_symlinks, **given)
     out = args.out or default_dataset_uri(args.kind)
     with progress_bar(f"ingest {args.kind}", not args.json) as progress:
-        report = settings.ingest(out, progress)
+        report = ingest_source(settings, out, progress)
     return _print_report(report, args.json)
 
 

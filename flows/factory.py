@@ -19,7 +19,7 @@ from flows.settings import (DatasetSettings, FactorySettings, finetune_settings,
 from flows.stages import run_stage
 from tasks import store
 from tasks.dataset import new_run_id, read_manifest, summarize, utcnow
-from tasks.ingest import ingest_phantom
+from tasks.ingest import ingest_phantom, ingest_source
 from tasks.locks import dataset_lock
 from tasks.runs import recorded_run
 
@@ -38,7 +38,7 @@ def ingest_task(settings: DatasetSettings, uri: str) -> dict:
         return report.to_json()
     if not settings.table or not settings.images:
         raise ValueError(f"dataset source {settings.source!r} needs 'table' and 'images'")
-    return settings.ingest(uri, progress).to_json()
+    return ingest_source(settings, uri, progress).to_json()
 
 
 @flow(name="factory", log_prints=True)

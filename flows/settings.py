@@ -62,22 +62,6 @@ class DatasetSettings:
     patient_column: str | None = None  # folder: the patient id column (default: none)
     split_column: str | None = None  # folder: a train/val/test column (default: by patient hash)
 
-    def reader_options(self) -> dict:
-        """The options this real source's reader takes (tasks.sources.READERS)."""
-        from tasks.sources import READERS
-
-        return {name: getattr(self, name) for name in READERS[self.source].options}
-
-    def ingest(self, uri: str, progress=None):
-        """Ingest this real source into ``uri``: `tailforge ingest` and the factory's step alike."""
-        from tasks.ingest import IngestOptions, ingest_source
-
-        options = IngestOptions(size=self.size, shard_rows=self.shard_rows, workers=self.workers,
-                                explicit_tail=self.tail, name=self.source, allow_missing=self.allow_missing,
-                                follow_symlinks=self.follow_symlinks)
-        return ingest_source(self.source, self.table, self.images, uri, options, self.reader_options(),
-                             self.split_csv, progress)
-
 
 def _check_processes(section: str, processes: int, batch_size: int) -> None:
     """A section's training processes: at least one, and its batch split evenly over them."""

@@ -380,14 +380,17 @@ def _describe(root: str) -> str:
     return root if store.is_remote(root) else os.path.abspath(root)
 
 
-def ingest_source(kind: str, table: str, images: str, out_uri: str, options: IngestOptions, reader_options: dict,
-                  split_csv: str | None = None, progress=None) -> IngestReport:
-    """Read a real source's table (tasks.sources.read_source), apply a split override, ingest:
-    what `tailforge ingest` and the factory's ingest step both run."""
-    source = sources.read_source(kind, table, **reader_options)
-    if split_csv:
-        sources.apply_split_csv(source, split_csv)
-    return ingest(source, images, out_uri, options, progress)
+def ingest_source(dataset, out_uri: str, progress=None) -> IngestReport:
+    """Ingest the real source a settings file's ``dataset`` section names (flows.settings
+    .DatasetSettings): read its table with the options its kind takes (tasks.sources.READERS),
+    apply a split override, ingest: what `tailforge ingest` and the factory's ingest step both run."""
+    options = IngestOptions(size=dataset.size, shard_rows=dataset.shard_rows, workers=dataset.workers,
+                            explicit_tail=dataset.tail, name=dataset.source, allow_missing=dataset.allow_missing,
+                            follow_symlinks=dataset.follow_symlinks)
+    source = sources.read_source(dataset.source, dataset.table, **sources.options_of(dataset))
+    if dataset.split_csv:
+        sources.apply_split_csv(source, dataset.split_csv)
+    return ingest(source, dataset.images, out_uri, options, progress)
 
 
 def ingest_phantom(out_uri: str, n: int, size: int = 64, seed: int = 0, vocab: str = "nih",

@@ -319,6 +319,11 @@ READERS: dict[str, Source] = {
 }
 
 
+def options_of(dataset) -> dict:
+    """The reader options a settings ``dataset`` section gives its source's kind."""
+    return {name: getattr(dataset, name) for name in READERS[dataset.source].options}
+
+
 def read_source(kind: str, table: str, **options) -> SourceTable:
     """The one reader of every real source, for `tailforge ingest` and the factory's ingest step
     alike; each kind takes the options its ``Source`` names (flows/settings.py, DatasetSettings)."""

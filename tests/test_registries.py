@@ -57,9 +57,9 @@ def test_a_new_source_is_one_registry_entry(monkeypatch, tmp_path):
     table = tmp_path / "listing.csv"
     table.write_text("Image Index,Finding Labels\na.png,Effusion\nb.png,No Finding\n")
     settings = settings_from_dict({"dataset": {"source": "listing", "table": str(table), "images": str(tmp_path)}})
-    assert settings.dataset.reader_options() == {"vocab": "nih"}
+    assert sources.options_of(settings.dataset) == {"vocab": "nih"}
     args = build_parser().parse_args(["ingest", "listing", str(table), str(tmp_path), "--vocab", "chexpert"])
     assert (args.kind, args.vocab) == ("listing", "chexpert")
-    read = sources.read_source("listing", str(table), **settings.dataset.reader_options())
+    read = sources.read_source("listing", str(table), **sources.options_of(settings.dataset))
     assert [r.path for r in read.records] == ["a.png", "b.png"]
     assert "listing" in _enum("dataset", "source")
