@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import MISSING, asdict, fields
 import time
 from pathlib import Path
 
@@ -197,26 +196,12 @@ def nih_inpainting(classifier_uri: str, dit_uri: str, dataset: str) -> tuple[dic
             "tail_class_prob_drop_mean": round(float(np.mean(drop_tail)), 4)}, grid_png(grid, columns=1)
 
 
-def trained_before(models_uri: str, kind: str, dataset: str, train: dict, config: dict | None = None) -> dict | None:
-    """A checkpoint this script already trained with the same data and settings (cards beside
-    the checkpoints record both), so a rerun skips the training. A setting added since a card
-    was written matches when the wanted value is its default."""
-    train_cls = DiTTrainConfig if kind == "dit" else TrainConfig
-    for card_uri in sorted(Path(models_uri).glob(f"{kind}-*.json")) if Path(models_uri).exists() else []:
-        card = json.loads(card_uri.read_text())
-        same_data = card.get("dataset") == dataset or card.get("datasets") == [dataset]
-        same_config = config is None or _filled(DiTConfig, card.get("config")) == _filled(DiTConfig, config)
-        if same_data and same_config and _filled(train_cls, card.get("train")) == _filled(train_cls, train):
-            return {"kind": kind, "id": card["id"], "uri": str(card_uri.with_suffix(".pt")), "reused": True,
-                    "history": card.get("history")}
-    return None
+PHANTOM_CLASSIFIER = ClassifierConfig("resnet18", 14, 64)  # the phantom classifier cam_sweep and spatial_evidence read
 
 
-def _filled(cls, values: dict | None) -> dict:
-    """``values`` with ``cls``'s defaults filled in where it has one."""
-    defaults = {f.name: f.default if f.default is not MISSING else f.default_factory()
-                for f in fields(cls) if f.default is not MISSING or f.default_factory is not MISSING}
-    return {**defaults, **(values or {})}
+def phantom_classifier(phantom: str, models_uri: str, epochs: int = 8) -> dict:
+    """The phantom classifier this script trains (tasks.pretrain reuses it when made before)."""
+    return train_classifier(phantom, models_uri, PHANTOM_CLASSIFIER, TrainConfig(epochs=epochs, batch_size=64, seed=0))
 
 
 def main() -> None:
@@ -235,9 +220,7 @@ def main() -> None:
     phantom = str(home / f"phantom64-{args.phantom_n}-s{SEED}")
     ingest_phantom(phantom, args.phantom_n, size=64, seed=SEED)
     train_images = len(load_tensors(phantom, splits=("train",), limit=None))
-    clf_train = TrainConfig(epochs=args.epochs, batch_size=64, seed=0)
-    clf, seconds = timed(lambda: trained_before(models_uri, "classifier", phantom, asdict(clf_train))
-                         or train_classifier(phantom, models_uri, ClassifierConfig("resnet18", 14, 64), clf_train))
+    clf, seconds = timed(lambda: phantom_classifier(phantom, models_uri, args.epochs))
     results["phantom_classifier"] = {"test_macro": clf.get("metrics", {}).get("means", {}).get("macro"),
                                      "train_images": train_images,
                                      "train_images_per_s": round(train_images * args.epochs / seconds, 1)}
@@ -249,8 +232,7 @@ def main() -> None:
 
     normals_config = DiTConfig(image_size=64, patch_size=4, depth=4, num_heads=4, head_dim=32)
     dit_train = DiTTrainConfig(steps=args.dit_steps, batch_size=32, warmup_steps=100)
-    dit, seconds = timed(lambda: trained_before(models_uri, "dit", phantom, dit_train.__dict__)
-                         or train_normal_dit([phantom], models_uri, normals_config, dit_train))
+    dit, seconds = timed(lambda: train_normal_dit([phantom], models_uri, normals_config, dit_train))
     results["phantom_dit"] = {"history": dit["history"], "steps": args.dit_steps, "seconds": round(seconds, 1)}
     results["phantom_inpainting"], grid = phantom_inpainting(clf["uri"], dit["uri"], phantom, 48)
     if grid:

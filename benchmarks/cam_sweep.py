@@ -10,23 +10,18 @@ benchmarks/results/cam_sweep.json.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 
-from benchmarks.bench_models import SEED, localisation, trained_before
+from benchmarks.bench_models import SEED, localisation, phantom_classifier
 from benchmarks.common import save
 from flows.settings import tailforge_home
 from models.classifier import load_checkpoint
-from models.training import TrainConfig
 from tasks import store
 from tasks.tensors import lesion_masks, load_tensors
 
 
 def main(n: int = 3000, epochs: int = 8) -> None:
     phantom = str(tailforge_home() / "bench" / f"phantom64-{n}-s{SEED}")
-    handle = trained_before(str(tailforge_home() / "models"), "classifier", phantom,
-                            asdict(TrainConfig(epochs=epochs, batch_size=64, seed=0)))
-    if handle is None:
-        raise SystemExit("run `python -m benchmarks.bench_models` first (it trains the phantom classifier)")
+    handle = phantom_classifier(phantom, str(tailforge_home() / "models"), epochs)  # bench_models' (reused)
     model, _, card = load_checkpoint(store.read_bytes(handle["uri"]))
     test = load_tensors(phantom, splits=("test",), columns=("lesion_masks",))
     truth = lesion_masks(test.table)

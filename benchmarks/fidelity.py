@@ -33,7 +33,6 @@ from PIL import Image
 
 import models  # noqa: F401  (torchvision guard)
 from benchmarks import fidelity_measures as fm
-from benchmarks.bench_models import trained_before
 from benchmarks.common import RESULTS, commit, machine, save
 from benchmarks.phantom_truth import _replay
 from flows.settings import tailforge_home
@@ -79,16 +78,14 @@ def prepare(size: int, n: int, dit_steps: int, conditioning: str = "none", predi
     for role, seed in (("main", SEED), ("judge", JUDGE_SEED)):
         uri = phantom(str(home / f"phantom{size}-{n}-s{seed}"), n, size, seed)
         train = TrainConfig(epochs=8, batch_size=64, seed=0)
-        handle = (trained_before(models_uri, "classifier", uri, asdict(train))
-                  or train_classifier(uri, models_uri, ClassifierConfig("resnet18", 14, size), train))
+        handle = train_classifier(uri, models_uri, ClassifierConfig("resnet18", 14, size), train)  # reused when made
         out[role] = {"dataset": uri, "classifier": handle["uri"]}
     patch = 4 if size <= 64 else 8
     config = DiTConfig(image_size=size, patch_size=patch, depth=6, num_heads=4, head_dim=32, conditioning=conditioning,
                        prediction=prediction)
     dit_train = DiTTrainConfig(steps=dit_steps, batch_size=32, warmup_steps=100)
     uri = out["main"]["dataset"]
-    handle = trained_before(models_uri, "dit", uri, asdict(dit_train), asdict(config)) or train_normal_dit(
-        [uri], models_uri, config, dit_train)
+    handle = train_normal_dit([uri], models_uri, config, dit_train)
     out["dit"] = {"uri": handle["uri"], "config": asdict(config), "steps": dit_steps}
     return out
 

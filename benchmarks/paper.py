@@ -53,7 +53,7 @@ from noise for its kept finding set by a DiT conditioned on labels, trained on t
     conditional   lkg-conditional PIL
 
 Thresholds are tuned on val; test is only scored. Checkpoints, generated sets and each
-fine-tune's result are reused on a rerun with the same settings (``trained_before``, done output
+fine-tune's result are reused on a rerun with the same settings (tasks.pretrain's recipes, done output
 ids, ``finetuned_before``), so a run stopped part-way resumes where it stopped.
 """
 
@@ -68,7 +68,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.bench_models import trained_before
 from benchmarks.shortcut import accepted_rows
 from flows.settings import ClassifierSettings
 from models.classifier import ClassifierConfig
@@ -255,9 +254,8 @@ def run(dataset: str, generators: dict[str, dict], work_dir: Path, models_uri: s
     for seed in config.seeds:
         train = replace(config.pretrain, seed=seed)
         started = time.perf_counter()
-        classifier = (trained_before(models_uri, "classifier", dataset, asdict(train))
-                      or train_classifier(dataset, models_uri, ClassifierConfig(config.backbone, len(findings),
-                                                                                manifest["image_size"]), train))
+        classifier = train_classifier(dataset, models_uri, ClassifierConfig(config.backbone, len(findings),
+                                                                            manifest["image_size"]), train)
         record = {"seed": seed, "classifier": {"id": classifier["id"], "uri": classifier["uri"],
                                                "reused": bool(classifier.get("reused")),
                                                "seconds": round(time.perf_counter() - started, 1)},

@@ -13,18 +13,16 @@ recall of "overlap" for each predictor. Writes benchmarks/results/spatial_eviden
 from __future__ import annotations
 
 import argparse
-from dataclasses import asdict
 
 import numpy as np
 import torch
 
-from benchmarks.bench_models import MASKS, SEED, trained_before
+from benchmarks.bench_models import MASKS, SEED, phantom_classifier
 from benchmarks.common import save
 from flows.settings import tailforge_home
 from models.gradcam import cam_maps
 from models.masks import map_to_mask
 from models.classifier import load_checkpoint
-from models.training import TrainConfig
 from tasks import store
 from tasks.knowledge.rules import entangled
 from tasks.tensors import lesion_masks, load_tensors
@@ -42,10 +40,7 @@ def main() -> None:
     parser.add_argument("--min-overlap", type=float, default=0.1)
     args = parser.parse_args()
     phantom = str(tailforge_home() / "bench" / f"phantom64-3000-s{SEED}")
-    handle = trained_before(str(tailforge_home() / "models"), "classifier", phantom,
-                            asdict(TrainConfig(epochs=8, batch_size=64, seed=0)))
-    if handle is None:
-        raise SystemExit("run `python -m benchmarks.bench_models` first")
+    handle = phantom_classifier(phantom, str(tailforge_home() / "models"))  # bench_models' (reused), needs its phantom
     model, _, card = load_checkpoint(store.read_bytes(handle["uri"]))
     data = load_tensors(phantom, splits=("test", "val"), columns=("lesion_masks",))
     truth_masks = lesion_masks(data.table)
