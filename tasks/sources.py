@@ -16,13 +16,15 @@ import hashlib
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-import pandas as pd
 
 from tasks.labels import (BlankPolicy, UncertainPolicy, UnknownLabelError, Vocabulary,
                           chexpert_vector, parse_label_list, vocabulary)
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 VIEWS = ("frontal", "lateral", "all")  # chexpert, mimic: which views are read
 SPLITS = ("train", "val", "test")
@@ -58,7 +60,9 @@ class SourceTable:
     extra_columns: list[str] = field(default_factory=list)
 
 
-def _read_csv(path: str, required: list[str], what: str) -> pd.DataFrame:
+def _read_csv(path: str, required: list[str], what: str) -> "pd.DataFrame":
+    import pandas as pd  # here: the CLI lists the sources without paying for pandas
+
     if not os.path.exists(path):
         raise TableError(f"{what} not found: {path}")
     try:
@@ -77,7 +81,7 @@ _QUOTE_MEETS_SPACE = re.compile(r'"[ \t]|[ \t]"')
 _CELL = re.compile(r'"((?:[^"]|"")*)"|[^,\r\n"]*')  # RFC 4180: a quoted cell, or a plain one
 
 
-def _path_cells(table: str, frame: pd.DataFrame, column: str) -> list[str]:
+def _path_cells(table: str, frame: "pd.DataFrame", column: str) -> list[str]:
     """An image path column as written: plain cells stripped (stray spaces around commas), quoted
     cells kept whole, since the quotes delimit the value (``"a.png "`` names a file whose name
     ends in a space; stripping it made the file look missing)."""
