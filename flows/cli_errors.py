@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import os
 
+from pydantic import ValidationError
+
+from tasks.checked import explain
+
 USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, RuntimeError, LookupError)
 EPHEMERAL_START_S = 120
 EPHEMERAL_TIMEOUT = "Timed out while attempting to connect to ephemeral Prefect API server"
@@ -53,7 +57,10 @@ def storage_message(exc: Exception) -> str:
 
 
 def user_message(exc: Exception) -> str:
-    """One line for the user; Prefect's temporary-server timeout becomes what to do about it."""
+    """One line for the user; Prefect's temporary-server timeout becomes what to do about it, and
+    settings built with a bad value name the setting (not pydantic's multi-line report)."""
+    if isinstance(exc, ValidationError):
+        return f"{exc.title}: {explain(exc)}"
     if str(exc).startswith(EPHEMERAL_TIMEOUT):
         return (f"Prefect's temporary server did not start within "
                 f"{os.environ.get('PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS', EPHEMERAL_START_S)} s (a busy "

@@ -72,7 +72,13 @@ def validated(cls, data: Any, section: str = ""):
     try:
         return TypeAdapter(cls).validate_python({} if data is None else data)
     except ValidationError as exc:
-        raise ValueError("; ".join(_explain(error, cls, section) for error in exc.errors())) from None
+        raise ValueError(explain(exc, cls, section)) from None
+
+
+def explain(exc: ValidationError, cls=None, section: str = "") -> str:
+    """A pydantic error as one line: each bad setting's path and what it accepts (with ``cls``,
+    an unknown key lists the known ones)."""
+    return "; ".join(_explain(error, cls, section) for error in exc.errors())
 
 
 def _explain(error: dict, cls, section: str) -> str:
@@ -80,7 +86,7 @@ def _explain(error: dict, cls, section: str) -> str:
     path = ".".join((section, *loc) if section else loc)
     if error["type"] == "unexpected_keyword_argument":
         where = ".".join((section, *loc[:-1]) if section else loc[:-1])
-        known = ", ".join(_known(cls, loc[:-1]))
+        known = ", ".join(_known(cls, loc[:-1])) if cls is not None else "see `tailforge config --reference`"
         return f"unknown setting {path!r}; known {'in ' + where if where else 'at the top'}: {known}"
     message = error["msg"].removeprefix("Value error, ")
     return message if not path or message.startswith(path) else f"{path}: {message}"

@@ -136,6 +136,21 @@ def test_piped_output_is_not_wrapped_at_80_columns_and_a_slow_temporary_server_s
     assert "--local-server" in message and "PREFECT_API_URL" in message and "Traceback" not in message
 
 
+def test_settings_built_with_a_bad_value_are_one_line_naming_the_setting():
+    """A settings dataclass built in code with a bad value (pydantic's multi-line report) reaches
+    the user as one line: the class, the setting and what it accepts."""
+    from pydantic import ValidationError
+
+    from flows.cli_errors import user_message
+    from flows.settings import KnowledgeSettings
+
+    with pytest.raises(ValidationError) as error:
+        KnowledgeSettings(judge="oracle", llm_retries="many")
+    message = user_message(error.value)
+    assert "\n" not in message and message.startswith("KnowledgeSettings: judge: must be one of rules, anthropic")
+    assert "llm_retries: Input should be a valid integer" in message
+
+
 def test_a_wrong_image_folder_stops_before_any_work(small_nih, tmp_path, capsys):
     """Issue 15: a wrong folder was a success with a quarantine row per image."""
     table, images = small_nih
