@@ -363,3 +363,28 @@ def test_the_llm_defaults_are_written_once():
                  "budget_s: float = RetryPolicy.budget_s"):
         assert text in llm
     assert KnowledgeSettings.llm_budget is LLMSettings.budget_s is RetryPolicy.budget_s
+
+
+def test_the_warm_up_rule_the_seeds_and_the_checkpoint_cache_are_written_once():
+    """The DiT's default warm-up is DiTTrainConfig's rule (the pretrain flow no longer restates
+    it); the experiment's seeds default is ExperimentConfig's; one function reuses a trained
+    checkpoint (tasks.pretrain.trained_before, by recipe), none in the benchmarks."""
+    import ast
+    import inspect
+
+    import benchmarks.experiment
+    import flows.pretrain
+    from benchmarks.paper import ExperimentConfig
+    from flows.settings import GeneratorSettings
+    from models.dit import DiTTrainConfig
+
+    assert GeneratorSettings.warmup_steps is None and "min(200" not in inspect.getsource(flows.pretrain)
+    assert [DiTTrainConfig(steps=s).warmup_steps for s in (5, 800, 5000)] == [1, 80, 200]
+    assert DiTTrainConfig(steps=800, warmup_steps=7).warmup_steps == 7
+    assert "default=list(paper.ExperimentConfig.seeds)" in inspect.getsource(benchmarks.experiment)
+    assert len(ExperimentConfig().seeds) == 5
+    defined = [str(path.relative_to(ROOT)) for folder in ("flows", "tasks", "models", "benchmarks")
+               for path in (ROOT / folder).rglob("*.py")
+               for node in ast.walk(ast.parse(path.read_text()))
+               if isinstance(node, ast.FunctionDef) and node.name == "trained_before"]
+    assert defined == ["tasks/pretrain.py"]
