@@ -128,7 +128,7 @@ class ExperimentConfig:
     pretrain: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=ClassifierSettings.epochs,
                                                                       batch_size=ClassifierSettings.batch_size))
     # the paper's baseline is plain BCE; the long-tail rows set their loss (SETTINGS)
-    finetune: FinetuneSettings = field(default_factory=lambda: FinetuneSettings(epochs=5, beta=0.5, loss="bce"))
+    finetune: FinetuneSettings = field(default_factory=lambda: FinetuneSettings(loss="bce"))
     augment: work.AugmentSettings = field(default_factory=lambda: work.AugmentSettings(batch_size=64))  # the product's
     bootstrap: int = 1000
     settings: tuple[str, ...] = tuple(SETTINGS)

@@ -18,6 +18,7 @@ from pathlib import Path
 from pydantic import StrictStr
 from pydantic.dataclasses import dataclass
 
+from models.configs import DiTConfig, DiTTrainConfig, TrainConfig
 from tasks.checked import CHECKED, one_of, validated
 from tasks.knowledge.llm import LLMSettings
 
@@ -74,9 +75,9 @@ def _check_processes(section: str, processes: int, batch_size: int) -> None:
 class ClassifierSettings:
     backbone: str = "resnet18"  # timm name or a paper alias (resnet50, efficientnet_b0, ...)
     epochs: int = 8  # passes over the train split
-    batch_size: int = 32  # images per optimiser step
-    lr: float = 1e-3  # AdamW peak learning rate
-    seed: int = 0  # initialisation and shuffling
+    batch_size: int = TrainConfig.batch_size  # images per optimiser step
+    lr: float = TrainConfig.lr  # AdamW peak learning rate
+    seed: int = TrainConfig.seed  # initialisation and shuffling
     se: bool = False  # squeeze-and-excitation channel weights on the backbone's final feature map
     head: one_of("models.classifier:HEADS") = "linear"  # "linear" (pooled features) or "attention" (one spatial map per class; cam_method attention)
     gcn: bool = False  # class vectors from a GCN over the train split's label co-occurrence (ML-GCN)
@@ -92,17 +93,17 @@ class GeneratorSettings:
     normals: tuple[str, ...] = ()  # dataset URIs of normal X-rays (default: the dataset's own normals)
     adult_only: bool = True  # leave out pediatric rows when a dataset records age_group
     preset: one_of("models.dit:PRESETS") | None = None  # tiny | small (DiT-S) | base (DiT-B): sets the four sizes below, the patch for 256 tokens
-    patch_size: int = 4  # DiT patch side in pixels (tokens = (size / patch) ** 2)
-    depth: int = 6  # transformer blocks
-    num_heads: int = 4  # attention heads
-    head_dim: int = 32  # width per head (model width = num_heads x head_dim)
-    conditioning: one_of("models.dit:CONDITIONINGS") = "none"  # "mask": an inpainting DiT; "labels": DfT-Caption, sampled from finding sets (models/dit.py)
-    prediction: one_of("models.dit:PREDICTIONS") = "sample"  # the DiT predicts the clean image ("sample") or the noise ("epsilon"; blocky at patch 8)
-    steps: int = 2000  # optimiser steps
-    batch_size: int = 32  # normal images per step
-    lr: float = 3e-4  # AdamW learning rate
-    warmup_steps: int | None = None  # linear learning-rate warm-up (null: models.dit.DiTTrainConfig's, a tenth of the steps up to 200)
-    seed: int = 0  # initialisation, noise and shuffling
+    patch_size: int = DiTConfig.patch_size  # DiT patch side in pixels (tokens = (size / patch) ** 2)
+    depth: int = DiTConfig.depth  # transformer blocks
+    num_heads: int = DiTConfig.num_heads  # attention heads
+    head_dim: int = DiTConfig.head_dim  # width per head (model width = num_heads x head_dim)
+    conditioning: one_of("models.configs:CONDITIONINGS") = DiTConfig.conditioning  # "mask": an inpainting DiT; "labels": DfT-Caption, sampled from finding sets (models/dit.py)
+    prediction: one_of("models.configs:PREDICTIONS") = "sample"  # the DiT predicts the clean image ("sample") or the noise ("epsilon"; blocky at patch 8)
+    steps: int = DiTTrainConfig.steps  # optimiser steps
+    batch_size: int = DiTTrainConfig.batch_size  # normal images per step
+    lr: float = DiTTrainConfig.lr  # AdamW learning rate
+    warmup_steps: int | None = None  # linear learning-rate warm-up (null: models.configs.DiTTrainConfig's, a tenth of the steps up to 200)
+    seed: int = DiTTrainConfig.seed  # initialisation, noise and shuffling
     processes: int = 1  # training processes (torchrun: one per GPU, or CPU processes); batch_size must split over them
     checkpoint: str | None = None  # use this checkpoint URI instead of training (null on real data: weights/ when it has the size)
 

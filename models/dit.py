@@ -36,7 +36,6 @@ share the config and the noise schedule; sampling and inpainting are their own m
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -44,42 +43,14 @@ from diffusers import DDPMScheduler, DiTTransformer2DModel
 from torch import nn
 
 from models import checkpoint, distributed
+from models.configs import CONDITIONINGS, PREDICTIONS, DiTConfig, DiTTrainConfig  # noqa: F401  (their home)
 from models.device import model_device, on_device
 from models.training import EMA, seed_everything
 
 
-CONDITIONINGS = ("none", "mask", "labels")
-PREDICTIONS = ("epsilon", "sample")
 V_LOSS_FLOOR = 0.05  # prediction "sample": the v-loss weight 1 / (1 - ab_t) is capped at 1 / this
 
 
-@dataclass(frozen=True)
-class DiTConfig:
-    image_size: int = 64  # side in pixels; pixel space (no VAE)
-    patch_size: int = 4  # tokens = (image_size / patch_size) ** 2
-    depth: int = 6  # transformer blocks
-    num_heads: int = 4
-    head_dim: int = 32  # width = num_heads * head_dim
-    num_train_timesteps: int = 1000
-    beta_schedule: str = "squaredcos_cap_v2"  # cosine schedule
-    conditioning: str = "none"  # "none": x_t only; "mask": also the known image and the mask (inpainting); "labels"
-    num_labels: int = 0  # conditioning "labels": the finding vocabulary's size K
-    # what the network outputs: "epsilon" (the noise) or "sample" (the clean image). The default is what a
-    # checkpoint written before this field means; the product's choice is the setting generator.prediction
-    prediction: str = "epsilon"
-
-    def __post_init__(self) -> None:
-        if self.conditioning not in CONDITIONINGS:
-            raise ValueError(f"conditioning must be one of {', '.join(CONDITIONINGS)}, not {self.conditioning!r}")
-        if (self.conditioning == "labels") != (self.num_labels > 0):
-            raise ValueError("a DiT conditioned on labels needs num_labels >= 1 (the vocabulary's size), "
-                             "and only it takes num_labels")
-        if self.prediction not in PREDICTIONS:
-            raise ValueError(f"prediction must be one of {', '.join(PREDICTIONS)}, not {self.prediction!r}")
-        if self.image_size % self.patch_size:
-            raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
-        if min(self.depth, self.num_heads, self.head_dim, self.patch_size) < 1:
-            raise ValueError("depth, num_heads, head_dim and patch_size must be positive")
 
 
 # DiT sizes by name (Peebles & Xie, "Scalable Diffusion Models with Transformers", table 1: DiT-S
@@ -113,24 +84,6 @@ def flops_per_call(config: DiTConfig) -> int:
     channels_in = 3 if config.conditioning == "mask" else 1
     block = 24 * tokens * width ** 2 + 4 * tokens ** 2 * width + 12 * width ** 2
     return config.depth * block + 2 * tokens * pixels * width * (channels_in + 1) + 4 * width ** 2
-
-
-@dataclass(frozen=True)
-class DiTTrainConfig:
-    steps: int = 2000  # optimiser steps
-    batch_size: int = 32
-    lr: float = 3e-4
-    weight_decay: float = 0.0
-    warmup_steps: int | None = None  # linear learning-rate warm-up; None: a tenth of the steps, at most 200
-    ema_decay: float = 0.999  # upper bound; warmed up as min(decay, (1+s)/(10+s))
-    seed: int = 0
-    grad_clip: float = 1.0
-    full_mask_share: float = 0.1  # conditioning "mask": training masks that cover everything (free sampling)
-    label_dropout: float = 0.1  # conditioning "labels": training rows that see no labels (for guidance)
-
-    def __post_init__(self) -> None:
-        if self.warmup_steps is None:  # resolved here: the checkpoint's card records the number used
-            object.__setattr__(self, "warmup_steps", min(200, max(1, self.steps // 10)))
 
 
 class LabelSetEmbedding(nn.Module):

@@ -17,10 +17,8 @@ function on purpose.
 
 from __future__ import annotations
 
-import math
 import random
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -29,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models import distributed
+from models.configs import TrainConfig  # noqa: F401  (its home)
 from models.device import model_device
 from models.losses import NEEDS_COUNTS, make_loss
 
@@ -106,38 +105,7 @@ class EMA:
                 self.buffers[name].copy_(value)
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    epochs: int  # passes over the (per-epoch) training set (the product's: classifier.epochs, finetune.epochs)
-    batch_size: int = 32  # images per optimisation step
-    lr: float = 1e-3  # AdamW peak learning rate
-    weight_decay: float = 1e-4  # AdamW decoupled weight decay
-    lr_schedule: str = "cosine"  # "cosine" (per epoch, to 0 after the last) or "constant"
-    loss: str = "bce"  # "bce" | "focal" | "asl" | "cb" (class-balanced) | "ldam_drw" (models/losses.py)
-    loss_kwargs: dict[str, Any] = field(default_factory=dict, hash=False)  # e.g. {"gamma": 2.0}
-    seed: int = 0  # seeds init-independent randomness: shuffling, augmentation, dropout
-    augment: bool = False  # small shifts + intensity jitter; never flips (see module doc)
-    max_shift: float = 0.05  # largest translation, as a share of the image side
-    intensity_jitter: float = 0.1  # largest relative brightness/contrast change
-    grad_clip: float | None = 1.0  # max global grad norm; None = no clipping
 
-    def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
-        if self.lr <= 0 or self.weight_decay < 0:
-            raise ValueError(f"lr must be > 0 and weight_decay >= 0, got {self.lr}, {self.weight_decay}")
-        if self.lr_schedule not in ("cosine", "constant"):
-            raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}")
-        if not 0 <= self.max_shift < 0.5 or not 0 <= self.intensity_jitter < 1:
-            raise ValueError(f"max_shift must be in [0, 0.5) and intensity_jitter in [0, 1), "
-                             f"got {self.max_shift}, {self.intensity_jitter}")
-        counts = {"counts": [1.0]} if self.loss in NEEDS_COUNTS else {}  # the real ones come with the data
-        make_loss(self.loss, **counts, **self.loss_kwargs)  # unknown loss or bad kwargs fail here
-
-    def lr_at(self, epoch: int) -> float:
-        if self.lr_schedule == "constant":
-            return self.lr
-        return self.lr * 0.5 * (1 + math.cos(math.pi * epoch / self.epochs))
 
 
 def _check_data(images: torch.Tensor, labels: torch.Tensor, what: str) -> None:

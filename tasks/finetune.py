@@ -41,9 +41,9 @@ log = logging.getLogger(__name__)
 class FinetuneSettings:
     epochs: int = 5  # fine-tuning passes per setting
     beta: float = 0.5  # PIL growth rate
-    batch_size: int = 32  # images per optimiser step
+    batch_size: int = TrainConfig.batch_size  # images per optimiser step
     lr: float = 3e-4  # learning rate (constant)
-    seed: int = 0  # initialisation and shuffling
+    seed: int = TrainConfig.seed  # initialisation and shuffling
     settings: tuple[one_of("tasks.finetune:SETTINGS"), ...] = SETTINGS  # which of baseline / augmented / pil to run
     accepted_only: bool = True  # use generated samples that passed the quality and removal checks (accepted)
     bootstrap: int = 500  # bootstrap draws for the metrics' confidence intervals

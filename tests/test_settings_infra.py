@@ -388,3 +388,31 @@ def test_the_warm_up_rule_the_seeds_and_the_checkpoint_cache_are_written_once():
                for node in ast.walk(ast.parse(path.read_text()))
                if isinstance(node, ast.FunctionDef) and node.name == "trained_before"]
     assert defined == ["tasks/pretrain.py"]
+
+
+def test_the_generator_and_training_defaults_are_the_model_configs():
+    """The settings read the DiT's sizes and training defaults, and the classifier's batch, rate
+    and seed, from the models' configs (models/configs.py, torch-free): written once, there;
+    only the DiT's prediction differs, and says why."""
+    import inspect
+    import subprocess
+    import sys
+
+    from flows.settings import ClassifierSettings, GeneratorSettings
+    from models.configs import DiTConfig, DiTTrainConfig, TrainConfig
+    from tasks.finetune import FinetuneSettings
+
+    generator, classifier = inspect.getsource(GeneratorSettings), inspect.getsource(ClassifierSettings)
+    for name in ("patch_size", "depth", "num_heads", "head_dim", "conditioning"):
+        assert f"= DiTConfig.{name}  #" in generator
+    for name in ("steps", "batch_size", "lr", "seed"):
+        assert f"= DiTTrainConfig.{name}  #" in generator
+    for name in ("batch_size", "lr", "seed"):
+        assert f"= TrainConfig.{name}  #" in classifier
+    assert "= TrainConfig.batch_size  #" in inspect.getsource(FinetuneSettings)
+    assert (GeneratorSettings.prediction, DiTConfig.prediction) == ("sample", "epsilon")
+    assert "what a\n    # checkpoint written before this field means" in inspect.getsource(DiTConfig)
+    assert DiTTrainConfig.steps == GeneratorSettings.steps and TrainConfig.lr == ClassifierSettings.lr
+    probe = "import flows.cli, sys; print(sorted(m for m in ('torch', 'pandas', 'duckdb') if m in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                          cwd=ROOT).stdout.strip() == "[]"  # the CLI loads none of them to read its settings
