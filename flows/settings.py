@@ -18,7 +18,7 @@ from pathlib import Path
 from pydantic import StrictStr
 from pydantic.dataclasses import dataclass
 
-from models.configs import DiTConfig, DiTTrainConfig, TrainConfig
+from models.configs import ClassifierConfig, DiTConfig, DiTTrainConfig, TrainConfig
 from tasks.checked import CHECKED, one_of, validated
 from tasks.knowledge.llm import LLMSettings
 
@@ -78,9 +78,9 @@ class ClassifierSettings:
     batch_size: int = TrainConfig.batch_size  # images per optimiser step
     lr: float = TrainConfig.lr  # AdamW peak learning rate
     seed: int = TrainConfig.seed  # initialisation and shuffling
-    se: bool = False  # squeeze-and-excitation channel weights on the backbone's final feature map
-    head: one_of("models.classifier:HEADS") = "linear"  # "linear" (pooled features) or "attention" (one spatial map per class; cam_method attention)
-    gcn: bool = False  # class vectors from a GCN over the train split's label co-occurrence (ML-GCN)
+    se: bool = ClassifierConfig.se  # squeeze-and-excitation channel weights on the backbone's final feature map
+    head: one_of("models.configs:HEADS") = ClassifierConfig.head  # "linear" (pooled features) or "attention" (one spatial map per class; cam_method attention)
+    gcn: bool = ClassifierConfig.gcn  # class vectors from a GCN over the train split's label co-occurrence (ML-GCN)
     processes: int = 1  # training processes (torchrun: one per GPU, or CPU processes); batch_size must split over them
     checkpoint: str | None = None  # reuse this checkpoint URI instead of training
 

@@ -31,88 +31,16 @@ from typing import Any
 
 import timm
 import torch
-from timm.models import is_model_in_modules
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from models import checkpoint
+from models.configs import HEADS, PAPER_BACKBONES, ClassifierConfig  # noqa: F401  (their home)
 from models.device import model_device
 from models.heads import HeadedClassifier
 
 IN_CHANS = 1  # chest films are single-channel
 CHECKPOINT_FORMAT = "tailforge.classifier/1"
-
-# The paper's five backbones: alias -> timm model name.
-PAPER_BACKBONES: dict[str, str] = {
-    "resnet50": "resnet50",
-    "efficientnet_b0": "efficientnet_b0",
-    "convnext_base": "convnext_base",
-    "swin_small": "swin_small_patch4_window7_224",
-    "vit_base": "vit_base_patch16_224",
-}
-# timm modules whose models are built for one input size and so take ``img_size``.
-_IMG_SIZE_MODULES = (
-    "vision_transformer", "deit", "swin_transformer", "swin_transformer_v2", "swin_transformer_v2_cr",
-    "beit", "eva", "maxxvit", "vision_transformer_relpos", "cait", "xcit",
-)
-_MIN_SIDE = 16  # below this even the padded CNNs end in degenerate feature maps
-_MIN_SIDE_BY_MODULE = {"convnext": 32}  # unpadded stem (4) and three stride-2 downsamplers
-HEADS = ("linear", "attention")  # "linear": timm's pooled features -> Linear; "attention": models/heads.py
-_RESERVED_KWARGS = {"pretrained", "in_chans", "num_classes", "img_size", "drop_rate", "drop_path_rate"}
-
-
-@dataclass(frozen=True)
-class ClassifierConfig:
-    backbone: str  # a PAPER_BACKBONES alias or any timm model name (the product's default: classifier.backbone)
-    num_classes: int = 14  # K: one sigmoid output per finding of the label vocabulary
-    image_size: int = 224  # square input side in pixels; vit/swin are built for exactly this
-    drop_rate: float = 0.0  # dropout before the classification head
-    drop_path_rate: float = 0.0  # stochastic depth, for families that have it (0 = off)
-    # extra timm create_model kwargs (e.g. a tiny swin for tests: embed_dim, depths, num_heads);
-    # plain values only, since they are stored in the checkpoint
-    model_kwargs: dict[str, Any] = field(default_factory=dict, hash=False)
-    se: bool = False  # squeeze-and-excitation channel weights on the final feature map (Hu et al.)
-    head: str = "linear"  # "linear" (pooled features -> K logits) or "attention" (one spatial map per class)
-    gcn: bool = False  # class vectors from a GCN over the train split's label co-occurrence (ML-GCN)
-
-    def __post_init__(self) -> None:
-        if self.head not in HEADS:
-            raise ValueError(f"head must be one of {list(HEADS)}, got {self.head!r}")
-        if not isinstance(self.se, bool) or not isinstance(self.gcn, bool):
-            raise ValueError(f"se and gcn must be true or false, got {self.se!r} and {self.gcn!r}")
-        if self.backbone not in PAPER_BACKBONES and not timm.is_model(self.backbone):
-            raise ValueError(
-                f"unknown backbone {self.backbone!r}; use one of the paper's aliases "
-                f"{sorted(PAPER_BACKBONES)} or a timm model name (see timm.list_models())"
-            )
-        if not isinstance(self.num_classes, int) or self.num_classes < 1:
-            raise ValueError(f"num_classes must be an int >= 1 (one per finding), got {self.num_classes!r}")
-        if not 0.0 <= self.drop_rate < 1.0 or not 0.0 <= self.drop_path_rate < 1.0:
-            raise ValueError(f"drop_rate and drop_path_rate must lie in [0, 1), got "
-                             f"{self.drop_rate} and {self.drop_path_rate}")
-        clash = _RESERVED_KWARGS & set(self.model_kwargs)
-        if clash:
-            raise ValueError(f"model_kwargs may not set {sorted(clash)}: use the config fields instead")
-        min_side = max([_MIN_SIDE] + [v for m, v in _MIN_SIDE_BY_MODULE.items()
-                                      if is_model_in_modules(self.timm_name, [m])])
-        if not isinstance(self.image_size, int) or self.image_size < min_side:
-            raise ValueError(f"image_size must be an int >= {min_side} for {self.timm_name}, got {self.image_size!r}")
-
-    @property
-    def timm_name(self) -> str:
-        """The timm model name the backbone resolves to."""
-        return PAPER_BACKBONES.get(self.backbone, self.backbone)
-
-    @property
-    def fixed_size(self) -> bool:
-        """True when the network is built for exactly ``image_size`` (vit, swin, ...)."""
-        return is_model_in_modules(self.timm_name, list(_IMG_SIZE_MODULES))
-
-    @property
-    def plain(self) -> bool:
-        """True when no option is on: the network is timm's own."""
-        return not self.se and self.head == "linear" and not self.gcn
-
 
 def build_classifier(config: ClassifierConfig, cooccurrence: torch.Tensor | None = None) -> nn.Module:
     """A randomly initialised network: (N, 1, S, S) in [0, 1] -> logits (N, K). timm's own when no

@@ -391,15 +391,15 @@ def test_the_warm_up_rule_the_seeds_and_the_checkpoint_cache_are_written_once():
 
 
 def test_the_generator_and_training_defaults_are_the_model_configs():
-    """The settings read the DiT's sizes and training defaults, and the classifier's batch, rate
-    and seed, from the models' configs (models/configs.py, torch-free): written once, there;
+    """The settings read the DiT's sizes and training defaults, and the classifier's parts,
+    batch, rate and seed, from the models' configs (models/configs.py, torch-free): written once, there;
     only the DiT's prediction differs, and says why."""
     import inspect
     import subprocess
     import sys
 
     from flows.settings import ClassifierSettings, GeneratorSettings
-    from models.configs import DiTConfig, DiTTrainConfig, TrainConfig
+    from models.configs import ClassifierConfig, DiTConfig, DiTTrainConfig, TrainConfig
     from tasks.finetune import FinetuneSettings
 
     generator, classifier = inspect.getsource(GeneratorSettings), inspect.getsource(ClassifierSettings)
@@ -409,6 +409,8 @@ def test_the_generator_and_training_defaults_are_the_model_configs():
         assert f"= DiTTrainConfig.{name}  #" in generator
     for name in ("batch_size", "lr", "seed"):
         assert f"= TrainConfig.{name}  #" in classifier
+    for name in ("se", "head", "gcn"):
+        assert f"= ClassifierConfig.{name}  #" in classifier
     assert "= TrainConfig.batch_size  #" in inspect.getsource(FinetuneSettings)
     assert (GeneratorSettings.prediction, DiTConfig.prediction) == ("sample", "epsilon")
     assert "what a\n    # checkpoint written before this field means" in inspect.getsource(DiTConfig)
