@@ -104,7 +104,7 @@ class FeatureScorer(_Filter):
     what = "feature z"
 
     def __init__(self, classifier, reference01: torch.Tensor, calibration01: torch.Tensor,
-                 false_rejection: float = 0.05):
+                 false_rejection: float = OODConfig.false_rejection):
         if reference01.shape[0] < 20 or calibration01.shape[0] < 20:
             raise ValueError("the feature OOD filter needs at least 20 real training images and 20 held-out ones")
         if not 0 < false_rejection < 1:

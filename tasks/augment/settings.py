@@ -9,6 +9,7 @@ from pydantic.dataclasses import dataclass
 from models.cam import LocaliseConfig
 from models.masks import MaskConfig
 from models.inpaint import InpaintConfig
+from models.ood import OODConfig
 from tasks.checked import CHECKED, one_of, validated
 
 OOD_METHODS = ("features", "reconstruction")
@@ -30,7 +31,7 @@ class AugmentSettings:
     verify_removal: bool = True  # accept only rows whose removal the classifier confirms; False: quality alone
     ood_filter: bool = True  # reject rows that score further from real films than held-out real images do (models/ood.py)
     ood_method: one_of("tasks.augment.settings:OOD_METHODS") = "features"  # "features": classifier-feature Mahalanobis; "reconstruction": the normal DiT's (not for a label-conditioned generator)
-    ood_false_rejection: float = 0.05  # share of the dataset's val images the OOD threshold would reject
+    ood_false_rejection: float = OODConfig.false_rejection  # share of the dataset's val images the OOD threshold would reject
     seed: int = 0  # mixed into every image's seed
     max_images: int | None = None  # cap on candidates (smallest output ids first); None = all
     variants: int = 1  # generated images per parent, each with its own seed (more rows from the same parents)
