@@ -1,6 +1,8 @@
 """The models' configs as plain dataclasses, without torch: the settings (flows/settings.py)
 read their defaults here, so each default is written once and loading the CLI stays light.
-models/dit.py and models/training.py build and train from them.
+models/dit.py, models/training.py and models/classifier.py build and train from them; what
+needs torch or timm to check (a loss's arguments, a timm model name) is checked when a config
+is made, not when the module is read.
 """
 
 from __future__ import annotations
