@@ -15,6 +15,7 @@ no row lost or changed, none duplicated, no lease or temporary object left.
 from __future__ import annotations
 
 import os
+import random
 import socket
 import threading
 import time
@@ -24,6 +25,22 @@ from benchmarks.reliability_sections import add, cli, finish, plain_table, start
 
 OUTAGE_BOUND_S = 150.0  # a writer cut off from S3 must have stopped by itself within this
 MODES = ("refused", "reset")
+
+
+def _bind_below_ephemeral(listener: socket.socket) -> None:
+    """Bind ``listener`` on 127.0.0.1 to a free port below the ephemeral range (from the kernel's
+    ``ip_local_port_range``; 32768 where it cannot be read)."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    for port in random.Random().sample(range(max(1024, low - 8000), low), 200):
+        try:
+            listener.bind(("127.0.0.1", port))
+            return
+        except OSError:
+            continue
+    raise OSError("no free port below the ephemeral range for the S3 gate")
 
 
 class Gate:
@@ -41,15 +58,25 @@ class Gate:
         return f"http://127.0.0.1:{self.port}"
 
     def open(self) -> None:
+        """Listen again on the gate's port. The port lies below the kernel's ephemeral range, so
+        while the gate is closed no outgoing connection can be given it (one was, once: the
+        reopen failed with EADDRINUSE)."""
         listener = socket.socket()
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
+        if self.port:
+            listener.bind(("127.0.0.1", self.port))
+        else:
+            _bind_below_ephemeral(listener)
         listener.listen(64)
         self.port, self.listener = listener.getsockname()[1], listener
         threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
 
     def close(self, reset: bool) -> None:
         """Stop accepting, and end every open connection (FIN, or RST when ``reset``)."""
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accept thread: only then is the port free
+        except OSError:
+            pass
         self.listener.close()
         with self.lock:
             sockets, self.open_sockets = list(self.open_sockets), set()
@@ -129,7 +156,8 @@ def outage_trial(command: list[str], env: dict, gate: Gate, mode: str, after_sha
             "one_line": len(lines) == 1 and "Traceback" not in err,
             "names_endpoint": bool(lines) and f"cannot reach the storage endpoint {gate.url} " in lines[-1],
             "message": (lines[-1][:240] if lines else ""), "stderr_lines": len(lines), "rerun_rc": rerun["rc"], "rerun_s": rerun["seconds"],
-            "rerun_error": rerun["err"].strip().splitlines()[-1:] if rerun["rc"] else []}
+            "rerun_error": rerun["err"].strip().splitlines()[-1:] if rerun["rc"] else [],
+            "stack": lines[-60:] if rc is None else []}  # a writer that did not stop: where it waited
 
 
 def section_s3_outage(args, work: Path) -> dict:

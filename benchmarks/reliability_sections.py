@@ -41,13 +41,19 @@ def cli(args: list[str], limit_s: float = COMMAND_LIMIT_S, env: dict | None = No
 
 
 def finish(child: subprocess.Popen, limit_s: float = COMMAND_LIMIT_S) -> dict:
-    """Wait for a started command; killed (rc None) when it runs past ``limit_s``."""
+    """Wait for a started command; stopped (rc None) when it runs past ``limit_s``: first with
+    SIGABRT, so its stderr ends with every thread's stack (start_cli turns faulthandler on), then
+    killed."""
     try:
         out, err = child.communicate(timeout=limit_s)
         return {"rc": child.returncode, "out": out, "err": err}
     except subprocess.TimeoutExpired:
-        child.kill()
-        out, err = child.communicate()
+        child.send_signal(signal.SIGABRT)
+        try:
+            out, err = child.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            out, err = child.communicate()
         return {"rc": None, "out": out, "err": err}
 
 
@@ -218,6 +224,7 @@ def section_concurrent(args, work: Path) -> dict:
 
 
 def start_cli(command: list[str], env: dict | None = None) -> subprocess.Popen:
+    env = {**(os.environ if env is None else env), "PYTHONFAULTHANDLER": "1"}  # a hung one shows where (finish)
     return subprocess.Popen([sys.executable, "-m", "flows.cli", *command], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
