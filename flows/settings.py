@@ -226,7 +226,7 @@ def settings_from_dict(data: dict) -> FactorySettings:
 def augment_settings(settings: FactorySettings):
     from tasks.augment import AugmentSettings
 
-    return validated(AugmentSettings, settings.augment, "augment")
+    return AugmentSettings.from_dict(settings.augment)
 
 
 def finetune_settings(settings: FactorySettings):

@@ -42,21 +42,28 @@ def _shown(value) -> str:
 
 def rows(cls, prefix: str = "") -> list[tuple[str, str, str, str]]:
     """(key, default, meaning, defined in) for every leaf setting under ``cls``."""
-    from flows.settings import FactorySettings, finetune_settings
-    from tasks.augment import AugmentSettings
+    from flows.settings import FactorySettings
 
-    nested = {(FactorySettings, "augment"): AugmentSettings,
-              (FactorySettings, "finetune"): type(finetune_settings(FactorySettings()))}
+    nested = _mapped_sections() if cls is FactorySettings else {}
     comments, out = meanings(cls), []
     for field in dataclasses.fields(cls):
         key = f"{prefix}{field.name}"
-        child = nested.get((cls, field.name))
+        child = nested.get(field.name)
         default = child() if child else _default(field)
         if dataclasses.is_dataclass(default):
             out += rows(type(default), f"{key}.")
         else:
             out.append((key, _shown(default), comments.get(field.name, ""), f"{cls.__module__}.{cls.__qualname__}"))
     return out
+
+
+def _mapped_sections() -> dict:
+    """The sections FactorySettings keeps as plain mappings (flow parameters), and the settings
+    class each is validated as (flows.settings.augment_settings / finetune_settings)."""
+    from tasks.augment import AugmentSettings
+    from tasks.finetune import FinetuneSettings
+
+    return {"augment": AugmentSettings, "finetune": FinetuneSettings}
 
 
 def markdown() -> str:
@@ -77,15 +84,14 @@ def schema() -> dict:
     ``description`` (the comment on its field's line, as in the reference table)."""
     from pydantic import TypeAdapter
 
-    from flows.settings import FactorySettings, augment_settings, finetune_settings
+    from flows.settings import FactorySettings
 
     def of(cls) -> tuple[dict, dict]:
         tree = TypeAdapter(cls).json_schema()
         return tree, tree.pop("$defs", {})
 
     tree, definitions = of(FactorySettings)
-    for section, cls in (("augment", type(augment_settings(FactorySettings()))),
-                         ("finetune", type(finetune_settings(FactorySettings())))):
+    for section, cls in _mapped_sections().items():
         part, more = of(cls)
         definitions.update(more)
         definitions[cls.__name__] = part

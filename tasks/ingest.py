@@ -125,20 +125,27 @@ class _ImageRoot:
         written (no ``..`` out, not absolute), and unless ``follow_symlinks``, where it leads (a
         symlink in the folder that points outside is an escape too: an upload folder someone
         else can write to must not pull in files from elsewhere on the host)."""
-        join, sep = (posixpath, "/") if self.remote else (os.path, os.sep)
-        full = join.normpath(join.join(self.root, relative))
-        inside = full.startswith(self.root + sep) and not join.isabs(relative)
+        full, inside = self._as_written(relative)
         if inside and not self.remote and not self.follow_symlinks:
-            inside = os.path.realpath(full).startswith(self.root + sep)
+            inside = not self._leads_outside(full)
         return full, inside
 
     def links_outside(self, relative: str) -> bool:
         """A path inside the folder as written that a symlink leads out of."""
         if self.remote or "\0" in relative:
             return False
-        full = os.path.normpath(os.path.join(self.root, relative))
-        return (full.startswith(self.root + os.sep) and not os.path.isabs(relative)
-                and not os.path.realpath(full).startswith(self.root + os.sep))
+        full, inside = self._as_written(relative)
+        return inside and self._leads_outside(full)
+
+    def _as_written(self, relative: str) -> tuple[str, bool]:
+        """The path under the root, and whether the table's path as written stays inside it."""
+        join, sep = (posixpath, "/") if self.remote else (os.path, os.sep)
+        full = join.normpath(join.join(self.root, relative))
+        return full, full.startswith(self.root + sep) and not join.isabs(relative)
+
+    def _leads_outside(self, full: str) -> bool:
+        """A local path whose symlinks resolve outside the root."""
+        return not os.path.realpath(full).startswith(self.root + os.sep)
 
     def _check_size(self, size: int | None) -> None:
         if size is not None and size > self.max_file_bytes:
