@@ -10,6 +10,7 @@ keeps equal to it, so the docs cannot drift from the code.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import json
 import re
@@ -17,6 +18,7 @@ import re
 _FIELD = re.compile(r"^\s+(\w+)\s*:[^=#]*(?:=[^#]*)?(?:#\s*(.*))?$")
 
 
+@functools.cache  # the CLI's parser asks once per flag; a class's source does not change in a process
 def meanings(cls) -> dict[str, str]:
     """Field name -> the comment on its line in the class body (empty when there is none)."""
     out: dict[str, str] = {}
