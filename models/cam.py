@@ -7,7 +7,7 @@ Map methods (``MAP_MAKERS``, one entry each; ``augment.cam_method`` names one):
   better than any Grad-CAM variant here, so it is the product's default;
 - ``attention``: the class-attention head's own map (models/heads.py), for a classifier built
   with ``head="attention"``; at the final feature map's resolution, placed like Grad-CAM's.
-A new method: its module, one entry in ``MAP_MAKERS``, and a test.
+A new method: one module in models/maps/ that registers its function (models/registry.py), and a test.
 Then (``refine``): the film's border optionally zeroed, the map weighted by the class location
 prior the classifier card carries (the mean training lesion mask, when the data had masks),
 and a gate: no mask for a class the classifier does not call (CheXlocalize's practice),
@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from models.gradcam import CAM_METHODS, cam_maps, receptive_centre, reshape_transform, timm_network, upsample_aligned
 from models.heads import class_attention_maps
 from models.masks import MaskConfig, MaskResult, protected_region, relocate, union_mask
+from models.registry import Registry
 from models.training import predict_probs
 
 @dataclass(frozen=True)
@@ -81,12 +82,13 @@ def _infill(model, images, classes, config: LocaliseConfig) -> np.ndarray:
     return infill_maps(model, images, classes, config.window, config.stride)
 
 
-# map method -> maps(model, images (N, 1, H, W), classes (one per row), LocaliseConfig) -> (N, H, W)
-MAP_MAKERS: dict[str, Callable[..., np.ndarray]] = {
+# map method -> maps(model, images (N, 1, H, W), classes (one per row), LocaliseConfig) -> (N, H, W);
+# then the methods models/maps/ registers
+MAP_MAKERS: Registry = Registry("models.maps", {
     **{name: _grad_cam(name) for name in CAM_METHODS},  # at each configured layer, aligned, averaged
     "infill": _infill,
     "attention": lambda model, images, classes, config: attention_maps(model, images, classes),
-}
+})
 
 
 def raw_maps(model: torch.nn.Module, images: torch.Tensor, classes: list[int], config: LocaliseConfig,

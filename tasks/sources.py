@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
+from models.registry import Registry
 from tasks.labels import (BlankPolicy, UncertainPolicy, UnknownLabelError, Vocabulary,
                           chexpert_vector, parse_label_list, vocabulary)
 
@@ -309,9 +310,9 @@ class Source:
 
 
 # The real sources by name: the settings' choices, the CLI's `ingest` subcommands and the factory's
-# ingest read this. A new source: its reader here, one entry, and a test (a new option is also a
-# DatasetSettings field).
-READERS: dict[str, Source] = {
+# ingest read this. Then the sources tasks/readers/ registers, one module each (a new option is
+# also a DatasetSettings field).
+READERS: Registry = Registry("tasks.readers", {
     "nih": Source(read_nih, ("bbox_table",),
                   "NIH ChestX-ray14: Data_Entry_2017*.csv (+ BBox_List_2017.csv beside it)"),
     "chexpert": Source(read_chexpert, ("views", "uncertain", "blank"),
@@ -320,7 +321,7 @@ READERS: dict[str, Source] = {
                     "MIMIC-CXR-JPG *-chexpert.csv (IMAGES: the folder holding files/)"),
     "folder": Source(read_folder, ("vocab", "path_column", "label_column", "patient_column", "split_column"),
                      "a folder of images and a CSV: path column + '|'-separated labels"),
-}
+})
 
 
 def options_of(dataset) -> dict:

@@ -5,8 +5,8 @@ read the judges' defaults (tasks/knowledge/llm.py) without them.
 """
 
 import importlib
-from typing import Callable
 
+from models.registry import Registry
 from tasks.knowledge.decision import Decision, Question, decision_key
 from tasks.knowledge.llm import AnthropicJudge, ConfigError, JudgeError, LLMSettings
 from tasks.knowledge.rules import NoGuidanceJudge, RulesJudge
@@ -22,13 +22,14 @@ def __getattr__(name: str):
 
 # The judges by name, each built from the LLM settings (knowledge.judge; used only by an LLM judge):
 # ``rules``, the offline clinical table; ``anthropic``, the Messages API (the rules table answers
-# what it cannot); ``none``, no guidance (remove every head finding). All share one protocol
-# (tasks.knowledge.planner.Judge). A new judge: its module, and one entry here.
-JUDGES: dict[str, Callable[[LLMSettings | None], "Judge"]] = {
+# what it cannot); ``none``, no guidance (remove every head finding); then the judges
+# tasks/knowledge/judges/ registers, one module each. All share one protocol
+# (tasks.knowledge.planner.Judge).
+JUDGES: Registry = Registry("tasks.knowledge.judges", {
     "rules": lambda llm: RulesJudge(),
     "anthropic": AnthropicJudge,
     "none": lambda llm: NoGuidanceJudge(),
-}
+})
 
 
 def make_judge(kind: str, llm: LLMSettings | None = None) -> "Judge":
