@@ -63,9 +63,10 @@ from models.dit import DiTConfig, DiTTrainConfig
 from benchmarks.comparison import compare_settings
 from models.training import TrainConfig
 from tasks.finetune import FinetuneSettings
-from tasks.ingest import ingest_phantom, phantom_ingested
-from tasks.knowledge import NoGuidanceJudge, RulesJudge, plan
+from tasks import store
 from tasks.dataset import existing_rows, read_manifest
+from tasks.ingest import ingest_phantom, phantom_parameters
+from tasks.knowledge import NoGuidanceJudge, RulesJudge, plan
 from tasks.phantom import Regime
 from tasks.pretrain import shipped_dit, train_label_dit, train_normal_dit
 
@@ -156,6 +157,13 @@ def phantom(args, work: Path, models_uri: str, needs_dit: bool = True, size: int
         data["test_source"] = (f"every image of a second phantom stream, {test_n} images at {size} px, seed "
                                f"{PHANTOM_SEED + 1} (other patients), instead of the test split")
     return dataset, dit, config, data
+
+
+def phantom_ingested(out_uri: str, n: int, size: int, seed: int, regime: Regime = Regime()) -> bool:
+    """Whether ``out_uri``'s run records hold a completed phantom ingest of these images."""
+    wanted = phantom_parameters(n, size, seed, regime=regime)
+    return any(r.get("flow") == "ingest" and r.get("status") == "completed" and r.get("parameters") == wanted
+               for r in map(store.read_json, store.glob(store.join(out_uri, "runs"), "*.json")))
 
 
 def ingest_once(dataset: str, n: int, size: int, seed: int, regime: Regime = Regime()) -> None:

@@ -40,7 +40,7 @@ from models.cam import LocaliseConfig, class_maps, raw_maps, refine
 from models.masks import MaskConfig, map_to_mask, relocate
 from models.classifier import ClassifierConfig, load_checkpoint
 from models.dit import DiTConfig, DiTTrainConfig, build_scheduler, load_dit
-from models.fill import harmonic_fill, paste_fill
+from models.fill import harmonic_fill
 from models.inpaint import InpaintConfig, inpaint
 from models.removal import Removal, dit_fill, kept_classes, remove_lesions
 from models.sampling import sample
@@ -219,6 +219,14 @@ def oracle_masks(truth: list[dict], chosen, shape) -> list[np.ndarray]:
             union |= truth[i][name]
         out.append(fm.tolerant(union))
     return out
+
+
+def paste_fill(images: torch.Tensor, mask: torch.Tensor, donors: torch.Tensor) -> torch.Tensor:
+    """The paste control: (N, 1, H, W) images with the masked pixels copied from ``donors`` (other
+    patients' normal films, same shape) at the same place: real texture, someone else's anatomy."""
+    if images.shape != mask.shape or donors.shape != images.shape:
+        raise ValueError("images, mask and donors must have the same (N, 1, H, W) shape")
+    return torch.where(mask > 0.5, donors, images)
 
 
 def fills(images: torch.Tensor, masks: torch.Tensor, dit, scheduler, donors: torch.Tensor, seeds) -> dict:

@@ -4,8 +4,6 @@ for the diffusion sampler.
 - ``harmonic_fill``: the masked pixels solve Laplace's equation with the surrounding pixels as
   boundary values (Dirichlet problem on the 4-neighbour grid): the smoothest surface that meets
   the edge. No texture, but no bias either where the hidden tissue is smooth.
-- ``paste_fill``: the masked pixels are copied from another (normal) image at the same place:
-  real texture, someone else's anatomy.
 
 Mask convention as in ``models.inpaint``: (N, 1, H, W), 1 = regenerate. Pixels outside the
 mask are returned unchanged.
@@ -59,10 +57,3 @@ def harmonic_fill(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         else:
             out.append(_harmonic_one(image, m))
     return torch.from_numpy(np.stack(out))[:, None].to(images.dtype)
-
-
-def paste_fill(images: torch.Tensor, mask: torch.Tensor, donors: torch.Tensor) -> torch.Tensor:
-    """(N, 1, H, W) images with the masked pixels taken from ``donors`` (same shape)."""
-    if images.shape != mask.shape or donors.shape != images.shape:
-        raise ValueError("images, mask and donors must have the same (N, 1, H, W) shape")
-    return torch.where(mask > 0.5, donors, images)

@@ -407,7 +407,7 @@ def ingest_phantom(out_uri: str, n: int, size: int = 64, seed: int = 0, vocab: s
     ``workers`` processes render them (the same images in the same order). A ``regime`` other
     than the default is named in the run's parameters, the manifest's source and every row's
     ``source_uri``."""
-    parameters = _phantom_parameters(n, size, seed, vocab, regime)
+    parameters = phantom_parameters(n, size, seed, vocab, regime)
     run_id = new_run_id()
     check_writable(out_uri, "phantom", vocab, size)  # refused before a lock or run record (again under the lock)
     with dataset_lock(out_uri, "phantom"), recorded_run(out_uri, run_id, "ingest", parameters, utcnow()) as done:
@@ -417,16 +417,8 @@ def ingest_phantom(out_uri: str, n: int, size: int = 64, seed: int = 0, vocab: s
         return report
 
 
-def phantom_ingested(out_uri: str, n: int, size: int = 64, seed: int = 0, vocab: str = "nih",
-                     regime: Regime = Regime()) -> bool:
-    """Whether ``out_uri``'s run records hold a completed ``ingest_phantom`` of these images: a
-    rerun would render all ``n`` again only to find them present."""
-    wanted = _phantom_parameters(n, size, seed, vocab, regime)
-    return any(r.get("flow") == "ingest" and r.get("status") == "completed" and r.get("parameters") == wanted
-               for r in map(store.read_json, store.glob(store.join(out_uri, "runs"), "*.json")))
-
-
-def _phantom_parameters(n: int, size: int, seed: int, vocab: str, regime: Regime) -> dict:
+def phantom_parameters(n: int, size: int, seed: int, vocab: str = "nih", regime: Regime = Regime()) -> dict:
+    """What a phantom ingest's run record names as its parameters (these images, exactly)."""
     default = {"source": "phantom", "n": n, "size": size, "seed": seed, "vocab": vocab}
     return default if regime.is_default else default | {"regime": asdict(regime)}
 

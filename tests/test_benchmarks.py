@@ -451,3 +451,13 @@ def test_staleness_counts_the_code_commits_since_each_result(tmp_path):
     (tmp_path / "unnamed.json").write_text("{}")
     rows = {Path(r["result"]).name: r["code_commits_since"] for r in staleness(tmp_path)}
     assert rows["now.json"] == 0 and rows["then.md"] > 0 and "unnamed.json" not in rows
+
+
+def test_the_paste_control_takes_donor_pixels_inside_the_mask_only():
+    from benchmarks.fidelity import paste_fill
+    image, donor = torch.zeros(1, 1, 24, 24), torch.ones(1, 1, 24, 24)
+    mask = torch.zeros(1, 1, 24, 24)
+    mask[..., 6:14, 8:18] = 1.0
+    assert torch.equal(paste_fill(image, mask, donor), mask)
+    with pytest.raises(ValueError):
+        paste_fill(image, mask, donor[..., :10])

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from models.dit import DiTConfig, build_dit, build_scheduler
-from models.fill import harmonic_fill, paste_fill
+from models.fill import harmonic_fill
 from models.inpaint import InpaintConfig, inpaint
 
 
@@ -35,14 +35,6 @@ def test_harmonic_fill_at_the_film_edge_and_whole_image():
     lo, hi = image[0, 0, 4:].min(), image[0, 0, 4:].max()
     assert lo - 1e-6 <= filled[0, 0, :4].min() and filled[0, 0, :4].max() <= hi + 1e-6  # maximum principle
     assert torch.allclose(filled[1], image[1].mean().expand_as(filled[1]))
-
-
-def test_paste_fill_takes_donor_pixels_inside_the_mask_only():
-    image, donor, mask = torch.zeros(1, 1, 24, 24), torch.ones(1, 1, 24, 24), _box()
-    out = paste_fill(image, mask, donor)
-    assert torch.equal(out, mask)
-    with pytest.raises(ValueError):
-        paste_fill(image, mask, donor[..., :10])
 
 
 def test_harmonic_start_of_the_sampler():

@@ -1,6 +1,7 @@
 """Layering rules of the design doc: models/ free of Prefect and storage; torchvision guard."""
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,6 +72,25 @@ def test_the_product_imports_no_benchmark_and_the_benchmarks_no_test():
     benchmarks = list((ROOT / "benchmarks").rglob("*.py"))
     assert benchmarks
     assert [str(f.relative_to(ROOT)) for f in benchmarks if "tests" in _imports(f)] == []
+
+
+# Product functions only benchmarks call, each for a reason a user shares: the GPU script prints a
+# preset's cost, the normal generator's training writes the shipped weights' format, and lineage
+# (a row's source_uri) is the product's to read.
+USED_BY_BENCHMARKS_ONLY = {"flops_per_call", "save_dit_safetensors", "split_source_uri"}
+
+
+def test_no_product_function_is_there_only_for_the_benchmarks():
+    product = {p: p.read_text() for folder in ("flows", "tasks", "models") for p in (ROOT / folder).rglob("*.py")}
+    benchmarks = "\n".join(p.read_text() for p in (ROOT / "benchmarks").rglob("*.py"))
+    leaked = []
+    for path, text in product.items():
+        for node in ast.parse(text).body:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and not node.name.startswith("_"):
+                word = re.compile(rf"\b{re.escape(node.name)}\b")
+                if sum(len(word.findall(t)) for t in product.values()) == 1 and word.search(benchmarks):
+                    leaked.append(f"{path.relative_to(ROOT)}:{node.name}")
+    assert sorted(name for name in leaked if name.split(":")[1] not in USED_BY_BENCHMARKS_ONLY) == []
 
 
 def test_a_product_module_over_about_300_lines_says_why():

@@ -9,7 +9,8 @@ import pytest
 
 from benchmarks.phantom_truth import _replay
 from tasks.dataset import existing_rows, read_manifest
-from tasks.ingest import ingest_phantom, phantom_ingested
+from benchmarks.experiment import phantom_ingested
+from tasks.ingest import ingest_phantom
 from tasks.labels import vocabulary
 from tasks.phantom import Regime, phantom_images, render
 from tasks.phantom.regime import draw_labels, split_source_uri, tail_findings
