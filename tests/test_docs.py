@@ -1,5 +1,6 @@
 """The docs a newcomer reads: a short README, and docs/ pages that build with no broken link."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -28,9 +29,19 @@ def test_the_docs_build_strictly_and_a_broken_link_fails_the_build(tmp_path):
     built = _build(ROOT / "mkdocs.yml", tmp_path / "site")
     assert built.returncode == 0, built.stderr[-3000:]
     assert (tmp_path / "site" / "settings" / "index.html").exists()
+    # the results pages are the result files: a benchmark's report, a JSON-only result's values
+    fidelity = (tmp_path / "site" / "results" / "fidelity_128" / "index.html").read_text()
+    assert "Commit <code>" in fidelity and (tmp_path / "site" / "results" / "fidelity_128_grid.png").exists()
+    ingest = json.loads((ROOT / "benchmarks" / "results" / "ingest.json").read_text())
+    figure = str(ingest["stages"]["ingest_nih1000_64px_workers1"]["images_per_s"])
+    assert figure in (tmp_path / "site" / "results" / "ingest" / "index.html").read_text()
+    listed = (tmp_path / "site" / "results" / "index.html").read_text()
+    assert all(f"{name}.json" in listed for name in ("ingest", "fidelity_128", "experiment_phantom"))
     # the control: the same docs with one link to a page that is not there
     shutil.copytree(ROOT / "docs", tmp_path / "copy" / "docs")
-    shutil.copy(ROOT / "mkdocs.yml", tmp_path / "copy" / "mkdocs.yml")
+    config = (ROOT / "mkdocs.yml").read_text().replace("benchmarks/docs_results.py",
+                                                        str(ROOT / "benchmarks" / "docs_results.py"))
+    (tmp_path / "copy" / "mkdocs.yml").write_text(config)
     guide = tmp_path / "copy" / "docs" / "guide.md"
     guide.write_text(guide.read_text() + "\nSee [the old page](operating.md).\n")
     broken = _build(tmp_path / "copy" / "mkdocs.yml", tmp_path / "site2")
