@@ -45,6 +45,18 @@ class DiTConfig:
 
 
 @dataclass(frozen=True)
+class EngineConfig:
+    """How the sampler's network calls run (models/engine.py); a row's result does not depend on
+    them, so they are not part of a run's recipe."""
+    rows: int = 0  # rows per DiT call (the model batch); 0: sized to the device (the CPU: a batch's rows at once)
+    compile: bool = False  # torch.compile the DiT's forward (worth it on CUDA), each call padded to a power-of-two row bucket
+
+    def __post_init__(self) -> None:
+        if self.rows < 0:
+            raise ValueError("engine.rows must be >= 0 (0: sized to the device)")
+
+
+@dataclass(frozen=True)
 class DiTTrainConfig:
     steps: int = 2000  # optimiser steps
     batch_size: int = 32

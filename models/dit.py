@@ -42,7 +42,7 @@ import torch
 from diffusers import DDPMScheduler, DiTTransformer2DModel
 from torch import nn
 
-from models import checkpoint, distributed
+from models import checkpoint, distributed, engine
 from models.configs import CONDITIONINGS, PREDICTIONS, DiTConfig, DiTTrainConfig  # noqa: F401  (their home)
 from models.device import model_device, on_device
 from models.training import EMA, seed_everything
@@ -193,7 +193,12 @@ def network_output(model: DiTTransformer2DModel, x: torch.Tensor, t: torch.Tenso
             if labels is None else labels.to(x.device)
     else:
         labels = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)  # one class: normal
-    net = model if net is None else net
+    if net is not None:  # training (its data-parallel wrapper)
+        return _forward(net, x, t, labels)
+    return engine.run(model, _forward, x, t, labels)  # sampling: in the model's chunks (models/engine.py)
+
+
+def _forward(net: nn.Module, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     if x.is_cuda:
         with torch.autocast("cuda", dtype=torch.bfloat16):
             return net(x, timestep=t, class_labels=labels).sample.float()

@@ -6,6 +6,8 @@ import torch
 
 from models.dit import (DiTConfig, DiTTrainConfig, build_dit, build_scheduler, diffusion_loss, load_dit,
                         predict_noise, random_masks, save_dit, train_dit)
+from models.configs import EngineConfig
+from models.engine import chunk_rows, use_engine
 from models.inpaint import InpaintConfig, feather_weights, inpaint, jump_schedule
 from models.sampling import ddim_step, ddim_timesteps, noised_known, sample
 from models.schedule import epoch_indices, fixed_order, pil_prefix, pil_share
@@ -344,3 +346,28 @@ def test_presets_give_dit_sizes_with_256_tokens_and_their_flops():
     attention = config.depth * 4 * 256 ** 2 * 128
     assert abs(counter.get_total_flops() + attention - tiny) / tiny < 0.01
     assert set(PRESETS) == {"tiny", "small", "base"}
+
+
+@pytest.mark.parametrize("engine", [EngineConfig(rows=2), EngineConfig(rows=8, compile=True)])
+def test_model_batches_and_compiled_buckets_leave_each_image_as_it_was(engine, monkeypatch):
+    """The DiT's calls run in the engine's chunks (the model batch, not the caller's), padded to
+    power-of-two buckets when compiled; the images are those of one call (compiled here with
+    torch.compile's eager backend: the CPU has no use for inductor)."""
+    from models import dit as dit_module
+    from models import engine as engine_module
+
+    model, scheduler = _tiny_model()
+    images = torch.rand(5, 1, 16, 16, generator=torch.Generator().manual_seed(4))
+    mask = torch.zeros(5, 1, 16, 16)
+    mask[:, :, 3:9, 3:9] = 1
+    config = InpaintConfig(steps=3, jump_length=2, resample=2)
+    gens = lambda: [torch.Generator().manual_seed(s) for s in range(5)]  # noqa: E731
+    whole = inpaint(model.eval(), scheduler, images, mask, config, gens())
+    monkeypatch.setattr(engine_module, "COMPILE_BACKEND", "eager")
+    rows_seen, forward = [], dit_module._forward
+    monkeypatch.setattr(dit_module, "_forward", lambda net, x, t, labels: rows_seen.append(len(x)) or
+                        forward(net, x, t, labels))
+    chunked = inpaint(use_engine(model, engine), scheduler, images, mask, config, gens())
+    assert torch.allclose(chunked, whole, atol=1e-5)
+    assert set(rows_seen) == ({2, 1} if not engine.compile else {8})  # 5 rows: 2 + 2 + 1, or padded to 8
+    assert chunk_rows(model, EngineConfig()) is None  # the CPU by default: a batch's rows at once

@@ -13,6 +13,7 @@ import torch
 
 from models.masks import MaskResult
 from models.device import describe_device, model_device
+from models.engine import use_engine
 from models.removal import dit_fill, kept_classes, remove_lesions
 from models.sampling import sample
 from models.training import predict_probs
@@ -103,6 +104,7 @@ def _generate(dataset_uri: str, images: torch.Tensor, kept: torch.Tensor, condit
     net, card = _classifier(classifier["uri"])
     before = predict_probs(net, images)  # (B, K): the gate's input and the removal check's "before"
     dit, scheduler, _ = _generator(generator["uri"])
+    use_engine(dit, settings.engine)  # its calls in model batches, whatever this task's batch
     if conditional:  # DfT-Caption: no mask, the whole image is new
         side = images.shape[-1]
         seeds = [torch.Generator().manual_seed(c.seed) for c in batch]

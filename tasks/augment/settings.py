@@ -7,6 +7,7 @@ from dataclasses import asdict, field
 from pydantic.dataclasses import dataclass
 
 from models.cam import LocaliseConfig
+from models.configs import EngineConfig
 from models.masks import MaskConfig
 from models.inpaint import InpaintConfig
 from models.ood import OODConfig
@@ -18,11 +19,12 @@ RUNNERS = ("local", "dask")
 
 @dataclass(frozen=True, config=CHECKED)
 class AugmentSettings:
-    batch_size: int = 64  # images per task (32-128: Prefect costs ~10 ms per task)
+    batch_size: int = 64  # images per task: its unit of work, resume and shard (32-128: Prefect costs ~10 ms per task); the DiT's own batch is engine.rows
     cam_method: one_of("models.cam:MAP_MAKERS") = "infill"  # class maps: "infill" (counterfactual occlusion), a Grad-CAM variant or "attention"
     localise: LocaliseConfig = field(default_factory=LocaliseConfig)  # layers, border, prior, gate
     mask: MaskConfig = field(default_factory=MaskConfig)
     inpaint: InpaintConfig = field(default_factory=InpaintConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)  # the DiT's model batch and compilation (not part of the recipe)
     removal_rounds: int = 4  # localise -> inpaint passes; a pass re-localises on the result where a removed class is still seen
     removal_target: float = 0.25  # passes after the first go on while a removed class's probability >= this x its threshold
     guidance: float = 2.0  # label-conditioned generator: classifier-free guidance weight (1 = none); steps: inpaint.steps
