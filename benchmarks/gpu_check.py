@@ -18,8 +18,12 @@ a lent machine only the wheels ``make gpu-wheels`` downloads into .whl must trav
    inpainting with the product's sampler (AugmentSettings' inpaint settings). Each with images/s and, where
    the work is matrix products, its FLOP/s (torch.utils.flop_counter) as a share of the GPU's
    bf16 dense peak and of a measured 8192^3 bf16 matrix product.
+   Inpainting again through the engine (models/engine.py): 512 films in one task, model
+   batches sized to the device, the forward compiled.
 3. **Generator presets** (tiny, small, base) at 128 and 256 px: training steps/s and free
    sampling images/s, with ``models.dit.flops_per_call`` as a share of the bf16 peak.
+4. **Classifier presets** (tiny, small, base: models.configs.CLASSIFIER_PRESETS) at 256 px:
+   training and inference images/s in bf16, a training step's FLOPs as a share of the peak.
 """
 
 from __future__ import annotations
@@ -37,7 +41,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from benchmarks.common import RESULTS, commit, machine
 from models.cam import raw_maps
 from models.classifier import ClassifierConfig, build_classifier
+from models.configs import EngineConfig
 from models.device import describe_device
+from models.engine import use_engine
 from models.dit import DiTConfig, DiTTrainConfig, build_scheduler, diffusion_loss, to_model_range, train_dit
 from models.inpaint import InpaintConfig, inpaint
 from models.metrics import tune_thresholds
@@ -176,6 +182,19 @@ def throughput(size: int, device: torch.device, peak: float | None, ceiling: flo
 
     out["inpaint_img_s"] = n_fill / cuda_seconds(fill, 2)
     out["inpaint_tflops"] = flops(fill) / (n_fill / out["inpaint_img_s"]) / 1e12
+    # the same sampler through the engine: one task of 512 films, model batches sized to the
+    # device and a compiled forward (the CPU smoke test: 2-row chunks, not compiled)
+    n_engine, engine = (4, EngineConfig(rows=2)) if quick else (512, EngineConfig(compile=True))
+    films_engine = images.repeat((n_engine + len(images) - 1) // len(images), 1, 1, 1)[:n_engine]
+    mask_engine = mask[:1].expand(n_engine, -1, -1, -1)
+
+    def fill_engine():
+        inpaint(use_engine(dit, engine), scheduler, films_engine, mask_engine, config,
+                [torch.Generator().manual_seed(i) for i in range(n_engine)])
+
+    out["inpaint_engine_img_s"] = n_engine / cuda_seconds(fill_engine, 2)
+    out["inpaint_engine_tflops"] = out["inpaint_tflops"] / out["inpaint_img_s"] * out["inpaint_engine_img_s"]
+    use_engine(dit, None)
     for key in [k for k in out if k.endswith("_tflops")]:
         out[key.replace("_tflops", "_share_of_peak")] = out[key] / peak if peak else None
         out[key.replace("_tflops", "_share_of_matmul")] = out[key] / ceiling
@@ -217,6 +236,44 @@ def presets(size: int, device: torch.device, peak: float | None, quick: bool = F
     return rows
 
 
+def classifier_presets(size: int, device: torch.device, peak: float | None, quick: bool = False) -> list[dict]:
+    """Each classifier preset (models.configs.CLASSIFIER_PRESETS) at ``size`` px: training
+    images/s (bf16 autocast on CUDA, channels_last, batch 64) and inference images/s, with the
+    FLOPs FlopCounterMode counts for a step as a share of the peak."""
+    from models.configs import CLASSIFIER_PRESETS
+
+    rows = []
+    for name, backbone in CLASSIFIER_PRESETS.items():
+        torch.manual_seed(0)
+        net = build_classifier(ClassifierConfig(backbone, 14, size)).to(device, memory_format=torch.channels_last)
+        batch = 2 if quick else 64
+        x, y = torch.rand(batch, 1, size, size, device=device), torch.zeros(batch, 14, device=device)
+        optimiser = torch.optim.AdamW(net.parameters(), lr=1e-4)
+
+        def train_step():
+            net.train()
+            optimiser.zero_grad(set_to_none=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                loss = nn.functional.binary_cross_entropy_with_logits(net(x).float(), y)
+            loss.backward()
+            optimiser.step()
+
+        @torch.inference_mode()
+        def infer():
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                net.eval()(x)
+
+        train_s, infer_s = cuda_seconds(train_step, 2 if quick else 10), cuda_seconds(infer, 2 if quick else 10)
+        step_flops = flops(train_step)
+        rows.append({"preset": name, "backbone": backbone, "size": size,
+                     "parameters": sum(p.numel() for p in net.parameters()),
+                     "gflop_per_image_train": step_flops / batch / 1e9, "train_img_s": batch / train_s,
+                     "train_share_of_peak": step_flops / train_s / 1e12 / peak if peak else None,
+                     "infer_img_s": batch / infer_s})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def markdown(result: dict) -> str:
     a = result["agreement"]
     lines = [f"# GPU check\n\nCommit `{result['commit']}`, {result['device']}; bf16 dense peak "
@@ -237,6 +294,11 @@ def markdown(result: dict) -> str:
             lines.append(f"| {row['size']} | {stage} | {row[f'{stage}_{rate}']:.1f} | {row[f'{stage}_tflops']:.2f} | "
                          f"{'-' if share is None else f'{share:.4f}'} | {row[f'{stage}_share_of_matmul']:.4f} |")
         lines.append(f"| {row['size']} | infill maps | {row['infill_maps_img_s']:.1f} | | | |")
+        if "inpaint_engine_img_s" in row:
+            share = row.get("inpaint_engine_share_of_peak")
+            lines.append(f"| {row['size']} | inpaint, engine (512 films, model batches, compiled) | "
+                         f"{row['inpaint_engine_img_s']:.1f} | {row['inpaint_engine_tflops']:.2f} | "
+                         f"{'-' if share is None else f'{share:.4f}'} | {row['inpaint_engine_share_of_matmul']:.4f} |")
     lines += ["\n## Generator presets (bf16 autocast; a training step counted as 3 network calls per image)\n",
               "| preset | px | parameters | GFLOP/call | train steps/s (batch) | train share of peak | "
               "sample images/s (50 steps) | sample share of peak |", "|---|---|---|---|---|---|---|---|"]
@@ -245,6 +307,13 @@ def markdown(result: dict) -> str:
         lines.append(f"| {row['preset']} | {row['size']} | {row['parameters'] / 1e6:.1f} M | {row['gflop_per_call']:.2f} | "
                      f"{row['train_steps_s']:.1f} ({row['train_batch']}) | {share(row['train_share_of_peak'])} | "
                      f"{row['sample_img_s']:.1f} | {share(row['sample_share_of_peak'])} |")
+    lines += ["\n## Classifier presets (bf16 autocast, channels_last, batch 64)\n",
+              "| preset | backbone | px | parameters | GFLOP/image (train step) | train images/s | train share of peak | "
+              "inference images/s |", "|---|---|---|---|---|---|---|---|"]
+    for row in result.get("classifier_presets", []):
+        lines.append(f"| {row['preset']} | {row['backbone']} | {row['size']} | {row['parameters'] / 1e6:.1f} M | "
+                     f"{row['gflop_per_image_train']:.2f} | {row['train_img_s']:.1f} | "
+                     f"{share(row['train_share_of_peak'])} | {row['infer_img_s']:.1f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -255,6 +324,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--preset-sizes", type=int, nargs="+", default=[128, 256],
                         help="image sizes at which each generator preset is timed")
     parser.add_argument("--presets", nargs="+", help="which presets (default: all)")
+    parser.add_argument("--classifier-sizes", type=int, nargs="+", default=[256],
+                        help="image sizes at which each classifier preset is timed")
     parser.add_argument("--peak-tflops", type=float, help="the GPU's bf16 dense peak (default: from its name)")
     parser.add_argument("--commit", help="the commit measured (default: git's; a copied tree without .git has none)")
     parser.add_argument("--cpu-smoke", action="store_true",
@@ -276,6 +347,8 @@ def main(argv: list[str] | None = None) -> dict:
         result["throughput"].append(throughput(size, device, peak, result["matmul_tflops"], quick))
         print(json.dumps(result["throughput"][-1]), flush=True)
     result["presets"] = [row for size in args.preset_sizes for row in presets(size, device, peak, quick, args.presets)]
+    result["classifier_presets"] = [row for size in args.classifier_sizes
+                                    for row in classifier_presets(size, device, peak, quick)]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "gpu_check.json").write_text(json.dumps(result, indent=1) + "\n")
     (args.out / "gpu_check.md").write_text(markdown(result))

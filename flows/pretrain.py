@@ -23,7 +23,7 @@ def train_classifier_task(dataset_uri: str, models_uri: str, settings: Classifie
                           image_size: int) -> dict:
     if settings.checkpoint:
         return pretrain.named_checkpoint("classifier", settings.checkpoint)
-    config = ClassifierConfig(backbone=settings.backbone, num_classes=num_classes, image_size=image_size,
+    config = ClassifierConfig(backbone=settings.model_backbone(), num_classes=num_classes, image_size=image_size,
                               se=settings.se, head=settings.head, gcn=settings.gcn)
     train = TrainConfig(epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr, seed=settings.seed)
     progress = StepProgress("classifier training", train.epochs, "epoch", key="train-classifier")

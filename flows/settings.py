@@ -18,7 +18,7 @@ from pathlib import Path
 from pydantic import StrictStr
 from pydantic.dataclasses import dataclass
 
-from models.configs import ClassifierConfig, DiTConfig, DiTTrainConfig, TrainConfig
+from models.configs import CLASSIFIER_PRESETS, ClassifierConfig, DiTConfig, DiTTrainConfig, TrainConfig
 from tasks.checked import CHECKED, one_of, validated
 from tasks.knowledge.llm import LLMSettings
 
@@ -73,6 +73,7 @@ def _check_processes(section: str, processes: int, batch_size: int) -> None:
 
 @dataclass(frozen=True, config=CHECKED)
 class ClassifierSettings:
+    preset: one_of("models.configs:CLASSIFIER_PRESETS") | None = None  # tiny (resnet18) | small (densenet121, CheXNet's) | base (convnext_base, the paper's): sets the backbone
     backbone: str = "resnet18"  # timm name or a paper alias (resnet50, efficientnet_b0, ...)
     epochs: int = 8  # passes over the train split
     batch_size: int = TrainConfig.batch_size  # images per optimiser step
@@ -85,7 +86,13 @@ class ClassifierSettings:
     checkpoint: str | None = None  # reuse this checkpoint URI instead of training
 
     def __post_init__(self) -> None:
+        if self.preset is not None and self.backbone != next(f.default for f in fields(self) if f.name == "backbone"):
+            raise ValueError("set classifier.preset or classifier.backbone, not both")
         _check_processes("classifier", self.processes, self.batch_size)
+
+    def model_backbone(self) -> str:
+        """The backbone the classifier is built with: its preset's, or ``backbone``."""
+        return CLASSIFIER_PRESETS[self.preset] if self.preset is not None else self.backbone
 
 
 @dataclass(frozen=True, config=CHECKED)

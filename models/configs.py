@@ -118,6 +118,10 @@ PAPER_BACKBONES: dict[str, str] = {
     "swin_small": "swin_small_patch4_window7_224",
     "vit_base": "vit_base_patch16_224",
 }
+# The classifier's presets (classifier.preset): its backbone, least compute first. tiny: the phantom's
+# and the demo's ResNet-18; small: CheXNet's DenseNet-121 (Rajpurkar et al.); base: the paper's
+# ConvNeXt-B.
+CLASSIFIER_PRESETS: dict[str, str] = {"tiny": "resnet18", "small": "densenet121", "base": "convnext_base"}
 # timm modules whose models are built for one input size and so take ``img_size``.
 _IMG_SIZE_MODULES = (
     "vision_transformer", "deit", "swin_transformer", "swin_transformer_v2", "swin_transformer_v2_cr",

@@ -23,8 +23,8 @@ _COMPILED: "weakref.WeakKeyDictionary[torch.nn.Module, torch.nn.Module]" = weakr
 Call = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def use_engine(model: torch.nn.Module, config: EngineConfig) -> torch.nn.Module:
-    """``model`` (a DiT) runs its sampling calls by ``config`` from now on; returned."""
+def use_engine(model: torch.nn.Module, config: EngineConfig | None) -> torch.nn.Module:
+    """``model`` (a DiT) runs its sampling calls by ``config`` from now on (None: one call each); returned."""
     if getattr(model, "engine", None) != config:
         model.engine = config
         _COMPILED.pop(model, None)

@@ -309,3 +309,15 @@ def test_predict_probs_restores_training_mode():
     model.train()
     probs = predict_probs(model, torch.rand(5, 1, 32, 32), batch_size=2)
     assert probs.shape == (5, K) and probs.dtype == np.float32 and model.training
+
+
+def test_a_classifier_preset_names_its_backbone_and_refuses_a_second_choice():
+    from flows.settings import settings_from_dict
+    from models.configs import CLASSIFIER_PRESETS
+
+    for name, backbone in CLASSIFIER_PRESETS.items():  # (each is built and timed by the GPU script's CPU run)
+        assert ClassifierConfig(backbone, 14, 64).timm_name == backbone
+        assert settings_from_dict({"classifier": {"preset": name}}).classifier.model_backbone() == backbone
+    assert settings_from_dict({}).classifier.model_backbone() == "resnet18"
+    with pytest.raises(ValueError, match="classifier.preset or classifier.backbone, not both"):
+        settings_from_dict({"classifier": {"preset": "small", "backbone": "resnet50"}})

@@ -37,3 +37,18 @@ def test_models_move_to_the_resolved_device_and_say_where_they_are(monkeypatch):
     model = on_device(torch.nn.Linear(2, 2))
     assert model_device(model) == torch.device("cpu") and describe_device(model_device(model)) == "cpu"
     assert model_device(torch.nn.ReLU()) == torch.device("cpu")  # no parameters: the CPU
+
+
+def test_the_gpu_script_runs_end_to_end_on_the_cpu_at_tiny_sizes(tmp_path):
+    """The one prepared GPU script (a lease is short: it must not fail there on a typo): its CPU
+    dry run writes every section; the figures themselves mean nothing here."""
+    from benchmarks import gpu_check
+    from models.configs import CLASSIFIER_PRESETS
+
+    result = gpu_check.main(["--cpu-smoke", "--sizes", "32", "--preset-sizes", "32", "--presets", "tiny",
+                             "--classifier-sizes", "32", "--commit", "0000000", "--out", str(tmp_path)])
+    assert result["agreement"]["ok"] and result["agreement"]["changed_outside_masks_cpu"] == 0
+    assert result["throughput"][0]["inpaint_engine_img_s"] > 0
+    assert [row["preset"] for row in result["classifier_presets"]] == list(CLASSIFIER_PRESETS)
+    report = (tmp_path / "gpu_check.md").read_text()
+    assert "inpaint, engine" in report and "densenet121" in report and "Commit `0000000`" in report
