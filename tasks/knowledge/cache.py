@@ -12,7 +12,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import duckdb
 import pyarrow as pa
 
 from tasks import store
@@ -42,6 +41,8 @@ class DecisionCache:
     process holds the file (DuckDB takes one writer), waits up to ``wait_s``, then refuses."""
 
     def __init__(self, path: str | Path, read_only: bool = False, wait_s: float = LOCK_WAIT_S):
+        import duckdb  # (here: the augment batches, and the GPU script, import the planner without it)
+
         path = Path(path)
         if read_only and not path.exists():
             raise FileNotFoundError(f"no decision cache at {path} (run `tailforge plan` first)")
