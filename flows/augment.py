@@ -17,6 +17,7 @@ from flows.permanent import fails_in_one_line, retry_unless_permanent
 from flows.progress import StepProgress
 from flows.runners import RunnerError, batch_submitter
 from flows.settings import KnowledgeSettings
+from models.device import resolve_device
 from flows.stages import write_result
 from tasks import augment as work
 from tasks import store
@@ -53,8 +54,11 @@ class BatchTimeout(RuntimeError):  # not TimeoutError: Prefect would call the fl
 
 def run_batches(todo: list, shared: dict, options: work.AugmentSettings, logger) -> list[dict]:
     """Every batch of ``todo`` ((index, candidates) pairs), at most one per `gpu` slot the run
-    holds in flight, on the configured runner; their results in order. Images done, rate and ETA
-    are logged as batches finish (flows/progress.py)."""
+    holds in flight, on the configured runner; their results in order. On a CUDA host the local
+    runner keeps one batch more in flight: it reads and decodes its parents, and encodes and
+    writes its rows, while another has the models (one batch uses them at a time in a process:
+    tasks/augment/models.py), so the GPU does not wait on the CPU's part. Images done, rate and
+    ETA are logged as batches finish (flows/progress.py)."""
     in_flight: deque = deque()
     results: list[dict] = []
     progress = StepProgress("augment", sum(len(batch) for _, batch in todo), "image", "augment-progress")
@@ -81,10 +85,11 @@ def run_batches(todo: list, shared: dict, options: work.AugmentSettings, logger)
 
     if options.runner == "local":  # on Dask each batch reports its worker's device ("devices")
         say_device(logger)
+    ahead = 1 if options.runner == "local" and resolve_device().type == "cuda" else 0
     with gpu_slots(options.parallel, logger) as slots, \
             batch_submitter(augment_batch, options.runner, options.dask_address, options.dask_resource) as submit:
         for index, batch in todo:
-            if len(in_flight) >= slots:
+            if len(in_flight) >= slots + ahead:
                 finish_one()
             in_flight.append(submit(index=index, batch=batch, **shared))
         while in_flight:

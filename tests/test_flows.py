@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -754,3 +755,49 @@ def test_a_batch_that_does_not_finish_in_time_fails_the_run_saying_so(tiny_run, 
     with pytest.raises(BatchTimeout, match=r"not done 0.05 s after .*\(0 of \d+ batches done.*augment.batch_timeout_s"):
         augment_flow(result["dataset_uri"], str(tmp_path / "out"), models["classifier"], models["generator"],
                      KnowledgeSettings(), slow, str(tmp_path / "d.duckdb"))
+
+
+@pytest.mark.parametrize("device,most", [("cpu", 1), ("cuda", 2)])
+def test_on_a_gpu_one_batch_more_is_in_flight_so_its_io_overlaps_the_model_work(device, most, monkeypatch):
+    """One `gpu` slot: on the CPU one batch at a time; on CUDA the next batch is already reading and
+    decoding (and the last one encoding) while one has the models. Results stay in order."""
+    import contextlib
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    from flows import augment as flow_module
+
+    running, peak, guard = [0], [0], threading.Lock()
+
+    def batch(index, batch):
+        with guard:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.05)
+        with guard:
+            running[0] -= 1
+        return {"index": index}
+
+    @contextlib.contextmanager
+    def submitter(*_args):
+        with ThreadPoolExecutor(4) as pool:
+            yield lambda **kw: pool.submit(batch, kw["index"], kw["batch"])
+
+    @contextlib.contextmanager
+    def one_slot(_wanted, _logger):
+        yield 1
+
+    class Quiet:
+        def __init__(self, *_args, **_kwargs): ...
+        def update(self, *_args): ...
+
+    monkeypatch.setattr(flow_module, "resolve_device", lambda: torch.device(device))
+    monkeypatch.setattr(flow_module, "batch_submitter", submitter)
+    monkeypatch.setattr(flow_module, "gpu_slots", one_slot)
+    monkeypatch.setattr(flow_module, "StepProgress", Quiet)
+    todo = [(i, [f"c{i}"]) for i in range(6)]
+    monkeypatch.setattr(flow_module, "say_device", lambda _logger: None)
+    results = flow_module.run_batches(todo, {}, flow_module.work.AugmentSettings(), None)
+    assert [r["index"] for r in results] == list(range(6)) and peak[0] == most
