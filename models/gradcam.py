@@ -12,6 +12,8 @@ found there, as for the bare network.
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -67,7 +69,18 @@ def receptive_centre(model: torch.nn.Module, layer: torch.nn.Module, image_size:
     (k + 0.5) * stride - 0.5. pytorch-grad-cam's cv2.resize assumes the latter for every model,
     which shifts ResNet maps stride / 2 down-right. (Transformers attend globally, so the
     gradient centroid says little: ``cam_maps`` uses their patch geometry instead.)
+    Measured once per layer and image size (a backward pass; the geometry does not change).
     """
+    known = _CENTRES.setdefault(layer, {})
+    if image_size not in known:
+        known[image_size] = _measured_centre(model, layer, image_size)
+    return known[image_size]
+
+
+_CENTRES: "weakref.WeakKeyDictionary[torch.nn.Module, dict[int, tuple[float, float]]]" = weakref.WeakKeyDictionary()
+
+
+def _measured_centre(model: torch.nn.Module, layer: torch.nn.Module, image_size: int) -> tuple[float, float]:
     captured: list[torch.Tensor] = []
     handle = layer.register_forward_hook(lambda _m, _i, out: captured.append(out))
     probe = torch.rand(1, 1, image_size, image_size, generator=torch.Generator().manual_seed(0))

@@ -199,3 +199,14 @@ def test_gate_makes_no_mask_for_a_class_the_classifier_does_not_call():
     assert ungated[1].outcome != "not_detected"
     with pytest.raises(ValueError):
         LocaliseConfig(border=0.6)
+
+
+def test_a_layers_receptive_centre_is_measured_once_per_image_size(monkeypatch):
+    from models import gradcam
+
+    model = _net("resnet18", 64)
+    layer = default_target_layer(model, 64)[1]
+    first = gradcam.receptive_centre(model, layer, 64)
+    assert first[1] == 8.0  # layer2 of a ResNet at 64 px: 8 cells
+    monkeypatch.setattr(gradcam, "_measured_centre", lambda *a: pytest.fail("measured again"))
+    assert gradcam.receptive_centre(model, layer, 64) == first
