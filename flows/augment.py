@@ -17,8 +17,8 @@ from flows.permanent import fails_in_one_line, retry_unless_permanent
 from flows.progress import StepProgress
 from flows.runners import RunnerError, batch_submitter
 from flows.settings import KnowledgeSettings
-from models.device import resolve_device
 from flows.stages import write_result
+from models.device import resolve_device
 from tasks import augment as work
 from tasks import store
 from tasks.dataset import check_writable, new_run_id, read_manifest, utcnow

@@ -20,6 +20,7 @@ MOST_ROWS = 1024  # the largest chunk sized to the device (beyond it a call gain
 MEMORY_SHARE = 0.5  # of the device's free memory, for one chunk's activations
 COMPILE_BACKEND = "inductor"
 _COMPILED: "weakref.WeakKeyDictionary[torch.nn.Module, torch.nn.Module]" = weakref.WeakKeyDictionary()
+_ROWS: "weakref.WeakKeyDictionary[torch.nn.Module, int | None]" = weakref.WeakKeyDictionary()
 Call = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -28,6 +29,7 @@ def use_engine(model: torch.nn.Module, config: EngineConfig | None) -> torch.nn.
     if getattr(model, "engine", None) != config:
         model.engine = config
         _COMPILED.pop(model, None)
+        _ROWS.pop(model, None)
     return model
 
 
@@ -65,7 +67,9 @@ def run(model: torch.nn.Module, call: Call, x: torch.Tensor, t: torch.Tensor, la
     config = getattr(model, "engine", None)
     if config is None:
         return call(model, x, t, labels)
-    rows = chunk_rows(model, config) or x.shape[0]
+    if model not in _ROWS:  # sized once: a trajectory's calls keep one chunk size
+        _ROWS[model] = chunk_rows(model, config)
+    rows = _ROWS[model] or x.shape[0]
     net = model
     if config.compile:
         if model not in _COMPILED:
