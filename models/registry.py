@@ -40,11 +40,17 @@ class Registry(MutableMapping):
         return add
 
     def _scan(self) -> dict[str, Any]:
+        """The entries, once every module of the package is imported (a module that fails to
+        import fails every read, naming it: its entries are never silently missing)."""
         if not self._scanned:
-            self._scanned = True
             found = importlib.import_module(self.package)
             for module in sorted(info.name for info in pkgutil.iter_modules(found.__path__)):
-                importlib.import_module(f"{self.package}.{module}")
+                try:
+                    importlib.import_module(f"{self.package}.{module}")
+                except Exception as exc:
+                    raise ImportError(f"{self.package}.{module} (an addition to this registry) failed to import: "
+                                      f"{type(exc).__name__}: {exc}") from exc
+            self._scanned = True
         return self._entries
 
     def __getitem__(self, name: str) -> Any:

@@ -109,6 +109,15 @@ def test_a_new_source_is_one_module(add_module, tmp_path):
     assert "listing" in _enum("dataset", "source")
 
 
+def test_an_addition_that_fails_to_import_fails_every_read_naming_its_module(add_module):
+    from models import cam
+
+    add_module(cam.MAP_MAKERS, "broken", "import not_a_module_anywhere\n")
+    for _ in range(2):  # not once, then silently without it
+        with pytest.raises(ImportError, match="models.maps.broken .*failed to import: ModuleNotFoundError"):
+            list(cam.MAP_MAKERS)
+
+
 def test_a_name_registered_twice_is_refused():
     registry = Registry("models.maps", {"infill": object()})
     with pytest.raises(ValueError, match="'infill' is registered twice"):
