@@ -44,14 +44,23 @@ def json_page(result: Path) -> str:
             f"| value | |\n|---|---|\n{rows}\n")
 
 
+def results() -> list[Path]:
+    """Every result file: a report and its JSON are one result (the report)."""
+    return [path for path in sorted(RESULTS.rglob("*"))
+            if path.suffix == ".md" or (path.suffix == ".json" and not path.with_suffix(".md").exists())]
+
+
 def index_page() -> str:
+    measured = {RESULTS.parents[1] / row["result"]: row for row in staleness()}
     rows = []
-    for row in staleness():
-        result = Path(row["result"])
-        result = result if result.is_absolute() else RESULTS.parents[1] / result
-        since = "unknown commit" if row["code_commits_since"] is None else row["code_commits_since"]
-        rows.append(f"| [{result.relative_to(RESULTS).as_posix()}]({page_of(result)[len('results/'):]}) "
-                    f"| `{row['commit']}` | {since} |")
+    for result in results():
+        row = measured.get(result) or measured.get(result.with_suffix(".json"))
+        commit = f"`{row['commit']}`" if row else "not recorded"
+        since = "-" if not row else "unknown commit" if row["code_commits_since"] is None else row["code_commits_since"]
+        rows.append((-1 if not row or row["code_commits_since"] is None else row["code_commits_since"],
+                     f"| [{result.relative_to(RESULTS).as_posix()}]({page_of(result)[len('results/'):]}) "
+                     f"| {commit} | {since} |"))
+    rows = [text for _, text in sorted(rows, key=lambda pair: -pair[0])]
     return ("# Results\n\nEvery committed result, the commit it measured, and how many commits have changed "
             f"{' and '.join(f'`{c}/`' for c in CODE)} since: a result with many is history, not a description "
             "of the code as it is; re-measure it before quoting it (`python -m benchmarks.staleness`).\n\n"
@@ -61,11 +70,9 @@ def index_page() -> str:
 def pages() -> dict[str, str | Path]:
     """Each generated docs path -> its text, or the file it copies."""
     out: dict[str, str | Path] = {"results/index.md": index_page()}
-    for path in sorted(RESULTS.rglob("*")):
-        if path.suffix == ".md" or path.suffix == ".png":
-            out[f"results/{path.relative_to(RESULTS).as_posix()}"] = path
-        elif path.suffix == ".json" and not path.with_suffix(".md").exists():
-            out[page_of(path)] = json_page(path)
+    for path in results() + sorted(RESULTS.rglob("*.png")):
+        out[page_of(path) if path.suffix == ".json" else f"results/{path.relative_to(RESULTS).as_posix()}"] = \
+            json_page(path) if path.suffix == ".json" else path
     return out
 
 

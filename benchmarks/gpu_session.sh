@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 17's GPU work as one command on a lent GPU machine (README, "Where the models compute"):
+# Issue 17's GPU work as one command on a lent GPU machine (docs/operations.md, "Where the models compute"):
 #
 #   TAILFORGE_COMMIT=<commit> bash benchmarks/gpu_session.sh OUT [SECONDS] [all|seeds]
 #

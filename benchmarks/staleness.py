@@ -30,7 +30,8 @@ def named_commit(path: Path) -> str | None:
         except ValueError:
             return None
         value = data.get("commit") if isinstance(data, dict) else None
-        return value if isinstance(value, str) and re.fullmatch(r"[0-9a-f]{7,40}", value) else None
+        found = re.match(r"[0-9a-f]{7,40}\b", value) if isinstance(value, str) else None  # "abc1234..HEAD": its start
+        return found.group(0) if found else None
     found = MD_COMMIT.search(path.read_text(errors="replace"))
     return found.group(1) if found else None
 
