@@ -1,6 +1,6 @@
 """The global `gpu` concurrency limit: how a run takes its slots, once, for all its GPU work.
 
-A slot request costs ~2 s on a SQLite-backed Prefect server (docs/guide.md, "Why once per
+A slot request costs ~2 s on a SQLite-backed Prefect server (docs/operations.md, "Why once per
 run"), so runs take their slots once instead of per batch or per task. With no `gpu` limit on
 the server nothing is held and nothing is logged (Prefect would warn "Concurrency limits
 ['gpu'] do not exist" at every request).
@@ -63,7 +63,7 @@ def gpu_slots(wanted: int, logger, wait_s: float = GPU_WAIT_S) -> Iterator[int]:
     in flight. The run takes ``wanted`` slots (at most the limit) once and keeps them until its
     last batch ends, so the limit still bounds GPU work across runs, processes and hosts, but no
     batch pays for a slot: on a SQLite-backed server each slot request costs ~2 s
-    (docs/guide.md, "Why once per run, not per batch"). No `gpu` limit on the server: nothing to hold,
+    (docs/operations.md, "Why once per run, not per batch"). No `gpu` limit on the server: nothing to hold,
     ``wanted`` in flight. Slots still taken after ``wait_s`` seconds: GpuWaitTimeout."""
     limit = read_gpu_limit(logger)
     if limit is None:
