@@ -83,7 +83,11 @@ class Gate:
         for sock in sockets:
             try:
                 if reset:
+                    # linger 0: the last close sends RST. SHUT_RD first wakes the pump thread blocked in
+                    # recv on it; a close alone leaves that recv holding the socket open, and the
+                    # writer then hangs on a connection nobody answers instead of seeing a reset
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                    sock.shutdown(socket.SHUT_RD)
                 else:
                     sock.shutdown(socket.SHUT_RDWR)
                 sock.close()

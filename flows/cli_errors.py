@@ -15,8 +15,11 @@ EPHEMERAL_TIMEOUT = "Timed out while attempting to connect to ephemeral Prefect 
 
 
 def storage_errors() -> tuple[type[Exception], ...]:
-    """What an unreachable storage endpoint raises (botocore and aiohttp, under s3fs)."""
-    errors: list[type[Exception]] = []
+    """What an unreachable storage endpoint raises (botocore and aiohttp, under s3fs; the store's
+    own bound on a call)."""
+    from tasks.store import StorageTimeout
+
+    errors: list[type[Exception]] = [StorageTimeout]
     try:
         from botocore.exceptions import ConnectionError as BotoConnectionError  # endpoint, connect timeout
         from botocore.exceptions import HTTPClientError  # read timeout, connection closed

@@ -26,12 +26,22 @@ import uuid
 from typing import Any, Iterable, Mapping
 
 import fsspec
+from fsspec.exceptions import FSTimeoutError
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 SHARD_PREFIX = "part-"
 KEYS_DIGEST, CONTENT_DIGEST = 20, 16  # hex characters of each sha256 in a shard's name
 _SEALED = re.compile(rf"^{SHARD_PREFIX}[0-9a-f]{{{KEYS_DIGEST}}}-(?P<content>[0-9a-f]{{{CONTENT_DIGEST}}})\.parquet$")
+
+
+# An S3 write is one PUT; s3fs bounds a silent server's answer (its read timeout) but not a body
+# sent into a connection that stopped moving, and retries on top: each PUT gets a bound of its own.
+PUT_BOUND_S = 60.0  # plus one second per MiB of the object (a link slower than 1 MiB/s needs a re-run)
+
+
+class StorageTimeout(ConnectionError):
+    """An S3 call that did not end within its bound: the endpoint stopped answering mid-call."""
 
 
 class ShardCorrupt(ValueError):
@@ -115,7 +125,12 @@ def write_bytes_atomic(uri: str, data: bytes) -> None:
     """Write the whole object or nothing: temp file + rename locally, one PUT on S3."""
     fs, path = filesystem(uri)
     if is_remote(uri):
-        fs.pipe_file(path, data)
+        bound = PUT_BOUND_S + len(data) / 2**20
+        try:
+            fs.pipe_file(path, data, timeout=bound)
+        except FSTimeoutError as exc:
+            raise StorageTimeout(f"writing {uri} did not finish within {bound:.0f} s: the endpoint stopped "
+                                 f"answering") from exc
         return
     folder, name = os.path.split(path)
     os.makedirs(folder, exist_ok=True)

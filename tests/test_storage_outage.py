@@ -54,3 +54,30 @@ def test_missing_s3_credentials_are_one_line_with_status_2_in_every_command(doom
         assert main(command) == 2, command
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "no usable AWS credentials" in err, (command, err)
+
+
+def test_a_write_to_an_endpoint_that_stops_answering_ends_within_its_bound(monkeypatch):
+    """A server that takes the connection and never answers (a stalled network, a hung proxy):
+    the PUT ends at its bound with StorageTimeout, which the CLI prints as one line."""
+    import socket
+    import threading
+    import time
+
+    from flows.cli_errors import storage_errors, storage_message
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    held = []
+    threading.Thread(target=lambda: [held.append(listener.accept()) for _ in range(8)], daemon=True).start()
+    endpoint = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1", "TAILFORGE_S3_ENDPOINT_URL": endpoint}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(store, "PUT_BOUND_S", 2.0)
+    started = time.monotonic()
+    with pytest.raises(store.StorageTimeout, match=r"writing s3://stalled/x.bin did not finish within 2 s") as caught:
+        store.write_bytes_atomic("s3://stalled/x.bin", b"x" * 1000)
+    assert time.monotonic() - started < 10  # (s3fs alone: its read timeout, retried, for minutes)
+    assert isinstance(caught.value, storage_errors()) and endpoint in storage_message(caught.value)
+    listener.close()
