@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from benchmarks.common import RESULTS
-from benchmarks.staleness import CODE, staleness
+from benchmarks.staleness import CODE, changes_since, named_commit
 
 INLINE = 12  # a list of at most this many numbers or words is shown on one line
 
@@ -51,15 +51,15 @@ def results() -> list[Path]:
 
 
 def index_page() -> str:
-    measured = {RESULTS.parents[1] / row["result"]: row for row in staleness()}
     rows = []
     for result in results():
-        row = measured.get(result) or measured.get(result.with_suffix(".json"))
-        commit = f"`{row['commit']}`" if row else "not recorded"
-        since = "-" if not row else "unknown commit" if row["code_commits_since"] is None else row["code_commits_since"]
-        rows.append((-1 if not row or row["code_commits_since"] is None else row["code_commits_since"],
+        recorded = result.with_suffix(".json")  # a report and its JSON: the JSON records the commit (staleness)
+        commit = named_commit(recorded if recorded.exists() else result)
+        since = changes_since(commit) if commit else None
+        shown = "-" if commit is None else "unknown commit" if since is None else since
+        rows.append((-1 if since is None else since,
                      f"| [{result.relative_to(RESULTS).as_posix()}]({page_of(result)[len('results/'):]}) "
-                     f"| {commit} | {since} |"))
+                     f"| {f'`{commit}`' if commit else 'not recorded'} | {shown} |"))
     rows = [text for _, text in sorted(rows, key=lambda pair: -pair[0])]
     return ("# Results\n\nEvery committed result, the commit it measured, and how many commits have changed "
             f"{' and '.join(f'`{c}/`' for c in CODE)} since: a result with many is history, not a description "

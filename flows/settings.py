@@ -64,6 +64,12 @@ class DatasetSettings:
     split_column: str | None = None  # folder: a train/val/test column (default: by patient hash)
 
 
+def _changed(settings, *names: str) -> bool:
+    """Whether any of the settings ``names`` is set apart from its default (a preset sets them)."""
+    default = {f.name: f.default for f in fields(settings)}
+    return any(getattr(settings, name) != default[name] for name in names)
+
+
 def _check_processes(section: str, processes: int, batch_size: int) -> None:
     """A section's training processes: at least one, and its batch split evenly over them."""
     if processes < 1 or batch_size % processes:
@@ -86,7 +92,7 @@ class ClassifierSettings:
     checkpoint: str | None = None  # reuse this checkpoint URI instead of training
 
     def __post_init__(self) -> None:
-        if self.preset is not None and self.backbone != next(f.default for f in fields(self) if f.name == "backbone"):
+        if self.preset is not None and _changed(self, "backbone"):
             raise ValueError("set classifier.preset or classifier.backbone, not both")
         _check_processes("classifier", self.processes, self.batch_size)
 
@@ -115,11 +121,9 @@ class GeneratorSettings:
     checkpoint: str | None = None  # use this checkpoint URI instead of training (null on real data: weights/ when it has the size)
 
     def __post_init__(self) -> None:
-        if self.preset is not None:
-            default = {f.name: f.default for f in fields(self)}
-            if any(getattr(self, k) != default[k] for k in ("patch_size", "depth", "num_heads", "head_dim")):
-                raise ValueError("set generator.preset or the sizes (patch_size, depth, num_heads, head_dim), "
-                                 "not both")
+        if self.preset is not None and _changed(self, "patch_size", "depth", "num_heads", "head_dim"):
+            raise ValueError("set generator.preset or the sizes (patch_size, depth, num_heads, head_dim), "
+                             "not both")
         _check_processes("generator", self.processes, self.batch_size)
 
     def sizes(self, image_size: int) -> dict:

@@ -51,8 +51,6 @@ from models.training import EMA, seed_everything
 V_LOSS_FLOOR = 0.05  # prediction "sample": the v-loss weight 1 / (1 - ab_t) is capped at 1 / this
 
 
-
-
 # DiT sizes by name (Peebles & Xie, "Scalable Diffusion Models with Transformers", table 1: DiT-S
 # and DiT-B); "tiny" is the size this project trains on a CPU. The patch follows the image size
 # so that every preset sees 256 tokens (16 x 16), as DiT's /2 models do on 32 x 32 latents.

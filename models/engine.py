@@ -9,6 +9,7 @@ neighbours (each image is attended to alone; tests/test_diffusion.py checks it).
 from __future__ import annotations
 
 import weakref
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -19,17 +20,27 @@ from models.device import model_device
 MOST_ROWS = 1024  # the largest chunk sized to the device (beyond it a call gains nothing measurable)
 MEMORY_SHARE = 0.5  # of the device's free memory, for one chunk's activations
 COMPILE_BACKEND = "inductor"
-_COMPILED: "weakref.WeakKeyDictionary[torch.nn.Module, torch.nn.Module]" = weakref.WeakKeyDictionary()
-_ROWS: "weakref.WeakKeyDictionary[torch.nn.Module, int | None]" = weakref.WeakKeyDictionary()
 Call = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class _Engine:
+    """A model's engine: its config, its chunk size (sized once: a trajectory's calls keep one)
+    and its compiled forward, made on the first call that needs it."""
+    config: EngineConfig
+    rows: int | None
+    compiled: torch.nn.Module | None = None
+
+
+_ENGINES: "weakref.WeakKeyDictionary[torch.nn.Module, _Engine]" = weakref.WeakKeyDictionary()
 
 
 def use_engine(model: torch.nn.Module, config: EngineConfig | None) -> torch.nn.Module:
     """``model`` (a DiT) runs its sampling calls by ``config`` from now on (None: one call each); returned."""
-    if getattr(model, "engine", None) != config:
-        model.engine = config
-        _COMPILED.pop(model, None)
-        _ROWS.pop(model, None)
+    if config is None:
+        _ENGINES.pop(model, None)
+    elif model not in _ENGINES or _ENGINES[model].config != config:
+        _ENGINES[model] = _Engine(config, chunk_rows(model, config))
     return model
 
 
@@ -64,17 +75,15 @@ def run(model: torch.nn.Module, call: Call, x: torch.Tensor, t: torch.Tensor, la
         ) -> torch.Tensor:
     """``call(model, x, t, labels)`` over all rows, by the model's engine (``use_engine``; without
     one, one call)."""
-    config = getattr(model, "engine", None)
-    if config is None:
+    engine = _ENGINES.get(model)
+    if engine is None:
         return call(model, x, t, labels)
-    if model not in _ROWS:  # sized once: a trajectory's calls keep one chunk size
-        _ROWS[model] = chunk_rows(model, config)
-    rows = _ROWS[model] or x.shape[0]
+    config, rows = engine.config, engine.rows or x.shape[0]
     net = model
     if config.compile:
-        if model not in _COMPILED:
-            _COMPILED[model] = torch.compile(model, backend=COMPILE_BACKEND, dynamic=False)
-        net = _COMPILED[model]
+        if engine.compiled is None:
+            engine.compiled = torch.compile(model, backend=COMPILE_BACKEND, dynamic=False)
+        net = engine.compiled
     out = []
     for start in range(0, x.shape[0], rows):
         part = slice(start, start + rows)

@@ -105,9 +105,6 @@ class EMA:
                 self.buffers[name].copy_(value)
 
 
-
-
-
 def _check_data(images: torch.Tensor, labels: torch.Tensor, what: str) -> None:
     if not (isinstance(images, torch.Tensor) and isinstance(labels, torch.Tensor)):
         raise ValueError(f"{what}: images and labels must be torch tensors")
