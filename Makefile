@@ -8,7 +8,7 @@ TORCH_INDEX ?=
 PIP = $(VENV)/bin/python -m pip
 STAMP = $(VENV)/.installed
 
-.PHONY: demo test bench experiment fidelity weights reliability gpu-wheels gpu-check-wheels gpu-size clean
+.PHONY: demo test bench experiment fidelity weights reliability gpu-wheels gpu-check-wheels gpu-data gpu-size clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -58,17 +58,20 @@ gpu-wheels:
 		pydantic_core sniffio truststore typing-inspection typing_extensions
 	$(PYTHON) -m pip wheel -q --no-deps -c constraints.txt -w .whl grad-cam
 
-# the wheels benchmarks/gpu_check.py alone needs (no DuckDB, anthropic or grad-cam): the whole set does
-# not fit beside the tree in one 64 MiB carry; `make gpu-size` says whether what would travel fits
+# the wheels benchmarks/gpu_check.py and gpu_generator.py alone need (no DuckDB, anthropic or grad-cam; timm
+# and typing_extensions are on the lent machine): the whole set does not fit beside the tree in one 64 MiB
+# carry; `make gpu-size` says whether what would travel fits
 gpu-check-wheels:
 	rm -rf .whl && mkdir .whl
 	$(PYTHON) -m pip download -q --no-deps $(WHEEL_TARGET) -c constraints.txt -d .whl \
-		diffusers timm importlib_metadata pydantic pydantic_core annotated-types typing-inspection typing_extensions
+		diffusers importlib_metadata pydantic pydantic_core annotated-types typing-inspection
+
+# the normals and nih1000 films benchmarks/gpu_generator.py trains and scores with, packed into .gpu-data
+# to fit what is left of the carry (run after gpu-check-wheels)
+gpu-data: $(STAMP)
+	$(VENV)/bin/python -m benchmarks.gpu_generator pack --out .gpu-data
 gpu-size:
-	@git ls-files -z | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1 > .gpu-size
-	@du -sb .whl 2>/dev/null | cut -f1 >> .gpu-size || echo 0 >> .gpu-size
-	@awk '{s += $$1} END {printf "tree + .whl: %.1f MiB of the 64 MiB a GPU run carries%s\n", s / 2^20, \
-		(s > 64 * 2^20) ? " -- too much: use make gpu-check-wheels, or carry less" : ""}' .gpu-size; rm -f .gpu-size
+	@$(PYTHON) -m benchmarks.gpu_carry
 
 clean:
 	rm -rf $(VENV) .tailforge

@@ -4,8 +4,9 @@ fast is the product's model work on the GPU?
     python -m benchmarks.gpu_check --out DIR        # on a host where torch sees CUDA; refuses otherwise
 
 It imports models/, the phantom and the product's augment settings (no Prefect or S3), so on
-a lent machine only the wheels ``make gpu-wheels`` downloads into .whl must travel (docs/operations.md,
-"Where the models compute"). It writes DIR/gpu_check.json and DIR/gpu_check.md.
+a lent machine only the wheels ``make gpu-check-wheels`` downloads into .whl must travel (docs/operations.md,
+"Where the models compute"). It writes DIR/gpu_check.json and DIR/gpu_check.md after every section,
+so a run stopped by its time limit keeps the sections it finished.
 
 1. **Agreement.** A classifier and a DiT trained briefly on CUDA (the product's trainers, which
    train where the model is), copied to the CPU; the product's lesion removal
@@ -342,16 +343,24 @@ def main(argv: list[str] | None = None) -> dict:
               "bf16_peak_tflops": peak, "matmul_tflops": matmul_tflops(device, 512 if quick else 8192),
               "agreement": agreement(device, quick)}
     print(json.dumps(result["agreement"]), flush=True)
-    result["throughput"] = []
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    def write() -> None:  # after every section: a run stopped by its time limit keeps what it measured
+        (args.out / "gpu_check.json").write_text(json.dumps(result, indent=1) + "\n")
+        (args.out / "gpu_check.md").write_text(markdown(result))
+
+    result["throughput"], result["presets"], result["classifier_presets"] = [], [], []
+    write()
     for size in args.sizes:
         result["throughput"].append(throughput(size, device, peak, result["matmul_tflops"], quick))
         print(json.dumps(result["throughput"][-1]), flush=True)
-    result["presets"] = [row for size in args.preset_sizes for row in presets(size, device, peak, quick, args.presets)]
-    result["classifier_presets"] = [row for size in args.classifier_sizes
-                                    for row in classifier_presets(size, device, peak, quick)]
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "gpu_check.json").write_text(json.dumps(result, indent=1) + "\n")
-    (args.out / "gpu_check.md").write_text(markdown(result))
+        write()
+    for size in args.preset_sizes:
+        result["presets"] += presets(size, device, peak, quick, args.presets)
+        write()
+    for size in args.classifier_sizes:
+        result["classifier_presets"] += classifier_presets(size, device, peak, quick)
+        write()
     return result
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 17's GPU work as one command on a lent GPU machine (docs/operations.md, "Where the models compute"):
 #
-#   TAILFORGE_COMMIT=<commit> bash benchmarks/gpu_session.sh OUT [SECONDS] [all|seeds]
+#   TAILFORGE_COMMIT=<commit> bash benchmarks/gpu_session.sh OUT [SECONDS] [all|seeds|generator]
 #
 # all (default), within SECONDS (default 540) of its start:
 #   1. benchmarks/gpu_check.py (CUDA against the CPU, throughput at 64/128/256 px), while the
@@ -12,6 +12,10 @@
 #   4. OUT/session.tar.xz.* (split to come back in parts): each seed's saved run and log.
 # seeds: step 3 again for the seeds without a saved run (a second call on the still-warm machine;
 # every finished fine-tune and generated set is reused), then step 4.
+# generator: benchmarks/gpu_check.py for at most GPU_CHECK_S seconds (default 200), then
+# benchmarks/gpu_generator.py trains PRESET (default tiny) on the packed normals (.gpu-data, carried:
+# make gpu-check-wheels gpu-data) for what is left less 150 s for its scoring; it writes OUT/gpu_generator.*
+# and, where the new generator wins, OUT/normal_dit_128.{safetensors,md} (8 files in all with gpu_check's).
 #
 # Then, where the parts land: cat session.tar.xz.* | tar -xJ, and
 #   python -m benchmarks.experiment --part phantom128 --join gpu-session/seed*/ --out benchmarks/results
@@ -19,7 +23,7 @@
 #
 # Env: PART (default phantom128; phantom256 is the same at 256 px, about 25 min of an H200 by the
 # 128 px run's timings: more than one lease), TAILFORGE_HOME (default /tmp/tf), SEEDS (default "0 1 2 3 4"), PYTHON (default python3),
-# EXPERIMENT_ARGS and GPU_CHECK_ARGS (extra arguments; a CPU smoke test passes small ones).
+# EXPERIMENT_ARGS, GPU_CHECK_ARGS and GENERATOR_ARGS (extra arguments; a CPU smoke test passes small ones).
 set -u
 out=${1:?give the folder for the results}
 budget=${2:-540}
@@ -35,6 +39,18 @@ mkdir -p "$out" "$runs"
 left() { echo $(( budget - (SECONDS - started) )); }
 say() { echo "[gpu_session $(( SECONDS - started )) s] $*"; }
 experiment="$py -m benchmarks.experiment --part $part --bootstrap 0 ${EXPERIMENT_ARGS:-}"
+
+if [ "$stage" = generator ]; then
+  say "gpu_check for at most ${GPU_CHECK_S:-200} s"
+  timeout "${GPU_CHECK_S:-200}" $py -m benchmarks.gpu_check --commit "${TAILFORGE_COMMIT:-unknown}" --out "$out" \
+    ${GPU_CHECK_ARGS:-} 2>&1 | tee "$out/gpu_check.log"
+  minutes=$(awk -v s="$(( $(left) - 150 ))" 'BEGIN {printf "%.2f", s / 60}')
+  say "training the ${PRESET:-tiny} generator for $minutes min, then scoring it"
+  timeout "$(( $(left) - 5 ))" $py -m benchmarks.gpu_generator train --data .gpu-data --out "$out" \
+    --preset "${PRESET:-tiny}" --minutes "$minutes" --commit "${TAILFORGE_COMMIT:-unknown}" ${GENERATOR_ARGS:-}
+  say "done: $(ls "$out" | tr '\n' ' ')"
+  exit 0
+fi
 
 if [ "$stage" = all ]; then
   say "ingesting the $part part's data on the CPU; gpu_check on the GPU"

@@ -140,7 +140,6 @@ def encoder_distances(samples: torch.Tensor, held_out: torch.Tensor) -> dict:
 
 def ship(model, config: DiTConfig, record: dict, tag: str) -> None:
     """weights/normal_dit_<size>.safetensors (EMA weights and config) and its card."""
-    from models.checkpoint import checkpoint_id
     from models.dit import save_dit_safetensors
     from tasks.pretrain import weights_dir
 
@@ -151,34 +150,46 @@ def ship(model, config: DiTConfig, record: dict, tag: str) -> None:
                                                 "steps": record["settings"]["train"]["steps"],
                                                 "data": "../shared/data/normals, adult rows, train split"})
     (folder / f"{name}.safetensors").write_bytes(data)
-    train, fk, fid = record["settings"]["train"], record["fid_kid"], record["fidelity"]
-    card = [f"# {name}: the shipped normal chest X-ray generator ({config.image_size} px)", "",
-            f"- File: `{name}.safetensors`, {len(data) / 1e6:.1f} MB, sha256 `{checkpoint_id(data)}`.",
-            "- What: a DiT (models/dit.py) in pixel space that predicts the clean image "
-            f"(prediction `{config.prediction}`), patch {config.patch_size}, depth {config.depth}, "
-            f"width {config.num_heads * config.head_dim}; EMA weights.",
-            f"- Data: {record['train_images']} adult normal chest X-rays, the train split of "
-            "../shared/data/normals (three public sources; its README), at "
-            f"{config.image_size} px. Val and test rows never seen.",
-            f"- Training: {train['steps']} steps of batch {train['batch_size']}, AdamW lr {train['lr']}, "
-            f"{record['history']['seconds'] / 60:.0f} min on a {machine()['cores']}-core CPU machine "
-            f"({machine()['cpu']}, no GPU), commit `{commit()}`.",
-            f"- Command: `python -m benchmarks.train_normal_dit --source real --size {config.image_size} "
-            f"--steps {train['steps']} --ship` (`make weights`).",
-            "", "## Fidelity (held-out normals)", "",
-            "| comparison | FID | KID |", "|---|---|---|",
-            f"| free samples vs held-out normals | {fk['free_samples_vs_held_out_normals']['fid']} | "
-            f"{fk['free_samples_vs_held_out_normals']['kid']} |",
-            f"| held-out normals, two halves (floor) | {fk['held_out_normals_split_halves']['fid']} | "
-            f"{fk['held_out_normals_split_halves']['kid']} |", "",
-            "Encoder: a ResNet-18 trained here on the nih1000 train split (64 px; images shrunk to "
-            "64 for it); nothing downloaded. 256 samples against 256 images, so FID carries a "
-            "small-sample bias: compare with the floor row, not with published FIDs.",
-            f"Nearest-neighbour distance to the training normals, 64 samples against held-out normals: "
-            f"ratio {fid['ratio']:.3f} (near 1 is good).",
-            "", f"Samples: benchmarks/results/{tag}_samples.png; real: {tag}_real.png.", ""]
-    (folder / f"{name}.md").write_text("\n".join(card))
+    train = record["settings"]["train"]
+    text = card(name, config, data, record["train_images"], train,
+                f"{record['history']['seconds'] / 60:.0f} min on a {machine()['cores']}-core CPU machine "
+                f"({machine()['cpu']}, no GPU), commit `{commit()}`",
+                f"`python -m benchmarks.train_normal_dit --source real --size {config.image_size} "
+                f"--steps {train['steps']} --ship` (`make weights`)",
+                record["fid_kid"], record["fidelity"]["ratio"], f"benchmarks/results/{tag}_samples.png; real: {tag}_real.png")
+    (folder / f"{name}.md").write_text(text)
     print(f"shipped: {folder / name}.safetensors ({len(data) / 1e6:.1f} MB) and its card")
+
+
+def card(name: str, config: DiTConfig, data: bytes, train_images: int, train: dict, trained: str, command: str,
+         fid_kid: dict, nn_ratio: float, samples: str, data_form: str = "") -> str:
+    """A shipped generator's card (weights/<name>.md): what it is, its data and training, and its
+    fidelity against held-out normals beside the floor. ``trained`` says how long, on what, at
+    which commit; ``data_form`` how the images reached the trainer when not as the PNGs themselves."""
+    from models.checkpoint import checkpoint_id
+
+    return "\n".join([
+        f"# {name}: the shipped normal chest X-ray generator ({config.image_size} px)", "",
+        f"- File: `{name}.safetensors`, {len(data) / 1e6:.1f} MB, sha256 `{checkpoint_id(data)}`.",
+        "- What: a DiT (models/dit.py) in pixel space that predicts the clean image "
+        f"(prediction `{config.prediction}`), patch {config.patch_size}, depth {config.depth}, "
+        f"width {config.num_heads * config.head_dim}; EMA weights.",
+        f"- Data: {train_images} adult normal chest X-rays, the train split of "
+        "../shared/data/normals (three public sources; its README), at "
+        f"{config.image_size} px{data_form}. Val and test rows never seen.",
+        f"- Training: {train['steps']} steps of batch {train['batch_size']}, AdamW lr {train['lr']}, {trained}.",
+        f"- Command: {command}.",
+        "", "## Fidelity (held-out normals)", "",
+        "| comparison | FID | KID |", "|---|---|---|",
+        f"| free samples vs held-out normals | {fid_kid['free_samples_vs_held_out_normals']['fid']} | "
+        f"{fid_kid['free_samples_vs_held_out_normals']['kid']} |",
+        f"| held-out normals, two halves (floor) | {fid_kid['held_out_normals_split_halves']['fid']} | "
+        f"{fid_kid['held_out_normals_split_halves']['kid']} |", "",
+        "Encoder: a ResNet-18 trained here on the nih1000 train split (64 px; images shrunk to "
+        "64 for it); nothing downloaded. 256 samples against 256 images, so FID carries a "
+        "small-sample bias: compare with the floor row, not with published FIDs.",
+        f"Nearest-neighbour distance to the training normals, 64 samples against held-out normals: "
+        f"ratio {nn_ratio:.3f} (near 1 is good).", "", f"Samples: {samples}.", ""])
 
 
 if __name__ == "__main__":

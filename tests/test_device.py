@@ -52,3 +52,50 @@ def test_the_gpu_script_runs_end_to_end_on_the_cpu_at_tiny_sizes(tmp_path):
     assert [row["preset"] for row in result["classifier_presets"]] == list(CLASSIFIER_PRESETS)
     report = (tmp_path / "gpu_check.md").read_text()
     assert "inpaint, engine" in report and "densenet121" in report and "Commit `0000000`" in report
+
+
+def phantom_groups(n: int = 96):
+    """Packable groups from the phantom: its normals at 128 px stand in for the normal films, its
+    films at 64 px (with their labels) for nih1000's."""
+    from benchmarks.gpu_check import films
+
+    images, labels = films(n, 128, seed=5)
+    normals = images[(labels == 0).all(dim=1)]
+    small = torch.nn.functional.interpolate(images, size=64, mode="area")
+    return {"normals_train": (normals[:12], None), "normals_test": (normals[12:20], None),
+            "nih_train": (small[:64], labels[:64].float()), "nih_val": (small[64:80], labels[64:80].float()),
+            "nih_test": (small[80:], labels[80:].float())}
+
+
+def test_the_generator_pack_takes_the_best_quality_that_fits_and_says_what_to_do_when_none_does(tmp_path):
+    from benchmarks.gpu_generator import QUALITIES, load_pack, pack
+
+    groups = phantom_groups()
+    best = pack(groups, [f"f{k}" for k in range(14)], tmp_path / "a" / "pack.parquet", 2**30)
+    assert best["quality"] == QUALITIES[0] and best["psnr_db"] > 35
+    tighter = pack(groups, [f"f{k}" for k in range(14)], tmp_path / "b" / "pack.parquet", best["bytes"] - 1)
+    assert tighter["quality"] < best["quality"] and tighter["bytes"] < best["bytes"]
+    back, record = load_pack(tmp_path / "b")
+    assert record == tighter and back["nih_test"][1].shape == groups["nih_test"][1].shape
+    assert (back["normals_train"][0] - groups["normals_train"][0]).abs().mean() < 0.02  # lossy, but close
+    with pytest.raises(SystemExit, match="carry fewer wheels"):
+        pack(groups, [], tmp_path / "c" / "pack.parquet", 1000)
+
+
+def test_the_generator_script_trains_scores_both_generators_and_judges_on_the_cpu(tmp_path):
+    """The GPU script's second step dry-run: trains a tiny preset a few steps, scores it and the
+    shipped generator alike, and says whether it wins and why not."""
+    from benchmarks.gpu_generator import main, pack
+
+    pack(phantom_groups(), [f"f{k}" for k in range(14)], tmp_path / "data" / "pack.parquet", 2**30)
+    result = main(["train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "out"), "--cpu-smoke",
+                   "--preset", "tiny", "--minutes", "0.01", "--max-steps", "4", "--batch", "4", "--commit", "0000000"])
+    assert result["train"]["steps"] == 4 and result["shipped"]["path"] == "normal_dit_128.safetensors"
+    for side in ("new", "shipped"):
+        assert result[side]["fid_kid"]["free_samples_vs_held_out_normals"]["n"] == [16, 4]
+        assert result[side]["removal"]["films"] == 2
+    assert not result["wins"] and result["why_not"]  # four steps do not beat the shipped generator
+    report = (tmp_path / "out" / "gpu_generator.md").read_text()
+    assert "Does not win" in report and "Commit `0000000`" in report
+    assert (tmp_path / "out" / "gpu_generator_grid.png").stat().st_size > 0
+    assert not (tmp_path / "out" / "normal_dit_128.safetensors").exists()
