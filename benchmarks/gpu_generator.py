@@ -149,11 +149,12 @@ def load_pack(folder: Path) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor 
 # --- train and score (on the GPU) --------------------------------------------------------------
 
 def timed_steps(images: torch.Tensor, config, batch: int, seconds: float, device: torch.device, probe: int) -> dict:
-    """How many training steps of ``batch`` fit in ``seconds``: ``probe`` steps timed after as
-    many warm-up steps (the first ones compile kernels and fill the allocator)."""
+    """How many training steps of ``batch`` fit in what is left of ``seconds`` after a probe:
+    ``probe`` steps timed after as many warm-up steps (the first ones compile kernels and fill
+    the allocator)."""
     from models.dit import DiTTrainConfig, train_dit
 
-    marks: dict[int, float] = {}
+    started, marks = time.perf_counter(), {}
 
     def mark(step: int, loss: torch.Tensor) -> None:
         if step in (probe, 2 * probe):
@@ -164,7 +165,9 @@ def timed_steps(images: torch.Tensor, config, batch: int, seconds: float, device
     train_dit(images, config, DiTTrainConfig(steps=2 * probe, batch_size=batch, warmup_steps=1), progress=mark,
               device=device)
     per_step = (marks[2 * probe] - marks[probe]) / probe
-    return {"seconds_per_step": per_step, "steps": max(2 * probe, int(seconds / per_step))}
+    left = seconds - (time.perf_counter() - started)
+    return {"seconds_per_step": per_step, "probe_seconds": time.perf_counter() - started,
+            "steps": max(2 * probe, int(left / per_step))}
 
 
 def shrink(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -236,8 +239,9 @@ def score(generator, config, groups: dict, encoder, removal_parts: tuple, quick:
 
 def wins(new: dict, old: dict) -> list[str]:
     """Why the new generator does not beat the shipped one (empty: it does): lower FID, KID no
-    higher, the NN ratio no further from 1 (and not copying: at least 0.9), the judged removal no
-    weaker than the shipped generator's less 0.02, and the kept findings changed no more than +0.02."""
+    higher, the NN ratio no further from 1 (and not copying: at least 0.9), and, where removal was
+    scored, the judged removal no weaker than the shipped generator's less 0.02 and the kept
+    findings changed no more than its + 0.02."""
     why = []
     (nf, of) = (new["fid_kid"]["free_samples_vs_held_out_normals"], old["fid_kid"]["free_samples_vs_held_out_normals"])
     if nf["fid"] >= of["fid"]:
@@ -247,6 +251,8 @@ def wins(new: dict, old: dict) -> list[str]:
     nr, orat = new["fidelity"]["ratio"], old["fidelity"]["ratio"]
     if abs(nr - 1) > abs(orat - 1) or nr < 0.9:
         why.append(f"NN ratio {nr:.3f} is further from 1 than the shipped {orat:.3f}, or under 0.9")
+    if "removal" not in new:  # scored without removal (rescore): the other figures decide
+        return why
     nrem, orem = new["removal"], old["removal"]
     if nrem.get("lesions") and orem.get("lesions"):
         if nrem["judge_drop_mean"] < orem["judge_drop_mean"] - 0.02:
@@ -409,7 +415,9 @@ def rescore(path: Path) -> dict:
         out[name] = {"file": str(file), "fid_kid": encoder_distances(samples_for_fid(model, config), held_out),
                      "fidelity": fidelity(samples, held_out[:512], train_images)}
         print(json.dumps({name: out[name]}), flush=True)
-    return out
+    why = wins(out["new"], out["shipped"])
+    print("wins: copy it and its card into weights/" if not why else "does not win: " + "; ".join(why), flush=True)
+    return {**out, "wins": not why, "why_not": why}
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -99,3 +99,23 @@ def test_the_generator_script_trains_scores_both_generators_and_judges_on_the_cp
     assert "Does not win" in report and "Commit `0000000`" in report
     assert (tmp_path / "out" / "gpu_generator_grid.png").stat().st_size > 0
     assert not (tmp_path / "out" / "normal_dit_128.safetensors").exists()
+
+
+def test_a_generator_ships_only_when_it_wins_on_every_figure():
+    from benchmarks.gpu_generator import wins
+
+    def figures(fid, kid, ratio, drop=None, kept=None):
+        out = {"fid_kid": {"free_samples_vs_held_out_normals": {"fid": fid, "kid": kid}}, "fidelity": {"ratio": ratio}}
+        if drop is not None:
+            out["removal"] = {"lesions": 10, "judge_drop_mean": drop, "judge_kept_change_mean": kept}
+        return out
+
+    shipped = figures(7.7, 0.009, 1.245, drop=0.10, kept=0.01)
+    assert wins(figures(5.0, 0.005, 1.10, drop=0.09, kept=0.02), shipped) == []
+    assert wins(figures(5.0, 0.005, 1.10), figures(7.7, 0.009, 1.245)) == []  # rescore: no removal scored
+    for worse, what in ((figures(8.0, 0.005, 1.1, 0.1, 0.01), "FID"), (figures(5.0, 0.01, 1.1, 0.1, 0.01), "KID"),
+                        (figures(5.0, 0.005, 0.8, 0.1, 0.01), "NN ratio"),  # nearer the training films: copies
+                        (figures(5.0, 0.005, 1.1, 0.05, 0.01), "judged removal"),
+                        (figures(5.0, 0.005, 1.1, 0.1, 0.05), "kept findings")):
+        reasons = wins(worse, shipped)
+        assert len(reasons) == 1 and what in reasons[0], (what, reasons)
