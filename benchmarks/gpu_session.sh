@@ -44,12 +44,17 @@ if [ "$stage" = generator ]; then
   say "gpu_check for at most ${GPU_CHECK_S:-200} s"
   timeout "${GPU_CHECK_S:-200}" $py -m benchmarks.gpu_check --commit "${TAILFORGE_COMMIT:-unknown}" --out "$out" \
     ${GPU_CHECK_ARGS:-} 2>&1 | tee "$out/gpu_check.log"
+  if [ "$(left)" -le 210 ]; then
+    say "only $(left) s left: too little to train and score a generator"
+    exit 1
+  fi
   minutes=$(awk -v s="$(( $(left) - 150 ))" 'BEGIN {printf "%.2f", s / 60}')
   say "training the ${PRESET:-tiny} generator for $minutes min, then scoring it"
   timeout "$(( $(left) - 5 ))" $py -m benchmarks.gpu_generator train --data .gpu-data --out "$out" \
     --preset "${PRESET:-tiny}" --minutes "$minutes" --commit "${TAILFORGE_COMMIT:-unknown}" ${GENERATOR_ARGS:-}
-  say "done: $(ls "$out" | tr '\n' ' ')"
-  exit 0
+  status=$?
+  say "done (exit $status): $(ls "$out" | tr '\n' ' ')"
+  exit $status
 fi
 
 if [ "$stage" = all ]; then

@@ -165,7 +165,8 @@ def card(name: str, config: DiTConfig, data: bytes, train_images: int, train: di
          fid_kid: dict, nn_ratio: float, samples: str, data_form: str = "") -> str:
     """A shipped generator's card (weights/<name>.md): what it is, its data and training, and its
     fidelity against held-out normals beside the floor. ``trained`` says how long, on what, at
-    which commit; ``data_form`` how the images reached the trainer when not as the PNGs themselves."""
+    which commit; ``command`` (markdown) what made it; ``data_form`` how the images reached the
+    trainer when not as the PNGs themselves."""
     from models.checkpoint import checkpoint_id
 
     return "\n".join([
@@ -178,8 +179,17 @@ def card(name: str, config: DiTConfig, data: bytes, train_images: int, train: di
         "../shared/data/normals (three public sources; its README), at "
         f"{config.image_size} px{data_form}. Val and test rows never seen.",
         f"- Training: {train['steps']} steps of batch {train['batch_size']}, AdamW lr {train['lr']}, {trained}.",
-        f"- Command: {command}.",
-        "", "## Fidelity (held-out normals)", "",
+        f"- Command: {command}.", "", fidelity_section(fid_kid, nn_ratio, samples)])
+
+
+FIDELITY_HEADING = "## Fidelity (held-out normals)"
+
+
+def fidelity_section(fid_kid: dict, nn_ratio: float, samples: str, scored: str = "") -> str:
+    """A card's fidelity section (from its heading to the end): FID/KID beside the floor, the NN
+    ratio, where the samples are; ``scored`` says where and how, when not where it was trained."""
+    return "\n".join([
+        FIDELITY_HEADING, "", *([scored, ""] if scored else []),
         "| comparison | FID | KID |", "|---|---|---|",
         f"| free samples vs held-out normals | {fid_kid['free_samples_vs_held_out_normals']['fid']} | "
         f"{fid_kid['free_samples_vs_held_out_normals']['kid']} |",

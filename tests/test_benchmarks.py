@@ -461,3 +461,39 @@ def test_the_paste_control_takes_donor_pixels_inside_the_mask_only():
     assert torch.equal(paste_fill(image, mask, donor), mask)
     with pytest.raises(ValueError):
         paste_fill(image, mask, donor[..., :10])
+
+
+def test_the_shipped_generators_card_is_what_card_renders_from_its_record():
+    """One card template for `make weights` and the GPU script: it re-renders the shipped 128 px
+    card byte for byte from the committed record."""
+    from benchmarks.train_normal_dit import card
+    from models.dit import load_dit_config
+
+    root = Path(__file__).resolve().parents[1]
+    data = (root / "weights" / "normal_dit_128.safetensors").read_bytes()
+    record = json.loads((root / "benchmarks" / "results" / "dit_real_128.json").read_text())
+    train = record["settings"]["train"]
+    text = card("normal_dit_128", load_dit_config(data), data, record["train_images"], train,
+                f"{record['history']['seconds'] / 60:.0f} min on a 2-core CPU machine (AMD EPYC, no GPU), commit `4023bd6`",
+                f"`python -m benchmarks.train_normal_dit --source real --size 128 --steps {train['steps']} --ship` "
+                "(`make weights`)", record["fid_kid"], record["fidelity"]["ratio"],
+                "benchmarks/results/dit_real_128_samples.png; real: dit_real_128_real.png")
+    assert text == (root / "weights" / "normal_dit_128.md").read_text()
+
+
+def test_what_a_gpu_run_carries_counts_tracked_untracked_and_carried_files_not_ignored_ones(tmp_path):
+    import subprocess
+
+    from benchmarks.gpu_carry import carried_bytes
+
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / ".gitignore").write_text("ignored/\n.whl/\n")
+    (tmp_path / "tracked.txt").write_bytes(b"x" * 100)
+    subprocess.run(["git", "-C", str(tmp_path), "add", "tracked.txt", ".gitignore"], check=True)
+    (tmp_path / "untracked.txt").write_bytes(b"x" * 10)
+    for folder, size in (("ignored", 1000), (".whl", 7)):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "f").write_bytes(b"x" * size)
+    base = len("ignored/\n.whl/\n") + 100 + 10
+    assert carried_bytes(tmp_path, ()) == base
+    assert carried_bytes(tmp_path, (".whl",)) == base + 7
