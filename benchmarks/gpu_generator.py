@@ -183,13 +183,6 @@ def grow(images: torch.Tensor, size: int) -> torch.Tensor:
                                                                  align_corners=False).clamp(0, 1)
 
 
-def free_samples(model, config, n: int, steps: int) -> torch.Tensor:
-    from benchmarks.grids import sample_grid
-
-    return torch.cat([sample_grid(model, config, n=min(64, n - k), steps=steps, seed=100 + k)
-                      for k in range(0, n, 64)]).float().cpu()
-
-
 def removal(generator, config, classifier, judge, films: torch.Tensor, labels: torch.Tensor, head: list[int],
             thresholds: list[float], quick: bool = False) -> tuple[dict, list]:
     """The product's removal of each film's head findings with ``generator``'s fill, judged by
@@ -197,14 +190,14 @@ def removal(generator, config, classifier, judge, films: torch.Tensor, labels: t
     mean absolute change of the others; and the (film, mask, result) triples for the grid.
     ``quick`` (the CPU dry run): one round of a 5-step fill."""
     from models.dit import build_scheduler
-    from models.removal import dit_fill, remove_lesions
+    from models.removal import dit_fill, kept_classes, remove_lesions
     from models.training import predict_probs
     from tasks.augment import AugmentSettings
 
     product = AugmentSettings()
     fill, rounds = (replace(product.inpaint, steps=5), 1) if quick else (product.inpaint, product.removal_rounds)
     remove = [[k for k in head if labels[i, k] == 1] for i in range(len(films))]
-    keep = [[k for k in range(labels.shape[1]) if labels[i, k] == 1 and k not in remove[i]] for i in range(len(films))]
+    keep = kept_classes(labels.numpy(), remove)
     result = remove_lesions(classifier, films, remove, list(range(len(films))),
                             dit_fill(generator, build_scheduler(config), fill), method=product.cam_method,
                             mask=product.mask, localise=product.localise, thresholds=thresholds,
@@ -224,18 +217,20 @@ def removal(generator, config, classifier, judge, films: torch.Tensor, labels: t
             "kept_findings": len(kept), "judge_kept_change_mean": round(float(np.mean(kept)), 4) if kept else None}, triples
 
 
-def score(generator, config, groups: dict, encoder, removal_parts: tuple, quick: bool) -> tuple[dict, torch.Tensor, list]:
-    """One generator's figures (FID/KID, NN ratio, judged removal) and its samples and removals."""
+def score(generator, config, groups: dict, encoder, floor: dict, removal_parts: tuple, quick: bool
+          ) -> tuple[dict, torch.Tensor, list]:
+    """One generator's figures (FID/KID beside the ``floor``, NN ratio, judged removal) and its
+    samples and removals."""
     from benchmarks.fidelity_measures import distances
+    from benchmarks.train_normal_dit import samples_for_fid
     from models.quality import fidelity
 
-    steps = 5 if quick else 50
-    samples = free_samples(generator, config, 16 if quick else FID_N, steps)
+    samples = samples_for_fid(generator, config, 16 if quick else FID_N, 5 if quick else 50)
     held_out = groups["normals_test"][0]
     real = shrink(held_out, JUDGE_SIZE)
-    half = len(real) // 2
-    out = {"fid_kid": {"free_samples_vs_held_out_normals": distances(encoder, shrink(samples, JUDGE_SIZE), real[:half]),
-                       "held_out_normals_split_halves": distances(encoder, real[:half], real[half:2 * half])},
+    out = {"fid_kid": {"free_samples_vs_held_out_normals": distances(encoder, shrink(samples, JUDGE_SIZE),
+                                                                     real[:len(real) // 2]),
+                       "held_out_normals_split_halves": floor},
            "fidelity": fidelity(samples[:64], held_out, groups["normals_train"][0])}
     out["removal"], triples = removal(generator, config, *removal_parts, quick=quick)
     return out, samples, triples
@@ -244,8 +239,8 @@ def score(generator, config, groups: dict, encoder, removal_parts: tuple, quick:
 def wins(new: dict, old: dict) -> list[str]:
     """Why the new generator does not beat the shipped one (empty: it does): FID lower by
     FID_MARGIN of the shipped generator's gap to the floor (256 samples: an equal generator's FID
-    lands below the shipped one's about half the time), KID no higher, the NN ratio no further from 1 (and not copying: at least 0.9), and, where removal was
-    scored, the judged removal no weaker than the shipped generator's less 0.02 and the kept
+    lands below the shipped one's about half the time), KID no higher, the NN ratio no further
+    from 1 (and not copying: at least 0.9), and, where removal was scored, the judged removal no weaker than the shipped generator's less 0.02 and the kept
     findings changed no more than its + 0.02."""
     why = []
     nf, of = new["fid_kid"]["free_samples_vs_held_out_normals"], old["fid_kid"]["free_samples_vs_held_out_normals"]
@@ -284,6 +279,7 @@ def sheet(shipped: torch.Tensor, new: torch.Tensor, real: torch.Tensor, old_trip
 
 
 def train(args: argparse.Namespace) -> dict:
+    from benchmarks.fidelity_measures import distances
     from benchmarks.train_normal_dit import card  # imported before the work: a missing module fails at once
     from models.classifier import ClassifierConfig, build_classifier
     from models.dit import DiTConfig, DiTTrainConfig, load_dit, preset_sizes, save_dit_safetensors, train_dit
@@ -350,11 +346,14 @@ def train(args: argparse.Namespace) -> dict:
         (args.out / "gpu_generator.json").write_text(json.dumps(result, indent=1) + "\n")
 
     write()
+    real = shrink(groups["normals_test"][0], JUDGE_SIZE)  # two halves: the floor both generators are scored beside
+    floor = distances(encoder, real[:len(real) // 2], real[len(real) // 2:2 * (len(real) // 2)])
     say("scoring the new generator")
-    result["new"], new_samples, new_triples = score(model.to(device), config, groups, encoder, parts, quick)
+    result["new"], new_samples, new_triples = score(model.to(device), config, groups, encoder, floor, parts, quick)
     write()
     say("scoring the shipped generator")
-    old, old_samples, old_triples = score(shipped.to(device).eval(), shipped_config, groups, encoder, parts, quick)
+    old, old_samples, old_triples = score(shipped.to(device).eval(), shipped_config, groups, encoder, floor, parts,
+                                          quick)
     result["shipped"] = {"path": str(Path(shipped_path).name), **old}
     why = wins(result["new"], old)
     weights = save_dit_safetensors(model.float().cpu(), config, {

@@ -113,8 +113,10 @@ def main() -> None:
     print(f"written: {path}")
 
 
-def samples_for_fid(model, config: DiTConfig) -> torch.Tensor:
-    return torch.cat([sample_grid(model, config, n=64, steps=50, seed=100 + k) for k in range(4)])
+def samples_for_fid(model, config: DiTConfig, n: int = 256, steps: int = 50) -> torch.Tensor:
+    """``n`` free samples, 64 a call (call k seeded 100 + k), on the CPU."""
+    return torch.cat([sample_grid(model, config, n=min(64, n - k), steps=steps, seed=100 + k // 64)
+                      for k in range(0, n, 64)]).float().cpu()
 
 
 def encoder_distances(samples: torch.Tensor, held_out: torch.Tensor) -> dict:
