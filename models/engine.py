@@ -4,13 +4,21 @@ the Prefect batch a task happens to hold; with ``compile`` each chunk is padded 
 power-of-two bucket, so a compiled forward (torch.compile) meets a handful of shapes and never
 recompiles per removal round. A row's result does not depend on its chunk, its padding or its
 neighbours (each image is attended to alone; tests/test_diffusion.py checks it).
+
+Calls from several threads on one model pool their rows (``Pool``, continuous batching as LLM
+servers do it): each inpainting job stands at its own step of its own schedule, and each tick makes
+one network call over every waiting job's rows, each row with its own timestep. A removal round
+that refills a few films thus rides along with another task's first round instead of running
+the device nearly empty. The thread that holds the model's call lock ticks for everyone; a job
+added between ticks joins the next one.
 """
 
 from __future__ import annotations
 
+import threading
 import weakref
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Protocol
 
 import torch
 
@@ -33,6 +41,98 @@ class _Engine:
 
 
 _ENGINES: "weakref.WeakKeyDictionary[torch.nn.Module, _Engine]" = weakref.WeakKeyDictionary()
+
+
+class Job(Protocol):
+    """A sampling job's rows, one denoising call at a time (models/inpaint.Inpainting)."""
+    rows: int
+
+    def next_call(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None:
+        """The next call's (x, its (N,) timesteps, cond), the same until ``take`` answers it; None
+        when the job is done."""
+
+    def take(self, eps: torch.Tensor) -> None: ...
+
+
+Predict = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]  # (x, t, cond) -> eps
+
+
+class Pool:
+    """One model's jobs from every thread, ticked together (module docstring). ``calls`` is the
+    model's call lock: one network call at a time on the model, whoever makes it."""
+
+    def __init__(self) -> None:
+        self.calls = threading.RLock()
+        self._guard = threading.Lock()
+        self._jobs: list[Job] = []
+        self._ended: dict[int, BaseException | None] = {}
+
+    def run(self, job: Job, predict: Predict) -> None:
+        """Until ``job`` has made every call: tick whenever the call lock is free (so waiting
+        is bounded by the ticks of jobs already running). ``predict`` is the model's noise
+        prediction. An error in a job's own step ends that job; an error in a shared call ends
+        every job of that call, each raising it."""
+        with self._guard:
+            self._jobs.append(job)
+        try:
+            while id(job) not in self._ended:
+                with self.calls:
+                    if id(job) not in self._ended:
+                        self._tick(predict)
+        finally:
+            with self._guard:
+                if job in self._jobs:  # left by an interrupt: no one ticks it on
+                    self._jobs.remove(job)
+                error = self._ended.pop(id(job), None)
+        if error is not None:
+            raise error
+
+    def _end(self, job: Job, error: BaseException | None) -> None:
+        with self._guard:
+            self._jobs.remove(job)
+            self._ended[id(job)] = error
+
+    def _tick(self, predict: Predict) -> None:
+        with self._guard:
+            jobs = list(self._jobs)
+        calls = []
+        for job in jobs:
+            try:
+                call = job.next_call()
+            except Exception as exc:  # noqa: BLE001  (the job's owner raises it)
+                self._end(job, exc)
+                continue
+            if call is None:
+                self._end(job, None)
+            else:
+                calls.append((job, call))
+        if not calls:
+            return
+        conds = [cond for _, (_, _, cond) in calls]
+        try:
+            eps = predict(torch.cat([x for _, (x, _, _) in calls]), torch.cat([t for _, (_, t, _) in calls]),
+                          None if conds[0] is None else torch.cat(conds))
+        except BaseException as exc:  # noqa: BLE001  (every job of the call raises it)
+            for job, _ in calls:
+                self._end(job, exc)
+            if not isinstance(exc, Exception):  # an interrupt goes on up the ticking thread
+                raise
+            return
+        for (job, _), part in zip(calls, eps.split([job.rows for job, _ in calls])):
+            try:
+                job.take(part)
+            except Exception as exc:  # noqa: BLE001
+                self._end(job, exc)
+
+
+_POOLS: "weakref.WeakKeyDictionary[torch.nn.Module, Pool]" = weakref.WeakKeyDictionary()
+_POOLS_GUARD = threading.Lock()
+
+
+def pool(model: torch.nn.Module) -> Pool:
+    """``model``'s pool (made on first use)."""
+    with _POOLS_GUARD:
+        return _POOLS.setdefault(model, Pool())
 
 
 def use_engine(model: torch.nn.Module, config: EngineConfig | None) -> torch.nn.Module:
@@ -75,6 +175,12 @@ def run(model: torch.nn.Module, call: Call, x: torch.Tensor, t: torch.Tensor, la
         ) -> torch.Tensor:
     """``call(model, x, t, labels)`` over all rows, by the model's engine (``use_engine``; without
     one, one call)."""
+    with pool(model).calls:
+        return _run(model, call, x, t, labels)
+
+
+def _run(model: torch.nn.Module, call: Call, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor
+         ) -> torch.Tensor:
     engine = _ENGINES.get(model)
     if engine is None:
         return call(model, x, t, labels)

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from models.device import model_device
+from models.engine import pool
 from models.dit import condition, is_conditioned, predict_noise, to_model_range, to_unit_range
 from models.sampling import Generators, NoiseTape, ddim_step, ddim_timesteps, noised_known, randn, renoise
 
@@ -85,6 +86,74 @@ def draws(moves: list[tuple[int, int]], times: list[int], eta: float) -> int:
     return 1 + sum(1 + (eta > 0 and times[j] >= 0) if j > i else 1 for i, j in moves)
 
 
+class Inpainting:
+    """One ``inpaint`` call's rows on their way through the RePaint moves, a network call at a
+    time: ``next_call`` makes the jumps back (no network) and returns the next denoising call's
+    inputs, ``take`` finishes that step with the network's noise, ``result`` gives the images.
+    The rows of several of these can share each network call (models/engine.Pool: each row keeps
+    its own timestep), and a row's numbers are those of running it alone."""
+
+    def __init__(self, model, scheduler, images: torch.Tensor, mask: torch.Tensor, config: InpaintConfig,
+                 generator: Generators, tape: bool | None):
+        if images.shape != mask.shape or images.ndim != 4 or images.shape[1] != 1:
+            raise ValueError(f"images {tuple(images.shape)} and mask {tuple(mask.shape)} must both be (N, 1, H, W)")
+        device, self.home, self.scheduler, self.config = model_device(model), images.device, scheduler, config
+        self.images, self.mask = images.to(device), (mask > 0.5).to(device, images.dtype)
+        self.x0 = to_model_range(self.images)
+        times = ddim_timesteps(scheduler, config.steps) + [-1]  # index k -> timestep; last = clean
+        if config.init == "harmonic":
+            limit = config.strength * (scheduler.config.num_train_timesteps - 1)
+            times = [t for t in times[:-1] if t <= limit] + [-1]
+        self.times, self.moves, self.done = times, jump_schedule(len(times) - 1, config.jump_length, config.resample), 0
+        if tape if tape is not None else device.type == "cuda":
+            generator = NoiseTape(generator, self.x0.shape, draws(self.moves, times, config.eta), device)
+        self.generator = generator
+        if config.init == "harmonic":
+            from models.fill import harmonic_fill
+
+            fill = harmonic_fill(self.images.cpu(), self.mask.cpu()).to(device)
+            self.x = noised_known(scheduler, to_model_range(fill), times[0], generator)
+        else:
+            self.x = randn(self.x0.shape, generator, device)
+        # an inpainting DiT sees the known image
+        self.cond = condition(self.x0, self.mask) if is_conditioned(model) else None
+        self.pending: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None
+
+    @property
+    def rows(self) -> int:
+        return self.x.shape[0]
+
+    def next_call(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None:
+        """The next denoising step's network inputs (x, its (N,) timesteps, cond), after any jumps
+        back before it (asked again before ``take``, the same call: its noise is drawn once);
+        None when every move is made."""
+        if self.pending is not None:
+            return self.pending
+        while self.done < len(self.moves):
+            i, j = self.moves[self.done]
+            t = self.times[i]
+            if j > i:  # denoise one step, with the known region at the current noise level
+                known = noised_known(self.scheduler, self.x0, t, self.generator)
+                self.x = self.mask * self.x + (1 - self.mask) * known
+                self.pending = self.x, torch.full((self.rows,), t, dtype=torch.long), self.cond
+                return self.pending
+            # jump back up one step; t = -1 (clean) works: alpha_bar(-1) = 1
+            self.x = renoise(self.scheduler, self.x, t, self.times[j], self.generator)
+            self.done += 1
+        return None
+
+    def take(self, eps: torch.Tensor) -> None:
+        """The DDIM step of the call ``next_call`` returned, with the network's noise."""
+        i, j = self.moves[self.done]
+        self.x = ddim_step(self.scheduler, self.x, eps, self.times[i], self.times[j], self.config.eta, self.generator)
+        self.done, self.pending = self.done + 1, None
+
+    def result(self) -> torch.Tensor:
+        generated = to_unit_range(self.x)
+        weight = feather_weights(self.mask, self.config.feather_px)
+        return torch.where(self.mask > 0, weight * generated + (1 - weight) * self.images, self.images).to(self.home)
+
+
 @torch.inference_mode()
 def inpaint(model, scheduler, images: torch.Tensor, mask: torch.Tensor, config: InpaintConfig = InpaintConfig(),
             generator: Generators = None, tape: bool | None = None) -> torch.Tensor:
@@ -92,35 +161,8 @@ def inpaint(model, scheduler, images: torch.Tensor, mask: torch.Tensor, config: 
     every pixel where ``mask`` is 0 equal to the input exactly. ``generator`` is one
     generator, or one per image (then each result is independent of its batch-mates).
     ``tape``: draw the whole run's noise first (models/sampling.NoiseTape; the same numbers),
-    by default on CUDA, where a copy per step would wait for the host."""
-    if images.shape != mask.shape or images.ndim != 4 or images.shape[1] != 1:
-        raise ValueError(f"images {tuple(images.shape)} and mask {tuple(mask.shape)} must both be (N, 1, H, W)")
-    device, home = model_device(model), images.device
-    images, mask = images.to(device), (mask > 0.5).to(device, images.dtype)
-    x0 = to_model_range(images)
-    times = ddim_timesteps(scheduler, config.steps) + [-1]  # index k -> timestep; last = clean
-    if config.init == "harmonic":
-        limit = config.strength * (scheduler.config.num_train_timesteps - 1)
-        times = [t for t in times[:-1] if t <= limit] + [-1]
-    moves = jump_schedule(len(times) - 1, config.jump_length, config.resample)
-    if tape if tape is not None else device.type == "cuda":
-        generator = NoiseTape(generator, x0.shape, draws(moves, times, config.eta), device)
-    if config.init == "harmonic":
-        from models.fill import harmonic_fill
-
-        x = noised_known(scheduler, to_model_range(harmonic_fill(images.cpu(), mask.cpu()).to(device)), times[0], generator)
-    else:
-        x = randn(x0.shape, generator, device)
-    n = images.shape[0]
-    cond = condition(x0, mask) if is_conditioned(model) else None  # an inpainting DiT sees the known image
-    for i, j in moves:
-        t, t_next = times[i], times[j]
-        if j > i:  # denoise one step, with the known region at the current noise level
-            x = mask * x + (1 - mask) * noised_known(scheduler, x0, t, generator)
-            eps = predict_noise(model, x, torch.full((n,), t, dtype=torch.long), cond)
-            x = ddim_step(scheduler, x, eps, t, t_next, config.eta, generator)
-        else:  # jump back up one step
-            x = renoise(scheduler, x, t, t_next, generator)  # t = -1 (clean) works: alpha_bar(-1) = 1
-    generated = to_unit_range(x)
-    weight = feather_weights(mask, config.feather_px)
-    return torch.where(mask > 0, weight * generated + (1 - weight) * images, images).to(home)
+    by default on CUDA, where a copy per step would wait for the host. Calls from several
+    threads on one model share its network calls (models/engine.Pool)."""
+    job = Inpainting(model, scheduler, images, mask, config, generator, tape)
+    pool(model).run(job, lambda x, t, cond: predict_noise(model, x, t, cond))
+    return job.result()

@@ -1,5 +1,8 @@
 """The normal DiT, the RePaint-style inpainting loop and the PIL schedule (tiny, CPU)."""
 
+import threading
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -7,7 +10,7 @@ import torch
 from models.dit import (DiTConfig, DiTTrainConfig, build_dit, build_scheduler, diffusion_loss, load_dit,
                         predict_noise, random_masks, save_dit, train_dit)
 from models.configs import EngineConfig
-from models.engine import chunk_rows, use_engine
+from models.engine import chunk_rows, pool, use_engine
 from models.inpaint import InpaintConfig, feather_weights, inpaint, jump_schedule
 from models.sampling import ddim_step, ddim_timesteps, noised_known, sample
 from models.schedule import epoch_indices, fixed_order, pil_prefix, pil_share
@@ -371,3 +374,69 @@ def test_model_batches_and_compiled_buckets_leave_each_image_as_it_was(engine, m
     assert torch.allclose(chunked, whole, atol=1e-5)
     assert set(rows_seen) == ({2, 1} if not engine.compile else {8})  # 5 rows: 2 + 2 + 1, or padded to 8
     assert chunk_rows(model, EngineConfig()) is None  # the CPU by default: a batch's rows at once
+
+
+def _wait_for(condition, seconds=30.0):
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def test_inpaintings_from_two_threads_share_each_network_call_and_keep_their_images(monkeypatch):
+    """Continuous batching (models/engine.Pool): a job that arrives while another is under way
+    joins its calls, each row at its own timestep, so there are fewer calls than the two jobs make
+    apart; each job's images are those it makes alone."""
+    from models import dit as dit_module
+
+    model, scheduler = _tiny_model()
+    model.eval()
+    images = torch.rand(5, 1, 16, 16, generator=torch.Generator().manual_seed(4))
+    mask = torch.zeros(5, 1, 16, 16)
+    mask[:, :, 3:9, 3:9] = 1
+    jobs = [(slice(0, 3), InpaintConfig(steps=4, jump_length=2, resample=2), [0, 1, 2]),
+            (slice(3, 5), InpaintConfig(steps=5, resample=1, init="harmonic", strength=0.6), [3, 4])]
+    calls, hold = [], threading.Event()
+    forward = dit_module._forward
+
+    def watched(net, x, t, labels):
+        if hold.is_set():  # the first job's first call waits (bounded) for the second job to arrive
+            hold.clear()
+            _wait_for(lambda: len(pool(model)._jobs) == 2)
+        calls.append((len(x), set(t.tolist())))
+        return forward(net, x, t, labels)
+
+    monkeypatch.setattr(dit_module, "_forward", watched)
+
+    def run(job):
+        rows, config, seeds = job
+        return inpaint(model, scheduler, images[rows], mask[rows], config,
+                       [torch.Generator().manual_seed(s) for s in seeds])
+
+    alone = [run(job) for job in jobs]
+    apart = len(calls)
+    calls.clear()
+    hold.set()
+    together = [None, None]
+    threads = [threading.Thread(target=lambda k=k: together.__setitem__(k, run(jobs[k]))) for k in (0, 1)]
+    threads[0].start()
+    _wait_for(lambda: len(pool(model)._jobs) == 1)
+    threads[1].start()
+    for thread in threads:
+        thread.join(60)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(together, alone))
+    assert any(rows == 5 and len(times) == 2 for rows, times in calls)  # both jobs' rows, each at its own step
+    assert len(calls) < apart and not pool(model)._jobs
+
+
+def test_a_failed_network_call_fails_its_jobs_and_leaves_the_pool_working(monkeypatch):
+    from models import dit as dit_module
+
+    model, scheduler = _tiny_model()
+    images, mask = torch.rand(2, 1, 16, 16), torch.ones(2, 1, 16, 16)
+    forward = dit_module._forward
+    monkeypatch.setattr(dit_module, "_forward", lambda *a: (_ for _ in ()).throw(RuntimeError("device lost")))
+    with pytest.raises(RuntimeError, match="device lost"):
+        inpaint(model.eval(), scheduler, images, mask, InpaintConfig(steps=2))
+    assert not pool(model)._jobs
+    monkeypatch.setattr(dit_module, "_forward", forward)
+    assert inpaint(model, scheduler, images, mask, InpaintConfig(steps=2)).shape == (2, 1, 16, 16)

@@ -801,3 +801,50 @@ def test_on_a_gpu_one_batch_more_is_in_flight_so_its_io_overlaps_the_model_work(
     monkeypatch.setattr(flow_module, "say_device", lambda _logger: None)
     results = flow_module.run_batches(todo, {}, flow_module.work.AugmentSettings(), None)
     assert [r["index"] for r in results] == list(range(6)) and peak[0] == most
+
+
+def test_two_batches_in_flight_pool_their_fills_and_write_what_they_write_apart(tiny_run, tmp_path, monkeypatch):
+    """The DiT fills outside the models' lock (tasks/augment/models.unlocked): a second batch makes
+    its masks while the first fills, and its fill joins the first's network calls
+    (models/engine.Pool); each batch writes the rows it writes alone."""
+    import threading
+
+    from models import dit as dit_module
+    from models.engine import pool
+
+    result, _ = tiny_run
+    dataset, models = result["dataset_uri"], result["models"]
+    settings = work.AugmentSettings.from_dict({**TINY["augment"], "removal_rounds": 2})
+    _, decisions = plan(dataset, str(tmp_path / "d.duckdb"))
+    chunks = work.prepare(dataset, str(tmp_path / "unused"), read_manifest(dataset), decisions, models["classifier"],
+                          models["generator"]["id"], settings).batches[:2]
+    run = lambda k, out: work.run_batch(dataset, str(tmp_path / out / str(k)), chunks[k],  # noqa: E731
+                                        models["classifier"], models["generator"], settings, "r")
+    for k in (0, 1):
+        run(k, "apart")
+    dit = work.models._generator(models["generator"]["uri"])[0]
+    rows_per_call, hold, forward = [], threading.Event(), dit_module._forward
+    hold.set()
+
+    def watched(net, x, t, labels):
+        if hold.is_set():  # the first fill's first call waits (bounded) for the other batch's fill
+            hold.clear()
+            deadline = time.monotonic() + 60
+            while len(pool(dit)._jobs) < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+        rows_per_call.append(len(x))
+        return forward(net, x, t, labels)
+
+    monkeypatch.setattr(dit_module, "_forward", watched)
+    threads = [threading.Thread(target=run, args=(k, "together")) for k in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert max(rows_per_call) > max(len(chunk) for chunk in chunks)  # one call held both batches' rows
+    for k in (0, 1):
+        apart, together = _outputs(str(tmp_path / "apart" / str(k))), _outputs(str(tmp_path / "together" / str(k)))
+        assert together[1] == apart[1] and [r[0] for r in together[0]] == [r[0] for r in apart[0]]
+        for (_, image, mask), (_, alone, alone_mask) in zip(together[0], apart[0]):
+            assert mask == alone_mask  # the pixels within one grey level (float rounding of a bigger call)
+            assert np.abs(decode_png(image).astype(int) - decode_png(alone).astype(int)).max() <= 1

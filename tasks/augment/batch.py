@@ -17,7 +17,7 @@ from models.engine import use_engine
 from models.removal import dit_fill, kept_classes, remove_lesions
 from models.sampling import sample
 from models.training import predict_probs
-from tasks.augment.models import _MODEL_LOCK, _classifier, _generator, _generator_config, _quality, ood_scorer
+from tasks.augment.models import _MODEL_LOCK, _classifier, _generator, _generator_config, _quality, ood_scorer, unlocked
 from tasks.augment.plan import Candidate
 from tasks.augment.settings import AugmentSettings
 from tasks.augment.verdict import _by_class, _reasons, present, verdict
@@ -116,7 +116,8 @@ def _generate(dataset_uri: str, images: torch.Tensor, kept: torch.Tensor, condit
     else:
         priors = {findings.index(name): np.asarray(p) for name, p in card.location_prior.items() if name in findings}
         remove = [[findings.index(r) for r in c.remove] for c in batch]
-        removal = remove_lesions(net, images, remove, [c.seed for c in batch], dit_fill(dit, scheduler, settings.inpaint),
+        fill = unlocked(dit_fill(dit, scheduler, settings.inpaint))  # the DiT's fills pool across batches
+        removal = remove_lesions(net, images, remove, [c.seed for c in batch], fill,
                                  method=settings.cam_method, mask=settings.mask, localise=settings.localise,
                                  thresholds=card.thresholds, priors=priors, rounds=settings.removal_rounds,
                                  target=settings.removal_target, probs=before,

@@ -1,4 +1,5 @@
-"""The models a process's batches share (cached per process; one batch uses them at a time), and
+"""The models a process's batches share (cached per process; one batch uses them at a time, but
+for the DiT's fills, which batches in flight together pool), and
 the out-of-distribution and quality scorers they judge with."""
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from functools import lru_cache
 
 from models.classifier import load_checkpoint
 from models.device import on_device
+from models.removal import Fill
 from models.dit import build_scheduler, load_dit, load_dit_config
 from models.ood import FeatureScorer, OODConfig, OODScorer
 from models.quality import QualityScorer
@@ -17,9 +19,21 @@ from tasks.tensors import load_tensors
 
 
 # Models are cached per process and shared by task threads; Grad-CAM hooks the model it runs
-# on, so two batches must not use one model at once. On one accelerator the global ``gpu``
-# limit serialises batches anyway; this lock makes it so within a process whatever the limit.
+# on, so two batches must not use one model at once: a batch holds this lock for its model work,
+# except while the DiT fills its masks (``unlocked``): the fills of batches in flight together
+# share the DiT's calls (models/engine.Pool), and meanwhile another batch uses the classifier.
 _MODEL_LOCK = threading.Lock()
+
+
+def unlocked(fill: Fill) -> Fill:
+    """``fill``, run with ``_MODEL_LOCK`` let go (its caller holds it) and taken again after."""
+    def run(images, masks, seeds):
+        _MODEL_LOCK.release()
+        try:
+            return fill(images, masks, seeds)
+        finally:
+            _MODEL_LOCK.acquire()
+    return run
 
 
 @lru_cache(maxsize=4)
