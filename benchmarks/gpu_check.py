@@ -21,7 +21,8 @@ so a run stopped by its time limit keeps the sections it finished.
    bf16 dense peak and of a measured 8192^3 bf16 matrix product.
    Inpainting again through the engine (models/engine.py): 512 films in one task, model
    batches sized to the device, the forward compiled; and the same films as four tasks' fills at
-   once (threads), whose calls the engine's pool merges.
+   once (threads), whose calls the engine's pool merges (started together, so in step: against
+   the one task, what pooling costs; tasks at different steps are not timed).
 3. **Generator presets** (tiny, small, base) at 128 and 256 px: training steps/s and free
    sampling images/s, with ``models.dit.flops_per_call`` as a share of the bf16 peak.
 4. **Classifier presets** (tiny, small, base: models.configs.CLASSIFIER_PRESETS) at 256 px:

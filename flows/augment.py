@@ -177,5 +177,6 @@ def _fan_out(dataset_uri: str, out_uri: str, classifier: dict, generator: dict, 
             "decisions_uri": decisions_uri, "wall_seconds": round(wall, 2), "model_seconds": round(model_seconds, 2),
             "task_seconds": round(sum(r["seconds"] for r in results), 2),  # inside the batch tasks: model + I/O
             "devices": counts["devices"],  # where the batches' models ran (models/device.py)
-            # with the gpu limit at 1, batches run one at a time and this is the non-model share
+            # the non-model share (with the gpu limit at 1; on CUDA two batches' pooled fills may overlap, each
+            # counting the shared calls: a lower bound there)
             "orchestration_share": round(max(0.0, 1 - model_seconds / wall), 3) if results and wall > 0 else None}

@@ -70,8 +70,8 @@ class Pool:
     def run(self, job: Job, predict: Predict) -> None:
         """Until ``job`` has made every call: tick whenever the call lock is free (so waiting
         is bounded by the ticks of jobs already running). ``predict`` is the model's noise
-        prediction. An error in a job's own step ends that job; an error in a shared call ends
-        every job of that call, each raising it."""
+        prediction (the same for every job of the pool: they share its model). An error in a
+        job's own step, or in its rows' call, ends that job alone and its owner raises it."""
         with self._guard:
             self._jobs.append(job)
         try:
@@ -89,13 +89,15 @@ class Pool:
 
     def _end(self, job: Job, error: BaseException | None) -> None:
         with self._guard:
-            self._jobs.remove(job)
-            self._ended[id(job)] = error
+            if job in self._jobs:  # not if its owner left it on an interrupt
+                self._jobs.remove(job)
+                self._ended[id(job)] = error
 
     def _tick(self, predict: Predict) -> None:
+        """Each job's next call; one network call per kind of row (shape, dtype) over them all."""
         with self._guard:
             jobs = list(self._jobs)
-        calls = []
+        kinds: dict[tuple, list] = {}
         for job in jobs:
             try:
                 call = job.next_call()
@@ -105,24 +107,38 @@ class Pool:
             if call is None:
                 self._end(job, None)
             else:
-                calls.append((job, call))
-        if not calls:
-            return
-        conds = [cond for _, (_, _, cond) in calls]
+                kinds.setdefault((tuple(call[0].shape[1:]), call[0].dtype), []).append((job, call))
         try:
-            eps = predict(torch.cat([x for _, (x, _, _) in calls]), torch.cat([t for _, (_, t, _) in calls]),
-                          None if conds[0] is None else torch.cat(conds))
-        except BaseException as exc:  # noqa: BLE001  (every job of the call raises it)
-            for job, _ in calls:
+            for calls in kinds.values():
+                self._call(predict, calls)
+        except BaseException as exc:  # an interrupt: every job of this tick ends with it, and it goes on up
+            for job in jobs:
                 self._end(job, exc)
-            if not isinstance(exc, Exception):  # an interrupt goes on up the ticking thread
-                raise
+            raise
+
+    def _call(self, predict: Predict, calls: list) -> None:
+        """One network call over ``calls``' rows. Should it fail, each job is called alone, so a
+        job fails on its own rows only (one too many rows for the device's memory, say)."""
+        try:
+            eps = predict(*_joined([call for _, call in calls]))
+        except Exception as exc:  # noqa: BLE001
+            if len(calls) == 1:
+                self._end(calls[0][0], exc)
+                return
+            for one in calls:
+                self._call(predict, [one])
             return
         for (job, _), part in zip(calls, eps.split([job.rows for job, _ in calls])):
             try:
                 job.take(part)
             except Exception as exc:  # noqa: BLE001
                 self._end(job, exc)
+
+
+def _joined(calls: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]) -> tuple:
+    """The calls' (x, t, cond), their rows one after another."""
+    x, t, cond = zip(*calls)
+    return torch.cat(x), torch.cat(t), None if cond[0] is None else torch.cat(cond)
 
 
 _POOLS: "weakref.WeakKeyDictionary[torch.nn.Module, Pool]" = weakref.WeakKeyDictionary()

@@ -145,8 +145,8 @@ class Inpainting:
     def take(self, eps: torch.Tensor) -> None:
         """The DDIM step of the call ``next_call`` returned, with the network's noise."""
         i, j = self.moves[self.done]
-        self.x = ddim_step(self.scheduler, self.x, eps, self.times[i], self.times[j], self.config.eta, self.generator)
-        self.done, self.pending = self.done + 1, None
+        x = ddim_step(self.scheduler, self.x, eps, self.times[i], self.times[j], self.config.eta, self.generator)
+        self.x, self.done, self.pending = x, self.done + 1, None
 
     def result(self) -> torch.Tensor:
         generated = to_unit_range(self.x)

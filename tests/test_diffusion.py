@@ -423,9 +423,65 @@ def test_inpaintings_from_two_threads_share_each_network_call_and_keep_their_ima
     threads[1].start()
     for thread in threads:
         thread.join(60)
+        assert not thread.is_alive()
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(together, alone))
     assert any(rows == 5 and len(times) == 2 for rows, times in calls)  # both jobs' rows, each at its own step
     assert len(calls) < apart and not pool(model)._jobs
+
+
+class _CountJob:
+    """A job of ``calls`` network calls on ``rows`` rows filled with ``mark`` (the pool's Job)."""
+
+    def __init__(self, rows, calls, mark, fail_take=False):
+        self.rows, self.left, self.mark, self.fail_take, self.seen = rows, calls, mark, fail_take, []
+
+    def next_call(self):
+        return (torch.full((self.rows, 1, 2, 2), self.mark), torch.zeros(self.rows, dtype=torch.long), None) \
+            if self.left else None
+
+    def take(self, eps):
+        if self.fail_take:
+            raise ValueError(f"job {self.mark} cannot step")
+        self.seen.append(eps.clone())
+        self.left -= 1
+
+
+def test_a_failed_call_or_step_fails_its_own_job_only():
+    """Three jobs in one tick: a call that fails on one job's rows (too many for memory, say) is made
+    again for each job alone; a job whose own step fails ends alone; the others finish."""
+    from models.engine import Pool
+
+    pool_, jobs = Pool(), [_CountJob(2, 3, 1.0), _CountJob(1, 2, 7.0), _CountJob(3, 2, 2.0, fail_take=True)]
+    sizes = []
+
+    def predict(x, t, cond):
+        _wait_for(lambda: len(pool_._jobs) == 3 or sizes)  # the first call waits (bounded) for the others
+        sizes.append(len(x))
+        if (x == 7.0).any():
+            raise RuntimeError("out of memory")
+        return x * 2
+
+    errors = {}
+
+    def run(job):
+        try:
+            pool_.run(job, predict)
+        except Exception as exc:  # noqa: BLE001
+            errors[job.mark] = exc
+
+    threads = [threading.Thread(target=run, args=(job,)) for job in jobs]
+    threads[0].start()  # its first call (its rows alone) waits for the other two to join the pool
+    _wait_for(lambda: len(pool_._jobs) == 1)
+    for thread in threads[1:]:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+        assert not thread.is_alive()
+    assert sizes[:5] == [2, 6, 2, 1, 3]  # one job's call; all three's, which fails; each job's alone
+    assert set(errors) == {7.0, 2.0} and "out of memory" in str(errors[7.0]) and "cannot step" in str(errors[2.0])
+    assert len(jobs[0].seen) == 3 and all(torch.equal(eps, torch.full((2, 1, 2, 2), 2.0)) for eps in jobs[0].seen)
+    assert sizes[5:] == [2]  # its last call, alone
+    assert not pool_._jobs and not pool_._ended
 
 
 def test_a_failed_network_call_fails_its_jobs_and_leaves_the_pool_working(monkeypatch):

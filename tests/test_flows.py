@@ -841,6 +841,7 @@ def test_two_batches_in_flight_pool_their_fills_and_write_what_they_write_apart(
         thread.start()
     for thread in threads:
         thread.join(120)
+        assert not thread.is_alive()
     assert max(rows_per_call) > max(len(chunk) for chunk in chunks)  # one call held both batches' rows
     for k in (0, 1):
         apart, together = _outputs(str(tmp_path / "apart" / str(k))), _outputs(str(tmp_path / "together" / str(k)))

@@ -43,11 +43,12 @@ def run_batch(dataset_uri: str, out_uri: str, batch: list[Candidate], classifier
     findings = parents.findings
     kept = kept_sets(parents.labels[rows], findings, batch)  # (B, K): each row's labels after the removal
     conditional = _generator_config(generator["uri"]).conditioning == "labels"
+    waits: list[float] = []  # taking the models back after a fill, while another batch has them
     with _MODEL_LOCK:
         model_started = time.perf_counter()
         masks, generated, scores, ood, probs_before, probs_after = _generate(
-            dataset_uri, images, kept, conditional, findings, batch, classifier, generator, settings, progress)
-        model_seconds = time.perf_counter() - model_started
+            dataset_uri, images, kept, conditional, findings, batch, classifier, generator, settings, waits, progress)
+        model_seconds = time.perf_counter() - model_started - sum(waits)
     ok = [i for i, m in enumerate(masks) if m.outcome == "ok"]
 
     writer = ShardWriter(out_uri, sample_schema(), shard_rows=len(batch) + 1, run_id=run_id)
@@ -97,7 +98,7 @@ def _mask_reason(c: Candidate, mask: MaskResult, findings: list[str], kept: torc
 
 def _generate(dataset_uri: str, images: torch.Tensor, kept: torch.Tensor, conditional: bool, findings: list[str],
               batch: list[Candidate], classifier: dict, generator: dict, settings: AugmentSettings,
-              progress: Callable[[str], None] | None = None):
+              waits: list[float], progress: Callable[[str], None] | None = None):
     """CAM masks that leave the ``kept`` findings alone -> inpainting (or, ``conditional``, a
     label-conditioned generator samples the kept finding sets from noise) -> quality score and
     classifier probabilities (the model work)."""
@@ -116,7 +117,7 @@ def _generate(dataset_uri: str, images: torch.Tensor, kept: torch.Tensor, condit
     else:
         priors = {findings.index(name): np.asarray(p) for name, p in card.location_prior.items() if name in findings}
         remove = [[findings.index(r) for r in c.remove] for c in batch]
-        fill = unlocked(dit_fill(dit, scheduler, settings.inpaint))  # the DiT's fills pool across batches
+        fill = unlocked(dit_fill(dit, scheduler, settings.inpaint), waits)  # the DiT's fills pool across batches
         removal = remove_lesions(net, images, remove, [c.seed for c in batch], fill,
                                  method=settings.cam_method, mask=settings.mask, localise=settings.localise,
                                  thresholds=card.thresholds, priors=priors, rounds=settings.removal_rounds,

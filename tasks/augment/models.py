@@ -5,6 +5,7 @@ the out-of-distribution and quality scorers they judge with."""
 from __future__ import annotations
 
 import threading
+import time
 from functools import lru_cache
 
 from models.classifier import load_checkpoint
@@ -25,14 +26,19 @@ from tasks.tensors import load_tensors
 _MODEL_LOCK = threading.Lock()
 
 
-def unlocked(fill: Fill) -> Fill:
-    """``fill``, run with ``_MODEL_LOCK`` let go (its caller holds it) and taken again after."""
+def unlocked(fill: Fill, waits: list[float]) -> Fill:
+    """``fill``, run with ``_MODEL_LOCK`` let go (its caller holds it) and taken again after;
+    each wait to take it back (another batch has the models) is added to ``waits``, seconds."""
     def run(images, masks, seeds):
+        if not _MODEL_LOCK.locked():
+            raise RuntimeError("unlocked(fill) runs inside `with _MODEL_LOCK`: the fill lets the lock go and takes it back")
         _MODEL_LOCK.release()
         try:
             return fill(images, masks, seeds)
         finally:
+            waited = time.perf_counter()
             _MODEL_LOCK.acquire()
+            waits.append(time.perf_counter() - waited)
     return run
 
 
