@@ -20,9 +20,9 @@ so a run stopped by its time limit keeps the sections it finished.
    the work is matrix products, its FLOP/s (torch.utils.flop_counter) as a share of the GPU's
    bf16 dense peak and of a measured 8192^3 bf16 matrix product.
    Inpainting again through the engine (models/engine.py): 512 films in one task, model
-   batches sized to the device, the forward compiled; and the same films as four tasks' fills at
-   once (threads), whose calls the engine's pool merges (started together, so in step: against
-   the one task, what pooling costs; tasks at different steps are not timed).
+   batches sized to the device, the forward compiled; and the same films as four tasks' fills,
+   one after another (the control) and at once (threads), whose calls the engine's pool merges
+   (started together, so in step; tasks at different steps are not timed).
 3. **Generator presets** (tiny, small, base) at 128 and 256 px: training steps/s and free
    sampling images/s, with ``models.dit.flops_per_call`` as a share of the bf16 peak.
 4. **Classifier presets** (tiny, small, base: models.configs.CLASSIFIER_PRESETS) at 256 px:
@@ -199,15 +199,22 @@ def throughput(size: int, device: torch.device, peak: float | None, ceiling: flo
     out["inpaint_engine_img_s"] = n_engine / cuda_seconds(fill_engine, 2)
     out["inpaint_engine_tflops"] = out["inpaint_tflops"] / out["inpaint_img_s"] * out["inpaint_engine_img_s"]
 
-    def fill_pooled():  # the same films as four tasks' fills at once (threads): the pool merges their calls
+    def task(k: int) -> None:  # a quarter of the films: one of four tasks' fills
+        inpaint(dit, scheduler, films_engine[k::4], mask_engine[k::4], config,
+                [torch.Generator().manual_seed(i) for i in range(k, n_engine, 4)])
+
+    def fill_apart():  # the control: the four tasks one after another
+        for k in range(4):
+            task(k)
+
+    def fill_pooled():  # the four at once (threads): the pool merges their calls
         with ThreadPoolExecutor(4) as tasks:
-            for done in [tasks.submit(inpaint, dit, scheduler, films_engine[k::4], mask_engine[k::4], config,
-                                      [torch.Generator().manual_seed(i) for i in range(k, n_engine, 4)])
-                         for k in range(4)]:
+            for done in [tasks.submit(task, k) for k in range(4)]:
                 done.result()
 
-    out["inpaint_pooled_img_s"] = n_engine / cuda_seconds(fill_pooled, 2)
-    out["inpaint_pooled_tflops"] = out["inpaint_tflops"] / out["inpaint_img_s"] * out["inpaint_pooled_img_s"]
+    for name, fn in (("apart", fill_apart), ("pooled", fill_pooled)):
+        out[f"inpaint_{name}_img_s"] = n_engine / cuda_seconds(fn, 2)
+        out[f"inpaint_{name}_tflops"] = out["inpaint_tflops"] / out["inpaint_img_s"] * out[f"inpaint_{name}_img_s"]
     use_engine(dit, None)
     for key in [k for k in out if k.endswith("_tflops")]:
         out[key.replace("_tflops", "_share_of_peak")] = out[key] / peak if peak else None
@@ -313,11 +320,12 @@ def markdown(result: dict) -> str:
             lines.append(f"| {row['size']} | inpaint, engine (512 films, model batches, compiled) | "
                          f"{row['inpaint_engine_img_s']:.1f} | {row['inpaint_engine_tflops']:.2f} | "
                          f"{'-' if share is None else f'{share:.4f}'} | {row['inpaint_engine_share_of_matmul']:.4f} |")
-        if "inpaint_pooled_img_s" in row:
-            share = row.get("inpaint_pooled_share_of_peak")
-            lines.append(f"| {row['size']} | inpaint, pooled (the same films as 4 tasks at once) | "
-                         f"{row['inpaint_pooled_img_s']:.1f} | {row['inpaint_pooled_tflops']:.2f} | "
-                         f"{'-' if share is None else f'{share:.4f}'} | {row['inpaint_pooled_share_of_matmul']:.4f} |")
+        for name, what in (("apart", "4 tasks of a quarter each, one after another"), ("pooled", "the 4 at once")):
+            if f"inpaint_{name}_img_s" in row:
+                share = row.get(f"inpaint_{name}_share_of_peak")
+                lines.append(f"| {row['size']} | inpaint, engine, {what} | {row[f'inpaint_{name}_img_s']:.1f} | "
+                             f"{row[f'inpaint_{name}_tflops']:.2f} | {'-' if share is None else f'{share:.4f}'} | "
+                             f"{row[f'inpaint_{name}_share_of_matmul']:.4f} |")
     lines += ["\n## Generator presets (bf16 autocast; a training step counted as 3 network calls per image)\n",
               "| preset | px | parameters | GFLOP/call | train steps/s (batch) | train share of peak | "
               "sample images/s (50 steps) | sample share of peak |", "|---|---|---|---|---|---|---|---|"]
