@@ -26,6 +26,9 @@ from models.configs import EngineConfig
 from models.device import model_device
 
 MOST_ROWS = 1024  # the largest chunk sized to the device (beyond it a call gains nothing measurable)
+# The smallest compiled call: buckets 16..1024 are 7 shapes, under torch.compile's limit of 8 per
+# function (past it dynamo runs every new shape eager, the largest calls included; seen on torch 2.13).
+LEAST_BUCKET = 16
 MEMORY_SHARE = 0.5  # of the device's free memory, for one chunk's activations
 COMPILE_BACKEND = "inductor"
 Call = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -183,8 +186,8 @@ def chunk_rows(model: torch.nn.Module, config: EngineConfig) -> int | None:
 
 
 def bucket(n: int, most: int) -> int:
-    """The power of two at or above ``n``, at most ``most``."""
-    return min(most, 1 << max(0, n - 1).bit_length())
+    """The power of two at or above ``n`` and ``LEAST_BUCKET``, at most ``most``."""
+    return min(most, max(LEAST_BUCKET, 1 << max(0, n - 1).bit_length()))
 
 
 def run(model: torch.nn.Module, call: Call, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor

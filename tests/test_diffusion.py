@@ -429,6 +429,23 @@ def test_inpaintings_from_two_threads_share_each_network_call_and_keep_their_ima
     assert len(calls) < apart and not pool(model)._jobs
 
 
+def test_every_compiled_bucket_compiles_within_torch_compiles_limit(monkeypatch):
+    """Calls of 1 to 1,024 rows meet few enough shapes that torch.compile compiles each (past its
+    limit of 8 per function it would run the rest eager, the largest calls included)."""
+    from models import engine as engine_module
+
+    compiled = []
+    torch._dynamo.reset()  # no entries left by other tests' compiled calls
+    monkeypatch.setattr(engine_module, "COMPILE_BACKEND", lambda graph, inputs: compiled.append(1) or graph.forward)
+    model, _ = _tiny_model()
+    use_engine(model.eval(), EngineConfig(rows=1024, compile=True))
+    sizes = [1, 2, 3, 5, 9, 17, 33, 65, 129, 257, 513, 1000, 4]
+    with torch.inference_mode():
+        for n in sizes:
+            assert predict_noise(model, torch.zeros(n, 1, 16, 16), torch.zeros(n, dtype=torch.long)).shape[0] == n
+    assert len(compiled) == len({engine_module.bucket(n, 1024) for n in sizes}) == 7
+
+
 class _CountJob:
     """A job of ``calls`` network calls on ``rows`` rows filled with ``mark`` (the pool's Job)."""
 
