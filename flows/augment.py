@@ -58,8 +58,7 @@ def run_batches(todo: list, shared: dict, options: work.AugmentSettings, logger)
     runner keeps one batch more in flight: it reads and decodes its parents, and encodes and
     writes its rows, while another has the models (one batch uses them at a time in a process,
     but for the DiT's fills, which pool: tasks/augment/models.py), so the GPU does not wait on
-    the CPU's part. Images done, rate and
-    ETA are logged as batches finish (flows/progress.py)."""
+    the CPU's part. Images done, rate and ETA are logged as batches finish (flows/progress.py)."""
     in_flight: deque = deque()
     results: list[dict] = []
     progress = StepProgress("augment", sum(len(batch) for _, batch in todo), "image", "augment-progress")

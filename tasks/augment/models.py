@@ -10,10 +10,10 @@ from functools import lru_cache
 
 from models.classifier import load_checkpoint
 from models.device import on_device
-from models.removal import Fill
 from models.dit import build_scheduler, load_dit, load_dit_config
 from models.ood import FeatureScorer, OODConfig, OODScorer
 from models.quality import QualityScorer
+from models.removal import Fill
 from tasks import store
 from tasks.augment.settings import AugmentSettings
 from tasks.tensors import load_tensors
