@@ -469,16 +469,13 @@ def test_a_failed_call_or_step_fails_its_own_job_only():
     from models.engine import Pool
 
     pool_, jobs = Pool(), [_CountJob(2, 3, 1.0), _CountJob(1, 2, 7.0), _CountJob(3, 2, 2.0, fail_take=True)]
-    sizes = []
+    sizes, errors = [], {}
 
     def predict(x, t, cond):
-        _wait_for(lambda: len(pool_._jobs) == 3 or sizes)  # the first call waits (bounded) for the others
         sizes.append(len(x))
         if (x == 7.0).any():
             raise RuntimeError("out of memory")
         return x * 2
-
-    errors = {}
 
     def run(job):
         try:
@@ -487,17 +484,17 @@ def test_a_failed_call_or_step_fails_its_own_job_only():
             errors[job.mark] = exc
 
     threads = [threading.Thread(target=run, args=(job,)) for job in jobs]
-    threads[0].start()  # its first call (its rows alone) waits for the other two to join the pool
-    _wait_for(lambda: len(pool_._jobs) == 1)
-    for thread in threads[1:]:
-        thread.start()
+    with pool_.calls:  # no tick until all three have joined
+        for thread in threads:
+            thread.start()
+        _wait_for(lambda: len(pool_._jobs) == 3)
     for thread in threads:
         thread.join(30)
         assert not thread.is_alive()
-    assert sizes[:5] == [2, 6, 2, 1, 3]  # one job's call; all three's, which fails; each job's alone
+    # all three's call, which fails; each job's alone (in the order they joined); the first job's last two
+    assert sizes[0] == 6 and sorted(sizes[1:4]) == [1, 2, 3] and sizes[4:] == [2, 2]
     assert set(errors) == {7.0, 2.0} and "out of memory" in str(errors[7.0]) and "cannot step" in str(errors[2.0])
     assert len(jobs[0].seen) == 3 and all(torch.equal(eps, torch.full((2, 1, 2, 2), 2.0)) for eps in jobs[0].seen)
-    assert sizes[5:] == [2]  # its last call, alone
     assert not pool_._jobs and not pool_._ended
 
 
