@@ -58,6 +58,10 @@ from tasks.phantom import phantom_images
 
 # dense bf16 tensor-core peak, TFLOP/s, from the vendors' data sheets (SXM parts)
 BF16_PEAK = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10": 125.0}
+# the sampler through the engine, timed three ways: the key in the results and the row in the report
+ENGINE_RUNS = {"engine": "inpaint, engine (512 films, model batches, compiled)",
+               "apart": "inpaint, engine, 4 tasks of a quarter each, one after another",
+               "pooled": "inpaint, engine, the 4 at once"}
 PRODUCT = AugmentSettings()  # the augment defaults: map method, masks, removal rounds, sampler
 
 
@@ -193,11 +197,8 @@ def throughput(size: int, device: torch.device, peak: float | None, ceiling: flo
     mask_engine = mask[:1].expand(n_engine, -1, -1, -1)
 
     def fill_engine():
-        inpaint(use_engine(dit, engine), scheduler, films_engine, mask_engine, config,
+        inpaint(dit, scheduler, films_engine, mask_engine, config,
                 [torch.Generator().manual_seed(i) for i in range(n_engine)])
-
-    out["inpaint_engine_img_s"] = n_engine / cuda_seconds(fill_engine, 2)
-    out["inpaint_engine_tflops"] = out["inpaint_tflops"] / out["inpaint_img_s"] * out["inpaint_engine_img_s"]
 
     def task(k: int) -> None:  # a quarter of the films: one of four tasks' fills
         inpaint(dit, scheduler, films_engine[k::4], mask_engine[k::4], config,
@@ -212,7 +213,8 @@ def throughput(size: int, device: torch.device, peak: float | None, ceiling: flo
             for done in [tasks.submit(task, k) for k in range(4)]:
                 done.result()
 
-    for name, fn in (("apart", fill_apart), ("pooled", fill_pooled)):
+    use_engine(dit, engine)
+    for name, fn in zip(ENGINE_RUNS, (fill_engine, fill_apart, fill_pooled)):  # in ENGINE_RUNS' order
         out[f"inpaint_{name}_img_s"] = n_engine / cuda_seconds(fn, 2)
         out[f"inpaint_{name}_tflops"] = out["inpaint_tflops"] / out["inpaint_img_s"] * out[f"inpaint_{name}_img_s"]
     use_engine(dit, None)
@@ -308,24 +310,18 @@ def markdown(result: dict) -> str:
              f"{a['changed_outside_masks_cpu']}. {'Agrees.' if a['ok'] else '**Does not agree.**'}\n",
              "## Throughput\n", "| px | stage | images/s (steps/s) | TFLOP/s | share of bf16 peak | share of matmul |",
              "|---|---|---|---|---|---|"]
+    def rate_row(row: dict, label: str, stage: str, rate: str = "img_s") -> str:
+        share = row.get(f"{stage}_share_of_peak")
+        return (f"| {row['size']} | {label} | {row[f'{stage}_{rate}']:.1f} | {row[f'{stage}_tflops']:.2f} | "
+                f"{'-' if share is None else f'{share:.4f}'} | {row[f'{stage}_share_of_matmul']:.4f} |")
+
     for row in result["throughput"]:
         for stage, rate in (("classifier_train", "img_s"), ("classifier_infer", "img_s"), ("dit_train", "steps_s"),
                             ("inpaint", "img_s")):
-            share = row.get(f"{stage}_share_of_peak")
-            lines.append(f"| {row['size']} | {stage} | {row[f'{stage}_{rate}']:.1f} | {row[f'{stage}_tflops']:.2f} | "
-                         f"{'-' if share is None else f'{share:.4f}'} | {row[f'{stage}_share_of_matmul']:.4f} |")
+            lines.append(rate_row(row, stage, stage, rate))
         lines.append(f"| {row['size']} | infill maps | {row['infill_maps_img_s']:.1f} | | | |")
-        if "inpaint_engine_img_s" in row:
-            share = row.get("inpaint_engine_share_of_peak")
-            lines.append(f"| {row['size']} | inpaint, engine (512 films, model batches, compiled) | "
-                         f"{row['inpaint_engine_img_s']:.1f} | {row['inpaint_engine_tflops']:.2f} | "
-                         f"{'-' if share is None else f'{share:.4f}'} | {row['inpaint_engine_share_of_matmul']:.4f} |")
-        for name, what in (("apart", "4 tasks of a quarter each, one after another"), ("pooled", "the 4 at once")):
-            if f"inpaint_{name}_img_s" in row:
-                share = row.get(f"inpaint_{name}_share_of_peak")
-                lines.append(f"| {row['size']} | inpaint, engine, {what} | {row[f'inpaint_{name}_img_s']:.1f} | "
-                             f"{row[f'inpaint_{name}_tflops']:.2f} | {'-' if share is None else f'{share:.4f}'} | "
-                             f"{row[f'inpaint_{name}_share_of_matmul']:.4f} |")
+        lines += [rate_row(row, label, f"inpaint_{name}") for name, label in ENGINE_RUNS.items()
+                  if f"inpaint_{name}_img_s" in row]
     lines += ["\n## Generator presets (bf16 autocast; a training step counted as 3 network calls per image)\n",
               "| preset | px | parameters | GFLOP/call | train steps/s (batch) | train share of peak | "
               "sample images/s (50 steps) | sample share of peak |", "|---|---|---|---|---|---|---|---|"]
