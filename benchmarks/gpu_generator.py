@@ -217,21 +217,18 @@ def removal(generator, config, classifier, judge, films: torch.Tensor, labels: t
             "kept_findings": len(kept), "judge_kept_change_mean": round(float(np.mean(kept)), 4) if kept else None}, triples
 
 
-def score(generator, config, groups: dict, encoder, floor: dict, removal_parts: tuple, quick: bool
-          ) -> tuple[dict, torch.Tensor, list]:
-    """One generator's figures (FID/KID beside the ``floor``, NN ratio, judged removal) and its
-    samples and removals."""
+def score(generator, config, groups: dict, encoder, halves: tuple[torch.Tensor, torch.Tensor], floor: dict,
+          removal_parts: tuple, quick: bool) -> tuple[dict, torch.Tensor, list]:
+    """One generator's figures (FID/KID against the first of the held-out ``halves``, beside their
+    ``floor``; NN ratio; judged removal) and its samples and removals."""
     from benchmarks.fidelity_measures import distances
     from benchmarks.train_normal_dit import samples_for_fid
     from models.quality import fidelity
 
     samples = samples_for_fid(generator, config, 16 if quick else FID_N, 5 if quick else 50)
-    held_out = groups["normals_test"][0]
-    real = shrink(held_out, JUDGE_SIZE)
-    out = {"fid_kid": {"free_samples_vs_held_out_normals": distances(encoder, shrink(samples, JUDGE_SIZE),
-                                                                     real[:len(real) // 2]),
+    out = {"fid_kid": {"free_samples_vs_held_out_normals": distances(encoder, shrink(samples, JUDGE_SIZE), halves[0]),
                        "held_out_normals_split_halves": floor},
-           "fidelity": fidelity(samples[:64], held_out, groups["normals_train"][0])}
+           "fidelity": fidelity(samples[:64], groups["normals_test"][0], groups["normals_train"][0])}
     out["removal"], triples = removal(generator, config, *removal_parts, quick=quick)
     return out, samples, triples
 
@@ -240,8 +237,9 @@ def wins(new: dict, old: dict) -> list[str]:
     """Why the new generator does not beat the shipped one (empty: it does): FID lower by
     FID_MARGIN of the shipped generator's gap to the floor (256 samples: an equal generator's FID
     lands below the shipped one's about half the time), KID no higher, the NN ratio no further
-    from 1 (and not copying: at least 0.9), and, where removal was scored, the judged removal no weaker than the shipped generator's less 0.02 and the kept
-    findings changed no more than its + 0.02."""
+    from 1 (and not copying: at least 0.9), and, where removal was scored, the judged removal no
+    weaker than the shipped generator's less 0.02 and the kept findings changed no more than its
+    + 0.02."""
     why = []
     nf, of = new["fid_kid"]["free_samples_vs_held_out_normals"], old["fid_kid"]["free_samples_vs_held_out_normals"]
     bar = of["fid"] - FID_MARGIN * max(0.0, of["fid"] - old["fid_kid"]["held_out_normals_split_halves"]["fid"])
@@ -347,13 +345,15 @@ def train(args: argparse.Namespace) -> dict:
 
     write()
     real = shrink(groups["normals_test"][0], JUDGE_SIZE)  # two halves: the floor both generators are scored beside
-    floor = distances(encoder, real[:len(real) // 2], real[len(real) // 2:2 * (len(real) // 2)])
+    halves = real[:len(real) // 2], real[len(real) // 2:2 * (len(real) // 2)]
+    floor = distances(encoder, *halves)
     say("scoring the new generator")
-    result["new"], new_samples, new_triples = score(model.to(device), config, groups, encoder, floor, parts, quick)
+    result["new"], new_samples, new_triples = score(model.to(device), config, groups, encoder, halves, floor, parts,
+                                                    quick)
     write()
     say("scoring the shipped generator")
-    old, old_samples, old_triples = score(shipped.to(device).eval(), shipped_config, groups, encoder, floor, parts,
-                                          quick)
+    old, old_samples, old_triples = score(shipped.to(device).eval(), shipped_config, groups, encoder, halves, floor,
+                                          parts, quick)
     result["shipped"] = {"path": str(Path(shipped_path).name), **old}
     why = wins(result["new"], old)
     weights = save_dit_safetensors(model.float().cpu(), config, {
